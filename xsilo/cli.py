@@ -1,0 +1,83 @@
+"""The ``xsilo`` command: one root, one sub-command group per package.
+
+Each package owns its commands (``coordinator/cli.py``, ``silo_client/cli.py`` …); this
+module only assembles them and turns :class:`~xsilo.errors.XsiloError` into one red line
+and a non-zero exit (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from xsilo.errors import XsiloError
+
+app = typer.Typer(
+    name="xsilo",
+    help="Cross-silo federated learning on Flower: train one model across institutions "
+    "without any record leaving its owner.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_err = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+) -> None:
+    """Cross-silo federated learning on Flower."""
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    from coordinator.cli import app as coordinator_app
+    from silo_client.cli import app as silo_app
+    from xsilo.demo import demo
+
+    app.command("demo")(demo)
+    app.add_typer(coordinator_app, name="coordinator")
+    app.add_typer(silo_app, name="silo")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # Institutions must not phone home: no telemetry, no update check, in every child too.
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    _register()
+    try:
+        app(standalone_mode=False)
+    except XsiloError as exc:
+        if _state["debug"]:
+            raise
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

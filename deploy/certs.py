@@ -1,0 +1,178 @@
+"""Certificate and key primitives on ``cryptography``.
+
+Small, composable functions: make a CA, issue a server or client leaf, make a Flower
+SuperNode authentication key pair (OpenSSH-format ECDSA, as Flower requires). The
+consortium PKI (``deploy.pki``) and the throw-away demo CA are built from these.
+Private keys are always written with mode 0600, created that way (never chmod-ed after).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CertifiedKey",
+    "fingerprint",
+    "issue_leaf",
+    "load_certificate",
+    "load_private_key",
+    "make_ca",
+    "make_node_auth_key",
+    "write_private_key",
+    "write_public_pem",
+]
+
+_CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+
+
+@dataclass(frozen=True)
+class CertifiedKey:
+    """A private key with its certificate."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attrs)
+
+
+def make_ca(common_name: str, *, curve: str = "P-384", days: int = 3650,
+            organization: str | None = None) -> CertifiedKey:
+    """Create a self-signed CA (path length 0: it signs leaves only)."""
+    key = ec.generate_private_key(_CURVES[curve]())
+    name = _name(common_name, organization)
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                          content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertifiedKey(key, cert)
+
+
+def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            entries.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(entries)
+
+
+def issue_leaf(ca: CertifiedKey, common_name: str, *, public_key: ec.EllipticCurvePublicKey,
+               server_hosts: list[str] | None = None, client: bool = False, days: int = 30,
+               organization: str | None = None,
+               not_before: dt.datetime | None = None) -> x509.Certificate:
+    """Sign a leaf certificate for ``public_key``.
+
+    ``server_hosts`` (DNS names or IP addresses) become SANs and add ``serverAuth``;
+    ``client=True`` adds ``clientAuth``.
+    """
+    start = not_before or (_now() - dt.timedelta(minutes=5))
+    usages = []
+    if server_hosts:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name, organization))
+        .issuer_name(ca.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if server_hosts:
+        builder = builder.add_extension(_san(server_hosts), critical=False)
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *,
+                      openssh: bool = False, passphrase: bytes | None = None) -> None:
+    """Write ``key`` to ``path``, created with mode 0600 (never readable by others)."""
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    fmt = serialization.PrivateFormat.OpenSSH if openssh else serialization.PrivateFormat.PKCS8
+    data = key.private_bytes(serialization.Encoding.PEM, fmt, encryption)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def write_public_pem(path: Path, cert: x509.Certificate) -> None:
+    """Write a certificate (public) as PEM."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_node_auth_key(private_path: Path, public_path: Path) -> str:
+    """Create a SuperNode authentication key pair (OpenSSH ECDSA P-384); return the public line."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    write_private_key(private_path, key, openssh=True)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    Path(public_path).write_text(public + "\n")
+    return public
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    """Load a PEM certificate."""
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def load_private_key(path: Path, passphrase: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """Load a PEM (PKCS8) or OpenSSH private key."""
+    data = Path(path).read_bytes()
+    if b"OPENSSH PRIVATE KEY" in data:
+        return serialization.load_ssh_private_key(data, passphrase)  # type: ignore[return-value]
+    return serialization.load_pem_private_key(data, passphrase)  # type: ignore[return-value]
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint of a certificate, as ``AB:CD:…`` hex pairs (what ``openssl x509 -fingerprint -sha256`` shows)."""
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))

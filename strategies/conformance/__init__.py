@@ -1,0 +1,1 @@
+"""Conformance kit for xsilo strategies (filled in by issue 5)."""

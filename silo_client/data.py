@@ -1,0 +1,503 @@
+"""Validated local data: a declared schema, CSV/Parquet loading, and the schema fingerprint.
+
+A silo validates its data against the schema in its config before joining any run; every
+problem is a :class:`~xsilo.errors.DataValidationError` naming file, column and 1-based data
+row. Only :func:`schema_fingerprint` output ever leaves the site (names, dtypes, label set and
+a coarse row-count bucket), never values or statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xsilo.errors import ConfigError, DataValidationError
+
+__all__ = [
+    "Column",
+    "DataSchema",
+    "LocalDataset",
+    "fingerprints_agree",
+    "infer_schema",
+    "load_dataset",
+    "schema_fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float", "int", "bool", "category")
+TASKS = ("classification", "regression")
+MISSING_POLICIES = ("error", "drop", "mean")
+MISSING_TOKENS = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
+_BOOL_TOKENS = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "yes": 1.0, "no": 0.0}
+_SCHEMA_KEYS = {"features", "label", "label_values", "task", "missing"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature column. ``values`` lists the allowed levels of a ``category`` column."""
+
+    name: str
+    dtype: str
+    values: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"column {self.name!r}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}"
+            )
+        if (self.dtype == "category") != (self.values is not None):
+            raise ConfigError(
+                f"column {self.name!r}: declare `values = [...]` for a category column "
+                "(and only for one), so every silo encodes it identically"
+            )
+
+    @property
+    def width(self) -> int:
+        """Number of model features this column becomes (one-hot for categories)."""
+        return len(self.values) if self.values is not None else 1
+
+
+@dataclass(frozen=True)
+class DataSchema:
+    """The declared shape of a silo's data (the ``[data.schema]`` table of the silo config)."""
+
+    features: tuple[Column, ...]
+    label: str
+    label_values: tuple | None
+    task: str = "classification"
+    missing: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"data.schema.task = {self.task!r}; use one of {TASKS}")
+        if self.missing not in MISSING_POLICIES:
+            raise ConfigError(f"data.schema.missing = {self.missing!r}; use one of {MISSING_POLICIES}")
+        if not self.features:
+            raise ConfigError("data.schema.features is empty; declare at least one feature column")
+        names = [c.name for c in self.features]
+        dup = [n for n, k in Counter(names).items() if k > 1]
+        if dup or self.label in names:
+            raise ConfigError(f"data.schema: column {(dup or [self.label])[0]!r} is declared twice")
+        if self.task == "classification" and not self.label_values:
+            raise ConfigError("data.schema.label_values must list the classes for classification")
+        if self.task == "regression" and self.label_values is not None:
+            raise ConfigError("data.schema.label_values must be absent for regression")
+
+    @property
+    def n_features(self) -> int:
+        """Width of the feature matrix (categories are one-hot encoded)."""
+        return sum(c.width for c in self.features)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the model features, ``col=level`` for one-hot category levels."""
+        out: list[str] = []
+        for c in self.features:
+            out.extend([f"{c.name}={v}" for v in c.values] if c.values else [c.name])
+        return tuple(out)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping) -> DataSchema:
+        """Build from the silo TOML ``[data.schema]`` table.
+
+        ``features`` is either a table ``{name = "dtype"}`` or an array of tables
+        ``[{name = "x", dtype = "category", values = ["a", "b"]}]``.
+        """
+        unknown = set(m) - _SCHEMA_KEYS
+        if unknown:
+            raise ConfigError(
+                f"data.schema: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SCHEMA_KEYS)}"
+            )
+        if "label" not in m or "features" not in m:
+            raise ConfigError("data.schema needs `label` and `features`")
+        labels = m.get("label_values")
+        return cls(
+            features=_parse_features(m["features"]),
+            label=str(m["label"]),
+            label_values=tuple(labels) if labels is not None else None,
+            task=str(m.get("task", "classification")),
+            missing=str(m.get("missing", "error")),
+        )
+
+    def to_mapping(self) -> dict[str, object]:
+        """Inverse of :meth:`from_mapping` (TOML-ready)."""
+        feats = [
+            {"name": c.name, "dtype": c.dtype, **({"values": list(c.values)} if c.values else {})}
+            for c in self.features
+        ]
+        out: dict[str, object] = {"features": feats, "label": self.label, "task": self.task}
+        if self.label_values is not None:
+            out["label_values"] = list(self.label_values)
+        out["missing"] = self.missing
+        return out
+
+
+def _parse_features(raw: object) -> tuple[Column, ...]:
+    if isinstance(raw, Mapping):
+        return tuple(Column(str(k), str(v)) for k, v in raw.items())
+    if isinstance(raw, list):
+        cols = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, Mapping) or not {"name", "dtype"} <= set(item) or (
+                set(item) - {"name", "dtype", "values"}
+            ):
+                raise ConfigError(
+                    f"data.schema.features[{i}] = {item!r}; expected "
+                    '{name = "...", dtype = "...", values = [...] (category only)}'
+                )
+            vals = item.get("values")
+            cols.append(Column(str(item["name"]), str(item["dtype"]),
+                               tuple(str(v) for v in vals) if vals is not None else None))
+        return tuple(cols)
+    raise ConfigError(f"data.schema.features must be a table or an array of tables, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class LocalDataset:
+    """Validated local data. ``X`` is float32 2-D; ``y`` holds class indices into
+    ``schema.label_values`` (int64) for classification, float32 targets for regression."""
+
+    X: np.ndarray
+    y: np.ndarray
+    schema: DataSchema
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+class _Raw:
+    """Columns of one file as read: strings for CSV (tuples, converted lazily), typed for Parquet."""
+
+    def __init__(self, path: Path, columns: dict[str, tuple | np.ndarray], n_rows: int) -> None:
+        self.path, self.columns, self.n_rows = path, columns, n_rows
+
+    def array(self, name: str) -> np.ndarray:
+        col = self.columns[name]
+        if isinstance(col, tuple):
+            col = self.columns[name] = np.asarray(col, dtype=str)
+        return col
+
+    def fail(self, column: str, row: int | None, what: str) -> DataValidationError:
+        where = f", row {row + 1} (line {row + 2})" if row is not None else ""
+        return DataValidationError(f"{self.path}: column {column!r}{where}: {what}")
+
+
+def _read_csv(path: Path) -> _Raw:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header or header == [""]:
+            raise DataValidationError(f"{path}: the file is empty (no header row); nothing sent")
+        rows = list(reader)
+    if rows and rows[-1] == []:
+        rows.pop()
+    width = len(header)
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise DataValidationError(
+                f"{path}: row {i + 1} (line {i + 2}) has {len(row)} fields, header has {width}"
+            )
+    dup = [n for n, k in Counter(header).items() if k > 1]
+    if dup:
+        raise DataValidationError(f"{path}: column {dup[0]!r} appears twice in the header")
+    cols = list(zip(*rows)) if rows else [()] * width
+    return _Raw(path, dict(zip(header, cols)), len(rows))
+
+
+def _read_parquet(path: Path) -> _Raw:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # optional extra
+        raise DataValidationError(
+            f"{path}: reading Parquet needs pyarrow; install it with pip install 'xsilo[parquet]'"
+        ) from exc
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for bad files
+        raise DataValidationError(f"{path}: not a readable Parquet file ({exc})") from exc
+    arrays = {}
+    for name in table.column_names:
+        col = table.column(name)
+        arrays[name] = col.to_numpy(zero_copy_only=False)
+        if col.null_count and arrays[name].dtype.kind in "iub":
+            arrays[name] = col.cast("float64").to_numpy(zero_copy_only=False)
+    return _Raw(path, arrays, table.num_rows)
+
+
+def _missing_mask(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind in "iub":
+        return np.zeros(values.shape, dtype=bool)
+    if values.dtype.kind == "O":
+        return np.array([v is None or str(v) in MISSING_TOKENS for v in values], dtype=bool)
+    return np.isin(values, MISSING_TOKENS)
+
+
+def _first_bad(values: np.ndarray, ok: Callable[[object], bool]) -> int:
+    return next(i for i, v in enumerate(values) if not ok(v))
+
+
+def _cell(v: object) -> object:
+    """A numpy scalar as a plain Python value, for readable messages."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _parses_float(v: object) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _to_float(raw: _Raw, name: str, dtype: str) -> np.ndarray:
+    """Numeric column -> float64 with NaN at missing cells; errors name the first bad row."""
+    values = raw.columns[name]
+    out = None
+    if isinstance(values, tuple):  # fast path: a clean CSV column parses without a string array
+        try:
+            out = np.fromiter(map(float, values), np.float64, count=len(values))
+        except ValueError:
+            values = raw.array(name)
+    if out is None and values.dtype.kind in "fiub":
+        out = values.astype(np.float64)
+    elif out is None:
+        missing = _missing_mask(values)
+        filled = np.where(missing, "nan", values.astype(str))
+        try:
+            out = filled.astype(np.float64)
+        except ValueError:
+            i = _first_bad(filled, _parses_float)
+            raise raw.fail(name, i, f"value {_cell(values[i])!r} is not a number (declared {dtype})") from None
+    if np.isinf(out).any():
+        i = int(np.argmax(np.isinf(out)))
+        raise raw.fail(name, i, f"value {_cell(values[i])!r} is not finite")
+    if dtype == "int":
+        frac = ~np.isnan(out) & (out != np.round(out))
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise raw.fail(name, i, f"value {_cell(values[i])!r} is not an integer (declared int)")
+    return out
+
+
+def _encode_levels(raw: _Raw, name: str, values: np.ndarray, missing: np.ndarray,
+                   levels: dict[str, int], what: str) -> np.ndarray:
+    """Map each cell to its level index (-1 where missing); unknown levels are errors."""
+    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
+    codes = np.empty(len(uniq), dtype=np.int64)
+    for j, u in enumerate(uniq):
+        code = levels.get(u)
+        if code is None:
+            code = levels.get(_numeric_key(u), -2)
+        codes[j] = code
+    idx = codes[inverse.reshape(-1)]
+    idx[missing] = -1
+    bad = idx == -2
+    if bad.any():
+        i = int(np.argmax(bad))
+        allowed = sorted(k for k in levels if not k.startswith("\0"))
+        raise raw.fail(name, i, f"{what} {_cell(values[i])!r} is not one of the declared {allowed}")
+    return idx
+
+
+def _numeric_key(v: object) -> str:
+    """Match 1, 1.0 and "1" to one label: a hidden key for numeric levels."""
+    try:
+        return "\0" + repr(float(v))
+    except (TypeError, ValueError):
+        return "\0?"
+
+
+def _level_map(values: tuple) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i, v in enumerate(values):
+        out.setdefault(str(v), i)
+        if not isinstance(v, bool) and isinstance(v, int | float):
+            out.setdefault(_numeric_key(v), i)
+    return out
+
+
+def _encode_feature(raw: _Raw, col: Column) -> np.ndarray:
+    """One declared column -> float64 block of shape (n, width) with NaN for missing."""
+    if col.dtype in ("float", "int"):
+        return _to_float(raw, col.name, col.dtype)[:, None]
+    values = raw.array(col.name)
+    missing = _missing_mask(values)
+    if col.dtype == "bool":
+        if values.dtype.kind in "fiub":
+            out = values.astype(np.float64)
+            bad = ~missing & ~np.isin(out, (0.0, 1.0))
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise raw.fail(col.name, i, f"value {_cell(values[i])!r} is not a boolean")
+            return np.where(missing, np.nan, out)[:, None]
+        levels = {k: int(v) for k, v in _BOOL_TOKENS.items()}
+        lowered = np.char.lower(values.astype(str))
+        idx = _encode_levels(raw, col.name, lowered, missing, levels, "value")
+        return np.where(idx < 0, np.nan, idx.astype(np.float64))[:, None]
+    idx = _encode_levels(raw, col.name, values, missing, _level_map(col.values), "category")
+    block = np.zeros((len(idx), col.width), dtype=np.float64)
+    block[np.arange(len(idx))[idx >= 0], idx[idx >= 0]] = 1.0
+    block[idx < 0] = np.nan
+    return block
+
+
+def _encode_label(raw: _Raw, schema: DataSchema) -> np.ndarray:
+    if schema.task == "regression":
+        return _to_float(raw, schema.label, "float")
+    values = raw.array(schema.label)
+    missing = _missing_mask(values)
+    idx = _encode_levels(raw, schema.label, values, missing, _level_map(schema.label_values), "label")
+    return np.where(idx < 0, np.nan, idx.astype(np.float64))
+
+
+def _apply_missing_policy(raw: _Raw, schema: DataSchema, X: np.ndarray, y: np.ndarray):
+    bad_x = np.isnan(X).any(axis=1)
+    bad_y = np.isnan(y)
+    if not (bad_x.any() or bad_y.any()):
+        return X, y
+    if schema.missing == "error" or (schema.missing == "mean" and bad_y.any()):
+        i = int(np.argmax(bad_x | bad_y))
+        name = schema.label if bad_y[i] else _column_of(schema, int(np.argmax(np.isnan(X[i]))))
+        fix = ('set data.schema.missing = "drop" or "mean"' if schema.missing == "error"
+               else 'a missing label cannot be imputed; set missing = "drop" or fix the row')
+        raise raw.fail(name, i, f"missing value ({fix})")
+    if schema.missing == "drop":
+        keep = ~(bad_x | bad_y)
+        log.info("%s: dropped %d row(s) with missing values", raw.path, int((~keep).sum()))
+        return X[keep], y[keep]
+    present = ~np.isnan(X)
+    counts = present.sum(axis=0)
+    means = np.where(present, X, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    empty = counts == 0
+    if empty.any():
+        raise raw.fail(_column_of(schema, int(np.argmax(empty))), None,
+                       "every value is missing; mean imputation is impossible")
+    return np.where(np.isnan(X), means, X), y
+
+
+def _column_of(schema: DataSchema, feature_index: int) -> str:
+    for c in schema.features:
+        if feature_index < c.width:
+            return c.name
+        feature_index -= c.width
+    raise IndexError(feature_index)
+
+
+def _read(path: str | Path) -> _Raw:
+    p = Path(path)
+    if not p.is_file():
+        raise DataValidationError(f"{p}: data file not found (check [data] path in the silo config)")
+    if p.stat().st_size == 0:
+        raise DataValidationError(f"{p}: the file is empty (0 bytes); nothing sent")
+    if p.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(p)
+    if p.suffix.lower() in (".csv", ".txt"):
+        return _read_csv(p)
+    raise DataValidationError(f"{p}: unsupported file type {p.suffix!r}; use .csv or .parquet")
+
+
+def load_dataset(path: str | Path, schema: DataSchema) -> LocalDataset:
+    """Read a CSV or Parquet file and validate it against ``schema``.
+
+    Raises
+    ------
+    DataValidationError
+        Missing/empty file, missing column, unparseable value, unknown label or category,
+        or a missing value under ``missing = "error"``; the message names file, column, row.
+    """
+    raw = _read(path)
+    if raw.n_rows == 0:
+        raise DataValidationError(f"{raw.path}: the file has a header but no data rows")
+    for name in [c.name for c in schema.features] + [schema.label]:
+        if name not in raw.columns:
+            raise raw.fail(name, None, f"column is missing; the file has {sorted(raw.columns)}")
+    X = np.concatenate([_encode_feature(raw, c) for c in schema.features], axis=1)
+    y = _encode_label(raw, schema)
+    X, y = _apply_missing_policy(raw, schema, X, y)
+    if len(X) == 0:
+        raise DataValidationError(f"{raw.path}: no rows left after dropping missing values")
+    y_out = y.astype(np.int64) if schema.task == "classification" else y.astype(np.float32)
+    return LocalDataset(X=np.ascontiguousarray(X, dtype=np.float32), y=y_out,
+                        schema=schema, source=str(raw.path))
+
+
+def infer_schema(path: str | Path, *, label: str, task: str = "classification") -> DataSchema:
+    """Guess a schema from a file (for demos and quickstarts; review it before production)."""
+    raw = _read(path)
+    if label not in raw.columns:
+        raise raw.fail(label, None, f"label column is missing; the file has {sorted(raw.columns)}")
+    feats = []
+    for name in list(raw.columns):
+        if name == label:
+            continue
+        values = raw.array(name)
+        present = values[~_missing_mask(values)]
+        if values.dtype.kind in "fiub" or all(_parses_float(v) for v in np.unique(present)):
+            feats.append(Column(name, "float"))
+        else:
+            feats.append(Column(name, "category", tuple(sorted(np.unique(present.astype(str))))))
+    labels = None
+    if task == "classification":
+        present = raw.array(label)[~_missing_mask(raw.array(label))]
+        uniq = np.unique(present.astype(str))
+        as_num = [float(u) for u in uniq] if all(_parses_float(u) for u in uniq) else None
+        if as_num is not None and all(v == int(v) for v in as_num):
+            labels = tuple(sorted({int(v) for v in as_num}))
+        else:
+            labels = tuple(sorted(uniq.tolist()))
+    return DataSchema(features=tuple(feats), label=label, label_values=labels, task=task)
+
+
+def _row_bucket(n_rows: int) -> str:
+    if n_rows < 10:
+        return "0-9"
+    lo = 10 ** (len(str(n_rows)) - 1)
+    return f"{lo}-{lo * 10 - 1}"
+
+
+def schema_fingerprint(schema: DataSchema, n_rows: int) -> dict[str, object]:
+    """What a silo publishes about its data: no values, no statistics.
+
+    ``digest`` is SHA-256 over the canonical JSON of everything except ``rows`` (the coarse
+    bucket), so silos of different sizes with the same schema agree.
+    """
+    body = {
+        "columns": [[c.name, c.dtype, list(c.values) if c.values else None] for c in schema.features],
+        "label": schema.label,
+        "label_values": [str(v) for v in schema.label_values] if schema.label_values else None,
+        "task": schema.task,
+    }
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return {**body, "rows": _row_bucket(n_rows), "digest": hashlib.sha256(canon.encode()).hexdigest()}
+
+
+def fingerprints_agree(fps: Mapping[str, Mapping[str, object]]) -> None:
+    """Raise :class:`ConfigError` naming each silo whose schema differs from the majority."""
+    if not fps:
+        return
+    counts = Counter(fp["digest"] for fp in fps.values())
+    if len(counts) == 1:
+        return
+    ref_digest = counts.most_common(1)[0][0]
+    ref_name, ref = next((n, fp) for n, fp in fps.items() if fp["digest"] == ref_digest)
+    problems = []
+    for name, fp in fps.items():
+        if fp["digest"] == ref_digest:
+            continue
+        diffs = [k for k in ("columns", "label", "label_values", "task") if fp.get(k) != ref.get(k)]
+        detail = "; ".join(f"{k}: {fp.get(k)!r} vs {ref.get(k)!r}" for k in diffs) or "digest"
+        problems.append(f"silo {name!r} disagrees with {ref_name!r} on {detail}")
+    raise ConfigError("data schemas differ across silos, refusing the run before any round: "
+                      + " | ".join(problems))

@@ -22,13 +22,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "CertifiedKey",
     "fingerprint",
+    "flower_public_key_header",
     "issue_leaf",
     "load_certificate",
     "load_private_key",
     "make_ca",
+    "make_crl",
+    "make_csr",
     "make_node_auth_key",
+    "openssh_public_line",
+    "public_key_fingerprint",
     "write_private_key",
     "write_public_pem",
+    "write_text_atomic",
 ]
 
 _CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
@@ -176,3 +182,73 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> ec.Elliptic
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 fingerprint of a certificate, as ``AB:CD:…`` hex pairs (what ``openssl x509 -fingerprint -sha256`` shows)."""
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+
+
+# --- Additions for the consortium PKI (deploy.pki, deploy.enrollment) -------------------
+
+def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str, *,
+             organization: str | None = None) -> x509.CertificateSigningRequest:
+    """A certificate signing request for ``common_name``, signed by ``key`` (proof of possession)."""
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(_name(common_name, organization))
+            .sign(key, hashes.SHA256()))
+
+
+def make_crl(ca: CertifiedKey, revoked: list[tuple[int, dt.datetime]], *,
+             days: int = 3) -> x509.CertificateRevocationList:
+    """A CRL listing ``(serial, revocation time)`` pairs; ``nextUpdate`` is ``days`` ahead.
+
+    A CRL past its ``nextUpdate`` makes OpenSSL (and so nginx) refuse every client: re-issue
+    it well before then (``xsilo pki crl`` or any PKI change does).
+    """
+    now = _now()
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca.cert.subject)
+               .last_update(now - dt.timedelta(minutes=5))
+               .next_update(now + dt.timedelta(days=days)))
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def public_key_fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 over the DER SubjectPublicKeyInfo, as ``AB:CD:…`` hex pairs."""
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return ":".join(f"{b:02X}" for b in digest.finalize())
+
+
+def openssh_public_line(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The OpenSSH one-line form of a public key (what ``flwr supernode register`` takes)."""
+    return public_key.public_bytes(serialization.Encoding.OpenSSH,
+                                   serialization.PublicFormat.OpenSSH).decode()
+
+
+def flower_public_key_header(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The value a SuperNode sends in its ``flwr-public-key`` header (base64 of the PEM SPKI)."""
+    import base64
+
+    pem = public_key.public_bytes(serialization.Encoding.PEM,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(pem).decode("ascii")
+
+
+def write_text_atomic(path: Path, text: str | bytes, *, mode: int = 0o644) -> None:
+    """Write ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode() if isinstance(text, str) else text
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,173 @@
+"""Silo side of enrollment: keys are made here and never leave the site.
+
+``enroll`` creates the kit directory with the TLS client key and the Flower node-auth key
+(both 0600) and a request file; ``import_bundle`` checks what the operator sent back and
+completes the **member kit** (layout in :mod:`deploy.kit`); ``make_renewal_request`` and
+``install_renewal`` renew the certificate for the same key, atomically, and reload a
+running silo gateway so training continues.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from deploy.certs import (
+    fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr, openssh_public_line,
+    write_private_key, write_public_pem, write_text_atomic,
+)
+from deploy.kit import KIT_FILES, MemberKit, load_kit, write_silo_toml
+from deploy.messages import (
+    Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
+    read_bundle, read_request,
+)
+from xsilo.errors import EnrollmentError
+
+__all__ = ["enroll", "import_bundle", "install_renewal", "make_renewal_request"]
+
+log = logging.getLogger(__name__)
+
+
+def enroll(name: str, kit_dir: Path, *, email: str, person: str | None = None,
+           phone: str | None = None, organization: str | None = None,
+           curve: str = "P-256") -> Path:
+    """Generate this silo's keys in ``kit_dir`` (0600) and write ``request.json``.
+
+    Returns the request path: send that file (public material only) to the operator.
+    Refuses to overwrite existing keys.
+    """
+    check_name(name)
+    check_organization(organization)
+    kit = Path(kit_dir)
+    for f in (KIT_FILES["tls_key"], KIT_FILES["node_key"]):
+        if (kit / f).exists():
+            raise EnrollmentError(f"{kit / f} already exists: this kit is enrolled or in "
+                                  "progress; use a new directory or `xsilo silo renew`")
+    curves = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+    if curve not in curves:
+        raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
+    kit.mkdir(parents=True, exist_ok=True)
+    os.chmod(kit, 0o700)
+    tls_key = ec.generate_private_key(curves[curve]())
+    node_key = ec.generate_private_key(ec.SECP384R1())
+    write_private_key(kit / KIT_FILES["tls_key"], tls_key)
+    write_private_key(kit / KIT_FILES["node_key"], node_key, openssh=True)
+    node_line = openssh_public_line(node_key.public_key())
+    write_text_atomic(kit / KIT_FILES["node_pub"], node_line + "\n")
+    contact = {k: v for k, v in (("email", email), ("person", person), ("phone", phone)) if v}
+    path = _write_request(kit, name, organization, contact, tls_key, node_key, "enroll")
+    read_request(path)  # the operator will run the same checks; fail here first
+    log.info("wrote %s (node key %s)", path, node_key_fingerprint(node_line))
+    return path
+
+
+def _write_request(kit: Path, name: str, organization: str | None, contact: dict[str, str],
+                   tls_key: ec.EllipticCurvePrivateKey, node_key: ec.EllipticCurvePrivateKey,
+                   kind: str) -> Path:
+    csr = make_csr(tls_key, name, organization=organization)
+    node_sig = node_key.sign(csr.public_bytes(serialization.Encoding.DER),
+                             ec.ECDSA(hashes.SHA256()))
+    req = EnrollmentRequest(name, organization, contact, csr,
+                            openssh_public_line(node_key.public_key()),
+                            dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), kind)
+    path = kit / ("request.json" if kind == "enroll" else "renew-request.json")
+    write_text_atomic(path, req.to_json(node_sig))
+    return path
+
+
+def _check_bundle_matches_kit(bundle: Bundle, kit: Path) -> None:
+    cert = bundle.cert()
+    try:
+        cert.verify_directly_issued_by(bundle.ca())
+    except (ValueError, TypeError) as exc:
+        raise EnrollmentError(f"bundle certificate is not signed by the consortium CA: {exc}") from exc
+    tls_key = load_private_key(kit / KIT_FILES["tls_key"])
+    if cert.public_key() != tls_key.public_key():
+        raise EnrollmentError(f"bundle certificate is not for this kit's key "
+                              f"{kit / KIT_FILES['tls_key']}: wrong bundle or wrong kit")
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != [bundle.name]:
+        raise EnrollmentError(f"bundle certificate CN {cns} does not match name {bundle.name!r}")
+    node_line = (kit / KIT_FILES["node_pub"]).read_text().strip()
+    if node_key_fingerprint(node_line) != bundle.node_public_key_sha256:
+        raise EnrollmentError("bundle was issued for another node key "
+                              f"({bundle.node_public_key_sha256}); wrong bundle or wrong kit")
+    if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+        raise EnrollmentError(f"bundle certificate expired on {cert.not_valid_after_utc}; "
+                              "ask the operator to renew")
+
+
+def import_bundle(bundle_path: Path, kit_dir: Path, expected_ca_fingerprint: str, *,
+                  local_port: int = 9443) -> MemberKit:
+    """Check a bundle (CA fingerprint, CA signature, certificate matches our key) and
+    complete the member kit; ``local_port`` is where the silo gateway will listen.
+
+    Nothing in the kit changes unless every check passes.
+    """
+    kit = Path(kit_dir)
+    if not (kit / KIT_FILES["tls_key"]).exists():
+        raise EnrollmentError(f"{kit} has no {KIT_FILES['tls_key']}: import the bundle into "
+                              "the directory where `xsilo silo enroll` made the keys")
+    bundle = read_bundle(Path(bundle_path), expected_ca_fingerprint)
+    _check_bundle_matches_kit(bundle, kit)
+    write_text_atomic(kit / KIT_FILES["ca"], bundle.ca_certificate)
+    write_text_atomic(kit / KIT_FILES["crl"], bundle.crl)
+    _make_local_tls(kit)
+    write_text_atomic(kit / KIT_FILES["tls_cert"], bundle.certificate)
+    write_silo_toml(kit, name=bundle.name, local_port=local_port,
+                    coordinator=bundle.coordinator_address,
+                    server_name=bundle.coordinator_server_name,
+                    coordinator_sha256=bundle.coordinator_certificate_sha256)
+    log.info("member kit %s complete for %s", kit, bundle.name)
+    return load_kit(kit)
+
+
+def _make_local_tls(kit: Path) -> None:
+    """A site-local CA and loopback certificate for the silo gateway's listening side.
+
+    The SuperNode trusts only ``local-ca.crt``; the local CA key is discarded right away.
+    """
+    ca = make_ca("xsilo silo-local gateway CA", curve="P-256", days=825)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue_leaf(ca, "xsilo-silo-gateway", public_key=key.public_key(),
+                      server_hosts=["127.0.0.1", "localhost"], days=825)
+    write_private_key(kit / KIT_FILES["local_key"], key)
+    write_public_pem(kit / KIT_FILES["local_cert"], cert)
+    write_public_pem(kit / KIT_FILES["local_ca"], ca.cert)
+
+
+def make_renewal_request(kit_dir: Path) -> Path:
+    """Write ``renew-request.json``: a CSR signed by the *current* TLS key (no new keys)."""
+    kit = load_kit(Path(kit_dir))
+    cert = load_certificate(kit.client_cert)
+    org = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    req = read_request(kit.root / "request.json") if (kit.root / "request.json").exists() else None
+    contact = req.contact if req else {"email": "unknown@invalid.example"}
+    return _write_request(kit.root, kit.name, str(org[0].value) if org else None, contact,
+                          load_private_key(kit.client_key), load_private_key(kit.auth_key),
+                          "renew")
+
+
+def install_renewal(bundle_path: Path, kit_dir: Path) -> MemberKit:
+    """Install a renewed certificate (same key) atomically and reload a running silo
+    gateway; the CA fingerprint is checked against the kit's own ``ca.crt``."""
+    from deploy.gateway import reload_running  # gateway imports kit; keep this edge lazy
+
+    kit = load_kit(Path(kit_dir))
+    expected = fingerprint(load_certificate(kit.ca_cert))
+    bundle = read_bundle(Path(bundle_path), expected)
+    if bundle.name != kit.name:
+        raise EnrollmentError(f"bundle is for {bundle.name!r}, this kit is {kit.name!r}")
+    _check_bundle_matches_kit(bundle, kit.root)
+    write_text_atomic(kit.root / KIT_FILES["crl"], bundle.crl)
+    write_text_atomic(kit.client_cert, bundle.certificate)
+    if reload_running(kit.gateway_prefix):
+        log.info("silo gateway reloaded with the renewed certificate")
+    log.info("installed certificate valid until %s", bundle.cert().not_valid_after_utc)
+    return kit

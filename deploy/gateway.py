@@ -1,0 +1,237 @@
+"""The nginx mTLS gateways: config generation and a foreground, unprivileged nginx per prefix.
+
+* **Coordinator gateway** (public port): requires a client certificate from the consortium
+  CA (CRL checked at the handshake, depth 1), forwards only ``POST /v1/fleet/…`` to the
+  SuperLink on loopback over verified HTTPS, answers everything else 403 (a Fleet path is
+  never answered 403: Flower reads that as "run not running"; a non-POST gets 405).
+  Optionally binds each client certificate subject to its enrolled Flower node key
+  (a mismatched ``flwr-public-key`` header gets 401, which ends that SuperNode).
+* **Silo gateway** (loopback): TLS with the kit's local certificate towards the SuperNode;
+  upstream it presents the silo's client certificate and verifies the coordinator against
+  the consortium CA and its expected name.
+
+Handles (:class:`GatewayHandle`) have ``.port``, ``.stop()``, ``.reload()``, ``.logs()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.kit import MemberKit, load_kit
+from deploy.nginx_conf import coordinator_conf, silo_conf
+from xsilo.errors import DeploymentError
+
+__all__ = ["CoordinatorGateway", "GatewayHandle", "SiloGateway", "find_nginx",
+           "reload_running"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("install it with `sudo apt-get install nginx-light` (Debian/Ubuntu; "
+                "`dnf install nginx` on RHEL/Fedora, `brew install nginx` on macOS), "
+                "or point XSILO_NGINX at the binary")
+
+
+def find_nginx() -> str:
+    """The nginx binary: ``$XSILO_NGINX``, ``PATH``, or ``/usr/sbin/nginx``."""
+    candidates = [os.environ.get("XSILO_NGINX"), shutil.which("nginx"), "/usr/sbin/nginx"]
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise DeploymentError(f"the nginx gateway binary was not found: {INSTALL_HINT}")
+
+
+def _prepare_prefix(prefix: Path) -> None:
+    for sub in ("conf", "logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(prefix, 0o755)
+
+
+def _nginx_cmd(nginx: str, prefix: Path, *extra: str) -> list[str]:
+    return [nginx, "-p", f"{prefix}/", "-e", "logs/error.log", "-c", "conf/nginx.conf", *extra]
+
+
+def _test_conf(nginx: str, prefix: Path) -> None:
+    res = subprocess.run(_nginx_cmd(nginx, prefix, "-t", "-q"), capture_output=True, text=True,
+                         timeout=30)
+    if res.returncode != 0:
+        raise DeploymentError(f"nginx rejected the generated config {prefix}/conf/nginx.conf: "
+                              f"{res.stderr.strip()}")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def reload_running(prefix: Path) -> bool:
+    """Send SIGHUP to the nginx whose pid file is under ``prefix``; False if none runs."""
+    pid_file = Path(prefix) / "logs" / "nginx.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class GatewayHandle:
+    """A running nginx gateway in its own process group."""
+
+    name: str
+    prefix: Path
+    host: str
+    port: int
+    render: Callable[[], str]
+    nginx: str
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial."""
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> GatewayHandle:
+        """Write the config, check it with ``nginx -t`` and start nginx in the foreground."""
+        _prepare_prefix(self.prefix)
+        (self.prefix / "conf" / "nginx.conf").write_text(self.render())
+        _test_conf(self.nginx, self.prefix)
+        if _port_open(self.host, self.port):
+            raise DeploymentError(f"{self.name} gateway: port {self.address} is already in use; "
+                                  "choose another port")
+        stderr = open(self.prefix / "logs" / "stderr.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(_nginx_cmd(self.nginx, self.prefix, "-g", "daemon off;"),
+                                     stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                     start_new_session=True)
+        stderr.close()
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.host, self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise DeploymentError(f"{self.name} gateway did not start on {self.address}: "
+                                      f"{self._tail('error.log')}{self._tail('stderr.log')}")
+            time.sleep(0.05)
+        log.info("%s gateway listening on %s (prefix %s)", self.name, self.address, self.prefix)
+        return self
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Re-render the config (new CRL, certificates, node-key bindings) and reload
+        gracefully; open connections finish on the old workers."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise DeploymentError(f"{self.name} gateway is not running; start it first")
+        conf = self.prefix / "conf" / "nginx.conf"
+        old = conf.read_text()
+        conf.write_text(self.render())
+        try:
+            _test_conf(self.nginx, self.prefix)
+        except DeploymentError:
+            conf.write_text(old)
+            raise
+        before = self.logs()["error"].count("start worker process")
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.logs()["error"].count("start worker process") <= before:
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"{self.name} gateway did not reload: {self._tail('error.log')}")
+            time.sleep(0.05)
+        log.info("%s gateway reloaded", self.name)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop nginx and everything in its process group (idempotent)."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # workers left behind by a killed master
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+    def logs(self) -> dict[str, str]:
+        """``{"error": …, "access": …}`` log contents so far."""
+        out = {}
+        for key in ("error", "access"):
+            f = self.prefix / "logs" / f"{key}.log"
+            out[key] = f.read_text(errors="replace") if f.exists() else ""
+        return out
+
+    def _tail(self, name: str, lines: int = 5) -> str:
+        f = self.prefix / "logs" / name
+        return " | ".join(f.read_text(errors="replace").splitlines()[-lines:]) if f.exists() else ""
+
+    def __enter__(self) -> GatewayHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class CoordinatorGateway:
+    """The coordinator's public mTLS gateway in front of a loopback SuperLink."""
+
+    @staticmethod
+    def start(*, pki_dir: Path, port: int, superlink: str, prefix: Path,
+              host: str = "127.0.0.1", bind_node_keys: bool = True,
+              superlink_server_name: str = "localhost") -> GatewayHandle:
+        """Start it; ``superlink`` is the SuperLink's loopback ``host:port`` (HTTPS, serving
+        the certificate from ``pki issue-coordinator``); ``host`` the public bind address."""
+        from deploy.pki import Pki
+
+        pki = Pki(Path(pki_dir))
+        files = pki.coordinator_files()
+
+        def render() -> str:
+            bindings: Mapping[str, str] | None = pki.node_key_bindings() if bind_node_keys else None
+            return coordinator_conf(
+                prefix=Path(prefix).resolve(), listen=f"{host}:{port}",
+                server_cert=files.server_cert.resolve(), server_key=files.server_key.resolve(),
+                ca_cert=pki.ca_cert_path.resolve(), crl=pki.crl_path.resolve(),
+                superlink=superlink, superlink_server_name=superlink_server_name,
+                node_key_bindings=bindings)
+
+        return GatewayHandle("coordinator", Path(prefix).resolve(), host, port, render,
+                             find_nginx()).start()
+
+
+class SiloGateway:
+    """The silo's loopback gateway that presents the silo's client certificate upstream."""
+
+    @staticmethod
+    def start(kit: MemberKit | Path, *, port: int | None = None, prefix: Path | None = None,
+              coordinator: str | None = None) -> GatewayHandle:
+        """Start it from a member kit; ``port``/``coordinator`` override the kit's values
+        (the SuperNode must then dial ``handle.address``)."""
+        kit = kit if isinstance(kit, MemberKit) else load_kit(Path(kit))
+        listen_port = port if port is not None else kit.listen_port
+        prefix = Path(prefix).resolve() if prefix else kit.gateway_prefix
+
+        def render() -> str:
+            return silo_conf(prefix=prefix, listen=f"127.0.0.1:{listen_port}",
+                             local_cert=kit.local_cert, local_key=kit.local_key,
+                             ca_cert=kit.ca_cert, client_cert=kit.client_cert,
+                             client_key=kit.client_key, upstream=coordinator or kit.coordinator,
+                             server_name=kit.server_name)
+
+        return GatewayHandle(f"silo {kit.name}", prefix, "127.0.0.1", listen_port, render,
+                             find_nginx()).start()

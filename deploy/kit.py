@@ -1,0 +1,143 @@
+"""The member kit: one directory per silo that ``xsilo silo start`` uses as is.
+
+Layout (paths in ``silo.toml`` are relative to the kit directory)::
+
+    KIT/                      mode 0700
+      silo.toml               [silo] (read by the silo config loader) and [gateway]
+      request.json            the enrollment request that was sent (public)
+      silo.key      0600      TLS client key, generated here, never leaves the site
+      silo.crt                client certificate signed by the consortium CA
+      ca.crt                  consortium CA (fingerprint checked out of band)
+      crl.pem                 CRL as of the last bundle (informational)
+      node.key      0600      Flower node-auth key (OpenSSH ECDSA P-384)
+      node.pub                its public key, registered on the SuperLink
+      gateway/local-ca.crt    trust anchor the SuperNode uses (--root-certificates)
+      gateway/local.crt       silo gateway's loopback certificate (SAN 127.0.0.1, localhost)
+      gateway/local.key 0600
+      gateway/run/            nginx prefix while the silo gateway runs (conf, logs, pid)
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.certs import write_text_atomic
+from xsilo.errors import ConfigError
+
+__all__ = ["KIT_FILES", "MemberKit", "load_kit", "write_silo_toml"]
+
+KIT_FILES = {
+    "config": "silo.toml",
+    "tls_key": "silo.key",
+    "tls_cert": "silo.crt",
+    "ca": "ca.crt",
+    "crl": "crl.pem",
+    "node_key": "node.key",
+    "node_pub": "node.pub",
+    "local_ca": "gateway/local-ca.crt",
+    "local_cert": "gateway/local.crt",
+    "local_key": "gateway/local.key",
+}
+
+
+@dataclass(frozen=True)
+class MemberKit:
+    """A complete member kit, every path absolute."""
+
+    root: Path
+    name: str
+    superlink: str  # host:port the SuperNode dials (the local silo gateway)
+    root_certificates: Path  # what the SuperNode trusts for that hop
+    auth_key: Path  # --auth-supernode-private-key
+    node_public_key: Path
+    listen_port: int
+    coordinator: str  # host:port of the coordinator gateway
+    server_name: str  # name the coordinator certificate must carry
+    coordinator_sha256: str
+    ca_cert: Path
+    client_cert: Path
+    client_key: Path
+    local_cert: Path
+    local_key: Path
+
+    @property
+    def gateway_prefix(self) -> Path:
+        """nginx prefix of this silo's gateway."""
+        return self.root / "gateway" / "run"
+
+
+def _q(value: str | int) -> str:
+    return json.dumps(value)  # a JSON string/int is a valid TOML basic string/integer
+
+
+def write_silo_toml(kit: Path, *, name: str, local_port: int, coordinator: str,
+                    server_name: str, coordinator_sha256: str) -> Path:
+    """Write ``silo.toml`` (atomically)."""
+    f = KIT_FILES
+    text = f"""# xsilo member kit, written by `xsilo silo import-bundle`.
+# Paths are relative to this file's directory.
+
+[silo]
+name = {_q(name)}
+superlink = {_q(f"127.0.0.1:{local_port}")}   # the local silo gateway, not the coordinator
+root_certificates = {_q(f["local_ca"])}
+auth_key = {_q(f["node_key"])}
+
+[gateway]
+listen = {_q(f"127.0.0.1:{local_port}")}
+coordinator = {_q(coordinator)}
+server_name = {_q(server_name)}
+coordinator_certificate_sha256 = {_q(coordinator_sha256)}
+ca_certificate = {_q(f["ca"])}
+client_certificate = {_q(f["tls_cert"])}
+client_key = {_q(f["tls_key"])}
+local_certificate = {_q(f["local_cert"])}
+local_key = {_q(f["local_key"])}
+node_public_key = {_q(f["node_pub"])}
+"""
+    path = Path(kit) / f["config"]
+    write_text_atomic(path, text)
+    return path
+
+
+def _port(value: str, where: str) -> int:
+    try:
+        host, port = value.rsplit(":", 1)
+        return int(port)
+    except ValueError as exc:
+        raise ConfigError(f"{where} = {value!r} is not host:port") from exc
+
+
+def load_kit(kit_dir: Path) -> MemberKit:
+    """Load and check a member kit; :class:`ConfigError` names what is missing."""
+    root = Path(kit_dir).resolve()
+    cfg_path = root / KIT_FILES["config"]
+    if not cfg_path.is_file():
+        raise ConfigError(f"{root} is not a member kit (no silo.toml): enroll with "
+                          "`xsilo silo enroll`, then `xsilo silo import-bundle`")
+    try:
+        cfg = tomllib.loads(cfg_path.read_text())
+        silo, gw = cfg["silo"], cfg["gateway"]
+
+        def p(key: str, table: dict[str, str] = gw) -> Path:
+            path = (root / table[key]).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{cfg_path}: {key} = {table[key]!r} does not exist ({path})")
+            return path
+
+        return MemberKit(
+            root=root, name=silo["name"], superlink=silo["superlink"],
+            root_certificates=p("root_certificates", silo), auth_key=p("auth_key", silo),
+            node_public_key=p("node_public_key"),
+            listen_port=_port(gw["listen"], "gateway.listen"), coordinator=gw["coordinator"],
+            server_name=gw["server_name"],
+            coordinator_sha256=gw["coordinator_certificate_sha256"],
+            ca_cert=p("ca_certificate"), client_cert=p("client_certificate"),
+            client_key=p("client_key"), local_cert=p("local_certificate"),
+            local_key=p("local_key"))
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{cfg_path} is incomplete or invalid ({exc!r}); re-run "
+                          "`xsilo silo import-bundle`") from exc

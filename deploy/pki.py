@@ -1,0 +1,362 @@
+"""The coordinator operator's consortium PKI, kept in one directory (the *pki dir*).
+
+Layout::
+
+    PKI_DIR/
+      pki.json                 settings: curve, organization, coordinator address/name
+      ca.crt                   consortium root CA (give its fingerprint to silos by phone)
+      private/ca.key           CA key, 0600 (optionally passphrase-encrypted); dir 0700
+      crl.pem                  current CRL, re-issued on every change (nextUpdate: crl_days)
+      index.json               every issued certificate (deploy.index)
+      coordinator/server.{crt,key}     public gateway certificate (SANs from --host/--ip)
+      coordinator/superlink.{crt,key}  the SuperLink's loopback certificate (localhost)
+      issued/<name>-<serial>.crt       every certificate ever issued
+      nodes/<name>.pub         Flower node key of each enrolled silo (register these)
+      revoked/<name>.pub       node keys of revoked silos (unregister these)
+      bundles/<name>.json      the last bundle for each silo (public; send it back)
+
+Nothing is changed until every check passed and the CA key was unlocked: a malformed
+request or a wrong passphrase leaves the directory as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from deploy.certs import (
+    CertifiedKey, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
+    load_private_key, make_ca, make_crl, write_private_key,
+    write_public_pem, write_text_atomic,
+)
+from deploy.index import CertRecord, Index
+from deploy.messages import (
+    Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
+    parse_node_public_key, read_request,
+)
+from xsilo.errors import EnrollmentError
+
+__all__ = ["DEFAULT_PKI_DIR", "CoordinatorFiles", "Pki", "RevokeHook"]
+
+log = logging.getLogger(__name__)
+DEFAULT_PKI_DIR = Path(os.environ.get("XSILO_PKI_DIR", "xsilo-pki"))
+RevokeHook = Callable[[str, str], None]
+"""Called as ``hook(silo_name, node_public_key_openssh)`` after a revocation is recorded."""
+
+
+@dataclass(frozen=True)
+class CoordinatorFiles:
+    """Paths of the coordinator's certificates, for the gateway and the SuperLink."""
+
+    server_cert: Path
+    server_key: Path
+    superlink_cert: Path
+    superlink_key: Path
+    address: str
+    server_name: str
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _record(cert: x509.Certificate, name: str, kind: str, node_key: str | None) -> CertRecord:
+    return CertRecord(
+        serial=f"{cert.serial_number:X}", name=name, kind=kind,
+        subject=cert.subject.rfc4514_string(), cert_sha256=fingerprint(cert),
+        node_key_sha256=node_key_fingerprint(node_key) if node_key else None,
+        not_before=_iso(cert.not_valid_before_utc), not_after=_iso(cert.not_valid_after_utc))
+
+
+class Pki:
+    """A consortium PKI directory. Open an existing one with ``Pki(path)``; create with
+    :meth:`Pki.init`. ``on_revoke`` lets the coordinator unregister the revoked node key."""
+
+    def __init__(self, root: Path = DEFAULT_PKI_DIR, *, on_revoke: RevokeHook | None = None):
+        self.root = Path(root)
+        self.on_revoke = on_revoke
+        if not (self.root / "pki.json").is_file() or not self.ca_cert_path.is_file():
+            raise EnrollmentError(f"{self.root} is not an xsilo PKI directory (no pki.json / "
+                                  f"ca.crt); create one with `xsilo pki init --pki-dir {self.root}`")
+        self.settings = json.loads((self.root / "pki.json").read_text())
+
+    # --- paths -------------------------------------------------------------------------
+    ca_cert_path = property(lambda self: self.root / "ca.crt")
+    ca_key_path = property(lambda self: self.root / "private" / "ca.key")
+    crl_path = property(lambda self: self.root / "crl.pem")
+    index_path = property(lambda self: self.root / "index.json")
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        """The consortium CA certificate."""
+        return load_certificate(self.ca_cert_path)
+
+    @property
+    def ca_fingerprint(self) -> str:
+        """SHA-256 fingerprint of the CA certificate (silos check it out of band)."""
+        return fingerprint(self.ca_cert)
+
+    @property
+    def ca_key_encrypted(self) -> bool:
+        """Whether unlocking the CA key needs a passphrase."""
+        return b"ENCRYPTED" in self.ca_key_path.read_bytes()
+
+    # --- creation ----------------------------------------------------------------------
+    @classmethod
+    def init(cls, root: Path = DEFAULT_PKI_DIR, *, common_name: str = "xsilo consortium CA",
+             organization: str | None = None, curve: str = "P-384", days: int = 3650,
+             passphrase: bytes | None = None, crl_days: int = 3) -> Pki:
+        """Create the root CA (key 0600, optionally encrypted), an empty index and CRL."""
+        root = Path(root)
+        if (root / "pki.json").exists() or (root / "private" / "ca.key").exists():
+            raise EnrollmentError(f"{root} already holds a PKI; refusing to overwrite its CA. "
+                                  "To rotate the CA, init a new directory (docs/security.md)")
+        if curve not in ("P-256", "P-384"):
+            raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
+        check_organization(organization)
+        ca = make_ca(common_name, curve=curve, days=days, organization=organization)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "private").mkdir(mode=0o700, exist_ok=True)
+        write_private_key(root / "private" / "ca.key", ca.key, passphrase=passphrase)
+        write_public_pem(root / "ca.crt", ca.cert)
+        settings = {"format": "xsilo-pki/1", "organization": organization, "curve": curve,
+                    "crl_days": crl_days, "coordinator": None}
+        Index(root / "index.json").save()
+        write_text_atomic(root / "crl.pem", make_crl(ca, [], days=crl_days).public_bytes(
+            serialization.Encoding.PEM))
+        write_text_atomic(root / "pki.json", json.dumps(settings, indent=2) + "\n")
+        log.info("created consortium CA %s in %s", fingerprint(ca.cert), root)
+        return cls(root)
+
+    def unlock(self, passphrase: bytes | None = None) -> CertifiedKey:
+        """Load the CA key; a missing or wrong passphrase is an :class:`EnrollmentError`."""
+        try:
+            key = load_private_key(self.ca_key_path, passphrase)
+        except (TypeError, ValueError) as exc:
+            hint = ("the CA key is encrypted: give its passphrase (--passphrase-file or "
+                    "XSILO_CA_PASSPHRASE)" if passphrase is None and self.ca_key_encrypted
+                    else "wrong CA passphrase (nothing was changed)")
+            raise EnrollmentError(f"cannot unlock {self.ca_key_path}: {hint}") from exc
+        if key.public_key() != self.ca_cert.public_key():
+            raise EnrollmentError(f"{self.ca_key_path} does not belong to {self.ca_cert_path}")
+        return CertifiedKey(key, self.ca_cert)  # type: ignore[arg-type]
+
+    def issue_coordinator(self, *, hosts: list[str], address: str | None = None,
+                          port: int = 8443, days: int = 365,
+                          passphrase: bytes | None = None) -> CoordinatorFiles:
+        """Issue the public gateway certificate (SANs ``hosts``) and the SuperLink's loopback one.
+
+        ``address`` (``host:port`` silos dial) defaults to ``hosts[0]:port``; its host, or
+        the first DNS name among ``hosts`` if it is an IP, is the name silos verify.
+        """
+        if not hosts:
+            raise EnrollmentError("issue-coordinator needs at least one --host or --ip")
+        ca = self.unlock(passphrase)
+        address = address or f"{hosts[0]}:{port}"
+        server_name = _server_name(address, hosts)
+        out = self.root / "coordinator"
+        index = Index(self.index_path)
+        for kind, sans in (("coordinator", hosts), ("superlink", ["localhost", "127.0.0.1"])):
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = issue_leaf(ca, f"xsilo-{kind}", public_key=key.public_key(),
+                              server_hosts=sans, days=days,
+                              organization=self.settings.get("organization"))
+            stem = "server" if kind == "coordinator" else "superlink"
+            write_private_key(out / f"{stem}.key", key)
+            write_public_pem(out / f"{stem}.crt", cert)
+            write_public_pem(self.root / "issued" / f"{kind}-{cert.serial_number:X}.crt", cert)
+            for old in index.for_name(kind, kind=kind):
+                if old.state == "valid":
+                    index.update(old.serial, state="superseded")
+            index.add(_record(cert, kind, kind, None))
+            if kind == "coordinator":
+                coord_fp = fingerprint(cert)
+        index.save()
+        self.settings["coordinator"] = {"address": address, "server_name": server_name,
+                                        "certificate_sha256": coord_fp}
+        write_text_atomic(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
+        log.info("issued coordinator certificate for %s (verify name %s)", hosts, server_name)
+        return self.coordinator_files()
+
+    def coordinator_files(self) -> CoordinatorFiles:
+        """Where the coordinator certificates are; :class:`EnrollmentError` before issuing."""
+        coord = self.settings.get("coordinator")
+        if not coord:
+            raise EnrollmentError("no coordinator certificate yet: run "
+                                  f"`xsilo pki issue-coordinator --pki-dir {self.root} --host …`")
+        d = self.root / "coordinator"
+        return CoordinatorFiles(d / "server.crt", d / "server.key", d / "superlink.crt",
+                                d / "superlink.key", coord["address"], coord["server_name"])
+
+    # --- silos ---------------------------------------------------------------------------
+    def approve(self, request: EnrollmentRequest | Path, *, days: int = 30,
+                passphrase: bytes | None = None, out: Path | None = None) -> Path:
+        """Sign a silo's request; write and return its bundle. Refuses a name that already
+        holds a valid certificate (revoke or renew it instead) and reused keys."""
+        req = request if isinstance(request, EnrollmentRequest) else read_request(request)
+        index = Index(self.index_path)
+        current = index.current(req.name)
+        if current and current.effective_state() == "valid":
+            raise EnrollmentError(f"silo {req.name!r} already holds valid certificate serial "
+                                  f"{current.serial}; use `xsilo pki renew {req.name}`, or "
+                                  "revoke it first to enroll new keys")
+        node_fp = req.node_key_fingerprint
+        for r in index.records:
+            if r.node_key_sha256 == node_fp and (r.name != req.name or r.state == "revoked"):
+                raise EnrollmentError(f"node key {node_fp} was already enrolled for {r.name!r} "
+                                      f"(state {r.state}); the silo must generate new keys")
+        self.coordinator_files()
+        ca = self.unlock(passphrase)
+        cert = issue_leaf(ca, req.name, public_key=req.csr.public_key(),  # type: ignore[arg-type]
+                          client=True, days=days,
+                          organization=req.organization or self.settings.get("organization"))
+        write_text_atomic(self.root / "nodes" / f"{req.name}.pub", req.node_public_key + "\n")
+        index.add(_record(cert, req.name, "silo", req.node_public_key))
+        return self._finish(ca, index, cert, req.name, req.node_public_key, out)
+
+    def renew(self, name: str, *, days: int = 30, passphrase: bytes | None = None,
+              out: Path | None = None) -> Path:
+        """Re-sign the current certificate's public key with a fresh validity; return the bundle."""
+        index = Index(self.index_path)
+        current = index.current(check_name(name))
+        if current is None:
+            raise EnrollmentError(f"silo {name!r} has no certificate to renew (never enrolled, "
+                                  "or revoked: a revoked silo must enroll with new keys)")
+        old = load_certificate(self.root / "issued" / f"{name}-{current.serial}.crt")
+        ca = self.unlock(passphrase)
+        node_line = (self.root / "nodes" / f"{name}.pub").read_text().strip()
+        org = old.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+        cert = issue_leaf(ca, name, public_key=old.public_key(),  # type: ignore[arg-type]
+                          client=True, days=days,
+                          organization=str(org[0].value) if org else None)
+        index.update(current.serial, state="superseded")
+        index.add(_record(cert, name, "silo", node_line))
+        return self._finish(ca, index, cert, name, node_line, out)
+
+    def _finish(self, ca: CertifiedKey, index: Index, cert: x509.Certificate, name: str,
+                node_line: str, out: Path | None) -> Path:
+        write_public_pem(self.root / "issued" / f"{name}-{cert.serial_number:X}.crt", cert)
+        index.save()
+        self._write_crl(ca, index)
+        coord = self.settings["coordinator"]
+        bundle = Bundle(name=name, certificate=_pem(cert), ca_certificate=_pem(ca.cert),
+                        crl=self.crl_path.read_text(), coordinator_address=coord["address"],
+                        coordinator_server_name=coord["server_name"],
+                        coordinator_certificate_sha256=coord["certificate_sha256"],
+                        node_public_key_sha256=node_key_fingerprint(node_line))
+        path = Path(out) if out else self.root / "bundles" / f"{name}.json"
+        write_text_atomic(path, bundle.to_json(ca.key))
+        log.info("issued %s serial %X until %s -> %s", name, cert.serial_number,
+                 cert.not_valid_after_utc.date(), path)
+        return path
+
+    def revoke(self, name: str, *, passphrase: bytes | None = None) -> list[CertRecord]:
+        """Revoke every unexpired certificate of ``name``, re-issue the CRL, move its node key
+        to ``revoked/`` and call ``on_revoke``. Returns the revoked records."""
+        index = Index(self.index_path)
+        targets = [r for r in index.for_name(check_name(name))
+                   if r.state != "revoked" and r.effective_state() != "expired"]
+        if not targets:
+            raise EnrollmentError(f"silo {name!r} has no unrevoked, unexpired certificate")
+        ca = self.unlock(passphrase)
+        when = _iso(dt.datetime.now(dt.timezone.utc))
+        for r in targets:
+            index.update(r.serial, state="revoked", revoked_at=when)
+        index.save()
+        self._write_crl(ca, index)
+        node_file = self.root / "nodes" / f"{name}.pub"
+        node_line = node_file.read_text().strip() if node_file.exists() else ""
+        if node_line:
+            write_text_atomic(self.root / "revoked" / f"{name}.pub", node_line + "\n")
+            node_file.unlink()
+        log.warning("revoked %s (serials %s); CRL re-issued", name,
+                    ", ".join(r.serial for r in targets))
+        if self.on_revoke and node_line:
+            self.on_revoke(name, node_line)
+        return [r for r in Index(self.index_path).records if r.serial in
+                {t.serial for t in targets}]
+
+    def publish_crl(self, passphrase: bytes | None = None) -> Path:
+        """Re-issue the CRL with a fresh nextUpdate (run it daily; gateways then reload)."""
+        self._write_crl(self.unlock(passphrase), Index(self.index_path))
+        return self.crl_path
+
+    def _write_crl(self, ca: CertifiedKey, index: Index) -> None:
+        revoked = [(int(r.serial, 16), dt.datetime.fromisoformat(r.revoked_at or r.not_before))
+                   for r in index.revoked()]
+        crl = make_crl(ca, revoked, days=int(self.settings.get("crl_days", 3)))
+        write_text_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+
+    # --- queries -------------------------------------------------------------------------
+    def records(self) -> list[CertRecord]:
+        """Every issued certificate, oldest first."""
+        return list(Index(self.index_path).records)
+
+    def status(self, *, warn_days: int = 7) -> list[tuple[CertRecord, str, bool]]:
+        """``(record, effective state, warn)`` for each certificate; ``warn`` when a valid
+        one expires within ``warn_days``."""
+        now = dt.datetime.now(dt.timezone.utc)
+        soon = now + dt.timedelta(days=warn_days)
+        return [(r, s := r.effective_state(now), s == "valid" and r.expires <= soon)
+                for r in self.records()]
+
+    def crl_next_update(self) -> dt.datetime:
+        """When the current CRL stops being accepted."""
+        crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        return crl.next_update_utc  # type: ignore[return-value]
+
+    def enrolled_node_keys(self) -> dict[str, str]:
+        """``{silo: OpenSSH node public key}`` of every non-revoked silo (to register)."""
+        return {p.stem: p.read_text().strip() for p in sorted((self.root / "nodes").glob("*.pub"))}
+
+    def revoked_node_keys(self) -> dict[str, str]:
+        """``{silo: OpenSSH node public key}`` of revoked silos (to unregister)."""
+        return {p.stem: p.read_text().strip()
+                for p in sorted((self.root / "revoked").glob("*.pub"))}
+
+    def node_key_bindings(self) -> dict[str, str]:
+        """``{client certificate subject (as nginx's $ssl_client_s_dn): flwr-public-key
+        header}`` for every enrolled silo: binds the Flower node key to the TLS identity."""
+        index = Index(self.index_path)
+        out: dict[str, str] = {}
+        for name, line in self.enrolled_node_keys().items():
+            rec = index.current(name)
+            if rec is not None:
+                out[rec.subject] = flower_public_key_header(parse_node_public_key(line))
+        return out
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _server_name(address: str, hosts: list[str]) -> str:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host not in hosts:
+        raise EnrollmentError(f"address host {host!r} is not among the certificate names {hosts}")
+    if not _is_ip(host):
+        return host
+    names = [h for h in hosts if not _is_ip(h)]
+    if not names:
+        raise EnrollmentError("add a DNS name with --host: gateways verify the coordinator by "
+                              "name (nginx does not match IP SANs)")
+    return names[0]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+

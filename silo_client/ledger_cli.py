@@ -1,0 +1,74 @@
+"""``xsilo silo ledger``: verify and show a silo's egress ledger (mounted by silo_client.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from silo_client.ledger import summarize, verify_ledger
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Inspect the egress ledger: what this silo sent, when, and how it was protected.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_PATH = typer.Argument(..., help="Path to the ledger (egress-ledger.jsonl in the silo workspace).")
+
+
+def _require(path: Path, err: Console) -> None:
+    if not path.is_file():
+        err.print(f"[red]error:[/red] ledger {path} not found")
+        raise typer.Exit(2)
+
+
+@app.command()
+def verify(path: Path = _PATH) -> None:
+    """Check the hash chain; exit 0 when intact, 1 when tampered (the first bad line is named)."""
+    out, err = Console(), Console(stderr=True)
+    _require(path, err)
+    result = verify_ledger(path)
+    if not result.ok:
+        err.print(f"[red]TAMPERED:[/red] {path} line {result.line}: {result.reason} "
+                  f"({result.entries} entries before it are intact)", soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"[green]OK[/green] {path}: {result.entries} entries, chain intact, head {result.head}",
+              soft_wrap=True)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+def show(path: Path = _PATH,
+         run: str = typer.Option(None, "--run", help="Only entries of this run id.")) -> None:
+    """Print a readable table of every outgoing message recorded in the ledger."""
+    out, err = Console(), Console(stderr=True)
+    _require(path, err)
+    rows = [r for r in summarize(path) if run is None or str(r.get("run")) == run]
+    table = Table(title=f"Egress ledger {path}", title_justify="left")
+    columns = ("seq", "time", "run", "round", "type", "tensors", "values", "payload",
+               "masked", "clip_norm", "noise_sigma", "epsilon")
+    for name in columns:
+        table.add_column(name.replace("_", " "), justify="right" if name != "type" else "left")
+    for row in rows:
+        row = {**row, "time": str(row.get("time") or "")[:19].replace("T", " ") or None}
+        table.add_row(*(_fmt(row.get(name)) for name in columns))
+    out.print(table)
+    result = verify_ledger(path)
+    if result.ok:
+        out.print(f"[green]chain intact[/green] ({result.entries} entries)")
+    else:
+        out.print(f"[red]chain broken at line {result.line}:[/red] {result.reason}", soft_wrap=True)

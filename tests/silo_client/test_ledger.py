@@ -1,0 +1,146 @@
+"""Egress ledger: chain integrity, tamper detection, payload digest, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from silo_client.ledger import (
+    GENESIS,
+    EgressLedger,
+    entry_hash,
+    payload_digest,
+    summarize,
+    verify_ledger,
+)
+from silo_client.ledger_cli import app
+from xsilo.errors import ConfigError
+
+ARRAYS = {"coef": np.arange(6, dtype=np.float32).reshape(2, 3), "intercept": np.zeros(2)}
+
+
+def _fill(path: Path, n: int = 4) -> EgressLedger:
+    ledger = EgressLedger(path)
+    for rnd in range(1, n + 1):
+        ledger.append(run_id="run-7", server_round=rnd, message_type="train",
+                      tensors={k: (v.shape, str(v.dtype)) for k, v in ARRAYS.items()},
+                      payload_sha256=payload_digest(ARRAYS, {"num-examples": 10 * rnd}),
+                      masked=rnd % 2 == 0, clip_norm=1.0, noise_sigma=0.8, epsilon=0.5 * rnd,
+                      extra={"num-examples": 10 * rnd})
+    return ledger
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_entries_are_chained_and_verify(tmp_path: Path) -> None:
+    path = tmp_path / "ws" / "egress-ledger.jsonl"
+    ledger = _fill(path)
+    entries = [json.loads(line) for line in _lines(path)]
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4]
+    assert entries[0]["prev_hash"] == GENESIS
+    assert all(b["prev_hash"] == a["hash"] == entry_hash(a) for a, b in zip(entries, entries[1:]))
+    assert entries[1]["tensors"]["coef"] == {"shape": [2, 3], "dtype": "float32"}
+    assert entries[1]["masked"] is True and entries[3]["epsilon"] == 2.0
+    result = verify_ledger(path)
+    assert result.ok and result.entries == 4 and result.head == entries[-1]["hash"]
+    assert ledger.head() == (4, entries[-1]["hash"])
+    reopened = EgressLedger(path)  # continues the chain after a restart
+    reopened.append(run_id="run-8", server_round=1, message_type="evaluate", tensors={},
+                    payload_sha256=payload_digest({}, {}), masked=False, clip_norm=None,
+                    noise_sigma=None, epsilon=None)
+    assert verify_ledger(path).entries == 5
+
+
+def _tamper(path: Path, how: str) -> None:
+    lines = _lines(path)
+    if how == "modified":
+        entry = json.loads(lines[1])
+        entry["epsilon"] = 0.01  # understate the privacy spent
+        lines[1] = json.dumps(entry) + "\n"
+    elif how == "deleted":
+        del lines[1]
+    elif how == "reordered":
+        lines[1], lines[2] = lines[2], lines[1]
+    elif how == "inserted":  # a forged entry with a self-consistent hash
+        forged = json.loads(lines[1])
+        forged["message_type"] = "evaluate"
+        forged["hash"] = entry_hash(forged)
+        lines.insert(2, json.dumps(forged) + "\n")
+    elif how == "garbage":
+        lines[2] = "{not json\n"
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize(("how", "line", "needle"), [
+    ("modified", 2, "modified"), ("deleted", 2, "expected seq 2, found seq 3"),
+    ("reordered", 2, "expected seq 2"), ("inserted", 3, "expected seq 3, found seq 2"),
+    ("garbage", 3, "not valid JSON"),
+])
+def test_tampering_is_detected(tmp_path: Path, how: str, line: int, needle: str) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path)
+    _tamper(path, how)
+    result = verify_ledger(path)
+    assert not result.ok and result.line == line and needle in result.reason
+    with pytest.raises(ConfigError, match=f"fails verification at line {line}"):
+        EgressLedger(path)  # a silo never extends a broken chain
+
+
+def test_renumbered_deletion_is_still_caught_by_prev_hash(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path)
+    entries = [json.loads(line) for line in _lines(path)]
+    del entries[1]
+    for i, e in enumerate(entries, start=1):  # the forger fixes seq and each own hash...
+        e["seq"] = i
+        e["hash"] = entry_hash(e)
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    result = verify_ledger(path)  # ...but not the chain
+    assert not result.ok and result.line == 2 and "prev_hash does not match" in result.reason
+
+
+def test_payload_digest_is_stable_and_sensitive() -> None:
+    base = payload_digest(ARRAYS, {"loss": 0.5})
+    reordered = payload_digest(dict(reversed(list(ARRAYS.items()))), {"loss": 0.5})
+    assert base == reordered and len(base) == 64
+    changed = {**ARRAYS, "intercept": np.array([0.0, 1e-12])}
+    assert payload_digest(changed, {"loss": 0.5}) != base
+    assert payload_digest(ARRAYS, {"loss": 0.51}) != base
+    assert payload_digest({**ARRAYS, "coef": ARRAYS["coef"].astype(np.float64)}, {"loss": 0.5}) != base
+    big_endian = {**ARRAYS, "coef": ARRAYS["coef"].astype(">f4")}
+    assert payload_digest(big_endian, {"loss": 0.5}) == base
+
+
+def test_summarize_rows(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path, 2)
+    rows = summarize(path)
+    assert [r["round"] for r in rows] == [1, 2] and rows[0]["values"] == 8
+    assert rows[1]["masked"] is True and len(rows[0]["payload"]) == 12
+
+
+def test_cli_verify_exit_codes(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["verify", str(path)])
+    assert ok.exit_code == 0 and "4 entries, chain intact" in ok.output
+    _tamper(path, "modified")
+    bad = runner.invoke(app, ["verify", str(path)])
+    assert bad.exit_code == 1 and "TAMPERED" in bad.output and "line 2" in bad.output
+    assert runner.invoke(app, ["verify", str(tmp_path / "none.jsonl")]).exit_code == 2
+
+
+def test_cli_show_prints_a_table(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path, 3)
+    result = CliRunner().invoke(app, ["show", str(path), "--run", "run-7"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Egress ledger" in result.output and "chain intact" in result.output
+    assert result.output.count("train") >= 3

@@ -1,0 +1,258 @@
+"""Site policy: what a silo's ethics board allows, checked before a run and on every round.
+
+``policy.toml`` (in the member kit) holds flat keys, all optional::
+
+    require_secure_aggregation = true
+    max_epsilon = 8.0            # site-lifetime DP budget, summed over runs
+    delta = 1e-5                 # largest delta a run may use
+    allowed_strategies = ["fedavg", "fedprox"]
+    min_silos_per_round = 3      # never send an update when fewer silos take part
+    max_rounds = 50
+    allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]
+
+Every refusal is a :class:`~xsilo.errors.PolicyRefusal` whose ``reason`` is the rule's key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from xsilo.errors import ConfigError, PolicyRefusal
+
+__all__ = ["PrivacyTally", "RunTerms", "SitePolicy", "check_round", "check_run",
+           "normalize_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+def normalize_fingerprint(fp: str) -> str:
+    """``"sha256:AB:cd.."`` / ``"abcd.."`` -> ``"abcd.."`` (lower-case hex, no separators)."""
+    fp = fp.strip().lower()
+    fp = fp.removeprefix("sha256:").removeprefix("sha256/")
+    return fp.replace(":", "").replace(" ", "")
+
+
+def _positive(name: str, value: object, *, integer: bool = False) -> None:
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if not ok or value <= 0 or (not integer and not math.isfinite(value)):  # type: ignore[operator]
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"policy {name} = {value!r}: must be {kind}")
+
+
+def _strings(name: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"policy {name} = {value!r}: must be a non-empty list of strings")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """A silo's site policy (the permissive default allows everything but sets no budget)."""
+
+    require_secure_aggregation: bool = False
+    max_epsilon: float | None = None
+    delta: float | None = None
+    allowed_strategies: tuple[str, ...] | None = None
+    min_silos_per_round: int = 1
+    max_rounds: int | None = None
+    allowed_coordinator_fingerprints: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.require_secure_aggregation, bool):
+            raise ConfigError(f"policy require_secure_aggregation = "
+                              f"{self.require_secure_aggregation!r}: must be true or false")
+        if self.max_epsilon is not None:
+            _positive("max_epsilon", self.max_epsilon)
+        if self.delta is not None and not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
+            raise ConfigError(f"policy delta = {self.delta!r}: must be in (0, 1), e.g. 1e-5")
+        _positive("min_silos_per_round", self.min_silos_per_round, integer=True)
+        if self.max_rounds is not None:
+            _positive("max_rounds", self.max_rounds, integer=True)
+        if self.allowed_strategies is not None:
+            object.__setattr__(self, "allowed_strategies", tuple(
+                s.lower() for s in _strings("allowed_strategies", self.allowed_strategies)))
+        if self.allowed_coordinator_fingerprints is not None:
+            fps = _strings("allowed_coordinator_fingerprints", self.allowed_coordinator_fingerprints)
+            object.__setattr__(self, "allowed_coordinator_fingerprints",
+                               tuple(normalize_fingerprint(f) for f in fps))
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, object], *, source: str = "policy") -> SitePolicy:
+        """Build from a parsed TOML table; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(m) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**m)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: str | Path) -> SitePolicy:
+        """Read ``policy.toml``; a missing or malformed file is a :class:`ConfigError`."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"site policy {p} not found; a silo never runs on a silently "
+                              "permissive default when a policy file is configured")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"site policy {p}: invalid TOML ({exc})") from exc
+        return cls.from_mapping(data, source=str(p))
+
+
+@dataclass(frozen=True)
+class RunTerms:
+    """What a run asks of this silo, taken from the run config before any training.
+
+    ``dp_epsilon_total`` is the accountant's projection of the epsilon the whole run costs
+    this silo (None when the run uses no DP); ``num_silos`` is the federation's size.
+    """
+
+    strategy: str
+    num_rounds: int
+    secure_aggregation: bool
+    coordinator_fingerprint: str | None = None
+    dp_epsilon_total: float | None = None
+    dp_delta: float | None = None
+    num_silos: int | None = None
+
+
+def _refuse(reason: str, message: str) -> PolicyRefusal:
+    log.warning("policy refusal %s: %s", reason, message)
+    return PolicyRefusal(reason, message)
+
+
+def _check_dp(policy: SitePolicy, terms: RunTerms, epsilon_spent: float) -> None:
+    if policy.max_epsilon is not None:
+        if terms.dp_epsilon_total is None:
+            raise _refuse("max_epsilon", f"site policy caps epsilon at {policy.max_epsilon} but "
+                          "the run uses no differential privacy; enable DP in the run config")
+        after = epsilon_spent + terms.dp_epsilon_total
+        if after > policy.max_epsilon:
+            raise _refuse("max_epsilon", (
+                f"the run would spend epsilon {terms.dp_epsilon_total:.4g} on top of "
+                f"{epsilon_spent:.4g} already spent, total {after:.4g} > max_epsilon "
+                f"{policy.max_epsilon}; use fewer rounds, more noise, or a smaller run"))
+    if policy.delta is not None:
+        if terms.dp_delta is None or terms.dp_delta > policy.delta:
+            raise _refuse("delta", f"the run's delta {terms.dp_delta} exceeds the site policy's "
+                          f"delta {policy.delta}; set the run's delta <= {policy.delta}")
+
+
+def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0) -> None:
+    """Refuse a run whose terms are weaker than the site policy (before any training).
+
+    ``epsilon_spent`` is the site's lifetime total so far (:meth:`PrivacyTally.total`).
+    """
+    if policy.require_secure_aggregation and not terms.secure_aggregation:
+        raise _refuse("require_secure_aggregation", "site policy requires secure aggregation "
+                      "but the run does not use it; enable secure aggregation in the run config")
+    if policy.allowed_strategies is not None and terms.strategy.lower() not in policy.allowed_strategies:
+        raise _refuse("allowed_strategies", f"strategy {terms.strategy!r} is not allowed by the "
+                      f"site policy; allowed: {list(policy.allowed_strategies)}")
+    if policy.max_rounds is not None and terms.num_rounds > policy.max_rounds:
+        raise _refuse("max_rounds", f"the run asks for {terms.num_rounds} rounds, the site "
+                      f"policy allows at most {policy.max_rounds}; lower num-server-rounds")
+    if terms.num_silos is not None and terms.num_silos < policy.min_silos_per_round:
+        raise _refuse("min_silos_per_round", f"the federation has {terms.num_silos} silos, the "
+                      f"site policy requires at least {policy.min_silos_per_round} per round")
+    allowed = policy.allowed_coordinator_fingerprints
+    if allowed is not None:
+        fp = normalize_fingerprint(terms.coordinator_fingerprint or "")
+        if fp not in allowed:
+            raise _refuse("allowed_coordinator_fingerprints", (
+                f"coordinator certificate fingerprint {terms.coordinator_fingerprint!r} is not "
+                "in the site policy's allowed_coordinator_fingerprints; check you joined the "
+                "right consortium, or add the fingerprint after verifying it out of band"))
+    _check_dp(policy, terms, epsilon_spent)
+
+
+def check_round(policy: SitePolicy, *, server_round: int, participants: int,
+                epsilon_spent: float | None, epsilon_next: float | None) -> None:
+    """Refuse this round before anything is sent.
+
+    ``epsilon_spent`` / ``epsilon_next`` are the site-lifetime totals before and after this
+    round (:meth:`PrivacyTally.total` and :meth:`PrivacyTally.total_after`); None without DP.
+    """
+    if policy.max_rounds is not None and server_round > policy.max_rounds:
+        raise _refuse("max_rounds", f"round {server_round} exceeds the site policy's "
+                      f"max_rounds {policy.max_rounds}; no update sent")
+    if participants < policy.min_silos_per_round:
+        raise _refuse("min_silos_per_round", f"only {participants} silo(s) take part in round "
+                      f"{server_round}; the site policy requires at least "
+                      f"{policy.min_silos_per_round}, so no update is sent")
+    if policy.max_epsilon is not None:
+        if epsilon_next is None:
+            raise _refuse("max_epsilon", f"round {server_round} carries no DP accounting but the "
+                          f"site policy caps epsilon at {policy.max_epsilon}")
+        if epsilon_next > policy.max_epsilon:
+            raise _refuse("max_epsilon", (
+                f"round {server_round} would raise this site's epsilon from "
+                f"{(epsilon_spent or 0.0):.4g} to {epsilon_next:.4g} > max_epsilon "
+                f"{policy.max_epsilon}; no update sent"))
+
+
+class PrivacyTally:
+    """The silo's own epsilon ledger across runs, persisted as JSON (atomic writes).
+
+    Within a run epsilon is cumulative (the accountant composes rounds); across runs the
+    per-run totals add up (basic sequential composition). ``max_epsilon`` is the policy cap.
+    """
+
+    def __init__(self, path: str | Path, *, max_epsilon: float | None = None) -> None:
+        self.path, self.max_epsilon = Path(path), max_epsilon
+        self.runs: dict[str, dict[str, float]] = {}
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                self.runs = {str(k): {"round": int(v["round"]), "epsilon": float(v["epsilon"])}
+                             for k, v in data["runs"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"privacy tally {self.path} is unreadable ({exc}); restore it "
+                                  "from backup: the site's spent budget must not be forgotten") from exc
+
+    def total(self) -> float:
+        """Epsilon spent so far by this site, over every run."""
+        return float(sum(r["epsilon"] for r in self.runs.values()))
+
+    def total_after(self, run: str, eps_after: float) -> float:
+        """Site total if ``run``'s cumulative epsilon became ``eps_after``."""
+        current = self.runs.get(str(run), {}).get("epsilon", 0.0)
+        return self.total() - current + max(float(eps_after), current)
+
+    def would_exceed(self, eps_after: float, *, run: str = "") -> bool:
+        """Whether reaching ``eps_after`` in ``run`` breaks ``max_epsilon`` (None: no cap)."""
+        return self.max_epsilon is not None and self.total_after(run, eps_after) > self.max_epsilon
+
+    def record(self, run: str, server_round: int, eps_after: float) -> None:
+        """Store ``run``'s cumulative epsilon after ``server_round`` durably."""
+        current = self.runs.get(str(run), {}).get("epsilon", 0.0)
+        self.runs[str(run)] = {"round": int(server_round), "epsilon": max(float(eps_after), current)}
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"version": 1, "total_epsilon": self.total(), "runs": self.runs},
+                          indent=2, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -22,7 +22,7 @@ from deploy.certs import (
     fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr, openssh_public_line,
     write_private_key, write_public_pem, write_text_atomic,
 )
-from deploy.kit import KIT_FILES, MemberKit, load_kit, write_silo_toml
+from deploy.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
 from deploy.messages import (
     Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
     read_bundle, read_request,
@@ -120,10 +120,11 @@ def import_bundle(bundle_path: Path, kit_dir: Path, expected_ca_fingerprint: str
     write_text_atomic(kit / KIT_FILES["crl"], bundle.crl)
     _make_local_tls(kit)
     write_text_atomic(kit / KIT_FILES["tls_cert"], bundle.certificate)
-    write_silo_toml(kit, name=bundle.name, local_port=local_port,
-                    coordinator=bundle.coordinator_address,
-                    server_name=bundle.coordinator_server_name,
-                    coordinator_sha256=bundle.coordinator_certificate_sha256)
+    write_kit_toml(kit, name=bundle.name, local_port=local_port,
+                   coordinator=bundle.coordinator_address,
+                   server_name=bundle.coordinator_server_name,
+                   coordinator_sha256=bundle.coordinator_certificate_sha256)
+    write_silo_stub(kit, name=bundle.name, local_port=local_port)
     log.info("member kit %s complete for %s", kit, bundle.name)
     return load_kit(kit)
 

@@ -35,6 +35,7 @@ __all__ = ["CoordinatorGateway", "GatewayHandle", "SiloGateway", "find_nginx",
 
 log = logging.getLogger(__name__)
 
+NGINX_FALLBACKS = ("/usr/sbin/nginx",)  # Debian puts it outside a normal user's PATH
 INSTALL_HINT = ("install it with `sudo apt-get install nginx-light` (Debian/Ubuntu; "
                 "`dnf install nginx` on RHEL/Fedora, `brew install nginx` on macOS), "
                 "or point XSILO_NGINX at the binary")
@@ -42,7 +43,7 @@ INSTALL_HINT = ("install it with `sudo apt-get install nginx-light` (Debian/Ubun
 
 def find_nginx() -> str:
     """The nginx binary: ``$XSILO_NGINX``, ``PATH``, or ``/usr/sbin/nginx``."""
-    candidates = [os.environ.get("XSILO_NGINX"), shutil.which("nginx"), "/usr/sbin/nginx"]
+    candidates = [os.environ.get("XSILO_NGINX"), shutil.which("nginx"), *NGINX_FALLBACKS]
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c

@@ -1,9 +1,12 @@
 """The member kit: one directory per silo that ``xsilo silo start`` uses as is.
 
-Layout (paths in ``silo.toml`` are relative to the kit directory)::
+Layout (paths in the TOML files are relative to the kit directory)::
 
     KIT/                      mode 0700
-      silo.toml               [silo] (read by the silo config loader) and [gateway]
+      kit.toml                [silo] + [gateway]: everything deploy needs (load_kit)
+      silo.toml               starter site config: [silo] name, superlink, root_certificates,
+                              auth_key (silo_client.config); written only if absent, the
+                              site adds its [data] and [model] sections
       request.json            the enrollment request that was sent (public)
       silo.key      0600      TLS client key, generated here, never leaves the site
       silo.crt                client certificate signed by the consortium CA
@@ -27,10 +30,11 @@ from pathlib import Path
 from deploy.certs import write_text_atomic
 from xsilo.errors import ConfigError
 
-__all__ = ["KIT_FILES", "MemberKit", "load_kit", "write_silo_toml"]
+__all__ = ["KIT_FILES", "MemberKit", "load_kit", "write_kit_toml", "write_silo_stub"]
 
 KIT_FILES = {
-    "config": "silo.toml",
+    "config": "kit.toml",
+    "site_config": "silo.toml",
     "tls_key": "silo.key",
     "tls_cert": "silo.crt",
     "ca": "ca.crt",
@@ -73,19 +77,38 @@ def _q(value: str | int) -> str:
     return json.dumps(value)  # a JSON string/int is a valid TOML basic string/integer
 
 
-def write_silo_toml(kit: Path, *, name: str, local_port: int, coordinator: str,
-                    server_name: str, coordinator_sha256: str) -> Path:
-    """Write ``silo.toml`` (atomically)."""
+def _silo_table(name: str, local_port: int) -> str:
     f = KIT_FILES
-    text = f"""# xsilo member kit, written by `xsilo silo import-bundle`.
-# Paths are relative to this file's directory.
-
-[silo]
+    return f"""[silo]
 name = {_q(name)}
 superlink = {_q(f"127.0.0.1:{local_port}")}   # the local silo gateway, not the coordinator
 root_certificates = {_q(f["local_ca"])}
 auth_key = {_q(f["node_key"])}
+"""
 
+
+def write_silo_stub(kit: Path, *, name: str, local_port: int) -> Path | None:
+    """Write a starter ``silo.toml`` (site config) unless one exists; return it if written."""
+    path = Path(kit) / KIT_FILES["site_config"]
+    if path.exists():
+        return None
+    text = ("# Site configuration (silo_client.config). The [silo] table comes from the member\n"
+            "# kit; add this site's [data] and [model] sections below.\n\n"
+            + _silo_table(name, local_port)
+            + '\n# [data]\n# train = "data/train.csv"\n# test = "data/test.csv"\n'
+            '\n# [model]\n# spec = "sklearn:LogisticRegression"\n')
+    write_text_atomic(path, text)
+    return path
+
+
+def write_kit_toml(kit: Path, *, name: str, local_port: int, coordinator: str,
+                   server_name: str, coordinator_sha256: str) -> Path:
+    """Write ``kit.toml`` (atomically)."""
+    f = KIT_FILES
+    text = f"""# xsilo member kit, written by `xsilo silo import-bundle`; rewritten on import.
+# Paths are relative to this file's directory.
+
+{_silo_table(name, local_port)}
 [gateway]
 listen = {_q(f"127.0.0.1:{local_port}")}
 coordinator = {_q(coordinator)}
@@ -116,7 +139,7 @@ def load_kit(kit_dir: Path) -> MemberKit:
     root = Path(kit_dir).resolve()
     cfg_path = root / KIT_FILES["config"]
     if not cfg_path.is_file():
-        raise ConfigError(f"{root} is not a member kit (no silo.toml): enroll with "
+        raise ConfigError(f"{root} is not a member kit (no kit.toml): enroll with "
                           "`xsilo silo enroll`, then `xsilo silo import-bundle`")
     try:
         cfg = tomllib.loads(cfg_path.read_text())

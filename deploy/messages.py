@@ -62,7 +62,8 @@ def check_organization(org: str | None) -> str | None:
     """Validate an organization name (it goes into the certificate subject)."""
     if org is not None and not _ORG.match(org):
         raise EnrollmentError(f"organization {org!r} is invalid: use at most 64 letters, "
-                              "digits, spaces and . ' ( ) & - (no commas: the subject must read the same in nginx)")
+                              "digits, spaces and . ' ( ) & - (no commas: nginx must read "
+                              "the subject exactly as written)")
     return org or None
 
 
@@ -161,6 +162,18 @@ def read_request(path: Path) -> EnrollmentRequest:
     """Parse and check a request file: format, name, CSR signature, node-key signature."""
     path, what = Path(path), "enrollment request"
     data = _load_json(path, what)
+    try:
+        return _parse_request(data, path, what)
+    except EnrollmentError as exc:
+        if str(path) in str(exc):
+            raise
+        raise EnrollmentError(f"{what} {path}: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # cryptography parses lazily
+        raise EnrollmentError(f"{what} {path} is damaged: {exc}; re-create it with "
+                              "`xsilo silo enroll`") from exc
+
+
+def _parse_request(data: dict[str, Any], path: Path, what: str) -> EnrollmentRequest:
     if data.get("format") != REQUEST_FORMAT:
         raise EnrollmentError(f"{what} {path}: format {data.get('format')!r} is not "
                               f"{REQUEST_FORMAT!r}")

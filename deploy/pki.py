@@ -225,16 +225,23 @@ class Pki:
         return self._finish(ca, index, cert, req.name, req.node_public_key, out)
 
     def renew(self, name: str, *, days: int = 30, passphrase: bytes | None = None,
-              out: Path | None = None) -> Path:
-        """Re-sign the current certificate's public key with a fresh validity; return the bundle."""
+              out: Path | None = None, request: Path | None = None) -> Path:
+        """Re-sign the current certificate's public key with a fresh validity; return the
+        bundle. A silo's ``renew-request.json`` (CSR by the same key), if given, must match."""
         index = Index(self.index_path)
         current = index.current(check_name(name))
         if current is None:
             raise EnrollmentError(f"silo {name!r} has no certificate to renew (never enrolled, "
                                   "or revoked: a revoked silo must enroll with new keys)")
         old = load_certificate(self.root / "issued" / f"{name}-{current.serial}.crt")
-        ca = self.unlock(passphrase)
         node_line = (self.root / "nodes" / f"{name}.pub").read_text().strip()
+        if request is not None:
+            req = read_request(request)
+            if (req.name != name or req.csr.public_key() != old.public_key()
+                    or req.node_public_key != node_line):
+                raise EnrollmentError(f"renewal request {request} is not signed by the keys "
+                                      f"enrolled for {name!r}; a new key needs a new enrollment")
+        ca = self.unlock(passphrase)
         org = old.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
         cert = issue_leaf(ca, name, public_key=old.public_key(),  # type: ignore[arg-type]
                           client=True, days=days,

@@ -35,7 +35,7 @@ def _root(
     """Cross-silo federated learning on Flower."""
     _state["debug"] = debug
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
 
@@ -61,7 +61,9 @@ def main() -> None:
     except XsiloError as exc:
         if _state["debug"]:
             raise
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from rich.text import Text
+
+        _err.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         _err.print("[yellow]interrupted[/]")

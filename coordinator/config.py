@@ -1,0 +1,127 @@
+"""The run configuration: one TOML file, parsed once into a frozen, validated object.
+
+The coordinator operator writes (or the CLI generates) ``config.toml`` in the run
+directory; the ServerApp reads exactly that file, so the run directory always holds the
+configuration that was used.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+
+import tomli_w
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from xsilo.errors import ConfigError
+
+__all__ = ["RunConfig", "load_run_config", "write_run_config"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the coordinator needs to drive one run.
+
+    Attributes
+    ----------
+    num_rounds : number of training rounds (≥ 1).
+    strategy, strategy_params : a strategy registered under ``xsilo.strategies`` and its params.
+    min_silos : fewest silos that must reply for a round to update the model.
+    expected_silos : silos to wait for before the run starts (default: ``min_silos``).
+    local_epochs, learning_rate, batch_size : local training settings sent to silos.
+    round_timeout : seconds to wait for replies in one round; late silos are dropped.
+    join_timeout : seconds to wait for ``expected_silos`` to connect.
+    seed : seeds every silo's model initialisation identically.
+    """
+
+    num_rounds: int = 5
+    strategy: str = "fedavg"
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
+    min_silos: int = 2
+    expected_silos: int = 0
+    local_epochs: int = 1
+    learning_rate: float = 0.1
+    batch_size: int = 32
+    round_timeout: float = 300.0
+    join_timeout: float = 120.0
+    seed: int = 0
+    secure_aggregation: bool = False
+    name: str = "run"
+
+    def __post_init__(self) -> None:
+        _positive_int("num_rounds", self.num_rounds)
+        _positive_int("min_silos", self.min_silos)
+        _positive_int("local_epochs", self.local_epochs)
+        _positive_int("batch_size", self.batch_size)
+        if not isinstance(self.expected_silos, int) or self.expected_silos < 0:
+            raise ConfigError(f"expected_silos must be an integer ≥ 0, got {self.expected_silos!r}")
+        if self.expected_silos and self.expected_silos < self.min_silos:
+            raise ConfigError(
+                f"expected_silos ({self.expected_silos}) is below min_silos ({self.min_silos}); "
+                "raise expected_silos or lower min_silos"
+            )
+        for name in ("learning_rate", "round_timeout", "join_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.strategy, str) or not self.strategy:
+            raise ConfigError(f"strategy must be a strategy name, got {self.strategy!r}")
+        if not isinstance(self.strategy_params, Mapping):
+            raise ConfigError("strategy_params must be a table of parameter = value")
+
+    @property
+    def wait_for(self) -> int:
+        """How many silos the run waits for before it starts."""
+        return self.expected_silos or self.min_silos
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from a TOML table; unknown keys are refused, listing the accepted ones."""
+        accepted = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"unknown run setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}"
+            )
+        kwargs = dict(values)
+        for name in ("learning_rate", "round_timeout", "join_timeout"):
+            if isinstance(kwargs.get(name), int) and not isinstance(kwargs.get(name), bool):
+                kwargs[name] = float(kwargs[name])
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # wrong type that dataclass itself rejects
+            raise ConfigError(f"invalid run configuration: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (TOML-serialisable)."""
+        out = asdict(self)
+        out["strategy_params"] = dict(self.strategy_params)
+        return out
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+
+
+def load_run_config(path: Path) -> RunConfig:
+    """Read ``config.toml`` (the ``[run]`` table) from a run directory or a file path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"run configuration {path} does not exist; create it or pass --config")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    if "run" not in data:
+        raise ConfigError(f"{path} has no [run] table; put the run settings under [run]")
+    return RunConfig.from_mapping(data["run"])
+
+
+def write_run_config(path: Path, config: RunConfig) -> None:
+    """Write ``config`` as TOML under ``[run]``."""
+    Path(path).write_text(tomli_w.dumps({"run": config.to_dict()}))

@@ -1,0 +1,74 @@
+"""Rich rendering of a run for the terminal (CLI layer only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from coordinator.run_store import RunStore
+from xsilo.errors import DeploymentError
+
+__all__ = ["follow_run", "round_table"]
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> Table:
+    """One row per round: global accuracy/loss, per-silo accuracy, train loss, time."""
+    events = list(events)
+    rows = [e for e in events if e.get("event") == "round"]
+    silos = sorted({s for e in rows for s in e.get("silos", {})})
+    for e in events:
+        if e.get("event") == "join":
+            silos = sorted(set(silos) | set(e.get("silos", {})))
+    table = Table(title=title, title_justify="left")
+    table.add_column("round", justify="right")
+    table.add_column("acc", justify="right", style="bold green")
+    table.add_column("loss", justify="right")
+    for silo in silos:
+        table.add_column(silo, justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("s", justify="right")
+    table.add_column("status")
+    table.caption = "acc/loss: global model on all silos' test splits; per silo: accuracy"
+    for e in rows:
+        per = e.get("silos", {})
+        status = e.get("status", "")
+        if e.get("rejected"):
+            status += " (" + "; ".join(f"{k}: {v}" for k, v in e["rejected"].items())[:80] + ")"
+        table.add_row(
+            str(e["round"]), _fmt(e.get("global_accuracy")), _fmt(e.get("global_loss")),
+            *[_fmt(per.get(s, {}).get("accuracy")) for s in silos],
+            _fmt(e.get("train_loss")), _fmt(e.get("round_seconds"), ".1f"), status)
+    return table
+
+
+def follow_run(store: RunStore, status: Callable[[], str], *, console: Console,
+               timeout: float, poll: float = 0.5, status_every: float = 5.0) -> str:
+    """Show the live round table until the run finishes; return Flower's final status.
+
+    The table follows ``metrics.jsonl``; Flower's own status (``flwr ls``, about a second
+    of CPU per call) is asked every ``status_every`` s and once ``summary.json`` appears.
+    """
+    deadline = time.monotonic() + timeout
+    state, next_status = "starting", 0.0
+    with Live(round_table([]), console=console, refresh_per_second=4) as live:
+        while True:
+            live.update(round_table(store.events(), title=f"rounds ({state})"))
+            done = store.summary() is not None
+            if done or time.monotonic() >= next_status:
+                state = status()
+                next_status = time.monotonic() + status_every
+            if state.startswith("finished"):
+                live.update(round_table(store.events(), title=f"rounds ({state})"))
+                return state
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"run did not finish within {timeout:.0f} s "
+                                      f"(last status {state!r}); see the SuperLink log")
+            time.sleep(poll)

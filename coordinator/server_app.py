@@ -1,0 +1,46 @@
+"""The coordinator as a Flower ServerApp (the Flower edge; the logic is in ``loop``)."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.config import load_run_config
+from coordinator.loop import RoundLoop
+from coordinator.run_store import RunStore
+from coordinator.transport import GridTransport
+from strategies.registry import build_strategy, check_compatible
+from xsilo.errors import ConfigError
+
+__all__ = ["app", "run_coordinator"]
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+# Debug hook: when set (by tests), receives every raw reply the coordinator process gets.
+RECORDER = None
+
+
+def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1) -> dict:
+    """Run the federation described by ``run_dir/config.toml`` over ``grid``."""
+    if not run_dir:
+        raise ConfigError("run config 'run-dir' is empty; start runs with `xsilo coordinator run`")
+    config = load_run_config(run_dir)
+    strategy = build_strategy(config.strategy, config.strategy_params)
+    check_compatible(strategy, secure_aggregation=config.secure_aggregation,
+                     differential_privacy=False)
+    store = RunStore(run_dir)
+    store.prepare()
+    transport = GridTransport(grid, poll_interval=poll_interval, recorder=RECORDER)
+    return RoundLoop(config, transport, store, strategy).run()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: read the run directory from the run config and run."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = run_coordinator(grid, str(context.run_config.get("run-dir", "")))
+    log.info("run finished: %s", summary)

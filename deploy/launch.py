@@ -1,0 +1,287 @@
+"""Start, watch and stop Flower's own processes: SuperLink, SuperNodes, ``flwr`` CLI calls.
+
+Every process is started in its own session (process group) and stopped with SIGTERM to
+the whole group, then SIGKILL after a grace period, so SuperExec and the per-message
+``flwr-clientapp``/``flwr-serverapp`` children go with it. Flower never phones home from
+here: telemetry, the update check and runtime dependency installation are always off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from xsilo.errors import DeploymentError
+
+__all__ = [
+    "FlowerCLI",
+    "ManagedProcess",
+    "check_port_free",
+    "flower_env",
+    "free_port",
+    "start_superlink",
+    "start_supernode",
+    "wait_https_ready",
+]
+
+log = logging.getLogger(__name__)
+
+_QUIET_FLOWER = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: own ``FLWR_HOME``, no telemetry, venv on PATH."""
+    env = dict(os.environ)
+    env.update(_QUIET_FLOWER)
+    env["FLWR_HOME"] = str(flwr_home)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
+
+
+def find_binary(name: str) -> str:
+    """Absolute path of a Flower executable, preferring this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise DeploymentError(
+        f"`{name}` not found: Flower is not installed in this environment. Install xsilo "
+        "with its dependencies (`pip install xsilo`, which pins flwr==1.42.*) or activate "
+        "the virtual environment that has it (`make demo` creates .venv)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def check_port_free(host: str, port: int, *, what: str = "the SuperLink") -> None:
+    """DeploymentError naming the port when something already listens on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DeploymentError(
+                f"port {port} on {host} is already in use ({exc.strerror}); stop whatever "
+                f"listens there (`ss -ltnp 'sport = :{port}'`) or choose another port for "
+                f"{what}") from None
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, with its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after ``grace`` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(self.popen.pid):
+                self.popen.poll()
+                time.sleep(0.05)
+            if not _group_alive(self.popen.pid):
+                break
+        self.popen.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies keep the group "alive" until reaped; reap ours.
+    try:
+        while True:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+            if pid == 0:
+                return True
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def spawn(name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path,
+          cwd: Path | None = None) -> ManagedProcess:
+    """Start ``argv`` in a new session with stdout+stderr to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
+                                 start_new_session=True)
+    log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
+    return ManagedProcess(name, popen, log_path)
+
+
+def wait_https_ready(url: str, ca_file: Path, *, timeout: float, process: ManagedProcess,
+                     client_cert: tuple[Path, Path] | None = None) -> None:
+    """Poll ``url`` over TLS (verified against ``ca_file``) until it answers 200."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if client_cert:
+        ctx.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise DeploymentError(f"{process.name} exited during start-up; its log "
+                                  f"({process.log_path}) ends with:\n{process.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise DeploymentError(f"{process.name} did not become ready at {url} within {timeout:.0f} s "
+                          f"(last error: {last}); log: {process.log_path}")
+
+
+def start_superlink(*, flwr_home: Path, log_path: Path, host: str, port: int, ca_cert: Path,
+                    cert: Path, key: Path, node_auth: bool = True,
+                    timeout: float = 30.0) -> ManagedProcess:
+    """Start ``flower-superlink`` with TLS (and node authentication); wait until healthy.
+
+    State is kept in memory (no ``--database``), so stale nodes from an earlier start can
+    never be sampled; node keys are registered again after every start.
+    """
+    check_port_free(host, port)
+    argv = [find_binary("flower-superlink"), "--host", host, "--port", str(port),
+            "--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(cert),
+            "--ssl-keyfile", str(key), "--disable-runtime-dependency-installation"]
+    if node_auth:
+        argv.append("--enable-supernode-auth")
+    proc = spawn("flower-superlink", argv, env=flower_env(flwr_home), log_path=log_path)
+    try:
+        wait_https_ready(f"https://{_url_host(host)}:{port}/health", ca_cert, timeout=timeout,
+                         process=proc)
+    except Exception:
+        proc.stop()
+        raise
+    return proc
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cert: Path,
+                    auth_key: Path | None, silo_config: Path, clientappio_port: int,
+                    max_wait_time: float = 60.0) -> ManagedProcess:
+    """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config)."""
+    check_port_free("127.0.0.1", clientappio_port, what="this SuperNode's ClientApp API")
+    node_config = f'silo-config="{Path(silo_config).resolve()}"'
+    argv = [find_binary("flower-supernode"), "--superlink", superlink,
+            "--root-certificates", str(root_cert), "--port", str(clientappio_port),
+            "--node-config", node_config, "--max-wait-time", str(max_wait_time)]
+    if auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(auth_key)]
+    return spawn("flower-supernode", argv, env=flower_env(flwr_home), log_path=log_path)
+
+
+class FlowerCLI:
+    """The ``flwr`` CLI against one SuperLink connection in a private ``FLWR_HOME``."""
+
+    def __init__(self, flwr_home: Path, *, address: str, root_cert: Path,
+                 connection: str = "xsilo") -> None:
+        self.flwr_home = Path(flwr_home)
+        self.connection = connection
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
+            f'address = "{address}"\nroot-certificates = "{Path(root_cert).resolve()}"\n')
+
+    def _call(self, *args: str, timeout: float = 60.0) -> dict:
+        argv = [find_binary("flwr"), *args, "--format", "json"]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                 env=flower_env(self.flwr_home), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"`flwr {args[0]}` did not answer within {timeout:.0f} s") from exc
+        try:
+            data = json.loads(out.stdout[out.stdout.index("{"):])
+        except ValueError:
+            raise DeploymentError(f"`flwr {' '.join(args)}` failed (exit {out.returncode}): "
+                                  f"{(out.stderr or out.stdout).strip()[-800:]}") from None
+        if not data.get("success", False):
+            raise DeploymentError(f"`flwr {args[0]}` failed: {data.get('error-message', data)}")
+        return data
+
+    def register_node(self, public_key: Path) -> int:
+        """Register a SuperNode's public key; return its node id."""
+        return int(self._call("supernode", "register", str(public_key), self.connection)["node-id"])
+
+    def unregister_node(self, node_id: int) -> None:
+        self._call("supernode", "unregister", str(node_id), self.connection)
+
+    def list_nodes(self) -> list[dict]:
+        return list(self._call("supernode", "list", self.connection)["nodes"])
+
+    def submit(self, app_dir: Path, run_config: Mapping[str, str]) -> int:
+        """``flwr run``: upload the app and start a run; return the run id."""
+        overrides = " ".join(f'{k}="{v}"' for k, v in run_config.items())
+        data = self._call("run", str(app_dir), self.connection, "--run-config", overrides,
+                          timeout=120.0)
+        return int(data["run-id"])
+
+    def status(self, run_id: int) -> str:
+        """The run's status, e.g. ``running`` or ``finished:completed``."""
+        runs = self._call("ls", self.connection, "--run-id", str(run_id))["runs"]
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def stop_run(self, run_id: int) -> None:
+        self._call("stop", str(run_id), self.connection)

@@ -1,0 +1,38 @@
+"""``xsilo silo …``: what a silo operator runs."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from silo_client.config import load_silo_config
+from silo_client.launch import start_silo
+from xsilo.errors import DeploymentError
+
+app = typer.Typer(help="Run a silo: join a federation with local data that never leaves.",
+                  no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def start(
+    config: Path = typer.Option(Path("silo.toml"), "--config", help="The silo's silo.toml."),
+) -> None:
+    """Validate local data and start this silo's SuperNode; serve until Ctrl-C."""
+    cfg = load_silo_config(config)
+    proc = start_silo(cfg)
+    console.print(f"[green]silo {cfg.name} connected to {cfg.superlink}[/] "
+                  f"(log: {proc.log_path}). Ctrl-C stops it.")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while proc.alive():
+            time.sleep(1)
+        raise DeploymentError(f"the SuperNode exited; log tail:\n{proc.log_tail()}")
+    except KeyboardInterrupt:
+        console.print("stopping silo")
+    finally:
+        proc.stop()

@@ -1,0 +1,148 @@
+"""The silo's configuration file (``silo.toml``), parsed once into a frozen object.
+
+::
+
+    [silo]
+    name = "hospital-a"
+    workspace = "workspace"           # egress ledger and privacy tally live here
+    superlink = "127.0.0.1:9092"      # the coordinator (or the local TLS gateway)
+    root_certificates = "ca.crt"      # CA that signed the coordinator/gateway certificate
+    auth_key = "node.key"             # Flower node-authentication key (OpenSSH ECDSA, 0600)
+
+    [data]
+    train = "data/train.csv"          # CSV or Parquet
+    test = "data/test.csv"            # optional local hold-out set
+
+    [data.schema]                     # see silo_client.data.DataSchema
+    label = "label"
+    label_values = [0, 1]
+    features = { "mean radius" = "float", … }
+
+    [model]
+    spec = "sklearn:LogisticRegression"   # or "my_pkg.models:build"
+    params = { C = 1.0 }                  # passed to the builder
+
+    [policy]
+    file = "policy.toml"              # optional site policy
+
+Relative paths are resolved against the directory of the file itself.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from silo_client.data import DataSchema
+from xsilo.errors import ConfigError
+
+__all__ = ["SiloConfig", "load_silo_config", "write_silo_config"]
+
+_SECTIONS = {
+    "silo": {"name", "workspace", "superlink", "root_certificates", "auth_key",
+             "gateway", "client_cert", "client_key"},
+    "data": {"train", "test", "schema"},
+    "model": {"spec", "params"},
+    "policy": {"file"},
+}
+
+
+@dataclass(frozen=True)
+class SiloConfig:
+    """A validated silo configuration with absolute paths."""
+
+    name: str
+    path: Path
+    workspace: Path
+    train: Path
+    schema: DataSchema
+    model: str
+    test: Path | None = None
+    superlink: str | None = None
+    root_certificates: Path | None = None
+    auth_key: Path | None = None
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+    policy_file: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _check_keys(data: Mapping[str, Any], path: Path) -> None:
+    for section, value in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]; "
+                              f"accepted: {', '.join(sorted(_SECTIONS))}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        unknown = set(value) - _SECTIONS[section]
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in "
+                              f"[{section}]; accepted: {', '.join(sorted(_SECTIONS[section]))}")
+
+
+def _require(table: Mapping[str, Any], key: str, section: str, path: Path) -> Any:
+    if key not in table or table[key] in ("", None):
+        raise ConfigError(f"{path}: [{section}] needs `{key}`")
+    return table[key]
+
+
+def load_silo_config(path: str | Path) -> SiloConfig:
+    """Read and validate ``silo.toml``; every problem is a ConfigError naming the key."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"silo configuration {path} does not exist; pass the member kit's "
+                          "silo.toml (`xsilo silo start --config PATH`)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    _check_keys(data, path)
+    base = path.parent
+
+    def resolve(value: Any) -> Path | None:
+        return None if value in (None, "") else (base / str(value)).resolve()
+
+    silo, dat, model = data.get("silo", {}), data.get("data", {}), data.get("model", {})
+    schema_table = _require(dat, "schema", "data", path)
+    return SiloConfig(
+        name=str(_require(silo, "name", "silo", path)),
+        path=path,
+        workspace=resolve(silo.get("workspace", "workspace")),  # type: ignore[arg-type]
+        superlink=silo.get("superlink"),
+        root_certificates=resolve(silo.get("root_certificates")),
+        auth_key=resolve(silo.get("auth_key")),
+        train=resolve(_require(dat, "train", "data", path)),  # type: ignore[arg-type]
+        test=resolve(dat.get("test")),
+        schema=DataSchema.from_mapping(schema_table),
+        model=str(_require(model, "spec", "model", path)),
+        model_params=dict(model.get("params", {})),
+        policy_file=resolve(data.get("policy", {}).get("file")),
+        extra={k: v for k, v in silo.items() if k in {"gateway", "client_cert", "client_key"}},
+    )
+
+
+def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str, Any],
+                      model: str, test: Path | None = None, superlink: str | None = None,
+                      root_certificates: Path | None = None, auth_key: Path | None = None,
+                      model_params: Mapping[str, Any] | None = None,
+                      policy_file: Path | None = None, workspace: str = "workspace") -> Path:
+    """Write a ``silo.toml`` (paths stored as given); return its path."""
+    import tomli_w
+
+    silo: dict[str, Any] = {"name": name, "workspace": workspace}
+    for key, value in (("superlink", superlink), ("root_certificates", root_certificates),
+                       ("auth_key", auth_key)):
+        if value is not None:
+            silo[key] = str(value)
+    data: dict[str, Any] = {"silo": silo, "data": {"train": str(train)}}
+    if test is not None:
+        data["data"]["test"] = str(test)
+    data["data"]["schema"] = dict(schema)
+    data["model"] = {"spec": model, "params": dict(model_params or {})}
+    if policy_file is not None:
+        data["policy"] = {"file": str(policy_file)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    return path

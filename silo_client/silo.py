@@ -1,0 +1,118 @@
+"""What a silo does for each coordinator message, over plain data (no Flower types).
+
+``join`` validates the local data and the run terms before anything else and answers
+with the schema fingerprint and the deterministic initial model; ``train`` evaluates the
+incoming global model on the local test split, trains for the requested epochs and
+returns the update (local − global); ``evaluate`` scores a global model. The Flower
+ClientApp (``silo_client.client_app``) only translates records to and from these calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from silo_client.adapters.base import ModelAdapter, build_model
+from silo_client.config import SiloConfig, load_silo_config
+from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
+
+__all__ = ["Silo", "TrainResult"]
+
+log = logging.getLogger(__name__)
+
+# Validated datasets by (path, size, mtime): in-process federations (tests, one process
+# for many silos) load each file once; in deployment every message is a fresh process.
+_DATA_CACHE: dict[tuple[str, int, float], LocalDataset] = {}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A silo's reply to one training round."""
+
+    delta: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+
+def _load_cached(path: Path, config: SiloConfig) -> LocalDataset:
+    st = path.stat() if path.exists() else None
+    key = (str(path), st.st_size, st.st_mtime) if st else None
+    if key is not None and key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    data = load_dataset(path, config.schema)
+    if key is not None:
+        _DATA_CACHE[key] = data
+    return data
+
+
+class Silo:
+    """One institution's side of a run."""
+
+    def __init__(self, config: SiloConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Silo:
+        return cls(load_silo_config(path))
+
+    @property
+    def train_data(self) -> LocalDataset:
+        return _load_cached(self.config.train, self.config)
+
+    @property
+    def test_data(self) -> LocalDataset | None:
+        return None if self.config.test is None else _load_cached(self.config.test, self.config)
+
+    def model(self, seed: int, extra: Mapping[str, Any] | None = None) -> ModelAdapter:
+        cfg = {**self.config.model_params, **(extra or {}), "seed": seed}
+        return build_model(self.config.model, schema=self.config.schema, config=cfg)
+
+    def join(self, terms: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Validate data, return (identity + schema fingerprint, initial parameters)."""
+        train = self.train_data  # raises DataValidationError naming file/column/row
+        if self.test_data is not None:
+            _ = self.test_data
+        fingerprint = schema_fingerprint(self.config.schema, len(train))
+        params = self.model(int(terms.get("seed", 0))).get_parameters()
+        info = {"name": self.config.name, "fingerprint": json.dumps(fingerprint, sort_keys=True)}
+        return info, params
+
+    def _evaluate_into(self, model: ModelAdapter, metrics: dict[str, float]) -> None:
+        test = self.test_data
+        if test is None or len(test) == 0:
+            return
+        scores = model.evaluate(test)
+        metrics["eval_loss"] = float(scores["loss"])
+        if "accuracy" in scores:
+            metrics["eval_accuracy"] = float(scores["accuracy"])
+        metrics["eval-examples"] = float(len(test))
+
+    def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> TrainResult:
+        """Evaluate the incoming model, train locally, return the update and metrics."""
+        started = time.perf_counter()
+        model = self.model(int(config.get("seed", 0)), config)
+        model.set_parameters(dict(global_params))
+        metrics: dict[str, float] = {}
+        self._evaluate_into(model, metrics)
+        train = self.train_data
+        fit = model.fit(train, epochs=int(config.get("local-epochs", 1)), config=config)
+        local = model.get_parameters()
+        delta = {k: (np.asarray(local[k], dtype=np.float64) - global_params[k]).astype(
+            global_params[k].dtype) for k in global_params}
+        metrics.update({k: float(v) for k, v in fit.items()})
+        metrics["num-examples"] = float(len(train))
+        metrics["fit-seconds"] = time.perf_counter() - started
+        return TrainResult(delta, metrics)
+
+    def evaluate(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, float]:
+        """Score ``global_params`` on the local test split."""
+        model = self.model(int(config.get("seed", 0)), config)
+        model.set_parameters(dict(global_params))
+        metrics: dict[str, float] = {}
+        self._evaluate_into(model, metrics)
+        return metrics

@@ -1,0 +1,129 @@
+"""The real ServerApp loop and ClientApp handlers, connected in-process (LocalGrid)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.config import RunConfig
+from coordinator.run_store import RunStore, load_npz
+from silo_client.config import write_silo_config
+from xsilo.demo_data import demo_schema
+from xsilo.errors import ConfigError, DeploymentError, ModelError
+from xsilo.local import run_in_process
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    return [e for e in RunStore(run_dir).events() if e["event"] == "round"]
+
+
+def test_fedavg_run_improves_and_writes_outputs(tmp_path: Path, federation: list[Path]) -> None:
+    run_dir = tmp_path / "run"
+    config = RunConfig(num_rounds=3, min_silos=3, local_epochs=1, name="t")
+    summary = run_in_process(run_dir, config, federation)
+
+    assert summary["status"] == "completed"
+    rows = _rounds(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[-1]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
+    assert rows[-1]["global_loss"] < rows[0]["global_loss"]
+    assert set(rows[-1]["silos"]) == {"hospital-a", "hospital-b", "hospital-c"}
+    assert all(r["contributors"] == ["hospital-a", "hospital-b", "hospital-c"] for r in rows[1:])
+    # exact configuration, checkpoints per round, final model = last checkpoint
+    written = tomllib.loads((run_dir / "config.toml").read_text())["run"]
+    assert RunConfig.from_mapping(written) == config
+    store = RunStore(run_dir)
+    rnd, model, _ = store.latest_checkpoint()
+    assert rnd == 3
+    final = load_npz(run_dir / "model.npz")
+    assert final.keys() == model.keys()
+    assert all(np.array_equal(final[k], model[k]) for k in final)
+    assert json.loads((run_dir / "summary.json").read_text())["final_accuracy"] == \
+        rows[-1]["global_accuracy"]
+
+
+def test_missing_data_file_is_a_typed_refusal_and_run_continues(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    (configs[2].parent / "data" / "train.csv").unlink()
+    run_dir = tmp_path / "run"
+    summary = run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=2), configs)
+    assert summary["status"] == "completed"
+    join = next(e for e in RunStore(run_dir).events() if e["event"] == "join")
+    reason = join["refused"]["node-3"]
+    assert "DataValidationError" in reason and "train.csv" in reason
+    assert summary["silos"] == ["hospital-a", "hospital-b"]
+
+
+def test_too_few_silos_fail_the_run_before_any_round(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    (configs[2].parent / "data" / "train.csv").unlink()
+    run_dir = tmp_path / "run"
+    with pytest.raises(DeploymentError, match="only 2 silo"):
+        run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), configs)
+    summary = RunStore(run_dir).summary()
+    assert summary["status"] == "failed" and "min_silos is 3" in summary["error"]
+    assert not (run_dir / "model.npz").exists()
+
+
+def test_wrong_column_in_csv_names_file_and_column(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    csv = configs[0].parent / "data" / "train.csv"
+    text = csv.read_text().splitlines()
+    text[0] = text[0].replace("mean radius", "mean radios")
+    csv.write_text("\n".join(text) + "\n")
+    run_dir = tmp_path / "run"
+    run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=2), configs)
+    join = next(e for e in RunStore(run_dir).events() if e["event"] == "join")
+    assert "mean radius" in join["refused"]["node-1"]
+    assert "train.csv" in join["refused"]["node-1"]
+
+
+def test_schema_disagreement_is_refused_before_any_round(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    schema = demo_schema()
+    schema["label_values"] = [0, 1, 2]
+    write_silo_config(configs[1], name="hospital-b", train=configs[1].parent / "data/train.csv",
+                      test=configs[1].parent / "data/test.csv", schema=schema,
+                      model="sklearn:LogisticRegression")
+    with pytest.raises(ConfigError, match="disagree on the data schema"):
+        run_in_process(tmp_path / "run", RunConfig(num_rounds=1, min_silos=3), configs)
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.npz"))
+
+
+def test_different_architectures_name_the_tensor(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    c = configs[2]
+    write_silo_config(c, name="hospital-c", train=c.parent / "data/train.csv",
+                      test=c.parent / "data/test.csv", schema=demo_schema(),
+                      model="sklearn:MLPClassifier")
+    with pytest.raises(ModelError, match="tensor"):
+        run_in_process(tmp_path / "run", RunConfig(num_rounds=1, min_silos=3), configs)
+
+
+def test_dropped_silos_fail_the_round_and_keep_the_model(tmp_path: Path,
+                                                        federation: list[Path]) -> None:
+    run_dir = tmp_path / "run"
+
+    def drop(node: int, message_type: str) -> bool:  # nodes 2 and 3 vanish after round 1
+        drop.trains[node] = drop.trains.get(node, 0) + (message_type == "train")
+        return node != 1 and message_type == "train" and drop.trains[node] == 2
+    drop.trains = {}
+
+    summary = run_in_process(run_dir, RunConfig(num_rounds=3, min_silos=2, round_timeout=0.5),
+                             federation, drop=drop)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == [2]
+    rows = {r["round"]: r for r in _rounds(run_dir)}
+    assert rows[2]["status"] == "failed" and rows[2]["contributors"] == ["hospital-a"]
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.npz"))
+    assert ckpts == ["round-0001.npz", "round-0003.npz"]
+
+
+def test_run_directory_is_never_reused(tmp_path: Path, federation: list[Path]) -> None:
+    run_dir = tmp_path / "run"
+    run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), federation)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), federation)

@@ -1,0 +1,183 @@
+"""Validation and streaming aggregation of silo updates (pure numpy, Flower-free).
+
+The coordinator validates each reply as it arrives and folds it into a running float64
+sum, so its memory stays O(model size) however many silos reply:
+
+    S = Σ_i w_i · Δ_i,   W = Σ_i w_i          (w_i > 0, Δ_i finite, shapes as the model)
+
+A sum-decomposable strategy turns ``(S, W)`` into the next model; a per-update strategy
+gets the validated list of updates instead. Work on large tensors is done in chunks of
+``CHUNK`` elements so temporaries stay constant-size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from strategies.api import NDArrays, PerUpdateStrategy, Strategy, SumStrategy, Update
+from xsilo.errors import StrategyError, UpdateRejected
+
+__all__ = ["validate_update", "SumAccumulator", "aggregate_updates", "check_result", "CHUNK"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+"""Elements processed at a time when folding or checking a tensor (8 MiB of float64)."""
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    if not np.issubdtype(a.dtype, np.floating):
+        return True
+    flat = _flat(a)
+    return all(np.isfinite(flat[i:i + CHUNK]).all() for i in range(0, flat.size, CHUNK))
+
+
+def _problem(shapes: Mapping[str, tuple[int, ...]], delta: Mapping[str, object]) -> str | None:
+    """Describe the first thing wrong with ``delta``, or None when it is usable."""
+    missing = [k for k in shapes if k not in delta]
+    if missing:
+        return f"tensor '{missing[0]}' is missing ({len(missing)} missing in all)"
+    extra = [k for k in delta if k not in shapes]
+    if extra:
+        return f"tensor '{extra[0]}' is not part of the model ({len(extra)} extra in all)"
+    for key, shape in shapes.items():
+        value = delta[key]
+        if not isinstance(value, np.ndarray):
+            return f"tensor '{key}' is a {type(value).__name__}, not a numpy array"
+        if value.dtype.kind not in "iuf":
+            return f"tensor '{key}' has non-numeric dtype {value.dtype}"
+        if value.shape != shape:
+            return f"tensor '{key}' has shape {value.shape}, expected {shape}"
+        if not _all_finite(value):
+            return f"tensor '{key}' contains NaN or Inf"
+    return None
+
+
+def _reject(silo: str, problem: str) -> UpdateRejected:
+    log.warning("rejected update from silo %s: %s", silo, problem)
+    return UpdateRejected(f"update from silo '{silo}' rejected: {problem}; "
+                          "the silo is skipped this round and the model is not touched")
+
+
+def _check_weight(silo: str, weight: float) -> None:
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise _reject(silo, f"weight {weight!r} must be a finite number > 0 "
+                            "(the sample count, or 1.0 when unweighted)")
+
+
+def validate_update(reference: NDArrays, delta: NDArrays, *, silo: str) -> None:
+    """Raise UpdateRejected (and log why) unless ``delta`` matches ``reference`` and is finite.
+
+    Checks: same tensor names (none missing, none extra), same shapes, numeric dtype,
+    no NaN/Inf. The message names the silo, the tensor and the problem.
+    """
+    problem = _problem({k: v.shape for k, v in reference.items()}, delta)
+    if problem:
+        raise _reject(silo, problem)
+
+
+class SumAccumulator:
+    """Running weighted sum of deltas in float64, O(model size) memory.
+
+    ``add`` validates an update and folds ``w·Δ`` into the sums in place, in chunks, keeping
+    no reference to the update. A rejected update leaves the sums untouched.
+    """
+
+    def __init__(self, reference: NDArrays) -> None:
+        self._shapes = {k: tuple(v.shape) for k, v in reference.items()}
+        self._sums: NDArrays | None = None
+        self.count = 0
+        self.total_weight = 0.0
+        self.silos: list[str] = []
+
+    def add(self, update: Update) -> None:
+        """Validate ``update`` and fold it in; UpdateRejected when it is unusable."""
+        problem = _problem(self._shapes, update.delta)
+        if problem:
+            raise _reject(update.silo, problem)
+        _check_weight(update.silo, update.weight)
+        if update.silo in self.silos:
+            raise _reject(update.silo, "a second update from the same silo in one round")
+        if self._sums is None:
+            self._sums = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
+        w = float(update.weight)
+        scratch = np.empty(min(CHUNK, max((v.size for v in self._sums.values()), default=0)))
+        for key, acc in self._sums.items():
+            _fold(_flat(acc), _flat(update.delta[key]), w, scratch)
+        self.count += 1
+        self.total_weight += w
+        self.silos.append(update.silo)
+
+    def result(self) -> NDArrays:
+        """The weighted sum (float64, read-only views); StrategyError when nothing was added."""
+        if self._sums is None:
+            raise StrategyError("no update was accumulated this round; there is nothing to "
+                                "aggregate (every silo failed or was rejected)")
+        out = {}
+        for key, value in self._sums.items():
+            view = value.view()
+            view.flags.writeable = False
+            out[key] = view
+        return out
+
+
+def _fold(acc: np.ndarray, delta: np.ndarray, w: float, scratch: np.ndarray) -> None:
+    for i in range(0, acc.size, CHUNK):
+        part = acc[i:i + CHUNK]
+        tmp = scratch[:part.size]
+        np.multiply(delta[i:i + CHUNK], w, out=tmp, dtype=np.float64)
+        part += tmp
+
+
+def check_result(strategy: Strategy, current: NDArrays, new: NDArrays) -> None:
+    """Raise StrategyError unless ``new`` has the keys, shapes, dtypes of ``current`` and is finite."""
+    if list(new) != list(current):
+        raise StrategyError(f"strategy '{strategy.name}' returned tensors {list(new)[:5]}, "
+                            f"expected {list(current)[:5]}; the model is kept unchanged")
+    for key, value in new.items():
+        ref = current[key]
+        if value.shape != ref.shape or value.dtype != ref.dtype or not _all_finite(value):
+            raise StrategyError(
+                f"strategy '{strategy.name}' produced an unusable tensor '{key}' "
+                f"(shape {value.shape}, dtype {value.dtype}, expected {ref.shape} {ref.dtype}, "
+                "finite); the model is kept unchanged")
+
+
+def aggregate_updates(strategy: Strategy, current: NDArrays, updates: Sequence[Update],
+                      server_round: int) -> NDArrays:
+    """Aggregate validated-or-not updates with either kind of strategy.
+
+    Sum strategies go through :class:`SumAccumulator` then ``step``; per-update ones get the
+    list after every update is validated. Any invalid update raises UpdateRejected before
+    the strategy is called, so neither the model nor the strategy state changes. The
+    result is checked (:func:`check_result`) before it is returned.
+    """
+    if not updates:
+        raise StrategyError("no updates to aggregate this round")
+    if isinstance(strategy, SumStrategy):
+        acc = SumAccumulator(current)
+        for update in updates:
+            acc.add(update)
+        new = strategy.step(current, acc.result(), acc.total_weight, server_round)
+    elif isinstance(strategy, PerUpdateStrategy):
+        seen: set[str] = set()
+        for update in updates:
+            validate_update(current, update.delta, silo=update.silo)
+            _check_weight(update.silo, update.weight)
+            if update.silo in seen:
+                raise _reject(update.silo, "a second update from the same silo in one round")
+            seen.add(update.silo)
+        new = strategy.aggregate(current, list(updates), server_round)
+    else:
+        raise StrategyError(f"{type(strategy).__name__} must subclass SumStrategy or "
+                            "PerUpdateStrategy")
+    check_result(strategy, current, new)
+    return new

@@ -140,10 +140,13 @@ class GatewayHandle:
         except DeploymentError:
             conf.write_text(old)
             raise
-        before = self.logs()["error"].count("start worker process")
+        # Done once the old worker stopped accepting: until then it may still take a new
+        # connection with the old CRL and certificates.
+        marker = "gracefully shutting down"
+        before = self.logs()["error"].count(marker)
         os.kill(self.proc.pid, signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while self.logs()["error"].count("start worker process") <= before:
+        while self.logs()["error"].count(marker) <= before:
             if time.monotonic() > deadline:
                 raise DeploymentError(f"{self.name} gateway did not reload: {self._tail('error.log')}")
             time.sleep(0.05)

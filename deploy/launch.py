@@ -30,6 +30,7 @@ __all__ = [
     "FlowerCLI",
     "ManagedProcess",
     "check_port_free",
+    "diagnose",
     "flower_env",
     "free_port",
     "start_superlink",
@@ -115,6 +116,14 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def raise_if_exited(self) -> None:
+        """DeploymentError with a diagnosis when the process has exited."""
+        if self.alive():
+            return
+        tail = self.log_tail(40)
+        raise DeploymentError(f"{self.name} exited (code {self.popen.returncode}): "
+                              f"{diagnose(tail)}\nlog {self.log_path} ends with:\n{tail}")
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after ``grace`` seconds."""
         if self._closed:
@@ -132,6 +141,31 @@ class ManagedProcess:
             if not _group_alive(self.popen.pid):
                 break
         self.popen.poll()
+
+
+_DIAGNOSES = (
+    ("Failed to activate SuperNode", "this silo's node key is not registered at the coordinator: "
+     "the coordinator operator must register/approve its node.pub (xsilo pki approve), then "
+     "restart the silo"),
+    ("All SuperNodes must be registered", "the coordinator requires node authentication but "
+     "this SuperNode has no auth key: set auth_key in silo.toml"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS verification of the coordinator failed: check "
+     "root_certificates in silo.toml (the consortium CA) and the coordinator's address/SAN"),
+    ("400 Bad Request", "the coordinator's gateway refused this silo's client certificate "
+     "(missing, expired, revoked or from another CA): see the gateway log"),
+    ("address already in use", "a port is already in use: stop the other process or pick "
+     "another port"),
+    ("Connection attempt failed", "the coordinator could not be reached: check the address "
+     "and that the coordinator (or the local gateway) is running"),
+)
+
+
+def diagnose(log_text: str) -> str:
+    """A one-line explanation of a Flower process's failure, from its log."""
+    for needle, meaning in _DIAGNOSES:
+        if needle in log_text:
+            return meaning
+    return "see its log"
 
 
 def _group_alive(pgid: int) -> bool:

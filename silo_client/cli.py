@@ -11,7 +11,6 @@ from rich.console import Console
 
 from silo_client.config import load_silo_config
 from silo_client.launch import start_silo
-from xsilo.errors import DeploymentError
 
 app = typer.Typer(help="Run a silo: join a federation with local data that never leaves.",
                   no_args_is_help=True)
@@ -31,7 +30,7 @@ def start(
     try:
         while proc.alive():
             time.sleep(1)
-        raise DeploymentError(f"the SuperNode exited; log tail:\n{proc.log_tail()}")
+        proc.raise_if_exited()
     except KeyboardInterrupt:
         console.print("stopping silo")
     finally:

@@ -35,3 +35,39 @@ def federation(tmp_path: Path) -> list[Path]:
 def make_silos():
     """Factory: ``make_silos(root, model=...)`` writes the demo hospitals under ``root``."""
     return make_federation
+
+
+def _processes_mentioning(marker: str) -> list[str]:
+    """Live processes whose command line or environment mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ")[-1][:1]
+        except OSError:
+            continue
+        if state != "Z" and (marker in cmdline or marker in environ):
+            found.append(f"{entry.name}: {cmdline[:160]}")
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any process started by a test (SuperLink, SuperNode, ServerApp,
+    ClientApp, nginx …) outlived the suite: every such process carries the session's
+    temporary directory in its command line or environment (FLWR_HOME, prefix, paths)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    try:
+        base = str(factory.getbasetemp())
+    except Exception:
+        return
+    leftovers = _processes_mentioning(base)
+    if leftovers:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            "LEFTOVER PROCESSES after the test session (a test did not stop what it started):\n  "
+            + "\n  ".join(leftovers), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

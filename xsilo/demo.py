@@ -19,56 +19,21 @@ from typing import Optional
 
 import numpy as np
 import typer
-from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
 from rich.table import Table
 
 from coordinator.config import RunConfig
-from coordinator.console import follow_run
-from coordinator.home import CoordinatorHome, start_coordinator, stop_quietly
 from coordinator.run_store import load_npz
-from coordinator.runs import new_run_dir, submit_run
-from deploy import certs
-from deploy.launch import ManagedProcess, free_port
 from silo_client.adapters.base import build_model
-from silo_client.config import SiloConfig, load_silo_config, write_silo_config
+from silo_client.config import SiloConfig
 from silo_client.data import LocalDataset, load_dataset
-from silo_client.launch import start_silo
-from xsilo.demo_data import demo_schema, write_demo_data
 from xsilo.errors import DeploymentError
+from xsilo.federation import LocalFederation
 
 __all__ = ["demo"]
 
 console = Console()
 MODEL = "sklearn:LogisticRegression"
-
-
-def _setup_pki(home: Path, silo_root: Path, names: list[str]) -> None:
-    """Throw-away CA, coordinator certificate (localhost/127.0.0.1), one node key per silo."""
-    pki = home / "pki"
-    ca = certs.make_ca("xsilo demo CA", organization="xsilo demo consortium")
-    certs.write_public_pem(pki / "ca.crt", ca.cert)
-    certs.write_private_key(pki / "ca.key", ca.key)
-    key = ec.generate_private_key(ec.SECP384R1())
-    cert = certs.issue_leaf(ca, "coordinator", public_key=key.public_key(), days=2,
-                            server_hosts=["localhost", "127.0.0.1", "::1"])
-    certs.write_public_pem(pki / "coordinator.crt", cert)
-    certs.write_private_key(pki / "coordinator.key", key)
-    for name in names:
-        certs.make_node_auth_key(silo_root / name / "node.key", home / "nodes" / f"{name}.pub")
-        shutil.copy(pki / "ca.crt", silo_root / name / "ca.crt")
-
-
-def _write_silos(silo_root: Path, superlink: str) -> list[SiloConfig]:
-    configs = []
-    for silo in write_demo_data(silo_root):
-        base = silo_root / silo.name
-        path = write_silo_config(
-            base / "silo.toml", name=silo.name, train="data/train.csv", test="data/test.csv",
-            schema=demo_schema(), model=MODEL, superlink=superlink, root_certificates="ca.crt",
-            auth_key="node.key")
-        configs.append(load_silo_config(path))
-    return configs
 
 
 def _pooled(parts: list[LocalDataset]) -> LocalDataset:
@@ -120,45 +85,33 @@ def demo(
     started = time.monotonic()
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="xsilo-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    processes: list[ManagedProcess] = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    fed = LocalFederation(root, model=MODEL)
     try:
-        port = free_port()
-        home_dir, silo_root = root / "coordinator", root / "silos"
-        CoordinatorHome.write(home_dir, host="127.0.0.1", port=port)
-        names = ["hospital-a", "hospital-b", "hospital-c"]
-        for n in names:
-            (silo_root / n).mkdir(parents=True, exist_ok=True)
-        _setup_pki(home_dir, silo_root, names)
-        silos = _write_silos(silo_root, f"127.0.0.1:{port}")
-        home = CoordinatorHome.load(home_dir)
-        console.print(f"[bold]xsilo demo[/] in {root}: CA + coordinator certificate + 3 node keys")
-        coordinator = start_coordinator(home)
-        processes.append(coordinator.superlink)
-        console.print(f"SuperLink on 127.0.0.1:{port} (TLS, node auth), registered "
-                      f"{', '.join(coordinator.node_ids)}")
-        for silo in silos:
-            processes.append(start_silo(silo))
-        console.print("3 SuperNodes started (TLS, own auth key, own data)")
+        fed.setup()
+        console.print(f"[bold]xsilo demo[/] in {root}: CA, coordinator certificate, "
+                      f"{len(fed.silos)} node keys, non-IID data per hospital")
+        fed.start()
+        console.print(f"SuperLink on 127.0.0.1:{fed.port} (TLS, node auth) with "
+                      f"{len(fed.supernodes)} SuperNodes (TLS, own key, own data)")
         config = RunConfig(num_rounds=rounds, local_epochs=local_epochs, min_silos=3,
                            expected_silos=3, round_timeout=120.0, join_timeout=60.0, name="demo")
-        run_dir = new_run_dir(home.runs, "demo")
-        cli = home.cli()
-        run_id, store = submit_run(cli, run_dir, config)
-        final = follow_run(store, lambda: cli.status(run_id), console=console, timeout=timeout)
-        summary = store.summary() or {}
-        if final != "finished:completed" or summary.get("status") != "completed":
-            raise DeploymentError(f"the run ended as {final}: {summary.get('error')}; "
-                                  f"SuperLink log tail:\n{coordinator.superlink.log_tail()}")
-        console.print(_comparison(silos, run_dir / "model.npz", rounds * local_epochs, 0))
-        console.print(f"run directory: {run_dir}  ({time.monotonic() - started:.0f} s in all)")
+        outcome = fed.run(config, console=console, timeout=timeout)
+        if not outcome.completed:
+            raise DeploymentError(
+                f"the run ended as {outcome.status}: {outcome.summary.get('error')}; SuperLink "
+                f"log tail:\n{fed.coordinator.superlink.log_tail() if fed.coordinator else ''}")
+        console.print(_comparison(fed.silos, outcome.store.path / "model.npz",
+                                  rounds * local_epochs, 0))
+        console.print(f"run directory: {outcome.store.path}  "
+                      f"({time.monotonic() - started:.0f} s in all)")
     finally:
-        stop_quietly(processes)
+        fed.stop()
         signal.signal(signal.SIGTERM, previous)
-        if not keep and workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
-        elif keep or workdir:
+        if keep or workdir is not None:
             console.print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _raise_interrupt(*_: object) -> None:

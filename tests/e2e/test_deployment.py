@@ -1,0 +1,79 @@
+"""The real deployment engine: flower-superlink + flower-supernode processes, TLS, node auth."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import RunConfig
+from deploy.launch import find_binary, start_superlink
+from silo_client.launch import start_silo
+from xsilo.errors import DataValidationError, DeploymentError
+from xsilo.federation import LocalFederation
+
+pytestmark = pytest.mark.e2e
+
+
+def test_two_rounds_over_tls_with_node_auth(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path).setup()
+    with fed:
+        fed.start()
+        outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
+                                    round_timeout=60.0, join_timeout=45.0, name="e2e"),
+                          timeout=85)
+        processes = list(fed.processes)
+    # Flower's own status, not `flwr run`'s exit code
+    assert outcome.status == "finished:completed", outcome.summary
+    assert outcome.summary["status"] == "completed"
+    rows = [e for e in outcome.store.events() if e["event"] == "round"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
+    assert rows[-1]["global_loss"] < rows[0]["global_loss"]
+    assert (outcome.store.path / "model.npz").is_file()
+    assert all(not p.alive() for p in processes)
+
+
+def test_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path).setup()
+    (fed.home_dir / "nodes" / "hospital-c.pub").unlink()  # never approved
+    with fed:
+        fed.start()
+        proc = fed.supernodes["hospital-c"]
+        deadline = time.monotonic() + 40
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not proc.alive(), "an unregistered SuperNode must not stay connected"
+        with pytest.raises(DeploymentError, match="not registered"):
+            proc.raise_if_exited()
+        assert fed.supernodes["hospital-a"].alive()
+
+
+def test_port_already_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        fed = LocalFederation(tmp_path).setup()
+        home = fed.home
+        with pytest.raises(DeploymentError, match=f"port {port} .* already in use"):
+            start_superlink(flwr_home=tmp_path / "fh", log_path=tmp_path / "l.log",
+                            host="127.0.0.1", port=port, ca_cert=home.ca_cert,
+                            cert=home.cert, key=home.key)
+
+
+def test_missing_data_file_stops_the_silo_before_it_connects(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path).setup()
+    silo = fed.silos[0]
+    silo.train.unlink()
+    with pytest.raises(DataValidationError, match="train.csv"):
+        start_silo(silo)
+
+
+def test_flwr_not_found_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DeploymentError, match="not found.*pip install xsilo"):
+        find_binary("flwr")

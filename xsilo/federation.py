@@ -1,0 +1,152 @@
+"""A complete federation on this machine: CA, coordinator, silos, real Flower processes.
+
+Used by ``xsilo demo`` and by the end-to-end tests, so both exercise exactly the same
+deployment path: a throw-away CA and coordinator certificate, one node-auth key per silo,
+``flower-superlink`` with TLS + SuperNode authentication, one ``flower-supernode`` per silo
+with its own key, config and data, all on 127.0.0.1 with ports chosen at run time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from rich.console import Console
+
+from coordinator.config import RunConfig
+from coordinator.console import follow_run
+from coordinator.home import CoordinatorHome, RunningCoordinator, start_coordinator, stop_quietly
+from coordinator.run_store import RunStore
+from coordinator.runs import new_run_dir, submit_run
+from deploy import certs
+from deploy.launch import ManagedProcess, free_port
+from silo_client.config import SiloConfig, load_silo_config, write_silo_config
+from silo_client.launch import start_silo
+from xsilo.demo_data import demo_schema, write_demo_data
+from xsilo.errors import DeploymentError
+
+__all__ = ["LocalFederation", "RunOutcome"]
+
+DEFAULT_MODEL = "sklearn:LogisticRegression"
+
+
+class RunOutcome:
+    """How a run ended: Flower's status, our summary, and where its directory is."""
+
+    def __init__(self, status: str, store: RunStore) -> None:
+        self.status = status
+        self.store = store
+        self.summary = store.summary() or {}
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed" and self.summary.get("status") == "completed"
+
+
+class LocalFederation:
+    """Set up and run the demo hospitals' federation under ``root`` (a context manager)."""
+
+    def __init__(self, root: Path, *, model: str = DEFAULT_MODEL,
+                 write_data: Callable[[Path], list] = write_demo_data,
+                 schema: dict | None = None) -> None:
+        self.root = Path(root)
+        self.model = model
+        self.write_data = write_data
+        self.schema = schema or demo_schema()
+        self.home_dir = self.root / "coordinator"
+        self.silo_root = self.root / "silos"
+        self.silos: list[SiloConfig] = []
+        self.processes: list[ManagedProcess] = []
+        self.coordinator: RunningCoordinator | None = None
+        self.supernodes: dict[str, ManagedProcess] = {}
+        self.port = 0
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self) -> LocalFederation:
+        """Certificates, node keys, data and configuration files (no processes yet)."""
+        self.port = free_port()
+        CoordinatorHome.write(self.home_dir, host="127.0.0.1", port=self.port)
+        data = self.write_data(self.silo_root)
+        pki = self.home_dir / "pki"
+        ca = certs.make_ca("xsilo demo CA", organization="xsilo demo consortium")
+        certs.write_public_pem(pki / "ca.crt", ca.cert)
+        certs.write_private_key(pki / "ca.key", ca.key)
+        key = ec.generate_private_key(ec.SECP384R1())
+        cert = certs.issue_leaf(ca, "coordinator", public_key=key.public_key(), days=2,
+                                server_hosts=["localhost", "127.0.0.1", "::1"])
+        certs.write_public_pem(pki / "coordinator.crt", cert)
+        certs.write_private_key(pki / "coordinator.key", key)
+        for silo in data:
+            base = self.silo_root / silo.name
+            certs.make_node_auth_key(base / "node.key", self.home_dir / "nodes" / f"{silo.name}.pub")
+            shutil.copy(pki / "ca.crt", base / "ca.crt")
+            path = write_silo_config(
+                base / "silo.toml", name=silo.name, train="data/train.csv",
+                test="data/test.csv", schema=self.schema, model=self.model,
+                superlink=f"127.0.0.1:{self.port}", root_certificates="ca.crt",
+                auth_key="node.key")
+            self.silos.append(load_silo_config(path))
+        return self
+
+    @property
+    def home(self) -> CoordinatorHome:
+        return CoordinatorHome.load(self.home_dir)
+
+    # -------------------------------------------------------------- processes
+    def start(self) -> LocalFederation:
+        """Start the SuperLink (registering every node key) and one SuperNode per silo."""
+        self.coordinator = start_coordinator(self.home)
+        self.processes.append(self.coordinator.superlink)
+        for silo in self.silos:
+            proc = start_silo(silo)
+            self.processes.append(proc)
+            self.supernodes[silo.name] = proc
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this federation started (idempotent)."""
+        stop_quietly(self.processes)
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------- runs
+    def run(self, config: RunConfig, *, console: Console | None = None,
+            timeout: float = 600.0, name: str | None = None) -> RunOutcome:
+        """Submit ``config`` with ``flwr run`` and wait until Flower reports it finished."""
+        home = self.home
+        cli = home.cli()
+        run_dir = new_run_dir(home.runs, name or config.name)
+        run_id, store = submit_run(cli, run_dir, config)
+        if console is not None:
+            status = follow_run(store, lambda: cli.status(run_id), console=console,
+                                timeout=timeout)
+        else:
+            status = self._wait(store, lambda: cli.status(run_id), timeout)
+        return RunOutcome(status, store)
+
+    def _wait(self, store: RunStore, status: Callable[[], str], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if store.summary() is not None or not self._superlink_alive():
+                # Our summary is written last by the ServerApp; Flower then marks the run.
+                end = time.monotonic() + 30
+                while time.monotonic() < end:
+                    state = status()
+                    if state.startswith("finished"):
+                        return state
+                    time.sleep(1)
+            state = status()
+            if state.startswith("finished"):
+                return state
+            time.sleep(2)
+        raise DeploymentError(f"run did not finish within {timeout:.0f} s")
+
+    def _superlink_alive(self) -> bool:
+        return self.coordinator is not None and self.coordinator.superlink.alive()

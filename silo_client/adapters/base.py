@@ -174,7 +174,13 @@ def build_model(spec: str, *, schema: DataSchema, config: Mapping[str, object]) 
     obj = _import_object(spec)
     if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj):
         kwargs = {"n_features": schema.n_features, "classes": schema.label_values, "seed": seed}
-        obj = _call_with_accepted(obj, kwargs)
+        torch = sys.modules.get("torch")
+        if torch is None:
+            obj = _call_with_accepted(obj, kwargs)
+        else:  # identical initial weights on every silo, even if the builder ignores `seed`
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                obj = _call_with_accepted(obj, kwargs)
     return _wrap(obj, spec=spec, schema=schema, config=config, seed=seed)
 
 

@@ -1,0 +1,76 @@
+"""Central DP at the coordinator: clip each update, sum with capped weights, add Gaussian noise.
+
+Mechanism (Gaussian mechanism on the sum, silo-level add/remove-one neighbouring):
+
+    S~ = sum_i min(w_i, w_max) * clip_C(Delta_i) + N(0, (z * w_max * C)^2 I)
+
+The sensitivity of the sum is ``w_max * C`` (:func:`weighted_sum_sensitivity`), so one round
+is a Gaussian event with noise multiplier z. Divide by a *public* constant (e.g.
+``num_silos * w_max`` or the expected total weight), never by the realised sum of weights,
+which is itself data-dependent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from strategies.dp.clipping import clip_update
+from strategies.dp.noise import gaussian_noise, snap_to_grid
+from strategies.dp.randomness import ByteSource
+from xsilo.errors import ConfigError
+
+__all__ = ["ClippedSum", "add_central_noise", "clip_and_sum"]
+
+_SNAP = 2.0**-20  # grid = stddev * 2^-20: far above float spacing, far below the noise
+
+
+@dataclass(frozen=True)
+class ClippedSum:
+    """Sum of capped-weight clipped updates, with the per-silo "not clipped" bits."""
+
+    total: dict[str, np.ndarray]
+    unclipped: tuple[bool, ...]
+    norms: tuple[float, ...]
+
+
+def clip_and_sum(
+    deltas: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
+    *,
+    clip_norm: float,
+    max_weight: float,
+) -> ClippedSum:
+    """``sum_i min(w_i, w_max) * clip_C(Delta_i)`` in float64, plus b_i = 1[||Delta_i|| <= C]."""
+    if len(deltas) != len(weights) or not deltas:
+        raise ConfigError(f"need one weight per update, got {len(deltas)} updates, {len(weights)} weights")
+    total: dict[str, np.ndarray] = {k: np.zeros(np.shape(v)) for k, v in deltas[0].items()}
+    bits, norms = [], []
+    for delta, w in zip(deltas, weights):
+        if not w >= 0:
+            raise ConfigError(f"aggregation weight must be >= 0, got {w!r}")
+        res = clip_update(delta, clip_norm=clip_norm)
+        cap = min(float(w), max_weight)
+        for k in total:
+            total[k] += cap * res.update[k].astype(np.float64)
+        bits.append(not res.clipped)
+        norms.append(res.norm)
+    return ClippedSum(total, tuple(bits), tuple(norms))
+
+
+def add_central_noise(
+    total: Mapping[str, np.ndarray], *, stddev: float, rng: ByteSource, snap: bool = True
+) -> dict[str, np.ndarray]:
+    """Add ``N(0, stddev^2)`` to every coordinate; optionally snap to a ``stddev * 2^-20`` grid.
+
+    Snapping is the floating-point mitigation described in :mod:`strategies.dp.noise`.
+    """
+    if not stddev > 0:
+        raise ConfigError(f"central noise stddev must be > 0, got {stddev!r}")
+    out = {}
+    for k, v in total.items():
+        noisy = np.asarray(v, dtype=np.float64) + gaussian_noise(np.shape(v), stddev, rng=rng)
+        out[k] = snap_to_grid(noisy, grid=stddev * _SNAP) if snap else noisy
+    return out

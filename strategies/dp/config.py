@@ -1,0 +1,169 @@
+"""The run's DP settings: one frozen, validated object built once at the config edge.
+
+TOML (``[dp]`` table of the run config)::
+
+    [dp]
+    mechanism = "central"        # or "distributed" (needs secure aggregation)
+    noise_multiplier = 1.0       # z: noise std = z * sensitivity
+    clip_norm = 1.0              # C (initial C for adaptive clipping); required
+    clipping = "fixed"           # or "adaptive" (central only)
+    delta = 1e-5
+    max_epsilon = 8.0            # optional hard stop
+    accounting = "auto"          # "pld" | "rdp" | "auto" (pld; rdp for distributed)
+    max_weight = 1.0             # cap on aggregation weights (see weighted_sum_sensitivity)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from strategies.dp.accounting import Accountant, GaussianRound, PrivacyBudget, ZCDPRound
+from strategies.dp.adaptive import AdaptiveClipState, split_noise_multiplier
+from strategies.dp.clipping import weighted_sum_sensitivity
+from strategies.dp.distributed import DDGCalibration, DDGParams
+from xsilo.errors import ConfigError
+
+__all__ = ["DPConfig", "MECHANISMS"]
+
+MECHANISMS = ("central", "distributed")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Silo-level differential privacy for a run (see docs/privacy.md)."""
+
+    mechanism: str
+    noise_multiplier: float
+    clip_norm: float | None
+    clipping: str = "fixed"
+    delta: float = 1e-5
+    max_epsilon: float | None = None
+    accounting: str = "auto"
+    max_weight: float = 1.0
+    sampling_probability: float = 1.0
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clip_count_stddev: float | None = None
+    modulus_bits: int = 32
+    k_stddevs: float = 6.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the key, the value and the fix."""
+        if self.mechanism not in MECHANISMS:
+            raise ConfigError(f"dp.mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
+        if self.clip_norm is None or not (
+            isinstance(self.clip_norm, (int, float)) and math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ConfigError(
+                f"dp.clip_norm={self.clip_norm!r}: differential privacy without clipping has "
+                "unbounded sensitivity and no guarantee; set dp.clip_norm to a positive number "
+                "(e.g. the median update norm of a non-private run)"
+            )
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise ConfigError(f"dp.noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+        if self.clipping not in ("fixed", "adaptive"):
+            raise ConfigError(f"dp.clipping must be 'fixed' or 'adaptive', got {self.clipping!r}")
+        if self.clipping == "adaptive" and self.mechanism == "distributed":
+            raise ConfigError(
+                "dp.clipping='adaptive' needs the coordinator to release a noisy count and is "
+                "only supported with dp.mechanism='central'; use clipping='fixed'"
+            )
+        if self.accounting not in ("auto", "pld", "rdp"):
+            raise ConfigError(f"dp.accounting must be auto, pld or rdp, got {self.accounting!r}")
+        if self.mechanism == "distributed" and self.accounting == "pld":
+            raise ConfigError(
+                "dp.accounting='pld' cannot compose the distributed discrete Gaussian's zCDP "
+                "bound; use 'rdp' or 'auto'"
+            )
+        if self.max_epsilon is not None and not self.max_epsilon > 0:
+            raise ConfigError(f"dp.max_epsilon must be > 0, got {self.max_epsilon!r}")
+        if not self.max_weight > 0:
+            raise ConfigError(f"dp.max_weight must be > 0, got {self.max_weight!r}")
+        self._check_nested()
+
+    def _check_nested(self) -> None:
+        Accountant(self.delta, self.accounting_method)  # checks delta
+        GaussianRound(self.noise_multiplier, self.sampling_probability)
+        if self.clipping == "adaptive":
+            AdaptiveClipState(
+                clip_norm=float(self.clip_norm),  # type: ignore[arg-type]
+                target_quantile=self.target_quantile,
+                learning_rate=self.clip_learning_rate,
+            )
+            if self.clip_count_stddev is not None:
+                split_noise_multiplier(
+                    noise_multiplier=self.noise_multiplier, count_stddev=self.clip_count_stddev
+                )
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any]) -> DPConfig:
+        """Build from a parsed TOML ``[dp]`` table; unknown keys are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - names)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [dp]: {unknown}; known keys: {sorted(names)}")
+        if "mechanism" not in table or "noise_multiplier" not in table:
+            raise ConfigError("[dp] needs 'mechanism' and 'noise_multiplier'")
+        return cls(**{"clip_norm": None, **dict(table)})
+
+    @property
+    def accounting_method(self) -> str:
+        if self.accounting != "auto":
+            return self.accounting
+        return "rdp" if self.mechanism == "distributed" else "pld"
+
+    def accountant(self) -> Accountant:
+        return Accountant(self.delta, self.accounting_method)
+
+    def budget(self) -> PrivacyBudget | None:
+        return None if self.max_epsilon is None else PrivacyBudget(self.max_epsilon, self.delta)
+
+    def count_stddev(self, num_silos: int) -> float:
+        """sigma_b for adaptive clipping: configured, else max(num_silos/20, 1/z) (Andrew et al.)."""
+        if self.clip_count_stddev is not None:
+            return self.clip_count_stddev
+        return max(num_silos / 20.0, 1.0 / self.noise_multiplier)
+
+    def adaptive_state(self, num_silos: int) -> AdaptiveClipState:
+        return AdaptiveClipState(
+            clip_norm=float(self.clip_norm),  # type: ignore[arg-type]
+            target_quantile=self.target_quantile,
+            learning_rate=self.clip_learning_rate,
+            count_stddev=self.count_stddev(num_silos),
+        )
+
+    def sum_noise_stddev(self, *, clip_norm: float, num_silos: int) -> float:
+        """Central: std of the Gaussian added to the weighted sum, ``z_sum * w_max * C``.
+
+        ``z_sum`` is z for fixed clipping and ``z_Delta`` (the update's share) for adaptive.
+        """
+        z = self.noise_multiplier
+        if self.clipping == "adaptive":
+            z = split_noise_multiplier(noise_multiplier=z, count_stddev=self.count_stddev(num_silos))
+        return z * weighted_sum_sensitivity(clip_norm=clip_norm, max_weight=self.max_weight)
+
+    def ddg_params(self, *, num_silos: int, min_survivors: int, dimension: int) -> DDGParams:
+        """Distributed mechanism parameters (t = the secure-aggregation threshold)."""
+        return DDGParams(
+            clip_norm=float(self.clip_norm),  # type: ignore[arg-type]
+            noise_multiplier=self.noise_multiplier,
+            num_silos=num_silos,
+            min_survivors=min_survivors,
+            dimension=dimension,
+            modulus_bits=self.modulus_bits,
+            k_stddevs=self.k_stddevs,
+        )
+
+    def round_event(self, calibration: DDGCalibration | None = None) -> GaussianRound | ZCDPRound:
+        """The accounting event of one round of this mechanism."""
+        if self.mechanism == "distributed":
+            if calibration is None:
+                raise ConfigError("the distributed round event needs the DDG calibration")
+            return ZCDPRound(calibration.rho)
+        return GaussianRound(self.noise_multiplier, self.sampling_probability)

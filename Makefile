@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check \
-		-c requirements.lock -c constraints.txt -e ".[dev,torch]"
+		-c requirements.lock -c constraints.txt -e ".[dev,torch]" -e examples/strategy-plugin
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -84,7 +84,7 @@ class RoundLoop:
         nodes = self.transport.wait_for_nodes(cfg.wait_for, cfg.join_timeout)
         terms = {"run-name": cfg.name, "strategy": cfg.strategy, "num-rounds": cfg.num_rounds,
                  "secure-aggregation": cfg.secure_aggregation, "seed": cfg.seed,
-                 "min-silos": cfg.min_silos}
+                 "min-silos": cfg.min_silos, "num-silos": len(nodes)}
         replies = self.transport.exchange(
             "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
             group="join")

@@ -9,12 +9,18 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from deploy.cli import enroll_cmd, import_cmd, renew_cmd
 from silo_client.config import load_silo_config
 from silo_client.launch import start_silo
+from silo_client.ledger_cli import app as ledger_app
 
 app = typer.Typer(help="Run a silo: join a federation with local data that never leaves.",
                   no_args_is_help=True)
 console = Console()
+app.command("enroll")(enroll_cmd)
+app.command("import-bundle")(import_cmd)
+app.command("renew")(renew_cmd)
+app.add_typer(ledger_app, name="ledger", help="Audit what this silo sent (egress ledger).")
 
 
 @app.command()

@@ -35,6 +35,14 @@ def _silo(context: Context) -> Silo:
     return Silo.from_file(str(path))
 
 
+def _run_id(msg: Message) -> str:
+    return str(msg.metadata.run_id)
+
+
+def _round(msg: Message) -> int:
+    return int(_config(msg).get("server-round", 0))
+
+
 def _error_reply(msg: Message, exc: Exception) -> Message:
     kind = type(exc).__name__
     reason = exc.reason if isinstance(exc, PolicyRefusal) else kind
@@ -48,15 +56,29 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
     def run(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
-        except XsiloError as exc:
-            log.warning("refusing %s: %s", msg.metadata.message_type, exc)
-            return _error_reply(msg, exc)
         except Exception as exc:  # never crash the silo; report the failure type upstream
-            log.error("silo failed on %s:\n%s", msg.metadata.message_type, traceback.format_exc())
-            return _error_reply(msg, exc)
+            if isinstance(exc, XsiloError):
+                log.warning("refusing %s: %s", msg.metadata.message_type, exc)
+            else:
+                log.error("silo failed on %s:\n%s", msg.metadata.message_type,
+                          traceback.format_exc())
+            reply = _error_reply(msg, exc)
+            _record_refusal(msg, context, reply)
+            return reply
 
     run.__name__ = handler.__name__
     return run
+
+
+def _record_refusal(msg: Message, context: Context, reply: Message) -> None:
+    """Refusals leave the site too: record them when the silo's config is readable."""
+    try:
+        silo = _silo(context)
+        silo.record_egress(run_id=_run_id(msg), server_round=_round(msg),
+                           message_type=f"{msg.metadata.message_type}.refusal", arrays={},
+                           metrics={}, extra={"reason": reply.error.reason})
+    except Exception:  # the refusal itself must still go out
+        log.debug("could not record refusal in the ledger", exc_info=True)
 
 
 def _config(msg: Message) -> dict[str, Any]:
@@ -67,7 +89,10 @@ def _config(msg: Message) -> dict[str, Any]:
 @_guarded
 def join(msg: Message, context: Context) -> Message:
     """Validate data and run terms; answer with identity, fingerprint and initial model."""
-    info, params = _silo(context).join(_config(msg))
+    silo = _silo(context)
+    info, params = silo.join(_config(msg))
+    silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
+                       arrays=params, metrics={}, extra=info)
     return Message(RecordDict({SILO: ConfigRecord(info), ARRAYS: arrays_to_record(params)}),
                    reply_to=msg)
 
@@ -77,7 +102,10 @@ def join(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the incoming global model, train locally, reply with the update."""
     params = record_to_arrays(msg.content.array_records[ARRAYS])
-    result = _silo(context).train(params, _config(msg))
+    silo = _silo(context)
+    result = silo.train(params, _config(msg))
+    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
+                       arrays=result.delta, metrics=result.metrics)
     return Message(RecordDict({DELTA: arrays_to_record(result.delta),
                                METRICS: MetricRecord(result.metrics)}), reply_to=msg)
 
@@ -87,5 +115,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score a global model on the local test split."""
     params = record_to_arrays(msg.content.array_records[ARRAYS])
-    metrics = _silo(context).evaluate(params, _config(msg))
+    silo = _silo(context)
+    metrics = silo.evaluate(params, _config(msg))
+    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="evaluate",
+                       arrays={}, metrics=metrics)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -18,9 +18,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from silo_client.adapters.base import ModelAdapter, build_model
+from silo_client.adapters.base import ModelAdapter, build_model, parameter_spec
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
+from silo_client.ledger import EgressLedger, payload_digest
+from silo_client.policy import RunTerms, SitePolicy, check_round, check_run
 
 __all__ = ["Silo", "TrainResult"]
 
@@ -55,6 +57,22 @@ class Silo:
 
     def __init__(self, config: SiloConfig) -> None:
         self.config = config
+        self.policy = (SitePolicy.load(config.policy_file) if config.policy_file
+                       else SitePolicy())
+
+    @property
+    def ledger(self) -> EgressLedger:
+        """The append-only record of everything this silo sends (``workspace/egress.jsonl``)."""
+        return EgressLedger(self.config.workspace / "egress.jsonl")
+
+    def record_egress(self, *, run_id: str, server_round: int, message_type: str,
+                      arrays: Mapping[str, np.ndarray], metrics: Mapping[str, Any],
+                      extra: Mapping[str, Any] | None = None) -> None:
+        """Write the ledger entry for one outgoing message (before it is sent)."""
+        self.ledger.append(
+            run_id=run_id, server_round=server_round, message_type=message_type,
+            tensors=parameter_spec(dict(arrays)), payload_sha256=payload_digest(arrays, metrics),
+            masked=False, clip_norm=None, noise_sigma=None, epsilon=None, extra=extra)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Silo:
@@ -73,7 +91,13 @@ class Silo:
         return build_model(self.config.model, schema=self.config.schema, config=cfg)
 
     def join(self, terms: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Validate data, return (identity + schema fingerprint, initial parameters)."""
+        """Check the run against the site policy, validate data, and return
+        (identity + schema fingerprint, initial parameters)."""
+        check_run(self.policy, RunTerms(
+            strategy=str(terms.get("strategy", "")), num_rounds=int(terms.get("num-rounds", 0)),
+            secure_aggregation=bool(terms.get("secure-aggregation", False)),
+            coordinator_fingerprint=self._coordinator_fingerprint(),
+            num_silos=int(terms["num-silos"]) if "num-silos" in terms else None))
         train = self.train_data  # raises DataValidationError naming file/column/row
         if self.test_data is not None:
             _ = self.test_data
@@ -81,6 +105,15 @@ class Silo:
         params = self.model(int(terms.get("seed", 0))).get_parameters()
         info = {"name": self.config.name, "fingerprint": json.dumps(fingerprint, sort_keys=True)}
         return info, params
+
+    def _coordinator_fingerprint(self) -> str | None:
+        """SHA-256 of the coordinator's certificate, only when the policy pins one."""
+        if self.policy.allowed_coordinator_fingerprints is None:
+            return None
+        from deploy.identity import coordinator_fingerprint
+
+        return coordinator_fingerprint(self.config.path.parent, self.config.superlink,
+                                       self.config.root_certificates)
 
     def _evaluate_into(self, model: ModelAdapter, metrics: dict[str, float]) -> None:
         test = self.test_data
@@ -95,6 +128,9 @@ class Silo:
     def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> TrainResult:
         """Evaluate the incoming model, train locally, return the update and metrics."""
         started = time.perf_counter()
+        check_round(self.policy, server_round=int(config.get("server-round", 0)),
+                    participants=int(config.get("participants", 0)), epsilon_spent=None,
+                    epsilon_next=None)
         model = self.model(int(config.get("seed", 0)), config)
         model.set_parameters(dict(global_params))
         metrics: dict[str, float] = {}

@@ -42,12 +42,16 @@ def _root(
 
 def _register() -> None:
     from coordinator.cli import app as coordinator_app
+    from deploy.cli import pki_app
     from silo_client.cli import app as silo_app
+    from strategies.cli import app as strategies_app
     from xsilo.demo import demo
 
     app.command("demo")(demo)
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(silo_app, name="silo")
+    app.add_typer(pki_app, name="pki")
+    app.add_typer(strategies_app, name="strategies")
 
 
 def main() -> None:

@@ -193,13 +193,16 @@ class _Raw:
 
 
 def _read_csv(path: Path) -> _Raw:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header or header == [""]:
-            raise DataValidationError(f"{path}: the file is empty (no header row); nothing sent")
-        rows = list(reader)
-    if rows and rows[-1] == []:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            if not header or header == [""]:
+                raise DataValidationError(f"{path}: the file is empty (no header row); nothing sent")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataValidationError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+    while rows and not rows[-1]:
         rows.pop()
     width = len(header)
     for i, row in enumerate(rows):

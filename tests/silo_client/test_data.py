@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from silo_client.data import (
     Column,
@@ -88,6 +90,12 @@ def test_ragged_row(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "d.csv", GOOD[:1] + [GOOD[1][:3]])
     with pytest.raises(DataValidationError, match="row 2 .* has 3 fields, header has 5"):
         load_dataset(path, SCHEMA)
+
+
+def test_not_a_text_csv(tmp_path: Path) -> None:
+    (tmp_path / "b.csv").write_bytes(b"age,bmi\n\xff\xfe\x00,1\n")
+    with pytest.raises(DataValidationError, match=r"b\.csv: not a readable UTF-8 CSV"):
+        load_dataset(tmp_path / "b.csv", SCHEMA)
 
 
 def test_unknown_label(tmp_path: Path) -> None:
@@ -201,3 +209,23 @@ def test_100k_rows_validate_quickly(tmp_path: Path) -> None:
     ds = load_dataset(path, schema)
     assert time.perf_counter() - start < 10.0
     assert ds.X.shape == (100_000, 30)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=3, max_size=3),
+                min_size=1, max_size=20),
+       st.lists(st.sampled_from(["0", "1"]), min_size=20, max_size=20))
+def test_csv_values_round_trip(tmp_path_factory, rows: list[list[float]], labels: list[str]) -> None:
+    path = tmp_path_factory.mktemp("h") / "h.csv"
+    schema = DataSchema(tuple(Column(f"x{i}", "float") for i in range(3)), "label", (0, 1))
+    write_csv(path, [[repr(v) for v in r] + [labels[i]] for i, r in enumerate(rows)], ["x0", "x1", "x2", "label"])
+    ds = load_dataset(path, schema)
+    np.testing.assert_array_equal(ds.X, np.array(rows, dtype=np.float32))
+    assert ds.y.tolist() == [int(v) for v in labels[: len(rows)]]
+
+
+def test_public_api_is_pinned() -> None:
+    import silo_client.data as data
+
+    assert sorted(data.__all__) == ["Column", "DataSchema", "LocalDataset", "fingerprints_agree",
+                                    "infer_schema", "load_dataset", "schema_fingerprint"]

@@ -144,3 +144,10 @@ def test_cli_show_prints_a_table(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "Egress ledger" in result.output and "chain intact" in result.output
     assert result.output.count("train") >= 3
+
+
+def test_public_api_is_pinned() -> None:
+    import silo_client.ledger as mod
+
+    assert sorted(mod.__all__) == ["EgressLedger", "GENESIS", "VerifyResult", "entry_hash",
+                                      "payload_digest", "summarize", "verify_ledger"]

@@ -136,3 +136,10 @@ def test_pure_modules_load_neither_torch_nor_flower() -> None:
             "print(','.join(m for m in ('torch', 'flwr', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_public_api_is_pinned() -> None:
+    import silo_client.policy as mod
+
+    assert sorted(mod.__all__) == ["PrivacyTally", "RunTerms", "SitePolicy", "check_round", "check_run",
+                                      "normalize_fingerprint"]

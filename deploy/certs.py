@@ -188,7 +188,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str, *,
              organization: str | None = None) -> x509.CertificateSigningRequest:
-    """A certificate signing request for ``common_name``, signed by ``key`` (proof of possession)."""
+    """A CSR for ``common_name``, signed by ``key`` (proof of possession)."""
     return (x509.CertificateSigningRequestBuilder()
             .subject_name(_name(common_name, organization))
             .sign(key, hashes.SHA256()))

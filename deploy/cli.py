@@ -24,7 +24,7 @@ __all__ = ["enroll_cmd", "import_cmd", "pki_app", "renew_cmd"]
 
 pki_app = typer.Typer(help="The consortium PKI (coordinator operator): CA, approvals, "
                       "revocation, renewal.", no_args_is_help=True)
-_out = Console()
+_out = Console(emoji=False, highlight=False)  # ":CD:" in a fingerprint is not an emoji
 
 PkiDir = typer.Option(DEFAULT_PKI_DIR, "--pki-dir", help="PKI directory (env XSILO_PKI_DIR).")
 PassFile = typer.Option(None, "--passphrase-file",

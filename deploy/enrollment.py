@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from deploy.certs import (
-    fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr, openssh_public_line,
+    fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr,
+    openssh_public_line,
     write_private_key, write_public_pem, write_text_atomic,
 )
 from deploy.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
@@ -86,7 +87,8 @@ def _check_bundle_matches_kit(bundle: Bundle, kit: Path) -> None:
     try:
         cert.verify_directly_issued_by(bundle.ca())
     except (ValueError, TypeError) as exc:
-        raise EnrollmentError(f"bundle certificate is not signed by the consortium CA: {exc}") from exc
+        raise EnrollmentError("bundle certificate is not signed by the consortium CA: "
+                              f"{exc}") from exc
     tls_key = load_private_key(kit / KIT_FILES["tls_key"])
     if cert.public_key() != tls_key.public_key():
         raise EnrollmentError(f"bundle certificate is not for this kit's key "

@@ -76,14 +76,31 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def reload_running(prefix: Path) -> bool:
-    """Send SIGHUP to the nginx whose pid file is under ``prefix``; False if none runs."""
-    pid_file = Path(prefix) / "logs" / "nginx.pid"
+def _hup_and_wait(prefix: Path, pid: int, timeout: float) -> None:
+    """SIGHUP, then wait until the old worker stopped accepting: before that it may still
+    take a new connection with the old CRL and certificates."""
+    error_log = Path(prefix) / "logs" / "error.log"
+    marker = "gracefully shutting down"
+    before = error_log.read_text(errors="replace").count(marker)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while error_log.read_text(errors="replace").count(marker) <= before:
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"nginx in {prefix} did not reload within {timeout:.0f} s; "
+                                  f"see {error_log}")
+        time.sleep(0.05)
+
+
+def reload_running(prefix: Path, timeout: float = 10.0) -> bool:
+    """Reload the nginx whose pid file is under ``prefix`` and wait for it; False if none
+    runs there."""
     try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
+        pid = int((Path(prefix) / "logs" / "nginx.pid").read_text().strip())
+        os.kill(pid, 0)
     except (OSError, ValueError):
         return False
+    _test_conf(find_nginx(), Path(prefix))
+    _hup_and_wait(Path(prefix), pid, timeout)
     return True
 
 
@@ -140,16 +157,7 @@ class GatewayHandle:
         except DeploymentError:
             conf.write_text(old)
             raise
-        # Done once the old worker stopped accepting: until then it may still take a new
-        # connection with the old CRL and certificates.
-        marker = "gracefully shutting down"
-        before = self.logs()["error"].count(marker)
-        os.kill(self.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while self.logs()["error"].count(marker) <= before:
-            if time.monotonic() > deadline:
-                raise DeploymentError(f"{self.name} gateway did not reload: {self._tail('error.log')}")
-            time.sleep(0.05)
+        _hup_and_wait(self.prefix, self.proc.pid, timeout)
         log.info("%s gateway reloaded", self.name)
 
     def stop(self, grace: float = 5.0) -> None:

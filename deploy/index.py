@@ -59,8 +59,8 @@ class Index:
             data = json.loads(self.path.read_text())
             records = [CertRecord(**r) for r in data["certificates"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EnrollmentError(f"PKI index {self.path} is unreadable ({exc}); restore it "
-                                  "from backup (every issued certificate is under issued/)") from exc
+            raise EnrollmentError(f"PKI index {self.path} is unreadable ({exc}); restore it from "
+                                  "backup (every issued certificate is under issued/)") from exc
         for r in records:
             if r.state not in _STATES:
                 raise EnrollmentError(f"PKI index {self.path}: unknown state {r.state!r}")

@@ -269,7 +269,9 @@ def read_bundle(path: Path, expected_ca_fingerprint: str) -> Bundle:
             f"{expected_ca_fingerprint!r} you received out of band; do not import it, "
             "call the coordinator operator")
     try:
-        ca.public_key().verify(sig, canonical(bundle.body()), ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg, union-attr]
+        ca_key = ca.public_key()
+        ca_key.verify(sig, canonical(bundle.body()),  # type: ignore[call-arg, union-attr]
+                      ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg]
     except (InvalidSignature, TypeError) as exc:
         raise EnrollmentError(f"{what} {path}: CA signature over the bundle does not verify: "
                               "it was modified after signing; ask for a new one") from exc

@@ -86,8 +86,9 @@ class Pki:
         self.root = Path(root)
         self.on_revoke = on_revoke
         if not (self.root / "pki.json").is_file() or not self.ca_cert_path.is_file():
-            raise EnrollmentError(f"{self.root} is not an xsilo PKI directory (no pki.json / "
-                                  f"ca.crt); create one with `xsilo pki init --pki-dir {self.root}`")
+            raise EnrollmentError(f"{self.root} is not an xsilo PKI directory (no pki.json or "
+                                  "ca.crt); create one with "
+                                  f"`xsilo pki init --pki-dir {self.root}`")
         self.settings = json.loads((self.root / "pki.json").read_text())
 
     # --- paths -------------------------------------------------------------------------

@@ -4,8 +4,8 @@ A model update is ``dict[str, np.ndarray]``; its L2 norm is taken over all array
 ``||u|| = sqrt(sum_k sum_i u_k[i]^2)``. Clipping (Abadi et al. 2016, eq. in Alg. 1) is
 ``u * min(1, C / ||u||)``. The float guarantee is strict: the returned update's norm, as
 computed by :func:`l2_norm` in float64 from the stored (possibly float32) values, is
-``<= C``; the scale factor is aimed at ``C * (1 - 2**-40)`` and stepped down ulp by ulp if
-rounding still lands above ``C``.
+``<= C``: the scale factor is aimed at ``C * (1 - 2**-40)``, narrower dtypes are rounded
+toward zero after scaling, and the factor is stepped down if rounding still lands above C.
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ def l2_norm(update: Update) -> float:
 
 
 def _scaled(update: Update, factor: float) -> dict[str, np.ndarray]:
+    """Scale in float64; narrower dtypes are rounded toward zero so no element grows."""
     out = {}
     for name, arr in update.items():
         arr = np.asarray(arr)
-        out[name] = (arr.astype(np.float64) * factor).astype(arr.dtype, copy=False)
+        exact = arr.astype(np.float64) * factor
+        cast = exact.astype(arr.dtype)
+        if arr.dtype != np.float64:
+            grew = np.abs(cast.astype(np.float64)) > np.abs(exact)
+            cast[grew] = np.nextafter(cast[grew], np.zeros((), dtype=arr.dtype))
+        out[name] = cast
     return out
 
 

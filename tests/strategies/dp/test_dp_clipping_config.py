@@ -1,0 +1,99 @@
+"""Clipping is real (norm <= C exactly), and DP without clipping is refused."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from strategies.dp.central import add_central_noise, clip_and_sum
+from strategies.dp.clipping import clip_update, l2_norm, weighted_sum_sensitivity
+from strategies.dp.config import DPConfig
+from strategies.dp.randomness import AesCtrSource
+from xsilo.errors import ConfigError, UpdateRejected
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=arrays(np.float32, st.integers(1, 40), elements=finite),
+    b=arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=finite),
+    c=st.floats(1e-6, 1e4),
+)
+def test_clipped_norm_never_exceeds_c(a, b, c):
+    res = clip_update({"a": a, "b": b}, clip_norm=c)
+    flat = np.concatenate([res.update["a"].astype(np.float64).ravel(), res.update["b"].ravel()])
+    assert l2_norm(res.update) <= c
+    assert math.sqrt(float(np.sum(flat * flat))) <= c
+    assert res.update["a"].dtype == np.float32
+    assert res.clipped == (res.norm > c)
+    if not res.clipped:
+        assert np.array_equal(res.update["a"], a)
+    else:  # direction kept, norm essentially C
+        assert l2_norm(res.update) >= c * (1 - 1e-6)
+
+
+def test_clip_rejects_bad_input():
+    with pytest.raises(ConfigError, match="clip_norm"):
+        clip_update({"a": np.ones(3)}, clip_norm=0.0)
+    with pytest.raises(UpdateRejected, match="NaN"):
+        clip_update({"a": np.array([1.0, np.nan])}, clip_norm=1.0)
+
+
+def test_dp_without_clipping_is_refused():
+    with pytest.raises(ConfigError, match="without clipping"):
+        DPConfig(mechanism="central", noise_multiplier=1.0, clip_norm=None)
+    with pytest.raises(ConfigError, match="without clipping"):
+        DPConfig.from_mapping({"mechanism": "distributed", "noise_multiplier": 1.0})
+    with pytest.raises(ConfigError, match="without clipping"):
+        DPConfig(mechanism="central", noise_multiplier=1.0, clip_norm=float("inf"))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"mechanism": "local"}, "mechanism"),
+        ({"noise_multiplier": 0.0}, "noise_multiplier"),
+        ({"mechanism": "distributed", "clipping": "adaptive"}, "adaptive"),
+        ({"mechanism": "distributed", "accounting": "pld"}, "pld"),
+        ({"delta": 0.0}, "delta"),
+        ({"clipping": "adaptive", "clip_count_stddev": 0.1}, "clip_count_stddev"),
+        ({"max_weight": -1.0}, "max_weight"),
+    ],
+)
+def test_config_refusals_name_the_key(kwargs, match):
+    base = {"mechanism": "central", "noise_multiplier": 1.0, "clip_norm": 1.0}
+    with pytest.raises(ConfigError, match=match):
+        DPConfig(**{**base, **kwargs})
+
+
+def test_unknown_key_refused():
+    with pytest.raises(ConfigError, match="unknown"):
+        DPConfig.from_mapping({"mechanism": "central", "noise_multiplier": 1, "clip_norm": 1, "sigma": 2})
+
+
+def test_weighted_sensitivity():
+    assert weighted_sum_sensitivity(clip_norm=2.0, max_weight=3.0) == 6.0
+    assert weighted_sum_sensitivity(clip_norm=2.0, max_weight=3.0, neighboring="replace_one") == 12.0
+
+
+def test_central_noise_calibrated():
+    """The noise added at the coordinator has std z * w_max * C."""
+    cfg = DPConfig(mechanism="central", noise_multiplier=1.3, clip_norm=0.7, max_weight=2.0)
+    std = cfg.sum_noise_stddev(clip_norm=0.7, num_silos=5)
+    assert std == pytest.approx(1.3 * 0.7 * 2.0)
+    g = np.random.default_rng(0)
+    deltas = [{"w": g.normal(size=1000) * s} for s in (0.01, 1.0, 5.0)]
+    cs = clip_and_sum(deltas, [1.0, 5.0, 0.5], clip_norm=0.7, max_weight=2.0)
+    assert cs.unclipped == (True, False, False)
+    noisy = add_central_noise(cs.total, stddev=std, rng=AesCtrSource(bytes(32)))
+    for _ in range(1):
+        pass
+    big = add_central_noise({"w": np.zeros(300_000)}, stddev=std, rng=AesCtrSource(bytes(32)))["w"]
+    assert abs(big.std() / std - 1) < 5 / math.sqrt(2 * 300_000)
+    assert noisy["w"].shape == (1000,)

@@ -1,0 +1,120 @@
+"""Distributed discrete Gaussian: calibration, survivors' noise, rounding bound, modular sums."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from strategies.dp.clipping import clip_update
+from strategies.dp.distributed import (
+    DDGParams,
+    _conditional_round,
+    decode_sum,
+    encode_update,
+    fwht,
+    rotation_signs,
+)
+from strategies.dp.noise import discrete_gaussian_var
+from strategies.dp.randomness import AesCtrSource
+from xsilo.errors import ConfigError
+
+SEED = bytes(range(32))
+
+
+def params(**kw) -> DDGParams:
+    base = dict(clip_norm=1.0, noise_multiplier=1.2, num_silos=6, min_survivors=4, dimension=3000)
+    return DDGParams(**{**base, **kw})
+
+
+def test_fwht_orthonormal_and_self_inverse():
+    x = np.random.default_rng(0).normal(size=1024)
+    y = fwht(x)
+    assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x))
+    assert np.allclose(fwht(y), x)
+    s = rotation_signs(SEED, 1024)
+    assert set(np.unique(s)) == {-1.0, 1.0}
+    assert np.array_equal(s, rotation_signs(SEED, 1024))
+
+
+def test_calibration_is_honest():
+    cal = params().calibrate()
+    assert cal.padded_dim == 4096
+    assert cal.l2_bound > cal.scaled_clip  # rounding inflates the sensitivity...
+    assert cal.l2_bound / cal.scaled_clip < 1.001  # ...a little, at 32 bits
+    # effective multiplier is at most the configured z (rounding only costs privacy)
+    assert cal.effective_noise_multiplier <= 1.2
+    assert cal.effective_noise_multiplier == pytest.approx(1.2, rel=1e-3)
+    assert cal.wrap_probability_per_coordinate == pytest.approx(2 * math.exp(-18))
+
+
+def test_coarse_grid_refused_with_fix():
+    with pytest.raises(ConfigError, match="raise modulus_bits"):
+        params(modulus_bits=12, dimension=2**20)
+    with pytest.raises(ConfigError, match="min_survivors"):
+        params(min_survivors=7)
+    with pytest.raises(ConfigError, match="clip_norm"):
+        params(clip_norm=0.0)
+
+
+@pytest.mark.parametrize("survivors", [4, 5, 6])
+def test_sum_of_shares_carries_target_variance(survivors):
+    """Any m >= t survivors: variance m/t * target >= target, equal at m = t (integer units)."""
+    p = params()
+    cal = p.calibrate()
+    target = (p.noise_multiplier * cal.scaled_clip) ** 2
+    n = 40_000
+    rng = AesCtrSource(bytes([survivors]) * 32)
+    total = sum(
+        discrete_gaussian_var(n, cal.local_variance, rng=rng).astype(np.float64)
+        for _ in range(survivors)
+    )
+    ratio = total.var() / target
+    expected = survivors / p.min_survivors
+    assert abs(ratio - expected) < 5 * expected * math.sqrt(2 / n)
+    assert expected >= 1.0
+
+
+@pytest.mark.parametrize("survivors", [4, 6])
+def test_end_to_end_noise_in_model_units(survivors):
+    """Zero updates through encode -> modular sum -> decode: std z*C*sqrt(m/t)."""
+    p = params(dimension=2**14)
+    zero = {"w": np.zeros(2**14, dtype=np.float32)}
+    rng = AesCtrSource(bytes(32))
+    acc = np.zeros(2**14, dtype=np.uint64)
+    for _ in range(survivors):
+        v, _, _ = encode_update(zero, params=p, rotation_seed=SEED, rng=rng)
+        acc = acc + v
+    out = decode_sum(acc, params=p, rotation_seed=SEED, template=zero)["w"].astype(np.float64)
+    want = 1.2 * 1.0 * math.sqrt(survivors / 4)
+    assert abs(out.std() / want - 1) < 5 * math.sqrt(2 / out.size)
+
+
+@pytest.mark.parametrize("bits", [20, 32, 64])
+def test_modular_sum_decodes_to_clipped_sum(bits):
+    p = params(modulus_bits=bits, dimension=3000, noise_multiplier=0.01)
+    g = np.random.default_rng(2)
+    ups = [{"a": g.normal(size=(30, 50)), "b": g.normal(size=1500) * 0.001} for _ in range(5)]
+    rng = AesCtrSource(bytes(32))
+    acc = np.zeros(4096, dtype=np.uint64)
+    for u in ups:
+        v, norm, clipped = encode_update(u, params=p, rotation_seed=SEED, rng=rng)
+        assert v.dtype == np.uint64 and (bits == 64 or int(v.max()) < 2**bits)
+        assert clipped and norm > 1.0
+        acc = acc + v  # uint64 addition wraps mod 2^64; 2^bits divides 2^64
+    got = decode_sum(acc, params=p, rotation_seed=SEED, template=ups[0])
+    true = {k: sum(clip_update(u, clip_norm=1.0).update[k] for u in ups) for k in ("a", "b")}
+    err = np.concatenate([(got[k] - true[k]).ravel() for k in true])
+    cal = p.calibrate()
+    assert err.std() < 1.2 * cal.noise_stddev(5) + 5 * cal.granularity
+
+
+def test_conditional_rounding_respects_bound():
+    rng = AesCtrSource(bytes(32))
+    y = np.random.default_rng(3).normal(size=4096) * 3
+    bound = float(np.linalg.norm(y)) + 1.0
+    for _ in range(20):
+        r = _conditional_round(y, l2_bound=bound, rng=rng)
+        assert np.linalg.norm(r) <= bound
+        assert np.all(np.abs(r - y) < 1)

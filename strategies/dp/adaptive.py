@@ -44,11 +44,11 @@ def split_noise_multiplier(*, noise_multiplier: float, count_stddev: float) -> f
     """``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``: the update's share of total multiplier z."""
     if not noise_multiplier > 0:
         raise ConfigError(f"noise_multiplier must be > 0, got {noise_multiplier!r}")
-    if not count_stddev > 1.0 / (2.0 * noise_multiplier):
+    if not 2.0 * count_stddev > noise_multiplier:
         raise ConfigError(
             f"clip_count_stddev={count_stddev!r} leaves no budget for the update: it must be "
-            f"> 1/(2 z) = {1.0 / (2.0 * noise_multiplier):.4g}; a common choice is "
-            "number_of_silos / 20, or raise noise_multiplier"
+            f"> z/2 = {noise_multiplier / 2.0:.4g} (z_Delta = (z^-2 - (2 sigma_b)^-2)^-1/2); "
+            "use max(number_of_silos / 20, z), or lower noise_multiplier"
         )
     return (noise_multiplier**-2 - (2.0 * count_stddev) ** -2) ** -0.5
 

@@ -125,10 +125,15 @@ class DPConfig:
         return None if self.max_epsilon is None else PrivacyBudget(self.max_epsilon, self.delta)
 
     def count_stddev(self, num_silos: int) -> float:
-        """sigma_b for adaptive clipping: configured, else max(num_silos/20, 1/z) (Andrew et al.)."""
+        """sigma_b for adaptive clipping: configured, else ``max(num_silos/20, z)``.
+
+        Andrew et al. suggest m/20 for thousands of clients; with few silos that is below the
+        minimum z/2, so the default never goes under z (the update then keeps
+        ``z_Delta = z * sqrt(4/3)``, about 15 % more noise than with fixed clipping).
+        """
         if self.clip_count_stddev is not None:
             return self.clip_count_stddev
-        return max(num_silos / 20.0, 1.0 / self.noise_multiplier)
+        return max(num_silos / 20.0, self.noise_multiplier)
 
     def adaptive_state(self, num_silos: int) -> AdaptiveClipState:
         return AdaptiveClipState(

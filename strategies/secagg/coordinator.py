@@ -1,0 +1,269 @@
+"""The coordinator's side of secure aggregation as a pure state machine.
+
+Every function takes a :class:`CoordinatorState` and returns a new one (plus outgoing
+messages or the round's result); the input state is never modified, and an exception leaves
+the caller holding the previous, still valid state.
+
+===============  =====================  ==========================================  ==========
+stage            call                   does                                        next
+===============  =====================  ==========================================  ==========
+—                start_run              KeyRequest to every roster silo             KEYS
+KEYS / IDLE      receive_advert         store a silo's public keys                  same
+KEYS / IDLE      begin_round            MaskRequest to every keyed, available silo  MASKING
+MASKING          receive_masked         fold y_i into the running sum               MASKING
+MASKING          request_unmask         survivors S_r, dropped D_r; UnmaskRequests  UNMASKING
+UNMASKING        receive_unmask         store a survivor's revealed shares          UNMASKING
+UNMASKING        finish_round           reconstruct, remove masks, decode           IDLE
+MASKING/UNMASK.  abort_round            give the round up (the model is not updated) IDLE
+IDLE             request_rekey          forget silos' keys; KeyRequest with epoch+1 IDLE
+===============  =====================  ==========================================  ==========
+
+Unmasking (over ``M = 2^k``): ``Σ_{i∈S} x̂_i = Σ_{i∈S} y_i − Σ_{k∈S} PRG(b_k,r)
+− Σ_{k∈S, j∈D} sign(k, j) · PRG(s_kj,r)``; pair masks between two survivors cancel, and
+pair masks of a dropped silo ``j`` are removed with the seeds its survivor peers dealt.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import numpy as np
+
+from strategies.secagg import shamir
+from strategies.secagg.masking import PAIR_LABEL, SELF_LABEL, pair_sign
+from strategies.secagg.messages import (
+    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, SecAggConfig, UnmaskRequest, UnmaskResponse)
+from strategies.secagg.prg import add_mask
+from strategies.secagg.quantize import ErrorReport, decode_sum, error_report
+from xsilo.errors import ProtocolError, SecureAggregationError
+
+__all__ = [
+    "CoordinatorStage",
+    "CoordinatorState",
+    "RoundResult",
+    "abort_round",
+    "begin_round",
+    "finish_round",
+    "receive_advert",
+    "receive_masked",
+    "receive_unmask",
+    "request_rekey",
+    "request_unmask",
+    "start_run",
+]
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+class CoordinatorStage(str, enum.Enum):
+    KEYS = "keys"
+    IDLE = "idle"
+    MASKING = "masking"
+    UNMASKING = "unmasking"
+
+
+@dataclass(frozen=True, repr=False)
+class CoordinatorState:
+    """The coordinator's view of a run; ``acc`` is the running modular sum of masked inputs."""
+
+    config: SecAggConfig
+    stage: CoordinatorStage = CoordinatorStage.KEYS
+    directory: Mapping[int, KeyAdvert] = field(default_factory=lambda: _EMPTY)
+    epochs: Mapping[int, int] = field(default_factory=lambda: _EMPTY)
+    last_round: int = 0
+    round: int = 0
+    active: tuple[int, ...] = ()
+    acc: np.ndarray | None = None
+    bundles: Mapping[int, MaskedInput] = field(default_factory=lambda: _EMPTY)
+    survivors: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+    responses: Mapping[int, UnmaskResponse] = field(default_factory=lambda: _EMPTY)
+
+    def __repr__(self) -> str:
+        return (f"CoordinatorState(stage={self.stage.value}, round={self.round}, "
+                f"keyed={sorted(self.directory)})")
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What secure aggregation hands the strategy: ``Σ w_i x_i`` and ``Σ w_i`` over ``contributors``."""
+
+    round: int
+    weighted_sum: np.ndarray
+    total_weight: int
+    contributors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    error: ErrorReport
+
+
+def _frozen(mapping: dict) -> Mapping:
+    return MappingProxyType(mapping)
+
+
+def _expect(state: CoordinatorState, *stages: CoordinatorStage, action: str) -> None:
+    if state.stage not in stages:
+        raise ProtocolError(f"coordinator cannot {action} in stage {state.stage.value!r} "
+                            f"(expected {' or '.join(s.value for s in stages)})")
+
+
+def start_run(config: SecAggConfig) -> tuple[CoordinatorState, dict[int, KeyRequest]]:
+    """Setup (once per run): ask every roster silo for its public keys (epoch 1)."""
+    request = KeyRequest.for_config(config, epoch=1)
+    state = CoordinatorState(config=config, epochs=_frozen({s: 1 for s in config.roster}))
+    return state, {s: request for s in config.roster}
+
+
+def receive_advert(state: CoordinatorState, advert: KeyAdvert) -> CoordinatorState:
+    """Store a silo's public keys (they must be for this run and the epoch it was asked for)."""
+    _expect(state, CoordinatorStage.KEYS, CoordinatorStage.IDLE, action="accept keys")
+    if advert.run_id != state.config.run_id or advert.silo not in state.config.roster:
+        raise ProtocolError(f"key advert from silo {advert.silo} for run {advert.run_id!r} "
+                            "does not belong to this run")
+    if advert.epoch != state.epochs.get(advert.silo) or advert.silo in state.directory:
+        raise ProtocolError(f"key advert from silo {advert.silo} has epoch {advert.epoch}; "
+                            f"expected a first advert for epoch {state.epochs.get(advert.silo)}")
+    if len(advert.enc_pk) != 32 or len(advert.mask_pk) != 32 or advert.enc_pk == advert.mask_pk:
+        raise ProtocolError(f"key advert from silo {advert.silo}: public keys must be two "
+                            "distinct 32-byte X25519 keys")
+    return replace(state, directory=_frozen({**state.directory, advert.silo: advert}))
+
+
+def begin_round(state: CoordinatorState, *, round_: int, available: Iterable[int] | None = None
+                ) -> tuple[CoordinatorState, dict[int, MaskRequest]]:
+    """Round trip 1: send a MaskRequest to every keyed silo (that is ``available``)."""
+    _expect(state, CoordinatorStage.KEYS, CoordinatorStage.IDLE, action="begin a round")
+    if round_ <= state.last_round:
+        raise ProtocolError(f"round {round_} is not after the last round {state.last_round}")
+    keyed = set(state.directory) & (set(available) if available is not None else set(state.directory))
+    active = tuple(sorted(keyed))
+    if len(active) < state.config.threshold:
+        raise SecureAggregationError(
+            f"round {round_}: only {len(active)} silos have keys and are available "
+            f"({list(active)}); at least threshold={state.config.threshold} are needed")
+    d = state.directory
+    request = MaskRequest(run_id=state.config.run_id, round=round_, active=active,
+                          dir_silos=active, dir_epochs=tuple(d[s].epoch for s in active),
+                          dir_enc_pks=tuple(d[s].enc_pk for s in active),
+                          dir_mask_pks=tuple(d[s].mask_pk for s in active))
+    new = replace(state, stage=CoordinatorStage.MASKING, round=round_, active=active,
+                  acc=np.zeros(state.config.length + 1, dtype=state.config.quant.dtype),
+                  bundles=_EMPTY, survivors=(), dropped=(), responses=_EMPTY)
+    return new, {s: request for s in active}
+
+
+def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorState:
+    """Fold one masked input into the running sum (memory stays O(model size))."""
+    _expect(state, CoordinatorStage.MASKING, action="accept a masked input")
+    who = f"masked input from silo {msg.silo} for round {msg.round}"
+    if msg.run_id != state.config.run_id or msg.round != state.round:
+        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
+    if msg.silo not in state.active or msg.silo in state.bundles:
+        raise ProtocolError(f"{who}: silo is not active this round or already sent its input")
+    if msg.recipients != state.active or len(msg.bundles) != len(state.active):
+        raise ProtocolError(f"{who}: share bundles must address exactly {list(state.active)}")
+    assert state.acc is not None
+    if msg.masked.dtype != state.acc.dtype or msg.masked.shape != state.acc.shape:
+        raise ProtocolError(f"{who}: vector is {msg.masked.dtype}[{msg.masked.size}], expected "
+                            f"{state.acc.dtype}[{state.acc.size}]")
+    stripped = replace(msg, masked=np.empty(0, dtype=msg.masked.dtype))  # keep bundles, not y_i
+    return replace(state, acc=state.acc + msg.masked,
+                   bundles=_frozen({**state.bundles, msg.silo: stripped}))
+
+
+def request_unmask(state: CoordinatorState) -> tuple[CoordinatorState, dict[int, UnmaskRequest]]:
+    """Round trip 2: survivors = silos whose masked input arrived; route their bundles."""
+    _expect(state, CoordinatorStage.MASKING, action="request unmasking")
+    survivors = tuple(sorted(state.bundles))
+    dropped = tuple(s for s in state.active if s not in state.bundles)
+    if len(survivors) < state.config.threshold:
+        raise SecureAggregationError(
+            f"round {state.round}: {len(survivors)} masked inputs arrived ({list(survivors)}), "
+            f"fewer than threshold={state.config.threshold}; the round fails and the model "
+            "is not updated")
+    requests = {}
+    for i in survivors:
+        pos = state.active.index(i)
+        requests[i] = UnmaskRequest(
+            run_id=state.config.run_id, round=state.round, survivors=survivors, dropped=dropped,
+            senders=survivors, bundles=tuple(state.bundles[k].bundles[pos] for k in survivors))
+    return replace(state, stage=CoordinatorStage.UNMASKING, survivors=survivors,
+                   dropped=dropped), requests
+
+
+def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorState:
+    """Store one survivor's revealed shares after checking they are exactly the ones asked for."""
+    _expect(state, CoordinatorStage.UNMASKING, action="accept unmask shares")
+    who = f"unmask response from silo {msg.silo} for round {msg.round}"
+    if msg.run_id != state.config.run_id or msg.round != state.round:
+        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
+    if msg.silo not in state.survivors or msg.silo in state.responses:
+        raise ProtocolError(f"{who}: not a survivor of this round, or a duplicate response")
+    pairs = [(k, j) for k in state.survivors for j in state.dropped]
+    if (msg.self_owners != state.survivors or len(msg.self_shares) != len(state.survivors)
+            or list(zip(msg.pair_owners, msg.pair_peers)) != pairs
+            or len(msg.pair_shares) != len(pairs)):
+        raise ProtocolError(f"{who}: shares do not match the survivors {list(state.survivors)} "
+                            f"and dropped silos {list(state.dropped)} of this round")
+    return replace(state, responses=_frozen({**state.responses, msg.silo: msg}))
+
+
+def _reconstruct(state: CoordinatorState, shares: list[tuple[int, bytes]], what: str) -> bytes:
+    points = [(state.config.x_of(silo), shamir.share_from_bytes(data)) for silo, data in shares]
+    try:
+        return shamir.int_to_secret(shamir.reconstruct(points, threshold=state.config.threshold))
+    except ProtocolError as exc:
+        raise SecureAggregationError(f"round {state.round}: cannot reconstruct {what}: {exc}") from exc
+
+
+def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult]:
+    """Reconstruct seeds from ≥ t responses, remove the masks, decode ``(Σ w x, Σ w)``."""
+    _expect(state, CoordinatorStage.UNMASKING, action="finish a round")
+    cfg, responders = state.config, sorted(state.responses)
+    if len(responders) < cfg.threshold:
+        raise SecureAggregationError(
+            f"round {state.round}: {len(responders)} silos answered the unmask request "
+            f"({responders}), fewer than threshold={cfg.threshold}; the round fails and the "
+            "model is not updated")
+    assert state.acc is not None
+    total = state.acc.copy()
+    for n, k in enumerate(state.survivors):
+        seed = _reconstruct(state, [(i, state.responses[i].self_shares[n]) for i in responders],
+                            f"silo {k}'s self-mask seed")
+        add_mask(total, seed, label=SELF_LABEL, sign=-1)
+    for n, (k, j) in enumerate((k, j) for k in state.survivors for j in state.dropped):
+        seed = _reconstruct(state, [(i, state.responses[i].pair_shares[n]) for i in responders],
+                            f"the seed silo {k} shares with dropped silo {j}")
+        add_mask(total, seed, label=PAIR_LABEL, sign=-pair_sign(k, j))
+    weighted_sum, total_weight = decode_sum(total, params=cfg.quant)
+    result = RoundResult(round=state.round, weighted_sum=weighted_sum, total_weight=total_weight,
+                         contributors=state.survivors, dropped=state.dropped,
+                         error=error_report(cfg.quant, total_weight=total_weight))
+    return _closed(state), result
+
+
+def _closed(state: CoordinatorState) -> CoordinatorState:
+    return replace(state, stage=CoordinatorStage.IDLE, last_round=state.round, active=(),
+                   acc=None, bundles=_EMPTY, survivors=(), dropped=(), responses=_EMPTY)
+
+
+def abort_round(state: CoordinatorState) -> CoordinatorState:
+    """Give up the open round after a SecureAggregationError; its number is never reused."""
+    _expect(state, CoordinatorStage.MASKING, CoordinatorStage.UNMASKING, action="abort a round")
+    return _closed(state)
+
+
+def request_rekey(state: CoordinatorState, silos: Iterable[int]
+                  ) -> tuple[CoordinatorState, dict[int, KeyRequest]]:
+    """Forget ``silos``' keys (they lost their state or are new) and ask for fresh ones."""
+    _expect(state, CoordinatorStage.KEYS, CoordinatorStage.IDLE, action="re-key")
+    targets = sorted(set(silos))
+    unknown = [s for s in targets if s not in state.config.roster]
+    if unknown:
+        raise ProtocolError(f"cannot re-key silos {unknown}: not in the roster")
+    epochs = {**state.epochs, **{s: state.epochs.get(s, 0) + 1 for s in targets}}
+    directory = {s: a for s, a in state.directory.items() if s not in targets}
+    new = replace(state, epochs=_frozen(epochs), directory=_frozen(directory))
+    return new, {s: KeyRequest.for_config(state.config, epoch=epochs[s]) for s in targets}

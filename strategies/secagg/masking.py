@@ -1,0 +1,52 @@
+"""What silo and coordinator must agree on: mask signs, PRG labels, share-bundle layout.
+
+Masked input of silo ``i`` in round ``r`` over the active set ``U_r`` (Bonawitz et al. 2017,
+§4, with per-round seeds)::
+
+    y_i = encode(x_i, w_i) + PRG(b_i,r, "self") + Σ_{j ∈ U_r, j ≠ i} sign(i, j) · PRG(s_ij,r, "pair")
+    sign(i, j) = +1 if i < j else −1                               (so pairs cancel in Σ y_i)
+
+Share bundle from ``k`` to ``i`` (AES-GCM plaintext): ``f_b(x_i) ‖ f_{s_k,j1}(x_i) ‖ …`` — the
+share of ``k``'s self-mask seed, then the shares of ``k``'s pair seeds in increasing order of
+the peer id ``j ∈ U_r \\ {k}``; 33 bytes each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from strategies.secagg.crypto import associated_data, set_digest
+from strategies.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
+from xsilo.errors import ProtocolError
+
+SELF_LABEL = b"self"
+PAIR_LABEL = b"pair"
+BUNDLE_KIND = "round-shares"
+
+
+def pair_sign(me: int, peer: int) -> int:
+    """``+1`` if ``me < peer`` else ``−1``: the sign ``me`` gives ``PRG(s_me,peer,r)``."""
+    return 1 if me < peer else -1
+
+
+def peers_of(owner: int, active: Sequence[int]) -> list[int]:
+    """``U_r \\ {owner}`` in increasing order: the order of pair shares in ``owner``'s bundles."""
+    return sorted(s for s in active if s != owner)
+
+
+def bundle_ad(*, run_id: str, round_: int, sender: int, recipient: int,
+              active: Sequence[int]) -> bytes:
+    return associated_data(kind=BUNDLE_KIND, run_id=run_id, round_=round_, sender=sender,
+                           recipient=recipient, active_digest=set_digest(active))
+
+
+def pack_bundle(self_share: int, pair_shares: Sequence[int]) -> bytes:
+    return share_to_bytes(self_share) + b"".join(share_to_bytes(s) for s in pair_shares)
+
+
+def unpack_bundle(data: bytes, *, num_peers: int, sender: int) -> tuple[int, list[int]]:
+    if len(data) != SHARE_BYTES * (1 + num_peers):
+        raise ProtocolError(f"share bundle from silo {sender} has {len(data)} bytes, expected "
+                            f"{SHARE_BYTES * (1 + num_peers)}")
+    values = [share_from_bytes(data[k:k + SHARE_BYTES]) for k in range(0, len(data), SHARE_BYTES)]
+    return values[0], values[1:]

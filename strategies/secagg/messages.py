@@ -1,0 +1,247 @@
+"""The run configuration and the six protocol messages, with plain-dict record converters.
+
+Every message is a frozen dataclass whose fields are ``int``, ``float``, ``str``, ``bytes``,
+tuples of ``int``/``bytes``, or (only :class:`MaskedInput`) one numpy ``uint32``/``uint64``
+vector. :meth:`to_record` gives a flat ``dict`` of those values (tuples become lists) plus
+``"kind"``; arrays stay numpy arrays, so a Flower adapter puts the scalars and lists in a
+``ConfigRecord`` and the array in an ``ArrayRecord``. :func:`message_from_record` parses and
+type-checks such a dict; anything malformed raises :class:`~xsilo.errors.ProtocolError`.
+
+=================  =====================  =======================================
+message            direction              when
+=================  =====================  =======================================
+KeyRequest         coordinator → silo     setup (once per run), re-key
+KeyAdvert          silo → coordinator     reply to KeyRequest
+MaskRequest        coordinator → silo     round trip 1 of every round
+MaskedInput        silo → coordinator     reply: masked vector + encrypted shares
+UnmaskRequest      coordinator → silo     round trip 2 (survivors only)
+UnmaskResponse     silo → coordinator     reply: revealed shares
+=================  =====================  =======================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from strategies.secagg.quantize import QuantParams, make_quant_params
+from xsilo.errors import ConfigError, ProtocolError
+
+__all__ = [
+    "KeyAdvert",
+    "KeyRequest",
+    "MaskRequest",
+    "MaskedInput",
+    "Message",
+    "SecAggConfig",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "make_config",
+    "message_from_record",
+]
+
+_MAX_ID = (1 << 63) - 1  # silo ids travel as ConfigRecord ints (signed 64-bit)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """One run's secure-aggregation settings; ``roster`` is sorted, Shamir ``x = index + 1``."""
+
+    run_id: str
+    roster: tuple[int, ...]
+    threshold: int
+    length: int
+    quant: QuantParams
+
+    def x_of(self, silo: int) -> int:
+        return self.roster.index(silo) + 1
+
+
+def make_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int, length: int,
+                clip: float, bits: int, max_weight: int,
+                modulus_bits: int | None = None) -> SecAggConfig:
+    """Validate and build a :class:`SecAggConfig` (ConfigError names the bad value and the fix)."""
+    ids = sorted(roster)
+    if len(set(ids)) != len(ids) or any(not isinstance(s, int) or not 0 <= s <= _MAX_ID for s in ids):
+        raise ConfigError(f"roster must be distinct integers in 0..2^63-1, got {list(roster)}")
+    if not isinstance(threshold, int) or not 2 <= threshold <= len(ids):
+        raise ConfigError(f"threshold must be in 2..{len(ids)} (the number of silos), got "
+                          f"{threshold!r}; n//2 + 1 = {len(ids) // 2 + 1} is a common choice")
+    if not isinstance(length, int) or length < 1:
+        raise ConfigError(f"length (number of model parameters) must be ≥ 1, got {length!r}")
+    if not run_id:
+        raise ConfigError("run_id must be a non-empty string")
+    quant = make_quant_params(num_silos=len(ids), clip=clip, bits=bits, max_weight=max_weight,
+                              modulus_bits=modulus_bits)
+    return SecAggConfig(run_id=run_id, roster=tuple(ids), threshold=threshold, length=length,
+                        quant=quant)
+
+
+class Message:
+    """Base of the protocol messages: ``to_record`` / ``from_record`` over flat plain data."""
+
+    KIND: ClassVar[str] = ""
+
+    def to_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.KIND}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Message:
+        if record.get("kind") != cls.KIND:
+            raise ProtocolError(f"expected a {cls.KIND!r} message, got kind={record.get('kind')!r}")
+        values = {f.name: _parse(cls.KIND, f.name, str(f.type), record.get(f.name))
+                  for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**values)
+
+
+def _parse(kind: str, name: str, type_: str, value: Any) -> Any:
+    scalar = {"int": int, "str": str, "bytes": bytes, "float": float}
+    bad = ProtocolError(f"{kind} message: field {name!r} must be {type_}, got {type(value).__name__}")
+    if type_ in scalar:
+        if type_ == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, scalar[type_]) or isinstance(value, bool):
+            raise bad
+        if type_ == "float" and not math.isfinite(value):
+            raise bad
+        return value
+    if type_ in ("tuple[int, ...]", "tuple[bytes, ...]"):
+        item = int if "int" in type_ else bytes
+        if not isinstance(value, (list, tuple)) or any(
+                not isinstance(v, item) or isinstance(v, bool) for v in value):
+            raise bad
+        return tuple(value)
+    if type_ == "np.ndarray":
+        if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype not in (
+                np.uint32, np.uint64):
+            raise bad
+        return value
+    raise AssertionError(f"unsupported field type {type_}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class KeyRequest(Message):
+    """Setup: generate key pairs for ``run_id`` (key ``epoch``) and advertise the public keys."""
+
+    KIND: ClassVar[str] = "secagg/key_request"
+    run_id: str
+    epoch: int
+    roster: tuple[int, ...]
+    threshold: int
+    length: int
+    clip: float
+    bits: int
+    max_weight: int
+    modulus_bits: int
+
+    @classmethod
+    def for_config(cls, config: SecAggConfig, *, epoch: int) -> KeyRequest:
+        q = config.quant
+        return cls(run_id=config.run_id, epoch=epoch, roster=config.roster,
+                   threshold=config.threshold, length=config.length, clip=q.clip, bits=q.bits,
+                   max_weight=q.max_weight, modulus_bits=q.modulus_bits)
+
+    def config(self) -> SecAggConfig:
+        try:
+            return make_config(run_id=self.run_id, roster=self.roster, threshold=self.threshold,
+                               length=self.length, clip=self.clip, bits=self.bits,
+                               max_weight=self.max_weight, modulus_bits=self.modulus_bits)
+        except ConfigError as exc:
+            raise ProtocolError(f"key request carries an invalid configuration: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class KeyAdvert(Message):
+    """A silo's two X25519 public keys: ``enc_pk`` (share encryption), ``mask_pk`` (pairwise masks)."""
+
+    KIND: ClassVar[str] = "secagg/key_advert"
+    run_id: str
+    silo: int
+    epoch: int
+    enc_pk: bytes
+    mask_pk: bytes
+
+
+@dataclass(frozen=True)
+class MaskRequest(Message):
+    """Round trip 1: mask your update for ``round`` among ``active``; ``dir_*`` is the key directory."""
+
+    KIND: ClassVar[str] = "secagg/mask_request"
+    run_id: str
+    round: int
+    active: tuple[int, ...]
+    dir_silos: tuple[int, ...]
+    dir_epochs: tuple[int, ...]
+    dir_enc_pks: tuple[bytes, ...]
+    dir_mask_pks: tuple[bytes, ...]
+
+    def directory(self) -> dict[int, KeyAdvert]:
+        n = len(self.dir_silos)
+        if not len(self.dir_epochs) == len(self.dir_enc_pks) == len(self.dir_mask_pks) == n:
+            raise ProtocolError("mask request: key directory columns have different lengths")
+        return {s: KeyAdvert(run_id=self.run_id, silo=s, epoch=e, enc_pk=c, mask_pk=m)
+                for s, e, c, m in zip(self.dir_silos, self.dir_epochs, self.dir_enc_pks,
+                                      self.dir_mask_pks)}
+
+
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Reply to round trip 1: the masked vector and one sealed share bundle per active silo."""
+
+    KIND: ClassVar[str] = "secagg/masked_input"
+    run_id: str
+    round: int
+    silo: int
+    recipients: tuple[int, ...]
+    bundles: tuple[bytes, ...]
+    masked: np.ndarray
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Round trip 2: the survivor/dropped split, and the bundles addressed to this silo."""
+
+    KIND: ClassVar[str] = "secagg/unmask_request"
+    run_id: str
+    round: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    senders: tuple[int, ...]
+    bundles: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(Message):
+    """Reply to round trip 2: shares of ``b_k,r`` for survivors ``k`` and of ``s_kj,r`` for dropped ``j``."""
+
+    KIND: ClassVar[str] = "secagg/unmask_response"
+    run_id: str
+    round: int
+    silo: int
+    self_owners: tuple[int, ...]
+    self_shares: tuple[bytes, ...]
+    pair_owners: tuple[int, ...]
+    pair_peers: tuple[int, ...]
+    pair_shares: tuple[bytes, ...]
+
+
+_KINDS: dict[str, type[Message]] = {
+    cls.KIND: cls for cls in (KeyRequest, KeyAdvert, MaskRequest, MaskedInput, UnmaskRequest,
+                              UnmaskResponse)
+}
+
+
+def message_from_record(record: dict[str, Any]) -> Message:
+    """Parse any protocol message from its ``to_record()`` dict (ProtocolError if malformed)."""
+    if not isinstance(record, dict) or record.get("kind") not in _KINDS:
+        kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
+        raise ProtocolError(f"not a secure-aggregation message (kind={kind!r}); "
+                            f"expected one of {sorted(_KINDS)}")
+    return _KINDS[record["kind"]].from_record(record)

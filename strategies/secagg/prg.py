@@ -1,0 +1,135 @@
+"""Byte sources and mask expansion: a 32-byte seed stretched into a uint vector by AES-256-CTR.
+
+Mask expansion (Bonawitz et al., CCS 2017, §4 "PRG"): ``PRG(seed, label)`` is the AES-256-CTR
+keystream under key ``seed`` with initial counter block ``SHA-256("xsilo-secagg/prg/" ‖ label)[:8]
+‖ 0^64``, read as little-endian unsigned words. The low 64 counter bits start at zero, so one
+label yields 2^64 blocks before the counter would touch the label bits.
+
+Reduction modulo ``M = 2^k`` is free: every modulus in this package is a power of two dividing
+``2^32`` or ``2^64``, so masks are added with the dtype's natural wrap-around and the result is
+reduced once, at the end, with ``& (M - 1)``. Uniform words mod ``2^64`` stay uniform mod ``M``.
+
+Randomness is an argument: functions that draw take a :class:`ByteSource`; the default,
+:func:`default_source`, is an AES-CTR keystream keyed from ``os.urandom`` (a CTR-DRBG in the
+sense of NIST SP 800-90A, without reseeding). ``numpy.random`` is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Protocol
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = [
+    "ByteSource",
+    "KeystreamSource",
+    "SystemSource",
+    "add_mask",
+    "default_source",
+    "dtype_for_bits",
+    "expand",
+    "uniform01",
+]
+
+SEED_BYTES = 32
+_CHUNK_BYTES = 1 << 20  # keystream block size for add_mask: large enough to amortise calls, cache-sized
+_ZEROS = memoryview(bytes(_CHUNK_BYTES))
+
+
+class ByteSource(Protocol):
+    """Anything that returns ``n`` uniformly random bytes."""
+
+    def read(self, n: int) -> bytes: ...
+
+
+class SystemSource:
+    """The operating system's CSPRNG (``os.urandom``)."""
+
+    def read(self, n: int) -> bytes:
+        return os.urandom(n)
+
+
+class KeystreamSource:
+    """Deterministic AES-256-CTR keystream: seedable, and still a cryptographic generator.
+
+    ``KeystreamSource(os.urandom(32))`` is a fast secure source; tests pass a fixed key.
+    """
+
+    def __init__(self, key: bytes, *, label: bytes = b"source") -> None:
+        self._enc = _cipher(key, label).encryptor()
+
+    def read(self, n: int) -> bytes:
+        return self._enc.update(bytes(n))
+
+
+def default_source() -> ByteSource:
+    """The secure default: an AES-CTR keystream under a fresh ``os.urandom(32)`` key."""
+    return KeystreamSource(os.urandom(SEED_BYTES))
+
+
+def dtype_for_bits(modulus_bits: int) -> np.dtype:
+    """``uint32`` for moduli up to ``2^32``, ``uint64`` up to ``2^64``."""
+    if not 1 <= modulus_bits <= 64:
+        raise ValueError(f"modulus_bits must be in 1..64, got {modulus_bits}")
+    return np.dtype(np.uint32) if modulus_bits <= 32 else np.dtype(np.uint64)
+
+
+def _counter_block(label: bytes) -> bytes:
+    return hashlib.sha256(b"xsilo-secagg/prg/" + label).digest()[:8] + bytes(8)
+
+
+def _cipher(seed: bytes, label: bytes) -> Cipher:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    return Cipher(algorithms.AES(seed), modes.CTR(_counter_block(label)))
+
+
+def expand(seed: bytes, *, label: bytes, length: int, modulus_bits: int) -> np.ndarray:
+    """``PRG(seed, label)`` as ``length`` words reduced modulo ``2^modulus_bits``.
+
+    Returns a fresh ``uint32``/``uint64`` array (see :func:`dtype_for_bits`).
+    """
+    dtype = dtype_for_bits(modulus_bits)
+    nbytes = length * dtype.itemsize
+    buf = bytearray(nbytes + 15)  # update_into wants len(data) + block_size - 1 bytes of room
+    _cipher(seed, label).encryptor().update_into(bytes(nbytes), buf)
+    out = np.frombuffer(buf, dtype=dtype, count=length)  # little-endian hosts only (checked below)
+    if modulus_bits < dtype.itemsize * 8:
+        np.bitwise_and(out, dtype.type((1 << modulus_bits) - 1), out=out)
+    return out
+
+
+def add_mask(acc: np.ndarray, seed: bytes, *, label: bytes, sign: int = 1) -> None:
+    """``acc += sign · PRG(seed, label)`` in place, modulo ``2^(8·acc.itemsize)``.
+
+    ``acc`` must be a contiguous ``uint32``/``uint64`` vector; the caller reduces modulo its
+    ``M = 2^k`` once at the end. The keystream is produced in 1 MiB blocks into one reused
+    buffer, so the cost is the AES-CTR keystream plus one add per word.
+    """
+    if acc.dtype not in (np.uint32, np.uint64) or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise ValueError("add_mask needs a contiguous 1-D uint32/uint64 array")
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 or -1, got {sign}")
+    enc = _cipher(seed, label).encryptor()
+    per_chunk = max(1, min(_CHUNK_BYTES // acc.itemsize, acc.size))
+    buf = bytearray(per_chunk * acc.itemsize + 15)  # update_into wants len(data) + 15 bytes room
+    words = np.frombuffer(buf, dtype=acc.dtype, count=per_chunk)
+    op = np.add if sign == 1 else np.subtract
+    for start in range(0, acc.size, per_chunk):
+        count = min(per_chunk, acc.size - start)
+        enc.update_into(_ZEROS[: count * acc.itemsize], buf)
+        part = acc[start : start + count]
+        op(part, words[:count], out=part)
+
+
+if np.little_endian is False:  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("strategies.secagg.prg assumes a little-endian host")
+
+
+def uniform01(n: int, *, rng: ByteSource) -> np.ndarray:
+    """``n`` floats uniform on ``[0, 1)`` with 53 random bits each: ``(u64 >> 11) · 2^-53``."""
+    words = np.frombuffer(rng.read(8 * n), dtype="<u8")
+    return (words >> np.uint64(11)).astype(np.float64) * (2.0**-53)

@@ -1,0 +1,191 @@
+"""Clip, quantize with unbiased stochastic rounding, weight, and size the modulus so sums never wrap.
+
+Encoding (one silo, update ``x ∈ R^d``, integer weight ``0 ≤ w ≤ W``, range ``c``, ``b`` bits,
+``L = 2^b − 1`` levels, step ``Δ = 2c / L``)::
+
+    v_k = (clip(x_k, −c, c) + c) / Δ            ∈ [0, L]
+    q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding)
+    encode(x, w) = [w, w·q_1, …, w·q_d]         (uint words, the vector that gets masked)
+
+Decoding the sum over silos ``S`` (``T_0 = Σ w_i``, ``T_k = Σ w_i q_ik``)::
+
+    Σ_i w_i x_ik  ≈  Δ · T_k − c · T_0          E[Δ·T_k − c·T_0] = Σ_i w_i clip(x_ik)
+
+No wrap: every coordinate of the sum is at most ``n · W · L``, so the modulus ``M = 2^k`` with
+``k = bit_length(n · W · L)`` (i.e. the smallest power of two above the largest sum) makes the
+modular sum equal the integer sum. ``k ≤ 64`` keeps all arithmetic in ``uint64``; ``k ≤ 32``
+halves the traffic with ``uint32``. Error: each ``q_k`` is within one level of ``v_k``, so
+``|error of Σ w x| < Δ · Σ w`` per coordinate (plus clipping), and its standard deviation is
+at most ``(Δ/2) · sqrt(Σ w²)`` (each rounding is a Bernoulli scaled by Δ, variance ≤ Δ²/4).
+Quantization for secure aggregation follows Bonawitz et al. 2017 (§7) and Kairouz et al. 2021.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from strategies.secagg.prg import ByteSource, default_source, dtype_for_bits, uniform01
+from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
+
+__all__ = [
+    "ErrorReport",
+    "QuantParams",
+    "decode_sum",
+    "encode",
+    "error_report",
+    "make_quant_params",
+    "required_modulus_bits",
+    "validate_params",
+]
+
+MAX_MODULUS_BITS = 64
+MAX_BITS = 32
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Validated quantization settings of one run (build with :func:`make_quant_params`)."""
+
+    num_silos: int
+    clip: float
+    bits: int
+    max_weight: int
+    modulus_bits: int
+
+    @property
+    def levels(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def step(self) -> float:
+        return 2.0 * self.clip / self.levels
+
+    @property
+    def dtype(self) -> np.dtype:
+        return dtype_for_bits(self.modulus_bits)
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+def required_modulus_bits(*, num_silos: int, bits: int, max_weight: int) -> int:
+    """``k`` such that ``2^k`` is the smallest power of two above ``n · W · (2^b − 1)``."""
+    return max(1, (num_silos * max_weight * ((1 << bits) - 1)).bit_length())
+
+
+def _overflow_fix(num_silos: int, bits: int, max_weight: int) -> str:
+    limit = (1 << MAX_MODULUS_BITS) - 1
+    best_bits = max((b for b in range(1, bits) if num_silos * max_weight * ((1 << b) - 1) <= limit),
+                    default=0)
+    best_weight = limit // (num_silos * ((1 << bits) - 1))
+    fixes = [f"lower max_weight to ≤ {best_weight}"] if best_weight >= 1 else []
+    if best_bits:
+        fixes.append(f"lower bits to ≤ {best_bits}")
+    return " or ".join(fixes) or "use fewer silos per aggregation"
+
+
+def validate_params(*, num_silos: int, clip: float, bits: int, max_weight: int,
+                    modulus_bits: int | None = None) -> None:
+    """Refuse a configuration that is meaningless or whose sum could wrap (ConfigError).
+
+    Every message names the parameter, the value, the rule, and numbers that would fix it.
+    """
+    if not isinstance(num_silos, int) or num_silos < 2:
+        raise ConfigError(f"secure aggregation needs num_silos ≥ 2, got {num_silos!r}")
+    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+        raise ConfigError(f"clip range must be a finite number > 0 (values are clipped to "
+                          f"[-clip, clip]), got {clip!r}; set it to the largest |update| you expect")
+    if not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise ConfigError(f"bits must be an integer in 1..{MAX_BITS}, got {bits!r}; 16 is typical")
+    if not isinstance(max_weight, int) or max_weight < 1:
+        raise ConfigError(f"max_weight must be an integer ≥ 1 (weights are integers such as "
+                          f"example counts, capped at max_weight), got {max_weight!r}")
+    need = required_modulus_bits(num_silos=num_silos, bits=bits, max_weight=max_weight)
+    largest = num_silos * max_weight * ((1 << bits) - 1)
+    if need > MAX_MODULUS_BITS:
+        raise ConfigError(
+            f"num_silos·max_weight·(2^bits−1) = {num_silos}·{max_weight}·{(1 << bits) - 1} = "
+            f"{largest} does not fit a 2^{MAX_MODULUS_BITS} modulus (the masked sum would wrap); "
+            + _overflow_fix(num_silos, bits, max_weight))
+    if modulus_bits is not None and not need <= modulus_bits <= MAX_MODULUS_BITS:
+        raise ConfigError(
+            f"modulus_bits={modulus_bits} cannot hold sums up to {largest}: it must be in "
+            f"{need}..{MAX_MODULUS_BITS} (or omit it to get {need})")
+
+
+def make_quant_params(*, num_silos: int, clip: float, bits: int, max_weight: int,
+                      modulus_bits: int | None = None) -> QuantParams:
+    """Validate and build :class:`QuantParams`; the modulus defaults to the smallest safe one."""
+    validate_params(num_silos=num_silos, clip=clip, bits=bits, max_weight=max_weight,
+                    modulus_bits=modulus_bits)
+    need = required_modulus_bits(num_silos=num_silos, bits=bits, max_weight=max_weight)
+    return QuantParams(num_silos=num_silos, clip=float(clip), bits=bits, max_weight=max_weight,
+                       modulus_bits=modulus_bits or need)
+
+
+def _check_weight(weight: int, params: QuantParams) -> int:
+    if isinstance(weight, (bool, float)) or not isinstance(weight, (int, np.integer)):
+        raise UpdateRejected(f"weight must be an integer (e.g. the example count), got {weight!r}")
+    if not 0 <= int(weight) <= params.max_weight:
+        raise UpdateRejected(f"weight {weight} is outside 0..max_weight={params.max_weight}; "
+                             "cap it at max_weight before encoding")
+    return int(weight)
+
+
+def encode(update: np.ndarray, *, weight: int, params: QuantParams,
+           rng: ByteSource | None = None) -> np.ndarray:
+    """``[w, w·q_1, …, w·q_d]`` as ``params.dtype`` (see the module docstring for ``q``)."""
+    w = _check_weight(weight, params)
+    x = np.asarray(update, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(x)):
+        raise UpdateRejected("update contains NaN or Inf; it cannot be quantized")
+    v = (np.clip(x, -params.clip, params.clip) + params.clip) / params.step
+    np.clip(v, 0.0, params.levels, out=v)  # guard the top edge against rounding in the division
+    low = np.floor(v)
+    q = low + (uniform01(x.size, rng=rng or default_source()) < (v - low))
+    out = np.empty(x.size + 1, dtype=params.dtype)
+    out[0] = w
+    out[1:] = q.astype(np.uint64) * np.uint64(w)
+    return out
+
+
+def decode_sum(total: np.ndarray, *, params: QuantParams) -> tuple[np.ndarray, int]:
+    """``(Σ w_i x_i, Σ w_i)`` from the unmasked modular sum ``[T_0, T_1, …]``."""
+    t = np.asarray(total).astype(np.uint64) & np.uint64((1 << params.modulus_bits) - 1)
+    total_weight = int(t[0])
+    if total_weight > params.num_silos * params.max_weight:
+        raise SecureAggregationError(
+            f"unmasked total weight {total_weight} exceeds num_silos·max_weight = "
+            f"{params.num_silos * params.max_weight}: the masks did not cancel")
+    return t[1:].astype(np.float64) * params.step - params.clip * total_weight, total_weight
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """Quantization error of a decoded ``Σ w x`` (per coordinate; clipping not included).
+
+    ``max_abs_bound = Δ · Σw`` is a hard bound; ``std_bound = (Δ/2)·sqrt(Σw · W)`` bounds the
+    standard deviation. ``max_abs`` / ``rms`` are measured against an exact sum when given.
+    """
+
+    step: float
+    max_abs_bound: float
+    std_bound: float
+    max_abs: float | None = None
+    rms: float | None = None
+
+
+def error_report(params: QuantParams, *, total_weight: int,
+                 estimate: np.ndarray | None = None, exact: np.ndarray | None = None) -> ErrorReport:
+    """The error bounds of a sum with ``total_weight``, and the measured error if ``exact`` is given."""
+    max_abs = rms = None
+    if estimate is not None and exact is not None:
+        diff = np.asarray(estimate, dtype=np.float64) - np.asarray(exact, dtype=np.float64)
+        max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
+        rms = float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0
+    return ErrorReport(step=params.step, max_abs_bound=params.step * total_weight,
+                       std_bound=params.step / 2 * math.sqrt(total_weight * params.max_weight),
+                       max_abs=max_abs, rms=rms)

@@ -1,0 +1,138 @@
+"""Shamir t-of-n secret sharing over the prime field GF(p), p = 2^256 + 297.
+
+Shamir, "How to share a secret", CACM 22(11), 1979: a secret ``s`` is the constant term of a
+random polynomial ``f(X) = s + a_1 X + … + a_{t-1} X^{t-1}`` over GF(p); share ``k`` is
+``(x_k, f(x_k))`` for a distinct non-zero ``x_k``. Any ``t`` shares give ``s = f(0)`` by
+Lagrange interpolation, ``f(0) = Σ_k y_k λ_k`` with ``λ_k = Π_{m≠k} x_m / (x_m − x_k)``; fewer
+than ``t`` reveal nothing about ``s``.
+
+p is the smallest prime above 2^256, so a 32-byte seed is one field element (no chunking)
+and a share value is 33 bytes. Coefficients are drawn uniformly by rejection sampling from
+a :class:`~strategies.secagg.prg.ByteSource`. With more than ``t`` shares, every extra
+share is checked against the polynomial through the first ``t`` (inconsistency → error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+from strategies.secagg.prg import ByteSource, SystemSource
+from xsilo.errors import ProtocolError
+
+__all__ = [
+    "PRIME",
+    "SHARE_BYTES",
+    "int_to_secret",
+    "lagrange_coefficients",
+    "reconstruct",
+    "secret_to_int",
+    "share_from_bytes",
+    "share_to_bytes",
+    "split",
+]
+
+PRIME = (1 << 256) + 297
+SHARE_BYTES = 33
+SECRET_BYTES = 32
+
+
+def secret_to_int(secret: bytes) -> int:
+    """A 32-byte secret as a field element (big-endian; always < p)."""
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"Shamir secrets are {SECRET_BYTES} bytes, got {len(secret)}")
+    return int.from_bytes(secret, "big")
+
+
+def int_to_secret(value: int) -> bytes:
+    """Inverse of :func:`secret_to_int`; a value ≥ 2^256 means the shares were wrong."""
+    if not 0 <= value < 1 << 256:
+        raise ProtocolError("reconstructed secret is out of range: the shares are inconsistent")
+    return value.to_bytes(SECRET_BYTES, "big")
+
+
+def share_to_bytes(y: int) -> bytes:
+    return y.to_bytes(SHARE_BYTES, "big")
+
+
+def share_from_bytes(data: bytes) -> int:
+    y = int.from_bytes(data, "big")
+    if len(data) != SHARE_BYTES or y >= PRIME:
+        raise ProtocolError(f"malformed Shamir share ({len(data)} bytes)")
+    return y
+
+
+def _check_xs(xs: Sequence[int], threshold: int) -> None:
+    if threshold < 1:
+        raise ValueError(f"threshold must be ≥ 1, got {threshold}")
+    if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
+        raise ValueError(f"share points must be distinct and in 1..p-1, got {list(xs)}")
+    if threshold > len(xs):
+        raise ValueError(f"threshold {threshold} exceeds the number of shares {len(xs)}")
+
+
+def _random_element(rng: ByteSource) -> int:
+    while True:  # rejection sampling: 257-bit candidates, accepted with probability ≈ 1/2
+        candidate = int.from_bytes(rng.read(SHARE_BYTES), "big") & ((1 << 257) - 1)
+        if candidate < PRIME:
+            return candidate
+
+
+def split(secret: int, *, threshold: int, xs: Sequence[int],
+          rng: ByteSource | None = None) -> list[int]:
+    """Share values ``f(x)`` for each ``x`` in ``xs``, ``f`` of degree ``threshold − 1``, ``f(0) = secret``."""
+    _check_xs(xs, threshold)
+    if not 0 <= secret < PRIME:
+        raise ValueError("secret must be a field element")
+    rng = rng or SystemSource()
+    coeffs = [secret] + [_random_element(rng) for _ in range(threshold - 1)]
+    out = []
+    for x in xs:
+        y = 0
+        for c in reversed(coeffs):  # Horner
+            y = (y * x + c) % PRIME
+        out.append(y)
+    return out
+
+
+def lagrange_coefficients(xs: Sequence[int], *, at: int = 0) -> list[int]:
+    """``λ_k = Π_{m≠k} (at − x_m) / (x_k − x_m)`` mod p, so that ``f(at) = Σ λ_k f(x_k)``."""
+    _check_xs(xs, len(xs))
+    return list(_lagrange(tuple(xs), at))
+
+
+@lru_cache(maxsize=256)  # the coordinator reconstructs many secrets from one responder set
+def _lagrange(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
+    lams = []
+    for k, xk in enumerate(xs):
+        num, den = 1, 1
+        for m, xm in enumerate(xs):
+            if m != k:
+                num = num * (at - xm) % PRIME
+                den = den * (xk - xm) % PRIME
+        lams.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(lams)
+
+
+def reconstruct(points: Sequence[tuple[int, int]], *, threshold: int) -> int:
+    """``f(0)`` from at least ``threshold`` points ``(x, y)``; extra points are checked.
+
+    Raises
+    ------
+    ProtocolError
+        fewer than ``threshold`` points, repeated ``x``, or points not on one polynomial of
+        degree ``threshold − 1`` (a tampered or corrupted share).
+    """
+    if len(points) < threshold:
+        raise ProtocolError(f"need {threshold} shares to reconstruct, got {len(points)}")
+    xs = [x for x, _ in points]
+    if len(set(xs)) != len(xs):
+        raise ProtocolError(f"repeated share points {sorted(xs)}")
+    base = points[:threshold]
+    base_xs = [x for x, _ in base]
+    for x, y in points[threshold:]:
+        lam = _lagrange(tuple(base_xs), x)
+        if sum(lk * yk for lk, (_, yk) in zip(lam, base)) % PRIME != y:
+            raise ProtocolError(f"Shamir share at x={x} is inconsistent with the others")
+    lam0 = _lagrange(tuple(base_xs), 0)
+    return sum(lk * yk for lk, (_, yk) in zip(lam0, base)) % PRIME

@@ -1,0 +1,289 @@
+"""The silo's side of secure aggregation as a pure state machine.
+
+``silo_step(state, message, ...) -> (new_state, reply)``; the input state is never modified.
+
+=========  ===============  ======================================================  =========
+stage      accepts          does                                                    next
+=========  ===============  ======================================================  =========
+NEW        KeyRequest       draw two X25519 key pairs, reply KeyAdvert               READY
+READY      KeyRequest       (re-key: epoch must increase) fresh key pairs            READY
+MASKED     KeyRequest       (re-key: epoch must increase) fresh key pairs            READY
+READY      MaskRequest      (round > last) encode + mask, deal shares, MaskedInput   MASKED
+MASKED     MaskRequest      (a later round: we were dropped from the last unmask)    MASKED
+MASKED     UnmaskRequest    (same round, once) reveal shares, UnmaskResponse         READY
+=========  ===============  ======================================================  =========
+
+Anything else raises :class:`~xsilo.errors.ProtocolError` and leaves the state as it was.
+
+What the silo enforces whatever the coordinator asks (the privacy rules):
+
+* rounds strictly increase: a round's seeds are used for at most one masked input;
+* one unmask response per round, only for the round it masked, only with ≥ t survivors;
+* survivors and dropped silos partition the round's active set: for any silo ``j`` it
+  reveals **either** the share of ``j``'s self-mask seed ``b_j,r`` (``j`` survived) **or**
+  shares of the pair seeds ``s_kj,r`` (``j`` dropped) — never both;
+* only bundles that decrypt under AES-GCM with this run, round, sender, recipient and
+  active set are used; its own directory entry must be its current keys.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from strategies.secagg import crypto, shamir
+from strategies.secagg.masking import (
+    PAIR_LABEL, SELF_LABEL, bundle_ad, pack_bundle, pair_sign, peers_of, unpack_bundle)
+from strategies.secagg.messages import (
+    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, SecAggConfig, UnmaskRequest,
+    UnmaskResponse)
+from strategies.secagg.prg import ByteSource, KeystreamSource, SystemSource, add_mask
+from strategies.secagg.quantize import encode
+from xsilo.errors import ProtocolError, SecureAggregationError
+
+__all__ = ["SiloStage", "SiloState", "new_silo", "silo_state_from_record", "silo_state_to_record",
+           "silo_step"]
+
+
+class SiloStage(str, enum.Enum):
+    NEW = "new"
+    READY = "ready"
+    MASKED = "masked"
+
+
+@dataclass(frozen=True, repr=False)
+class SiloState:
+    """Everything a silo keeps between messages (persist it with the silo, never send it)."""
+
+    silo: int
+    stage: SiloStage = SiloStage.NEW
+    config: SecAggConfig | None = None
+    epoch: int = 0
+    enc_sk: bytes = b""
+    mask_sk: bytes = b""
+    last_round: int = -1
+    active: tuple[int, ...] = ()
+    active_enc_pks: tuple[bytes, ...] = ()
+
+    def __repr__(self) -> str:  # keys stay out of logs
+        return f"SiloState(silo={self.silo}, stage={self.stage.value}, last_round={self.last_round})"
+
+
+def silo_state_to_record(state: SiloState) -> dict[str, Any]:
+    """Flat plain data (ints, str, bytes, lists) for the silo's local store — it holds secret keys."""
+    out: dict[str, Any] = {"silo": state.silo, "stage": state.stage.value, "epoch": state.epoch,
+                           "enc_sk": state.enc_sk, "mask_sk": state.mask_sk,
+                           "last_round": state.last_round, "active": list(state.active),
+                           "active_enc_pks": list(state.active_enc_pks)}
+    if state.config is not None:
+        cfg = KeyRequest.for_config(state.config, epoch=state.epoch).to_record()
+        out.update({f"config.{k}": v for k, v in cfg.items() if k not in ("kind", "epoch")})
+    return out
+
+
+def silo_state_from_record(record: dict[str, Any]) -> SiloState:
+    """Inverse of :func:`silo_state_to_record`."""
+    config = None
+    if "config.run_id" in record:
+        cfg = {k.removeprefix("config."): v for k, v in record.items() if k.startswith("config.")}
+        config = KeyRequest.from_record(  # type: ignore[attr-defined]
+            {"kind": KeyRequest.KIND, "epoch": record["epoch"], **cfg}).config()
+    return SiloState(silo=int(record["silo"]), stage=SiloStage(record["stage"]), config=config,
+                     epoch=int(record["epoch"]), enc_sk=bytes(record["enc_sk"]),
+                     mask_sk=bytes(record["mask_sk"]), last_round=int(record["last_round"]),
+                     active=tuple(record["active"]),
+                     active_enc_pks=tuple(bytes(b) for b in record["active_enc_pks"]))
+
+
+def new_silo(silo: int) -> SiloState:
+    """A silo that has not joined a run yet."""
+    return SiloState(silo=silo)
+
+
+def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None = None,
+              weight: int | None = None, rng: ByteSource | None = None) -> tuple[SiloState, Message]:
+    """Handle one coordinator message; ``update``/``weight`` are needed for a MaskRequest.
+
+    ``rng`` supplies every secret (keys, seeds, polynomial coefficients, nonces, rounding);
+    the default is the operating system's CSPRNG.
+    """
+    allowed = {
+        (SiloStage.NEW, KeyRequest): _on_key_request,
+        (SiloStage.READY, KeyRequest): _on_key_request,
+        (SiloStage.MASKED, KeyRequest): _on_key_request,
+        (SiloStage.READY, MaskRequest): _on_mask_request,
+        (SiloStage.MASKED, MaskRequest): _on_mask_request,
+        (SiloStage.MASKED, UnmaskRequest): _on_unmask_request,
+    }
+    handler = allowed.get((state.stage, type(message)))
+    if handler is None:
+        raise ProtocolError(f"silo {state.silo} in stage {state.stage.value!r} cannot accept a "
+                            f"{type(message).__name__} (out of order or replayed); ignoring it")
+    if state.config is not None and getattr(message, "run_id", None) != state.config.run_id:
+        raise ProtocolError(f"silo {state.silo}: message for run {message.run_id!r} "  # type: ignore[attr-defined]
+                            f"but this silo is in run {state.config.run_id!r}")
+    return handler(state, message, update=update, weight=weight, rng=rng or SystemSource())
+
+
+def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
+                    **_: object) -> tuple[SiloState, KeyAdvert]:
+    config = msg.config()
+    if state.stage is not SiloStage.NEW and msg.epoch <= state.epoch:
+        raise ProtocolError(f"silo {state.silo}: re-key request for epoch {msg.epoch}, but this "
+                            f"silo already holds epoch {state.epoch} keys (replayed request?)")
+    if state.silo not in config.roster:
+        raise ProtocolError(f"silo {state.silo} is not in the roster {list(config.roster)}")
+    enc, mask = crypto.generate_keypair(rng=rng), crypto.generate_keypair(rng=rng)
+    new = replace(state, stage=SiloStage.READY, config=config, epoch=msg.epoch,
+                  enc_sk=enc.private, mask_sk=mask.private)
+    return new, KeyAdvert(run_id=config.run_id, silo=state.silo, epoch=msg.epoch,
+                          enc_pk=enc.public, mask_pk=mask.public)
+
+
+def _public(private: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
+
+
+def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdvert]:
+    config = state.config
+    assert config is not None
+    me = state.silo
+    if msg.round <= state.last_round:
+        raise ProtocolError(f"silo {me}: mask request for round {msg.round}, but round "
+                            f"{state.last_round} was already masked (rounds never repeat)")
+    active = msg.active
+    if list(active) != sorted(set(active)) or not set(active) <= set(config.roster):
+        raise ProtocolError(f"silo {me}: active set {list(active)} is not a sorted subset of the roster")
+    if me not in active:
+        raise ProtocolError(f"silo {me} was sent a mask request but is not in the active set")
+    if len(active) < config.threshold:
+        raise SecureAggregationError(f"round {msg.round}: {len(active)} active silos < threshold "
+                                     f"{config.threshold}; refusing to mask")
+    directory = msg.directory()
+    missing = [s for s in active if s not in directory]
+    if missing:
+        raise ProtocolError(f"silo {me}: no keys in the directory for active silos {missing}")
+    mine = directory[me]
+    if (mine.epoch, mine.enc_pk, mine.mask_pk) != (
+            state.epoch, _public(state.enc_sk), _public(state.mask_sk)):
+        raise ProtocolError(f"silo {me}: the coordinator's directory does not hold this silo's "
+                            f"current keys (epoch {state.epoch}); it must re-key this silo")
+    return directory
+
+
+def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
+                     weight: int | None, rng: ByteSource) -> tuple[SiloState, MaskedInput]:
+    directory = _check_mask_request(state, msg)
+    config = state.config
+    assert config is not None
+    if update is None or weight is None:
+        raise ValueError("a MaskRequest needs the local update and its weight")
+    if np.asarray(update).size != config.length:
+        raise ProtocolError(f"silo {state.silo}: update has {np.asarray(update).size} values, "
+                            f"the run declared length={config.length}")
+    me, run, r = state.silo, config.run_id, msg.round
+    peers = peers_of(me, msg.active)
+    self_seed = rng.read(shamir.SECRET_BYTES)
+    pair_seeds = [crypto.derive_round_seed(
+        crypto.derive_pair_key(private=state.mask_sk, peer_public=directory[j].mask_pk,
+                               purpose="mask", run_id=run, me=me, peer=j),
+        run_id=run, round_=r, a=me, b=j) for j in peers]
+    masked = encode(update, weight=weight, params=config.quant, rng=_rounding_source(rng))
+    add_mask(masked, self_seed, label=SELF_LABEL)
+    for j, seed in zip(peers, pair_seeds):
+        add_mask(masked, seed, label=PAIR_LABEL, sign=pair_sign(me, j))
+    np.bitwise_and(masked, masked.dtype.type((1 << config.quant.modulus_bits) - 1), out=masked)
+    bundles = _deal(state, msg, directory, [self_seed, *pair_seeds], rng=rng)
+    new = replace(state, stage=SiloStage.MASKED, last_round=r, active=msg.active,
+                  active_enc_pks=tuple(directory[s].enc_pk for s in msg.active))
+    return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
+                            bundles=bundles, masked=masked)
+
+
+def _rounding_source(rng: ByteSource) -> ByteSource:
+    """A fast keystream for stochastic rounding, keyed from ``rng`` (so tests stay seeded)."""
+    return KeystreamSource(rng.read(32), label=b"rounding")
+
+
+def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
+          secrets: list[bytes], *, rng: ByteSource) -> tuple[bytes, ...]:
+    """Shamir-share each secret t-of-|U_r| and seal one bundle per active silo (self included)."""
+    config = state.config
+    assert config is not None
+    xs = [config.x_of(s) for s in msg.active]
+    shares = [shamir.split(shamir.secret_to_int(s), threshold=config.threshold, xs=xs, rng=rng)
+              for s in secrets]
+    bundles = []
+    for pos, recipient in enumerate(msg.active):
+        key = crypto.derive_pair_key(private=state.enc_sk, peer_public=directory[recipient].enc_pk,
+                                     purpose="enc", run_id=config.run_id, me=state.silo,
+                                     peer=recipient)
+        plain = pack_bundle(shares[0][pos], [per_secret[pos] for per_secret in shares[1:]])
+        ad = bundle_ad(run_id=config.run_id, round_=msg.round, sender=state.silo,
+                       recipient=recipient, active=msg.active)
+        bundles.append(crypto.seal(key, plain, ad=ad, rng=rng))
+    return tuple(bundles)
+
+
+def _check_unmask_request(state: SiloState, msg: UnmaskRequest) -> None:
+    config = state.config
+    assert config is not None
+    me, r = state.silo, msg.round
+    if r != state.last_round:
+        raise ProtocolError(f"silo {me}: unmask request for round {r}, but the open round is "
+                            f"{state.last_round}; refusing")
+    both = sorted(set(msg.survivors) & set(msg.dropped))
+    if both:
+        raise ProtocolError(f"silo {me}: round {r} asks for self-mask and pair-seed shares of "
+                            f"silos {both} (listed as survivor and dropped); refusing to reveal both")
+    if sorted(msg.survivors + msg.dropped) != list(state.active) or len(set(msg.survivors)) != len(
+            msg.survivors):
+        raise ProtocolError(f"silo {me}: survivors {list(msg.survivors)} and dropped "
+                            f"{list(msg.dropped)} do not partition round {r}'s active set "
+                            f"{list(state.active)}")
+    if me not in msg.survivors:
+        raise ProtocolError(f"silo {me}: asked to unmask round {r} but listed as dropped")
+    if len(msg.survivors) < config.threshold:
+        raise SecureAggregationError(f"round {r}: only {len(msg.survivors)} survivors < threshold "
+                                     f"{config.threshold}; refusing to reveal any share")
+    if sorted(msg.senders) != sorted(msg.survivors) or len(msg.bundles) != len(msg.senders):
+        raise ProtocolError(f"silo {me}: round {r} bundles come from {sorted(msg.senders)}, "
+                            f"expected exactly the survivors {sorted(msg.survivors)}")
+
+
+def _on_unmask_request(state: SiloState, msg: UnmaskRequest, **_: object
+                       ) -> tuple[SiloState, UnmaskResponse]:
+    _check_unmask_request(state, msg)
+    config = state.config
+    assert config is not None
+    me, r = state.silo, msg.round
+    enc_pk = dict(zip(state.active, state.active_enc_pks))
+    opened: dict[int, tuple[int, list[int]]] = {}
+    for sender, blob in zip(msg.senders, msg.bundles):
+        key = crypto.derive_pair_key(private=state.enc_sk, peer_public=enc_pk[sender],
+                                     purpose="enc", run_id=config.run_id, me=me, peer=sender)
+        ad = bundle_ad(run_id=config.run_id, round_=r, sender=sender, recipient=me,
+                       active=state.active)
+        plain = crypto.open_sealed(key, blob, ad=ad, sender=sender, recipient=me)
+        opened[sender] = unpack_bundle(plain, num_peers=len(state.active) - 1, sender=sender)
+    survivors, dropped = sorted(msg.survivors), sorted(msg.dropped)
+    pair_owners, pair_peers, pair_shares = [], [], []
+    for k in survivors:
+        order = peers_of(k, state.active)
+        for j in dropped:
+            pair_owners.append(k)
+            pair_peers.append(j)
+            pair_shares.append(shamir.share_to_bytes(opened[k][1][order.index(j)]))
+    reply = UnmaskResponse(
+        run_id=config.run_id, round=r, silo=me, self_owners=tuple(survivors),
+        self_shares=tuple(shamir.share_to_bytes(opened[k][0]) for k in survivors),
+        pair_owners=tuple(pair_owners), pair_peers=tuple(pair_peers),
+        pair_shares=tuple(pair_shares))
+    return replace(state, stage=SiloStage.READY, active=(), active_enc_pks=()), reply

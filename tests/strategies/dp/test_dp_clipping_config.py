@@ -92,8 +92,6 @@ def test_central_noise_calibrated():
     cs = clip_and_sum(deltas, [1.0, 5.0, 0.5], clip_norm=0.7, max_weight=2.0)
     assert cs.unclipped == (True, False, False)
     noisy = add_central_noise(cs.total, stddev=std, rng=AesCtrSource(bytes(32)))
-    for _ in range(1):
-        pass
     big = add_central_noise({"w": np.zeros(300_000)}, stddev=std, rng=AesCtrSource(bytes(32)))["w"]
     assert abs(big.std() / std - 1) < 5 / math.sqrt(2 * 300_000)
     assert noisy["w"].shape == (1000,)

@@ -118,3 +118,14 @@ def test_conditional_rounding_respects_bound():
         r = _conditional_round(y, l2_bound=bound, rng=rng)
         assert np.linalg.norm(r) <= bound
         assert np.all(np.abs(r - y) < 1)
+
+
+@pytest.mark.parametrize("bits", [24, 32, 40])
+def test_contract_with_secagg_word_size(bits):
+    """Contract: values lie in [0, 2^b) so the masking layer's word type holds them losslessly."""
+    prg = pytest.importorskip("strategies.secagg.prg")
+    p = params(modulus_bits=bits, dimension=1000)
+    v, _, _ = encode_update({"w": np.ones(1000)}, params=p, rotation_seed=SEED,
+                            rng=AesCtrSource(bytes(32)))
+    word = v.astype(prg.dtype_for_bits(bits))
+    assert np.array_equal(word.astype(np.uint64), v)

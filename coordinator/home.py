@@ -81,16 +81,17 @@ class CoordinatorHome:
         return home
 
     @staticmethod
-    def write(root: Path, *, host: str, port: int) -> Path:
-        """Write a ``coordinator.toml`` with the default layout."""
+    def write(root: Path, *, host: str, port: int, cert: str = "pki/coordinator.crt",
+              key: str = "pki/coordinator.key", nodes: str = "nodes") -> Path:
+        """Write a ``coordinator.toml`` (default layout unless paths are given)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        (root / "nodes").mkdir(exist_ok=True)
+        (root / nodes).mkdir(parents=True, exist_ok=True)
         (root / "runs").mkdir(exist_ok=True)
         path = root / "coordinator.toml"
         path.write_text(tomli_w.dumps({"coordinator": {
-            "host": host, "port": port, "ca_cert": "pki/ca.crt", "cert": "pki/coordinator.crt",
-            "key": "pki/coordinator.key", "nodes": "nodes", "runs": "runs"}}))
+            "host": host, "port": port, "ca_cert": "pki/ca.crt", "cert": cert, "key": key,
+            "nodes": nodes, "runs": "runs"}}))
         return path
 
 

@@ -37,6 +37,8 @@ class Transport(Protocol):
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[int]: ...
 
+    def node_ids(self) -> list[int]: ...
+
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *, timeout: float,
                  group: str) -> dict[int, Reply]: ...
 
@@ -162,7 +164,10 @@ class RoundLoop:
     def _round(self, server_round: int, current: dict[str, np.ndarray],
                pending: _PendingRow) -> tuple[dict[str, np.ndarray], _PendingRow]:
         t0 = time.monotonic()
-        plan = self.strategy.configure_round(server_round, sorted(self.members))
+        # Silos the SuperLink no longer knows (unregistered, e.g. revoked) are not waited for.
+        connected = set(self.transport.node_ids())
+        plan = self.strategy.configure_round(
+            server_round, sorted(n for n in self.members if n in connected))
         config = self._train_config(server_round, {**plan.config, "participants": len(plan.silos)})
         replies = self.transport.exchange(
             "train", {n: Payload(config, current) for n in plan.silos},
@@ -243,7 +248,7 @@ class RoundLoop:
             "event": "round", "round": row.server_round, "status": row.status,
             "global_loss": _weighted_mean(losses), "global_accuracy": _weighted_mean(accs),
             "silos": per_silo, "train_loss": row.train_loss,
-            "round_seconds": round(row.seconds, 3), "contributors": row.contributors,
+            "round_seconds": round(row.seconds, 3), "contributors": sorted(row.contributors),
             "rejected": row.rejected})
 
     def _finish(self, status: str, started: float, *, error: str | None = None) -> dict[str, Any]:

@@ -81,19 +81,20 @@ def demo(
     keep: bool = typer.Option(False, help="Keep the work directory (certificates, data, run)."),
     timeout: float = typer.Option(600.0, help="Give up after this many seconds."),
 ) -> None:
-    """Run a real 3-hospital federation on this machine (TLS + node auth) and compare."""
+    """Run a real 3-hospital federation on this machine (mTLS gateways + node auth) and compare."""
     started = time.monotonic()
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="xsilo-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    fed = LocalFederation(root, model=MODEL)
+    fed = LocalFederation(root, model=MODEL, mtls=True)
     try:
         fed.setup()
-        console.print(f"[bold]xsilo demo[/] in {root}: CA, coordinator certificate, "
-                      f"{len(fed.silos)} node keys, non-IID data per hospital")
+        console.print(f"[bold]xsilo demo[/] in {root}: consortium CA, {len(fed.silos)} "
+                      "hospitals enrolled on site (keys never left their kit), non-IID data")
         fed.start()
-        console.print(f"SuperLink on 127.0.0.1:{fed.port} (TLS, node auth) with "
-                      f"{len(fed.supernodes)} SuperNodes (TLS, own key, own data)")
+        console.print(f"coordinator gateway 127.0.0.1:{fed.port} (mTLS, CRL) → SuperLink on "
+                      f"loopback (TLS, node auth); {len(fed.supernodes)} SuperNodes, each "
+                      "behind its own silo gateway")
         config = RunConfig(num_rounds=rounds, local_epochs=local_epochs, min_silos=3,
                            expected_silos=3, round_timeout=120.0, join_timeout=60.0, name="demo")
         outcome = fed.run(config, console=console, timeout=timeout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
@@ -51,7 +51,7 @@ class LocalFederation:
 
     def __init__(self, root: Path, *, model: str = DEFAULT_MODEL,
                  write_data: Callable[[Path], list] = write_demo_data,
-                 schema: dict | None = None) -> None:
+                 schema: dict | None = None, mtls: bool = False) -> None:
         self.root = Path(root)
         self.model = model
         self.write_data = write_data
@@ -63,10 +63,15 @@ class LocalFederation:
         self.coordinator: RunningCoordinator | None = None
         self.supernodes: dict[str, ManagedProcess] = {}
         self.port = 0
+        self.mtls = mtls
+        self.gateways: dict[str, Any] = {}  # "coordinator" / silo name → gateway handle
+        self.kits: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> LocalFederation:
         """Certificates, node keys, data and configuration files (no processes yet)."""
+        if self.mtls:
+            return self._setup_mtls()
         self.port = free_port()
         CoordinatorHome.write(self.home_dir, host="127.0.0.1", port=self.port)
         data = self.write_data(self.silo_root)
@@ -91,6 +96,34 @@ class LocalFederation:
             self.silos.append(load_silo_config(path))
         return self
 
+    def _setup_mtls(self) -> LocalFederation:
+        """Consortium PKI, on-site enrollment of every silo, member kits (keys never move)."""
+        from deploy.enrollment import enroll, import_bundle
+        from deploy.pki import Pki
+
+        self.port = free_port()  # the coordinator gateway: the only port silos reach
+        superlink_port = free_port()
+        pki = Pki.init(self.home_dir / "pki", organization="xsilo demo consortium")
+        pki.issue_coordinator(hosts=["localhost", "127.0.0.1"], address=f"127.0.0.1:{self.port}")
+        files = pki.coordinator_files()
+        CoordinatorHome.write(self.home_dir, host="127.0.0.1", port=superlink_port,
+                              cert=str(files.superlink_cert), key=str(files.superlink_key),
+                              nodes="pki/nodes")
+        for silo in self.write_data(self.silo_root):
+            kit_dir = self.silo_root / silo.name / "kit"
+            request = enroll(silo.name, kit_dir, email=f"it@{silo.name}.example",
+                             organization=silo.name)
+            kit = import_bundle(pki.approve(request), kit_dir, pki.ca_fingerprint,
+                                local_port=free_port())
+            self.kits[silo.name] = kit
+            path = write_silo_config(
+                kit_dir / "silo.toml", name=silo.name, train=silo.train.resolve(),
+                test=silo.test.resolve(), schema=self.schema, model=self.model,
+                superlink=kit.superlink, root_certificates=kit.root_certificates,
+                auth_key=kit.auth_key, workspace=str(self.silo_root / silo.name / "workspace"))
+            self.silos.append(load_silo_config(path))
+        return self
+
     @property
     def home(self) -> CoordinatorHome:
         return CoordinatorHome.load(self.home_dir)
@@ -100,6 +133,14 @@ class LocalFederation:
         """Start the SuperLink (registering every node key) and one SuperNode per silo."""
         self.coordinator = start_coordinator(self.home)
         self.processes.append(self.coordinator.superlink)
+        if self.mtls:
+            from deploy.gateway import CoordinatorGateway, SiloGateway
+
+            self.gateways["coordinator"] = CoordinatorGateway.start(
+                pki_dir=self.home_dir / "pki", port=self.port,
+                superlink=self.home.address, prefix=self.home_dir / "gateway")
+            for name, kit in self.kits.items():
+                self.gateways[name] = SiloGateway.start(kit)
         for silo in self.silos:
             proc = start_silo(silo)
             self.processes.append(proc)
@@ -107,8 +148,11 @@ class LocalFederation:
         return self
 
     def stop(self) -> None:
-        """Stop every process this federation started (idempotent)."""
+        """Stop every process this federation started (idempotent): silos, then gateways."""
         stop_quietly(self.processes)
+        for gateway in reversed(list(self.gateways.values())):
+            gateway.stop()
+        self.gateways.clear()
 
     def __enter__(self) -> LocalFederation:
         return self

@@ -77,3 +77,48 @@ def test_flwr_not_found_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DeploymentError, match="not found.*pip install xsilo"):
         find_binary("flwr")
+
+
+def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> None:
+    """SuperNode → silo nginx → mTLS → coordinator nginx → SuperLink, node auth on top.
+    After `revoke`, the revoked silo's next connection fails while the others finish."""
+    from deploy.pki import Pki
+
+    fed = LocalFederation(tmp_path, mtls=True).setup()
+    with fed:
+        fed.start()
+        cli = fed.home.cli()
+        node_ids = dict(fed.coordinator.node_ids)
+
+        def on_revoke(name: str, _key: str) -> None:
+            cli.unregister_node(node_ids[name])
+
+        import threading
+
+        def revoke_after_first_round() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                events = (fed.home.runs / "mtls").exists() and [
+                    line for line in (fed.home.runs / "mtls" / "metrics.jsonl").read_text()
+                    .splitlines() if '"round": 0' in line] if (
+                    fed.home.runs / "mtls" / "metrics.jsonl").exists() else []
+                if events:
+                    Pki(fed.home_dir / "pki", on_revoke=on_revoke).revoke("hospital-c")
+                    fed.gateways["coordinator"].reload()
+                    return
+                time.sleep(0.2)
+
+        revoker = threading.Thread(target=revoke_after_first_round, daemon=True)
+        revoker.start()
+        outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
+                                    round_timeout=40.0, join_timeout=45.0, name="mtls"),
+                          timeout=85)
+        revoker.join(timeout=5)
+        gateway_log = fed.gateways["coordinator"].logs()
+        c_alive = fed.supernodes["hospital-c"].alive()
+    assert outcome.status == "finished:completed", outcome.summary
+    rows = {e["round"]: e for e in outcome.store.events() if e["event"] == "round"}
+    assert rows[1]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert rows[2]["contributors"] == ["hospital-a", "hospital-b"]
+    assert rows[2]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
+    assert "certificate revoked" in gateway_log["error"] or not c_alive

@@ -66,13 +66,19 @@ class CoordinatorFiles:
     server_name: str
 
 
+
+def _nginx_serial(serial: int) -> str:
+    """Upper-case hex with an even number of digits, exactly as nginx logs $ssl_client_serial."""
+    text = f"{serial:X}"
+    return "0" + text if len(text) % 2 else text
+
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _record(cert: x509.Certificate, name: str, kind: str, node_key: str | None) -> CertRecord:
     return CertRecord(
-        serial=f"{cert.serial_number:X}", name=name, kind=kind,
+        serial=_nginx_serial(cert.serial_number), name=name, kind=kind,
         subject=cert.subject.rfc4514_string(), cert_sha256=fingerprint(cert),
         node_key_sha256=node_key_fingerprint(node_key) if node_key else None,
         not_before=_iso(cert.not_valid_before_utc), not_after=_iso(cert.not_valid_after_utc))
@@ -175,7 +181,7 @@ class Pki:
             stem = "server" if kind == "coordinator" else "superlink"
             write_private_key(out / f"{stem}.key", key)
             write_public_pem(out / f"{stem}.crt", cert)
-            write_public_pem(self.root / "issued" / f"{kind}-{cert.serial_number:X}.crt", cert)
+            write_public_pem(self.root / "issued" / f"{kind}-{_nginx_serial(cert.serial_number)}.crt", cert)
             for old in index.for_name(kind, kind=kind):
                 if old.state == "valid":
                     index.update(old.serial, state="superseded")
@@ -253,7 +259,7 @@ class Pki:
 
     def _finish(self, ca: CertifiedKey, index: Index, cert: x509.Certificate, name: str,
                 node_line: str, out: Path | None) -> Path:
-        write_public_pem(self.root / "issued" / f"{name}-{cert.serial_number:X}.crt", cert)
+        write_public_pem(self.root / "issued" / f"{name}-{_nginx_serial(cert.serial_number)}.crt", cert)
         index.save()
         self._write_crl(ca, index)
         coord = self.settings["coordinator"]

@@ -1,0 +1,101 @@
+"""Quantization: unbiased stochastic rounding, overflow-safe moduli, validation, error report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from secagg_helpers import seeded
+
+from strategies.secagg.quantize import (
+    decode_sum, encode, error_report, make_quant_params, required_modulus_bits, validate_params)
+from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
+
+
+def test_stochastic_rounding_is_unbiased():
+    params = make_quant_params(num_silos=2, clip=1.0, bits=2, max_weight=1)  # step 2/3: coarse
+    n = 200_000
+    for value in (-0.9, -0.2, 0.3, 0.55):
+        enc = encode(np.full(n, value), weight=1, params=params, rng=seeded(f"u{value}"))
+        decoded = enc[1:].astype(np.float64) * params.step - params.clip
+        # each draw lies on one of two levels Δ apart: std ≤ Δ/2, so 6σ of the mean is tiny
+        assert abs(decoded.mean() - value) < 6 * (params.step / 2) / math.sqrt(n)
+        assert set(np.unique(decoded).round(9)) <= {round(params.step * k - 1, 9) for k in range(4)}
+
+
+def test_weighted_sum_roundtrip_and_clipping():
+    params = make_quant_params(num_silos=3, clip=2.0, bits=16, max_weight=100)
+    xs = [np.array([0.5, -3.0, 2.5, 0.0]), np.array([1.0, 1.0, -1.0, 1.9]),
+          np.array([-2.0, 0.1, 0.2, 0.3])]
+    ws = [10, 0, 100]
+    total = sum(encode(x, weight=w, params=params, rng=seeded(str(w))).astype(np.uint64)
+                for x, w in zip(xs, ws))
+    est, tw = decode_sum(total, params=params)
+    exact = sum(w * np.clip(x, -2, 2) for x, w in zip(xs, ws))
+    assert tw == 110
+    report = error_report(params, total_weight=tw, estimate=est, exact=exact)
+    assert report.max_abs is not None and report.max_abs <= report.max_abs_bound
+    assert report.rms is not None and report.rms <= report.max_abs
+    assert report.max_abs_bound == pytest.approx(params.step * 110)
+    assert report.std_bound == pytest.approx(params.step / 2 * math.sqrt(110 * 100))
+
+
+def test_modulus_is_the_smallest_power_of_two_above_the_largest_sum():
+    # n·W·L = 3·5·(2^4−1) = 225 < 256 = 2^8
+    assert required_modulus_bits(num_silos=3, bits=4, max_weight=5) == 8
+    assert required_modulus_bits(num_silos=1, bits=8, max_weight=1) == 8  # 255 → 2^8
+    assert required_modulus_bits(num_silos=2, bits=8, max_weight=1) == 9  # 510 → 2^9
+    p = make_quant_params(num_silos=10, clip=1.0, bits=16, max_weight=1000)  # 6.6e8 < 2^30
+    assert p.modulus_bits == 30 and p.dtype == np.uint32
+    p = make_quant_params(num_silos=20, clip=1.0, bits=16, max_weight=10_000)  # 1.3e10 < 2^34
+    assert p.modulus_bits == 34 and p.dtype == np.uint64
+
+
+def test_largest_possible_sum_does_not_wrap():
+    params = make_quant_params(num_silos=4, clip=1.0, bits=3, max_weight=7)
+    top = encode(np.ones(2), weight=7, params=params, rng=seeded("top"))
+    total = sum(top.astype(np.uint64) for _ in range(4)) & np.uint64(2**params.modulus_bits - 1)
+    est, tw = decode_sum(total, params=params)
+    assert tw == 28 and np.allclose(est, 28.0)
+
+
+def test_overflow_is_refused_with_the_numbers_that_fix_it():
+    with pytest.raises(ConfigError) as exc:
+        validate_params(num_silos=1000, clip=1.0, bits=32, max_weight=10**9)
+    msg = str(exc.value)
+    assert "1000·1000000000·4294967295" in msg and "wrap" in msg
+    assert "lower max_weight to ≤ 4294967" in msg and "lower bits to ≤ 24" in msg
+    # the suggested fixes really fit
+    validate_params(num_silos=1000, clip=1.0, bits=32, max_weight=4294967)
+    validate_params(num_silos=1000, clip=1.0, bits=24, max_weight=10**9)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"clip": 0.0}, "clip range must be a finite number > 0"),
+    ({"clip": -1.0}, "clip range"),
+    ({"clip": float("nan")}, "clip range"),
+    ({"bits": 0}, "bits must be an integer in 1..32"),
+    ({"max_weight": 0}, "max_weight must be an integer ≥ 1"),
+    ({"num_silos": 1}, "num_silos ≥ 2"),
+    ({"modulus_bits": 20}, "modulus_bits=20 cannot hold sums up to"),
+])
+def test_invalid_parameters_are_named(kwargs, match):
+    base = dict(num_silos=10, clip=1.0, bits=16, max_weight=100)
+    with pytest.raises(ConfigError, match=match):
+        validate_params(**{**base, **kwargs})
+
+
+def test_bad_weights_and_values_are_rejected():
+    params = make_quant_params(num_silos=2, clip=1.0, bits=8, max_weight=10)
+    for weight in (11, -1, 2.5, True):
+        with pytest.raises(UpdateRejected, match="weight"):
+            encode(np.zeros(2), weight=weight, params=params)
+    with pytest.raises(UpdateRejected, match="NaN"):
+        encode(np.array([np.nan]), weight=1, params=params)
+
+
+def test_decode_detects_masks_that_did_not_cancel():
+    params = make_quant_params(num_silos=2, clip=1.0, bits=8, max_weight=10)
+    with pytest.raises(SecureAggregationError, match="did not cancel"):
+        decode_sum(np.array([21, 0], dtype=np.uint32), params=params)

@@ -17,8 +17,9 @@ def coordinator_fingerprint(site_dir: Path, superlink: str | None,
     """SHA-256 (hex) of the coordinator's certificate.
 
     In a member kit (``kit.toml`` next to ``silo.toml``) it is the fingerprint recorded at
-    enrollment (the SuperNode talks to the local gateway, which pins it on every
-    connection); otherwise it is read from the TLS peer at ``superlink``, verified
+    enrollment: the SuperNode talks to the local gateway, which verifies the coordinator's
+    CA and server name on every connection but cannot pin a fingerprint (nginx has no
+    upstream pinning). Otherwise it is read from the TLS peer at ``superlink``, verified
     against ``root_certificates``.
     """
     if (Path(site_dir) / "kit.toml").is_file():

@@ -80,9 +80,12 @@ class LocalFederation:
 
     def run_round(self, round_: int, updates: Mapping[int, np.ndarray],
                   weights: Mapping[int, int], *, drop_before_input: Iterable[int] = (),
-                  drop_before_unmask: Iterable[int] = ()) -> co.RoundResult:
+                  drop_before_unmask: Iterable[int] = (), late_input: Iterable[int] = ()
+                  ) -> co.RoundResult:
         """One round, two round trips. Silos in ``drop_before_input`` never send a masked
-        input; silos in ``drop_before_unmask`` send it but never answer the unmask request.
+        input; silos in ``drop_before_unmask`` send it but never answer the unmask request;
+        silos in ``late_input`` send it too late: it reaches the coordinator process (and its
+        view) after the survivors were fixed, so they count as dropped.
 
         On a :class:`~xsilo.errors.SecureAggregationError` the open round is aborted (the
         coordinator stays usable for the next round) and the error is re-raised.
@@ -91,14 +94,20 @@ class LocalFederation:
 
         assert self.coordinator is not None
         state, requests = co.begin_round(self.coordinator, round_=round_)
+        late: list[Message] = []
         try:
             for s, request in requests.items():
                 if s in set(drop_before_input):
                     continue
                 self.silos[s], masked = silo_step(self.silos[s], _wire(request), update=updates[s],
                                                   weight=weights[s], rng=self._rng(s, f"r{round_}"))
+                if s in set(late_input):
+                    late.append(masked)
+                    continue
                 state = co.receive_masked(state, self._to_coordinator(masked))  # type: ignore[arg-type]
             state, unmask_requests = co.request_unmask(state)
+            for masked in late:
+                self._to_coordinator(masked)  # arrives, is recorded, but the round has moved on
             for s, request in unmask_requests.items():
                 if s in set(drop_before_unmask):
                     continue

@@ -94,9 +94,12 @@ def expand(seed: bytes, *, label: bytes, length: int, modulus_bits: int) -> np.n
     """
     dtype = dtype_for_bits(modulus_bits)
     nbytes = length * dtype.itemsize
-    buf = bytearray(nbytes + 15)  # update_into wants len(data) + block_size - 1 bytes of room
-    _cipher(seed, label).encryptor().update_into(bytes(nbytes), buf)
-    out = np.frombuffer(buf, dtype=dtype, count=length)  # little-endian hosts only (checked below)
+    raw = np.empty(nbytes + 16, dtype=np.uint8)  # update_into wants len(data) + 15 bytes of room
+    view, enc = memoryview(raw), _cipher(seed, label).encryptor()
+    for start in range(0, nbytes, _CHUNK_BYTES):  # 1 MiB at a time: no n-byte zero buffer
+        count = min(_CHUNK_BYTES, nbytes - start)
+        enc.update_into(_ZEROS[:count], view[start:start + count + 15])
+    out = raw[:nbytes].view(dtype)  # little-endian hosts only (checked below)
     if modulus_bits < dtype.itemsize * 8:
         np.bitwise_and(out, dtype.type((1 << modulus_bits) - 1), out=out)
     return out

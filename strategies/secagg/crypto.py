@@ -107,7 +107,11 @@ def set_digest(silos: Sequence[int]) -> bytes:
 
 def associated_data(*, kind: str, run_id: str, round_: int, sender: int, recipient: int,
                     active_digest: bytes) -> bytes:
-    """Canonical AES-GCM associated data: ``label ‖ kind ‖ run ‖ round ‖ sender ‖ recipient ‖ H(U_r)``."""
+    """Canonical AES-GCM associated data.
+
+    ``label ‖ kind ‖ run ‖ round ‖ sender ‖ recipient ‖ H(U_r)``, every field length-prefixed
+    or fixed-width, so no two contexts encode to the same bytes.
+    """
     return (_info(kind, run_id, round_, sender, recipient) + _field(active_digest))
 
 

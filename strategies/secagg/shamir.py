@@ -80,7 +80,10 @@ def _random_element(rng: ByteSource) -> int:
 
 def split(secret: int, *, threshold: int, xs: Sequence[int],
           rng: ByteSource | None = None) -> list[int]:
-    """Share values ``f(x)`` for each ``x`` in ``xs``, ``f`` of degree ``threshold − 1``, ``f(0) = secret``."""
+    """Share values ``f(x)`` for each ``x`` in ``xs``.
+
+    ``f`` has degree ``threshold − 1``, ``f(0) = secret`` and uniformly random other coefficients.
+    """
     _check_xs(xs, threshold)
     if not 0 <= secret < PRIME:
         raise ValueError("secret must be a field element")

@@ -33,6 +33,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from strategies.secagg import crypto, shamir
 from strategies.secagg.masking import (
@@ -122,8 +124,9 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
     if handler is None:
         raise ProtocolError(f"silo {state.silo} in stage {state.stage.value!r} cannot accept a "
                             f"{type(message).__name__} (out of order or replayed); ignoring it")
-    if state.config is not None and getattr(message, "run_id", None) != state.config.run_id:
-        raise ProtocolError(f"silo {state.silo}: message for run {message.run_id!r} "  # type: ignore[attr-defined]
+    run_id = getattr(message, "run_id", None)
+    if state.config is not None and run_id != state.config.run_id:
+        raise ProtocolError(f"silo {state.silo}: message for run {run_id!r} "
                             f"but this silo is in run {state.config.run_id!r}")
     return handler(state, message, update=update, weight=weight, rng=rng or SystemSource())
 
@@ -144,9 +147,6 @@ def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
 
 
 def _public(private: bytes) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
         Encoding.Raw, PublicFormat.Raw)
 

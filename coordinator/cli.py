@@ -12,7 +12,7 @@ from rich.console import Console
 
 from coordinator.config import RunConfig, load_run_config
 from coordinator.console import follow_run, round_table
-from coordinator.home import CoordinatorHome, start_coordinator
+from coordinator.home import CoordinatorHome, start_coordinator, write_gateway_home
 from coordinator.run_store import RunStore
 from coordinator.runs import new_run_dir, submit_run
 from xsilo.errors import ConfigError, DeploymentError
@@ -25,18 +25,37 @@ HomeOpt = typer.Option(Path("."), "--home", help="Coordinator home (has coordina
 
 
 @app.command()
+def init(
+    home: Path = HomeOpt,
+    pki_dir: Path = typer.Option(..., "--pki-dir", help="PKI made with `xsilo pki init` and "
+                                 "`xsilo pki issue-coordinator`."),
+    host: str = typer.Option("0.0.0.0", help="Public bind address of the mTLS gateway."),
+    port: int = typer.Option(8443, help="Public port of the mTLS gateway."),
+    superlink_port: int = typer.Option(9092, help="Loopback port of the SuperLink."),
+) -> None:
+    """Write coordinator.toml for the full path: SuperLink on loopback behind the mTLS gateway."""
+    path = write_gateway_home(home, pki_dir=pki_dir, public_host=host, gateway_port=port,
+                              superlink_port=superlink_port)
+    console.print(f"wrote {path}; start it with `xsilo coordinator start --home {home}`")
+
+
+@app.command()
 def start(home: Path = HomeOpt) -> None:
-    """Start the SuperLink (TLS + node auth), register enrolled silos, serve until Ctrl-C."""
+    """Start the SuperLink (TLS + node auth) and, if configured, the mTLS gateway; register
+    enrolled silos; apply approvals and revocations as they happen; serve until Ctrl-C."""
     h = CoordinatorHome.load(home)
     running = start_coordinator(h)
-    console.print(f"[green]coordinator listening on {h.host}:{h.port}[/] "
-                  f"({len(running.node_ids)} silo key(s) registered: "
-                  f"{', '.join(running.node_ids) or 'none'})")
+    where = (f"mTLS gateway on {h.gateway.host}:{h.gateway.port} → SuperLink on {h.address}"
+             if h.gateway else f"SuperLink on {h.host}:{h.port}")
+    console.print(f"[green]coordinator up[/]: {where} ({len(running.node_ids)} silo key(s) "
+                  f"registered: {', '.join(running.node_ids) or 'none'})")
     console.print(f"SuperLink log: {running.superlink.log_path}. Ctrl-C stops it.")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while running.superlink.alive():
-            time.sleep(1)
+            time.sleep(2)
+            for change in running.reconcile():
+                console.print(f"[cyan]{change}[/]")
         raise DeploymentError(f"the SuperLink exited; log tail:\n{running.superlink.log_tail()}")
     except KeyboardInterrupt:
         console.print("stopping coordinator")

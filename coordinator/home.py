@@ -10,6 +10,15 @@
     key = "pki/coordinator.key"  # 0600
     nodes = "nodes"           # enrolled silos' Flower node public keys (*.pub), registered at start
     runs = "runs"             # one directory per run
+
+    [gateway]                 # optional: the mutual-TLS gateway silos connect to
+    pki = "pki"               # the consortium PKI directory (`xsilo pki init`)
+    host = "0.0.0.0"          # public bind address of the gateway
+    port = 8443
+
+With a ``[gateway]`` the SuperLink must listen on loopback only; silos reach nothing but
+the gateway, which admits only consortium client certificates (CRL checked) and forwards
+only the Fleet API. ``xsilo coordinator init`` writes this layout from a PKI directory.
 """
 
 from __future__ import annotations
@@ -24,10 +33,21 @@ import tomli_w
 from deploy.launch import FlowerCLI, ManagedProcess, start_superlink
 from xsilo.errors import ConfigError
 
-__all__ = ["CoordinatorHome", "RunningCoordinator", "start_coordinator"]
+__all__ = ["CoordinatorHome", "GatewaySettings", "RunningCoordinator", "start_coordinator",
+           "stop_quietly", "write_gateway_home"]
 
 log = logging.getLogger(__name__)
 _KEYS = {"host", "port", "ca_cert", "cert", "key", "nodes", "runs"}
+_GATEWAY_KEYS = {"pki", "host", "port"}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Where the coordinator's mTLS gateway listens and which PKI it trusts."""
+
+    pki: Path
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class CoordinatorHome:
     key: Path
     nodes: Path
     runs: Path
+    gateway: GatewaySettings | None = None
 
     @property
     def address(self) -> str:
@@ -63,9 +84,11 @@ class CoordinatorHome:
             raise ConfigError(f"{path} does not exist; is {root} a coordinator home? "
                               "(`xsilo demo --keep` creates one you can copy)")
         try:
-            table = tomllib.loads(path.read_text()).get("coordinator", {})
+            data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        table = data.get("coordinator", {})
+        gateway = _gateway_settings(data.get("gateway"), root, path)
         unknown = set(table) - _KEYS
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in "
@@ -74,7 +97,12 @@ class CoordinatorHome:
                    port=int(table.get("port", 9092)),
                    **{k: (root / str(table.get(k, d))).resolve() for k, d in (
                        ("ca_cert", "pki/ca.crt"), ("cert", "pki/coordinator.crt"),
-                       ("key", "pki/coordinator.key"), ("nodes", "nodes"), ("runs", "runs"))})
+                       ("key", "pki/coordinator.key"), ("nodes", "nodes"), ("runs", "runs"))},
+                   gateway=gateway)
+        if gateway is not None and home.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"{path}: with a [gateway] the SuperLink must listen on loopback "
+                              f"(host = \"127.0.0.1\"), not {home.host!r}: silos reach it only "
+                              "through the gateway")
         for name in ("ca_cert", "cert", "key"):
             if not getattr(home, name).is_file():
                 raise ConfigError(f"{path}: {name} file {getattr(home, name)} does not exist")
@@ -95,16 +123,87 @@ class CoordinatorHome:
         return path
 
 
+def _gateway_settings(table: object, root: Path, path: Path) -> GatewaySettings | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [gateway] must be a table")
+    unknown = set(table) - _GATEWAY_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [gateway]; "
+                          f"accepted: {', '.join(sorted(_GATEWAY_KEYS))}")
+    return GatewaySettings(pki=(root / str(table.get("pki", "pki"))).resolve(),
+                           host=str(table.get("host", "0.0.0.0")),
+                           port=int(table.get("port", 8443)))
+
+
+def write_gateway_home(root: Path, *, pki_dir: Path, public_host: str = "0.0.0.0",
+                       gateway_port: int = 8443, superlink_port: int = 9092) -> Path:
+    """``coordinator.toml`` for a PKI made with ``xsilo pki`` (coordinator certificate issued)."""
+    from deploy.pki import Pki
+
+    pki = Pki(pki_dir)
+    files = pki.coordinator_files()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "runs").mkdir(exist_ok=True)
+    path = root / "coordinator.toml"
+    path.write_text(tomli_w.dumps({
+        "coordinator": {"host": "127.0.0.1", "port": superlink_port,
+                        "ca_cert": str(pki.ca_cert_path.resolve()),
+                        "cert": str(files.superlink_cert.resolve()),
+                        "key": str(files.superlink_key.resolve()),
+                        "nodes": str((Path(pki_dir) / "nodes").resolve()), "runs": "runs"},
+        "gateway": {"pki": str(Path(pki_dir).resolve()), "host": public_host,
+                    "port": gateway_port}}))
+    return path
+
+
 @dataclass
 class RunningCoordinator:
-    """A started SuperLink with its registered silos."""
+    """A started SuperLink (and gateway) with its registered silos."""
 
     home: CoordinatorHome
     superlink: ManagedProcess
     node_ids: dict[str, int]
+    gateway: object | None = None
+    _seen: tuple = ()
 
     def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()  # type: ignore[attr-defined]
         self.superlink.stop()
+
+    def _pki_state(self) -> tuple:
+        files = sorted(self.home.nodes.glob("*.pub"))
+        extra = []
+        if self.home.gateway is not None:
+            crl = self.home.gateway.pki / "crl.pem"
+            extra.append(crl.stat().st_mtime_ns if crl.exists() else 0)
+        return tuple((p.name, p.stat().st_mtime_ns) for p in files) + tuple(extra)
+
+    def reconcile(self) -> list[str]:
+        """Apply PKI changes made by ``xsilo pki`` while running: register newly approved
+        node keys, unregister revoked ones, reload the gateway (new CRL, new bindings).
+        Returns what changed (for the operator's console)."""
+        state = self._pki_state()
+        if state == self._seen:
+            return []
+        self._seen = state
+        cli = self.home.cli()
+        changes = []
+        present = {p.stem: p for p in self.home.nodes.glob("*.pub")}
+        for name, pub in sorted(present.items()):
+            if name not in self.node_ids:
+                self.node_ids[name] = cli.register_node(pub)
+                changes.append(f"registered {name}")
+        for name in sorted(set(self.node_ids) - set(present)):
+            cli.unregister_node(self.node_ids.pop(name))
+            changes.append(f"unregistered {name} (revoked or removed)")
+        if self.gateway is not None:
+            self.gateway.reload()  # type: ignore[attr-defined]
+            changes.append("gateway reloaded (CRL, node-key bindings)")
+        return changes
 
 
 def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> RunningCoordinator:
@@ -113,18 +212,25 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
     superlink = start_superlink(flwr_home=home.flwr_home, log_path=log_dir / "superlink.log",
                                 host=home.host, port=home.port, ca_cert=home.ca_cert,
                                 cert=home.cert, key=home.key, node_auth=True)
+    running = RunningCoordinator(home, superlink, {})
     try:
         cli = home.cli()
-        node_ids = {}
         for pub in sorted(home.nodes.glob("*.pub")):
-            node_ids[pub.stem] = cli.register_node(pub)
-            log.info("registered silo %s as node %d", pub.stem, node_ids[pub.stem])
-        if not node_ids:
+            running.node_ids[pub.stem] = cli.register_node(pub)
+            log.info("registered silo %s as node %d", pub.stem, running.node_ids[pub.stem])
+        if not running.node_ids:
             log.warning("no node keys in %s: no silo can connect until one is enrolled", home.nodes)
+        if home.gateway is not None:
+            from deploy.gateway import CoordinatorGateway
+
+            running.gateway = CoordinatorGateway.start(
+                pki_dir=home.gateway.pki, port=home.gateway.port, superlink=home.address,
+                prefix=home.root / "gateway", host=home.gateway.host)
+        running._seen = running._pki_state()
     except Exception:
-        superlink.stop()
+        running.stop()
         raise
-    return RunningCoordinator(home, superlink, node_ids)
+    return running
 
 
 def stop_quietly(processes: list[ManagedProcess]) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from deploy.cli import enroll_cmd, import_cmd, renew_cmd
 from silo_client.config import load_silo_config
-from silo_client.launch import start_silo
+from silo_client.member import start_member
 from silo_client.ledger_cli import app as ledger_app
 
 app = typer.Typer(help="Run a silo: join a federation with local data that never leaves.",
@@ -26,18 +26,21 @@ app.add_typer(ledger_app, name="ledger", help="Audit what this silo sent (egress
 @app.command()
 def start(
     config: Path = typer.Option(Path("silo.toml"), "--config", help="The silo's silo.toml."),
+    kit: Path = typer.Option(None, "--kit", help="A member kit directory (uses KIT/silo.toml "
+                             "and starts the silo's mTLS gateway)."),
 ) -> None:
-    """Validate local data and start this silo's SuperNode; serve until Ctrl-C."""
-    cfg = load_silo_config(config)
-    proc = start_silo(cfg)
-    console.print(f"[green]silo {cfg.name} connected to {cfg.superlink}[/] "
-                  f"(log: {proc.log_path}). Ctrl-C stops it.")
+    """Validate local data and start this silo (gateway + SuperNode); serve until Ctrl-C."""
+    cfg = load_silo_config(kit / "silo.toml" if kit else config)
+    silo = start_member(cfg)
+    via = "through its mTLS gateway" if silo.gateway is not None else "directly (TLS)"
+    console.print(f"[green]silo {cfg.name} started[/], connecting {via} "
+                  f"(log: {silo.supernode.log_path}). Ctrl-C stops it.")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        while proc.alive():
+        while silo.alive():
             time.sleep(1)
-        proc.raise_if_exited()
+        silo.supernode.raise_if_exited()
     except KeyboardInterrupt:
         console.print("stopping silo")
     finally:
-        proc.stop()
+        silo.stop()

@@ -8,6 +8,7 @@ with its own key, config and data, all on 127.0.0.1 with ports chosen at run tim
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,19 +19,21 @@ from rich.console import Console
 
 from coordinator.config import RunConfig
 from coordinator.console import follow_run
-from coordinator.home import CoordinatorHome, RunningCoordinator, start_coordinator, stop_quietly
+from coordinator.home import (CoordinatorHome, RunningCoordinator, start_coordinator,
+                             write_gateway_home)
 from coordinator.run_store import RunStore
 from coordinator.runs import new_run_dir, submit_run
 from deploy import certs
 from deploy.launch import ManagedProcess, free_port
 from silo_client.config import SiloConfig, load_silo_config, write_silo_config
-from silo_client.launch import start_silo
+from silo_client.member import start_member
 from xsilo.demo_data import demo_schema, write_demo_data
 from xsilo.errors import DeploymentError
 
 __all__ = ["LocalFederation", "RunOutcome"]
 
 DEFAULT_MODEL = "sklearn:LogisticRegression"
+log = logging.getLogger(__name__)
 
 
 class RunOutcome:
@@ -65,6 +68,7 @@ class LocalFederation:
         self.port = 0
         self.mtls = mtls
         self.gateways: dict[str, Any] = {}  # "coordinator" / silo name → gateway handle
+        self.running: list[Any] = []  # what stop() stops, in reverse order
         self.kits: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- set-up
@@ -105,10 +109,8 @@ class LocalFederation:
         superlink_port = free_port()
         pki = Pki.init(self.home_dir / "pki", organization="xsilo demo consortium")
         pki.issue_coordinator(hosts=["localhost", "127.0.0.1"], address=f"127.0.0.1:{self.port}")
-        files = pki.coordinator_files()
-        CoordinatorHome.write(self.home_dir, host="127.0.0.1", port=superlink_port,
-                              cert=str(files.superlink_cert), key=str(files.superlink_key),
-                              nodes="pki/nodes")
+        write_gateway_home(self.home_dir, pki_dir=self.home_dir / "pki", public_host="127.0.0.1",
+                           gateway_port=self.port, superlink_port=superlink_port)
         for silo in self.write_data(self.silo_root):
             kit_dir = self.silo_root / silo.name / "kit"
             request = enroll(silo.name, kit_dir, email=f"it@{silo.name}.example",
@@ -132,27 +134,27 @@ class LocalFederation:
     def start(self) -> LocalFederation:
         """Start the SuperLink (registering every node key) and one SuperNode per silo."""
         self.coordinator = start_coordinator(self.home)
-        self.processes.append(self.coordinator.superlink)
-        if self.mtls:
-            from deploy.gateway import CoordinatorGateway, SiloGateway
-
-            self.gateways["coordinator"] = CoordinatorGateway.start(
-                pki_dir=self.home_dir / "pki", port=self.port,
-                superlink=self.home.address, prefix=self.home_dir / "gateway")
-            for name, kit in self.kits.items():
-                self.gateways[name] = SiloGateway.start(kit)
+        self.running.append(self.coordinator)
+        if self.coordinator.gateway is not None:
+            self.gateways["coordinator"] = self.coordinator.gateway
         for silo in self.silos:
-            proc = start_silo(silo)
-            self.processes.append(proc)
-            self.supernodes[silo.name] = proc
+            member = start_member(silo)
+            self.running.append(member)
+            self.supernodes[silo.name] = member.supernode
+            self.processes.append(member.supernode)
+            if member.gateway is not None:
+                self.gateways[silo.name] = member.gateway
         return self
 
     def stop(self) -> None:
-        """Stop every process this federation started (idempotent): silos, then gateways."""
-        stop_quietly(self.processes)
-        for gateway in reversed(list(self.gateways.values())):
-            gateway.stop()
-        self.gateways.clear()
+        """Stop everything this federation started (idempotent): silos (SuperNode, then
+        gateway), then the coordinator (gateway, then SuperLink)."""
+        while self.running:
+            item = self.running.pop()
+            try:
+                item.stop()
+            except Exception as exc:  # teardown must reach every process
+                log.warning("could not stop %s: %s", item, exc)
 
     def __enter__(self) -> LocalFederation:
         return self

@@ -104,9 +104,10 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         return None if value in (None, "") else (base / str(value)).resolve()
 
     silo, dat, model = data.get("silo", {}), data.get("data", {}), data.get("model", {})
+    name = str(_require(silo, "name", "silo", path))
     schema_table = _require(dat, "schema", "data", path)
     return SiloConfig(
-        name=str(_require(silo, "name", "silo", path)),
+        name=name,
         path=path,
         workspace=resolve(silo.get("workspace", "workspace")),  # type: ignore[arg-type]
         superlink=silo.get("superlink"),

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from coordinator.config import RunConfig, load_run_config
-from coordinator.console import follow_run, round_table
+from coordinator.console import follow_run, make_console, round_table
 from coordinator.home import CoordinatorHome, start_coordinator, write_gateway_home
 from coordinator.run_store import RunStore
 from coordinator.runs import new_run_dir, submit_run
@@ -19,7 +18,7 @@ from xsilo.errors import ConfigError, DeploymentError
 
 app = typer.Typer(help="Run the coordinator (a Flower SuperLink + the xsilo ServerApp).",
                   no_args_is_help=True)
-console = Console()
+console = make_console()
 
 HomeOpt = typer.Option(Path("."), "--home", help="Coordinator home (has coordinator.toml).")
 

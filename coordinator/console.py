@@ -12,7 +12,14 @@ from rich.table import Table
 from coordinator.run_store import RunStore
 from xsilo.errors import DeploymentError
 
-__all__ = ["follow_run", "round_table"]
+__all__ = ["follow_run", "make_console", "round_table"]
+
+
+def make_console() -> Console:
+    """A console for CLI output; logs and pipes get 120 columns instead of rich's 80."""
+    import sys
+
+    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -67,8 +74,10 @@ def follow_run(store: RunStore, status: Callable[[], str], *, console: Console,
                 next_status = time.monotonic() + status_every
             if state.startswith("finished"):
                 live.update(round_table(store.events(), title=f"rounds ({state})"))
-                return state
+                break
             if time.monotonic() > deadline:
                 raise DeploymentError(f"run did not finish within {timeout:.0f} s "
                                       f"(last status {state!r}); see the SuperLink log")
             time.sleep(poll)
+    console.print()
+    return state

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from coordinator.config import RunConfig, write_run_config
-from coordinator.home import CoordinatorHome
 from coordinator.run_store import RunStore
 from deploy.launch import FlowerCLI
 from xsilo.errors import ConfigError

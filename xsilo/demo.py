@@ -19,10 +19,10 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from coordinator.config import RunConfig
+from coordinator.console import make_console
 from coordinator.run_store import load_npz
 from silo_client.adapters.base import build_model
 from silo_client.config import SiloConfig
@@ -32,7 +32,7 @@ from xsilo.federation import LocalFederation
 
 __all__ = ["demo"]
 
-console = Console()
+console = make_console()
 MODEL = "sklearn:LogisticRegression"
 
 

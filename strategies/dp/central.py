@@ -12,12 +12,12 @@ which is itself data-dependent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from strategies.dp.clipping import clip_update
+from strategies.dp.clipping import ClipResult, clip_update
 from strategies.dp.noise import gaussian_noise, snap_to_grid
 from strategies.dp.randomness import ByteSource
 from xsilo.errors import ConfigError
@@ -42,8 +42,12 @@ def clip_and_sum(
     *,
     clip_norm: float,
     max_weight: float,
+    on_clipped: Callable[[ClipResult], None] | None = None,
 ) -> ClippedSum:
-    """``sum_i min(w_i, w_max) * clip_C(Delta_i)`` in float64, plus b_i = 1[||Delta_i|| <= C]."""
+    """``sum_i min(w_i, w_max) * clip_C(Delta_i)`` in float64, plus b_i = 1[||Delta_i|| <= C].
+
+    ``on_clipped``, when given, sees every :class:`ClipResult` (audit hooks and tests).
+    """
     if len(deltas) != len(weights) or not deltas:
         raise ConfigError(f"need one weight per update, got {len(deltas)} updates, {len(weights)} weights")
     total: dict[str, np.ndarray] = {k: np.zeros(np.shape(v)) for k, v in deltas[0].items()}
@@ -52,6 +56,8 @@ def clip_and_sum(
         if not w >= 0:
             raise ConfigError(f"aggregation weight must be >= 0, got {w!r}")
         res = clip_update(delta, clip_norm=clip_norm)
+        if on_clipped is not None:
+            on_clipped(res)
         cap = min(float(w), max_weight)
         for k in total:
             total[k] += cap * res.update[k].astype(np.float64)

@@ -112,6 +112,10 @@ class DPConfig:
             raise ConfigError("[dp] needs 'mechanism' and 'noise_multiplier'")
         return cls(**{"clip_norm": None, **dict(table)})
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The ``[dp]`` table that rebuilds this config (unset optional keys left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
     @property
     def accounting_method(self) -> str:
         if self.accounting != "auto":

@@ -1,0 +1,239 @@
+"""Differential privacy in a run, coordinator side: terms, clipping, noise, accounting, stop.
+
+One :class:`RunPrivacy` per run drives the Flower-free DP core (:mod:`strategies.dp`) from
+the round loop, over plain numpy:
+
+* **before a round** — :meth:`RunPrivacy.check_budget` raises
+  :class:`~xsilo.errors.PrivacyBudgetExceeded` when the round would take ε above
+  ``max_epsilon`` (the loop stops cleanly *before* that round); :meth:`train_config` is the
+  round's DP event (mechanism, z, C, δ, …) sent to every silo, which re-derives ε itself;
+* **central mechanism** — :meth:`aggregate` clips each update to C, caps each weight at
+  ``w_max``, sums, and adds ``N(0, (z_sum · w_max · C)² I)`` from the secure byte source
+  (``os.urandom`` unless a test passes a seeded one); with adaptive clipping it also
+  releases the noisy unclipped fraction and moves C (Andrew et al. 2021);
+* **after the round** — :meth:`commit_round` composes the event into the accountant and
+  returns the row fields (ε at δ, C used, σ on the sum).
+
+Sensitivity and the denominator: under add/remove-one-silo neighbouring the capped,
+clipped sum changes by at most ``w_max · C`` (``weighted_sum_sensitivity``). The strategy
+receives the noisy sum with the **public** total weight ``participants · w_max``
+(``participants`` = silos the coordinator asked this round, fixed before any data is seen),
+never the realised ``Σ min(w_i, w_max)``, which depends on the data and on who replied.
+
+State (accountant history, adaptive C) is checkpointed next to the strategy's state under
+the ``dp/`` keys of :meth:`state_arrays`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from strategies.api import Strategy, Update
+from strategies.dp import (
+    Accountant,
+    DPConfig,
+    add_central_noise,
+    clip_and_sum,
+    default_source,
+)
+from strategies.dp.accounting import Event
+from strategies.dp.adaptive import AdaptiveClipState
+from strategies.dp.clipping import ClipResult
+from strategies.dp.randomness import ByteSource
+from strategies.registry import check_compatible
+from xsilo.errors import ConfigError
+
+__all__ = ["DP_TERMS_KEY", "CentralResult", "RunPrivacy", "check_run_privacy", "parse_dp"]
+
+log = logging.getLogger(__name__)
+
+DP_TERMS_KEY = "dp"  # config key (join and train): the run's [dp] table as JSON
+_STATE_KEY = "dp/state"
+
+# Secure-aggregation paths the round loop can run DP through; ``coordinator.secure`` adds
+# to this set once it can carry silo-clipped (central) or pre-encoded (distributed) vectors.
+SECURE_DP_MECHANISMS: set[str] = set()
+
+
+def parse_dp(value: Any) -> DPConfig | None:
+    """A run's ``dp`` setting: None, a :class:`DPConfig`, or a ``[run.dp]`` table."""
+    if value is None or isinstance(value, DPConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"run setting dp must be a table ([run.dp]), got {value!r}")
+    return DPConfig.from_mapping(value)
+
+
+def check_run_privacy(dp: DPConfig | None, strategy: Strategy, *, secure_aggregation: bool) -> None:
+    """Refuse, before any silo is contacted, a DP setup the round loop cannot honour.
+
+    Raises
+    ------
+    StrategyError
+        A per-update strategy with DP (it would need each un-noised update).
+    ConfigError
+        Distributed DP without secure aggregation, adaptive clipping under secure
+        aggregation, or a secure-aggregation DP path this version does not run.
+    """
+    check_compatible(strategy, secure_aggregation=secure_aggregation,
+                     differential_privacy=dp is not None)
+    if dp is None:
+        return
+    if dp.mechanism == "distributed" and not secure_aggregation:
+        raise ConfigError(
+            "dp.mechanism = 'distributed' adds each silo's noise share under secure "
+            "aggregation; set secure_aggregation = true, or use dp.mechanism = 'central'")
+    if secure_aggregation and dp.clipping == "adaptive":
+        raise ConfigError(
+            "dp.clipping = 'adaptive' needs each silo's clipped/unclipped bit, which secure "
+            "aggregation hides; use clipping = 'fixed' with secure aggregation")
+    if secure_aggregation and dp.mechanism not in SECURE_DP_MECHANISMS:
+        missing = ("silo-side clipping before masking" if dp.mechanism == "central" else
+                   "a masking entry point for pre-encoded discrete-Gaussian vectors")
+        raise ConfigError(
+            f"dp.mechanism = {dp.mechanism!r} with secure_aggregation = true is not available "
+            f"in this xsilo version: the secure-aggregation round does not yet provide "
+            f"{missing}; running it without noise would break the guarantee. Use "
+            "dp.mechanism = 'central' with secure_aggregation = false")
+
+
+@dataclass(frozen=True)
+class CentralResult:
+    """What :meth:`RunPrivacy.aggregate` hands the strategy, and what it used."""
+
+    delta_sum: dict[str, np.ndarray]
+    total_weight: float  # public: participants * w_max
+    clip_norm: float
+    noise_stddev: float
+    unclipped_fraction: float | None  # noisy b_bar (adaptive clipping only)
+
+
+class RunPrivacy:
+    """Silo-level DP for one run at the coordinator (see the module docstring).
+
+    Parameters
+    ----------
+    dp
+        The run's validated DP settings.
+    num_silos
+        Silos admitted at join (sets the adaptive count noise ``max(n/20, z)``).
+    rng
+        Byte source for every noise draw; the operating system's CSPRNG by default.
+    on_clipped
+        Optional audit hook called with every :class:`ClipResult` (tests use it).
+    """
+
+    def __init__(self, dp: DPConfig, *, num_silos: int, rng: ByteSource | None = None,
+                 on_clipped: Callable[[ClipResult], None] | None = None) -> None:
+        self.dp = dp
+        self.num_silos = int(num_silos)
+        self.rng = rng or default_source()
+        self.on_clipped = on_clipped
+        self.accountant: Accountant = dp.accountant()
+        self.adaptive: AdaptiveClipState | None = (
+            dp.adaptive_state(self.num_silos) if dp.clipping == "adaptive" else None)
+        self.run_token = secrets.token_hex(8)  # keys the silos' per-run tallies
+
+    # -- terms and the budget ---------------------------------------------------------
+    @property
+    def clip_norm(self) -> float:
+        """C for the next round (it moves after every round under adaptive clipping)."""
+        return self.adaptive.clip_norm if self.adaptive else float(self.dp.clip_norm)  # type: ignore[arg-type]
+
+    @property
+    def noise_stddev(self) -> float:
+        """Std of the Gaussian added to the capped, clipped sum in the next round."""
+        return self.dp.sum_noise_stddev(clip_norm=self.clip_norm, num_silos=self.num_silos)
+
+    def event(self) -> Event:
+        """The accounting event of one central round (adaptive: the total z, Thm. 1)."""
+        return self.dp.round_event()
+
+    def join_terms(self) -> dict[str, Any]:
+        """What silos see at join: the DP table (JSON) and this run's tally key."""
+        return {DP_TERMS_KEY: json.dumps(self.dp.to_mapping(), sort_keys=True),
+                "dp-run": self.run_token}
+
+    def projected_epsilon(self, num_rounds: int) -> float:
+        """ε after ``num_rounds`` rounds, or ``max_epsilon`` if the run would stop earlier."""
+        acct = self.dp.accountant()
+        for _ in range(num_rounds):
+            acct.compose_round(self.event())
+        eps = acct.epsilon()
+        return min(eps, self.dp.max_epsilon) if self.dp.max_epsilon is not None else eps
+
+    def check_budget(self, server_round: int) -> float | None:
+        """ε the round would reach; raises PrivacyBudgetExceeded above ``max_epsilon``."""
+        budget = self.dp.budget()
+        if budget is None:
+            return None
+        return budget.check(self.accountant, self.event(), round_number=server_round)
+
+    def train_config(self) -> dict[str, Any]:
+        """The round's DP parameters for every silo's train message."""
+        return {**self.join_terms(), "dp-clip-norm": self.clip_norm,
+                "dp-noise-stddev": self.noise_stddev}
+
+    # -- the central mechanism --------------------------------------------------------
+    def aggregate(self, updates: Sequence[Update], *, participants: int) -> CentralResult:
+        """Clip, cap weights, sum, add noise; adaptive C moves for the next round."""
+        if participants < len(updates) or not updates:
+            raise ConfigError(f"need 1..participants={participants} updates, got {len(updates)}")
+        clip, sigma = self.clip_norm, self.noise_stddev
+        clipped = clip_and_sum([u.delta for u in updates], [u.weight for u in updates],
+                               clip_norm=clip, max_weight=self.dp.max_weight,
+                               on_clipped=self.on_clipped)
+        noisy = add_central_noise(clipped.total, stddev=sigma, rng=self.rng)
+        fraction = None
+        if self.adaptive is not None:
+            self.adaptive, fraction = self.adaptive.step(clipped.unclipped, rng=self.rng)
+        return CentralResult(noisy, participants * self.dp.max_weight, clip, sigma, fraction)
+
+    def commit_round(self, result: CentralResult | None = None) -> dict[str, Any]:
+        """Compose the released round into the accountant; return the row's DP fields."""
+        self.accountant.compose_round(self.event())
+        fields = self.row_fields()
+        if result is not None:
+            fields.update({"clip_norm": result.clip_norm, "noise_stddev": result.noise_stddev})
+            if result.unclipped_fraction is not None:
+                fields["unclipped_fraction"] = result.unclipped_fraction
+                fields["next_clip_norm"] = self.clip_norm
+        return fields
+
+    def row_fields(self) -> dict[str, Any]:
+        """ε so far (at δ) and the mechanism; a round that released nothing keeps ε."""
+        return {"epsilon": self.accountant.epsilon(), "delta": self.dp.delta,
+                "dp_mechanism": self.dp.mechanism, "clip_norm": self.clip_norm,
+                "noise_stddev": self.noise_stddev}
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"epsilon": self.accountant.epsilon(), "delta": self.dp.delta,
+                "dp_mechanism": self.dp.mechanism, "dp_rounds": self.accountant.rounds,
+                "max_epsilon": self.dp.max_epsilon}
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Accountant history and adaptive C as a 0-d string array (``dp/state``)."""
+        state = {"accountant": self.accountant.state_dict(), "run_token": self.run_token,
+                 "clip_norm": self.clip_norm}
+        return {_STATE_KEY: np.asarray(json.dumps(state, sort_keys=True))}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Restore from a checkpoint's state; return the remaining (strategy) entries."""
+        rest = {k: v for k, v in arrays.items() if not k.startswith("dp/")}
+        if _STATE_KEY not in arrays:
+            raise ConfigError("the checkpoint holds no DP state (dp/state) but the run uses DP; "
+                              "resume only from checkpoints of the same run")
+        state = json.loads(str(np.asarray(arrays[_STATE_KEY])))
+        self.accountant = Accountant.from_state_dict(state["accountant"])
+        self.run_token = state["run_token"]
+        if self.adaptive is not None:
+            self.adaptive = replace(self.adaptive, clip_norm=float(state["clip_norm"]))
+        return rest

@@ -41,9 +41,16 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     for silo in silos:
         table.add_column(silo, justify="right")
     table.add_column("train loss", justify="right")
+    dp = any("epsilon" in e for e in rows)
+    if dp:
+        table.add_column("ε", justify="right", style="bold magenta")
+        table.add_column("C", justify="right")
     table.add_column("s", justify="right")
     table.add_column("status")
     table.caption = "acc/loss: global model on all silos' test splits; per silo: accuracy"
+    if dp:
+        delta = next((f"{e['delta']:g}" for e in rows if e.get("delta") is not None), "?")
+        table.caption += f"; ε: privacy spent after the round at δ={delta}; C: clip norm used"
     for e in rows:
         per = e.get("silos", {})
         status = e.get("status", "")
@@ -52,7 +59,9 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
         table.add_row(
             str(e["round"]), _fmt(e.get("global_accuracy")), _fmt(e.get("global_loss")),
             *[_fmt(per.get(s, {}).get("accuracy")) for s in silos],
-            _fmt(e.get("train_loss")), _fmt(e.get("round_seconds"), ".1f"), status)
+            _fmt(e.get("train_loss")),
+            *([_fmt(e.get("epsilon"), ".3f"), _fmt(e.get("clip_norm"), ".3g")] if dp else []),
+            _fmt(e.get("round_seconds"), ".1f"), status)
     return table
 
 

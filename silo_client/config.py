@@ -21,6 +21,8 @@
     [model]
     spec = "sklearn:LogisticRegression"   # or "my_pkg.models:build"
     params = { C = 1.0 }                  # passed to the builder
+    dp_sgd = { noise_multiplier = 1.0, max_grad_norm = 1.0 }   # optional, torch only:
+                                          # record-level DP-SGD (silo_client.privacy)
 
     [policy]
     file = "policy.toml"              # optional site policy
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from silo_client.data import DataSchema
+from silo_client.privacy import DPSGDSettings
 from xsilo.errors import ConfigError
 
 __all__ = ["SiloConfig", "load_silo_config", "write_silo_config"]
@@ -44,7 +47,7 @@ _SECTIONS = {
     "silo": {"name", "workspace", "superlink", "root_certificates", "auth_key",
              "gateway", "client_cert", "client_key"},
     "data": {"train", "test", "schema"},
-    "model": {"spec", "params"},
+    "model": {"spec", "params", "dp_sgd"},
     "policy": {"file"},
 }
 
@@ -66,6 +69,7 @@ class SiloConfig:
     model_params: Mapping[str, Any] = field(default_factory=dict)
     policy_file: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    dp_sgd: DPSGDSettings | None = None
 
 
 def _check_keys(data: Mapping[str, Any], path: Path) -> None:
@@ -120,14 +124,25 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         model_params=dict(model.get("params", {})),
         policy_file=resolve(data.get("policy", {}).get("file")),
         extra={k: v for k, v in silo.items() if k in {"gateway", "client_cert", "client_key"}},
+        dp_sgd=_dp_sgd(model.get("dp_sgd"), path),
     )
+
+
+def _dp_sgd(table: Any, path: Path) -> DPSGDSettings | None:
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path}: [model] dp_sgd must be a table, e.g. "
+                          "{ noise_multiplier = 1.0, max_grad_norm = 1.0 }")
+    return DPSGDSettings.from_mapping(table, source=str(path))
 
 
 def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str, Any],
                       model: str, test: Path | None = None, superlink: str | None = None,
                       root_certificates: Path | None = None, auth_key: Path | None = None,
                       model_params: Mapping[str, Any] | None = None,
-                      policy_file: Path | None = None, workspace: str = "workspace") -> Path:
+                      policy_file: Path | None = None, workspace: str = "workspace",
+                      dp_sgd: Mapping[str, Any] | None = None) -> Path:
     """Write a ``silo.toml`` (paths stored as given); return its path."""
     import tomli_w
 
@@ -141,6 +156,8 @@ def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str
         data["data"]["test"] = str(test)
     data["data"]["schema"] = dict(schema)
     data["model"] = {"spec": model, "params": dict(model_params or {})}
+    if dp_sgd is not None:
+        data["model"]["dp_sgd"] = dict(dp_sgd)
     if policy_file is not None:
         data["policy"] = {"file": str(policy_file)}
     path = Path(path)

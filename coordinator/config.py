@@ -34,6 +34,13 @@ class RunConfig:
     round_timeout : seconds to wait for replies in one round; late silos are dropped.
     join_timeout : seconds to wait for ``expected_silos`` to connect.
     seed : seeds every silo's model initialisation identically.
+    secure_aggregation : mask every update (strategies.secagg); the coordinator sees only sums.
+    secagg_threshold : fewest survivors for a secure round to unmask (0 = the default
+        ``max(2, min_silos, ⌈2n/3⌉)`` for the ``n`` silos that joined); never below ``min_silos``.
+    secagg_clip : each update value is clipped to ``[-clip, clip]`` before quantization.
+    secagg_bits : quantization bits per value (step ``2·clip/(2^bits − 1)``).
+    secagg_max_weight : largest integer weight (example count) a silo masks; larger counts
+        are capped and reported in the round row.
     """
 
     num_rounds: int = 5
@@ -48,6 +55,10 @@ class RunConfig:
     join_timeout: float = 120.0
     seed: int = 0
     secure_aggregation: bool = False
+    secagg_threshold: int = 0
+    secagg_clip: float = 10.0
+    secagg_bits: int = 16
+    secagg_max_weight: int = 1000
     name: str = "run"
 
     def __post_init__(self) -> None:
@@ -70,6 +81,30 @@ class RunConfig:
             raise ConfigError(f"strategy must be a strategy name, got {self.strategy!r}")
         if not isinstance(self.strategy_params, Mapping):
             raise ConfigError("strategy_params must be a table of parameter = value")
+        if self.secure_aggregation:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        from strategies.secagg import validate_params
+
+        t = self.secagg_threshold
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0 or t == 1:
+            raise ConfigError(f"secagg_threshold must be 0 (automatic) or an integer ≥ 2, got {t!r}")
+        if t and t < self.min_silos:
+            raise ConfigError(
+                f"secagg_threshold ({t}) is below min_silos ({self.min_silos}): a round could "
+                f"unmask fewer updates than min_silos; set secagg_threshold ≥ {self.min_silos} "
+                "or lower min_silos")
+        if t and t > self.wait_for:
+            raise ConfigError(
+                f"secagg_threshold ({t}) is above the {self.wait_for} silo(s) the run waits for; "
+                f"set expected_silos ≥ {t} or secagg_threshold ≤ {self.wait_for}")
+        try:
+            validate_params(num_silos=max(self.wait_for, 2), clip=self.secagg_clip,
+                            bits=self.secagg_bits, max_weight=self.secagg_max_weight)
+        except ConfigError as exc:  # name the run settings, not the protocol's parameters
+            raise ConfigError(f"secure aggregation settings (secagg_clip, secagg_bits, "
+                              f"secagg_max_weight): {exc}") from exc
 
     @property
     def wait_for(self) -> int:
@@ -86,7 +121,7 @@ class RunConfig:
                 f"unknown run setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}"
             )
         kwargs = dict(values)
-        for name in ("learning_rate", "round_timeout", "join_timeout"):
+        for name in ("learning_rate", "round_timeout", "join_timeout", "secagg_clip"):
             if isinstance(kwargs.get(name), int) and not isinstance(kwargs.get(name), bool):
                 kwargs[name] = float(kwargs[name])
         try:

@@ -8,6 +8,11 @@ one round later; the loop emits the row for round *r* as soon as model *r* was e
 
 A failed round (too few usable updates) keeps the previous model and is reported, never
 hidden; an exception fails the run and is recorded in ``summary.json``.
+
+With ``secure_aggregation`` the rounds run through :mod:`coordinator.secure` (a key setup
+after join, then two round trips per round); the strategy then sees only ``Σ w·delta`` and
+``Σ w``. Both paths end in :meth:`RoundLoop._step_from_sum`, the one place a sum becomes
+the next model.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 from coordinator.config import RunConfig
 from coordinator.messages import Payload, Reply
 from coordinator.run_store import RunStore
+from coordinator.secure import SecureAggregation
 from strategies.aggregate import SumAccumulator, validate_update
 from strategies.api import PerUpdateStrategy, Strategy, SumStrategy, Update
 from xsilo.errors import ConfigError, DeploymentError, ModelError, UpdateRejected
@@ -60,11 +66,19 @@ class _PendingRow:
     train_loss: float | None = None
     contributors: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _weighted_mean(values: list[tuple[float, float]]) -> float | None:
     total = sum(w for _, w in values)
     return sum(v * w for v, w in values) / total if total > 0 else None
+
+
+def _clip_report(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """What the silos said about clipping and weight capping before quantization."""
+    return {"clipped_values": int(sum(m.get("secagg-clipped", 0) for m in metrics.values())),
+            "capped_weights": sorted(n for n, m in metrics.items() if m.get("secagg-capped"))}
 
 
 class RoundLoop:
@@ -78,6 +92,7 @@ class RoundLoop:
         self.strategy = strategy
         self.members: dict[int, _Member] = {}
         self.failed_rounds: list[int] = []
+        self.secure: SecureAggregation | None = None
 
     # ------------------------------------------------------------------ join
     def join(self) -> dict[str, np.ndarray]:
@@ -144,6 +159,8 @@ class RoundLoop:
         started = time.monotonic()
         try:
             current = self.join()
+            if self.config.secure_aggregation:
+                self._setup_secure(current)
             pending = _PendingRow(0, "initial", time.monotonic() - started)
             for server_round in range(1, self.config.num_rounds + 1):
                 current, pending = self._round(server_round, current, pending)
@@ -161,6 +178,15 @@ class RoundLoop:
                 "batch-size": cfg.batch_size, "seed": cfg.seed,
                 "strategy": cfg.strategy, **extra}
 
+    def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
+        """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""
+        self.secure = SecureAggregation(self.config, self.transport, sorted(self.members), current)
+        problems = self.secure.setup()
+        self.store.append_event({
+            "event": "secure_aggregation_setup", **self.secure.settings(),
+            "keyed": sorted(m.name for n, m in self.members.items() if n not in problems),
+            "not_keyed": {self.members[n].name: why for n, why in problems.items()}})
+
     def _round(self, server_round: int, current: dict[str, np.ndarray],
                pending: _PendingRow) -> tuple[dict[str, np.ndarray], _PendingRow]:
         t0 = time.monotonic()
@@ -169,22 +195,56 @@ class RoundLoop:
         plan = self.strategy.configure_round(
             server_round, sorted(n for n in self.members if n in connected))
         config = self._train_config(server_round, {**plan.config, "participants": len(plan.silos)})
-        replies = self.transport.exchange(
-            "train", {n: Payload(config, current) for n in plan.silos},
-            timeout=self.config.round_timeout, group=str(server_round))
-        self._emit_row(pending, replies)
         row = _PendingRow(server_round, "ok", 0.0)
-        updates = self._collect(replies, current, row)
-        if len(updates) < self.config.min_silos:
-            row.status = "failed"
-            self.failed_rounds.append(server_round)
-            log.error("round %d failed: %d usable update(s), min_silos is %d; model kept",
-                      server_round, len(updates), self.config.min_silos)
+        if self.secure is not None:
+            current = self._secure_round(current, pending, row, plan.silos, config)
         else:
-            current = self._aggregate(current, updates, server_round)
+            replies = self.transport.exchange(
+                "train", {n: Payload(config, current) for n in plan.silos},
+                timeout=self.config.round_timeout, group=str(server_round))
+            self._emit_row(pending, replies)
+            updates = self._collect(replies, current, row)
+            if len(updates) < self.config.min_silos:
+                self._fail(row, f"{len(updates)} usable update(s), min_silos is "
+                                f"{self.config.min_silos}")
+            else:
+                current = self._aggregate(current, updates, server_round)
+        if row.status == "ok":
             self.store.save_checkpoint(server_round, current, self.strategy.state_dict())
         row.seconds = time.monotonic() - t0
         return current, row
+
+    def _fail(self, row: _PendingRow, reason: str) -> None:
+        row.status, row.reason = "failed", reason
+        self.failed_rounds.append(row.server_round)
+        log.error("round %d failed: %s; model kept", row.server_round, reason)
+
+    def _secure_round(self, current: dict[str, np.ndarray], pending: _PendingRow,
+                      row: _PendingRow, silos: tuple[int, ...],
+                      config: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Two round trips through ``coordinator.secure``; the strategy gets only the sum."""
+        assert self.secure is not None
+        config = {**config, "secagg-weighted": self.strategy.weighted}
+        outcome = self.secure.round(row.server_round, config, current, silos)
+        # No masking round trip happened (too few keyed silos): still evaluate the model.
+        replies = (outcome.replies if outcome.trained
+                   else self._evaluate(current, silos, row.server_round, f"{row.server_round}-eval"))
+        self._emit_row(pending, replies)
+        row.rejected = {self.members[n].name: p for n, p in outcome.problems.items()}
+        row.contributors = [self.members[n].name for n in outcome.contributors]
+        row.extra["secure_aggregation"] = {**outcome.report, **_clip_report(
+            {self.members[n].name: replies[n].metrics for n in outcome.contributors})}
+        row.train_loss = _weighted_mean([
+            (float(replies[n].metrics["train_loss"]), float(replies[n].metrics["num-examples"]))
+            for n in outcome.contributors if "train_loss" in replies[n].metrics])
+        if outcome.failure is None and outcome.total_weight <= 0:
+            outcome.failure = "the unmasked total weight is 0 (every silo sent weight 0)"
+        if outcome.failure is not None:
+            self._fail(row, outcome.failure)
+            return current
+        assert outcome.weighted_sum is not None
+        return self._step_from_sum(current, outcome.weighted_sum, outcome.total_weight,
+                                   row.server_round)
 
     def _collect(self, replies: Mapping[int, Reply], current: Mapping[str, np.ndarray],
                  row: _PendingRow) -> list[Update]:
@@ -217,16 +277,26 @@ class RoundLoop:
             acc = SumAccumulator(current)
             for update in updates:
                 acc.add(update)
-            return self.strategy.step(current, acc.result(), acc.total_weight, server_round)
+            return self._step_from_sum(current, acc.result(), acc.total_weight, server_round)
         assert isinstance(self.strategy, PerUpdateStrategy)
         return self.strategy.aggregate(current, updates, server_round)
 
+    def _step_from_sum(self, current: dict[str, np.ndarray], delta_sum: Mapping[str, np.ndarray],
+                       total_weight: float, server_round: int) -> dict[str, np.ndarray]:
+        """The one place a weighted sum of deltas (clear or unmasked) becomes the next model."""
+        assert isinstance(self.strategy, SumStrategy)
+        return self.strategy.step(current, dict(delta_sum), total_weight, server_round)
+
+    def _evaluate(self, current: dict[str, np.ndarray], nodes: Any, server_round: int,
+                  group: str, **extra: Any) -> dict[int, Reply]:
+        config = {"server-round": server_round, **extra}
+        return self.transport.exchange(
+            "evaluate", {n: Payload(config, current) for n in sorted(nodes)},
+            timeout=self.config.round_timeout, group=group)
+
     def _final_evaluation(self, current: dict[str, np.ndarray], pending: _PendingRow) -> None:
-        config = {"server-round": self.config.num_rounds, "final": True}
-        replies = self.transport.exchange(
-            "evaluate", {n: Payload(config, current) for n in sorted(self.members)},
-            timeout=self.config.round_timeout, group="final")
-        self._emit_row(pending, replies)
+        self._emit_row(pending, self._evaluate(current, self.members, self.config.num_rounds,
+                                               "final", final=True))
 
     def _emit_row(self, row: _PendingRow, replies: Mapping[int, Reply]) -> None:
         """Write the row of ``row.server_round`` using the evaluations in ``replies``."""
@@ -249,7 +319,8 @@ class RoundLoop:
             "global_loss": _weighted_mean(losses), "global_accuracy": _weighted_mean(accs),
             "silos": per_silo, "train_loss": row.train_loss,
             "round_seconds": round(row.seconds, 3), "contributors": sorted(row.contributors),
-            "rejected": row.rejected})
+            "rejected": row.rejected, **({"reason": row.reason} if row.reason else {}),
+            **row.extra})
 
     def _finish(self, status: str, started: float, *, error: str | None = None) -> dict[str, Any]:
         rows = [e for e in self.store.events() if e.get("event") == "round"]

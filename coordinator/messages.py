@@ -16,6 +16,7 @@ class Payload:
 
     config: Mapping[str, Any]
     arrays: Mapping[str, np.ndarray] | None = None
+    secagg: Mapping[str, Any] | None = None  # a strategies.secagg message's to_record()
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,4 @@ class Reply:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     error: SiloError | None = None
+    secagg: dict[str, Any] | None = None  # a strategies.secagg message record (masked input …)

@@ -19,7 +19,8 @@ __all__ = ["app", "run_coordinator"]
 log = logging.getLogger(__name__)
 app = ServerApp()
 
-# Debug hook: when set (by tests), receives every raw reply the coordinator process gets.
+# Debug hook: when set (by tests), receives every raw reply Message the coordinator process
+# gets (join, key setup, masked inputs, unmask shares, evaluations) — the coordinator's view.
 RECORDER = None
 
 
@@ -31,12 +32,6 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1) -> 
     strategy = build_strategy(config.strategy, config.strategy_params)
     check_compatible(strategy, secure_aggregation=config.secure_aggregation,
                      differential_privacy=False)
-    if config.secure_aggregation:
-        # The masking protocol (strategies.secagg) is not wired into the round loop yet;
-        # running "secure" rounds in the clear would be a lie, so refuse.
-        raise ConfigError("secure_aggregation = true is not available in this xsilo version "
-                          "(the round loop does not run the masking protocol yet); set "
-                          "secure_aggregation = false")
     store = RunStore(run_dir)
     store.prepare()
     transport = GridTransport(grid, poll_interval=poll_interval, recorder=RECORDER)

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from coordinator.messages import Payload, Reply, SiloError
 from xsilo.errors import DeploymentError
 from xsilo.records import arrays_to_record, record_to_arrays
-from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SILO
+from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS, SILO
 
 __all__ = ["GridTransport"]
 
@@ -47,7 +47,12 @@ def _to_reply(node_id: int, msg: Message) -> Reply:
             break
     metrics = dict(content.metric_records[METRICS]) if METRICS in content.metric_records else {}
     info = dict(content.config_records[SILO]) if SILO in content.config_records else {}
-    return Reply(node_id, arrays=arrays, metrics=metrics, info=info)
+    secagg = None
+    if SECAGG in content.config_records:
+        secagg = dict(content.config_records[SECAGG])
+        if SECAGG_ARRAYS in content.array_records:
+            secagg.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
+    return Reply(node_id, arrays=arrays, metrics=metrics, info=info, secagg=secagg)
 
 
 class GridTransport:
@@ -110,5 +115,11 @@ class GridTransport:
         content = RecordDict({CONFIG: ConfigRecord(dict(payload.config))})
         if payload.arrays is not None:
             content[ARRAYS] = arrays_to_record(payload.arrays)
+        if payload.secagg is not None:
+            scalars = {k: v for k, v in payload.secagg.items() if not isinstance(v, np.ndarray)}
+            vectors = {k: v for k, v in payload.secagg.items() if isinstance(v, np.ndarray)}
+            content[SECAGG] = ConfigRecord(scalars)
+            if vectors:
+                content[SECAGG_ARRAYS] = arrays_to_record(vectors)
         return Message(content, dst_node_id=node, message_type=message_type,
                        group_id=group, ttl=max(timeout + 60.0, 120.0))

@@ -4,6 +4,11 @@ Every SuperNode is started with ``--node-config 'silo-config="/abs/path/silo.tom
 Any :class:`~xsilo.errors.XsiloError` becomes a typed error reply whose reason is JSON
 (``type``, ``reason``, ``message``), so the coordinator can show *why* a silo refused;
 the silo process itself never crashes on bad input.
+
+Secure aggregation (``silo_client.secure``): ``train.secagg_setup`` once per run, the
+MaskRequest inside ``train``, ``train.unmask`` after it. The protocol state (private keys)
+lives in Flower's node-local ``context.state`` only. A silo that joined a secure run, or
+whose site policy requires secure aggregation, never sends an update in the clear.
 """
 
 from __future__ import annotations
@@ -16,15 +21,22 @@ from typing import Any, Callable
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+import numpy as np
+
+from silo_client import secure
 from silo_client.silo import Silo
-from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
+from xsilo.errors import ConfigError, PolicyRefusal, ProtocolError, XsiloError
 from xsilo.records import arrays_to_record, record_to_arrays
-from xsilo.protocol import ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SILO
+from xsilo.protocol import (ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SECAGG, SECAGG_ARRAYS,
+                            SILO)
 
 __all__ = ["app"]
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+
+_SECAGG_STATE = "xsilo.secagg"  # context.state: protocol state, holds private keys
+_RUN_TERMS = "xsilo.run"  # context.state: the terms this silo joined the run under
 
 
 def _silo(context: Context) -> Silo:
@@ -85,12 +97,43 @@ def _config(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[CONFIG]) if CONFIG in msg.content.config_records else {}
 
 
+def _secagg_record(msg: Message) -> dict[str, Any] | None:
+    content = msg.content
+    if SECAGG not in content.config_records:
+        return None
+    record = dict(content.config_records[SECAGG])
+    if SECAGG_ARRAYS in content.array_records:
+        record.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
+    return record
+
+
+def _secagg_content(record: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {SECAGG: ConfigRecord(
+        {k: v for k, v in record.items() if not isinstance(v, np.ndarray)})}
+    vectors = {k: v for k, v in record.items() if isinstance(v, np.ndarray)}
+    if vectors:
+        out[SECAGG_ARRAYS] = arrays_to_record(vectors)
+    return out
+
+
+def _stored(context: Context) -> dict[str, Any] | None:
+    records = context.state.config_records
+    return dict(records[_SECAGG_STATE]) if _SECAGG_STATE in records else None
+
+
+def _secure_run(context: Context, silo: Silo) -> bool:
+    terms = context.state.config_records.get(_RUN_TERMS, {})
+    return bool(silo.policy.require_secure_aggregation or terms.get("secure-aggregation", False))
+
+
 @app.query()
 @_guarded
 def join(msg: Message, context: Context) -> Message:
     """Validate data and run terms; answer with identity, fingerprint and initial model."""
     silo = _silo(context)
     info, params = silo.join(_config(msg))
+    context.state[_RUN_TERMS] = ConfigRecord(
+        {"secure-aggregation": bool(_config(msg).get("secure-aggregation", False))})
     silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
                        arrays=params, metrics={}, extra=info)
     return Message(RecordDict({SILO: ConfigRecord(info), ARRAYS: arrays_to_record(params)}),
@@ -103,11 +146,58 @@ def train(msg: Message, context: Context) -> Message:
     """Evaluate the incoming global model, train locally, reply with the update."""
     params = record_to_arrays(msg.content.array_records[ARRAYS])
     silo = _silo(context)
-    result = silo.train(params, _config(msg))
+    request = _secagg_record(msg)
+    if request is None and _secure_run(context, silo):
+        raise ProtocolError("this silo joined the run with secure aggregation (or its site "
+                            "policy requires it) but the train message has no mask request; "
+                            "refusing to send the update in the clear")
+    config = _config(msg)
+    result = silo.train(params, config)
+    if request is None:
+        silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
+                           arrays=result.delta, metrics=result.metrics)
+        return Message(RecordDict({DELTA: arrays_to_record(result.delta),
+                                   METRICS: MetricRecord(result.metrics)}), reply_to=msg)
+    outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
+                          num_examples=result.metrics["num-examples"],
+                          weighted=bool(config.get("secagg-weighted", True)))
+    context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
+    metrics = {**result.metrics, **outcome.metrics}
     silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
-                       arrays=result.delta, metrics=result.metrics)
-    return Message(RecordDict({DELTA: arrays_to_record(result.delta),
-                               METRICS: MetricRecord(result.metrics)}), reply_to=msg)
+                       arrays={"masked": outcome.reply["masked"]}, metrics=metrics, masked=True,
+                       extra={"secagg": outcome.reply["kind"],
+                              "record_sha256": secure.record_digest(outcome.reply)})
+    return Message(RecordDict({METRICS: MetricRecord(metrics), **_secagg_content(outcome.reply)}),
+                   reply_to=msg)
+
+
+@app.train("secagg_setup")
+@_guarded
+def secagg_setup(msg: Message, context: Context) -> Message:
+    """Secure-aggregation key setup (once per run): fresh keys, public halves to the coordinator."""
+    silo = _silo(context)
+    state, reply = secure.setup(_stored(context), _secagg_record(msg),
+                                silo_index=_config(msg).get("secagg-silo"))
+    context.state[_SECAGG_STATE] = ConfigRecord(state)
+    silo.record_egress(run_id=_run_id(msg), server_round=0, message_type=msg.metadata.message_type,
+                       arrays={}, metrics={}, extra={"secagg": reply["kind"],
+                                                     "record_sha256": secure.record_digest(reply)})
+    return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
+
+
+@app.train("unmask")
+@_guarded
+def unmask(msg: Message, context: Context) -> Message:
+    """Round trip 2 of a secure round: reveal the shares the protocol allows, nothing else."""
+    silo = _silo(context)
+    state, reply = secure.unmask(_stored(context), _secagg_record(msg))
+    context.state[_SECAGG_STATE] = ConfigRecord(state)
+    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg),
+                       message_type=msg.metadata.message_type, arrays={}, metrics={},
+                       extra={"secagg": reply["kind"], "self_shares": len(reply["self_shares"]),
+                              "pair_shares": len(reply["pair_shares"]),
+                              "record_sha256": secure.record_digest(reply)})
+    return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
 
 
 @app.evaluate()

@@ -67,12 +67,15 @@ class Silo:
 
     def record_egress(self, *, run_id: str, server_round: int, message_type: str,
                       arrays: Mapping[str, np.ndarray], metrics: Mapping[str, Any],
-                      extra: Mapping[str, Any] | None = None) -> None:
-        """Write the ledger entry for one outgoing message (before it is sent)."""
+                      extra: Mapping[str, Any] | None = None, masked: bool = False) -> None:
+        """Write the ledger entry for one outgoing message (before it is sent).
+
+        ``masked`` marks a secure-aggregation masked vector (what left is not the update).
+        """
         self.ledger.append(
             run_id=run_id, server_round=server_round, message_type=message_type,
             tensors=parameter_spec(dict(arrays)), payload_sha256=payload_digest(arrays, metrics),
-            masked=False, clip_norm=None, noise_sigma=None, epsilon=None, extra=extra)
+            masked=masked, clip_norm=None, noise_sigma=None, epsilon=None, extra=extra)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Silo:

@@ -1,9 +1,19 @@
 """The wire contract between the coordinator and its silos: record keys and message kinds.
 
 Both sides import these names so a renamed key cannot silently break one side.
+
+Secure aggregation adds two message types (``train.secagg_setup`` once per run,
+``train.unmask`` in every round) and one fixed **flattening order** for masked updates:
+the tensors in the order of the global model's ``ArrayRecord`` as the coordinator sent it
+(which is the model's parameter order), each raveled in C order, as float64. Both sides
+derive the order from that same message, so it cannot drift between them.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
 
 __all__ = [
     "ARRAYS",
@@ -11,7 +21,14 @@ __all__ = [
     "DELTA",
     "ERROR_CODES",
     "METRICS",
+    "SECAGG",
+    "SECAGG_ARRAYS",
+    "SECAGG_SETUP",
+    "SECAGG_UNMASK",
     "SILO",
+    "flatten_update",
+    "model_length",
+    "unflatten_update",
 ]
 
 ARRAYS = "arrays"  # ArrayRecord: the global model sent to silos / initial model from a silo
@@ -19,6 +36,11 @@ DELTA = "delta"  # ArrayRecord: a silo's update (local model − global model)
 CONFIG = "config"  # ConfigRecord: per-message instructions from the coordinator
 METRICS = "metrics"  # MetricRecord: numbers a silo reports
 SILO = "silo"  # ConfigRecord: silo identity, schema fingerprint, model spec (query reply)
+SECAGG = "secagg"  # ConfigRecord: one strategies.secagg protocol message (its scalar fields)
+SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord: its vector fields (the masked input)
+
+SECAGG_SETUP = "train.secagg_setup"  # key setup, once per run (KeyRequest → KeyAdvert)
+SECAGG_UNMASK = "train.unmask"  # round trip 2 of a secure round (UnmaskRequest → UnmaskResponse)
 
 # Flower Error codes used for typed silo-side refusals (reason is JSON: type, reason, message).
 ERROR_CODES = {
@@ -31,3 +53,37 @@ ERROR_CODES = {
     "SecureAggregationError": 9006,
     "PrivacyBudgetExceeded": 9007,
 }
+
+
+def model_length(template: Mapping[str, np.ndarray]) -> int:
+    """Number of values in a flattened model."""
+    return int(sum(np.asarray(a).size for a in template.values()))
+
+
+def flatten_update(arrays: Mapping[str, np.ndarray],
+                   template: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One float64 vector: ``arrays`` in ``template``'s tensor order, each in C order."""
+    missing = [k for k in template if k not in arrays]
+    if missing or len(arrays) != len(template):
+        raise ValueError(f"update tensors {sorted(arrays)} do not match the model's {list(template)}")
+    out = np.empty(model_length(template), dtype=np.float64)
+    pos = 0
+    for name, ref in template.items():
+        value = np.asarray(arrays[name])
+        if value.shape != np.shape(ref):
+            raise ValueError(f"tensor {name!r} has shape {value.shape}, the model's is {np.shape(ref)}")
+        out[pos:pos + value.size] = value.ravel()
+        pos += value.size
+    return out
+
+
+def unflatten_update(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`flatten_update`: float64 tensors named and shaped as ``template``."""
+    if vector.size != model_length(template):
+        raise ValueError(f"vector has {vector.size} values, the model has {model_length(template)}")
+    out, pos = {}, 0
+    for name, ref in template.items():
+        size = int(np.asarray(ref).size)
+        out[name] = np.asarray(vector[pos:pos + size], dtype=np.float64).reshape(np.shape(ref))
+        pos += size
+    return out

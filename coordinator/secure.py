@@ -1,0 +1,212 @@
+"""Secure aggregation in the round loop: the coordinator's driver (Flower-free).
+
+It runs the protocol of :mod:`strategies.secagg` over the loop's :class:`Transport`:
+
+* **setup**, once per run after join (one round trip, ``train.secagg_setup``): every
+  joined silo gets a KeyRequest and its roster index; silos that do not answer are never
+  active (fewer than ``t`` keyed silos fail the run: every round would fail);
+* **every round**, two round trips: (1) ``train`` carries the global model, the train
+  config and the silo's MaskRequest; the reply carries the silo's metrics in the clear
+  (evaluation of the incoming model, train loss, example count) and its masked vector;
+  (2) ``train.unmask`` to the survivors; their shares unmask the sum.
+
+The loop gets a :class:`SecureRound`: the round-trip-1 replies (metrics only: masked
+vectors are folded into the protocol's running sum and dropped) and either
+``Σ w·delta`` as named float64 arrays in the model's order plus ``Σ w``, or the reason the
+round failed (the protocol state is then aborted; the caller keeps the model).
+
+Flower node ids are mapped to roster indices ``0..n−1`` (sorted node ids) because the
+protocol's silo ids travel as signed 64-bit integers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coordinator.config import RunConfig
+from coordinator.messages import Payload, Reply
+from strategies.secagg import (
+    KeyAdvert, MaskedInput, Message, RoundResult, UnmaskResponse, abort_round, begin_round,
+    finish_round, make_config, message_from_record, receive_advert, receive_masked,
+    receive_unmask, request_unmask, start_run)
+from xsilo.errors import ProtocolError, SecureAggregationError
+from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
+
+__all__ = ["SecureAggregation", "SecureRound", "default_threshold"]
+
+log = logging.getLogger(__name__)
+
+
+def default_threshold(num_silos: int, min_silos: int) -> int:
+    """``max(2, min_silos, ⌈2n/3⌉)``: tolerates a third of the silos dropping out in a round,
+    and a sum over at least two thirds of them reveals little about any one."""
+    return max(2, min_silos, math.ceil(2 * num_silos / 3))
+
+
+@dataclass
+class SecureRound:
+    """What one secure round gives the loop."""
+
+    replies: dict[int, Reply]
+    trained: bool = True  # False when no round trip happened (too few keyed, available silos)
+    weighted_sum: dict[str, np.ndarray] | None = None
+    total_weight: float = 0.0
+    contributors: list[int] = field(default_factory=list)
+    problems: dict[int, str] = field(default_factory=dict)
+    failure: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse(reply: Reply, expected: type[Message]) -> Message:
+    if reply.secagg is None:
+        raise ProtocolError(f"silo node {reply.node_id} replied without a secure-aggregation "
+                            f"record (expected {expected.KIND!r})")
+    message = message_from_record(reply.secagg)
+    if not isinstance(message, expected):
+        raise ProtocolError(f"silo node {reply.node_id} sent {type(message).__name__}, "
+                            f"expected {expected.__name__}")
+    return message
+
+
+class SecureAggregation:
+    """The coordinator's side of secure aggregation for one run (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, transport: Any, nodes: Sequence[int],
+                 template: Mapping[str, np.ndarray]) -> None:
+        self.run_config = config
+        self.transport = transport
+        self.nodes = sorted(nodes)
+        self.index = {node: i for i, node in enumerate(self.nodes)}
+        n = len(self.nodes)
+        threshold = config.secagg_threshold or default_threshold(n, config.min_silos)
+        if threshold > n:
+            raise SecureAggregationError(
+                f"secagg_threshold {threshold} is above the {n} silo(s) that joined; lower "
+                f"secagg_threshold to ≤ {n} or wait for more silos (expected_silos)")
+        self.config = make_config(
+            run_id=f"{config.name}-{secrets.token_hex(8)}", roster=list(range(n)),
+            threshold=threshold, length=model_length(template), clip=config.secagg_clip,
+            bits=config.secagg_bits, max_weight=config.secagg_max_weight)
+        self.state: Any = None
+
+    @property
+    def threshold(self) -> int:
+        return self.config.threshold
+
+    def settings(self) -> dict[str, Any]:
+        """The run's secure-aggregation parameters (for the run's event log)."""
+        q = self.config.quant
+        return {"threshold": self.threshold, "silos": len(self.nodes), "length": self.config.length,
+                "clip": q.clip, "bits": q.bits, "max_weight": q.max_weight,
+                "modulus_bits": q.modulus_bits, "step": q.step}
+
+    def setup(self) -> dict[int, str]:
+        """One round trip: key adverts from every silo; returns ``{node: why not keyed}``."""
+        state, requests = start_run(self.config)
+        payloads = {node: Payload({"secagg-silo": i}, secagg=requests[i].to_record())
+                    for node, i in self.index.items()}
+        replies = self.transport.exchange(SECAGG_SETUP, payloads,
+                                          timeout=self.run_config.round_timeout, group="secagg-setup")
+        problems = {node: "no reply to the key setup" for node in self.nodes if node not in replies}
+        for node, reply in sorted(replies.items()):
+            try:
+                if reply.error is not None:
+                    raise ProtocolError(str(reply.error))
+                advert = _parse(reply, KeyAdvert)
+                if advert.silo != self.index[node]:  # type: ignore[attr-defined]
+                    raise ProtocolError(f"key advert names silo {advert.silo}, "  # type: ignore[attr-defined]
+                                        f"expected {self.index[node]}")
+                state = receive_advert(state, advert)  # type: ignore[arg-type]
+            except ProtocolError as exc:
+                problems[node] = str(exc)
+                log.warning("silo node %s has no secure-aggregation keys: %s", node, exc)
+        if len(state.directory) < self.threshold:
+            raise SecureAggregationError(
+                f"only {len(state.directory)} silo(s) completed the key setup, fewer than "
+                f"secagg_threshold={self.threshold}: every round would fail; problems: "
+                + "; ".join(f"node {n}: {p}" for n, p in sorted(problems.items())))
+        self.state = state
+        return problems
+
+    def round(self, server_round: int, config: Mapping[str, Any],
+              current: Mapping[str, np.ndarray], silos: Sequence[int]) -> SecureRound:
+        """Two round trips; never raises for a protocol failure (see ``SecureRound.failure``)."""
+        try:
+            state, requests = begin_round(self.state, round_=server_round,
+                                          available=[self.index[n] for n in silos])
+        except SecureAggregationError as exc:
+            return SecureRound(replies={}, trained=False, failure=str(exc),
+                               report=self._report(None))
+        node_of = {i: node for node, i in self.index.items()}
+        replies = self.transport.exchange(
+            "train", {node_of[i]: Payload(config, current, secagg=req.to_record())
+                      for i, req in requests.items()},
+            timeout=self.run_config.round_timeout, group=str(server_round))
+        out = SecureRound(replies=replies)
+        for node, reply in sorted(replies.items()):
+            try:
+                if reply.error is not None:
+                    raise ProtocolError(str(reply.error))
+                state = receive_masked(state, _parse(reply, MaskedInput))  # type: ignore[arg-type]
+            except ProtocolError as exc:
+                out.problems[node] = str(exc)
+            reply.secagg = None  # the masked vector is in the running sum; keep nothing else
+        for i in requests:
+            if node_of[i] not in replies:
+                out.problems[node_of[i]] = "no masked input before the round timeout"
+        try:
+            state = self._unmask(state, server_round, out, node_of)
+            state, result = finish_round(state)
+        except ProtocolError as exc:  # SecureAggregationError included: fail the round only
+            self.state = abort_round(state)
+            out.failure = str(exc)
+            out.report = self._report(None)
+            return out
+        self.state = state
+        out.weighted_sum = unflatten_update(result.weighted_sum, current)
+        out.total_weight = float(result.total_weight)
+        out.contributors = [node_of[i] for i in result.contributors]
+        out.report = self._report(result)
+        return out
+
+    def _unmask(self, state: Any, server_round: int, out: SecureRound,
+                node_of: Mapping[int, int]) -> Any:
+        state, requests = request_unmask(state)
+        replies = self.transport.exchange(
+            SECAGG_UNMASK, {node_of[i]: Payload({"server-round": server_round},
+                                                secagg=req.to_record())
+                            for i, req in requests.items()},
+            timeout=self.run_config.round_timeout, group=f"{server_round}-unmask")
+        for i in requests:
+            node = node_of[i]
+            try:
+                if node not in replies:
+                    raise ProtocolError("no unmask response before the round timeout")
+                if replies[node].error is not None:
+                    raise ProtocolError(str(replies[node].error))
+                state = receive_unmask(state, _parse(replies[node], UnmaskResponse))  # type: ignore[arg-type]
+            except ProtocolError as exc:
+                out.problems[node] = f"unmasking: {exc}"
+        return state
+
+    def _report(self, result: RoundResult | None) -> dict[str, Any]:
+        report: dict[str, Any] = {"threshold": self.threshold}
+        if result is None:
+            return report
+        e = result.error
+        report.update({
+            "total_weight": result.total_weight,
+            "dropped": len(result.dropped),
+            # bounds on Σ w·delta per coordinate; divide by Σ w for the averaged update
+            "quantization": {"step": e.step, "sum_max_abs_bound": e.max_abs_bound,
+                             "sum_std_bound": e.std_bound,
+                             "mean_max_abs_bound": e.max_abs_bound / max(result.total_weight, 1)},
+        })
+        return report

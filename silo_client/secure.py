@@ -1,0 +1,124 @@
+"""The silo's side of secure aggregation in a run, over plain data (no Flower types).
+
+Three steps, each ``(stored state, request record, …) → (new stored state, reply record)``
+around :func:`strategies.secagg.silo_step`; ``silo_client.client_app`` keeps the state in
+Flower's ``context.state`` and moves the records in and out of ``RecordDict``s:
+
+* :func:`setup` — ``train.secagg_setup``: KeyRequest → KeyAdvert (fresh X25519 keys);
+* :func:`mask` — inside ``train``: the local update (``delta``, flattened in the global
+  model's tensor order, see :func:`xsilo.protocol.flatten_update`) is clipped, quantized,
+  weighted and masked → MaskedInput; the plain update never leaves this function;
+* :func:`unmask` — ``train.unmask``: UnmaskRequest → UnmaskResponse (shares).
+
+The state record holds the silo's private keys: it must stay in the silo's local store,
+never in logs, the ledger or a run directory. A step that fails leaves the stored state as
+it was. A later privacy layer transforms ``delta`` before :func:`mask` (clip, noise); the
+protocol then quantizes what it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from strategies.secagg import (
+    KeyRequest, MaskRequest, Message, UnmaskRequest, message_from_record, new_silo,
+    silo_state_from_record, silo_state_to_record, silo_step)
+from xsilo.errors import ProtocolError
+from xsilo.protocol import flatten_update
+
+__all__ = ["MaskOutcome", "mask", "record_digest", "setup", "unmask", "weight_for"]
+
+
+def _expect(record: Mapping[str, Any] | None, expected: type[Message], step: str) -> Message:
+    if record is None:
+        raise ProtocolError(f"{step}: the message carries no secure-aggregation record "
+                            f"(expected {expected.KIND!r})")
+    message = message_from_record(dict(record))
+    if not isinstance(message, expected):
+        raise ProtocolError(f"{step}: expected a {expected.KIND!r} message, got "
+                            f"{message.KIND!r} (wrong message type for this step)")
+    return message
+
+
+def _state(stored: Mapping[str, Any] | None, step: str) -> Any:
+    if not stored:
+        raise ProtocolError(f"{step}: this silo has no secure-aggregation keys for this run "
+                            "(it missed the key setup or lost its state); the coordinator must "
+                            "re-key it")
+    return silo_state_from_record(dict(stored))
+
+
+def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
+          silo_index: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key."""
+    message = _expect(request, KeyRequest, "key setup")
+    if not isinstance(silo_index, int) or isinstance(silo_index, bool):
+        raise ProtocolError(f"key setup: config 'secagg-silo' must be this silo's integer "
+                            f"roster index, got {silo_index!r}")
+    state = silo_state_from_record(dict(stored)) if stored else new_silo(int(silo_index))
+    if state.silo != int(silo_index):
+        raise ProtocolError(f"key setup names this silo {silo_index}, but its keys are for "
+                            f"silo {state.silo} of the run")
+    state, reply = silo_step(state, message)
+    return silo_state_to_record(state), reply.to_record()
+
+
+def weight_for(num_examples: float, *, weighted: bool, max_weight: int) -> tuple[int, bool]:
+    """The integer weight a silo masks: its example count capped at ``max_weight`` (or 1)."""
+    if not weighted:
+        return 1, False
+    w = int(num_examples)
+    return min(w, max_weight), w > max_weight
+
+
+@dataclass(frozen=True)
+class MaskOutcome:
+    """A masked reply: new state, the MaskedInput record and what to report in the clear."""
+
+    state: dict[str, Any]
+    reply: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
+         delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
+         num_examples: float, weighted: bool) -> MaskOutcome:
+    """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares)."""
+    message = _expect(request, MaskRequest, "masked input")
+    state = _state(stored, "masked input")
+    assert state.config is not None
+    quant = state.config.quant
+    update = flatten_update(delta, template)
+    weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)
+    clipped = int(np.count_nonzero(np.abs(update) > quant.clip))
+    state, reply = silo_step(state, message, update=update, weight=weight)
+    return MaskOutcome(silo_state_to_record(state), reply.to_record(),
+                       {"secagg-weight": float(weight), "secagg-capped": float(capped),
+                        "secagg-clipped": float(clipped)})
+
+
+def unmask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """UnmaskRequest → (state, UnmaskResponse record); the silo enforces every privacy rule."""
+    message = _expect(request, UnmaskRequest, "unmasking")
+    state, reply = silo_step(_state(stored, "unmasking"), message)
+    return silo_state_to_record(state), reply.to_record()
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a protocol record (bytes as hex, vectors by their bytes), for the ledger."""
+    h = hashlib.sha256(b"xsilo-secagg-record-v1")
+    for key in sorted(record):
+        value = record[key]
+        if isinstance(value, np.ndarray):
+            data = np.ascontiguousarray(value).tobytes()
+        else:
+            data = json.dumps(value, default=lambda b: b.hex(), sort_keys=True).encode()
+        h.update(key.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()

@@ -96,7 +96,8 @@ def demo(
                       f"loopback (TLS, node auth); {len(fed.supernodes)} SuperNodes, each "
                       "behind its own silo gateway")
         config = RunConfig(num_rounds=rounds, local_epochs=local_epochs, min_silos=3,
-                           expected_silos=3, round_timeout=120.0, join_timeout=60.0, name="demo")
+                           expected_silos=3, round_timeout=120.0, join_timeout=60.0, name="demo",
+                           secure_aggregation=True)
         outcome = fed.run(config, console=console, timeout=timeout)
         if not outcome.completed:
             raise DeploymentError(

@@ -56,9 +56,3 @@ def test_per_update_strategy_under_secure_aggregation_is_refused(
     with pytest.raises(StrategyError, match="secure aggregation"):
         run_in_process(tmp_path / "run", RunConfig(strategy="krum", secure_aggregation=True),
                        federation)
-
-
-def test_secure_aggregation_is_refused_until_the_round_loop_runs_it(
-        tmp_path: Path, federation: list[Path]) -> None:
-    with pytest.raises(ConfigError, match="not available"):
-        run_in_process(tmp_path / "run", RunConfig(secure_aggregation=True), federation)

@@ -1,0 +1,218 @@
+"""Secure aggregation in the real round loop (in-process: real ServerApp logic and ClientApp).
+
+What the coordinator process receives never contains an individual update; the unmasked
+sum matches the plain weighted sum within the reported quantization bound; dropouts at each
+stage of a round are handled; fewer than t survivors fail the round (reported, model kept)
+and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.config import RunConfig
+from coordinator.run_store import RunStore, load_npz
+from silo_client.ledger import verify_ledger
+from silo_client.silo import Silo
+from xsilo.errors import ConfigError, SecureAggregationError
+from xsilo.local import run_in_process
+from xsilo.protocol import SECAGG_ARRAYS, SECAGG_SETUP, SECAGG_UNMASK, flatten_update
+
+NAMES = ["hospital-a", "hospital-b", "hospital-c"]
+
+
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Test-only silo-side hook: every (silo, round) → (incoming model, plain delta, examples)."""
+    seen: dict[tuple[str, int], tuple] = {}
+    original = Silo.train
+
+    def train(self, global_params, config):
+        result = original(self, global_params, config)
+        seen[(self.config.name, int(config["server-round"]))] = (
+            dict(global_params), result.delta, result.metrics["num-examples"])
+        return result
+
+    monkeypatch.setattr(Silo, "train", train)
+    return seen
+
+
+def _rows(run_dir: Path) -> dict[int, dict]:
+    return {e["round"]: e for e in RunStore(run_dir).events() if e["event"] == "round"}
+
+
+def _fedavg(trained: dict, server_round: int, silos: list[str]) -> dict[str, np.ndarray]:
+    """The model a clear FedAvg round would produce from the same deltas."""
+    model = trained[(silos[0], server_round)][0]
+    total = sum(trained[(s, server_round)][2] for s in silos)
+    return {k: model[k] + sum(trained[(s, server_round)][2] * trained[(s, server_round)][1][k]
+                              for s in silos) / total for k in model}
+
+
+def _close_within_row_bound(run_dir: Path, server_round: int, expected: dict) -> float:
+    rnd, got, _ = _checkpoint(run_dir, server_round)
+    bound = _rows(run_dir)[server_round]["secure_aggregation"]["quantization"]["mean_max_abs_bound"]
+    worst = max(float(np.max(np.abs(got[k] - expected[k]))) for k in expected)
+    assert worst <= bound, (worst, bound)
+    return worst
+
+
+def _checkpoint(run_dir: Path, server_round: int):
+    path = run_dir / "checkpoints" / f"round-{server_round:04d}.npz"
+    model = {k: v for k, v in load_npz(path).items() if not k.startswith(("strategy", "__"))}
+    return server_round, model, None
+
+
+def test_secure_run_matches_the_clear_run_within_the_reported_error(
+        tmp_path: Path, federation: list[Path], trained: dict) -> None:
+    secure_dir, clear_dir = tmp_path / "secure", tmp_path / "clear"
+    base = dict(num_rounds=3, min_silos=3, expected_silos=3, seed=0, name="t")
+    summary = run_in_process(secure_dir, RunConfig(secure_aggregation=True, **base), federation)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == []
+    rows = _rows(secure_dir)
+    for r in (1, 2, 3):
+        assert rows[r]["status"] == "ok" and rows[r]["contributors"] == NAMES
+        sa = rows[r]["secure_aggregation"]
+        assert sa["threshold"] == 3 and sa["total_weight"] == 426 and sa["clipped_values"] == 0
+        _close_within_row_bound(secure_dir, r, _fedavg(trained, r, NAMES))
+    assert rows[3]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
+    setup = next(e for e in RunStore(secure_dir).events()
+                 if e["event"] == "secure_aggregation_setup")
+    assert setup["keyed"] == NAMES and setup["not_keyed"] == {}
+
+    run_in_process(clear_dir, RunConfig(**base), federation)
+    secure, clear = load_npz(secure_dir / "model.npz"), load_npz(clear_dir / "model.npz")
+    for k in clear:
+        np.testing.assert_allclose(secure[k], clear[k], atol=5e-3)
+    assert abs(rows[3]["global_accuracy"] - _rows(clear_dir)[3]["global_accuracy"]) < 0.02
+
+
+def test_the_coordinator_never_receives_an_individual_update(
+        tmp_path: Path, federation: list[Path], trained: dict,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    view: list = []
+    monkeypatch.setattr("coordinator.server_app.RECORDER", view.append)
+    config = RunConfig(num_rounds=2, min_silos=3, secure_aggregation=True, name="view")
+    assert run_in_process(tmp_path / "run", config, federation)["status"] == "completed"
+
+    clip, step = config.secagg_clip, 2 * config.secagg_clip / (2**config.secagg_bits - 1)
+    forbidden = []  # every form an individual update could take: plain, weighted, encoded
+    for (_, _), (model, delta, n) in trained.items():
+        u = flatten_update(delta, model)
+        forbidden += [(u, 1e-6), (n * u, 1e-6), (n * (np.clip(u, -clip, clip) + clip) / step, n + 1)]
+    received = masked = 0
+    for message in view:
+        assert not message.has_error()
+        for record_name, record in message.content.array_records.items():
+            for array in record.values():
+                a = array.numpy().astype(np.float64).ravel()
+                received += 1
+                masked += record_name == SECAGG_ARRAYS
+                for target, atol in forbidden:
+                    if a.size >= target.size:
+                        assert not np.allclose(a[-target.size:], target, rtol=0, atol=atol)
+    assert masked == 2 * 3  # one masked vector per silo per round, and the rounds happened
+    types = [m.metadata.message_type for m in view]
+    assert types.count(SECAGG_SETUP) == 3 and types.count(SECAGG_UNMASK) == 6
+    assert types.count("train") == 6 and received > masked
+
+
+def test_every_outgoing_secure_message_is_in_the_ledger(tmp_path: Path,
+                                                        federation: list[Path]) -> None:
+    run_in_process(tmp_path / "run", RunConfig(num_rounds=2, min_silos=3, secure_aggregation=True),
+                   federation)
+    ledger = federation[0].parent / "workspace" / "egress.jsonl"
+    assert verify_ledger(ledger).ok
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    by_type = {}
+    for e in entries:
+        by_type.setdefault(e["message_type"], []).append(e)
+    assert len(by_type[SECAGG_SETUP]) == 1 and len(by_type[SECAGG_UNMASK]) == 2
+    assert all(e["masked"] for e in by_type["train"]) and len(by_type["train"]) == 2
+    assert list(by_type["train"][0]["tensors"]) == ["masked"]
+    assert "enc_sk" not in ledger.read_text() and "mask_sk" not in ledger.read_text()
+
+
+def test_fewer_than_threshold_survivors_fail_the_round_keep_the_model_and_the_run_goes_on(
+        tmp_path: Path, federation: list[Path], trained: dict) -> None:
+    run_dir = tmp_path / "run"
+    trains: dict[int, int] = {}
+
+    def drop(node: int, message_type: str) -> bool:  # hospital-c is silent in round 2 only
+        trains[node] = trains.get(node, 0) + (message_type == "train")
+        return node == 3 and message_type == "train" and trains[node] == 2
+
+    config = RunConfig(num_rounds=3, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_threshold=3, round_timeout=0.5)
+    summary = run_in_process(run_dir, config, federation, drop=drop)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == [2]
+    rows = _rows(run_dir)
+    assert rows[2]["status"] == "failed" and "threshold=3" in rows[2]["reason"]
+    assert rows[2]["contributors"] == [] and "hospital-c" in rows[2]["rejected"]
+    assert rows[1]["status"] == rows[3]["status"] == "ok"
+    assert not (run_dir / "checkpoints" / "round-0002.npz").exists()
+    _, after_1, _ = _checkpoint(run_dir, 1)
+    kept = trained[("hospital-a", 3)][0]  # the model sent in round 3 is round 1's
+    assert all(np.array_equal(kept[k], after_1[k]) for k in after_1)
+    assert rows[3]["contributors"] == NAMES
+
+
+def test_a_silo_lost_after_its_masked_input_is_still_summed(
+        tmp_path: Path, federation: list[Path], trained: dict) -> None:
+    run_dir = tmp_path / "run"
+    drop = lambda node, message_type: node == 3 and message_type == SECAGG_UNMASK  # noqa: E731
+    config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_threshold=2, round_timeout=0.5)
+    assert run_in_process(run_dir, config, federation, drop=drop)["rounds_failed"] == []
+    row = _rows(run_dir)[1]
+    assert row["contributors"] == NAMES and "unmasking" in row["rejected"]["hospital-c"]
+    _close_within_row_bound(run_dir, 1, _fedavg(trained, 1, NAMES))
+
+
+def test_a_silo_lost_before_its_masked_input_is_excluded(
+        tmp_path: Path, federation: list[Path], trained: dict) -> None:
+    run_dir = tmp_path / "run"
+    drop = lambda node, message_type: node == 3 and message_type == "train"  # noqa: E731
+    config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_threshold=2, round_timeout=0.5)
+    assert run_in_process(run_dir, config, federation, drop=drop)["rounds_failed"] == []
+    row = _rows(run_dir)[1]
+    assert row["contributors"] == NAMES[:2]
+    assert row["secure_aggregation"]["dropped"] == 1
+    _close_within_row_bound(run_dir, 1, _fedavg(trained, 1, NAMES[:2]))
+
+
+def test_a_silo_without_keys_is_never_active(tmp_path: Path, federation: list[Path]) -> None:
+    run_dir = tmp_path / "run"
+    drop = lambda node, message_type: node == 3 and message_type == SECAGG_SETUP  # noqa: E731
+    config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_threshold=2, round_timeout=0.5)
+    assert run_in_process(run_dir, config, federation, drop=drop)["status"] == "completed"
+    setup = next(e for e in RunStore(run_dir).events() if e["event"] == "secure_aggregation_setup")
+    assert setup["not_keyed"] == {"hospital-c": "no reply to the key setup"}
+    assert _rows(run_dir)[1]["contributors"] == NAMES[:2]
+
+
+def test_too_few_keyed_silos_fail_the_run_at_setup(tmp_path: Path, federation: list[Path]) -> None:
+    drop = lambda node, message_type: node == 3 and message_type == SECAGG_SETUP  # noqa: E731
+    config = RunConfig(num_rounds=1, min_silos=3, secure_aggregation=True, round_timeout=0.5)
+    with pytest.raises(SecureAggregationError, match="only 2 silo.*threshold=3"):
+        run_in_process(tmp_path / "run", config, federation, drop=drop)
+    assert RunStore(tmp_path / "run").summary()["status"] == "failed"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"secagg_threshold": 1}, "secagg_threshold must be 0"),
+    ({"secagg_threshold": 2, "min_silos": 3}, "below min_silos .3.: .*set secagg_threshold ≥ 3"),
+    ({"secagg_threshold": 4, "min_silos": 3}, "set expected_silos ≥ 4"),
+    ({"secagg_clip": 0.0}, "secagg_clip.*clip range must be a finite number > 0"),
+    ({"secagg_bits": 40}, "bits must be an integer in 1..32"),
+    ({"secagg_bits": 32, "secagg_max_weight": 2**40}, "lower max_weight to ≤ 1431655765"),
+])
+def test_bad_secure_settings_are_refused_up_front(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**{"min_silos": 3, "secure_aggregation": True, **settings})

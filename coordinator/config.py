@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from strategies.dp.config import DPConfig
 from xsilo.errors import ConfigError
 
 __all__ = ["RunConfig", "load_run_config", "write_run_config"]
@@ -34,6 +35,7 @@ class RunConfig:
     round_timeout : seconds to wait for replies in one round; late silos are dropped.
     join_timeout : seconds to wait for ``expected_silos`` to connect.
     seed : seeds every silo's model initialisation identically.
+    dp : silo-level differential privacy (``[run.dp]`` table, :class:`DPConfig`); None = off.
     secure_aggregation : mask every update (strategies.secagg); the coordinator sees only sums.
     secagg_threshold : fewest survivors for a secure round to unmask (0 = the default
         ``max(2, min_silos, ⌈2n/3⌉)`` for the ``n`` silos that joined); never below ``min_silos``.
@@ -59,6 +61,7 @@ class RunConfig:
     secagg_clip: float = 10.0
     secagg_bits: int = 16
     secagg_max_weight: int = 1000
+    dp: DPConfig | None = None
     name: str = "run"
 
     def __post_init__(self) -> None:
@@ -83,6 +86,10 @@ class RunConfig:
             raise ConfigError("strategy_params must be a table of parameter = value")
         if self.secure_aggregation:
             self._check_secagg()
+        if self.dp is not None and not isinstance(self.dp, DPConfig):
+            if not isinstance(self.dp, Mapping):
+                raise ConfigError(f"dp must be a table ([run.dp]), got {self.dp!r}")
+            object.__setattr__(self, "dp", DPConfig.from_mapping(self.dp))
 
     def _check_secagg(self) -> None:
         from strategies.secagg import validate_params
@@ -133,6 +140,10 @@ class RunConfig:
         """A plain dict (TOML-serialisable)."""
         out = asdict(self)
         out["strategy_params"] = dict(self.strategy_params)
+        if self.dp is None:
+            out.pop("dp")  # TOML has no null: an absent table means no DP
+        else:
+            out["dp"] = self.dp.to_mapping()
         return out
 
 

@@ -13,12 +13,18 @@ With ``secure_aggregation`` the rounds run through :mod:`coordinator.secure` (a 
 after join, then two round trips per round); the strategy then sees only ``Σ w·delta`` and
 ``Σ w``. Both paths end in :meth:`RoundLoop._step_from_sum`, the one place a sum becomes
 the next model.
+
+With ``dp`` (:mod:`coordinator.privacy`) every round is checked against the privacy budget
+*before* it is sent (a round that would exceed ``max_epsilon`` is not run: the run stops
+cleanly with status ``stopped``), the coordinator clips and noises the sum, and every row,
+checkpoint and the summary carry ε at δ.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
@@ -27,11 +33,13 @@ import numpy as np
 
 from coordinator.config import RunConfig
 from coordinator.messages import Payload, Reply
+from coordinator.privacy import RunPrivacy
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation
 from strategies.aggregate import SumAccumulator, validate_update
 from strategies.api import PerUpdateStrategy, Strategy, SumStrategy, Update
-from xsilo.errors import ConfigError, DeploymentError, ModelError, UpdateRejected
+from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
+                          UpdateRejected)
 
 __all__ = ["RoundLoop", "Transport"]
 
@@ -81,6 +89,13 @@ def _clip_report(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
             "capped_weights": sorted(n for n, m in metrics.items() if m.get("secagg-capped"))}
 
 
+def _note_dpsgd(row: _PendingRow, silo: str, metrics: Mapping[str, float]) -> None:
+    """A DP-SGD silo's own record-level ε (its accountant, its δ) goes into the row."""
+    if "dpsgd_epsilon" in metrics:
+        row.extra.setdefault("dpsgd_epsilon", {})[silo] = float(metrics["dpsgd_epsilon"])
+        row.extra.setdefault("dpsgd_delta", {})[silo] = float(metrics.get("dpsgd_delta", 0.0))
+
+
 class RoundLoop:
     """Drive one federated run; see the module docstring."""
 
@@ -93,6 +108,10 @@ class RoundLoop:
         self.members: dict[int, _Member] = {}
         self.failed_rounds: list[int] = []
         self.secure: SecureAggregation | None = None
+        self.privacy = (RunPrivacy(config.dp, num_silos=config.wait_for)
+                        if config.dp is not None else None)
+        self.run_token = self.privacy.run_token if self.privacy else secrets.token_hex(8)
+        self.stop: tuple[str, str] | None = None  # (reason, message) of a clean early stop
 
     # ------------------------------------------------------------------ join
     def join(self) -> dict[str, np.ndarray]:
@@ -102,6 +121,8 @@ class RoundLoop:
         terms = {"run-name": cfg.name, "strategy": cfg.strategy, "num-rounds": cfg.num_rounds,
                  "secure-aggregation": cfg.secure_aggregation, "seed": cfg.seed,
                  "min-silos": cfg.min_silos, "num-silos": len(nodes)}
+        if self.privacy is not None:
+            terms.update(self.privacy.join_terms())
         replies = self.transport.exchange(
             "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
             group="join")
@@ -163,20 +184,37 @@ class RoundLoop:
                 self._setup_secure(current)
             pending = _PendingRow(0, "initial", time.monotonic() - started)
             for server_round in range(1, self.config.num_rounds + 1):
+                if self._budget_stops(server_round):
+                    break
                 current, pending = self._round(server_round, current, pending)
             self._final_evaluation(current, pending)
             self.store.save_model(current)
         except Exception as exc:
             self._finish("failed", started, error=f"{type(exc).__name__}: {exc}")
             raise
-        return self._finish("completed", started)
+        return self._finish("stopped" if self.stop else "completed", started)
+
+    def _budget_stops(self, server_round: int) -> bool:
+        """True (and the stop recorded) when this round would exceed ``max_epsilon``."""
+        if self.privacy is None:
+            return False
+        try:
+            self.privacy.check_budget(server_round)
+        except PrivacyBudgetExceeded as exc:
+            self.stop = ("privacy_budget", str(exc))
+            log.warning("privacy budget: %s", exc)
+            self.store.append_event({"event": "stop", "round": server_round,
+                                     "reason": "privacy_budget", "message": str(exc)})
+            return True
+        return False
 
     def _train_config(self, server_round: int, extra: Mapping[str, Any]) -> dict[str, Any]:
         cfg = self.config
         return {"server-round": server_round, "num-rounds": cfg.num_rounds,
                 "local-epochs": cfg.local_epochs, "learning-rate": cfg.learning_rate,
                 "batch-size": cfg.batch_size, "seed": cfg.seed,
-                "strategy": cfg.strategy, **extra}
+                "strategy": cfg.strategy, "run-token": self.run_token,
+                **(self.privacy.train_config() if self.privacy else {}), **extra}
 
     def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
         """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""
@@ -208,9 +246,15 @@ class RoundLoop:
                 self._fail(row, f"{len(updates)} usable update(s), min_silos is "
                                 f"{self.config.min_silos}")
             else:
-                current = self._aggregate(current, updates, server_round)
+                current = self._aggregate(current, updates, server_round,
+                                          participants=len(plan.silos), row=row)
+        if self.privacy is not None and "epsilon" not in row.extra:
+            row.extra.update(self.privacy.row_fields())  # nothing released: ε unchanged
         if row.status == "ok":
-            self.store.save_checkpoint(server_round, current, self.strategy.state_dict())
+            state = dict(self.strategy.state_dict())
+            if self.privacy is not None:
+                state.update(self.privacy.state_arrays())
+            self.store.save_checkpoint(server_round, current, state)
         row.seconds = time.monotonic() - t0
         return current, row
 
@@ -234,6 +278,8 @@ class RoundLoop:
         row.contributors = [self.members[n].name for n in outcome.contributors]
         row.extra["secure_aggregation"] = {**outcome.report, **_clip_report(
             {self.members[n].name: replies[n].metrics for n in outcome.contributors})}
+        for n in outcome.contributors:
+            _note_dpsgd(row, self.members[n].name, replies[n].metrics)
         row.train_loss = _weighted_mean([
             (float(replies[n].metrics["train_loss"]), float(replies[n].metrics["num-examples"]))
             for n in outcome.contributors if "train_loss" in replies[n].metrics])
@@ -266,13 +312,20 @@ class RoundLoop:
                 continue
             updates.append(Update(silo=name, delta=reply.arrays, weight=weight))
             row.contributors.append(name)
+            _note_dpsgd(row, name, reply.metrics)
             if "train_loss" in reply.metrics:
                 losses.append((float(reply.metrics["train_loss"]), n))
         row.train_loss = _weighted_mean(losses)
         return updates
 
     def _aggregate(self, current: dict[str, np.ndarray], updates: list[Update],
-                   server_round: int) -> dict[str, np.ndarray]:
+                   server_round: int, *, participants: int,
+                   row: _PendingRow) -> dict[str, np.ndarray]:
+        if self.privacy is not None:  # central DP: clip, cap, noise; public denominator
+            result = self.privacy.aggregate(updates, participants=participants)
+            row.extra.update(self.privacy.commit_round(result))
+            return self._step_from_sum(current, result.delta_sum, result.total_weight,
+                                       server_round)
         if isinstance(self.strategy, SumStrategy):
             acc = SumAccumulator(current)
             for update in updates:
@@ -330,6 +383,10 @@ class RoundLoop:
             "rounds_failed": self.failed_rounds, "silos": sorted(m.name for m in self.members.values()),
             "final_loss": last.get("global_loss"), "final_accuracy": last.get("global_accuracy"),
             "seconds": round(time.monotonic() - started, 3), "strategy": self.config.strategy}
+        if self.privacy is not None:
+            summary.update(self.privacy.summary_fields())
+        if self.stop is not None:
+            summary.update({"stop_reason": self.stop[0], "stop_message": self.stop[1]})
         self.store.append_event({"event": "end", **summary})
         self.store.write_summary(summary)
         return summary

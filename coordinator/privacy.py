@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 DP_TERMS_KEY = "dp"  # config key (join and train): the run's [dp] table as JSON
 _STATE_KEY = "dp/state"
 
+# Debug hook: when set (by tests), sees every ClipResult of every run in this process.
+CLIP_OBSERVER: Callable[[ClipResult], None] | None = None
+
 # Secure-aggregation paths the round loop can run DP through; ``coordinator.secure`` adds
 # to this set once it can carry silo-clipped (central) or pre-encoded (distributed) vectors.
 SECURE_DP_MECHANISMS: set[str] = set()
@@ -189,7 +192,7 @@ class RunPrivacy:
         clip, sigma = self.clip_norm, self.noise_stddev
         clipped = clip_and_sum([u.delta for u in updates], [u.weight for u in updates],
                                clip_norm=clip, max_weight=self.dp.max_weight,
-                               on_clipped=self.on_clipped)
+                               on_clipped=self.on_clipped or CLIP_OBSERVER)
         noisy = add_central_noise(clipped.total, stddev=sigma, rng=self.rng)
         fraction = None
         if self.adaptive is not None:

@@ -9,9 +9,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.config import load_run_config
 from coordinator.loop import RoundLoop
+from coordinator.privacy import check_run_privacy
 from coordinator.run_store import RunStore
 from coordinator.transport import GridTransport
-from strategies.registry import build_strategy, check_compatible
+from strategies.registry import build_strategy
 from xsilo.errors import ConfigError
 
 __all__ = ["app", "run_coordinator"]
@@ -30,8 +31,8 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1) -> 
         raise ConfigError("run config 'run-dir' is empty; start runs with `xsilo coordinator run`")
     config = load_run_config(run_dir)
     strategy = build_strategy(config.strategy, config.strategy_params)
-    check_compatible(strategy, secure_aggregation=config.secure_aggregation,
-                     differential_privacy=False)
+    # DP and secure-aggregation checks happen before any silo is contacted.
+    check_run_privacy(config.dp, strategy, secure_aggregation=config.secure_aggregation)
     store = RunStore(run_dir)
     store.prepare()
     transport = GridTransport(grid, poll_interval=poll_interval, recorder=RECORDER)

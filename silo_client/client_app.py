@@ -155,7 +155,7 @@ def train(msg: Message, context: Context) -> Message:
     result = silo.train(params, config)
     if request is None:
         silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
-                           arrays=result.delta, metrics=result.metrics)
+                           arrays=result.delta, metrics=result.metrics, privacy=result.privacy)
         return Message(RecordDict({DELTA: arrays_to_record(result.delta),
                                    METRICS: MetricRecord(result.metrics)}), reply_to=msg)
     outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,

@@ -22,7 +22,8 @@ from silo_client.adapters.base import ModelAdapter, build_model, parameter_spec
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
 from silo_client.ledger import EgressLedger, payload_digest
-from silo_client.policy import RunTerms, SitePolicy, check_round, check_run
+from silo_client.policy import SitePolicy, check_run
+from silo_client.privacy import SiloPrivacy, attach_dpsgd, ledger_fields
 
 __all__ = ["Silo", "TrainResult"]
 
@@ -39,6 +40,7 @@ class TrainResult:
 
     delta: dict[str, np.ndarray]
     metrics: dict[str, float]
+    privacy: dict[str, float | None] | None = None  # clip norm, σ, this run's ε (ledger)
 
 
 def _load_cached(path: Path, config: SiloConfig) -> LocalDataset:
@@ -59,6 +61,7 @@ class Silo:
         self.config = config
         self.policy = (SitePolicy.load(config.policy_file) if config.policy_file
                        else SitePolicy())
+        self.privacy = SiloPrivacy(config.workspace, self.policy)
 
     @property
     def ledger(self) -> EgressLedger:
@@ -67,7 +70,8 @@ class Silo:
 
     def record_egress(self, *, run_id: str, server_round: int, message_type: str,
                       arrays: Mapping[str, np.ndarray], metrics: Mapping[str, Any],
-                      extra: Mapping[str, Any] | None = None, masked: bool = False) -> None:
+                      extra: Mapping[str, Any] | None = None, masked: bool = False,
+                      privacy: Mapping[str, float | None] | None = None) -> None:
         """Write the ledger entry for one outgoing message (before it is sent).
 
         ``masked`` marks a secure-aggregation masked vector (what left is not the update).
@@ -75,7 +79,7 @@ class Silo:
         self.ledger.append(
             run_id=run_id, server_round=server_round, message_type=message_type,
             tensors=parameter_spec(dict(arrays)), payload_sha256=payload_digest(arrays, metrics),
-            masked=masked, clip_norm=None, noise_sigma=None, epsilon=None, extra=extra)
+            masked=masked, extra=extra, **(privacy or ledger_fields(None, None)))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Silo:
@@ -96,11 +100,14 @@ class Silo:
     def join(self, terms: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Check the run against the site policy, validate data, and return
         (identity + schema fingerprint, initial parameters)."""
-        check_run(self.policy, RunTerms(
-            strategy=str(terms.get("strategy", "")), num_rounds=int(terms.get("num-rounds", 0)),
+        # The projected ε is computed here from the run's DP terms, never taken as a number.
+        check_run(self.policy, self.privacy.run_terms(
+            terms, strategy=str(terms.get("strategy", "")),
+            num_rounds=int(terms.get("num-rounds", 0)),
             secure_aggregation=bool(terms.get("secure-aggregation", False)),
             coordinator_fingerprint=self._coordinator_fingerprint(),
-            num_silos=int(terms["num-silos"]) if "num-silos" in terms else None))
+            num_silos=int(terms["num-silos"]) if "num-silos" in terms else None),
+            epsilon_spent=self.privacy.tally.total())
         train = self.train_data  # raises DataValidationError naming file/column/row
         if self.test_data is not None:
             _ = self.test_data
@@ -131,10 +138,14 @@ class Silo:
     def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> TrainResult:
         """Evaluate the incoming model, train locally, return the update and metrics."""
         started = time.perf_counter()
-        check_round(self.policy, server_round=int(config.get("server-round", 0)),
-                    participants=int(config.get("participants", 0)), epsilon_spent=None,
-                    epsilon_next=None)
+        # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
+        round_privacy = self.privacy.begin_round(config)
         model = self.model(int(config.get("seed", 0)), config)
+        dpsgd = None
+        if self.config.dp_sgd is not None:
+            token = str(config.get("run-token") or "run")
+            dpsgd = attach_dpsgd(model, self.config.dp_sgd, state_path=(
+                self.config.workspace / "privacy" / f"dpsgd-{token[:32]}.json"))
         model.set_parameters(dict(global_params))
         metrics: dict[str, float] = {}
         self._evaluate_into(model, metrics)
@@ -144,9 +155,14 @@ class Silo:
         delta = {k: (np.asarray(local[k], dtype=np.float64) - global_params[k]).astype(
             global_params[k].dtype) for k in global_params}
         metrics.update({k: float(v) for k, v in fit.items()})
+        if dpsgd is not None:
+            metrics.update(dpsgd.metrics())
         metrics["num-examples"] = float(len(train))
         metrics["fit-seconds"] = time.perf_counter() - started
-        return TrainResult(delta, metrics)
+        ledger = None
+        if round_privacy is not None:  # counted before the update leaves the site
+            ledger = ledger_fields(round_privacy, self.privacy.commit(round_privacy))
+        return TrainResult(delta, metrics, ledger)
 
     def evaluate(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, float]:
         """Score ``global_params`` on the local test split."""

@@ -29,6 +29,7 @@ from xsilo.errors import ConfigError
 __all__ = ["DPConfig", "MECHANISMS"]
 
 MECHANISMS = ("central", "distributed")
+_PLD_MIN_Z = 0.25  # PLD cost explodes as z -> 0 (z = 0.1: ~7 s; 0.001: hundreds of GiB)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class DPConfig:
             raise ConfigError(
                 "dp.accounting='pld' cannot compose the distributed discrete Gaussian's zCDP "
                 "bound; use 'rdp' or 'auto'"
+            )
+        if self.accounting_method == "pld" and self.noise_multiplier < _PLD_MIN_Z:
+            raise ConfigError(
+                f"dp.noise_multiplier={self.noise_multiplier!r} is below {_PLD_MIN_Z} with PLD "
+                "accounting: epsilon is already above 50 per round there and the PLD "
+                "discretisation needs minutes and gigabytes; raise the noise multiplier or set "
+                'dp.accounting = "rdp"'
             )
         if self.max_epsilon is not None and not self.max_epsilon > 0:
             raise ConfigError(f"dp.max_epsilon must be > 0, got {self.max_epsilon!r}")

@@ -66,7 +66,8 @@ def test_noise_added_in_situ_has_std_z_wmax_c(z: float, clip: float, max_weight:
 
 
 def test_weights_are_capped_before_summing() -> None:
-    priv = RunPrivacy(_dp(max_weight=2.0, noise_multiplier=1e-6), num_silos=2, rng=_rng())
+    priv = RunPrivacy(_dp(max_weight=2.0, noise_multiplier=1e-6, accounting="rdp"), num_silos=2,
+                      rng=_rng())
     ups = [Update("a", {"w": np.array([0.5, 0.0])}, 100.0), Update("b", {"w": np.array([0.0, 0.5])}, 1.0)]
     out = priv.aggregate(ups, participants=2)
     np.testing.assert_allclose(out.delta_sum["w"], [1.0, 0.5], atol=1e-4)

@@ -1,0 +1,283 @@
+"""Round time: plain FedAvg vs xsilo secure aggregation vs Flower SecAgg+ (same synthetic data).
+
+    .venv/bin/python benchmarks/secagg.py                          # the default grid, writes results
+    .venv/bin/python benchmarks/secagg.py --silos 5 --params 1000000 --engines xsilo-inprocess
+    .venv/bin/python benchmarks/secagg.py --engines xsilo-deployment --silos 5 --params 1000000
+
+Every silo holds one float32 tensor of ``--params`` values; "training" adds a fixed,
+seeded vector (benchmark data, nothing secret) so the round time is the protocol and the
+engine, not the model. Engines (their times are comparable only within one engine):
+
+* ``xsilo-inprocess``: the real coordinator loop and ClientApp over ``LocalGrid`` (one
+  process; messages deep-copied). Plain = the clear round (one round trip); secure =
+  two round trips with masking, shares, unmasking. Time = median ``round_seconds`` of
+  rounds 2..R from ``metrics.jsonl`` (includes the silos' evaluation and "training").
+* ``flower-sim``: Flower's Ray simulation (``run_simulation``), legacy FedAvg with
+  ``DefaultWorkflow``; plain = default fit workflow, SecAgg+ = ``SecAggPlusWorkflow``
+  (num_shares = n, reconstruction_threshold = ⌈2n/3⌉, xsilo's default t). Time = median
+  of the fit workflow's wall time over rounds 2..R.
+* ``xsilo-deployment``: ``flower-superlink`` + one ``flower-supernode`` per silo (TLS, node
+  auth, loopback), plain and secure; time = median ``round_seconds`` of rounds 2..R.
+
+Each case runs in a fresh subprocess. Results: ``benchmarks/out/secagg.json`` and the
+section "## Secure aggregation: round time" of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SECTION = "## Secure aggregation: round time"
+PARAMS_ENV = "XSILO_BENCH_PARAMS"
+ROUNDS = 3
+
+
+# ----------------------------------------------------------------- synthetic model
+class SyntheticModel:
+    """A ModelAdapter with one float32 tensor; fit adds a fixed seeded step (not a secret)."""
+
+    task = "classification"
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.w = np.zeros(size, dtype=np.float32)
+        self.size = size
+
+    def get_parameters(self) -> dict[str, np.ndarray]:
+        return {"w": self.w.copy()}
+
+    def set_parameters(self, params: dict[str, np.ndarray]) -> None:
+        self.w = np.asarray(params["w"], dtype=np.float32).copy()
+
+    def fit(self, train, *, epochs: int, config) -> dict[str, float]:
+        step = np.random.default_rng(len(train)).standard_normal(self.size, dtype=np.float32)
+        self.w += 1e-3 * step
+        return {"train_loss": float(np.abs(self.w[:1000]).mean())}
+
+    def evaluate(self, test) -> dict[str, float]:
+        return {"loss": float(np.abs(self.w[:1000]).mean()), "accuracy": 0.5}
+
+
+def build(seed: int = 0) -> SyntheticModel:
+    """Model spec ``secagg:build`` (benchmarks/ on PYTHONPATH, size from $XSILO_BENCH_PARAMS)."""
+    return SyntheticModel(int(os.environ[PARAMS_ENV]), seed)
+
+
+def _silo_configs(root: Path, silos: int, **kwargs) -> list[Path]:
+    from silo_client.config import write_silo_config
+    from xsilo.demo_data import demo_schema, write_demo_data
+
+    data = write_demo_data(root / "data")
+    paths = []
+    for i in range(silos):
+        src = data[i % len(data)]
+        paths.append(write_silo_config(root / f"silo-{i}" / "silo.toml", name=f"silo-{i}",
+                                       train=src.train, test=src.test, schema=demo_schema(),
+                                       model="secagg:build", **kwargs))
+    return paths
+
+
+def _round_seconds(events: list[dict]) -> float:
+    rows = [e["round_seconds"] for e in events if e.get("event") == "round" and e["round"] >= 2]
+    return statistics.median(rows)
+
+
+def _config(silos: int, secure: bool):
+    from coordinator.config import RunConfig
+
+    return RunConfig(num_rounds=ROUNDS, min_silos=silos, expected_silos=silos,
+                     secure_aggregation=secure, round_timeout=600.0, join_timeout=120.0,
+                     name="bench")
+
+
+def case_inprocess(silos: int, params: int, secure: bool) -> dict:
+    from coordinator.run_store import RunStore
+    from xsilo.local import run_in_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = _silo_configs(Path(tmp), silos)
+        started = time.perf_counter()
+        summary = run_in_process(Path(tmp) / "run", _config(silos, secure), configs)
+        assert summary["status"] == "completed", summary
+        return {"round_s": _round_seconds(RunStore(Path(tmp) / "run").events()),
+                "total_s": time.perf_counter() - started}
+
+
+def case_deployment(silos: int, params: int, secure: bool) -> dict:
+    from xsilo.demo_data import write_demo_data
+    from xsilo.federation import LocalFederation
+
+    def write_data(root: Path) -> list:  # silo-i gets a copy of demo hospital i mod 3
+        import dataclasses
+        import shutil
+
+        base = write_demo_data(root / "_demo")
+        out = []
+        for i in range(silos):
+            src = base[i % len(base)]
+            data = root / f"silo-{i}" / "data"
+            data.mkdir(parents=True)
+            shutil.copy(src.train, data / "train.csv")
+            shutil.copy(src.test, data / "test.csv")
+            out.append(dataclasses.replace(src, name=f"silo-{i}", train=data / "train.csv",
+                                           test=data / "test.csv"))
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = LocalFederation(Path(tmp), model="secagg:build", write_data=write_data).setup()
+        with fed:
+            fed.start()
+            started = time.perf_counter()
+            outcome = fed.run(_config(silos, secure), timeout=900)
+            assert outcome.completed, outcome.summary
+            return {"round_s": _round_seconds(outcome.store.events()),
+                    "total_s": time.perf_counter() - started}
+
+
+def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import Context, ndarrays_to_parameters
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.simulation import run_simulation
+
+    times: list[float] = []
+
+    class Client(NumPyClient):
+        def fit(self, parameters, config):
+            step = np.random.default_rng(192).standard_normal(params, dtype=np.float32)
+            return [parameters[0] + 1e-3 * step], 192, {}
+
+    def client_fn(context: Context):
+        return Client().to_client()
+
+    client = ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure else [])
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context: Context) -> None:
+        strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=silos,
+                          min_available_clients=silos,
+                          initial_parameters=ndarrays_to_parameters([np.zeros(params, np.float32)]))
+        ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS),
+                            strategy=strategy)
+        inner = (SecAggPlusWorkflow(num_shares=silos,
+                                    reconstruction_threshold=max(2, math.ceil(2 * silos / 3)),
+                                    timeout=600) if secure else None)
+
+        def fit(grid, ctx) -> None:
+            t0 = time.perf_counter()
+            (inner or DefaultWorkflow().fit_workflow)(grid, ctx)
+            times.append(time.perf_counter() - t0)
+
+        DefaultWorkflow(fit_workflow=fit)(grid, ctx)
+
+    started = time.perf_counter()
+    run_simulation(server_app=server, client_app=client, num_supernodes=silos,
+                   backend_config={"client_resources": {"num_cpus": 1}})
+    assert len(times) == ROUNDS, f"SecAgg+ finished {len(times)} of {ROUNDS} rounds"
+    return {"round_s": statistics.median(times[1:]), "total_s": time.perf_counter() - started}
+
+
+CASES = {"xsilo-inprocess": case_inprocess, "xsilo-deployment": case_deployment,
+         "flower-sim": case_flower_sim}
+NAMES = {("xsilo-inprocess", False): "plain FedAvg", ("xsilo-inprocess", True): "xsilo secure",
+         ("xsilo-deployment", False): "plain FedAvg", ("xsilo-deployment", True): "xsilo secure",
+         ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+"}
+
+
+def _child(args: argparse.Namespace) -> None:
+    sys.path[:0] = [str(ROOT), str(HERE)]
+    os.environ[PARAMS_ENV] = str(args.params)
+    result = CASES[args.engine](args.silos, args.params, args.secure)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _run_case(engine: str, silos: int, params: int, secure: bool, timeout: float) -> dict:
+    env = {**os.environ, PARAMS_ENV: str(params), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
+    argv = [sys.executable, __file__, "--child", "--engine", engine, "--silos", str(silos),
+            "--params", str(params)] + (["--secure"] if secure else [])
+    row = {"engine": engine, "method": NAMES[(engine, secure)], "silos": silos, "params": params}
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "error": f"over the {timeout:.0f} s limit"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return {**row, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return {**row, **json.loads(lines[-1][7:])}
+
+
+def _table(rows: list[dict]) -> str:
+    out = ["| engine | silos | params | method | round s | vs plain (same engine) |",
+           "|---|---|---|---|---|---|"]
+    plain = {(r["engine"], r["silos"], r["params"]): r.get("round_s") for r in rows
+             if r["method"] in ("plain FedAvg", "Flower FedAvg")}
+    for r in rows:
+        base = plain.get((r["engine"], r["silos"], r["params"]))
+        t = r.get("round_s")
+        ratio = f"{t / base:.2f}×" if t and base else "–"
+        cell = f"{t:.2f}" if t is not None else f"not measured: {r['error']}"
+        out.append(f"| {r['engine']} | {r['silos']} | {r['params']:,} | {r['method']} | {cell} "
+                   f"| {ratio} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engines", nargs="+", choices=sorted(CASES),
+                    default=["xsilo-inprocess", "flower-sim", "xsilo-deployment"])
+    ap.add_argument("--deployment-grid", nargs="+", default=["5x1000000"],
+                    help="SILOSxPARAMS cases run on xsilo-deployment (each SuperNode and every "
+                         "message's ClientApp process share the 2 cores)")
+    ap.add_argument("--silos", type=int, nargs="+", default=[5, 10])
+    ap.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    ap.add_argument("--no-results", action="store_true", help="print only; write nothing")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--secure", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        args.silos, args.params = args.silos[0], args.params[0]
+        return _child(args)
+    rows = []
+    for engine in args.engines:
+        for silos in args.silos:
+            for params in args.params:
+                if engine == "xsilo-deployment" and f"{silos}x{params}" not in args.deployment_grid:
+                    continue
+                for secure in (False, True):
+                    row = _run_case(engine, silos, params, secure, args.timeout)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    table = _table(rows)
+    print(table)
+    if args.no_results:
+        return
+    (HERE / "out").mkdir(exist_ok=True)
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(), "rounds": ROUNDS}
+    (HERE / "out" / "secagg.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {HERE / 'out' / 'secagg.json'}")
+
+
+if __name__ == "__main__":
+    main()

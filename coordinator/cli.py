@@ -117,11 +117,15 @@ def run(
 
 def _report_end(store: RunStore, final: str) -> None:
     summary = store.summary() or {}
-    if final != "finished:completed" or summary.get("status") != "completed":
+    status = summary.get("status")
+    if final != "finished:completed" or status not in ("completed", "stopped"):
         raise DeploymentError(f"run ended as {final} ({summary.get('error') or 'no summary'}); "
                               f"see {store.path} and the SuperLink log")
     failed = summary.get("rounds_failed") or []
-    console.print(f"[green]completed[/]: final accuracy {summary.get('final_accuracy')}, "
+    if status == "stopped":  # a clean, intended stop (e.g. the privacy budget)
+        console.print(f"[yellow]stopped[/] ({summary.get('stop_reason')}): "
+                      f"{summary.get('stop_message', '')}")
+    console.print(f"[green]{status}[/]: final accuracy {summary.get('final_accuracy')}, "
                   f"failed rounds {failed or 'none'}; model at {store.path / 'model.npz'}")
 
 

@@ -75,7 +75,7 @@ def _comparison(silos: list[SiloConfig], model_path: Path, epochs: int, seed: in
 
 
 def demo(
-    rounds: int = typer.Option(5, help="Federated rounds."),
+    rounds: int = typer.Option(3, help="Federated rounds."),
     local_epochs: int = typer.Option(1, help="Local epochs per round."),
     workdir: Optional[Path] = typer.Option(None, help="Keep everything here (default: a temp dir)."),
     keep: bool = typer.Option(False, help="Keep the work directory (certificates, data, run)."),

@@ -33,6 +33,7 @@ from types import MappingProxyType
 import numpy as np
 
 from strategies.secagg import shamir
+from strategies.secagg.encoded import encoded_sum
 from strategies.secagg.masking import PAIR_LABEL, SELF_LABEL, pair_sign
 from strategies.secagg.messages import (
     KeyAdvert, KeyRequest, MaskedInput, MaskRequest, SecAggConfig, UnmaskRequest, UnmaskResponse)
@@ -89,7 +90,11 @@ class CoordinatorState:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """What secure aggregation hands the strategy: ``Σ w_i x_i`` and ``Σ w_i`` over ``contributors``."""
+    """What secure aggregation hands the strategy: ``Σ w_i x_i`` and ``Σ w_i`` over ``contributors``.
+
+    In a pre-encoded run ``weighted_sum`` is the uint64 modular sum ``Σ e_i mod 2^b`` and
+    ``total_weight`` the number of summed inputs (:mod:`strategies.secagg.encoded`).
+    """
 
     round: int
     weighted_sum: np.ndarray
@@ -237,7 +242,11 @@ def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult
         seed = _reconstruct(state, [(i, state.responses[i].pair_shares[n]) for i in responders],
                             f"the seed silo {k} shares with dropped silo {j}")
         add_mask(total, seed, label=PAIR_LABEL, sign=-pair_sign(k, j))
-    weighted_sum, total_weight = decode_sum(total, params=cfg.quant)
+    if cfg.encoded:  # pre-encoded: the modular sum as uint64 and the count of inputs
+        weighted_sum, total_weight = encoded_sum(total, config=cfg,
+                                                 expected_count=len(state.survivors))
+    else:
+        weighted_sum, total_weight = decode_sum(total, params=cfg.quant)
     result = RoundResult(round=state.round, weighted_sum=weighted_sum, total_weight=total_weight,
                          contributors=state.survivors, dropped=state.dropped,
                          error=error_report(cfg.quant, total_weight=total_weight))

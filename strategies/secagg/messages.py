@@ -55,6 +55,7 @@ class SecAggConfig:
     threshold: int
     length: int
     quant: QuantParams
+    encoded: bool = False  # pre-encoded mode (strategies.secagg.encoded): mask given integers
 
     def x_of(self, silo: int) -> int:
         return self.roster.index(silo) + 1
@@ -140,16 +141,24 @@ class KeyRequest(Message):
     bits: int
     max_weight: int
     modulus_bits: int
+    encoded: int = 0  # 1: the run masks pre-encoded vectors (clip, bits, max_weight unused)
 
     @classmethod
     def for_config(cls, config: SecAggConfig, *, epoch: int) -> KeyRequest:
         q = config.quant
         return cls(run_id=config.run_id, epoch=epoch, roster=config.roster,
                    threshold=config.threshold, length=config.length, clip=q.clip, bits=q.bits,
-                   max_weight=q.max_weight, modulus_bits=q.modulus_bits)
+                   max_weight=q.max_weight, modulus_bits=q.modulus_bits,
+                   encoded=int(config.encoded))
 
     def config(self) -> SecAggConfig:
         try:
+            if self.encoded:
+                from strategies.secagg.encoded import make_encoded_config
+
+                return make_encoded_config(run_id=self.run_id, roster=self.roster,
+                                           threshold=self.threshold, length=self.length,
+                                           modulus_bits=self.modulus_bits)
             return make_config(run_id=self.run_id, roster=self.roster, threshold=self.threshold,
                                length=self.length, clip=self.clip, bits=self.bits,
                                max_weight=self.max_weight, modulus_bits=self.modulus_bits)

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from strategies.secagg import crypto, shamir
+from strategies.secagg.encoded import encoded_input
 from strategies.secagg.masking import (
     PAIR_LABEL, SELF_LABEL, bundle_ad, pack_bundle, pair_sign, peers_of, unpack_bundle)
 from strategies.secagg.messages import (
@@ -106,8 +107,12 @@ def new_silo(silo: int) -> SiloState:
 
 
 def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None = None,
-              weight: int | None = None, rng: ByteSource | None = None) -> tuple[SiloState, Message]:
+              weight: int | None = None, rng: ByteSource | None = None,
+              encoded: np.ndarray | None = None) -> tuple[SiloState, Message]:
     """Handle one coordinator message; ``update``/``weight`` are needed for a MaskRequest.
+
+    In a pre-encoded run (``config.encoded``, :mod:`strategies.secagg.encoded`) a MaskRequest
+    needs ``encoded`` instead: the silo's integer vector, already reduced mod ``2^b``.
 
     ``rng`` supplies every secret (keys, seeds, polynomial coefficients, nonces, rounding);
     the default is the operating system's CSPRNG.
@@ -128,7 +133,8 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
     if state.config is not None and run_id != state.config.run_id:
         raise ProtocolError(f"silo {state.silo}: message for run {run_id!r} "
                             f"but this silo is in run {state.config.run_id!r}")
-    return handler(state, message, update=update, weight=weight, rng=rng or SystemSource())
+    return handler(state, message, update=update, weight=weight, rng=rng or SystemSource(),
+                   encoded=encoded)
 
 
 def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
@@ -179,13 +185,19 @@ def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdve
 
 
 def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
-                     weight: int | None, rng: ByteSource) -> tuple[SiloState, MaskedInput]:
+                     weight: int | None, rng: ByteSource,
+                     encoded: np.ndarray | None = None) -> tuple[SiloState, MaskedInput]:
     directory = _check_mask_request(state, msg)
     config = state.config
     assert config is not None
-    if update is None or weight is None:
+    if config.encoded:
+        pre = encoded_input(encoded, config=config)
+    elif encoded is not None:
+        raise ProtocolError(f"silo {state.silo}: this run masks float updates; pass update and "
+                            "weight, not a pre-encoded vector")
+    elif update is None or weight is None:
         raise ValueError("a MaskRequest needs the local update and its weight")
-    if np.asarray(update).size != config.length:
+    elif np.asarray(update).size != config.length:
         raise ProtocolError(f"silo {state.silo}: update has {np.asarray(update).size} values, "
                             f"the run declared length={config.length}")
     me, run, r = state.silo, config.run_id, msg.round
@@ -195,7 +207,8 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
         crypto.derive_pair_key(private=state.mask_sk, peer_public=directory[j].mask_pk,
                                purpose="mask", run_id=run, me=me, peer=j),
         run_id=run, round_=r, a=me, b=j) for j in peers]
-    masked = encode(update, weight=weight, params=config.quant, rng=_rounding_source(rng))
+    masked = pre if config.encoded else encode(update, weight=weight, params=config.quant,
+                                               rng=_rounding_source(rng))
     add_mask(masked, self_seed, label=SELF_LABEL)
     for j, seed in zip(peers, pair_seeds):
         add_mask(masked, seed, label=PAIR_LABEL, sign=pair_sign(me, j))

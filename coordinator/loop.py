@@ -218,7 +218,8 @@ class RoundLoop:
 
     def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
         """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""
-        self.secure = SecureAggregation(self.config, self.transport, sorted(self.members), current)
+        self.secure = SecureAggregation(self.config, self.transport, sorted(self.members), current,
+                                        privacy=self.privacy)
         problems = self.secure.setup()
         self.store.append_event({
             "event": "secure_aggregation_setup", **self.secure.settings(),
@@ -289,8 +290,13 @@ class RoundLoop:
             self._fail(row, outcome.failure)
             return current
         assert outcome.weighted_sum is not None
-        return self._step_from_sum(current, outcome.weighted_sum, outcome.total_weight,
-                                   row.server_round)
+        delta_sum, total = outcome.weighted_sum, outcome.total_weight
+        if self.privacy is not None:  # DP: noise (central), public denominator, accounting
+            released = self.privacy.release_secure(delta_sum, participants=len(silos),
+                                                   contributors=len(outcome.contributors))
+            row.extra.update(self.privacy.commit_round(released))
+            delta_sum, total = released.delta_sum, released.total_weight
+        return self._step_from_sum(current, delta_sum, total, row.server_round)
 
     def _collect(self, replies: Mapping[int, Reply], current: Mapping[str, np.ndarray],
                  row: _PendingRow) -> list[Update]:

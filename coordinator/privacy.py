@@ -14,6 +14,15 @@ the round loop, over plain numpy:
 * **after the round** — :meth:`commit_round` composes the event into the accountant and
   returns the row fields (ε at δ, C used, σ on the sum).
 
+Under secure aggregation (:meth:`bind_secure`, called by ``coordinator.secure`` once the
+roster and threshold are known) the coordinator never sees an update: each silo clips to C
+and folds its capped weight ``min(w, w_max)/w_max`` into its update before masking
+(``silo_client.privacy.secure_update``). *Central*: :meth:`release_secure` adds the same
+Gaussian to the unmasked sum; the silos clip to ``C − step·√d`` so that quantization keeps
+every masked contribution within C. *Distributed*: the silos mask their KLS encodings
+(noise included) and :meth:`decode_distributed` only decodes; the round event is the DDG's
+zCDP ρ, and every round gets a fresh public rotation seed in :meth:`train_config`.
+
 Sensitivity and the denominator: under add/remove-one-silo neighbouring the capped,
 clipped sum changes by at most ``w_max · C`` (``weighted_sum_sensitivity``). The strategy
 receives the noisy sum with the **public** total weight ``participants · w_max``
@@ -38,9 +47,12 @@ import numpy as np
 from strategies.api import Strategy, Update
 from strategies.dp import (
     Accountant,
+    DDGCalibration,
+    DDGParams,
     DPConfig,
     add_central_noise,
     clip_and_sum,
+    decode_sum,
     default_source,
 )
 from strategies.dp.accounting import Event
@@ -60,9 +72,11 @@ _STATE_KEY = "dp/state"
 # Debug hook: when set (by tests), sees every ClipResult of every run in this process.
 CLIP_OBSERVER: Callable[[ClipResult], None] | None = None
 
-# Secure-aggregation paths the round loop can run DP through; ``coordinator.secure`` adds
-# to this set once it can carry silo-clipped (central) or pre-encoded (distributed) vectors.
-SECURE_DP_MECHANISMS: set[str] = set()
+# Mechanisms the round loop runs under secure aggregation: central (silos clip before
+# masking, the coordinator noises the unmasked sum) and distributed (silos mask their
+# pre-encoded discrete-Gaussian shares). Adaptive clipping stays refused there.
+SECURE_DP_MECHANISMS: frozenset[str] = frozenset({"central", "distributed"})
+_MAX_QUANT_MARGIN = 0.1  # the quantizer may take at most 10 % of C (see bind_secure)
 
 
 def parse_dp(value: Any) -> DPConfig | None:
@@ -82,8 +96,8 @@ def check_run_privacy(dp: DPConfig | None, strategy: Strategy, *, secure_aggrega
     StrategyError
         A per-update strategy with DP (it would need each un-noised update).
     ConfigError
-        Distributed DP without secure aggregation, adaptive clipping under secure
-        aggregation, or a secure-aggregation DP path this version does not run.
+        Distributed DP without secure aggregation, or adaptive clipping under secure
+        aggregation (its per-silo clipped bit would leave each silo in the clear).
     """
     check_compatible(strategy, secure_aggregation=secure_aggregation,
                      differential_privacy=dp is not None)
@@ -96,7 +110,8 @@ def check_run_privacy(dp: DPConfig | None, strategy: Strategy, *, secure_aggrega
     if secure_aggregation and dp.clipping == "adaptive":
         raise ConfigError(
             "dp.clipping = 'adaptive' needs each silo's clipped/unclipped bit, which secure "
-            "aggregation hides; use clipping = 'fixed' with secure aggregation")
+            "aggregation hides (a secure count is not implemented); use clipping = 'fixed' "
+            "with secure aggregation, or adaptive clipping with secure_aggregation = false")
     if secure_aggregation and dp.mechanism not in SECURE_DP_MECHANISMS:
         missing = ("silo-side clipping before masking" if dp.mechanism == "central" else
                    "a masking entry point for pre-encoded discrete-Gaussian vectors")
@@ -143,6 +158,10 @@ class RunPrivacy:
         self.adaptive: AdaptiveClipState | None = (
             dp.adaptive_state(self.num_silos) if dp.clipping == "adaptive" else None)
         self.run_token = secrets.token_hex(8)  # keys the silos' per-run tallies
+        self.secure: dict[str, int] | None = None  # roster size n, threshold t, length d
+        self.ddg: DDGParams | None = None
+        self.calibration: DDGCalibration | None = None
+        self.rotation_seed: bytes | None = None  # this round's public seed (distributed)
 
     # -- terms and the budget ---------------------------------------------------------
     @property
@@ -152,12 +171,66 @@ class RunPrivacy:
 
     @property
     def noise_stddev(self) -> float:
-        """Std of the Gaussian added to the capped, clipped sum in the next round."""
+        """Std of the noise on the capped, clipped sum in the next round (distributed: with
+        exactly t survivors, the target; m > t survivors carry ``√(m/t)`` times it)."""
+        if self.calibration is not None and self.secure is not None:
+            return self.calibration.noise_stddev(self.secure["t"]) * self.dp.max_weight
         return self.dp.sum_noise_stddev(clip_norm=self.clip_norm, num_silos=self.num_silos)
 
     def event(self) -> Event:
-        """The accounting event of one central round (adaptive: the total z, Thm. 1)."""
-        return self.dp.round_event()
+        """The accounting event of one round (central: z, adaptive: the total z, Thm. 1;
+        distributed: the DDG's zCDP ρ, worst case over t..n survivors)."""
+        return self.dp.round_event(self.calibration)
+
+    # -- under secure aggregation -----------------------------------------------------
+    def bind_secure(self, *, num_silos: int, threshold: int, dimension: int,
+                    quant_step: float | None = None) -> DDGParams | None:
+        """Fix the roster size n, threshold t and model length d of a secure run.
+
+        Returns the DDG parameters (distributed; the masking length is their padded
+        dimension) or None (central). Raises ConfigError when the quantizer's worst-case
+        rounding ``step·√d`` would take more than 10 % of C (central), naming the fix.
+        """
+        self.secure = {"n": int(num_silos), "t": int(threshold), "d": int(dimension)}
+        if self.dp.mechanism == "distributed":
+            self.ddg = self.dp.ddg_params(num_silos=num_silos, min_survivors=threshold,
+                                          dimension=dimension)
+            self.calibration = self.ddg.calibrate()
+            return self.ddg
+        margin = (quant_step or 0.0) * dimension ** 0.5
+        if margin > _MAX_QUANT_MARGIN * self.clip_norm:
+            raise ConfigError(
+                f"secure aggregation's quantization (step {quant_step:.3g} over {dimension} "
+                f"values: up to {margin:.3g} of L2 rounding) takes more than "
+                f"{_MAX_QUANT_MARGIN:.0%} of dp.clip_norm={self.clip_norm}; raise secagg_bits "
+                f"or lower secagg_clip (values never exceed C, so secagg_clip = dp.clip_norm "
+                "loses nothing)")
+        return None
+
+    def release_secure(self, weighted_sum: Mapping[str, np.ndarray], *, participants: int,
+                       contributors: int) -> CentralResult:
+        """The unmasked ``Σ min(w_i, w_max)/w_max · clip(Δ_i)`` → noisy sum for the strategy.
+
+        Central: times ``w_max``, plus ``N(0, (z·w_max·C)²)``. Distributed: times ``w_max``
+        only (the noise came with the shares). The denominator is public:
+        ``participants · w_max``.
+        """
+        w_max = self.dp.max_weight
+        total = {k: np.asarray(v, dtype=np.float64) * w_max for k, v in weighted_sum.items()}
+        if self.calibration is not None:
+            sigma = self.calibration.noise_stddev(contributors) * w_max
+            return CentralResult(total, participants * w_max, self.clip_norm, sigma, None)
+        noisy = add_central_noise(total, stddev=self.noise_stddev, rng=self.rng)
+        return CentralResult(noisy, participants * w_max, self.clip_norm, self.noise_stddev, None)
+
+    def decode_distributed(self, modular_sum: np.ndarray, *,
+                           template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """KLS decode of the unmasked modular sum with this round's rotation seed (float64)."""
+        if self.ddg is None or self.rotation_seed is None:
+            raise ConfigError("decode_distributed needs bind_secure and a round's train_config")
+        shapes = {k: np.empty(np.shape(v)) for k, v in template.items()}
+        return decode_sum(modular_sum, params=self.ddg, rotation_seed=self.rotation_seed,
+                          template=shapes)
 
     def join_terms(self) -> dict[str, Any]:
         """What silos see at join: the DP table (JSON) and this run's tally key."""
@@ -180,9 +253,20 @@ class RunPrivacy:
         return budget.check(self.accountant, self.event(), round_number=server_round)
 
     def train_config(self) -> dict[str, Any]:
-        """The round's DP parameters for every silo's train message."""
-        return {**self.join_terms(), "dp-clip-norm": self.clip_norm,
-                "dp-noise-stddev": self.noise_stddev}
+        """The round's DP parameters for every silo's train message.
+
+        Under secure aggregation it adds n and t (each silo checks them against its own
+        protocol state) and, for the distributed mechanism, a fresh 32-byte public rotation
+        seed (call it once per round).
+        """
+        out = {**self.join_terms(), "dp-clip-norm": self.clip_norm,
+               "dp-noise-stddev": self.noise_stddev}
+        if self.secure is not None:
+            out.update({"dp-num-silos": self.secure["n"], "dp-min-survivors": self.secure["t"]})
+        if self.ddg is not None:
+            self.rotation_seed = secrets.token_bytes(32)
+            out["dp-rotation-seed"] = self.rotation_seed.hex()
+        return out
 
     # -- the central mechanism --------------------------------------------------------
     def aggregate(self, updates: Sequence[Update], *, participants: int) -> CentralResult:

@@ -15,6 +15,11 @@ vectors are folded into the protocol's running sum and dropped) and either
 ``Σ w·delta`` as named float64 arrays in the model's order plus ``Σ w``, or the reason the
 round failed (the protocol state is then aborted; the caller keeps the model).
 
+With DP (``privacy``, :mod:`coordinator.privacy`) the run is bound to the roster and
+threshold at construction; the distributed mechanism masks the silos' pre-encoded vectors
+(:mod:`strategies.secagg.encoded`, length = the DDG's padded dimension, modulus 2^b) and
+the sum is decoded with the round's public rotation seed.
+
 Flower node ids are mapped to roster indices ``0..n−1`` (sorted node ids) because the
 protocol's silo ids travel as signed 64-bit integers.
 """
@@ -32,10 +37,12 @@ import numpy as np
 
 from coordinator.config import RunConfig
 from coordinator.messages import Payload, Reply
+from coordinator.privacy import RunPrivacy
 from strategies.secagg import (
     KeyAdvert, MaskedInput, Message, RoundResult, UnmaskResponse, abort_round, begin_round,
     finish_round, make_config, message_from_record, receive_advert, receive_masked,
     receive_unmask, request_unmask, start_run)
+from strategies.secagg.encoded import make_encoded_config
 from xsilo.errors import ProtocolError, SecureAggregationError
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
 
@@ -79,7 +86,7 @@ class SecureAggregation:
     """The coordinator's side of secure aggregation for one run (see the module docstring)."""
 
     def __init__(self, config: RunConfig, transport: Any, nodes: Sequence[int],
-                 template: Mapping[str, np.ndarray]) -> None:
+                 template: Mapping[str, np.ndarray], privacy: RunPrivacy | None = None) -> None:
         self.run_config = config
         self.transport = transport
         self.nodes = sorted(nodes)
@@ -90,10 +97,22 @@ class SecureAggregation:
             raise SecureAggregationError(
                 f"secagg_threshold {threshold} is above the {n} silo(s) that joined; lower "
                 f"secagg_threshold to ≤ {n} or wait for more silos (expected_silos)")
-        self.config = make_config(
-            run_id=f"{config.name}-{secrets.token_hex(8)}", roster=list(range(n)),
-            threshold=threshold, length=model_length(template), clip=config.secagg_clip,
-            bits=config.secagg_bits, max_weight=config.secagg_max_weight)
+        run_id, length = f"{config.name}-{secrets.token_hex(8)}", model_length(template)
+        self.privacy = privacy
+        ddg = (privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length)
+               if privacy is not None and privacy.dp.mechanism == "distributed" else None)
+        if ddg is not None:  # silos mask their own KLS encodings (noise included), mod 2^b
+            self.config = make_encoded_config(
+                run_id=run_id, roster=list(range(n)), threshold=threshold,
+                length=ddg.calibrate().padded_dim, modulus_bits=ddg.modulus_bits)
+        else:
+            self.config = make_config(
+                run_id=run_id, roster=list(range(n)), threshold=threshold, length=length,
+                clip=config.secagg_clip, bits=config.secagg_bits,
+                max_weight=config.secagg_max_weight)
+            if privacy is not None:  # central: silos clip before masking
+                privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length,
+                                    quant_step=self.config.quant.step)
         self.state: Any = None
 
     @property
@@ -103,9 +122,17 @@ class SecureAggregation:
     def settings(self) -> dict[str, Any]:
         """The run's secure-aggregation parameters (for the run's event log)."""
         q = self.config.quant
-        return {"threshold": self.threshold, "silos": len(self.nodes), "length": self.config.length,
-                "clip": q.clip, "bits": q.bits, "max_weight": q.max_weight,
-                "modulus_bits": q.modulus_bits, "step": q.step}
+        out = {"threshold": self.threshold, "silos": len(self.nodes),
+               "length": self.config.length, "clip": q.clip, "bits": q.bits,
+               "max_weight": q.max_weight, "modulus_bits": q.modulus_bits, "step": q.step}
+        if self.privacy is not None and self.privacy.calibration is not None:
+            cal = self.privacy.calibration
+            out.update({"pre_encoded": "distributed discrete Gaussian", "clip": None,
+                        "bits": None, "max_weight": None, "step": None,
+                        "granularity": cal.granularity, "rho": cal.rho,
+                        "local_variance": float(cal.local_variance),
+                        "wrap_probability_union": cal.wrap_probability_union})
+        return out
 
     def setup(self) -> dict[int, str]:
         """One round trip: key adverts from every silo; returns ``{node: why not keyed}``."""
@@ -170,7 +197,10 @@ class SecureAggregation:
             out.report = self._report(None)
             return out
         self.state = state
-        out.weighted_sum = unflatten_update(result.weighted_sum, current)
+        out.weighted_sum = (
+            self.privacy.decode_distributed(result.weighted_sum, template=current)
+            if self.config.encoded and self.privacy is not None
+            else unflatten_update(result.weighted_sum, current))
         out.total_weight = float(result.total_weight)
         out.contributors = [node_of[i] for i in result.contributors]
         out.report = self._report(result)

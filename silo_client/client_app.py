@@ -160,7 +160,8 @@ def train(msg: Message, context: Context) -> Message:
                                    METRICS: MetricRecord(result.metrics)}), reply_to=msg)
     outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
                           num_examples=result.metrics["num-examples"],
-                          weighted=bool(config.get("secagg-weighted", True)))
+                          weighted=bool(config.get("secagg-weighted", True)),
+                          round_config=config)
     context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
     metrics = {**result.metrics, **outcome.metrics}
     silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",

@@ -19,6 +19,10 @@ Record-level DP-SGD (torch silos)
     Gaussian event; the silo composes them across rounds in its own accountant and reports
     ``dpsgd_epsilon`` / ``dpsgd_delta`` with its metrics. torch is imported only here, on
     that path.
+
+Under secure aggregation
+    :func:`secure_update` clips the update (and, for the distributed mechanism, encodes it
+    with this silo's discrete-Gaussian share) before ``silo_client.secure.mask`` masks it.
 """
 
 from __future__ import annotations
@@ -26,16 +30,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from silo_client.policy import PrivacyTally, RunTerms, SitePolicy, check_round
-from strategies.dp import Accountant, DPConfig, GaussianRound, ZCDPRound
-from xsilo.errors import ConfigError, ModelError
+import numpy as np
 
-__all__ = ["DPSGDSettings", "RoundPrivacy", "SiloPrivacy", "attach_dpsgd", "dp_terms"]
+from silo_client.policy import PrivacyTally, RunTerms, SitePolicy, check_round
+from strategies.dp import (Accountant, ClipResult, DPConfig, GaussianRound, ZCDPRound,
+                           clip_update, default_source, encode_update)
+from strategies.secagg import SecAggConfig
+from xsilo.errors import ConfigError, ModelError, ProtocolError
+from xsilo.protocol import flatten_update, model_length
+
+__all__ = ["DPSGDSettings", "RoundPrivacy", "SecureDPUpdate", "SiloPrivacy", "attach_dpsgd",
+           "dp_terms", "secure_update"]
 
 TALLY_FILE = "privacy-tally.json"
 
@@ -57,9 +67,86 @@ def _event(dp: DPConfig, config: Mapping[str, Any], dimension: int | None) -> Ga
         return dp.round_event()
     if dimension is None:
         raise ConfigError("the distributed round event needs the model's parameter count")
-    params = dp.ddg_params(num_silos=int(config["dp-num-silos"]),
-                           min_survivors=int(config["dp-min-survivors"]), dimension=dimension)
+    # Rounds carry n and t (checked against the protocol state before masking); at join the
+    # roster is not final yet: project with the silos contacted and the default threshold.
+    n = int(config.get("dp-num-silos") or config.get("num-silos") or 0)
+    t = int(config.get("dp-min-survivors") or max(2, int(config.get("min-silos", 2)),
+                                                     math.ceil(2 * n / 3)))
+    if n < 2:
+        raise ConfigError("the distributed round event needs the number of silos (dp-num-silos)")
+    params = dp.ddg_params(num_silos=n, min_survivors=min(t, n), dimension=dimension)
     return dp.round_event(params.calibrate())
+
+
+# Debug hook: when set (by tests), sees every ClipResult a silo makes before masking.
+CLIP_OBSERVER: Callable[[ClipResult], None] | None = None
+
+
+@dataclass(frozen=True)
+class SecureDPUpdate:
+    """What a silo masks under secure aggregation with DP: ``silo_step`` keyword arguments
+    (``update``/``weight`` for central, ``encoded`` for distributed)."""
+
+    step_kwargs: dict[str, Any]
+    clip_norm: float
+
+
+def secure_update(dp: DPConfig, config: Mapping[str, Any], *, delta: Mapping[str, np.ndarray],
+                  template: Mapping[str, np.ndarray], num_examples: float, weighted: bool,
+                  secagg: SecAggConfig) -> SecureDPUpdate:
+    """Clip (and, distributed, encode with the noise share) before the update is masked.
+
+    The capped weight is folded into the update as ``min(w, w_max)/w_max`` (the coordinator
+    multiplies the sum by ``w_max`` and divides by the public ``participants · w_max``).
+    Central: clip to ``C − step·√d`` so that the quantizer's rounding (< one step per value)
+    keeps the masked contribution within C; weight word 1. Distributed: KLS
+    ``encode_update`` with the round's public rotation seed. Nothing about the clipping
+    leaves the silo (adaptive clipping is refused under secure aggregation).
+
+    Raises
+    ------
+    ProtocolError
+        The round's n, t or seed disagree with this silo's secure-aggregation state (the ε
+        it accounted would not be the ε of the round).
+    """
+    n, t = len(secagg.roster), secagg.threshold
+    if (int(config.get("dp-num-silos", -1)), int(config.get("dp-min-survivors", -1))) != (n, t):
+        raise ProtocolError(
+            f"the round's DP terms name n={config.get('dp-num-silos')}, "
+            f"t={config.get('dp-min-survivors')} but this silo's secure-aggregation run has "
+            f"n={n}, t={t}; refusing (its ε would be accounted for the wrong mechanism)")
+    weight = float(num_examples) if weighted else 1.0
+    fraction = min(weight, dp.max_weight) / dp.max_weight
+    dimension = model_length(template)
+    clip = float(dp.clip_norm)  # type: ignore[arg-type]
+    if dp.mechanism == "central":
+        clip -= secagg.quant.step * math.sqrt(dimension)
+    clipped = clip_update(delta, clip_norm=clip)
+    if CLIP_OBSERVER is not None:
+        CLIP_OBSERVER(clipped)
+    if dp.mechanism == "central":
+        update = flatten_update(clipped.update, template) * fraction
+        return SecureDPUpdate({"update": update, "weight": 1}, clip)
+    params = dp.ddg_params(num_silos=n, min_survivors=t, dimension=dimension)
+    seed = _rotation_seed(config)
+    if params.calibrate().padded_dim != secagg.length or not secagg.encoded or (
+            params.modulus_bits != secagg.quant.modulus_bits):
+        raise ProtocolError("the secure-aggregation run does not mask this mechanism's encoding "
+                            f"(length {secagg.length}, 2^{secagg.quant.modulus_bits}); re-key")
+    encoded, _, _ = encode_update(clipped.update, params=params, rotation_seed=seed,
+                                  rng=default_source(), weight_fraction=fraction)
+    return SecureDPUpdate({"encoded": encoded}, clip)
+
+
+def _rotation_seed(config: Mapping[str, Any]) -> bytes:
+    try:
+        seed = bytes.fromhex(str(config.get("dp-rotation-seed", "")))
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise ProtocolError("the round carries no valid dp-rotation-seed (32 bytes, hex); "
+                            "the distributed mechanism needs the round's public rotation seed")
+    return seed
 
 
 @dataclass

@@ -12,8 +12,8 @@ Flower's ``context.state`` and moves the records in and out of ``RecordDict``s:
 
 The state record holds the silo's private keys: it must stay in the silo's local store,
 never in logs, the ledger or a run directory. A step that fails leaves the stored state as
-it was. A later privacy layer transforms ``delta`` before :func:`mask` (clip, noise); the
-protocol then quantizes what it is given.
+it was. With DP, :func:`mask` clips (central) or encodes with the silo's noise share
+(distributed, a pre-encoded run) before masking; see :mod:`silo_client.privacy`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from strategies.secagg import (
     KeyRequest, MaskRequest, Message, UnmaskRequest, message_from_record, new_silo,
     silo_state_from_record, silo_state_to_record, silo_step)
+from silo_client.privacy import dp_terms, secure_update
 from xsilo.errors import ProtocolError
 from xsilo.protocol import flatten_update
 
@@ -88,11 +89,25 @@ class MaskOutcome:
 
 def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
          delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
-         num_examples: float, weighted: bool) -> MaskOutcome:
-    """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares)."""
+         num_examples: float, weighted: bool,
+         round_config: Mapping[str, Any] | None = None) -> MaskOutcome:
+    """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares).
+
+    With DP terms in ``round_config`` the update is first clipped (central) or encoded with
+    this silo's noise share (distributed) by :func:`silo_client.privacy.secure_update`;
+    nothing about the clipping is reported in the clear.
+    """
     message = _expect(request, MaskRequest, "masked input")
     state = _state(stored, "masked input")
     assert state.config is not None
+    dp = dp_terms(round_config or {})
+    if dp is not None:
+        prepared = secure_update(dp, round_config or {}, delta=delta, template=template,
+                                 num_examples=num_examples, weighted=weighted,
+                                 secagg=state.config)
+        state, reply = silo_step(state, message, **prepared.step_kwargs)
+        return MaskOutcome(silo_state_to_record(state), reply.to_record(),
+                           {"secagg-dp-clip-norm": prepared.clip_norm})
     quant = state.config.quant
     update = flatten_update(delta, template)
     weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)

@@ -23,7 +23,8 @@ from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
 from silo_client.ledger import EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
-from silo_client.privacy import SiloPrivacy, attach_dpsgd, ledger_fields
+from silo_client.privacy import SiloPrivacy, attach_dpsgd, dp_terms, ledger_fields
+from xsilo.protocol import model_length
 
 __all__ = ["Silo", "TrainResult"]
 
@@ -101,8 +102,11 @@ class Silo:
         """Check the run against the site policy, validate data, and return
         (identity + schema fingerprint, initial parameters)."""
         # The projected ε is computed here from the run's DP terms, never taken as a number.
+        dp = dp_terms(terms)
+        dimension = (model_length(self.model(int(terms.get("seed", 0))).get_parameters())
+                     if dp is not None and dp.mechanism == "distributed" else None)
         check_run(self.policy, self.privacy.run_terms(
-            terms, strategy=str(terms.get("strategy", "")),
+            terms, dimension=dimension, strategy=str(terms.get("strategy", "")),
             num_rounds=int(terms.get("num-rounds", 0)),
             secure_aggregation=bool(terms.get("secure-aggregation", False)),
             coordinator_fingerprint=self._coordinator_fingerprint(),
@@ -139,7 +143,7 @@ class Silo:
         """Evaluate the incoming model, train locally, return the update and metrics."""
         started = time.perf_counter()
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
-        round_privacy = self.privacy.begin_round(config)
+        round_privacy = self.privacy.begin_round(config, dimension=model_length(global_params))
         model = self.model(int(config.get("seed", 0)), config)
         dpsgd = None
         if self.config.dp_sgd is not None:

@@ -10,11 +10,11 @@ built-in ``sklearn:LogisticRegression`` silo model, FedAvg, all silos every roun
 
 * **no DP** and **central** run the real round loop (``xsilo.local.run_in_process``): the
   coordinator clips each update to C, sums, adds N(0, (z·C)²) and divides by the public n.
-* **distributed** (KLS 2021) runs the same silos' training with the DP core's
-  ``encode_update`` at each silo (clip, rotate, scale, conditional rounding, discrete
-  Gaussian share for t = n survivors, mod 2^32) and ``decode_sum`` of the modular sum at the
-  coordinator. The masking layer is left out: masks cancel exactly mod 2^b, so the decoded
-  sum — and the accuracy — are those of a masked run.
+* **distributed** (KLS 2021) runs the real round loop **under secure aggregation**
+  (``secure_aggregation = true``, threshold t = n = 3): each silo clips, rotates with the
+  round's public seed, scales, rounds and adds its discrete-Gaussian share
+  (``encode_update``, mod 2^32), the masking layer sums the pre-encoded vectors, and the
+  coordinator only unmasks and decodes (``decode_sum``); ε is the run's reported ε.
 
 For each target ε (δ = 1e-5, after ROUNDS rounds) z is the smallest multiplier whose
 accounted ε (PLD for central; RDP of the calibrated zCDP ρ for distributed) stays ≤ target.
@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -42,9 +41,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples" / "digits-torch")]
 from coordinator.config import RunConfig  # noqa: E402
 from silo_client.config import write_silo_config  # noqa: E402
 from silo_client.silo import Silo  # noqa: E402
-from strategies.dp import Accountant, DPConfig, decode_sum, encode_update, default_source  # noqa: E402
+from strategies.dp import Accountant, DPConfig  # noqa: E402
 from strategies.dp.accounting import GaussianRound, ZCDPRound  # noqa: E402
-from strategies.registry import build_strategy  # noqa: E402
 from xsilo.demo_data import demo_schema, write_demo_data  # noqa: E402
 from xsilo.local import run_in_process  # noqa: E402
 
@@ -101,28 +99,16 @@ def run_loop(configs: list[Path], work: Path, dp: DPConfig | None) -> tuple[floa
     return float(summary["final_accuracy"]), summary.get("epsilon")
 
 
-def run_distributed(configs: list[Path], z: float, clip: float) -> float:
-    """The KLS mechanism through the DP core, the silos' real training and FedAvg."""
-    silos = [Silo.from_file(p) for p in configs]
-    n = len(silos)
-    _, current = silos[0].join({"num-rounds": ROUNDS, "seed": 0, "strategy": "fedavg"})
-    dim = sum(v.size for v in current.values())
+def run_distributed(configs: list[Path], work: Path, z: float, clip: float
+                    ) -> tuple[float, float | None]:
+    """Distributed DP in a real secure run (masked pre-encoded shares); (accuracy, ε)."""
     dp = DPConfig(mechanism="distributed", noise_multiplier=z, clip_norm=clip, delta=DELTA)
-    params = dp.ddg_params(num_silos=n, min_survivors=n, dimension=dim)
-    strategy = build_strategy("fedavg", {"weighted": False})
-    rng = default_source()
-    for r in range(1, ROUNDS + 1):
-        seed = os.urandom(32)  # the round's public rotation seed
-        total = None
-        for silo in silos:
-            delta = silo.train(current, {"server-round": r, "participants": n, "seed": 0,
-                                         "local-epochs": 1, "learning-rate": 0.1}).delta
-            enc, _, _ = encode_update(delta, params=params, rotation_seed=seed, rng=rng)
-            total = enc if total is None else total + enc  # uint64: wraps mod 2^64, then 2^b
-        noisy = decode_sum(total, params=params, rotation_seed=seed, template=current)
-        current = strategy.step(current, noisy, float(n), r)
-    scores = [(silo.evaluate(current, {"seed": 0}), len(silo.test_data)) for silo in silos]
-    return sum(s["eval_accuracy"] * k for s, k in scores) / sum(k for _, k in scores)
+    config = RunConfig(num_rounds=ROUNDS, min_silos=3, strategy="fedavg",
+                       strategy_params={"weighted": False}, seed=0, dp=dp,
+                       secure_aggregation=True, secagg_threshold=3)
+    summary = run_in_process(work, config, configs)
+    assert summary["status"] == "completed" and not summary["rounds_failed"], summary
+    return float(summary["final_accuracy"]), summary.get("epsilon")
 
 
 def main() -> None:
@@ -142,16 +128,20 @@ def main() -> None:
             rows = []
             for eps in eps_list:
                 zc, zd = noise_for(eps, "central", 3, dim), noise_for(eps, "distributed", 3, dim)
-                central, dist, reported = [], [], []
+                central, dist, reported, reported_d = [], [], [], []
                 for k in range(reps):
                     dp = DPConfig(mechanism="central", noise_multiplier=zc, clip_norm=CLIP[fed],
                                   delta=DELTA)
                     acc, e = run_loop(configs, Path(tmp) / f"{fed}-c{eps}-{k}", dp)
                     central.append(acc)
                     reported.append(e)
-                    dist.append(run_distributed(configs, zd, CLIP[fed]))
+                    acc, e = run_distributed(configs, Path(tmp) / f"{fed}-d{eps}-{k}", zd,
+                                             CLIP[fed])
+                    dist.append(acc)
+                    reported_d.append(e)
                 rows.append({"epsilon": eps, "z_central": zc, "z_distributed": zd,
-                             "eps_reported": max(reported), "central": central, "distributed": dist})
+                             "eps_reported": max(reported), "eps_reported_d": max(reported_d),
+                             "central": central, "distributed": dist})
                 print(f"{fed} ε={eps}: central {np.mean(central):.3f} (z={zc:.2f}), "
                       f"distributed {np.mean(dist):.3f} (z={zd:.2f}), no DP {base:.3f}", flush=True)
             results[fed] = {"no_dp": base, "dim": dim, "rows": rows}
@@ -190,7 +180,8 @@ def _table(results: dict, reps: int, seconds: float) -> str:
     for fed, res in results.items():
         for r in res["rows"]:
             lines.append(
-                f"| {fed} | {r['epsilon']:g} (reported {r['eps_reported']:.3f}) | "
+                f"| {fed} | {r['epsilon']:g} (reported {r['eps_reported']:.3f} / "
+                f"{r['eps_reported_d']:.3f}) | "
                 f"{r['z_central']:.2f} | {np.mean(r['central']):.3f} ± {np.std(r['central']):.3f} | "
                 f"{r['z_distributed']:.2f} | {np.mean(r['distributed']):.3f} ± "
                 f"{np.std(r['distributed']):.3f} | {res['no_dp']:.3f} |")

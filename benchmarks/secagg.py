@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/secagg.py                          # the default grid, writes results
     .venv/bin/python benchmarks/secagg.py --silos 5 --params 1000000 --engines xsilo-inprocess
-    .venv/bin/python benchmarks/secagg.py --engines xsilo-deployment --silos 5 --params 1000000
+    .venv/bin/python benchmarks/secagg.py --engines xsilo-deployment flower-deployment \
+        --silos 5 --params 1000000
 
 Every silo holds one float32 tensor of ``--params`` values; "training" adds a fixed,
 seeded vector (benchmark data, nothing secret) so the round time is the protocol and the
@@ -16,8 +17,17 @@ engine, not the model. Engines (their times are comparable only within one engin
   ``DefaultWorkflow``; plain = default fit workflow, SecAgg+ = ``SecAggPlusWorkflow``
   (num_shares = n, reconstruction_threshold = ⌈2n/3⌉, xsilo's default t). Time = median
   of the fit workflow's wall time over rounds 2..R.
+* ``xsilo-sim``: the real xsilo ServerApp and ClientApp on Flower's Ray simulation engine
+  (``xsilo.local.run_in_simulation``: ``run_simulation``, one Ray actor per silo with one
+  CPU); plain and secure; time = median ``round_seconds`` of rounds 2..R. The like-for-like
+  comparison with ``flower-sim``.
 * ``xsilo-deployment``: ``flower-superlink`` + one ``flower-supernode`` per silo (TLS, node
   auth, loopback), plain and secure; time = median ``round_seconds`` of rounds 2..R.
+* ``flower-deployment``: the same processes (``LocalFederation``: TLS, node auth, one
+  SuperNode per silo) running a Flower app built here (legacy FedAvg; plain = default fit
+  workflow, SecAgg+ = ``SecAggPlusWorkflow`` with the ``flower-sim`` settings and
+  ``secaggplus_mod`` on the NumPyClient); time = median of the fit workflow's wall time
+  over rounds 2..R, measured inside the ServerApp.
 
 Each case runs in a fresh subprocess. Results: ``benchmarks/out/secagg.json`` and the
 section "## Secure aggregation: round time" of ``benchmarks/RESULTS.md``.
@@ -116,19 +126,33 @@ def case_inprocess(silos: int, params: int, secure: bool) -> dict:
                 "total_s": time.perf_counter() - started}
 
 
-def case_deployment(silos: int, params: int, secure: bool) -> dict:
+def case_simulation(silos: int, params: int, secure: bool) -> dict:
+    from coordinator.run_store import RunStore
+    from xsilo.local import run_in_simulation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = _silo_configs(Path(tmp), silos)
+        started = time.perf_counter()
+        summary = run_in_simulation(Path(tmp) / "run", _config(silos, secure), configs)
+        assert summary["status"] == "completed", summary
+        return {"round_s": _round_seconds(RunStore(Path(tmp) / "run").events()),
+                "total_s": time.perf_counter() - started}
+
+
+def _federation(root: Path, silos: int):
+    """A LocalFederation of ``silos`` SuperNodes (TLS, node auth) with the synthetic model."""
     from xsilo.demo_data import write_demo_data
     from xsilo.federation import LocalFederation
 
-    def write_data(root: Path) -> list:  # silo-i gets a copy of demo hospital i mod 3
+    def write_data(base_dir: Path) -> list:  # silo-i gets a copy of demo hospital i mod 3
         import dataclasses
         import shutil
 
-        base = write_demo_data(root / "_demo")
+        base = write_demo_data(base_dir / "_demo")
         out = []
         for i in range(silos):
             src = base[i % len(base)]
-            data = root / f"silo-{i}" / "data"
+            data = base_dir / f"silo-{i}" / "data"
             data.mkdir(parents=True)
             shutil.copy(src.train, data / "train.csv")
             shutil.copy(src.test, data / "test.csv")
@@ -136,8 +160,12 @@ def case_deployment(silos: int, params: int, secure: bool) -> dict:
                                            test=data / "test.csv"))
         return out
 
+    return LocalFederation(root, model="secagg:build", write_data=write_data).setup()
+
+
+def case_deployment(silos: int, params: int, secure: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        fed = LocalFederation(Path(tmp), model="secagg:build", write_data=write_data).setup()
+        fed = _federation(Path(tmp), silos)
         with fed:
             fed.start()
             started = time.perf_counter()
@@ -194,11 +222,96 @@ def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
     return {"round_s": statistics.median(times[1:]), "total_s": time.perf_counter() - started}
 
 
-CASES = {"xsilo-inprocess": case_inprocess, "xsilo-deployment": case_deployment,
-         "flower-sim": case_flower_sim}
+FLOWER_APP = """
+import json, math, time
+from pathlib import Path
+import numpy as np
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Context, ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+PARAMS, SILOS, SECURE, ROUNDS = {params}, {silos}, {secure}, {rounds}
+
+
+class Client(NumPyClient):
+    def fit(self, parameters, config):
+        step = np.random.default_rng(192).standard_normal(PARAMS, dtype=np.float32)
+        return [parameters[0] + 1e-3 * step], 192, {{}}
+
+
+client = ClientApp(client_fn=lambda context: Client().to_client(),
+                   mods=[secaggplus_mod] if SECURE else [])
+server = ServerApp()
+
+
+@server.main()
+def main(grid, context: Context) -> None:
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=SILOS,
+                      min_available_clients=SILOS,
+                      initial_parameters=ndarrays_to_parameters([np.zeros(PARAMS, np.float32)]))
+    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS),
+                        strategy=strategy)
+    inner = (SecAggPlusWorkflow(num_shares=SILOS,
+                                reconstruction_threshold=max(2, math.ceil(2 * SILOS / 3)),
+                                timeout=600) if SECURE else None)
+    times = []
+
+    def fit(grid, ctx) -> None:
+        t0 = time.perf_counter()
+        (inner or DefaultWorkflow().fit_workflow)(grid, ctx)
+        times.append(time.perf_counter() - t0)
+        Path(context.run_config["out"]).write_text(json.dumps(times))
+
+    DefaultWorkflow(fit_workflow=fit)(grid, ctx)
+"""
+
+
+def case_flower_deployment(silos: int, params: int, secure: bool) -> dict:
+    """Flower's own FedAvg / SecAgg+ app on the same SuperLink + SuperNodes (TLS, node auth)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Path(tmp) / "flower-bench-app"
+        app.mkdir()
+        (app / "flower_bench_app.py").write_text(FLOWER_APP.format(
+            params=params, silos=silos, secure=secure, rounds=ROUNDS))
+        (app / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+            '[project]\nname = "flower-bench-app"\nversion = "1.0.0"\ndescription = "bench"\n'
+            'license = "Apache-2.0"\ndependencies = []\n\n'
+            '[tool.hatch.build.targets.wheel]\npackages = ["."]\n\n'
+            '[tool.flwr.app]\npublisher = "bench"\n\n[tool.flwr.app.components]\n'
+            'serverapp = "flower_bench_app:server"\nclientapp = "flower_bench_app:client"\n\n'
+            '[tool.flwr.app.config]\nout = ""\n')
+        out = Path(tmp) / "times.json"
+        fed = _federation(Path(tmp) / "fed", silos)
+        with fed:
+            fed.start()
+            cli = fed.home.cli()
+            started = time.perf_counter()
+            run_id = cli.submit(app, {"out": str(out)})
+            deadline = time.monotonic() + 900
+            while not (status := cli.status(run_id)).startswith("finished"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Flower run {run_id} still {status} after 900 s")
+                time.sleep(1)
+            times = json.loads(out.read_text()) if out.exists() else []
+            assert status == "finished:completed" and len(times) == ROUNDS, (status, times)
+            return {"round_s": statistics.median(times[1:]),
+                    "total_s": time.perf_counter() - started}
+
+
+CASES = {"xsilo-inprocess": case_inprocess, "xsilo-sim": case_simulation,
+         "xsilo-deployment": case_deployment, "flower-sim": case_flower_sim,
+         "flower-deployment": case_flower_deployment}
 NAMES = {("xsilo-inprocess", False): "plain FedAvg", ("xsilo-inprocess", True): "xsilo secure",
+         ("xsilo-sim", False): "plain FedAvg", ("xsilo-sim", True): "xsilo secure",
          ("xsilo-deployment", False): "plain FedAvg", ("xsilo-deployment", True): "xsilo secure",
-         ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+"}
+         ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+",
+         ("flower-deployment", False): "Flower FedAvg",
+         ("flower-deployment", True): "Flower SecAgg+"}
+DEPLOYMENT = ("xsilo-deployment", "flower-deployment")
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -240,10 +353,30 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _goals(rows: list[dict]) -> str:
+    """The issue's goals, computed from this run's rows."""
+    t = {(r["engine"], r["silos"], r["params"], r["method"]): r.get("round_s") for r in rows}
+    out = []
+    sec, plain = (t.get(("xsilo-sim", 10, 1_000_000, m)) for m in ("xsilo secure", "plain FedAvg"))
+    if sec and plain:
+        out.append(f"* simulation, 10 silos x 1M: xsilo secure / plain = {sec / plain:.2f}x "
+                   f"(goal <= 1.3x: {'met' if sec / plain <= 1.3 else 'not met'})")
+    for (engine, silos, params, method), mine in sorted(t.items()):
+        if engine != "xsilo-deployment" or method != "xsilo secure" or not mine:
+            continue
+        theirs = t.get(("flower-deployment", silos, params, "Flower SecAgg+"))
+        if theirs:
+            out.append(f"* deployment, {silos} silos x {params:,}: Flower SecAgg+ / xsilo secure "
+                       f"= {theirs / mine:.2f}x (goal >= 3x: "
+                       f"{'met' if theirs / mine >= 3 else 'not met'})")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engines", nargs="+", choices=sorted(CASES),
-                    default=["xsilo-inprocess", "flower-sim", "xsilo-deployment"])
+                    default=["xsilo-inprocess", "xsilo-sim", "flower-sim", "xsilo-deployment",
+                             "flower-deployment"])
     ap.add_argument("--deployment-grid", nargs="+", default=["5x1000000"],
                     help="SILOSxPARAMS cases run on xsilo-deployment (each SuperNode and every "
                          "message's ClientApp process share the 2 cores)")
@@ -262,7 +395,7 @@ def main() -> None:
     for engine in args.engines:
         for silos in args.silos:
             for params in args.params:
-                if engine == "xsilo-deployment" and f"{silos}x{params}" not in args.deployment_grid:
+                if engine in DEPLOYMENT and f"{silos}x{params}" not in args.deployment_grid:
                     continue
                 for secure in (False, True):
                     row = _run_case(engine, silos, params, secure, args.timeout)
@@ -270,6 +403,7 @@ def main() -> None:
                     rows.append(row)
     table = _table(rows)
     print(table)
+    print(_goals(rows))
     if args.no_results:
         return
     (HERE / "out").mkdir(exist_ok=True)

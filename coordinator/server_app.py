@@ -15,7 +15,7 @@ from coordinator.transport import GridTransport
 from strategies.registry import build_strategy
 from xsilo.errors import ConfigError
 
-__all__ = ["app", "run_coordinator"]
+__all__ = ["app", "run_coordinator", "simulation_app"]
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -46,3 +46,16 @@ def main(grid: Grid, context: Context) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = run_coordinator(grid, str(context.run_config.get("run-dir", "")))
     log.info("run finished: %s", summary)
+
+
+def simulation_app(run_dir: str, *, poll_interval: float = 0.02) -> ServerApp:
+    """The coordinator ServerApp for Flower's Ray simulation (``run_simulation`` passes no
+    run config, so the run directory is bound here)."""
+    sim = ServerApp()
+
+    @sim.main()
+    def _main(grid: Grid, context: Context) -> None:
+        summary = run_coordinator(grid, run_dir, poll_interval=poll_interval)
+        log.info("run finished: %s", summary)
+
+    return sim

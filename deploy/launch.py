@@ -55,6 +55,10 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # SuperExec polls for new ClientApp/ServerApp tasks every 1 s by default; every message
+    # a silo receives waits on that poll before its ClientApp process starts. 0.1 s costs a
+    # few idle wake-ups per second and takes ~0.45 s off every message on average.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     env.update(extra or {})
     return env
 

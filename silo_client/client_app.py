@@ -5,6 +5,10 @@ Any :class:`~xsilo.errors.XsiloError` becomes a typed error reply whose reason i
 (``type``, ``reason``, ``message``), so the coordinator can show *why* a silo refused;
 the silo process itself never crashes on bad input.
 
+In Flower's Ray simulation a virtual SuperNode has only ``partition-id`` in its node config;
+:func:`simulation_app` binds partition *i* to the *i*-th ``silo.toml`` and runs the same
+handlers.
+
 Secure aggregation (``silo_client.secure``): ``train.secagg_setup`` once per run, the
 MaskRequest inside ``train``, ``train.unmask`` after it. The protocol state (private keys)
 lives in Flower's node-local ``context.state`` only. A silo that joined a secure run, or
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -30,7 +34,7 @@ from xsilo.records import arrays_to_record, record_to_arrays
 from xsilo.protocol import (ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SECAGG, SECAGG_ARRAYS,
                             SILO)
 
-__all__ = ["app"]
+__all__ = ["app", "simulation_app"]
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -211,3 +215,35 @@ def evaluate(msg: Message, context: Context) -> Message:
     silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="evaluate",
                        arrays={}, metrics=metrics)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+class _BindSimulatedSilo:
+    """Mod for Ray simulation: give virtual SuperNode ``partition-id`` = i the i-th silo config.
+
+    A class (not a closure) so Ray can ship it to its actors.
+    """
+
+    def __init__(self, silo_configs: Sequence[str]) -> None:
+        self.silo_configs = [str(p) for p in silo_configs]
+
+    def __call__(self, msg: Message, context: Context,
+                 call_next: Callable[[Message, Context], Message]) -> Message:
+        if not context.node_config.get("silo-config"):
+            part = int(context.node_config.get("partition-id", -1))
+            if not 0 <= part < len(self.silo_configs):
+                raise ConfigError(f"simulated SuperNode partition {part} has no silo config; "
+                                  f"{len(self.silo_configs)} were given (one per SuperNode)")
+            context.node_config["silo-config"] = self.silo_configs[part]
+        return call_next(msg, context)
+
+
+def simulation_app(silo_configs: Sequence[str]) -> ClientApp:
+    """The silo ClientApp for Flower's Ray simulation: the same handlers as :data:`app`,
+    with virtual SuperNode *i* reading ``silo_configs[i]``."""
+    sim = ClientApp(mods=[_BindSimulatedSilo(silo_configs)])
+    sim.query()(join)
+    sim.train()(train)
+    sim.train("secagg_setup")(secagg_setup)
+    sim.train("unmask")(unmask)
+    sim.evaluate()(evaluate)
+    return sim

@@ -1,20 +1,25 @@
-"""Run a whole federation in one process: the real ServerApp logic and ClientApp handlers,
-connected by :class:`coordinator.local_grid.LocalGrid` instead of a SuperLink.
+"""Run a whole federation on this machine without a SuperLink: the real ServerApp logic and
+ClientApp handlers, either in one process (:func:`run_in_process`, over
+:class:`coordinator.local_grid.LocalGrid`) or on Flower's Ray simulation engine
+(:func:`run_in_simulation`, every silo's ClientApp in a Ray actor).
 
 Useful to try a run configuration in seconds, and the basis of the fast test suite.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
 from coordinator.config import RunConfig, write_run_config
 from coordinator.local_grid import LocalGrid
+from coordinator.run_store import RunStore
 from coordinator.server_app import run_coordinator
 from silo_client.client_app import app as client_app
+from xsilo.errors import DeploymentError
 
-__all__ = ["run_in_process"]
+__all__ = ["run_in_process", "run_in_simulation"]
 
 
 def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path], *,
@@ -30,3 +35,32 @@ def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path
     grid = LocalGrid(client_app, {i + 1: {"silo-config": str(Path(p).resolve())}
                                   for i, p in enumerate(silo_configs)}, drop=drop)
     return run_coordinator(grid, str(run_dir), poll_interval=0.0)
+
+
+def run_in_simulation(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path], *,
+                      cpus_per_silo: float = 1.0, verbose: bool = False) -> dict:
+    """Run ``config`` on Flower's Ray simulation engine (``flwr.simulation.run_simulation``):
+    one virtual SuperNode per ``silo.toml``, the silos' ClientApps in Ray actors, the
+    coordinator's ServerApp driving them over Flower's in-memory grid. Returns the summary.
+
+    Needs ``flwr[simulation]`` (Ray), which xsilo depends on.
+    """
+    from flwr.simulation import run_simulation
+
+    from coordinator.server_app import simulation_app as server_sim
+    from silo_client.client_app import simulation_app as client_sim
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir / "config.toml", config)
+    paths = [str(Path(p).resolve()) for p in silo_configs]
+    run_simulation(server_app=server_sim(str(run_dir)), client_app=client_sim(paths),
+                   num_supernodes=len(paths), verbose_logging=verbose,
+                   backend_config={"client_resources": {"num_cpus": cpus_per_silo},
+                                   "init_args": {"logging_level": logging.WARNING,
+                                                 "log_to_driver": verbose}})
+    summary = RunStore(run_dir).summary()
+    if summary is None:
+        raise DeploymentError(f"the simulated run in {run_dir} ended without a summary; the "
+                              "ServerApp failed before finishing (see the log above)")
+    return summary

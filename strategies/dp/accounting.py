@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Union
-
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+from typing import TYPE_CHECKING, Any, Union
 
 from xsilo.errors import ConfigError, PolicyRefusal, PrivacyBudgetExceeded
 
@@ -40,6 +36,17 @@ __all__ = [
 ]
 
 METHODS = ("pld", "rdp")
+
+if TYPE_CHECKING:
+    import dp_accounting
+
+
+def _dp():  # type: ignore[no-untyped-def]
+    """``dp_accounting``, imported on first use: it pulls in scipy.stats (seconds), and every
+    ClientApp process of a run without DP would otherwise pay for it on every message."""
+    import dp_accounting
+
+    return dp_accounting
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class GaussianRound:
             )
 
     def to_dp_event(self) -> dp_accounting.DpEvent:
+        dp_accounting = _dp()
         g = dp_accounting.GaussianDpEvent(self.noise_multiplier)
         if self.sampling_probability < 1.0:
             return dp_accounting.PoissonSampledDpEvent(self.sampling_probability, g)
@@ -75,7 +83,7 @@ class ZCDPRound:
             raise ConfigError(f"zCDP rho must be finite and > 0, got {self.rho!r}")
 
     def to_dp_event(self) -> dp_accounting.DpEvent:
-        return dp_accounting.ZCDpEvent(self.rho)
+        return _dp().ZCDpEvent(self.rho)
 
 
 Event = Union[GaussianRound, ZCDPRound]
@@ -99,6 +107,7 @@ def ledger_event(events: list[Event] | tuple[Event, ...]) -> dp_accounting.DpEve
     Gaussian ``z / sqrt(T)`` (exact), and sampled rounds use one FFT self-composition instead
     of T sequential convolutions.
     """
+    dp_accounting = _dp()
     groups: list[list[Any]] = []
     for e in events:
         if groups and groups[-1][0] == e:
@@ -133,11 +142,11 @@ class Accountant:
     def _epsilon_of(self, events: list[Event]) -> float:
         if not events:
             return 0.0
-        acct = (
-            pld_privacy_accountant.PLDAccountant()
-            if self.method == "pld"
-            else rdp_privacy_accountant.RdpAccountant()
-        )
+        if self.method == "pld":
+            from dp_accounting.pld.pld_privacy_accountant import PLDAccountant as Impl
+        else:
+            from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant as Impl
+        acct = Impl()
         acct.compose(ledger_event(events))
         return float(acct.get_epsilon(self.delta))
 

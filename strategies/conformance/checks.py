@@ -123,27 +123,74 @@ def check_order_invariance(cls: type[Strategy], params: object = None) -> None:
     _close(a, c, "rotated reply order")
 
 
-def check_weights_honoured(cls: type[Strategy], params: object = None) -> None:
-    """Sum kinds: weight 2 == the same update twice with weight 1. Weighted per-update kinds:
-    scaling every weight by a constant changes nothing. Unweighted: not applicable."""
-    strategy = cls(params)
-    if not strategy.weighted:
-        raise NotApplicable(f"{cls.name} is unweighted (weighted=False): weights are not used")
+def _distance(a: NDArrays, b: NDArrays) -> float:
+    return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k]) ** 2) for k in a)))
+
+
+def _reweighted(ups: Sequence[Update], weights: Sequence[float]) -> list[Update]:
+    return [Update(u.silo, u.delta, float(w)) for u, w in zip(ups, weights, strict=True)]
+
+
+def check_weights_normalised(cls: type[Strategy], params: object = None) -> None:
+    """Multiplying every weight by the same factor (1000, then 1/64) changes nothing.
+
+    Weights are relative: a sum strategy must divide ``delta_sum`` by ``total_weight``
+    (Σ w·Δ / Σ w is unchanged when every w is scaled), a weighted per-update rule must
+    normalise its weights. A strategy that ignores ``total_weight`` fails here. Applies to
+    every strategy: unweighted ones pass because they do not use weights at all.
+    """
     ups = updates(5)
+    base = aggregate_updates(cls(params), model(), ups, 1)
+    for factor in (1000.0, 1.0 / 64.0):
+        scaled = _reweighted(ups, [factor * u.weight for u in ups])
+        _close(base, aggregate_updates(cls(params), model(), scaled, 1),
+               f"every weight multiplied by {factor:g}")
+
+
+def check_weights_honoured(cls: type[Strategy], params: object = None) -> None:
+    """Sum kinds: one update weighted 10⁶ against six of weight 1 pulls the result to that
+    update's own result. Unweighted per-update kinds: re-drawn weights change nothing.
+    Weighted per-update kinds: not applicable.
+
+    Sum kinds see only ``(Σ w·Δ, Σ w)``, whatever their ``weighted`` flag (the coordinator
+    sends weight 1.0 to unweighted ones), so they are held to the weighted mean: the
+    model after the heavy round must be at most 1% as far from the model after the heavy
+    update alone as the equal-weight round is. A strategy that ignores ``delta_sum`` (or
+    weighs it wrongly) fails. A robust per-update rule may discard a heavy update by
+    design, so no pull is required of it; ``weights_normalised`` covers its weighting.
+    """
+    strategy, start, ups = cls(params), model(), updates(5)
     if strategy.kind == "sum":
-        base = [Update(u.silo, u.delta, 1.0) for u in ups]
-        doubled = base[:-1] + [Update(base[-1].silo, base[-1].delta, 2.0)]
-        twice = base + [Update(base[-1].silo + "-again", base[-1].delta, 1.0)]
-        _close(aggregate_updates(cls(params), model(), doubled, 1),
-               aggregate_updates(cls(params), model(), twice, 1), "weight 2 vs the update twice")
+        unit = _reweighted(ups, [1.0] * len(ups))
+        heavy = _reweighted(ups, [1e6] + [1.0] * (len(ups) - 1))
+        alone = aggregate_updates(cls(params), start, unit[:1], 1)
+        d_equal = _distance(aggregate_updates(cls(params), start, unit, 1), alone)
+        d_heavy = _distance(aggregate_updates(cls(params), start, heavy, 1), alone)
+        assert d_equal > 0, ("seven equal-weight updates give the same model as one of them "
+                             "alone: the step does not follow delta_sum / total_weight")
+        assert d_heavy <= 0.01 * d_equal, (
+            f"with weight 1e6 on '{ups[0].silo}' (six others at 1) the model is {d_heavy:.3g} "
+            f"from that update's own result, with equal weights {d_equal:.3g}; the heavy update "
+            "must dominate (the step must follow delta_sum / total_weight)")
+    elif not strategy.weighted:
+        redrawn = _reweighted(ups, [1000.0, 0.5, 1.0, 37.0, 2.0, 1e-3, 9.0])
+        _close(aggregate_updates(cls(params), start, ups, 1),
+               aggregate_updates(cls(params), start, redrawn, 1),
+               "weighted=False, yet re-drawn weights changed the result")
     else:
-        scaled = [Update(u.silo, u.delta, 3.0 * u.weight) for u in ups]
-        _close(aggregate_updates(cls(params), model(), ups, 1),
-               aggregate_updates(cls(params), model(), scaled, 1), "weights scaled by 3")
+        raise NotApplicable(f"{cls.name} is a weighted per-update strategy: a robust rule may "
+                            "discard a heavily weighted update by design (weights_normalised "
+                            "covers its weighting)")
 
 
 def check_nonfinite_rejected(cls: type[Strategy], params: object = None) -> None:
-    """A NaN/Inf update raises UpdateRejected; model, state and later rounds are untouched."""
+    """A NaN/Inf update raises UpdateRejected; model, state and later rounds are untouched.
+
+    A framework guarantee, not a plugin property: ``aggregate_updates`` validates every
+    update before the strategy is called, so a plugin cannot fail this check and never
+    sees a non-finite value. It stays in the kit so that a run of the kit also proves the
+    guarantee for the strategy's kind (it fails if the validation were ever bypassed).
+    """
     for bad_value in (np.nan, np.inf):
         strategy, start = cls(params), model()
         _rounds(strategy, start, [6])
@@ -195,6 +242,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "shapes_and_purity": check_shapes_and_purity,
     "state_roundtrip": check_state_roundtrip,
     "order_invariance": check_order_invariance,
+    "weights_normalised": check_weights_normalised,
     "weights_honoured": check_weights_honoured,
     "nonfinite_rejected": check_nonfinite_rejected,
     "sum_decomposable": check_sum_decomposable,

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies.api import SumStrategy
-from strategies.builtin import BUILTINS, FedAdam, FedAvgM, FedTrimmedAvg, MultiKrum
+from strategies.api import PerUpdateStrategy, SumStrategy
+from strategies.builtin import (BUILTINS, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg,
+                                MultiKrum)
 from strategies.conformance import CHECKS, check_strategy, run_check
+from strategies.conformance import checks
 from strategies.conformance.checks import NotApplicable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,10 +70,117 @@ def test_kit_catches_input_mutation() -> None:
         check_strategy(_Mutating, only=["shapes_and_purity"])
 
 
+def _moved(current, delta, scale=1.0):
+    return {k: (v + scale * delta[k]).astype(v.dtype) for k, v in current.items()}
+
+
+class _IgnoresTotalWeight(SumStrategy):
+    """Bug: adds the weighted sum without dividing by the total weight."""
+
+    name = "ignores-total-weight"
+
+    def step(self, current, delta_sum, total_weight, server_round):
+        return _moved(current, delta_sum)
+
+
+class _OffByOne(SumStrategy):
+    """Bug: divides by total_weight + 1 (close to FedAvg, but not scale-free)."""
+
+    name = "off-by-one"
+
+    def step(self, current, delta_sum, total_weight, server_round):
+        return _moved(current, delta_sum, 1.0 / (total_weight + 1.0))
+
+
+class _Inert(SumStrategy):
+    """Bug: never moves the model (ignores delta_sum); scale-free, so only the pull check
+    sees it."""
+
+    name = "inert"
+
+    def step(self, current, delta_sum, total_weight, server_round):
+        return {k: v.copy() for k, v in current.items()}
+
+
+def _mean(updates, key, weights):
+    return sum(w * u.delta[key].astype(np.float64) for u, w in zip(updates, weights))
+
+
+class _FirstReply(PerUpdateStrategy):
+    """Bug: takes whichever update arrived first."""
+
+    name = "first-reply"
+
+    def aggregate(self, current, updates, server_round):
+        return _moved(current, updates[0].delta)
+
+
+class _Unnormalised(PerUpdateStrategy):
+    """Bug: weighted sum divided by the number of updates instead of the total weight."""
+
+    name = "unnormalised"
+
+    def aggregate(self, current, updates, server_round):
+        w = [u.weight / len(updates) for u in updates]
+        return _moved(current, {k: _mean(updates, k, w) for k in current})
+
+
+class _SecretlyWeighted(PerUpdateStrategy):
+    """Bug: declares weighted=False but averages by weight."""
+
+    name = "secretly-weighted"
+
+    @property
+    def weighted(self) -> bool:
+        return False
+
+    def aggregate(self, current, updates, server_round):
+        total = sum(u.weight for u in updates)
+        return _moved(current, {k: _mean(updates, k, [u.weight / total for u in updates])
+                                for k in current})
+
+
+@pytest.mark.parametrize("cls, check", [
+    (_IgnoresTotalWeight, "weights_normalised"),
+    (_OffByOne, "weights_normalised"),
+    (_Inert, "weights_honoured"),
+    (_FirstReply, "order_invariance"),
+    (_Unnormalised, "weights_normalised"),
+    (_SecretlyWeighted, "weights_honoured"),
+], ids=lambda x: getattr(x, "name", x))
+def test_kit_catches_broken_strategy(cls, check) -> None:
+    # the full kit stops at the first violation: every earlier check passes, this one fails
+    with pytest.raises(AssertionError, match=f"'{check}'"):
+        check_strategy(cls)
+
+
+def test_pull_check_is_what_catches_an_inert_strategy() -> None:
+    results = check_strategy(_Inert, only=[c for c in CHECKS if c != "weights_honoured"])
+    assert all(r == "passed" for r in results.values()), results
+
+
+def test_weights_checks_apply_to_every_sum_strategy() -> None:
+    unweighted = FedAvg.Params(weighted=False)
+    assert check_strategy(FedAvg, unweighted)["weights_honoured"] == "passed"
+    for cls in BUILTINS:
+        if cls.kind == "sum":
+            assert all(r == "passed" for r in check_strategy(cls).values()), cls.name
+
+
 def test_not_applicable_is_reported() -> None:
-    assert "unweighted" in check_strategy(FedTrimmedAvg)["weights_honoured"]
+    assert check_strategy(FedTrimmedAvg)["weights_honoured"] == "passed"  # weights ignored
+    assert "weighted per-update" in check_strategy(MultiKrum)["weights_honoured"]
     with pytest.raises(NotApplicable):
         CHECKS["sum_decomposable"](FedTrimmedAvg)
+
+
+def test_nonfinite_check_guards_the_framework(monkeypatch) -> None:
+    # A plugin cannot fail it (aggregate_updates validates first); without that
+    # validation the check fails.
+    monkeypatch.setattr(checks, "aggregate_updates",
+                        lambda s, current, ups, rnd: s.aggregate(current, list(ups), rnd))
+    with pytest.raises(AssertionError, match="was accepted"):
+        CHECKS["nonfinite_rejected"](FedMedian)
 
 
 def test_pytest_plugin_command_line(tmp_path: Path) -> None:
@@ -82,7 +191,7 @@ def test_pytest_plugin_command_line(tmp_path: Path) -> None:
          "--xsilo-conformance", "fedmedian", "-rs"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "14 passed, 2 skipped" in proc.stdout, proc.stdout
+    assert "17 passed, 1 skipped" in proc.stdout, proc.stdout
     assert "per-update strategy" in proc.stdout
 
 

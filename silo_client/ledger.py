@@ -31,12 +31,13 @@ import numpy as np
 
 from xsilo.errors import ConfigError
 
-__all__ = ["GENESIS", "EgressLedger", "VerifyResult", "entry_hash", "payload_digest",
-           "summarize", "verify_ledger"]
+__all__ = ["GENESIS", "LEDGER_FILE", "EgressLedger", "VerifyResult", "entry_hash",
+           "payload_digest", "summarize", "verify_ledger"]
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+LEDGER_FILE = "egress.jsonl"  # the silo's ledger, in its workspace ([silo] workspace)
 _FIELDS = ("seq", "timestamp", "run_id", "server_round", "message_type", "tensors",
            "payload_sha256", "masked", "clip_norm", "noise_sigma", "epsilon", "extra",
            "prev_hash", "hash")

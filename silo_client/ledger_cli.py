@@ -8,17 +8,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from silo_client.ledger import summarize, verify_ledger
+from silo_client.ledger import LEDGER_FILE, summarize, verify_ledger
 
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Inspect the egress ledger: what this silo sent, when, and how it was protected.",
+    help=f"Inspect the egress ledger (workspace/{LEDGER_FILE}): what this silo sent, when, and "
+         "how it was protected.",
     no_args_is_help=True,
     add_completion=False,
 )
 
-_PATH = typer.Argument(..., help="Path to the ledger (egress-ledger.jsonl in the silo workspace).")
+_PATH = typer.Argument(..., help=f"Path to the ledger: workspace/{LEDGER_FILE} next to silo.toml "
+                       "(the [silo] workspace directory).")
 
 
 def _require(path: Path, err: Console) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from silo_client.adapters.base import ModelAdapter, build_model, parameter_spec
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
-from silo_client.ledger import EgressLedger, payload_digest
+from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
 from silo_client.privacy import SiloPrivacy, attach_dpsgd, dp_terms, ledger_fields
 from xsilo.protocol import model_length
@@ -67,7 +67,7 @@ class Silo:
     @property
     def ledger(self) -> EgressLedger:
         """The append-only record of everything this silo sends (``workspace/egress.jsonl``)."""
-        return EgressLedger(self.config.workspace / "egress.jsonl")
+        return EgressLedger(self.config.workspace / LEDGER_FILE)
 
     def record_egress(self, *, run_id: str, server_round: int, message_type: str,
                       arrays: Mapping[str, np.ndarray], metrics: Mapping[str, Any],

@@ -17,7 +17,7 @@ from silo_client.ledger import (
     summarize,
     verify_ledger,
 )
-from silo_client.ledger_cli import app
+from silo_client.ledger_cli import _PATH, app
 from xsilo.errors import ConfigError
 
 ARRAYS = {"coef": np.arange(6, dtype=np.float32).reshape(2, 3), "intercept": np.zeros(2)}
@@ -146,8 +146,24 @@ def test_cli_show_prints_a_table(tmp_path: Path) -> None:
     assert result.output.count("train") >= 3
 
 
+def test_cli_help_names_the_file_the_silo_writes(tmp_path: Path) -> None:
+    from silo_client.config import load_silo_config, write_silo_config
+    from silo_client.ledger import LEDGER_FILE
+    from silo_client.silo import Silo
+    from xsilo.demo_data import demo_schema
+
+    config = write_silo_config(tmp_path / "silo.toml", name="a", train=Path("train.csv"),
+                               schema=demo_schema(), model="sklearn:LogisticRegression")
+    written = Silo(load_silo_config(config)).ledger.path
+    assert written == tmp_path / "workspace" / "egress.jsonl" and written.name == LEDGER_FILE
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "workspace/egress.jsonl" in result.output
+    # The PATH argument's own help (typer 0.20 with click 8.5 does not render it, so read it).
+    assert "workspace/egress.jsonl" in _PATH.help and "egress-ledger" not in _PATH.help
+
+
 def test_public_api_is_pinned() -> None:
     import silo_client.ledger as mod
 
-    assert sorted(mod.__all__) == ["EgressLedger", "GENESIS", "VerifyResult", "entry_hash",
-                                      "payload_digest", "summarize", "verify_ledger"]
+    assert sorted(mod.__all__) == ["EgressLedger", "GENESIS", "LEDGER_FILE", "VerifyResult",
+                                      "entry_hash", "payload_digest", "summarize", "verify_ledger"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,6 +13,7 @@ from coordinator.config import RunConfig, load_run_config
 from coordinator.console import follow_run, make_console, round_table
 from coordinator.home import CoordinatorHome, start_coordinator, write_gateway_home
 from coordinator.run_store import RunStore
+from deploy.launch import interrupt_on_sigterm
 from coordinator.runs import new_run_dir, submit_run
 from xsilo.errors import ConfigError, DeploymentError
 
@@ -43,14 +44,20 @@ def start(home: Path = HomeOpt) -> None:
     """Start the SuperLink (TLS + node auth) and, if configured, the mTLS gateway; register
     enrolled silos; apply approvals and revocations as they happen; serve until Ctrl-C."""
     h = CoordinatorHome.load(home)
-    running = start_coordinator(h)
-    where = (f"mTLS gateway on {h.gateway.host}:{h.gateway.port} → SuperLink on {h.address}"
-             if h.gateway else f"SuperLink on {h.host}:{h.port}")
-    console.print(f"[green]coordinator up[/]: {where} ({len(running.node_ids)} silo key(s) "
-                  f"registered: {', '.join(running.node_ids) or 'none'})")
-    console.print(f"SuperLink log: {running.superlink.log_path}. Ctrl-C stops it.")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt_on_sigterm()  # before any child starts: start_coordinator stops what it started
     try:
+        running = start_coordinator(h)
+    except KeyboardInterrupt:
+        # Typer, run with standalone_mode=False, would turn it into exit code 0
+        console.print("[yellow]interrupted while starting the coordinator[/]: what had "
+                      "started was stopped")
+        sys.exit(130)
+    try:
+        where = (f"mTLS gateway on {h.gateway.host}:{h.gateway.port} → SuperLink on "
+                 f"{h.address}" if h.gateway else f"SuperLink on {h.host}:{h.port}")
+        console.print(f"[green]coordinator up[/]: {where} ({len(running.node_ids)} silo key(s) "
+                      f"registered: {', '.join(running.node_ids) or 'none'})")
+        console.print(f"SuperLink log: {running.superlink.log_path}. Ctrl-C stops it.")
         while running.superlink.alive():
             time.sleep(2)
             for change in running.reconcile():

@@ -227,7 +227,7 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
                 pki_dir=home.gateway.pki, port=home.gateway.port, superlink=home.address,
                 prefix=home.root / "gateway", host=home.gateway.host)
         running._seen = running._pki_state()
-    except Exception:
+    except BaseException:  # Ctrl-C/SIGTERM during start-up too: never leave it running
         running.stop()
         raise
     return running

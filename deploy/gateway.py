@@ -134,15 +134,22 @@ class GatewayHandle:
                                      stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                      start_new_session=True)
         stderr.close()
+        try:
+            self._wait_listening(timeout)
+        except BaseException:  # Ctrl-C/SIGTERM during start-up too: never leave nginx behind
+            self.stop()
+            raise
+        log.info("%s gateway listening on %s (prefix %s)", self.name, self.address, self.prefix)
+        return self
+
+    def _wait_listening(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not _port_open(self.host, self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
                 raise DeploymentError(f"{self.name} gateway did not start on {self.address}: "
                                       f"{self._tail('error.log')}{self._tail('stderr.log')}")
             time.sleep(0.05)
-        log.info("%s gateway listening on %s (prefix %s)", self.name, self.address, self.prefix)
-        return self
 
     def reload(self, timeout: float = 10.0) -> None:
         """Re-render the config (new CRL, certificates, node-key bindings) and reload

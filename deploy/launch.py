@@ -33,6 +33,7 @@ __all__ = [
     "diagnose",
     "flower_env",
     "free_port",
+    "interrupt_on_sigterm",
     "start_superlink",
     "start_supernode",
     "wait_https_ready",
@@ -95,6 +96,22 @@ def check_port_free(host: str, port: int, *, what: str = "the SuperLink") -> Non
                 f"port {port} on {host} is already in use ({exc.strerror}); stop whatever "
                 f"listens there (`ss -ltnp 'sport = :{port}'`) or choose another port for "
                 f"{what}") from None
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn the first SIGTERM into KeyboardInterrupt, so ``try/finally`` clean-up runs.
+
+    Install it *before* starting children: Python's default SIGTERM action ends the
+    interpreter without clean-up, and children in their own sessions would outlive it.
+    Later SIGTERMs are ignored so that they cannot interrupt the clean-up itself (it is
+    bounded: every stop SIGKILLs after a grace period).
+    """
+
+    def handler(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @dataclass
@@ -247,7 +264,7 @@ def start_superlink(*, flwr_home: Path, log_path: Path, host: str, port: int, ca
     try:
         wait_https_ready(f"https://{_url_host(host)}:{port}/health", ca_cert, timeout=timeout,
                          process=proc)
-    except Exception:
+    except BaseException:  # Ctrl-C/SIGTERM during start-up too: never leave it running
         proc.stop()
         raise
     return proc

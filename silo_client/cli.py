@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from deploy.cli import enroll_cmd, import_cmd, renew_cmd
+from deploy.launch import interrupt_on_sigterm
 from silo_client.config import load_silo_config
 from silo_client.member import start_member
 from silo_client.ledger_cli import app as ledger_app
@@ -31,12 +32,15 @@ def start(
 ) -> None:
     """Validate local data and start this silo (gateway + SuperNode); serve until Ctrl-C."""
     cfg = load_silo_config(kit / "silo.toml" if kit else config)
-    silo = start_member(cfg)
-    via = "through its mTLS gateway" if silo.gateway is not None else "directly (TLS)"
-    console.print(f"[green]silo {cfg.name} started[/], connecting {via} "
-                  f"(log: {silo.supernode.log_path}). Ctrl-C stops it.")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt_on_sigterm()  # before any child starts: start_member stops what it started
     try:
+        silo = start_member(cfg)
+    except KeyboardInterrupt:
+        _interrupted_start("silo")
+    try:
+        via = "through its mTLS gateway" if silo.gateway is not None else "directly (TLS)"
+        console.print(f"[green]silo {cfg.name} started[/], connecting {via} "
+                      f"(log: {silo.supernode.log_path}). Ctrl-C stops it.")
         while silo.alive():
             time.sleep(1)
         silo.supernode.raise_if_exited()
@@ -44,3 +48,10 @@ def start(
         console.print("stopping silo")
     finally:
         silo.stop()
+
+
+def _interrupted_start(what: str) -> None:
+    # Typer, run with standalone_mode=False, would turn KeyboardInterrupt into exit code 0
+    console.print(f"[yellow]interrupted while starting the {what}[/]: what had started "
+                  "was stopped")
+    sys.exit(130)

@@ -32,13 +32,18 @@ PassFile = typer.Option(None, "--passphrase-file",
                              "else a prompt when the key is encrypted).")
 
 
+def _read_passphrase_file(passphrase_file: Path) -> bytes:
+    try:
+        return passphrase_file.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise EnrollmentError(f"cannot read --passphrase-file {passphrase_file}: "
+                              f"{exc.strerror}; pass a readable file that holds the CA key "
+                              "passphrase on its first line") from exc
+
+
 def _passphrase(pki: Pki, passphrase_file: Path | None) -> bytes | None:
     if passphrase_file is not None:
-        try:
-            return passphrase_file.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise EnrollmentError(f"cannot read --passphrase-file {passphrase_file}: "
-                                  f"{exc.strerror}") from exc
+        return _read_passphrase_file(passphrase_file)
     if os.environ.get("XSILO_CA_PASSPHRASE"):
         return os.environ["XSILO_CA_PASSPHRASE"].encode()
     if pki.ca_key_encrypted:
@@ -58,7 +63,7 @@ def init_cmd(
     passphrase_file: Path = PassFile,
 ) -> None:
     """Create the consortium root CA, an empty index and an empty CRL."""
-    pw = passphrase_file.read_bytes().rstrip(b"\r\n") if passphrase_file else None
+    pw = _read_passphrase_file(passphrase_file) if passphrase_file else None
     if encrypt and pw is None:
         pw = typer.prompt("New CA key passphrase", hide_input=True,
                           confirmation_prompt=True).encode()

@@ -175,12 +175,19 @@ def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0
 
 
 def check_round(policy: SitePolicy, *, server_round: int, participants: int,
-                epsilon_spent: float | None, epsilon_next: float | None) -> None:
+                epsilon_spent: float | None, epsilon_next: float | None,
+                strategy: str | None = None, secure_aggregation: bool = False) -> None:
     """Refuse this round before anything is sent.
 
     ``epsilon_spent`` / ``epsilon_next`` are the site-lifetime totals before and after this
     round (:meth:`PrivacyTally.total` and :meth:`PrivacyTally.total_after`); None without DP.
+    ``strategy`` and ``secure_aggregation`` are what *this round* says (its config's
+    ``"strategy"``; whether its update is masked), re-checked because a round need not
+    match the terms the silo joined under. Both fail closed: no strategy under
+    ``allowed_strategies``, or no secure aggregation under ``require_secure_aggregation``,
+    is a refusal.
     """
+    _check_round_terms(policy, server_round, strategy, secure_aggregation)
     if policy.max_rounds is not None and server_round > policy.max_rounds:
         raise _refuse("max_rounds", f"round {server_round} exceeds the site policy's "
                       f"max_rounds {policy.max_rounds}; no update sent")
@@ -197,6 +204,17 @@ def check_round(policy: SitePolicy, *, server_round: int, participants: int,
                 f"round {server_round} would raise this site's epsilon from "
                 f"{(epsilon_spent or 0.0):.4g} to {epsilon_next:.4g} > max_epsilon "
                 f"{policy.max_epsilon}; no update sent"))
+
+
+def _check_round_terms(policy: SitePolicy, server_round: int, strategy: str | None,
+                       secure_aggregation: bool) -> None:
+    if policy.require_secure_aggregation and not secure_aggregation:
+        raise _refuse("require_secure_aggregation", f"round {server_round} is not under secure "
+                      "aggregation but the site policy requires it; no update sent in the clear")
+    allowed = policy.allowed_strategies
+    if allowed is not None and (strategy or "").lower() not in allowed:
+        raise _refuse("allowed_strategies", f"round {server_round} runs strategy {strategy!r}, "
+                      f"not allowed by the site policy (allowed: {list(allowed)}); no update sent")
 
 
 class PrivacyTally:

@@ -50,6 +50,12 @@ __all__ = ["DPSGDSettings", "RoundPrivacy", "SecureDPUpdate", "SiloPrivacy", "at
 TALLY_FILE = "privacy-tally.json"
 
 
+def _secure_round(config: Mapping[str, Any]) -> bool:
+    """Whether a train config is a secure-aggregation round (the coordinator adds
+    ``"secagg-weighted"`` to every masked round; ``"secure-aggregation"`` is the join term)."""
+    return "secagg-weighted" in config or bool(config.get("secure-aggregation", False))
+
+
 def dp_terms(config: Mapping[str, Any]) -> DPConfig | None:
     """The run's DP settings from a join/train config (None: the run uses no DP)."""
     raw = config.get("dp")
@@ -200,15 +206,20 @@ class SiloPrivacy:
             raise ConfigError(f"privacy state {path} is unreadable ({exc}); restore it from "
                               "backup: spent budget must not be forgotten") from exc
 
-    def begin_round(self, config: Mapping[str, Any], *, dimension: int | None = None
-                    ) -> RoundPrivacy | None:
-        """Check this round against the site policy; raise PolicyRefusal before any work."""
+    def begin_round(self, config: Mapping[str, Any], *, dimension: int | None = None,
+                    secure: bool | None = None) -> RoundPrivacy | None:
+        """Check this round against the site policy; raise PolicyRefusal before any work.
+
+        ``secure``: whether this round's update will be masked (the train message carries a
+        mask request); None reads it from the round config (``"secagg-weighted"`` present).
+        """
         server_round = int(config.get("server-round", 0))
-        participants = int(config.get("participants", 0))
+        terms = {"server_round": server_round, "participants": int(config.get("participants", 0)),
+                 "strategy": None if config.get("strategy") is None else str(config["strategy"]),
+                 "secure_aggregation": _secure_round(config) if secure is None else bool(secure)}
         dp = dp_terms(config)
         if dp is None:
-            check_round(self.policy, server_round=server_round, participants=participants,
-                        epsilon_spent=None, epsilon_next=None)
+            check_round(self.policy, **terms, epsilon_spent=None, epsilon_next=None)
             return None
         run = str(config.get("dp-run") or "unnamed-run")
         path, acct, rounds = self._load(run, dp)
@@ -219,8 +230,8 @@ class SiloPrivacy:
         counted = server_round in rounds
         eps_after = acct.epsilon() if counted else acct.epsilon_if(event)
         tally = self.tally
-        check_round(self.policy, server_round=server_round, participants=participants,
-                    epsilon_spent=tally.total(), epsilon_next=tally.total_after(run, eps_after))
+        check_round(self.policy, **terms, epsilon_spent=tally.total(),
+                    epsilon_next=tally.total_after(run, eps_after))
         return RoundPrivacy(run, server_round, event, eps_after,
                             float(config.get("dp-clip-norm", dp.clip_norm)),
                             float(config.get("dp-noise-stddev", 0.0)), path, acct, counted)

@@ -139,11 +139,18 @@ class Silo:
             metrics["eval_accuracy"] = float(scores["accuracy"])
         metrics["eval-examples"] = float(len(test))
 
-    def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> TrainResult:
-        """Evaluate the incoming model, train locally, return the update and metrics."""
+    def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any], *,
+              secure: bool | None = None) -> TrainResult:
+        """Evaluate the incoming model, train locally, return the update and metrics.
+
+        ``secure``: whether the update will be masked (the message carries a mask request);
+        None reads it from the round config. Every site-policy rule that applies to a
+        round is re-checked first (:func:`~silo_client.policy.check_round`).
+        """
         started = time.perf_counter()
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
-        round_privacy = self.privacy.begin_round(config, dimension=model_length(global_params))
+        round_privacy = self.privacy.begin_round(config, dimension=model_length(global_params),
+                                                 secure=secure)
         model = self.model(int(config.get("seed", 0)), config)
         dpsgd = None
         if self.config.dp_sgd is not None:

@@ -60,6 +60,11 @@ def test_permissive_default_accepts_anything() -> None:
 
 
 ROUND_RULES = [  # (kwargs, reason, message fragments)
+    ({"secure_aggregation": False}, "require_secure_aggregation",
+     ["round 10 is not under secure aggregation", "no update sent in the clear"]),
+    ({"strategy": "FedAdam"}, "allowed_strategies",
+     ["round 10 runs strategy 'FedAdam'", "allowed: ['fedavg', 'fedprox']"]),
+    ({"strategy": None}, "allowed_strategies", ["strategy None"]),
     ({"server_round": 11}, "max_rounds", ["round 11 exceeds", "max_rounds 10"]),
     ({"participants": 2}, "min_silos_per_round", ["only 2 silo(s)", "at least 3", "no update"]),
     ({"epsilon_next": 4.2}, "max_epsilon", ["from 3.5 to 4.2 > max_epsilon 4.0"]),
@@ -67,10 +72,14 @@ ROUND_RULES = [  # (kwargs, reason, message fragments)
 ]
 
 
+ROUND_OK = {"server_round": 10, "participants": 3, "epsilon_spent": 3.5, "epsilon_next": 4.0,
+            "strategy": "FedProx", "secure_aggregation": True}
+
+
 @pytest.mark.parametrize(("changes", "reason", "fragments"), ROUND_RULES,
-                         ids=[r[1] for r in ROUND_RULES])
+                         ids=[f"{r[1]}-{i}" for i, r in enumerate(ROUND_RULES)])
 def test_check_round_refuses_per_rule(changes, reason, fragments) -> None:
-    ok = {"server_round": 10, "participants": 3, "epsilon_spent": 3.5, "epsilon_next": 4.0}
+    ok = ROUND_OK
     check_round(STRICT, **ok)
     with pytest.raises(PolicyRefusal) as err:
         check_round(STRICT, **{**ok, **changes})
@@ -123,8 +132,8 @@ def test_privacy_tally_persists_and_refuses(tmp_path: Path) -> None:
     assert again.would_exceed(0.6, run="r3")
     assert json.loads(path.read_text())["total_epsilon"] == pytest.approx(3.5)
     assert [p.name for p in path.parent.iterdir()] == ["privacy-tally.json"]  # no temp left
-    check_round(STRICT, server_round=3, participants=3, epsilon_spent=again.total(),
-                epsilon_next=again.total_after("r2", 2.5))
+    check_round(STRICT, **{**ROUND_OK, "server_round": 3, "epsilon_spent": again.total(),
+                           "epsilon_next": again.total_after("r2", 2.5)})
     path.write_text("{broken")
     with pytest.raises(ConfigError, match="unreadable"):
         PrivacyTally(path)

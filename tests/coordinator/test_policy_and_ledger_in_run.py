@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, Message
 
-from coordinator.config import RunConfig
+from coordinator.config import RunConfig, write_run_config
+from coordinator.local_grid import LocalGrid
 from coordinator.run_store import RunStore
+from coordinator.server_app import run_coordinator
+from silo_client.client_app import app as client_app
 from silo_client.config import load_silo_config, write_silo_config
 from silo_client.ledger import verify_ledger
 from xsilo.demo_data import demo_schema
 from xsilo.local import run_in_process
+from xsilo.protocol import CONFIG
 
 
 def _with_policy(config: Path, policy: str) -> None:
@@ -27,6 +33,8 @@ def _with_policy(config: Path, policy: str) -> None:
     ("max_rounds = 1", {"num_rounds": 2}, "max_rounds"),
     ("min_silos_per_round = 4", {}, "min_silos_per_round"),
     ("max_epsilon = 1.0\ndelta = 1e-5", {}, "max_epsilon"),
+    ("delta = 1e-6", {"dp": {"mechanism": "central", "noise_multiplier": 1.0,
+                             "clip_norm": 1.0, "delta": 1e-5}}, "delta"),
 ])
 def test_policy_refusal_reason_reaches_the_coordinator(tmp_path: Path, make_silos,
                                                        policy: str, run: dict, reason: str) -> None:
@@ -45,10 +53,93 @@ def test_policy_refusal_reason_reaches_the_coordinator(tmp_path: Path, make_silo
     assert "refusal" in ledger.read_text()
 
 
+def _rounds(run_dir: Path) -> dict[int, dict]:
+    return {e["round"]: e for e in RunStore(run_dir).events() if e["event"] == "round"}
+
+
+def _ledger_types(config: Path) -> list[str]:
+    path = load_silo_config(config).workspace / "egress.jsonl"
+    assert verify_ledger(path).ok
+    return [json.loads(line)["message_type"] for line in path.read_text().splitlines()]
+
+
+def test_a_round_with_too_few_participants_is_refused(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    _with_policy(configs[0], "min_silos_per_round = 3")
+    (configs[2].parent / "data" / "train.csv").unlink()  # hospital-c refuses at join
+    run_dir = tmp_path / "run"
+    summary = run_in_process(run_dir, RunConfig(num_rounds=2, min_silos=1), configs)
+    # hospital-a accepted the run (three silos were asked), then refused every round
+    assert summary["status"] == "completed" and summary["silos"] == ["hospital-a", "hospital-b"]
+    rows = _rounds(run_dir)
+    for r in (1, 2):
+        refusal = rows[r]["rejected"]["hospital-a"]
+        assert refusal.startswith("PolicyRefusal[min_silos_per_round]"), refusal
+        assert f"only 2 silo(s) take part in round {r}" in refusal
+        assert rows[r]["contributors"] == ["hospital-b"]
+    assert _ledger_types(configs[0]) == ["query", "train.refusal", "train.refusal", "evaluate"]
+
+
+def _run_announcing(run_dir: Path, config: RunConfig, silo_configs: list[Path],
+                    **announced: object) -> dict:
+    """A run whose coordinator tells hospital-a (node 1) ``announced`` at join (e.g. fewer
+    rounds than it then runs): the real loop and ClientApp, the join terms rewritten on the way."""
+    def client(msg: Message, context: Context) -> Message:
+        if msg.metadata.message_type == "query" and context.node_id == 1:
+            for key, value in announced.items():
+                msg.content.config_records[CONFIG][key] = value
+        return client_app(msg, context)
+
+    run_dir.mkdir(parents=True)
+    write_run_config(run_dir / "config.toml", config)
+    grid = LocalGrid(client, {i + 1: {"silo-config": str(p.resolve())}
+                              for i, p in enumerate(silo_configs)})
+    return run_coordinator(grid, str(run_dir), poll_interval=0.0)
+
+
+@pytest.mark.parametrize("policy, run, announced, refused_from, reason", [
+    ("max_rounds = 2", {"num_rounds": 3}, {"num-rounds": 2}, 3, "PolicyRefusal[max_rounds]"),
+    ('allowed_strategies = ["fedprox"]', {"strategy": "fedavg"}, {"strategy": "fedprox"}, 1,
+     "PolicyRefusal[allowed_strategies]"),
+    # refused by the ClientApp before the policy check: no mask request in the message
+    ("require_secure_aggregation = true", {}, {"secure-aggregation": True}, 1,
+     "ProtocolError[ProtocolError]"),
+])
+def test_a_round_beyond_the_announced_terms_is_refused(
+        tmp_path: Path, make_silos, policy: str, run: dict, announced: dict,
+        refused_from: int, reason: str) -> None:
+    configs = make_silos(tmp_path / "silos")
+    _with_policy(configs[0], policy)
+    run_dir = tmp_path / "run"
+    config = RunConfig(**{"num_rounds": 1, "min_silos": 2, **run})
+    summary = _run_announcing(run_dir, config, configs, **announced)
+    assert summary["status"] == "completed" and "hospital-a" in summary["silos"]
+    rows = _rounds(run_dir)
+    for r in range(1, config.num_rounds + 1):
+        if r < refused_from:
+            assert "hospital-a" in rows[r]["contributors"] and not rows[r]["rejected"]
+        else:
+            assert rows[r]["rejected"]["hospital-a"].startswith(reason), rows[r]["rejected"]
+            assert rows[r]["contributors"] == ["hospital-b", "hospital-c"]
+    trains = [t for t in _ledger_types(configs[0]) if t.startswith("train")]
+    assert trains == ["train"] * (refused_from - 1) + ["train.refusal"] * (
+        config.num_rounds - refused_from + 1)
+
+
+def test_a_secure_run_satisfies_a_policy_that_requires_it(tmp_path: Path, make_silos) -> None:
+    configs = make_silos(tmp_path / "silos")
+    _with_policy(configs[0], 'require_secure_aggregation = true\nallowed_strategies = ["fedavg"]')
+    run_dir = tmp_path / "run"
+    summary = run_in_process(run_dir, RunConfig(num_rounds=2, min_silos=3,
+                                                secure_aggregation=True), configs)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == []
+    rows = _rounds(run_dir)
+    assert all(rows[r]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
+               and not rows[r]["rejected"] for r in (1, 2))
+
+
 def test_every_outgoing_message_is_in_a_valid_ledger(tmp_path: Path, federation: list[Path]) -> None:
     run_in_process(tmp_path / "run", RunConfig(num_rounds=2, min_silos=3), federation)
-    import json
-
     for config in federation:
         path = load_silo_config(config).workspace / "egress.jsonl"
         assert verify_ledger(path).ok

@@ -94,14 +94,33 @@ def test_schema_disagreement_is_refused_before_any_round(tmp_path: Path, make_si
     assert not list((tmp_path / "run" / "checkpoints").glob("*.npz"))
 
 
-def test_different_architectures_name_the_tensor(tmp_path: Path, make_silos) -> None:
+LR, MLP = "sklearn:LogisticRegression", "sklearn:MLPClassifier"
+
+
+@pytest.mark.parametrize("others, at_c, message", [
+    ((LR, {}), (MLP, {}),  # hospital-c has no tensor 'coef' at all
+     r"tensor 'coef' is \(1, 30\) at hospital-a but None at hospital-c"),
+    ((MLP, {"hidden-layer-sizes": [4]}), (MLP, {"hidden-layer-sizes": [5]}),  # same names
+     r"tensor 'coef\.0' is \(30, 4\) at hospital-a but \(30, 5\) at hospital-c"),
+])
+def test_different_architectures_name_the_tensor_before_any_training(
+        tmp_path: Path, make_silos, others: tuple, at_c: tuple, message: str) -> None:
     configs = make_silos(tmp_path / "silos")
-    c = configs[2]
-    write_silo_config(c, name="hospital-c", train=c.parent / "data/train.csv",
-                      test=c.parent / "data/test.csv", schema=demo_schema(),
-                      model="sklearn:MLPClassifier")
-    with pytest.raises(ModelError, match="tensor"):
-        run_in_process(tmp_path / "run", RunConfig(num_rounds=1, min_silos=3), configs)
+    for c in configs:
+        model, params = at_c if c.parent.name == "hospital-c" else others
+        write_silo_config(c, name=c.parent.name, train=c.parent / "data/train.csv",
+                          test=c.parent / "data/test.csv", schema=demo_schema(), model=model,
+                          model_params=params)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ModelError, match=message + "; every silo must build the same model"):
+        run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), configs)
+    summary = RunStore(run_dir).summary()
+    assert summary["status"] == "failed" and "model architectures differ" in summary["error"]
+    assert _rounds(run_dir) == [] and not list((run_dir / "checkpoints").glob("*"))
+    assert not (run_dir / "model.npz").exists()
+    for c in configs:  # no silo was sent a train message: each sent its join reply only
+        ledger = (c.parent / "workspace" / "egress.jsonl").read_text().splitlines()
+        assert [json.loads(line)["message_type"] for line in ledger] == ["query"]
 
 
 def test_dropped_silos_fail_the_round_and_keep_the_model(tmp_path: Path,

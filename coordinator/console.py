@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from coordinator.run_store import RunStore
@@ -26,15 +27,32 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _join_notes(events: list[dict[str, Any]]) -> list[str]:
+    """Silos that never made it into the table: refused at join (with the reason) or silent."""
+    notes = []
+    for e in events:
+        if e.get("event") != "join":
+            continue
+        for silo, why in sorted(e.get("refused", {}).items()):
+            notes.append(f"refused at join: {silo}: {why}"[:200])
+        if e.get("silent_nodes"):
+            notes.append(f"silent at join: node(s) {', '.join(map(str, e['silent_nodes']))}")
+    return notes
+
+
 def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> Table:
-    """One row per round: global accuracy/loss, per-silo accuracy, train loss, time."""
+    """One row per round: global accuracy/loss, per-silo accuracy, train loss, time.
+
+    The caption explains the columns and lists the silos refused (with their reason) or
+    silent at join.
+    """
     events = list(events)
     rows = [e for e in events if e.get("event") == "round"]
     silos = sorted({s for e in rows for s in e.get("silos", {})})
     for e in events:
         if e.get("event") == "join":
             silos = sorted(set(silos) | set(e.get("silos", {})))
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption_justify="left")
     table.add_column("round", justify="right")
     table.add_column("acc", justify="right", style="bold green")
     table.add_column("loss", justify="right")
@@ -51,6 +69,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     if dp:
         delta = next((f"{e['delta']:g}" for e in rows if e.get("delta") is not None), "?")
         table.caption += f"; ε: privacy spent after the round at δ={delta}; C: clip norm used"
+    # Reasons read like "PolicyRefusal[max_rounds]: …": escaped, or rich takes [..] as markup.
+    table.caption = "\n".join([table.caption, *map(escape, _join_notes(events))])
     for e in rows:
         per = e.get("silos", {})
         status = e.get("status", "")
@@ -61,7 +81,7 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
             *[_fmt(per.get(s, {}).get("accuracy")) for s in silos],
             _fmt(e.get("train_loss")),
             *([_fmt(e.get("epsilon"), ".3f"), _fmt(e.get("clip_norm"), ".3g")] if dp else []),
-            _fmt(e.get("round_seconds"), ".1f"), status)
+            _fmt(e.get("round_seconds"), ".1f"), escape(status))
     return table
 
 

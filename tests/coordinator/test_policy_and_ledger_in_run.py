@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message
+from rich.console import Console
 
 from coordinator.config import RunConfig, write_run_config
+from coordinator.console import round_table
 from coordinator.local_grid import LocalGrid
 from coordinator.run_store import RunStore
 from coordinator.server_app import run_coordinator
@@ -51,6 +54,34 @@ def test_policy_refusal_reason_reaches_the_coordinator(tmp_path: Path, make_silo
     ledger = load_silo_config(configs[0]).workspace / "egress.jsonl"
     assert verify_ledger(ledger).ok  # the refusal left the site, so it is recorded
     assert "refusal" in ledger.read_text()
+    shown = _render(RunStore(run_dir).events())  # the operator's console says so too
+    assert f"refused at join: node-1: PolicyRefusal[{reason}]" in shown
+
+
+def _render(events: list[dict]) -> str:
+    console = Console(record=True, width=250, file=io.StringIO())
+    console.print(round_table(events))
+    return console.export_text()
+
+
+def test_the_console_shows_join_refusals_and_round_refusals_with_their_reason(
+        tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.append_event({"event": "join", "silos": {"hospital-b": {}, "hospital-c": {}},
+                        "refused": {"node-1": "PolicyRefusal[max_rounds]: the run asks for 5 "
+                                              "rounds, the site policy allows at most 2"},
+                        "silent_nodes": [4]})
+    store.append_event({"event": "round", "round": 1, "status": "ok", "silos": {},
+                        "contributors": ["hospital-b"], "rejected": {
+                            "hospital-c": "PolicyRefusal[min_silos_per_round]: only 1"}})
+    shown = _render(store.events())
+    assert ("refused at join: node-1: PolicyRefusal[max_rounds]: the run asks for 5 rounds, "
+            "the site policy allows at most 2") in shown
+    assert "silent at join: node(s) 4" in shown
+    assert "ok (hospital-c: PolicyRefusal[min_silos_per_round]: only 1)" in shown
+    quiet = [e for e in store.events() if e["event"] != "join"]
+    assert "at join" not in _render(quiet)
 
 
 def _rounds(run_dir: Path) -> dict[int, dict]:

@@ -5,8 +5,10 @@ Layout (paths in the TOML files are relative to the kit directory)::
     KIT/                      mode 0700
       kit.toml                [silo] + [gateway]: everything deploy needs (load_kit)
       silo.toml               starter site config: [silo] name, superlink, root_certificates,
-                              auth_key (silo_client.config); written only if absent, the
-                              site adds its [data] and [model] sections
+                              auth_key (silo_client.config), [policy] file = "policy.toml";
+                              written only if absent, the site adds its [data] and [model]
+      policy.toml             site policy stub (silo_client.policy), every rule commented out
+                              (the permissive default); written with silo.toml, if absent
       request.json            the enrollment request that was sent (public)
       silo.key      0600      TLS client key, generated here, never leaves the site
       silo.crt                client certificate signed by the consortium CA
@@ -30,11 +32,13 @@ from pathlib import Path
 from deploy.certs import write_text_atomic
 from xsilo.errors import ConfigError
 
-__all__ = ["KIT_FILES", "MemberKit", "load_kit", "write_kit_toml", "write_silo_stub"]
+__all__ = ["KIT_FILES", "POLICY_STUB", "MemberKit", "load_kit", "write_kit_toml",
+           "write_silo_stub"]
 
 KIT_FILES = {
     "config": "kit.toml",
     "site_config": "silo.toml",
+    "site_policy": "policy.toml",
     "tls_key": "silo.key",
     "tls_cert": "silo.crt",
     "ca": "ca.crt",
@@ -87,14 +91,40 @@ auth_key = {_q(f["node_key"])}
 """
 
 
+# Every SitePolicy field, commented out: the file loads as the permissive default.
+POLICY_STUB = """\
+# Site policy (silo_client.policy): what this site's ethics board allows. silo.toml points
+# here ([policy] file). Every rule is optional; with all of them commented out the silo
+# accepts any run. A run or round that breaks a rule is refused before anything is sent,
+# and the coordinator's round table shows the reason as PolicyRefusal[<rule>].
+
+# require_secure_aggregation = true           # never send an update in the clear
+# max_epsilon = 8.0                           # site-lifetime DP budget, summed over runs
+# delta = 1e-5                                # the largest delta a run may use
+# allowed_strategies = ["fedavg", "fedprox"]
+# min_silos_per_round = 3                     # no update when fewer silos take part
+# max_rounds = 50
+# allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]   # verified out of band
+"""
+
+
 def write_silo_stub(kit: Path, *, name: str, local_port: int) -> Path | None:
-    """Write a starter ``silo.toml`` (site config) unless one exists; return it if written."""
+    """Write a starter ``silo.toml`` (site config) unless one exists; return it if written.
+
+    With it comes ``policy.toml`` (:data:`POLICY_STUB`, unless the site already has one),
+    which the stub's ``[policy]`` table names.
+    """
     path = Path(kit) / KIT_FILES["site_config"]
     if path.exists():
         return None
+    policy = Path(kit) / KIT_FILES["site_policy"]
+    if not policy.exists():
+        write_text_atomic(policy, POLICY_STUB)
     text = ("# Site configuration (silo_client.config). The [silo] table comes from the member\n"
             "# kit; add this site's [data] and [model] sections below.\n\n"
             + _silo_table(name, local_port)
+            + f'\n[policy]\nfile = {_q(KIT_FILES["site_policy"])}   # the site policy: '
+            'edit it to restrict runs\n'
             + '\n# [data]\n# train = "data/train.csv"\n# test = "data/test.csv"\n'
             '\n# [model]\n# spec = "sklearn:LogisticRegression"\n')
     write_text_atomic(path, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,3 +153,50 @@ def test_public_api_is_pinned() -> None:
 
     assert sorted(mod.__all__) == ["PrivacyTally", "RunTerms", "SitePolicy", "check_round", "check_run",
                                       "normalize_fingerprint"]
+
+
+def _kit_with_data(kit: Path) -> Path:
+    """The member kit's silo.toml stub, completed the way a site does ([data], [model])."""
+    import tomli_w
+
+    from deploy.kit import write_silo_stub
+    from xsilo.demo_data import demo_schema
+
+    path = write_silo_stub(kit, name="hospital-a", local_port=9555)
+    assert path == kit / "silo.toml"
+    with path.open("a") as fh:
+        fh.write("\n" + tomli_w.dumps({"data": {"train": "data/train.csv", "schema": demo_schema()},
+                                       "model": {"spec": "sklearn:LogisticRegression"}}))
+    return path
+
+
+def test_member_kit_has_a_policy_stub_the_silo_loads_as_the_permissive_default(
+        tmp_path: Path) -> None:
+    from silo_client.config import load_silo_config
+    from silo_client.silo import Silo
+
+    kit = tmp_path / "kit"
+    config = load_silo_config(_kit_with_data(kit))
+    assert config.policy_file == (kit / "policy.toml").resolve() and config.policy_file.is_file()
+    assert SitePolicy.load(config.policy_file) == SitePolicy()
+    assert Silo(config).policy == SitePolicy()
+
+
+def test_policy_stub_documents_every_rule() -> None:
+    from dataclasses import fields
+
+    from deploy.kit import POLICY_STUB
+
+    examples = "\n".join(line.removeprefix("# ") for line in POLICY_STUB.splitlines()
+                         if line.startswith("# ") and " = " in line)
+    policy = SitePolicy.from_mapping(tomllib.loads(examples))
+    for f in fields(SitePolicy):  # each example, uncommented, sets its rule
+        assert getattr(policy, f.name) != f.default, f.name
+
+
+def test_policy_stub_keeps_an_existing_site_policy(tmp_path: Path) -> None:
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    (kit / "policy.toml").write_text("max_rounds = 5\n")
+    _kit_with_data(kit)
+    assert SitePolicy.load(kit / "policy.toml") == SitePolicy(max_rounds=5)

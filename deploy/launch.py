@@ -164,10 +164,19 @@ class ManagedProcess:
         self.popen.poll()
 
 
+_REFUSED_NODE_KEY = (
+    "the coordinator refused this silo's node key (HTTP 401): it is not registered at the "
+    "coordinator's SuperLink, or not the node key enrolled with this silo's certificate (the "
+    "coordinator gateway's access log shows status=401 for this silo). Fix: the coordinator "
+    "operator compares `xsilo pki list` with this silo's node key fingerprint and approves "
+    "its current request.json (xsilo pki approve), so the running coordinator registers it; "
+    "then restart the silo")
+
 _DIAGNOSES = (
     ("Failed to activate SuperNode", "this silo's node key is not registered at the coordinator: "
      "the coordinator operator must register/approve its node.pub (xsilo pki approve), then "
      "restart the silo"),
+    ("401 Unauthorized", _REFUSED_NODE_KEY),
     ("All SuperNodes must be registered", "the coordinator requires node authentication but "
      "this SuperNode has no auth key: set auth_key in silo.toml"),
     ("CERTIFICATE_VERIFY_FAILED", "TLS verification of the coordinator failed: check "
@@ -178,6 +187,10 @@ _DIAGNOSES = (
      "another port"),
     ("Connection attempt failed", "the coordinator could not be reached: check the address "
      "and that the coordinator (or the local gateway) is running"),
+    # Last: Flower answers an HTTP 401 by sending its own SuperNode SIGINT, so it "terminates
+    # gracefully" (exit code 0) with no error in its log. Nothing else ends it that way
+    # unless it was stopped on purpose, and then nobody asks for a diagnosis.
+    ("SuperNode terminated gracefully", _REFUSED_NODE_KEY),
 )
 
 

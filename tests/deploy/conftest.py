@@ -32,19 +32,43 @@ def enroll_silo(pki: Pki, name: str, kit_dir: Path, *, local_port: int = 9443,
     return import_bundle(bundle, kit_dir, pki.ca_fingerprint, local_port=local_port)
 
 
-def private_key_leaks(roots: Iterable[Path]) -> list[str]:
-    """Files holding a PEM/OpenSSH private key other than the expected 0600 key files,
-    and expected key files that are not 0600."""
+def _key_body_lines(key_file: Path) -> list[bytes]:
+    """The base64 lines of a PEM/OpenSSH private key (header and footer dropped)."""
+    return [line.strip() for line in key_file.read_bytes().splitlines()
+            if line.strip() and not line.startswith(b"-----")]
+
+
+def private_key_leaks(roots: Iterable[Path], keys: Iterable[Path] = ()) -> list[str]:
+    """Files under ``roots`` that hold a private key, other than the expected 0600 key files
+    (which must be 0600).
+
+    A key is found by its PEM/OpenSSH header, or by its base64 body: each key file met
+    under ``roots`` and each one in ``keys`` (which may live elsewhere, e.g. in a kit) is
+    looked for as its whole body without line breaks and as any one of its full 64-column
+    lines, so a key copied into JSON, a log line or a config value is caught too.
+    """
+    files = [p for root in roots for p in sorted(Path(root).rglob("*")) if p.is_file()]
+    key_files = {p for p in files if p.name in KEY_FILES} | {Path(k) for k in keys}
+    needles: list[tuple[bytes, Path]] = []
+    for key in sorted(key_files):
+        lines = _key_body_lines(key)
+        needles.append((b"".join(lines), key))
+        needles += [(line, key) for line in lines if len(line) >= 64]
     problems = []
-    for root in roots:
-        for path in Path(root).rglob("*"):
-            if not path.is_file():
-                continue
-            if b"PRIVATE KEY" in path.read_bytes():
-                if path.name not in KEY_FILES:
-                    problems.append(f"private key in {path}")
-                elif os.stat(path).st_mode & 0o777 != 0o600:
-                    problems.append(f"{path} mode {oct(os.stat(path).st_mode & 0o777)}")
+    for path in files:
+        data = path.read_bytes()
+        if path in key_files or path.name in KEY_FILES:
+            if os.stat(path).st_mode & 0o777 != 0o600:
+                problems.append(f"{path} mode {oct(os.stat(path).st_mode & 0o777)}")
+            continue
+        if b"PRIVATE KEY" in data:
+            problems.append(f"private key in {path}")
+            continue
+        flat = data.replace(b"\\n", b"").replace(b"\n", b"").replace(b"\r", b"")
+        leaked = next((key for body, key in needles if body and (body in data or body in flat)),
+                      None)
+        if leaked is not None:
+            problems.append(f"base64 body of {leaked} in {path}")
     return problems
 
 

@@ -12,9 +12,10 @@ from coordinator.config import RunConfig
 from deploy.launch import find_binary, start_superlink
 from silo_client.launch import start_silo
 from xsilo.errors import DataValidationError, DeploymentError
+from tests.deploy.conftest import private_key_leaks
 from xsilo.federation import LocalFederation
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
 def test_two_rounds_over_tls_with_node_auth(tmp_path: Path) -> None:
@@ -79,34 +80,65 @@ def test_flwr_not_found_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp
         find_binary("flwr")
 
 
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_mtls_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Path) -> None:
+    """Behind the gateways, a silo whose node key the coordinator does not hold gets a 401
+    from the coordinator gateway; its SuperNode exits saying so, the gateway logs it."""
+    fed = LocalFederation(tmp_path, mtls=True).setup()
+    (fed.home_dir / "pki" / "nodes" / "hospital-c.pub").unlink()  # enrolled key withdrawn
+    with fed:
+        fed.start()
+        proc = fed.supernodes["hospital-c"]
+        _wait_for(lambda: not proc.alive(), 40, "hospital-c's SuperNode to exit")
+        with pytest.raises(DeploymentError, match=r"refused this silo's node key \(HTTP 401\)"
+                           r".*xsilo pki approve"):
+            proc.raise_if_exited()
+        access = fed.gateways["coordinator"].logs()["access"]
+        assert fed.supernodes["hospital-a"].alive()
+    refused = [line for line in access.splitlines() if "/v1/fleet/activate-node" in line
+               and "status=401" in line]
+    assert refused and all('CN=hospital-c"' in line and "verify=SUCCESS" in line
+                           and "upstream=-" in line for line in refused), access
+    assert "CN=hospital-a\" serial" in access or 'CN=hospital-a"' in access
+
+
 def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> None:
     """SuperNode → silo nginx → mTLS → coordinator nginx → SuperLink, node auth on top.
-    After `revoke`, the revoked silo's next connection fails while the others finish."""
+    After `revoke`, the revoked silo's next connection is refused at the handshake while the
+    others finish; no private key shows up in the run directory, logs or workspaces."""
+    import threading
+
     from deploy.pki import Pki
 
     fed = LocalFederation(tmp_path, mtls=True).setup()
+    pki = Pki(fed.home_dir / "pki")
+    c_serial = next(r.serial for r in pki.records() if r.name == "hospital-c")
     with fed:
         fed.start()
         cli = fed.home.cli()
         node_ids = dict(fed.coordinator.node_ids)
+        gateway = fed.gateways["coordinator"]
+        metrics = fed.home.runs / "mtls" / "metrics.jsonl"
 
-        def on_revoke(name: str, _key: str) -> None:
-            cli.unregister_node(node_ids[name])
-
-        import threading
+        def refused() -> bool:
+            return any(f"serial={c_serial} " in line and "verify=FAILED" in line
+                       for line in gateway.logs()["access"].splitlines())
 
         def revoke_after_first_round() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                events = (fed.home.runs / "mtls").exists() and [
-                    line for line in (fed.home.runs / "mtls" / "metrics.jsonl").read_text()
-                    .splitlines() if '"round": 0' in line] if (
-                    fed.home.runs / "mtls" / "metrics.jsonl").exists() else []
-                if events:
-                    Pki(fed.home_dir / "pki", on_revoke=on_revoke).revoke("hospital-c")
-                    fed.gateways["coordinator"].reload()
-                    return
-                time.sleep(0.2)
+            _wait_for(lambda: metrics.exists() and '"round": 0' in metrics.read_text(), 60,
+                      "round 0")
+            pki.revoke("hospital-c")
+            gateway.reload()
+            # the revoked silo's next connection is refused at the handshake; only then is
+            # its node key unregistered, so that refusal is what ends it
+            _wait_for(refused, 20, "the gateway to refuse hospital-c")
+            cli.unregister_node(node_ids["hospital-c"])
 
         revoker = threading.Thread(target=revoke_after_first_round, daemon=True)
         revoker.start()
@@ -114,11 +146,18 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> N
                                     round_timeout=40.0, join_timeout=45.0, name="mtls"),
                           timeout=85)
         revoker.join(timeout=5)
-        gateway_log = fed.gateways["coordinator"].logs()
-        c_alive = fed.supernodes["hospital-c"].alive()
+        gateway_log = gateway.logs()
     assert outcome.status == "finished:completed", outcome.summary
     rows = {e["round"]: e for e in outcome.store.events() if e["event"] == "round"}
     assert rows[1]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
     assert rows[2]["contributors"] == ["hospital-a", "hospital-b"]
     assert rows[2]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
-    assert "certificate revoked" in gateway_log["error"] or not c_alive
+    assert "certificate revoked" in gateway_log["error"]
+    assert refused(), gateway_log["access"][-3000:]
+    keys = [p for p in tmp_path.rglob("*.key") if p.is_file()]
+    assert any(p.name == "ca.key" for p in keys) and any(p.name == "node.key" for p in keys)
+    scanned = [outcome.store.path, fed.home_dir / "logs", fed.home_dir / "gateway" / "logs",
+               *(silo.workspace for silo in fed.silos),
+               *(kit.gateway_prefix / "logs" for kit in fed.kits.values())]
+    assert all(p.is_dir() for p in scanned), [p for p in scanned if not p.is_dir()]
+    assert private_key_leaks(scanned, keys=keys) == []

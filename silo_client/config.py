@@ -44,11 +44,18 @@ from xsilo.errors import ConfigError
 __all__ = ["SiloConfig", "load_silo_config", "write_silo_config"]
 
 _SECTIONS = {
-    "silo": {"name", "workspace", "superlink", "root_certificates", "auth_key",
-             "gateway", "client_cert", "client_key"},
+    "silo": {"name", "workspace", "superlink", "root_certificates", "auth_key"},
     "data": {"train", "test", "schema"},
     "model": {"spec", "params", "dp_sgd"},
     "policy": {"file"},
+}
+# Gateway settings people put in silo.toml by mistake: they live in the member kit.
+_KIT_KEYS = {
+    "gateway": "the coordinator address is `coordinator` in [gateway] of the member kit's "
+               "kit.toml",
+    "client_cert": "the silo's client certificate is `client_certificate` in [gateway] of the "
+                   "member kit's kit.toml",
+    "client_key": "the silo's TLS key is `client_key` in [gateway] of the member kit's kit.toml",
 }
 
 
@@ -68,7 +75,6 @@ class SiloConfig:
     auth_key: Path | None = None
     model_params: Mapping[str, Any] = field(default_factory=dict)
     policy_file: Path | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
     dp_sgd: DPSGDSettings | None = None
 
 
@@ -80,6 +86,13 @@ def _check_keys(data: Mapping[str, Any], path: Path) -> None:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: [{section}] must be a table")
         unknown = set(value) - _SECTIONS[section]
+        misplaced = sorted(unknown & _KIT_KEYS.keys()) if section == "silo" else []
+        if misplaced:
+            key = misplaced[0]
+            raise ConfigError(
+                f"{path}: [silo] {key} is not a silo.toml setting: {_KIT_KEYS[key]} (written "
+                "by `xsilo silo import-bundle`; start with `xsilo silo start --kit KIT`). "
+                "Remove it from silo.toml")
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in "
                               f"[{section}]; accepted: {', '.join(sorted(_SECTIONS[section]))}")
@@ -123,7 +136,6 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         model=str(_require(model, "spec", "model", path)),
         model_params=dict(model.get("params", {})),
         policy_file=resolve(data.get("policy", {}).get("file")),
-        extra={k: v for k, v in silo.items() if k in {"gateway", "client_cert", "client_key"}},
         dp_sgd=_dp_sgd(model.get("dp_sgd"), path),
     )
 

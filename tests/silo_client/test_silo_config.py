@@ -44,3 +44,18 @@ def test_bad_silo_config_is_named(tmp_path: Path, text: str, needle: str) -> Non
 def test_missing_file_says_which_command_to_use(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="xsilo silo start --config"):
         load_silo_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("key, where", [
+    ("gateway", "`coordinator` in [gateway] of the member kit's kit.toml"),
+    ("client_cert", "`client_certificate` in [gateway] of the member kit's kit.toml"),
+    ("client_key", "`client_key` in [gateway] of the member kit's kit.toml"),
+])
+def test_gateway_settings_in_silo_toml_are_refused_not_ignored(tmp_path: Path, key: str,
+                                                               where: str) -> None:
+    path = _write(tmp_path)
+    path.write_text(path.read_text().replace('[silo]\n', f'[silo]\n{key} = "x"\n', 1))
+    with pytest.raises(ConfigError) as err:
+        load_silo_config(path)
+    assert f"[silo] {key} is not a silo.toml setting" in str(err.value)
+    assert where in str(err.value) and "xsilo silo start --kit" in str(err.value)

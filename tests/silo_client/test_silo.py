@@ -28,7 +28,12 @@ def _silo(config: Path, policy: str) -> Silo:
 def _counting_models(silo: Silo, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     built: list[int] = []
     real = silo.model
-    monkeypatch.setattr(silo, "model", lambda seed, extra=None: built.append(seed) or real(seed, extra))
+
+    def model(seed: int, extra=None):
+        built.append(seed)
+        return real(seed, extra)
+
+    monkeypatch.setattr(silo, "model", model)
     return built
 
 

@@ -78,6 +78,12 @@ _PROXY = """            proxy_http_version 1.1;
             proxy_connect_timeout 10s;
 """
 
+# proxy_pass forwards the request URI as sent, while locations match its decoded, normalised
+# form. Forward only a URI that is literally a Fleet endpoint: no dot segments, no escapes,
+# no doubled slashes, no query.
+_EXACT_FLEET = """            if ($request_uri !~ "^/v1/fleet/[a-z][a-z-]*$") { return 400; }
+"""
+
 _BODY = """        client_max_body_size 64m;   # Flower pushes objects in chunks up to 5 MiB
         proxy_request_buffering off;
         proxy_buffering off;
@@ -119,7 +125,7 @@ def coordinator_conf(*, prefix: Path, listen: str, server_cert: Path, server_key
 {_BODY}
         location /v1/fleet/ {{
             if ($request_method != POST) {{ return 405; }}  # never 403 on a Fleet path
-{check}            proxy_pass https://xsilo_superlink;
+{_EXACT_FLEET}{check}            proxy_pass https://xsilo_superlink;
             proxy_ssl_trusted_certificate {_q(ca_cert)};
             proxy_ssl_name {_q(superlink_server_name, 'server name')};
 {_PROXY}        }}
@@ -148,7 +154,7 @@ def silo_conf(*, prefix: Path, listen: str, local_cert: Path, local_key: Path, c
 {_BODY}
         location /v1/fleet/ {{
             if ($request_method != POST) {{ return 405; }}
-            proxy_pass https://xsilo_coordinator;
+{_EXACT_FLEET}            proxy_pass https://xsilo_coordinator;
             proxy_ssl_certificate {_q(client_cert)};
             proxy_ssl_certificate_key {_q(client_key)};
             proxy_ssl_trusted_certificate {_q(ca_cert)};

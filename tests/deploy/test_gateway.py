@@ -211,3 +211,45 @@ def test_silo_renewal_reloads_the_running_gateway(fed: Fed) -> None:
     assert res.status_code == 401 and "Invalid SuperNode authentication" in res.text
     _log_after(fed.coord, f"serial={new_serial}")
     assert fed.silo.proc is not None and fed.silo.proc.poll() is None  # never restarted
+
+
+TRICKS = ("/v1/fleet/../control/start-run", "/v1/fleet/..%2fcontrol/start-run",
+          "/v1/fleet/..%2f..%2fv1/control/start-run", "/v1/fleet/%2e%2e/control/start-run",
+          "/v1/fleet/%2e%2e%2fcontrol/start-run", "//v1/control/start-run",
+          "/v1//control/start-run", "/v1/fleet/x/../../control/start-run",
+          "/v1/fleet/..%5ccontrol/start-run", "/v1/%66leet/../control/start-run",
+          "/v1/fleet/pull-messages/../../control/list-runs")
+
+
+def _raw_post(fed: Fed, path: str, kit: MemberKit) -> tuple[int, str]:
+    """POST with the path exactly as given (httpx would normalise dot segments), with the
+    silo's certificate and its enrolled node key header, so only the path is wrong."""
+    ctx = _ctx(fed.pki.ca_cert_path, _kit_cert(kit))
+    key = _node_header(kit)["flwr-public-key"]
+    with socket.create_connection(("127.0.0.1", fed.coord.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
+                         f"Content-Type: application/protobuf\r\nflwr-public-key: {key}\r\n"
+                         "Connection: close\r\n\r\n"
+                         .encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    head = data.decode(errors="replace")
+    return int(head.split()[1]), head
+
+
+@pytest.mark.parametrize("path", TRICKS)
+def test_path_tricks_never_reach_the_control_api(fed: Fed, path: str) -> None:
+    status, text = _raw_post(fed, path, fed.kits["hospital-a"])
+    assert status in (400, 403) and "nginx" in text, text  # nginx's own answer …
+    request = f'"POST {path} HTTP/1.1"'
+    mine = [row for row in _log_after(fed.coord, request).splitlines() if request in row]
+    assert mine and all("upstream=-" in row for row in mine), mine  # … never the SuperLink's
+    assert "/control/" not in fed.superlink.log_path.read_text()
+
+
+def test_the_exact_fleet_path_still_reaches_the_superlink(fed: Fed) -> None:
+    status, text = _raw_post(fed, FLEET, fed.kits["hospital-a"])
+    assert status == 401 and "Invalid SuperNode authentication" in text  # unsigned, as sent
+    assert f'"POST {FLEET} HTTP/1.1" status=401' in _log_after(fed.coord, "upstream=401")

@@ -1,4 +1,4 @@
-"""Record-level DP-SGD inside a torch silo, with Opacus' clipping and accountant (Abadi et al. 2016).
+"""Record-level DP-SGD in a torch silo: Opacus' clipping and accountant (Abadi et al. 2016).
 
 Per-example gradients are clipped to ``max_grad_norm`` (Opacus' ``GradSampleModule`` and
 ``DPOptimizer``) and Gaussian noise ``N(0, (noise_multiplier * max_grad_norm)^2)`` is added
@@ -9,11 +9,12 @@ steps (:func:`step_events`).
 
 Randomness: both the noise and the Poisson sampling draw from a
 :class:`strategies.dp.randomness.ByteSource` (``os.urandom`` by default), never from torch's
-generator. Opacus' own secure mode needs ``torchcsprng``, which has no build for current
-torch; instead :class:`SecureDPOptimizer` overrides the documented ``DPOptimizer.add_noise``
-step (noise from :func:`strategies.dp.noise.gaussian_noise`, the noisy sum snapped to a grid
-of ``sigma * 2**-20`` as for central DP) and :class:`SecurePoissonSampler` is the loader's
-batch sampler. Opacus still clips, scales and accounts.
+generator. Opacus' own secure mode needs ``torchcsprng``, which pip finds no distribution
+of for torch 2.13; instead :class:`SecureDPOptimizer` overrides the documented
+``DPOptimizer.add_noise`` step (noise from :func:`strategies.dp.noise.gaussian_noise`, the
+noisy sum snapped to a grid of ``sigma * 2**-20`` as for central DP) and
+:class:`SecurePoissonSampler` is the loader's batch sampler. Opacus still clips, scales and
+accounts.
 
 This is the only module of :mod:`strategies.dp` that imports torch or opacus.
 """

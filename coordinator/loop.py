@@ -27,23 +27,25 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
 from coordinator.messages import Payload, Reply
 from coordinator.privacy import RunPrivacy
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation
-from strategies.aggregate import SumAccumulator, validate_update
-from strategies.api import PerUpdateStrategy, Strategy, SumStrategy, Update
-from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
-                          UpdateRejected)
+from strategies.api import PerUpdateStrategy, Strategy, SumStrategy
+from xsilo.errors import ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded
 
 __all__ = ["RoundLoop", "Transport"]
 
 log = logging.getLogger(__name__)
+
+# Test hook: when set, sees every update the clear round accepts (before it is folded away).
+COLLECT_OBSERVER: Callable[[Any], None] | None = None
 
 
 class Transport(Protocol):
@@ -54,7 +56,8 @@ class Transport(Protocol):
     def node_ids(self) -> list[int]: ...
 
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *, timeout: float,
-                 group: str) -> dict[int, Reply]: ...
+                 group: str, on_reply: Callable[[int, Reply], Reply] | None = None
+                 ) -> dict[int, Reply]: ...
 
 
 @dataclass
@@ -238,17 +241,7 @@ class RoundLoop:
         if self.secure is not None:
             current = self._secure_round(current, pending, row, plan.silos, config)
         else:
-            replies = self.transport.exchange(
-                "train", {n: Payload(config, current) for n in plan.silos},
-                timeout=self.config.round_timeout, group=str(server_round))
-            self._emit_row(pending, replies)
-            updates = self._collect(replies, current, row)
-            if len(updates) < self.config.min_silos:
-                self._fail(row, f"{len(updates)} usable update(s), min_silos is "
-                                f"{self.config.min_silos}")
-            else:
-                current = self._aggregate(current, updates, server_round,
-                                          participants=len(plan.silos), row=row)
+            current = self._clear_round(current, pending, row, plan.silos, config)
         if self.privacy is not None and "epsilon" not in row.extra:
             row.extra.update(self.privacy.row_fields())  # nothing released: ε unchanged
         if row.status == "ok":
@@ -298,47 +291,38 @@ class RoundLoop:
             delta_sum, total = released.delta_sum, released.total_weight
         return self._step_from_sum(current, delta_sum, total, row.server_round)
 
-    def _collect(self, replies: Mapping[int, Reply], current: Mapping[str, np.ndarray],
-                 row: _PendingRow) -> list[Update]:
-        updates, losses = [], []
-        for node, reply in sorted(replies.items()):
-            name = self.members[node].name
-            if reply.error is not None:
-                row.rejected[name] = str(reply.error)
-                continue
-            n = float(reply.metrics.get("num-examples", 0))
-            weight = n if self.strategy.weighted else 1.0
-            try:
-                validate_update(current, reply.arrays, silo=name)
-                if weight <= 0:
-                    raise UpdateRejected(f"silo {name} reported weight {weight}; must be > 0")
-            except UpdateRejected as exc:
-                log.warning("update from %s rejected: %s", name, exc)
-                row.rejected[name] = str(exc)
-                continue
-            updates.append(Update(silo=name, delta=reply.arrays, weight=weight))
-            row.contributors.append(name)
-            _note_dpsgd(row, name, reply.metrics)
-            if "train_loss" in reply.metrics:
-                losses.append((float(reply.metrics["train_loss"]), n))
-        row.train_loss = _weighted_mean(losses)
-        return updates
-
-    def _aggregate(self, current: dict[str, np.ndarray], updates: list[Update],
-                   server_round: int, *, participants: int,
-                   row: _PendingRow) -> dict[str, np.ndarray]:
-        if self.privacy is not None:  # central DP: clip, cap, noise; public denominator
-            result = self.privacy.aggregate(updates, participants=participants)
+    def _clear_round(self, current: dict[str, np.ndarray], pending: _PendingRow,
+                     row: _PendingRow, silos: tuple[int, ...],
+                     config: dict[str, Any]) -> dict[str, np.ndarray]:
+        """One round trip; each update is folded into the round's sum as it arrives."""
+        collector = RoundCollector(
+            self.strategy, current, {n: m.name for n, m in self.members.items()},
+            clip=self.privacy.accumulator() if self.privacy is not None else None,
+            on_update=COLLECT_OBSERVER)
+        replies = self.transport.exchange(
+            "train", {n: Payload(config, current) for n in silos},
+            timeout=self.config.round_timeout, group=str(row.server_round),
+            on_reply=collector.accept)
+        self._emit_row(pending, replies)
+        row.rejected, row.contributors = collector.rejected, list(collector.contributors)
+        for name, metrics in collector.metrics.items():
+            _note_dpsgd(row, name, metrics)
+        row.train_loss = _weighted_mean(collector.losses)
+        if collector.count < self.config.min_silos:
+            self._fail(row, f"{collector.count} usable update(s), min_silos is "
+                            f"{self.config.min_silos}")
+            return current
+        if self.privacy is not None and collector.clip is not None:
+            # central DP: the clipped sum gets noise and the public denominator
+            result = self.privacy.release(collector.clip.result(), participants=len(silos))
             row.extra.update(self.privacy.commit_round(result))
             return self._step_from_sum(current, result.delta_sum, result.total_weight,
-                                       server_round)
-        if isinstance(self.strategy, SumStrategy):
-            acc = SumAccumulator(current)
-            for update in updates:
-                acc.add(update)
-            return self._step_from_sum(current, acc.result(), acc.total_weight, server_round)
+                                       row.server_round)
+        if collector.sum is not None:
+            return self._step_from_sum(current, collector.sum.result(),
+                                       collector.sum.total_weight, row.server_round)
         assert isinstance(self.strategy, PerUpdateStrategy)
-        return self.strategy.aggregate(current, updates, server_round)
+        return self.strategy.aggregate(current, collector.updates, row.server_round)
 
     def _step_from_sum(self, current: dict[str, np.ndarray], delta_sum: Mapping[str, np.ndarray],
                        total_weight: float, server_round: int) -> dict[str, np.ndarray]:

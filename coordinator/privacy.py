@@ -47,11 +47,12 @@ import numpy as np
 from strategies.api import Strategy, Update
 from strategies.dp import (
     Accountant,
+    ClipAccumulator,
+    ClippedSum,
     DDGCalibration,
     DDGParams,
     DPConfig,
     add_central_noise,
-    clip_and_sum,
     decode_sum,
     default_source,
 )
@@ -269,19 +270,31 @@ class RunPrivacy:
         return out
 
     # -- the central mechanism --------------------------------------------------------
-    def aggregate(self, updates: Sequence[Update], *, participants: int) -> CentralResult:
-        """Clip, cap weights, sum, add noise; adaptive C moves for the next round."""
-        if participants < len(updates) or not updates:
-            raise ConfigError(f"need 1..participants={participants} updates, got {len(updates)}")
-        clip, sigma = self.clip_norm, self.noise_stddev
-        clipped = clip_and_sum([u.delta for u in updates], [u.weight for u in updates],
-                               clip_norm=clip, max_weight=self.dp.max_weight,
+    def accumulator(self) -> ClipAccumulator:
+        """A streaming clip-and-sum for this round's updates (at this round's C)."""
+        return ClipAccumulator(clip_norm=self.clip_norm, max_weight=self.dp.max_weight,
                                on_clipped=self.on_clipped or CLIP_OBSERVER)
+
+    def release(self, clipped: ClippedSum, *, participants: int) -> CentralResult:
+        """Add noise to a clipped sum; adaptive C moves for the next round."""
+        count = len(clipped.norms)
+        if participants < count or not count:
+            raise ConfigError(f"need 1..participants={participants} updates, got {count}")
+        clip, sigma = self.clip_norm, self.noise_stddev
         noisy = add_central_noise(clipped.total, stddev=sigma, rng=self.rng)
         fraction = None
         if self.adaptive is not None:
             self.adaptive, fraction = self.adaptive.step(clipped.unclipped, rng=self.rng)
         return CentralResult(noisy, participants * self.dp.max_weight, clip, sigma, fraction)
+
+    def aggregate(self, updates: Sequence[Update], *, participants: int) -> CentralResult:
+        """Clip, cap weights, sum, add noise (:meth:`accumulator` + :meth:`release`)."""
+        if participants < len(updates) or not updates:
+            raise ConfigError(f"need 1..participants={participants} updates, got {len(updates)}")
+        acc = self.accumulator()
+        for u in updates:
+            acc.add(u.delta, u.weight)
+        return self.release(acc.result(), participants=participants)
 
     def commit_round(self, result: CentralResult | None = None) -> dict[str, Any]:
         """Compose the released round into the accountant; return the row's DP fields."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -25,6 +25,9 @@ from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS
 __all__ = ["GridTransport"]
 
 log = logging.getLogger(__name__)
+
+PULL_BUDGET = 256 * 1024 * 1024
+"""Bytes of replies one pull may bring in (the batch of ids asked is sized from the model)."""
 
 
 def _parse_error(msg: Message) -> SiloError:
@@ -87,22 +90,45 @@ class GridTransport:
             time.sleep(min(1.0, self.poll_interval * 5))
 
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *,
-                 timeout: float, group: str) -> dict[int, Reply]:
-        """Send one message per silo; return the replies that arrived before ``timeout``."""
-        messages = [self._message(node, message_type, p, group, timeout)
+                 timeout: float, group: str,
+                 on_reply: Callable[[int, Reply], Reply] | None = None) -> dict[int, Reply]:
+        """Send one message per silo; return the replies that arrived before ``timeout``.
+
+        ``on_reply(node, reply)``, when given, sees each reply as soon as it is pulled and
+        returns what to keep (the round loop folds an update into its running sum there and
+        keeps the reply without its arrays, so memory does not grow with the silo count).
+        """
+        # One ArrayRecord per distinct model: the global model goes to every silo, and a
+        # record per message would hold silos × model bytes on the coordinator (Flower's own
+        # strategies share one record across a round's messages the same way).
+        records: dict[int, Any] = {}
+        messages = [self._message(node, message_type, p, group, timeout, records)
                     for node, p in payloads.items()]
+        del records
+        model_bytes = max((sum(a.nbytes for a in p.arrays.values()) for p in payloads.values()
+                           if p.arrays is not None), default=0)
         ids = list(self.grid.push_messages(messages))
+        del messages  # pushed: the grid has them; the coordinator need not hold them
         pending = {mid: node for mid, node in zip(ids, payloads)}
         replies: dict[int, Reply] = {}
+        # A pull downloads every reply that has arrived for the ids asked, so ask for a few
+        # at a time when replies are large: at most ~PULL_BUDGET bytes of replies in memory.
+        batch = max(1, PULL_BUDGET // model_bytes) if model_bytes else len(pending) or 1
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
-            for msg in self.grid.pull_messages(list(pending)):
-                node = pending.pop(msg.metadata.reply_to_message_id, None)
-                if node is None:
-                    continue
-                if self.recorder is not None:
-                    self.recorder(msg)
-                replies[node] = _to_reply(node, msg)
+            asked = list(pending)
+            for start in range(0, len(asked), batch):
+                pulled = list(self.grid.pull_messages(asked[start:start + batch]))
+                while pulled:
+                    msg = pulled.pop(0)
+                    node = pending.pop(msg.metadata.reply_to_message_id, None)
+                    if node is None:
+                        continue
+                    if self.recorder is not None:
+                        self.recorder(msg)
+                    reply = _to_reply(node, msg)
+                    del msg  # the Flower message (and its record bytes) can go now
+                    replies[node] = on_reply(node, reply) if on_reply is not None else reply
             if pending:
                 time.sleep(self.poll_interval)
         for node in pending.values():
@@ -111,10 +137,13 @@ class GridTransport:
 
     @staticmethod
     def _message(node: int, message_type: str, payload: Payload, group: str,
-                 timeout: float) -> Message:
+                 timeout: float, records: dict[int, Any]) -> Message:
         content = RecordDict({CONFIG: ConfigRecord(dict(payload.config))})
         if payload.arrays is not None:
-            content[ARRAYS] = arrays_to_record(payload.arrays)
+            key = id(payload.arrays)
+            if key not in records:
+                records[key] = arrays_to_record(payload.arrays)
+            content[ARRAYS] = records[key]
         if payload.secagg is not None:
             scalars = {k: v for k, v in payload.secagg.items() if not isinstance(v, np.ndarray)}
             vectors = {k: v for k, v in payload.secagg.items() if isinstance(v, np.ndarray)}

@@ -15,7 +15,7 @@ from strategies.dp.accounting import (
     check_silo_policy,
 )
 from strategies.dp.adaptive import AdaptiveClipState, split_noise_multiplier
-from strategies.dp.central import ClippedSum, add_central_noise, clip_and_sum
+from strategies.dp.central import ClipAccumulator, ClippedSum, add_central_noise, clip_and_sum
 from strategies.dp.clipping import ClipResult, clip_update, l2_norm, weighted_sum_sensitivity
 from strategies.dp.config import DPConfig
 from strategies.dp.distributed import DDGCalibration, DDGParams, decode_sum, encode_update
@@ -27,6 +27,7 @@ __all__ = [
     "AdaptiveClipState",
     "AesCtrSource",
     "ByteSource",
+    "ClipAccumulator",
     "ClipResult",
     "ClippedSum",
     "DDGCalibration",

@@ -22,7 +22,7 @@ from strategies.dp.noise import gaussian_noise, snap_to_grid
 from strategies.dp.randomness import ByteSource
 from xsilo.errors import ConfigError
 
-__all__ = ["ClippedSum", "add_central_noise", "clip_and_sum"]
+__all__ = ["ClipAccumulator", "ClippedSum", "add_central_noise", "clip_and_sum"]
 
 _SNAP = 2.0**-20  # grid = stddev * 2^-20: far above float spacing, far below the noise
 
@@ -34,6 +34,48 @@ class ClippedSum:
     total: dict[str, np.ndarray]
     unclipped: tuple[bool, ...]
     norms: tuple[float, ...]
+
+
+class ClipAccumulator:
+    """Streaming ``sum_i min(w_i, w_max) * clip_C(Delta_i)``: fold each update as it arrives.
+
+    Memory is one float64 model plus one clipped update in flight, however many silos reply
+    (the coordinator's streaming aggregation under central DP). ``on_clipped``, when given,
+    sees every :class:`ClipResult` (audit hooks and tests).
+    """
+
+    def __init__(self, *, clip_norm: float, max_weight: float,
+                 on_clipped: Callable[[ClipResult], None] | None = None) -> None:
+        self.clip_norm = clip_norm
+        self.max_weight = max_weight
+        self.on_clipped = on_clipped
+        self._total: dict[str, np.ndarray] | None = None
+        self._bits: list[bool] = []
+        self._norms: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return len(self._norms)
+
+    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
+        """Clip ``delta`` to L2 norm C and fold it in with weight ``min(weight, w_max)``."""
+        if not weight >= 0:
+            raise ConfigError(f"aggregation weight must be >= 0, got {weight!r}")
+        res = clip_update(delta, clip_norm=self.clip_norm)
+        if self.on_clipped is not None:
+            self.on_clipped(res)
+        if self._total is None:
+            self._total = {k: np.zeros(np.shape(v)) for k, v in delta.items()}
+        cap = min(float(weight), self.max_weight)
+        for k, acc in self._total.items():
+            acc += cap * res.update[k].astype(np.float64)
+        self._bits.append(not res.clipped)
+        self._norms.append(res.norm)
+
+    def result(self) -> ClippedSum:
+        if self._total is None:
+            raise ConfigError("no update was clipped and summed this round")
+        return ClippedSum(self._total, tuple(self._bits), tuple(self._norms))
 
 
 def clip_and_sum(
@@ -50,20 +92,10 @@ def clip_and_sum(
     """
     if len(deltas) != len(weights) or not deltas:
         raise ConfigError(f"need one weight per update, got {len(deltas)} updates, {len(weights)} weights")
-    total: dict[str, np.ndarray] = {k: np.zeros(np.shape(v)) for k, v in deltas[0].items()}
-    bits, norms = [], []
+    acc = ClipAccumulator(clip_norm=clip_norm, max_weight=max_weight, on_clipped=on_clipped)
     for delta, w in zip(deltas, weights):
-        if not w >= 0:
-            raise ConfigError(f"aggregation weight must be >= 0, got {w!r}")
-        res = clip_update(delta, clip_norm=clip_norm)
-        if on_clipped is not None:
-            on_clipped(res)
-        cap = min(float(w), max_weight)
-        for k in total:
-            total[k] += cap * res.update[k].astype(np.float64)
-        bits.append(not res.clipped)
-        norms.append(res.norm)
-    return ClippedSum(total, tuple(bits), tuple(norms))
+        acc.add(delta, w)
+    return acc.result()
 
 
 def add_central_noise(

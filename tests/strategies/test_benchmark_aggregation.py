@@ -17,7 +17,7 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
                     "--out", str(out), "--results", str(results)],
                    check=True, capture_output=True, text=True, timeout=60)
     report = json.loads(out.read_text())
-    assert set(report["cases"]) == {"streaming", "flower"}
+    assert set(report["cases"]) == {"loop", "loop-few", "streaming", "flower"}
     assert all(c["peak_bytes"] >= 0 and c["aggregate_s"] >= 0 for c in report["cases"].values())
     text = results.read_text()
     assert "## Other section\n\nkept" in text and "## Aggregation memory" in text

@@ -29,7 +29,7 @@ def test_no_numpy_random_in_noise_paths():
 
 def test_public_api_pinned():
     assert sorted(strategies.dp.__all__) == [
-        "Accountant", "AdaptiveClipState", "AesCtrSource", "ByteSource", "ClipResult",
+        "Accountant", "AdaptiveClipState", "AesCtrSource", "ByteSource", "ClipAccumulator", "ClipResult",
         "ClippedSum", "DDGCalibration", "DDGParams", "DPConfig", "GaussianRound",
         "PrivacyBudget", "SystemSource", "ZCDPRound", "add_central_noise", "check_silo_policy",
         "clip_and_sum", "clip_update", "decode_sum", "default_source", "discrete_gaussian",

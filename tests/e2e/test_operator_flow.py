@@ -22,7 +22,7 @@ from deploy.pki import Pki
 from silo_client.config import write_silo_config
 from xsilo.demo_data import demo_schema, write_demo_data
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 XSILO = str(Path(sys.executable).parent / "xsilo")
 
 

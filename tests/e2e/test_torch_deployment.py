@@ -15,7 +15,7 @@ import pytest
 from coordinator.config import RunConfig
 from xsilo.federation import LocalFederation
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 # Tiny on purpose: every ClientApp message is a fresh process that imports torch.
 SITE_MODEL = '''

@@ -41,7 +41,12 @@ def _parse_error(msg: Message) -> SiloError:
 
 def _to_reply(node_id: int, msg: Message) -> Reply:
     if msg.has_error():
-        return Reply(node_id, error=_parse_error(msg))
+        try:
+            silo = json.loads(msg.error.reason or "").get("silo")
+        except (ValueError, AttributeError):
+            silo = None
+        return Reply(node_id, error=_parse_error(msg),
+                     info={"name": str(silo)} if silo else {})
     content = msg.content
     arrays: dict[str, np.ndarray] = {}
     for key in (DELTA, ARRAYS):

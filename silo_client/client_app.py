@@ -59,12 +59,23 @@ def _round(msg: Message) -> int:
     return int(_config(msg).get("server-round", 0))
 
 
-def _error_reply(msg: Message, exc: Exception) -> Message:
+def _silo_name(context: Context) -> str | None:
+    """This silo's configured name, when its config is readable (for error replies)."""
+    try:
+        return _silo(context).config.name
+    except Exception:  # the error being reported may be the unreadable config itself
+        return None
+
+
+def _error_reply(msg: Message, exc: Exception, silo: str | None = None) -> Message:
     kind = type(exc).__name__
     reason = exc.reason if isinstance(exc, PolicyRefusal) else kind
     code = next((ERROR_CODES[c.__name__] for c in type(exc).__mro__ if c.__name__ in ERROR_CODES),
                 ERROR_CODES["XsiloError"])
-    payload = json.dumps({"type": kind, "reason": reason, "message": str(exc)})
+    body = {"type": kind, "reason": reason, "message": str(exc)}
+    if silo:
+        body["silo"] = silo
+    payload = json.dumps(body)
     return Message(Error(code=code, reason=payload), reply_to=msg)
 
 
@@ -78,7 +89,7 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
             else:
                 log.error("silo failed on %s:\n%s", msg.metadata.message_type,
                           traceback.format_exc())
-            reply = _error_reply(msg, exc)
+            reply = _error_reply(msg, exc, _silo_name(context))
             _record_refusal(msg, context, reply)
             return reply
 
@@ -151,12 +162,17 @@ def train(msg: Message, context: Context) -> Message:
     params = record_to_arrays(msg.content.array_records[ARRAYS])
     silo = _silo(context)
     request = _secagg_record(msg)
+    if request is None and silo.policy.require_secure_aggregation:
+        raise PolicyRefusal("require_secure_aggregation",
+                            "this silo's site policy requires secure aggregation but the train "
+                            "message has no mask request; refusing to send the update in the "
+                            "clear")
     if request is None and _secure_run(context, silo):
-        raise ProtocolError("this silo joined the run with secure aggregation (or its site "
-                            "policy requires it) but the train message has no mask request; "
-                            "refusing to send the update in the clear")
+        raise ProtocolError("this silo joined the run with secure aggregation but the train "
+                            "message has no mask request; refusing to send the update in the "
+                            "clear")
     config = _config(msg)
-    result = silo.train(params, config)
+    result = silo.train(params, config, secure=request is not None)
     if request is None:
         silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
                            arrays=result.delta, metrics=result.metrics, privacy=result.privacy)

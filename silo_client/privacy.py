@@ -351,8 +351,9 @@ def _dpsgd_epochs(adapter: Any, module: Any, train: Any, *, epochs: int,
 
     from strategies.dp.dpsgd import make_private
 
-    # The adapter seeds torch from the run seed for reproducible dropout; Opacus draws its
-    # noise from the same generator, which must never repeat across rounds: reseed securely.
+    # DP-SGD's noise and batch sampling come from xsilo's secure source (make_private), not
+    # from torch's generator. The adapter seeds torch from the run seed for reproducible
+    # dropout; reseed so dropout masks do not repeat across rounds either.
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
     X, y = adapter._tensors(train)
     batch = int(config.get("batch-size", adapter.batch_size))

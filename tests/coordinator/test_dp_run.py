@@ -115,7 +115,7 @@ def test_silo_refuses_at_join_when_the_projected_epsilon_exceeds_its_cap(
     summary = run_in_process(tmp_path / "run", RunConfig(num_rounds=3, min_silos=2,
                                                          dp=DPConfig(**_dp())), federation)
     join = next(e for e in RunStore(tmp_path / "run").events() if e["event"] == "join")
-    assert join["refused"]["node-1"].startswith("PolicyRefusal[max_epsilon]")
+    assert join["refused"]["hospital-a"].startswith("PolicyRefusal[max_epsilon]")
     assert summary["status"] == "completed" and "hospital-a" not in summary["silos"]
 
 

@@ -53,7 +53,7 @@ def test_missing_data_file_is_a_typed_refusal_and_run_continues(tmp_path: Path, 
     summary = run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=2), configs)
     assert summary["status"] == "completed"
     join = next(e for e in RunStore(run_dir).events() if e["event"] == "join")
-    reason = join["refused"]["node-3"]
+    reason = join["refused"]["hospital-c"]
     assert "DataValidationError" in reason and "train.csv" in reason
     assert summary["silos"] == ["hospital-a", "hospital-b"]
 
@@ -78,8 +78,8 @@ def test_wrong_column_in_csv_names_file_and_column(tmp_path: Path, make_silos) -
     run_dir = tmp_path / "run"
     run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=2), configs)
     join = next(e for e in RunStore(run_dir).events() if e["event"] == "join")
-    assert "mean radius" in join["refused"]["node-1"]
-    assert "train.csv" in join["refused"]["node-1"]
+    assert "mean radius" in join["refused"]["hospital-a"]
+    assert "train.csv" in join["refused"]["hospital-a"]
 
 
 def test_schema_disagreement_is_refused_before_any_round(tmp_path: Path, make_silos) -> None:

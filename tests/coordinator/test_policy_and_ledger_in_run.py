@@ -49,13 +49,13 @@ def test_policy_refusal_reason_reaches_the_coordinator(tmp_path: Path, make_silo
     assert summary["status"] == "completed"
     assert "hospital-a" not in summary["silos"]
     join = next(e for e in RunStore(run_dir).events() if e["event"] == "join")
-    refusal = join["refused"]["node-1"]
+    refusal = join["refused"]["hospital-a"]
     assert refusal.startswith(f"PolicyRefusal[{reason}]")
     ledger = load_silo_config(configs[0]).workspace / "egress.jsonl"
     assert verify_ledger(ledger).ok  # the refusal left the site, so it is recorded
     assert "refusal" in ledger.read_text()
     shown = _render(RunStore(run_dir).events())  # the operator's console says so too
-    assert f"refused at join: node-1: PolicyRefusal[{reason}]" in shown
+    assert f"refused at join: hospital-a: PolicyRefusal[{reason}]" in shown
 
 
 def _render(events: list[dict]) -> str:
@@ -132,9 +132,9 @@ def _run_announcing(run_dir: Path, config: RunConfig, silo_configs: list[Path],
     ("max_rounds = 2", {"num_rounds": 3}, {"num-rounds": 2}, 3, "PolicyRefusal[max_rounds]"),
     ('allowed_strategies = ["fedprox"]', {"strategy": "fedavg"}, {"strategy": "fedprox"}, 1,
      "PolicyRefusal[allowed_strategies]"),
-    # refused by the ClientApp before the policy check: no mask request in the message
+    # refused by the ClientApp before any training: no mask request in the message
     ("require_secure_aggregation = true", {}, {"secure-aggregation": True}, 1,
-     "ProtocolError[ProtocolError]"),
+     "PolicyRefusal[require_secure_aggregation]"),
 ])
 def test_a_round_beyond_the_announced_terms_is_refused(
         tmp_path: Path, make_silos, policy: str, run: dict, announced: dict,
@@ -245,4 +245,4 @@ def test_coordinator_fingerprint_pinning(tmp_path: Path, make_silos, pinned_matc
     if pinned_matches:
         assert "hospital-a" in summary["silos"] and not join["refused"]
     else:
-        assert join["refused"]["node-1"].startswith("PolicyRefusal[allowed_coordinator_fingerprints]")
+        assert join["refused"]["hospital-a"].startswith("PolicyRefusal[allowed_coordinator_fingerprints]")

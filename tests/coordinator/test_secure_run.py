@@ -31,8 +31,8 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> dict:
     seen: dict[tuple[str, int], tuple] = {}
     original = Silo.train
 
-    def train(self, global_params, config):
-        result = original(self, global_params, config)
+    def train(self, global_params, config, **kw):
+        result = original(self, global_params, config, **kw)
         seen[(self.config.name, int(config["server-round"]))] = (
             dict(global_params), result.delta, result.metrics["num-examples"])
         return result

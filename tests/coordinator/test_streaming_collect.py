@@ -92,8 +92,8 @@ def test_nan_update_in_a_real_run_is_rejected_per_silo(tmp_path: Path, federatio
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     original = Silo.train
 
-    def train(self, global_params, config):  # test-only: hospital-b's update is poisoned
-        result = original(self, global_params, config)
+    def train(self, global_params, config, **kw):  # test-only: hospital-b's update is poisoned
+        result = original(self, global_params, config, **kw)
         if self.config.name == "hospital-b":
             for v in result.delta.values():
                 v[...] = np.nan

@@ -23,9 +23,10 @@ only the Fleet API. ``xsilo coordinator init`` writes this layout from a PKI dir
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -168,6 +169,7 @@ class RunningCoordinator:
     node_ids: dict[str, int]
     gateway: object | None = None
     _seen: tuple = ()
+    node_keys: dict[str, str] = field(default_factory=dict)  # name → SHA-256 of its .pub
 
     def stop(self) -> None:
         if self.gateway is not None:
@@ -194,16 +196,28 @@ class RunningCoordinator:
         changes = []
         present = {p.stem: p for p in self.home.nodes.glob("*.pub")}
         for name, pub in sorted(present.items()):
+            digest = _key_digest(pub)
+            if name in self.node_ids and self.node_keys.get(name) != digest:
+                # revoked and re-approved with a new node key between two looks: the old
+                # identity must go, or it stays registered and the new key never is
+                cli.unregister_node(self.node_ids.pop(name))
+                changes.append(f"unregistered {name}'s previous node key")
             if name not in self.node_ids:
                 self.node_ids[name] = cli.register_node(pub)
+                self.node_keys[name] = digest
                 changes.append(f"registered {name}")
         for name in sorted(set(self.node_ids) - set(present)):
             cli.unregister_node(self.node_ids.pop(name))
+            self.node_keys.pop(name, None)
             changes.append(f"unregistered {name} (revoked or removed)")
         if self.gateway is not None:
             self.gateway.reload()  # type: ignore[attr-defined]
             changes.append("gateway reloaded (CRL, node-key bindings)")
         return changes
+
+
+def _key_digest(pub: Path) -> str:
+    return hashlib.sha256(pub.read_bytes()).hexdigest()
 
 
 def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> RunningCoordinator:
@@ -217,6 +231,7 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
         cli = home.cli()
         for pub in sorted(home.nodes.glob("*.pub")):
             running.node_ids[pub.stem] = cli.register_node(pub)
+            running.node_keys[pub.stem] = _key_digest(pub)
             log.info("registered silo %s as node %d", pub.stem, running.node_ids[pub.stem])
         if not running.node_ids:
             log.warning("no node keys in %s: no silo can connect until one is enrolled", home.nodes)

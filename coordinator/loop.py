@@ -176,6 +176,11 @@ class RoundLoop:
                         f"{None if a is None else a.shape} at {ref_name} but "
                         f"{None if b is None else b.shape} at {name}; every silo must build "
                         "the same model")
+                if a.dtype != b.dtype:  # else the model silently takes one silo's precision
+                    raise ModelError(
+                        f"model dtypes differ: tensor {tensor!r} is {a.shape} {a.dtype} at "
+                        f"{ref_name} but {b.shape} {b.dtype} at {name}; every silo must build "
+                        "the same model with the same parameter dtypes")
 
     # ----------------------------------------------------------------- rounds
     def run(self) -> dict[str, Any]:

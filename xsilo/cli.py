@@ -61,7 +61,11 @@ def main() -> None:
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # click turns Ctrl-C / Abort into a return value
+            if code == 130:
+                _err.print("[yellow]interrupted[/]")
+            sys.exit(code)
     except XsiloError as exc:
         if _state["debug"]:
             raise

@@ -9,8 +9,14 @@ Useful to try a run configuration in seconds, and the basis of the fast test sui
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+# Institutions must not phone home, also when they only simulate: before Flower is imported.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from coordinator.config import RunConfig, write_run_config
 from coordinator.local_grid import LocalGrid
@@ -20,6 +26,8 @@ from silo_client.client_app import app as client_app
 from xsilo.errors import DeploymentError
 
 __all__ = ["run_in_process", "run_in_simulation"]
+
+log = logging.getLogger(__name__)
 
 
 def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path], *,
@@ -45,6 +53,10 @@ def run_in_simulation(run_dir: Path, config: RunConfig, silo_configs: Sequence[P
 
     Needs ``flwr[simulation]`` (Ray), which xsilo depends on.
     """
+    telemetry = sys.modules.get("flwr.supercore.telemetry")
+    if telemetry is not None and getattr(telemetry, "FLWR_TELEMETRY_ENABLED", "0") != "0":
+        log.warning("Flower was imported before xsilo with telemetry on; set "
+                    "FLWR_TELEMETRY_ENABLED=0 in the environment to keep the simulation silent")
     from flwr.simulation import run_simulation
 
     from coordinator.server_app import simulation_app as server_sim

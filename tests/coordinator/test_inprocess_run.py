@@ -146,3 +146,18 @@ def test_run_directory_is_never_reused(tmp_path: Path, federation: list[Path]) -
     run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), federation)
     with pytest.raises(ConfigError, match="already holds a run"):
         run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), federation)
+
+
+def test_different_parameter_dtypes_are_refused_naming_the_tensor() -> None:
+    from coordinator.loop import RoundLoop, _Member
+    from strategies.builtin import FedAvg
+
+    loop = RoundLoop(RunConfig(num_rounds=1), None, None, FedAvg())  # type: ignore[arg-type]
+    loop.members = {1: _Member(1, "hospital-a", {"digest": "x"}),
+                    2: _Member(2, "hospital-b", {"digest": "x"})}
+    same = {"w": np.zeros((2, 3), np.float64)}
+    loop._check_agreement({"hospital-a": same, "hospital-b": dict(same)})  # agrees: no error
+    with pytest.raises(ModelError, match=r"tensor 'w' is \(2, 3\) float64 at hospital-a but "
+                                         r"\(2, 3\) float32 at hospital-b"):
+        loop._check_agreement({"hospital-a": same,
+                               "hospital-b": {"w": np.zeros((2, 3), np.float32)}})

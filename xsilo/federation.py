@@ -177,8 +177,15 @@ class LocalFederation:
             status = self._wait(store, lambda: cli.status(run_id), timeout)
         return RunOutcome(status, store)
 
-    def _wait(self, store: RunStore, status: Callable[[], str], timeout: float) -> str:
+    def _wait(self, store: RunStore, status: Callable[[], str], timeout: float, *,
+              status_every: float = 10.0) -> str:
+        """Wait for the run to end. Our ``summary.json`` is watched twice a second (a file
+        read); Flower's status costs a ``flwr ls`` process (~1 s of CPU, which the silos'
+        ClientApps on the same cores would otherwise lose), so it is asked every
+        ``status_every`` s (a ServerApp that died before writing a summary) and once the
+        summary is there."""
         deadline = time.monotonic() + timeout
+        next_status = time.monotonic() + status_every
         while time.monotonic() < deadline:
             if store.summary() is not None or not self._superlink_alive():
                 # Our summary is written last by the ServerApp; Flower then marks the run.
@@ -188,10 +195,12 @@ class LocalFederation:
                     if state.startswith("finished"):
                         return state
                     time.sleep(1)
-            state = status()
-            if state.startswith("finished"):
-                return state
-            time.sleep(2)
+            if time.monotonic() >= next_status:
+                state = status()
+                if state.startswith("finished"):
+                    return state
+                next_status = time.monotonic() + status_every
+            time.sleep(0.5)
         raise DeploymentError(f"run did not finish within {timeout:.0f} s")
 
     def _superlink_alive(self) -> bool:

@@ -4,7 +4,8 @@ Encoding (one silo, update ``x ∈ R^d``, integer weight ``0 ≤ w ≤ W``, rang
 ``L = 2^b − 1`` levels, step ``Δ = 2c / L``)::
 
     v_k = (clip(x_k, −c, c) + c) / Δ            ∈ [0, L]
-    q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding)
+    q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding;
+                                                  the coin has 32 random bits: bias < 2^-32)
     encode(x, w) = [w, w·q_1, …, w·q_d]         (uint words, the vector that gets masked)
 
 Decoding the sum over silos ``S`` (``T_0 = Σ w_i``, ``T_k = Σ w_i q_ik``)::
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from strategies.secagg.prg import ByteSource, default_source, dtype_for_bits, uniform01
+from strategies.secagg.prg import ByteSource, default_source, dtype_for_bits
 from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
 
 __all__ = [
@@ -139,16 +140,25 @@ def encode(update: np.ndarray, *, weight: int, params: QuantParams,
            rng: ByteSource | None = None) -> np.ndarray:
     """``[w, w·q_1, …, w·q_d]`` as ``params.dtype`` (see the module docstring for ``q``)."""
     w = _check_weight(weight, params)
-    x = np.asarray(update, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(x)):
+    v = np.array(update, dtype=np.float64, copy=True).ravel()  # our own buffer: in place below
+    if not np.isfinite(v).all():
         raise UpdateRejected("update contains NaN or Inf; it cannot be quantized")
-    v = (np.clip(x, -params.clip, params.clip) + params.clip) / params.step
+    np.clip(v, -params.clip, params.clip, out=v)
+    v += params.clip
+    v /= params.step
     np.clip(v, 0.0, params.levels, out=v)  # guard the top edge against rounding in the division
     low = np.floor(v)
-    q = low + (uniform01(x.size, rng=rng or default_source()) < (v - low))
-    out = np.empty(x.size + 1, dtype=params.dtype)
+    v -= low  # the fraction f_k = v_k − ⌊v_k⌋ ∈ [0, 1)
+    # Bernoulli(f) as u < f·2^32 with u uniform on 32-bit words: P = ⌈f·2^32⌉·2^-32, within
+    # 2^-32 of f (53 random bits would buy nothing at any bit width here, at twice the bytes).
+    v *= 4294967296.0
+    u = np.frombuffer((rng or default_source()).read(4 * v.size), dtype="<u4")
+    low += u < v
+    out = np.empty(v.size + 1, dtype=params.dtype)
     out[0] = w
-    out[1:] = q.astype(np.uint64) * np.uint64(w)
+    body = out[1:]
+    body[...] = low  # exact: integers in [0, L] with L < 2^53
+    body *= params.dtype.type(w)  # w·q ≤ W·L < 2^k: no wrap (make_quant_params sizes k)
     return out
 
 

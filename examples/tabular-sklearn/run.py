@@ -2,14 +2,17 @@
 
     .venv/bin/python examples/tabular-sklearn/run.py --rounds 5
     .venv/bin/python examples/tabular-sklearn/run.py --model wine_model:build --engine deployment
+    .venv/bin/python examples/tabular-sklearn/run.py --engine simulation --secure-aggregation
 
 Splits scikit-learn's bundled wine data across ``clinic-north/south/east``
 (``prepare_data.py``), writes each silo's ``silo.toml`` with the chosen model (a built-in
 ``sklearn:<Estimator>`` or this folder's ``wine_model:build``), runs FedAvg and prints the
 round table and the final accuracy. ``--engine inprocess`` (default) runs the coordinator
-loop and the silo handlers in this process; ``--engine deployment`` starts a real
-``flower-superlink`` (TLS, node authentication) and one ``flower-supernode`` per silo on
-127.0.0.1, and stops them all at the end.
+loop and the silo handlers in this process; ``--engine simulation`` runs the same on
+Flower's Ray simulation engine (each silo's ClientApp in a Ray actor); ``--engine
+deployment`` starts a real ``flower-superlink`` (TLS, node authentication) and one
+``flower-supernode`` per silo on 127.0.0.1, and stops them all at the end.
+``--secure-aggregation`` masks every update.
 """
 
 from __future__ import annotations
@@ -43,15 +46,28 @@ MODELS = ("sklearn:LogisticRegression", "sklearn:SGDClassifier", "sklearn:MLPCla
 console = Console()
 
 
+def _silos(root: Path, config: RunConfig, model: str) -> list[Path]:
+    return [write_silo_config(root / "silos" / s.name / "silo.toml", name=s.name,
+                              train=Path("data/train.csv"), test=Path("data/test.csv"),
+                              schema=prepare_data.schema(), model=model)
+            for s in prepare_data.write_silos(root / "silos", seed=config.seed)]
+
+
 def run_inprocess(root: Path, config: RunConfig, *, model: str) -> RunStore:
     """Coordinator loop and silo handlers in this process, no Flower processes."""
     from xsilo.local import run_in_process
 
-    configs = [write_silo_config(root / "silos" / s.name / "silo.toml", name=s.name,
-                                 train=Path("data/train.csv"), test=Path("data/test.csv"),
-                                 schema=prepare_data.schema(), model=model)
-               for s in prepare_data.write_silos(root / "silos", seed=config.seed)]
-    run_in_process(root / "run", config, configs)
+    run_in_process(root / "run", config, _silos(root, config, model))
+    store = RunStore(root / "run")
+    console.print(round_table(store.events()))
+    return store
+
+
+def run_simulation(root: Path, config: RunConfig, *, model: str) -> RunStore:
+    """Flower's Ray simulation engine: one virtual SuperNode per silo, ClientApps in actors."""
+    from xsilo.local import run_in_simulation
+
+    run_in_simulation(root / "run", config, _silos(root, config, model))
     store = RunStore(root / "run")
     console.print(round_table(store.events()))
     return store
@@ -74,6 +90,10 @@ def run_deployment(root: Path, config: RunConfig, *, model: str) -> RunStore:
     return outcome.store
 
 
+ENGINES = {"inprocess": run_inprocess, "simulation": run_simulation,
+           "deployment": run_deployment}
+
+
 def report(store: RunStore) -> None:
     rows = [e for e in store.events() if e["event"] == "round"]
     first, last = rows[0], rows[-1]
@@ -88,7 +108,9 @@ def main() -> int:
     parser.add_argument("--model", choices=MODELS, default=MODELS[0])
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--engine", choices=("inprocess", "deployment"), default="inprocess")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="inprocess")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="mask every update (the coordinator sees only the sum)")
     parser.add_argument("--workdir", type=Path, help="keep data, silo configs and the run here")
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="xsilo-wine-"))
@@ -96,8 +118,9 @@ def main() -> int:
     try:
         config = RunConfig(num_rounds=args.rounds, local_epochs=args.local_epochs,
                            learning_rate=args.learning_rate, min_silos=3, expected_silos=3,
-                           round_timeout=120.0, join_timeout=60.0, name="wine")
-        run = run_inprocess if args.engine == "inprocess" else run_deployment
+                           round_timeout=120.0, join_timeout=60.0, name="wine",
+                           secure_aggregation=args.secure_aggregation)
+        run = ENGINES[args.engine]
         report(run(root, config, model=args.model))
     except XsiloError as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -32,5 +32,5 @@ def test_demo_trains_compares_and_exits_zero(tmp_path: Path) -> None:
     gap = re.search(r"federated − centralized = ([+-]\d+\.\d+) points", out)
     assert gap is not None, out[-3000:]
     assert abs(float(gap.group(1))) <= 2.0, gap.group(0)  # the bar: within 2 points
-    federated = re.search(r"federated \(xsilo, 3 hospitals\)\s+(\d\.\d{4})", out)
+    federated = re.search(r"federated \(xsilo, 3 hospitals\)[\s│|]+(\d\.\d{4})", out)
     assert federated is not None and float(federated.group(1)) > 0.9

@@ -111,14 +111,18 @@ def test_mtls_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Pat
 def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> None:
     """SuperNode → silo nginx → mTLS → coordinator nginx → SuperLink, node auth on top.
     After `revoke`, the revoked silo's next connection is refused at the handshake while the
-    others finish; no private key shows up in the run directory, logs or workspaces."""
+    others finish; hospital-a renews its certificate mid-run (same key, gateway reloaded, no
+    restart) and keeps training on the new one; no private key shows up in the run
+    directory, logs or workspaces."""
     import threading
 
+    from deploy.enrollment import install_renewal
     from deploy.pki import Pki
 
     fed = LocalFederation(tmp_path, mtls=True).setup()
     pki = Pki(fed.home_dir / "pki")
     c_serial = next(r.serial for r in pki.records() if r.name == "hospital-c")
+    a_serials: list[str] = []
     with fed:
         fed.start()
         cli = fed.home.cli()
@@ -133,6 +137,12 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> N
         def revoke_after_first_round() -> None:
             _wait_for(lambda: metrics.exists() and '"round": 0' in metrics.read_text(), 60,
                       "round 0")
+            # hospital-a renews while training: the coordinator re-signs its key, the silo
+            # installs the bundle, its running gateway reloads (SuperNode untouched)
+            a_serials.append(next(r.serial for r in pki.records() if r.name == "hospital-a"))
+            install_renewal(pki.renew("hospital-a"), fed.kits["hospital-a"].root)
+            a_serials.append(next(r.serial for r in reversed(pki.records())
+                                  if r.name == "hospital-a"))
             pki.revoke("hospital-c")
             gateway.reload()
             # the revoked silo's next connection is refused at the handshake; only then is
@@ -142,17 +152,23 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> N
 
         revoker = threading.Thread(target=revoke_after_first_round, daemon=True)
         revoker.start()
+        a_pid = fed.supernodes["hospital-a"].pid
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
                                     round_timeout=40.0, join_timeout=45.0, name="mtls"),
                           timeout=85)
         revoker.join(timeout=5)
         gateway_log = gateway.logs()
+        assert fed.supernodes["hospital-a"].alive() and fed.supernodes["hospital-a"].pid == a_pid
     assert outcome.status == "finished:completed", outcome.summary
     rows = {e["round"]: e for e in outcome.store.events() if e["event"] == "round"}
     assert rows[1]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
     assert rows[2]["contributors"] == ["hospital-a", "hospital-b"]
     assert rows[2]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
     assert "certificate revoked" in gateway_log["error"]
+    old_a, new_a = a_serials
+    assert old_a != new_a  # renewed: a new certificate, and the later rounds came in on it
+    assert any(f"serial={new_a} " in line and "verify=SUCCESS" in line
+               for line in gateway_log["access"].splitlines()), gateway_log["access"][-3000:]
     assert refused(), gateway_log["access"][-3000:]
     keys = [p for p in tmp_path.rglob("*.key") if p.is_file()]
     assert any(p.name == "ca.key" for p in keys) and any(p.name == "node.key" for p in keys)

@@ -275,7 +275,7 @@ def _write_results(path: Path, report: dict) -> None:
             f"**{'met' if report['loop_goal_met'] else 'not met'}** "
             f"({report['cases']['loop']['peak_bytes'] / mib:,.0f} MiB, constant in the number "
             f"of silos). "
-            f"Raw numbers: `benchmarks/out/aggregation.json`.\n")
+            f"Raw numbers: `benchmarks/out/aggregation.json`.\n\n")
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
     if SECTION in text:
         head, _, rest = text.partition(SECTION)

@@ -172,12 +172,12 @@ class SecureAggregation:
             return SecureRound(replies={}, trained=False, failure=str(exc),
                                report=self._report(None))
         node_of = {i: node for node, i in self.index.items()}
-        replies = self.transport.exchange(
-            "train", {node_of[i]: Payload(config, current, secagg=req.to_record())
-                      for i, req in requests.items()},
-            timeout=self.run_config.round_timeout, group=str(server_round))
-        out = SecureRound(replies=replies)
-        for node, reply in sorted(replies.items()):
+        out = SecureRound(replies={})
+
+        def fold(node: int, reply: Reply) -> Reply:
+            # Each masked input joins the running modular sum the moment it is pulled, so the
+            # coordinator holds one masked vector at a time, not one per silo.
+            nonlocal state
             try:
                 if reply.error is not None:
                     raise ProtocolError(str(reply.error))
@@ -185,6 +185,13 @@ class SecureAggregation:
             except ProtocolError as exc:
                 out.problems[node] = str(exc)
             reply.secagg = None  # the masked vector is in the running sum; keep nothing else
+            return reply
+
+        out.replies = self.transport.exchange(
+            "train", {node_of[i]: Payload(config, current, secagg=req.to_record())
+                      for i, req in requests.items()},
+            timeout=self.run_config.round_timeout, group=str(server_round), on_reply=fold)
+        replies = out.replies
         for i in requests:
             if node_of[i] not in replies:
                 out.problems[node_of[i]] = "no masked input before the round timeout"

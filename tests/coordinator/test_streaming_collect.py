@@ -112,3 +112,34 @@ def test_nan_update_in_a_real_run_is_rejected_per_silo(tmp_path: Path, federatio
     model = load_npz(run_dir / "model.npz")
     assert all(np.isfinite(v).all() for v in model.values())
     assert summary["final_accuracy"] > 0.8
+
+
+def test_secure_round_folds_each_masked_input_as_it_arrives(
+        tmp_path: Path, federation: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under secure aggregation too, each masked input is folded into the running modular
+    sum as soon as it is decoded: when a vector is folded it is the only one alive (holding
+    every reply first would have all three decoded at the first fold)."""
+    import coordinator.secure as secure
+    import coordinator.transport as transport
+
+    decoded: list[weakref.ref] = []
+    alive_at_fold: list[int] = []
+    to_reply, receive_masked = transport._to_reply, secure.receive_masked
+
+    def watch_decode(node, msg):  # test-only: every masked vector the coordinator decodes
+        reply = to_reply(node, msg)
+        if reply.secagg is not None and "masked" in reply.secagg:
+            decoded.append(weakref.ref(reply.secagg["masked"]))
+        return reply
+
+    def watch_fold(state, msg):
+        gc.collect()
+        alive_at_fold.append(sum(r() is not None for r in decoded))
+        return receive_masked(state, msg)
+
+    monkeypatch.setattr(transport, "_to_reply", watch_decode)
+    monkeypatch.setattr(secure, "receive_masked", watch_fold)
+    summary = run_in_process(tmp_path / "run", RunConfig(num_rounds=2, min_silos=3,
+                                                         secure_aggregation=True), federation)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == []
+    assert len(decoded) == 6 and alive_at_fold == [1] * 6, alive_at_fold

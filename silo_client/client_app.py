@@ -29,7 +29,7 @@ import numpy as np
 
 from silo_client import secure
 from silo_client.silo import Silo
-from xsilo.errors import ConfigError, PolicyRefusal, ProtocolError, XsiloError
+from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
 from xsilo.records import arrays_to_record, record_to_arrays
 from xsilo.protocol import (ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SECAGG, SECAGG_ARRAYS,
                             SILO)
@@ -136,9 +136,10 @@ def _stored(context: Context) -> dict[str, Any] | None:
     return dict(records[_SECAGG_STATE]) if _SECAGG_STATE in records else None
 
 
-def _secure_run(context: Context, silo: Silo) -> bool:
+def _joined_secure(context: Context) -> bool:
+    """Whether this silo joined the run under secure aggregation (its join terms)."""
     terms = context.state.config_records.get(_RUN_TERMS, {})
-    return bool(silo.policy.require_secure_aggregation or terms.get("secure-aggregation", False))
+    return bool(terms.get("secure-aggregation", False))
 
 
 @app.query()
@@ -162,17 +163,11 @@ def train(msg: Message, context: Context) -> Message:
     params = record_to_arrays(msg.content.array_records[ARRAYS])
     silo = _silo(context)
     request = _secagg_record(msg)
-    if request is None and silo.policy.require_secure_aggregation:
-        raise PolicyRefusal("require_secure_aggregation",
-                            "this silo's site policy requires secure aggregation but the train "
-                            "message has no mask request; refusing to send the update in the "
-                            "clear")
-    if request is None and _secure_run(context, silo):
-        raise ProtocolError("this silo joined the run with secure aggregation but the train "
-                            "message has no mask request; refusing to send the update in the "
-                            "clear")
     config = _config(msg)
-    result = silo.train(params, config, secure=request is not None)
+    # The site policy (require_secure_aggregation among its rules) and the run's own terms
+    # are checked in Silo.train before any work: a clear round is refused there.
+    result = silo.train(params, config, secure=request is not None,
+                        joined_secure=_joined_secure(context))
     if request is None:
         silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
                            arrays=result.delta, metrics=result.metrics, privacy=result.privacy)

@@ -24,6 +24,7 @@ from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
 from silo_client.privacy import SiloPrivacy, attach_dpsgd, dp_terms, ledger_fields
+from xsilo.errors import ProtocolError
 from xsilo.protocol import model_length
 
 __all__ = ["Silo", "TrainResult"]
@@ -140,17 +141,23 @@ class Silo:
         metrics["eval-examples"] = float(len(test))
 
     def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any], *,
-              secure: bool | None = None) -> TrainResult:
+              secure: bool | None = None, joined_secure: bool = False) -> TrainResult:
         """Evaluate the incoming model, train locally, return the update and metrics.
 
         ``secure``: whether the update will be masked (the message carries a mask request);
         None reads it from the round config. Every site-policy rule that applies to a
-        round is re-checked first (:func:`~silo_client.policy.check_round`).
+        round is re-checked first (:func:`~silo_client.policy.check_round`); then a silo
+        that joined the run under secure aggregation (``joined_secure``) refuses a clear
+        round with a ProtocolError.
         """
         started = time.perf_counter()
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
         round_privacy = self.privacy.begin_round(config, dimension=model_length(global_params),
                                                  secure=secure)
+        if joined_secure and secure is False:
+            raise ProtocolError("this silo joined the run with secure aggregation but the "
+                                "train message has no mask request; refusing to send the "
+                                "update in the clear")
         model = self.model(int(config.get("seed", 0)), config)
         dpsgd = None
         if self.config.dp_sgd is not None:

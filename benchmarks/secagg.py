@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -113,30 +112,28 @@ def _config(silos: int, secure: bool):
                      name="bench")
 
 
-def case_inprocess(silos: int, params: int, secure: bool) -> dict:
+def _local_case(run, silos: int, secure: bool) -> dict:  # noqa: ANN001 - a xsilo.local runner
     from coordinator.run_store import RunStore
-    from xsilo.local import run_in_process
 
     with tempfile.TemporaryDirectory() as tmp:
         configs = _silo_configs(Path(tmp), silos)
         started = time.perf_counter()
-        summary = run_in_process(Path(tmp) / "run", _config(silos, secure), configs)
+        summary = run(Path(tmp) / "run", _config(silos, secure), configs)
         assert summary["status"] == "completed", summary
         return {"round_s": _round_seconds(RunStore(Path(tmp) / "run").events()),
                 "total_s": time.perf_counter() - started}
+
+
+def case_inprocess(silos: int, params: int, secure: bool) -> dict:
+    from xsilo.local import run_in_process
+
+    return _local_case(run_in_process, silos, secure)
 
 
 def case_simulation(silos: int, params: int, secure: bool) -> dict:
-    from coordinator.run_store import RunStore
     from xsilo.local import run_in_simulation
 
-    with tempfile.TemporaryDirectory() as tmp:
-        configs = _silo_configs(Path(tmp), silos)
-        started = time.perf_counter()
-        summary = run_in_simulation(Path(tmp) / "run", _config(silos, secure), configs)
-        assert summary["status"] == "completed", summary
-        return {"round_s": _round_seconds(RunStore(Path(tmp) / "run").events()),
-                "total_s": time.perf_counter() - started}
+    return _local_case(run_in_simulation, silos, secure)
 
 
 def _federation(root: Path, silos: int):
@@ -175,55 +172,10 @@ def case_deployment(silos: int, params: int, secure: bool) -> dict:
                     "total_s": time.perf_counter() - started}
 
 
-def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.client.mod import secaggplus_mod
-    from flwr.common import Context, ndarrays_to_parameters
-    from flwr.server import LegacyContext, ServerApp, ServerConfig
-    from flwr.server.strategy import FedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.simulation import run_simulation
-
-    times: list[float] = []
-
-    class Client(NumPyClient):
-        def fit(self, parameters, config):
-            step = np.random.default_rng(192).standard_normal(params, dtype=np.float32)
-            return [parameters[0] + 1e-3 * step], 192, {}
-
-    def client_fn(context: Context):
-        return Client().to_client()
-
-    client = ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure else [])
-    server = ServerApp()
-
-    @server.main()
-    def main(grid, context: Context) -> None:
-        strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=silos,
-                          min_available_clients=silos,
-                          initial_parameters=ndarrays_to_parameters([np.zeros(params, np.float32)]))
-        ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS),
-                            strategy=strategy)
-        inner = (SecAggPlusWorkflow(num_shares=silos,
-                                    reconstruction_threshold=max(2, math.ceil(2 * silos / 3)),
-                                    timeout=600) if secure else None)
-
-        def fit(grid, ctx) -> None:
-            t0 = time.perf_counter()
-            (inner or DefaultWorkflow().fit_workflow)(grid, ctx)
-            times.append(time.perf_counter() - t0)
-
-        DefaultWorkflow(fit_workflow=fit)(grid, ctx)
-
-    started = time.perf_counter()
-    run_simulation(server_app=server, client_app=client, num_supernodes=silos,
-                   backend_config={"client_resources": {"num_cpus": 1}})
-    assert len(times) == ROUNDS, f"SecAgg+ finished {len(times)} of {ROUNDS} rounds"
-    return {"round_s": statistics.median(times[1:]), "total_s": time.perf_counter() - started}
-
+OUT_ENV = "XSILO_BENCH_FLOWER_OUT"
 
 FLOWER_APP = """
-import json, math, time
+import json, math, os, time
 from pathlib import Path
 import numpy as np
 from flwr.client import ClientApp, NumPyClient
@@ -234,6 +186,7 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 PARAMS, SILOS, SECURE, ROUNDS = {params}, {silos}, {secure}, {rounds}
+OUT_ENV = "{out_env}"
 
 
 class Client(NumPyClient):
@@ -263,27 +216,60 @@ def main(grid, context: Context) -> None:
         t0 = time.perf_counter()
         (inner or DefaultWorkflow().fit_workflow)(grid, ctx)
         times.append(time.perf_counter() - t0)
-        Path(context.run_config["out"]).write_text(json.dumps(times))
+        Path(context.run_config.get("out") or os.environ[OUT_ENV]).write_text(json.dumps(times))
 
     DefaultWorkflow(fit_workflow=fit)(grid, ctx)
 """
 
 
-def case_flower_deployment(silos: int, params: int, secure: bool) -> dict:
-    """Flower's own FedAvg / SecAgg+ app on the same SuperLink + SuperNodes (TLS, node auth)."""
+def _flower_app(root: Path, silos: int, params: int, secure: bool) -> Path:
+    """Write Flower's own FedAvg / SecAgg+ app (legacy strategy + workflows, NumPyClient with
+    ``secaggplus_mod``) as an app directory; both Flower engines run this same code."""
+    app = root / "flower-bench-app"
+    app.mkdir()
+    (app / "flower_bench_app.py").write_text(FLOWER_APP.format(
+        params=params, silos=silos, secure=secure, rounds=ROUNDS, out_env=OUT_ENV))
+    (app / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "flower-bench-app"\nversion = "1.0.0"\ndescription = "bench"\n'
+        'license = "Apache-2.0"\ndependencies = []\n\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["."]\n\n'
+        '[tool.flwr.app]\npublisher = "bench"\n\n[tool.flwr.app.components]\n'
+        'serverapp = "flower_bench_app:server"\nclientapp = "flower_bench_app:client"\n\n'
+        '[tool.flwr.app.config]\nout = ""\n')
+    return app
+
+
+def _flower_times(out: Path) -> list[float]:
+    times = json.loads(out.read_text()) if out.exists() else []
+    assert len(times) == ROUNDS, f"Flower finished {len(times)} of {ROUNDS} rounds"
+    return times
+
+
+def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
+    """Flower's app on Ray simulation (``run_simulation``), one CPU per ClientApp actor."""
+    import importlib
+
+    from flwr.simulation import run_simulation
+
     with tempfile.TemporaryDirectory() as tmp:
-        app = Path(tmp) / "flower-bench-app"
-        app.mkdir()
-        (app / "flower_bench_app.py").write_text(FLOWER_APP.format(
-            params=params, silos=silos, secure=secure, rounds=ROUNDS))
-        (app / "pyproject.toml").write_text(
-            '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
-            '[project]\nname = "flower-bench-app"\nversion = "1.0.0"\ndescription = "bench"\n'
-            'license = "Apache-2.0"\ndependencies = []\n\n'
-            '[tool.hatch.build.targets.wheel]\npackages = ["."]\n\n'
-            '[tool.flwr.app]\npublisher = "bench"\n\n[tool.flwr.app.components]\n'
-            'serverapp = "flower_bench_app:server"\nclientapp = "flower_bench_app:client"\n\n'
-            '[tool.flwr.app.config]\nout = ""\n')
+        app = _flower_app(Path(tmp), silos, params, secure)
+        out = Path(tmp) / "times.json"
+        os.environ[OUT_ENV] = str(out)
+        sys.path.insert(0, str(app))  # Ray's workers inherit PYTHONPATH to import the app
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(app), os.environ.get("PYTHONPATH", "")])
+        module = importlib.import_module("flower_bench_app")
+        started = time.perf_counter()
+        run_simulation(server_app=module.server, client_app=module.client,
+                       num_supernodes=silos, backend_config={"client_resources": {"num_cpus": 1}})
+        times = _flower_times(out)
+        return {"round_s": statistics.median(times[1:]), "total_s": time.perf_counter() - started}
+
+
+def case_flower_deployment(silos: int, params: int, secure: bool) -> dict:
+    """Flower's app on the same SuperLink + SuperNodes (TLS, node auth) as xsilo's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app = _flower_app(Path(tmp), silos, params, secure)
         out = Path(tmp) / "times.json"
         fed = _federation(Path(tmp) / "fed", silos)
         with fed:
@@ -296,8 +282,8 @@ def case_flower_deployment(silos: int, params: int, secure: bool) -> dict:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"Flower run {run_id} still {status} after 900 s")
                 time.sleep(1)
-            times = json.loads(out.read_text()) if out.exists() else []
-            assert status == "finished:completed" and len(times) == ROUNDS, (status, times)
+            assert status == "finished:completed", status
+            times = _flower_times(out)
             return {"round_s": statistics.median(times[1:]),
                     "total_s": time.perf_counter() - started}
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
-
 import numpy as np
 
 from coordinator.messages import Reply
@@ -94,7 +92,3 @@ class RoundCollector:
             self.sum.add(update)
         else:
             self.updates.append(update)
-
-    def summary(self) -> dict[str, Any]:
-        """What the round row records about collection."""
-        return {"contributors": sorted(self.contributors), "rejected": dict(self.rejected)}

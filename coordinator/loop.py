@@ -317,8 +317,8 @@ class RoundLoop:
             self._fail(row, f"{collector.count} usable update(s), min_silos is "
                             f"{self.config.min_silos}")
             return current
-        if self.privacy is not None and collector.clip is not None:
-            # central DP: the clipped sum gets noise and the public denominator
+        if collector.clip is not None:
+            assert self.privacy is not None  # central DP: noise and the public denominator
             result = self.privacy.release(collector.clip.result(), participants=len(silos))
             row.extra.update(self.privacy.commit_round(result))
             return self._step_from_sum(current, result.delta_sum, result.total_weight,

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from xsilo.errors import DeploymentError
+from xsilo.errors import ConfigError, DeploymentError
 
 __all__ = [
     "FlowerCLI",
+    "EXECUTORS",
     "ManagedProcess",
     "check_port_free",
     "diagnose",
@@ -121,6 +122,9 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    # Processes that serve this one (a SuperNode's SuperExec), each in its own group: stopped
+    # with it; one that exits on its own is reported by raise_if_exited.
+    companions: list["ManagedProcess"] = field(default_factory=list)
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -140,6 +144,13 @@ class ManagedProcess:
     def raise_if_exited(self) -> None:
         """DeploymentError with a diagnosis when the process has exited."""
         if self.alive():
+            for companion in self.companions:
+                if not companion.alive() and not self._closed:
+                    tail = companion.log_tail(40)
+                    raise DeploymentError(
+                        f"{self.name}'s {companion.name} exited (code "
+                        f"{companion.popen.returncode}), so this silo cannot run ClientApps; "
+                        f"restart the silo. Its log {companion.log_path} ends with:\n{tail}")
             return
         tail = self.log_tail(40)
         raise DeploymentError(f"{self.name} exited (code {self.popen.returncode}): "
@@ -162,6 +173,8 @@ class ManagedProcess:
             if not _group_alive(self.popen.pid):
                 break
         self.popen.poll()
+        for companion in self.companions:
+            companion.stop(grace)
 
 
 _REFUSED_NODE_KEY = (
@@ -287,10 +300,22 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
+EXECUTORS = ("warm", "flower")
+
+
 def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cert: Path,
                     auth_key: Path | None, silo_config: Path, clientappio_port: int,
-                    max_wait_time: float = 60.0) -> ManagedProcess:
-    """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config)."""
+                    max_wait_time: float = 60.0, executor: str = "warm",
+                    preload: Sequence[str] = ()) -> ManagedProcess:
+    """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config).
+
+    ``executor="warm"`` (the default) runs the SuperNode in Flower's ``--isolation process``
+    mode with xsilo's SuperExec beside it (``deploy.executor``: a process per message,
+    forked from a server that has imported Flower, xsilo and ``preload`` once), in the
+    SuperNode's process group; ``"flower"`` lets the SuperNode start Flower's own SuperExec.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     check_port_free("127.0.0.1", clientappio_port, what="this SuperNode's ClientApp API")
     node_config = f'silo-config="{Path(silo_config).resolve()}"'
     argv = [find_binary("flower-supernode"), "--superlink", superlink,
@@ -298,7 +323,23 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
             "--node-config", node_config, "--max-wait-time", str(max_wait_time)]
     if auth_key is not None:
         argv += ["--auth-supernode-private-key", str(auth_key)]
-    return spawn("flower-supernode", argv, env=flower_env(flwr_home), log_path=log_path)
+    if executor == "warm":
+        argv += ["--isolation", "process"]
+    env = flower_env(flwr_home)
+    node = spawn("flower-supernode", argv, env=env, log_path=log_path)
+    if executor == "warm":
+        exec_argv = [sys.executable, "-m", "deploy.executor", "--runtime-api-address",
+                     f"127.0.0.1:{clientappio_port}", "--parent-pid", str(node.pid)]
+        if preload:
+            exec_argv += ["--preload", *preload]
+        try:
+            companion = spawn("SuperExec (deploy.executor)", exec_argv, env=env,
+                              log_path=log_path.with_name("superexec.log"))
+        except BaseException:
+            node.stop()
+            raise
+        node.companions.append(companion)
+    return node
 
 
 class FlowerCLI:

@@ -44,7 +44,7 @@ from xsilo.errors import ConfigError
 __all__ = ["SiloConfig", "load_silo_config", "write_silo_config"]
 
 _SECTIONS = {
-    "silo": {"name", "workspace", "superlink", "root_certificates", "auth_key"},
+    "silo": {"name", "workspace", "superlink", "root_certificates", "auth_key", "executor"},
     "data": {"train", "test", "schema"},
     "model": {"spec", "params", "dp_sgd"},
     "policy": {"file"},
@@ -76,6 +76,9 @@ class SiloConfig:
     model_params: Mapping[str, Any] = field(default_factory=dict)
     policy_file: Path | None = None
     dp_sgd: DPSGDSettings | None = None
+    # How the SuperNode runs ClientApps: "warm" (xsilo's SuperExec, deploy.executor: a
+    # process per message forked from a preloaded server) or "flower" (Flower's own).
+    executor: str = "warm"
 
 
 def _check_keys(data: Mapping[str, Any], path: Path) -> None:
@@ -122,6 +125,10 @@ def load_silo_config(path: str | Path) -> SiloConfig:
 
     silo, dat, model = data.get("silo", {}), data.get("data", {}), data.get("model", {})
     name = str(_require(silo, "name", "silo", path))
+    executor = silo.get("executor", "warm")
+    if executor not in ("warm", "flower"):
+        raise ConfigError(f"{path}: [silo] executor = {executor!r} is not one of \"warm\" "
+                          "(xsilo's SuperExec, the default) or \"flower\" (Flower's own)")
     schema_table = _require(dat, "schema", "data", path)
     return SiloConfig(
         name=name,
@@ -137,6 +144,7 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         model_params=dict(model.get("params", {})),
         policy_file=resolve(data.get("policy", {}).get("file")),
         dp_sgd=_dp_sgd(model.get("dp_sgd"), path),
+        executor=executor,
     )
 
 
@@ -154,13 +162,14 @@ def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str
                       root_certificates: Path | None = None, auth_key: Path | None = None,
                       model_params: Mapping[str, Any] | None = None,
                       policy_file: Path | None = None, workspace: str = "workspace",
-                      dp_sgd: Mapping[str, Any] | None = None) -> Path:
+                      dp_sgd: Mapping[str, Any] | None = None,
+                      executor: str | None = None) -> Path:
     """Write a ``silo.toml`` (paths stored as given); return its path."""
     import tomli_w
 
     silo: dict[str, Any] = {"name": name, "workspace": workspace}
     for key, value in (("superlink", superlink), ("root_certificates", root_certificates),
-                       ("auth_key", auth_key)):
+                       ("auth_key", auth_key), ("executor", executor)):
         if value is not None:
             silo[key] = str(value)
     data: dict[str, Any] = {"silo": silo, "data": {"train": str(train)}}

@@ -9,7 +9,7 @@ from silo_client.config import SiloConfig
 from silo_client.data import load_dataset
 from xsilo.errors import ConfigError
 
-__all__ = ["start_silo"]
+__all__ = ["model_modules", "start_silo"]
 
 
 def start_silo(config: SiloConfig, *, log_path: Path | None = None,
@@ -31,4 +31,13 @@ def start_silo(config: SiloConfig, *, log_path: Path | None = None,
         log_path=log_path or config.workspace / "supernode.log",
         superlink=str(config.superlink), root_cert=Path(config.root_certificates),  # type: ignore[arg-type]
         auth_key=Path(config.auth_key),  # type: ignore[arg-type]
-        silo_config=config.path, clientappio_port=clientappio_port or free_port())
+        silo_config=config.path, clientappio_port=clientappio_port or free_port(),
+        executor=config.executor, preload=model_modules(config.model))
+
+
+def model_modules(spec: str) -> list[str]:
+    """Modules the silo's model spec imports, for the warm ClientApp server to preload."""
+    module, sep, _ = spec.partition(":")
+    if not sep or not module:
+        return []
+    return ["silo_client.adapters.sklearn"] if module == "sklearn" else [module]

@@ -54,7 +54,8 @@ class LocalFederation:
 
     def __init__(self, root: Path, *, model: str = DEFAULT_MODEL,
                  write_data: Callable[[Path], list] = write_demo_data,
-                 schema: dict | None = None, mtls: bool = False) -> None:
+                 schema: dict | None = None, mtls: bool = False,
+                 executor: str | None = None) -> None:
         self.root = Path(root)
         self.model = model
         self.write_data = write_data
@@ -67,6 +68,7 @@ class LocalFederation:
         self.supernodes: dict[str, ManagedProcess] = {}
         self.port = 0
         self.mtls = mtls
+        self.executor = executor  # None: the silo.toml default ("warm")
         self.gateways: dict[str, Any] = {}  # "coordinator" / silo name → gateway handle
         self.running: list[Any] = []  # what stop() stops, in reverse order
         self.kits: dict[str, Any] = {}
@@ -96,7 +98,7 @@ class LocalFederation:
                 base / "silo.toml", name=silo.name, train="data/train.csv",
                 test="data/test.csv", schema=self.schema, model=self.model,
                 superlink=f"127.0.0.1:{self.port}", root_certificates="ca.crt",
-                auth_key="node.key")
+                auth_key="node.key", executor=self.executor)
             self.silos.append(load_silo_config(path))
         return self
 
@@ -122,7 +124,8 @@ class LocalFederation:
                 kit_dir / "silo.toml", name=silo.name, train=silo.train.resolve(),
                 test=silo.test.resolve(), schema=self.schema, model=self.model,
                 superlink=kit.superlink, root_certificates=kit.root_certificates,
-                auth_key=kit.auth_key, workspace=str(self.silo_root / silo.name / "workspace"))
+                auth_key=kit.auth_key, workspace=str(self.silo_root / silo.name / "workspace"),
+                executor=self.executor)
             self.silos.append(load_silo_config(path))
         return self
 

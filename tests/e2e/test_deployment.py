@@ -18,10 +18,18 @@ from xsilo.federation import LocalFederation
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
-def test_two_rounds_over_tls_with_node_auth(tmp_path: Path) -> None:
-    fed = LocalFederation(tmp_path).setup()
+@pytest.mark.parametrize("executor", ["warm", "flower"])
+def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> None:
+    """Both ways a silo runs ClientApps: xsilo's warm SuperExec (the default) and Flower's."""
+    fed = LocalFederation(tmp_path, executor=executor).setup()
     with fed:
         fed.start()
+        for silo in fed.silos:
+            node = fed.supernodes[silo.name]
+            warm = executor == "warm"
+            assert ("--isolation" in node.popen.args) is warm
+            assert [c.name for c in node.companions] == (["SuperExec (deploy.executor)"]
+                                                         if warm else [])
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
                                     round_timeout=60.0, join_timeout=45.0, name="e2e"),
                           timeout=85)

@@ -1,0 +1,162 @@
+"""The silo's SuperExec: Flower's SuperExec loop, with ClientApp processes forked warm.
+
+Flower's SuperNode starts a new ``flwr-clientapp`` process for every message it receives,
+and each one spends about a second of CPU importing Flower (its CLI pulls in FastAPI,
+SQLAlchemy and Alembic) and xsilo before it reads the message. With a handful of silos
+on a small machine that start-up, not the model, sets the round time.
+
+``python -m deploy.executor`` is what a silo's SuperNode runs instead, in Flower's own
+``--isolation process`` mode (the SuperNode serves its Runtime API; an external SuperExec
+launches the tasks). It runs Flower's SuperExec loop unchanged (``run_superexec``: task
+polling, parent-process monitor, signal handling) with one difference, the executor:
+
+* a ``multiprocessing`` *forkserver* is started once, a fresh interpreter that imports
+  Flower's ClientApp runtime and the installed xsilo silo (plus the modules named with
+  ``--preload``, e.g. the silo's model code) and then does nothing else — it opens no
+  connection, reads no message and holds no key;
+* every ClientApp task is a new process forked from that server, which runs Flower's own
+  ``run_clientapp`` with the task's token, exactly as ``flwr-clientapp`` would.
+
+So each message still gets its own process (no state survives between messages except
+Flower's ``context.state``, as before), but the process starts with its imports done.
+Tasks of any other type go to Flower's subprocess executor. ``executor = "flower"`` in
+``silo.toml`` keeps Flower's stock SuperExec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import sys
+from typing import Sequence
+
+__all__ = ["DEFAULT_PRELOAD", "ForkserverExecutor", "main"]
+
+log = logging.getLogger(__name__)
+
+# What every ClientApp process imports anyway: Flower's ClientApp runtime (the bulk of the
+# start-up cost) and the silo as installed (the app's component points here; Flower's
+# ``load_app`` reuses a module that is already imported).
+DEFAULT_PRELOAD = (
+    "flwr.supernode.runtime.run_clientapp",
+    "flwr.supercore.tls",
+    "flwr.supercore.utils",
+    "silo_client.client_app",
+    "deploy.executor",
+)
+
+
+def _run_clientapp(runtime_api_address: str, token: str, insecure: bool,
+                   root_certificates_path: str | None, parent_pid: int | None,
+                   runtime_dependency_install: bool) -> None:
+    """One task, in a process forked from the warm server: what ``flwr-clientapp`` runs."""
+    from flwr.supercore.tls import validate_and_resolve_root_certificates
+    from flwr.supercore.utils import disable_process_dumping
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    # This process will hold the silo's protocol keys: no core dumps, no ptrace by peers.
+    disable_process_dumping(strict=False)
+    run_clientapp(
+        runtime_api_address=runtime_api_address,
+        token=token,
+        insecure=insecure,
+        certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
+        parent_pid=parent_pid,
+        runtime_dependency_install=runtime_dependency_install,
+    )
+
+
+class ForkserverExecutor:
+    """A Flower SuperExec executor that forks ClientApp processes from a warm forkserver.
+
+    Implements Flower's ``Executor`` protocol (``launch``, ``reconcile``, ``close`` and the
+    capacity calls of its subprocess executor, which it uses for every other task type).
+    """
+
+    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD) -> None:
+        from flwr.supercore.superexec.executor import SubprocessExecutor
+
+        self._fallback = SubprocessExecutor()
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(list(preload))
+        # Start the server (and its imports) now, not on the first message.
+        multiprocessing.forkserver.ensure_running()
+        self._children: list[multiprocessing.process.BaseProcess] = []
+
+    def get_eligible_capacity(self, supported_task_types, *, insecure: bool = False,
+                              root_certificates_path: str | None = None):
+        return self._fallback.get_eligible_capacity(
+            supported_task_types, insecure=insecure, root_certificates_path=root_certificates_path)
+
+    def wait_for_capacity(self, task_type=None, *, fab_hash=None, insecure: bool = False,
+                          root_certificates_path: str | None = None) -> None:
+        return None
+
+    def launch(self, spec):  # noqa: ANN001, ANN201 - Flower's ExecutionSpec / LaunchResult
+        from flwr.supercore.constant import TaskType
+        from flwr.supercore.superexec.executor import LaunchResult
+
+        if spec.task_type != TaskType.CLIENT_APP:
+            return self._fallback.launch(spec)
+        process = self._ctx.Process(
+            target=_run_clientapp, name="flwr-clientapp",
+            args=(spec.runtime_api_address, spec.token, spec.insecure,
+                  spec.root_certificates_path, spec.parent_pid, spec.runtime_dependency_install))
+        try:
+            process.start()
+        except Exception as exc:  # noqa: BLE001 - reported to Flower's task-expiry handling
+            return LaunchResult.failed(f"could not fork a ClientApp process: {exc}")
+        self._children.append(process)
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        """Forget (and reap) the task processes that have ended."""
+        alive = []
+        for process in self._children:
+            if process.is_alive():
+                alive.append(process)
+            else:
+                process.close()
+        self._children = alive
+
+    def close(self) -> None:
+        for process in self._children:
+            if process.is_alive():
+                process.terminate()
+        self._children = []
+        self._fallback.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m deploy.executor --runtime-api-address HOST:PORT [--parent-pid PID]``."""
+    from flwr.supercore.superexec import run_superexec as flower_superexec
+    from flwr.supercore.utils import disable_process_dumping
+
+    ap = argparse.ArgumentParser(prog="python -m deploy.executor", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runtime-api-address", required=True,
+                    help="the SuperNode's Runtime API, HOST:PORT (its --port)")
+    ap.add_argument("--parent-pid", type=int, default=None,
+                    help="exit when this process (the SuperNode) exits")
+    ap.add_argument("--preload", nargs="*", default=[],
+                    help="more modules for the warm server to import (the silo's model code)")
+    args = ap.parse_args(argv)
+
+    if not hasattr(flower_superexec, "get_executor"):  # pinned Flower; fail loudly if not
+        sys.exit("deploy.executor: this Flower version's SuperExec has no get_executor hook; "
+                 "set `executor = \"flower\"` in silo.toml to use Flower's own SuperExec")
+    disable_process_dumping(strict=False)
+    executor = ForkserverExecutor(DEFAULT_PRELOAD + tuple(args.preload))
+    # The one seam: Flower's loop builds its executor with get_executor(); hand it ours.
+    flower_superexec.get_executor = lambda *_a, **_k: executor
+    flower_superexec.run_superexec(
+        runtime_api_address=args.runtime_api_address,
+        insecure=True,  # the Runtime API is the SuperNode's loopback port, as Flower's own
+        parent_pid=args.parent_pid,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,11 @@ def entry_hash(entry: Mapping[str, object]) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
 
 
+def raw_bytes(arr: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes as a flat memoryview (zero-copy, for hashing)."""
+    return memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+
+
 def payload_digest(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, object]) -> str:
     """Stable SHA-256 over what is sent: every array (name, dtype, shape, little-endian
     C-order bytes, in name order) followed by the canonical JSON of ``metrics``.
@@ -71,7 +76,8 @@ def payload_digest(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, objec
         put(name.encode("utf-8"))
         put(arr.dtype.str.encode())
         put(_canonical(list(arr.shape)))
-        put(arr.tobytes(order="C"))
+        h.update(struct.pack(">Q", arr.nbytes))
+        h.update(raw_bytes(arr))  # the array's own buffer, not a copy
     put(_canonical(dict(metrics)))
     return h.hexdigest()
 

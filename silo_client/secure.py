@@ -29,6 +29,7 @@ import numpy as np
 from strategies.secagg import (
     KeyRequest, MaskRequest, Message, UnmaskRequest, message_from_record, new_silo,
     silo_state_from_record, silo_state_to_record, silo_step)
+from silo_client.ledger import raw_bytes
 from silo_client.privacy import dp_terms, secure_update
 from xsilo.errors import ProtocolError
 from xsilo.protocol import flatten_update
@@ -132,8 +133,10 @@ def record_digest(record: Mapping[str, Any]) -> str:
     for key in sorted(record):
         value = record[key]
         if isinstance(value, np.ndarray):
-            data = np.ascontiguousarray(value).tobytes()
-        else:
-            data = json.dumps(value, default=lambda b: b.hex(), sort_keys=True).encode()
+            arr = np.ascontiguousarray(value)
+            h.update(key.encode() + b"\0" + arr.nbytes.to_bytes(8, "big"))
+            h.update(raw_bytes(arr))  # the vector's own buffer: no copy of a model-sized record
+            continue
+        data = json.dumps(value, default=lambda b: b.hex(), sort_keys=True).encode()
         h.update(key.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
     return h.hexdigest()

@@ -4,8 +4,9 @@ Encoding (one silo, update ``x ∈ R^d``, integer weight ``0 ≤ w ≤ W``, rang
 ``L = 2^b − 1`` levels, step ``Δ = 2c / L``)::
 
     v_k = (clip(x_k, −c, c) + c) / Δ            ∈ [0, L]
-    q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding;
-                                                  the coin has 32 random bits: bias < 2^-32)
+    q_k = ⌊v_k + u_k⌋, u_k ~ U{0, 2^-32, …}      = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋), E[q_k] = v_k
+                                                  (unbiased stochastic rounding; the coin
+                                                  has 32 random bits: bias < 2^-32)
     encode(x, w) = [w, w·q_1, …, w·q_d]         (uint words, the vector that gets masked)
 
 Decoding the sum over silos ``S`` (``T_0 = Σ w_i``, ``T_k = Σ w_i q_ik``)::
@@ -136,29 +137,51 @@ def _check_weight(weight: int, params: QuantParams) -> int:
     return int(weight)
 
 
+_CHUNK = 1 << 16  # coordinates per pass of encode (a 256 KiB float64 buffer)
+
+
 def encode(update: np.ndarray, *, weight: int, params: QuantParams,
            rng: ByteSource | None = None) -> np.ndarray:
-    """``[w, w·q_1, …, w·q_d]`` as ``params.dtype`` (see the module docstring for ``q``)."""
+    """``[w, w·q_1, …, w·q_d]`` as ``params.dtype`` (see the module docstring for ``q``).
+
+    The rounding is ``q = ⌊v + u⌋`` with ``u`` uniform on ``[0, 1)`` in 32-bit steps, which is
+    ``⌊v⌋ + 1`` with probability ``⌈f·2^32⌉·2^-32`` (``f = v − ⌊v⌋``): within ``2^-32`` of the
+    fraction, as a Bernoulli coin per coordinate. It is computed on ``2^32·v`` (powers of two
+    scale exactly; ``2^32·L < 2^53``, so adding the 32-bit word ``u`` rounds by at most
+    ``2^-5`` of a word), in one float64 buffer, in place.
+    """
     w = _check_weight(weight, params)
-    v = np.array(update, dtype=np.float64, copy=True).ravel()  # our own buffer: in place below
-    if not np.isfinite(v).all():
+    x = np.asarray(update).ravel()
+    if x.dtype.kind not in "fiu":
+        raise UpdateRejected(f"update must be numeric, got dtype {x.dtype}")
+    # A float64 sum is finite exactly when no entry is NaN/Inf, unless a float64 input is so
+    # large that the sum overflows; only then is every entry checked.
+    with np.errstate(over="ignore"):
+        total = float(np.add.reduce(x, dtype=np.float64)) if x.size else 0.0
+    if not math.isfinite(total) and not np.isfinite(x).all():
         raise UpdateRejected("update contains NaN or Inf; it cannot be quantized")
-    np.clip(v, -params.clip, params.clip, out=v)
-    v += params.clip
-    v /= params.step
-    np.clip(v, 0.0, params.levels, out=v)  # guard the top edge against rounding in the division
-    low = np.floor(v)
-    v -= low  # the fraction f_k = v_k − ⌊v_k⌋ ∈ [0, 1)
-    # Bernoulli(f) as u < f·2^32 with u uniform on 32-bit words: P = ⌈f·2^32⌉·2^-32, within
-    # 2^-32 of f (53 random bits would buy nothing at any bit width here, at twice the bytes).
-    v *= 4294967296.0
-    u = np.frombuffer((rng or default_source()).read(4 * v.size), dtype="<u4")
-    low += u < v
-    out = np.empty(v.size + 1, dtype=params.dtype)
+    scale = 4294967296.0  # 2^32
+    a, b = scale / params.step, scale * params.clip / params.step  # 2^32·(x + c)/Δ = a·x + b
+    top = scale * params.levels
+    source = rng or default_source()
+    out = np.empty(x.size + 1, dtype=params.dtype)
     out[0] = w
-    body = out[1:]
-    body[...] = low  # exact: integers in [0, L] with L < 2^53
-    body *= params.dtype.type(w)  # w·q ≤ W·L < 2^k: no wrap (make_quant_params sizes k)
+    # Chunk by chunk through one small float64 buffer: every pass stays in cache, and no
+    # model-sized temporaries are allocated (their page faults cost more than the passes).
+    buf = np.empty(min(x.size, _CHUNK), dtype=np.float64)
+    for start in range(0, x.size, _CHUNK):
+        n = min(_CHUNK, x.size - start)
+        v = buf[:n]
+        with np.errstate(over="ignore"):  # |x| near float64's limit: ±inf, clipped below
+            np.multiply(x[start:start + n], a, out=v)
+        v += b
+        np.clip(v, 0.0, top, out=v)  # = clipping x to [−c, c]
+        v += np.frombuffer(source.read(4 * n), dtype="<u4")
+        v *= 1.0 / scale
+        np.floor(v, out=v)  # q ∈ [0, L]: v < L + 1 before the floor
+        if w != 1:
+            v *= float(w)  # exact: w·q ≤ W·L < 2^53 (and < 2^k: make_quant_params sizes k)
+        out[1 + start:1 + start + n] = v
     return out
 
 

@@ -167,3 +167,46 @@ def test_public_api_is_pinned() -> None:
 
     assert sorted(mod.__all__) == ["EgressLedger", "GENESIS", "LEDGER_FILE", "VerifyResult",
                                       "entry_hash", "payload_digest", "summarize", "verify_ledger"]
+
+
+def _reference_payload_digest(arrays, metrics) -> str:
+    """The documented definition, with byte copies (what the zero-copy version must equal)."""
+    import hashlib
+    import json
+    import struct
+
+    h = hashlib.sha256(b"xsilo-payload-v1")
+
+    def put(data: bytes) -> None:
+        h.update(struct.pack(">Q", len(data)) + data)
+
+    canon = lambda o: json.dumps(o, sort_keys=True, separators=(",", ":"), allow_nan=False,  # noqa: E731
+                                 ensure_ascii=False).encode()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        put(name.encode())
+        put(arr.dtype.str.encode())
+        put(canon(list(arr.shape)))
+        put(arr.tobytes(order="C"))
+    put(canon(dict(metrics)))
+    return h.hexdigest()
+
+
+def test_payload_digest_hashes_the_arrays_bytes_for_any_layout() -> None:
+    grid = np.arange(24, dtype=np.float32).reshape(4, 6)
+    arrays = {"t": grid.T, "s": grid[:, ::2], "be": np.arange(5, dtype=">i4"),
+              "empty": np.zeros((0, 3)), "scalar": np.array(2.5), "flag": np.array([True, False])}
+    assert payload_digest(arrays, {"n": 3}) == _reference_payload_digest(arrays, {"n": 3})
+
+
+def test_record_digest_hashes_vectors_by_their_bytes() -> None:
+    from silo_client.secure import record_digest
+
+    vec = np.arange(10, dtype=np.uint32)
+    base = record_digest({"kind": "masked", "masked": vec})
+    assert record_digest({"kind": "masked", "masked": vec[::-1][::-1].copy()}) == base
+    changed = vec.copy()
+    changed[7] += 1
+    assert record_digest({"kind": "masked", "masked": changed}) != base
+    assert record_digest({"kind": "masked", "masked": vec[::2]}) != base

@@ -99,3 +99,29 @@ def test_decode_detects_masks_that_did_not_cancel():
     params = make_quant_params(num_silos=2, clip=1.0, bits=8, max_weight=10)
     with pytest.raises(SecureAggregationError, match="did not cancel"):
         decode_sum(np.array([21, 0], dtype=np.uint32), params=params)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_anywhere_is_rejected(bad: float) -> None:
+    params = make_quant_params(num_silos=2, clip=1.0, bits=8, max_weight=10)
+    for dtype in (np.float32, np.float64):
+        update = np.zeros(100_003, dtype=dtype)
+        update[77_777] = bad  # past the first encode chunk
+        with pytest.raises(UpdateRejected, match="NaN or Inf"):
+            encode(update, weight=1, params=params)
+
+
+def test_huge_finite_values_whose_sum_overflows_are_clipped_not_rejected() -> None:
+    params = make_quant_params(num_silos=2, clip=1.0, bits=8, max_weight=10)
+    enc = encode(np.array([1e308, 1e308, -1e308]), weight=3, params=params, rng=seeded("big"))
+    assert enc.tolist() == [3, 3 * 255, 3 * 255, 0]  # clipped to +c, +c, −c exactly
+
+
+def test_the_encoding_does_not_depend_on_the_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import strategies.secagg.quantize as q
+
+    params = make_quant_params(num_silos=4, clip=2.0, bits=12, max_weight=50)
+    x = np.linspace(-3, 3, 70_001, dtype=np.float32)
+    whole = encode(x, weight=7, params=params, rng=seeded("chunks"))
+    monkeypatch.setattr(q, "_CHUNK", 1000)
+    assert np.array_equal(encode(x, weight=7, params=params, rng=seeded("chunks")), whole)

@@ -22,12 +22,18 @@ engine, not the model. Engines (their times are comparable only within one engin
   CPU); plain and secure; time = median ``round_seconds`` of rounds 2..R. The like-for-like
   comparison with ``flower-sim``.
 * ``xsilo-deployment``: ``flower-superlink`` + one ``flower-supernode`` per silo (TLS, node
-  auth, loopback), plain and secure; time = median ``round_seconds`` of rounds 2..R.
+  auth, loopback), plain and secure, each SuperNode running ClientApps the xsilo way (the
+  silo default, ``[silo] executor = "warm"``: ``deploy.executor``, a process per message
+  forked from a preloaded server); time = median ``round_seconds`` of rounds 2..R.
 * ``flower-deployment``: the same processes (``LocalFederation``: TLS, node auth, one
   SuperNode per silo) running a Flower app built here (legacy FedAvg; plain = default fit
   workflow, SecAgg+ = ``SecAggPlusWorkflow`` with the ``flower-sim`` settings and
-  ``secaggplus_mod`` on the NumPyClient); time = median of the fit workflow's wall time
-  over rounds 2..R, measured inside the ServerApp.
+  ``secaggplus_mod`` on the NumPyClient), each SuperNode on Flower's own SuperExec (a new
+  ``flwr-clientapp`` process per message), as Flower ships; time = median of the fit
+  workflow's wall time over rounds 2..R, measured inside the ServerApp.
+* ablations (``--ablation-grid``): ``xsilo-deployment-flower-exec`` (xsilo on Flower's
+  SuperExec) and ``flower-deployment-warm-exec`` (Flower's app on xsilo's warm SuperExec),
+  so the protocol's share of the speed-up can be told from the executor's.
 
 Each case runs in a fresh subprocess. Results: ``benchmarks/out/secagg.json`` and the
 section "## Secure aggregation: round time" of ``benchmarks/RESULTS.md``.
@@ -136,8 +142,9 @@ def case_simulation(silos: int, params: int, secure: bool) -> dict:
     return _local_case(run_in_simulation, silos, secure)
 
 
-def _federation(root: Path, silos: int):
-    """A LocalFederation of ``silos`` SuperNodes (TLS, node auth) with the synthetic model."""
+def _federation(root: Path, silos: int, executor: str = "warm"):
+    """A LocalFederation of ``silos`` SuperNodes (TLS, node auth) with the synthetic model;
+    ``executor`` is how each SuperNode runs ClientApps (``[silo] executor``)."""
     from xsilo.demo_data import write_demo_data
     from xsilo.federation import LocalFederation
 
@@ -157,12 +164,13 @@ def _federation(root: Path, silos: int):
                                            test=data / "test.csv"))
         return out
 
-    return LocalFederation(root, model="secagg:build", write_data=write_data).setup()
+    return LocalFederation(root, model="secagg:build", write_data=write_data,
+                           executor=executor).setup()
 
 
-def case_deployment(silos: int, params: int, secure: bool) -> dict:
+def case_deployment(silos: int, params: int, secure: bool, executor: str = "warm") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        fed = _federation(Path(tmp), silos)
+        fed = _federation(Path(tmp), silos, executor)
         with fed:
             fed.start()
             started = time.perf_counter()
@@ -266,12 +274,14 @@ def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
         return {"round_s": statistics.median(times[1:]), "total_s": time.perf_counter() - started}
 
 
-def case_flower_deployment(silos: int, params: int, secure: bool) -> dict:
-    """Flower's app on the same SuperLink + SuperNodes (TLS, node auth) as xsilo's."""
+def case_flower_deployment(silos: int, params: int, secure: bool,
+                           executor: str = "flower") -> dict:
+    """Flower's app on the same SuperLink + SuperNodes (TLS, node auth) as xsilo's; by
+    default each SuperNode runs Flower's own SuperExec, as Flower ships."""
     with tempfile.TemporaryDirectory() as tmp:
         app = _flower_app(Path(tmp), silos, params, secure)
         out = Path(tmp) / "times.json"
-        fed = _federation(Path(tmp) / "fed", silos)
+        fed = _federation(Path(tmp) / "fed", silos, executor)
         with fed:
             fed.start()
             cli = fed.home.cli()
@@ -290,14 +300,22 @@ def case_flower_deployment(silos: int, params: int, secure: bool) -> dict:
 
 CASES = {"xsilo-inprocess": case_inprocess, "xsilo-sim": case_simulation,
          "xsilo-deployment": case_deployment, "flower-sim": case_flower_sim,
-         "flower-deployment": case_flower_deployment}
+         "flower-deployment": case_flower_deployment,
+         # Ablations: each stack on the other's SuperExec, to separate protocol from executor.
+         "xsilo-deployment-flower-exec": lambda n, d, s: case_deployment(n, d, s, "flower"),
+         "flower-deployment-warm-exec": lambda n, d, s: case_flower_deployment(n, d, s, "warm")}
 NAMES = {("xsilo-inprocess", False): "plain FedAvg", ("xsilo-inprocess", True): "xsilo secure",
          ("xsilo-sim", False): "plain FedAvg", ("xsilo-sim", True): "xsilo secure",
          ("xsilo-deployment", False): "plain FedAvg", ("xsilo-deployment", True): "xsilo secure",
          ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+",
          ("flower-deployment", False): "Flower FedAvg",
-         ("flower-deployment", True): "Flower SecAgg+"}
+         ("flower-deployment", True): "Flower SecAgg+",
+         ("xsilo-deployment-flower-exec", False): "plain FedAvg",
+         ("xsilo-deployment-flower-exec", True): "xsilo secure",
+         ("flower-deployment-warm-exec", False): "Flower FedAvg",
+         ("flower-deployment-warm-exec", True): "Flower SecAgg+"}
 DEPLOYMENT = ("xsilo-deployment", "flower-deployment")
+ABLATION = ("xsilo-deployment-flower-exec", "flower-deployment-warm-exec")
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -354,7 +372,15 @@ def _goals(rows: list[dict]) -> str:
         if theirs:
             out.append(f"* deployment, {silos} silos x {params:,}: Flower SecAgg+ / xsilo secure "
                        f"= {theirs / mine:.2f}x (goal >= 3x: "
-                       f"{'met' if theirs / mine >= 3 else 'not met'})")
+                       f"{'met' if theirs / mine >= 3 else 'not met'}; each on its own SuperExec)")
+        same = [(what, t.get((ours, silos, params, "xsilo secure")),
+                 t.get((flower, silos, params, "Flower SecAgg+")))
+                for what, ours, flower in (
+                    ("Flower's SuperExec", "xsilo-deployment-flower-exec", "flower-deployment"),
+                    ("xsilo's warm SuperExec", "xsilo-deployment", "flower-deployment-warm-exec"))]
+        for what, a, b in same:
+            if a and b:
+                out.append(f"  * both on {what}: Flower SecAgg+ / xsilo secure = {b / a:.2f}x")
     return "\n".join(out)
 
 
@@ -362,10 +388,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engines", nargs="+", choices=sorted(CASES),
                     default=["xsilo-inprocess", "xsilo-sim", "flower-sim", "xsilo-deployment",
-                             "flower-deployment"])
+                             "flower-deployment", *ABLATION])
     ap.add_argument("--deployment-grid", nargs="+", default=["5x1000000"],
                     help="SILOSxPARAMS cases run on xsilo-deployment (each SuperNode and every "
                          "message's ClientApp process share the 2 cores)")
+    ap.add_argument("--ablation-grid", nargs="+", default=["5x1000000"],
+                    help="SILOSxPARAMS cases run on the ablation engines (each stack on the "
+                         "other's SuperExec) when they are among --engines")
     ap.add_argument("--silos", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
@@ -382,6 +411,8 @@ def main() -> None:
         for silos in args.silos:
             for params in args.params:
                 if engine in DEPLOYMENT and f"{silos}x{params}" not in args.deployment_grid:
+                    continue
+                if engine in ABLATION and f"{silos}x{params}" not in args.ablation_grid:
                     continue
                 for secure in (False, True):
                     row = _run_case(engine, silos, params, secure, args.timeout)

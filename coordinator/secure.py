@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,8 @@ class SecureRound:
     problems: dict[int, str] = field(default_factory=dict)
     failure: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    # Wall time of each round trip ("masked_input", "unmasking"), for the round's report.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _parse(reply: Reply, expected: type[Message]) -> Message:
@@ -187,10 +190,12 @@ class SecureAggregation:
             reply.secagg = None  # the masked vector is in the running sum; keep nothing else
             return reply
 
+        started = time.monotonic()
         out.replies = self.transport.exchange(
             "train", {node_of[i]: Payload(config, current, secagg=req.to_record())
                       for i, req in requests.items()},
             timeout=self.run_config.round_timeout, group=str(server_round), on_reply=fold)
+        out.seconds["masked_input"] = round(time.monotonic() - started, 3)
         replies = out.replies
         for i in requests:
             if node_of[i] not in replies:
@@ -201,7 +206,7 @@ class SecureAggregation:
         except ProtocolError as exc:  # SecureAggregationError included: fail the round only
             self.state = abort_round(state)
             out.failure = str(exc)
-            out.report = self._report(None)
+            out.report = {**self._report(None), "seconds": out.seconds}
             return out
         self.state = state
         out.weighted_sum = (
@@ -210,17 +215,19 @@ class SecureAggregation:
             else unflatten_update(result.weighted_sum, current))
         out.total_weight = float(result.total_weight)
         out.contributors = [node_of[i] for i in result.contributors]
-        out.report = self._report(result)
+        out.report = {**self._report(result), "seconds": out.seconds}
         return out
 
     def _unmask(self, state: Any, server_round: int, out: SecureRound,
                 node_of: Mapping[int, int]) -> Any:
         state, requests = request_unmask(state)
+        started = time.monotonic()
         replies = self.transport.exchange(
             SECAGG_UNMASK, {node_of[i]: Payload({"server-round": server_round},
                                                 secagg=req.to_record())
                             for i, req in requests.items()},
             timeout=self.run_config.round_timeout, group=f"{server_round}-unmask")
+        out.seconds["unmasking"] = round(time.monotonic() - started, 3)
         for i in requests:
             node = node_of[i]
             try:

@@ -78,6 +78,10 @@ def test_secure_run_matches_the_clear_run_within_the_reported_error(
         assert rows[r]["status"] == "ok" and rows[r]["contributors"] == NAMES
         sa = rows[r]["secure_aggregation"]
         assert sa["threshold"] == 3 and sa["total_weight"] == 426 and sa["clipped_values"] == 0
+        # both round trips are timed, and together they are most of the round
+        trips = sa["seconds"]
+        assert set(trips) == {"masked_input", "unmasking"} and min(trips.values()) > 0
+        assert sum(trips.values()) <= rows[r]["round_seconds"]
         _close_within_row_bound(secure_dir, r, _fedavg(trained, r, NAMES))
     assert rows[3]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
     setup = next(e for e in RunStore(secure_dir).events()

@@ -32,6 +32,7 @@ __all__ = [
     "make_node_auth_key",
     "openssh_public_line",
     "public_key_fingerprint",
+    "write_private_bytes",
     "write_private_key",
     "write_public_pem",
     "write_text_atomic",
@@ -140,11 +141,16 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *,
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())
     fmt = serialization.PrivateFormat.OpenSSH if openssh else serialization.PrivateFormat.PKCS8
-    data = key.private_bytes(serialization.Encoding.PEM, fmt, encryption)
+    write_private_bytes(path, key.private_bytes(serialization.Encoding.PEM, fmt, encryption))
+
+
+def write_private_bytes(path: Path, data: bytes) -> None:
+    """Write secret bytes to ``path``: a fresh file created 0600, then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # O_EXCL below: the mode is ours, not a stale file's
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)

@@ -18,7 +18,11 @@ polling, parent-process monitor, signal handling) with one difference, the execu
   ``run_clientapp`` with the task's token, exactly as ``flwr-clientapp`` would.
 
 So each message still gets its own process (no state survives between messages except
-Flower's ``context.state``, as before), but the process starts with its imports done.
+Flower's ``context.state``, as before), but the process starts with its imports done. The
+server and so every task process are non-dumpable (no core dumps, no ptrace by other users'
+processes: ``deploy.warm``), and the SuperNode and this SuperExec share a random secret
+(``--auth-secret-file``, Flower's HMAC SuperExec auth), so no other local process can take
+the SuperNode's tasks.
 Tasks of any other type go to Flower's subprocess executor. ``executor = "flower"`` in
 ``silo.toml`` keeps Flower's stock SuperExec.
 """
@@ -29,6 +33,7 @@ import argparse
 import logging
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import sys
 from typing import Sequence
 
@@ -45,6 +50,7 @@ DEFAULT_PRELOAD = (
     "flwr.supercore.utils",
     "silo_client.client_app",
     "deploy.executor",
+    "deploy.warm",  # last: non-dumpable server, then the silo's own modules (never fatal)
 )
 
 
@@ -75,12 +81,22 @@ class ForkserverExecutor:
     capacity calls of its subprocess executor, which it uses for every other task type).
     """
 
-    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD) -> None:
+    def __init__(self, modules: Sequence[str] = ()) -> None:
+        """``modules``: the silo's own modules to import in the server (its model code).
+
+        One forkserver per process (``multiprocessing`` keeps one): the first executor of a
+        process decides what it preloads.
+        """
         from flwr.supercore.superexec.executor import SubprocessExecutor
+
+        from deploy.warm import PRELOAD_ENV
 
         self._fallback = SubprocessExecutor()
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(list(preload))
+        # Flower's and xsilo's modules go through multiprocessing's own preload; the silo's
+        # through deploy.warm, which survives a module that fails to import.
+        os.environ[PRELOAD_ENV] = ",".join(modules)
+        self._ctx.set_forkserver_preload(list(DEFAULT_PRELOAD))
         # Start the server (and its imports) now, not on the first message.
         multiprocessing.forkserver.ensure_running()
         self._children: list[multiprocessing.process.BaseProcess] = []
@@ -115,16 +131,22 @@ class ForkserverExecutor:
         """Forget (and reap) the task processes that have ended."""
         alive = []
         for process in self._children:
-            if process.is_alive():
-                alive.append(process)
-            else:
+            try:
+                if process.is_alive():
+                    alive.append(process)
+                    continue
                 process.close()
+            except (OSError, ValueError):
+                pass
         self._children = alive
 
     def close(self) -> None:
         for process in self._children:
-            if process.is_alive():
-                process.terminate()
+            try:
+                if process.is_alive():
+                    process.terminate()
+            except (OSError, ValueError):  # the forkserver is gone; its group is stopped anyway
+                pass
         self._children = []
         self._fallback.close()
 
@@ -142,18 +164,29 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="exit when this process (the SuperNode) exits")
     ap.add_argument("--preload", nargs="*", default=[],
                     help="more modules for the warm server to import (the silo's model code)")
+    ap.add_argument("--auth-secret-file", default=None,
+                    help="the secret shared with the SuperNode (its --superexec-auth-secret-file)")
     args = ap.parse_args(argv)
 
     if not hasattr(flower_superexec, "get_executor"):  # pinned Flower; fail loudly if not
         sys.exit("deploy.executor: this Flower version's SuperExec has no get_executor hook; "
                  "set `executor = \"flower\"` in silo.toml to use Flower's own SuperExec")
     disable_process_dumping(strict=False)
-    executor = ForkserverExecutor(DEFAULT_PRELOAD + tuple(args.preload))
+    secret = None
+    if args.auth_secret_file:
+        from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
+
+        try:
+            secret = load_superexec_auth_secret(args.auth_secret_file)
+        except ValueError as exc:
+            sys.exit(f"deploy.executor: {exc}")
+    executor = ForkserverExecutor(args.preload)
     # The one seam: Flower's loop builds its executor with get_executor(); hand it ours.
     flower_superexec.get_executor = lambda *_a, **_k: executor
     flower_superexec.run_superexec(
         runtime_api_address=args.runtime_api_address,
         insecure=True,  # the Runtime API is the SuperNode's loopback port, as Flower's own
+        superexec_auth_secret=secret,  # HMAC on AcquireTask: no other local process gets tasks
         parent_pid=args.parent_pid,
     )
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from deploy.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
 
 __all__ = [
@@ -161,6 +162,13 @@ class ManagedProcess:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._stop_group(grace)
+        finally:
+            for companion in self.companions:
+                companion.stop(grace)
+
+    def _stop_group(self, grace: float) -> None:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
             try:
                 os.killpg(self.popen.pid, sig)
@@ -173,8 +181,6 @@ class ManagedProcess:
             if not _group_alive(self.popen.pid):
                 break
         self.popen.poll()
-        for companion in self.companions:
-            companion.stop(grace)
 
 
 _REFUSED_NODE_KEY = (
@@ -311,8 +317,10 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
 
     ``executor="warm"`` (the default) runs the SuperNode in Flower's ``--isolation process``
     mode with xsilo's SuperExec beside it (``deploy.executor``: a process per message,
-    forked from a server that has imported Flower, xsilo and ``preload`` once), in the
-    SuperNode's process group; ``"flower"`` lets the SuperNode start Flower's own SuperExec.
+    forked from a server that has imported Flower, xsilo and ``preload`` once), as a
+    companion process (its own group, stopped with the SuperNode, log
+    ``<log>.superexec.log``); the two share a fresh random secret (``flwr_home``, 0600) for
+    Flower's SuperExec auth. ``"flower"`` lets the SuperNode start Flower's own SuperExec.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -323,18 +331,21 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
             "--node-config", node_config, "--max-wait-time", str(max_wait_time)]
     if auth_key is not None:
         argv += ["--auth-supernode-private-key", str(auth_key)]
+    secret = Path(flwr_home) / "superexec-auth.secret"
     if executor == "warm":
-        argv += ["--isolation", "process"]
+        write_private_bytes(secret, os.urandom(32))
+        argv += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     env = flower_env(flwr_home)
     node = spawn("flower-supernode", argv, env=env, log_path=log_path)
     if executor == "warm":
         exec_argv = [sys.executable, "-m", "deploy.executor", "--runtime-api-address",
-                     f"127.0.0.1:{clientappio_port}", "--parent-pid", str(node.pid)]
+                     f"127.0.0.1:{clientappio_port}", "--parent-pid", str(node.pid),
+                     "--auth-secret-file", str(secret)]
         if preload:
             exec_argv += ["--preload", *preload]
         try:
             companion = spawn("SuperExec (deploy.executor)", exec_argv, env=env,
-                              log_path=log_path.with_name("superexec.log"))
+                              log_path=log_path.with_suffix(".superexec.log"))
         except BaseException:
             node.stop()
             raise

@@ -42,6 +42,7 @@ def start(
         console.print(f"[green]silo {cfg.name} started[/], connecting {via} "
                       f"(log: {silo.supernode.log_path}). Ctrl-C stops it.")
         while silo.alive():
+            silo.supernode.raise_if_exited()  # its SuperExec (ClientApps) must be alive too
             time.sleep(1)
         silo.supernode.raise_if_exited()
     except KeyboardInterrupt:

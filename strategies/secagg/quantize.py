@@ -4,9 +4,8 @@ Encoding (one silo, update ``x ∈ R^d``, integer weight ``0 ≤ w ≤ W``, rang
 ``L = 2^b − 1`` levels, step ``Δ = 2c / L``)::
 
     v_k = (clip(x_k, −c, c) + c) / Δ            ∈ [0, L]
-    q_k = ⌊v_k + u_k⌋, u_k ~ U{0, 2^-32, …}      = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋), E[q_k] = v_k
-                                                  (unbiased stochastic rounding; the coin
-                                                  has 32 random bits: bias < 2^-32)
+    q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding;
+                                                  the coin has 32 random bits: bias < 2^-32)
     encode(x, w) = [w, w·q_1, …, w·q_d]         (uint words, the vector that gets masked)
 
 Decoding the sum over silos ``S`` (``T_0 = Σ w_i``, ``T_k = Σ w_i q_ik``)::
@@ -144,11 +143,10 @@ def encode(update: np.ndarray, *, weight: int, params: QuantParams,
            rng: ByteSource | None = None) -> np.ndarray:
     """``[w, w·q_1, …, w·q_d]`` as ``params.dtype`` (see the module docstring for ``q``).
 
-    The rounding is ``q = ⌊v + u⌋`` with ``u`` uniform on ``[0, 1)`` in 32-bit steps, which is
-    ``⌊v⌋ + 1`` with probability ``⌈f·2^32⌉·2^-32`` (``f = v − ⌊v⌋``): within ``2^-32`` of the
-    fraction, as a Bernoulli coin per coordinate. It is computed on ``2^32·v`` (powers of two
-    scale exactly; ``2^32·L < 2^53``, so adding the 32-bit word ``u`` rounds by at most
-    ``2^-5`` of a word), in one float64 buffer, in place.
+    Everything is float64 (``v < 2^32`` is exact to well below a level at any bit width) and
+    the weight is applied in the integer dtype, exactly. The vector is processed a chunk at a
+    time through small buffers, so every pass stays in cache and no model-sized float64
+    temporaries are allocated (their page faults cost more than the arithmetic).
     """
     w = _check_weight(weight, params)
     x = np.asarray(update).ravel()
@@ -160,28 +158,31 @@ def encode(update: np.ndarray, *, weight: int, params: QuantParams,
         total = float(np.add.reduce(x, dtype=np.float64)) if x.size else 0.0
     if not math.isfinite(total) and not np.isfinite(x).all():
         raise UpdateRejected("update contains NaN or Inf; it cannot be quantized")
-    scale = 4294967296.0  # 2^32
-    a, b = scale / params.step, scale * params.clip / params.step  # 2^32·(x + c)/Δ = a·x + b
-    top = scale * params.levels
     source = rng or default_source()
     out = np.empty(x.size + 1, dtype=params.dtype)
     out[0] = w
-    # Chunk by chunk through one small float64 buffer: every pass stays in cache, and no
-    # model-sized temporaries are allocated (their page faults cost more than the passes).
-    buf = np.empty(min(x.size, _CHUNK), dtype=np.float64)
+    size = min(x.size, _CHUNK)
+    v, low = np.empty(size, dtype=np.float64), np.empty(size, dtype=np.float64)
+    coin = np.empty(size, dtype=bool)
     for start in range(0, x.size, _CHUNK):
         n = min(_CHUNK, x.size - start)
-        v = buf[:n]
-        with np.errstate(over="ignore"):  # |x| near float64's limit: ±inf, clipped below
-            np.multiply(x[start:start + n], a, out=v)
-        v += b
-        np.clip(v, 0.0, top, out=v)  # = clipping x to [−c, c]
-        v += np.frombuffer(source.read(4 * n), dtype="<u4")
-        v *= 1.0 / scale
-        np.floor(v, out=v)  # q ∈ [0, L]: v < L + 1 before the floor
-        if w != 1:
-            v *= float(w)  # exact: w·q ≤ W·L < 2^53 (and < 2^k: make_quant_params sizes k)
-        out[1 + start:1 + start + n] = v
+        vn, lown, coinn = v[:n], low[:n], coin[:n]
+        vn[...] = x[start:start + n]  # to float64 first: no arithmetic in the input's dtype
+        np.clip(vn, -params.clip, params.clip, out=vn)
+        vn += params.clip
+        vn /= params.step
+        np.clip(vn, 0.0, params.levels, out=vn)  # the top edge, against rounding in the division
+        np.floor(vn, out=lown)
+        vn -= lown  # the fraction f = v − ⌊v⌋ ∈ [0, 1), exact
+        # Bernoulli(f) as u < f·2^32 with u uniform on 32-bit words: P = ⌈f·2^32⌉·2^-32,
+        # within 2^-32 of f (2^32 scales exactly; 53 random bits would buy nothing here).
+        vn *= 4294967296.0
+        np.less(np.frombuffer(source.read(4 * n), dtype="<u4"), vn, out=coinn)
+        lown += coinn
+        out[1 + start:1 + start + n] = lown  # exact: integers in [0, L], L < 2^32
+    if w != 1:
+        body = out[1:]
+        body *= params.dtype.type(w)  # exact in the integer dtype: w·q ≤ W·L < 2^k
     return out
 
 

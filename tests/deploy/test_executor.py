@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,15 +10,40 @@ from pathlib import Path
 
 import pytest
 
-from deploy.executor import DEFAULT_PRELOAD, ForkserverExecutor
+from deploy.executor import ForkserverExecutor
 from deploy.launch import ManagedProcess, spawn
 from silo_client.config import load_silo_config, write_silo_config
 from silo_client.launch import model_modules
 from xsilo.demo_data import demo_schema
 from xsilo.errors import ConfigError, DeploymentError
 
-_PROBE = ("import sys, pathlib; pathlib.Path({out!r}).write_text(' '.join("
-          "m for m in {mods!r} if m in sys.modules))")
+# Run in a fresh interpreter: multiprocessing keeps one forkserver per process, so only the
+# first executor of a process decides what its server preloads.
+_PROBE = """
+import sys
+from deploy.executor import ForkserverExecutor
+executor = ForkserverExecutor({modules!r})
+"""
+
+
+def _probe(tmp_path: Path, modules: tuple[str, ...], names: tuple[str, ...]) -> dict:
+    out = tmp_path / "probe.json"
+    # The forked child execs _CHILD first thing: every listed module it finds in sys.modules
+    # was imported by the server before the fork.
+    code = _PROBE.format(modules=modules) + (
+        f"child = executor._ctx.Process(target=exec, args=({_CHILD!r}.format(out={str(out)!r}, "
+        f"names={names!r}),))\nchild.start(); child.join(60); executor.close()\n"
+        "sys.exit(child.exitcode)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return {**json.loads(out.read_text()), "stderr": proc.stderr}
+
+
+_CHILD = ("import sys, json, pathlib, ctypes, ctypes.util\n"
+          "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+          "pathlib.Path({out!r}).write_text(json.dumps({{'loaded': [m for m in {names!r} "
+          "if m in sys.modules], 'dumpable': libc.prctl(3, 0, 0, 0, 0)}}))\n")
 
 
 def _wait(pred, timeout: float = 30.0) -> None:
@@ -27,25 +53,31 @@ def _wait(pred, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_task_process_starts_with_flower_and_the_silo_already_imported(tmp_path: Path) -> None:
-    executor = ForkserverExecutor(DEFAULT_PRELOAD + ("sklearn.linear_model",))
+def test_a_task_process_starts_warm_and_non_dumpable(tmp_path: Path) -> None:
+    names = ("flwr.supernode.runtime.run_clientapp", "silo_client.client_app",
+             "sklearn.linear_model", "torch")
+    seen = _probe(tmp_path, ("sklearn.linear_model",), names)
+    assert seen["loaded"] == list(names[:3])  # not torch: nobody asked for it
+    assert seen["dumpable"] == 0  # inherited from the server: no core dump, no ptrace
+
+
+def test_a_silo_module_that_fails_to_import_does_not_stop_the_server(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_model.py"
+    broken.write_text("raise RuntimeError('no GPU here')\n")
+    import os
+
+    os.environ["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     try:
-        out = tmp_path / "modules.txt"
-        # The probe runs first thing in a child of the forkserver and lists which of these
-        # modules are already loaded: anything present came from the server's preload.
-        mods = ("flwr.supernode.runtime.run_clientapp", "silo_client.client_app",
-                "sklearn.linear_model", "torch")
-        child = executor._ctx.Process(target=exec, args=(_PROBE.format(out=str(out), mods=mods),))
-        child.start()
-        child.join(30)
-        assert child.exitcode == 0
-        assert out.read_text().split() == list(mods[:3])  # not torch: nobody asked for it
+        seen = _probe(tmp_path, ("broken_model", "sklearn.linear_model"),
+                      ("silo_client.client_app", "sklearn.linear_model", "broken_model"))
     finally:
-        executor.close()
+        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+    assert seen["loaded"] == ["silo_client.client_app", "sklearn.linear_model"]
+    assert "not preloading 'broken_model' (RuntimeError: no GPU here)" in seen["stderr"]
 
 
 def test_reconcile_forgets_ended_tasks_and_close_stops_running_ones() -> None:
-    executor = ForkserverExecutor(("deploy.executor",))
+    executor = ForkserverExecutor()
     try:
         short = executor._ctx.Process(target=time.sleep, args=(0,))
         long = executor._ctx.Process(target=time.sleep, args=(60,))

@@ -30,6 +30,11 @@ def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> No
             assert ("--isolation" in node.popen.args) is warm
             assert [c.name for c in node.companions] == (["SuperExec (deploy.executor)"]
                                                          if warm else [])
+            secret = silo.workspace / "flwr-home" / "superexec-auth.secret"
+            assert secret.exists() is warm
+            if warm:  # the SuperNode and its SuperExec share it; nobody else may read it
+                assert secret.stat().st_mode & 0o777 == 0o600
+                assert str(secret) in node.popen.args and str(secret) in node.companions[0].popen.args
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
                                     round_timeout=60.0, join_timeout=45.0, name="e2e"),
                           timeout=85)

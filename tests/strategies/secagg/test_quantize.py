@@ -125,3 +125,37 @@ def test_the_encoding_does_not_depend_on_the_chunk_size(monkeypatch: pytest.Monk
     whole = encode(x, weight=7, params=params, rng=seeded("chunks"))
     monkeypatch.setattr(q, "_CHUNK", 1000)
     assert np.array_equal(encode(x, weight=7, params=params, rng=seeded("chunks")), whole)
+
+
+class _AllOnes:
+    """A ByteSource of 0xFF bytes: every rounding coin u = 2^32 − 1, the largest."""
+
+    def read(self, n: int) -> bytes:
+        return b"\xff" * n
+
+
+def test_the_input_dtype_does_not_change_the_encoding() -> None:
+    params = make_quant_params(num_silos=3, clip=1.5, bits=32, max_weight=1)
+    x64 = np.linspace(-2, 2, 5001)
+    for dtype in (np.float16, np.float32):
+        x = x64.astype(dtype)
+        assert np.array_equal(encode(x, weight=1, params=params, rng=seeded("dt")),
+                              encode(x.astype(np.float64), weight=1, params=params,
+                                     rng=seeded("dt")))
+
+
+@pytest.mark.parametrize("bits", [8, 22, 32])
+def test_no_level_exceeds_the_top_even_with_the_largest_coin(bits: int) -> None:
+    params = make_quant_params(num_silos=2, clip=1.0, bits=bits, max_weight=1)
+    levels = (1 << bits) - 1
+    x = np.concatenate([np.linspace(1 - 1e-6, 1, 1000), [1.0, 5.0], np.linspace(-1, -1 + 1e-9, 50)])
+    q = encode(x, weight=1, params=params, rng=_AllOnes())[1:]
+    assert int(q.max()) == levels and int(q.min()) >= 0
+
+
+def test_a_large_weight_is_applied_exactly_in_the_integer_dtype() -> None:
+    w = 1 << 25  # W·L ≥ 2^53: a float64 product would round
+    params = make_quant_params(num_silos=2, clip=1.0, bits=32, max_weight=w)
+    assert params.dtype == np.uint64
+    out = encode(np.array([1.0, -1.0]), weight=w, params=params, rng=seeded("w"))
+    assert [int(v) for v in out] == [w, w * ((1 << 32) - 1), 0]

@@ -37,6 +37,9 @@ import os
 import sys
 from typing import Sequence
 
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor import LaunchResult, SubprocessExecutor
+
 __all__ = ["DEFAULT_PRELOAD", "ForkserverExecutor", "main"]
 
 log = logging.getLogger(__name__)
@@ -59,11 +62,9 @@ def _run_clientapp(runtime_api_address: str, token: str, insecure: bool,
                    runtime_dependency_install: bool) -> None:
     """One task, in a process forked from the warm server: what ``flwr-clientapp`` runs."""
     from flwr.supercore.tls import validate_and_resolve_root_certificates
-    from flwr.supercore.utils import disable_process_dumping
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
-    # This process will hold the silo's protocol keys: no core dumps, no ptrace by peers.
-    disable_process_dumping(strict=False)
+    # Non-dumpable already: inherited from the server (deploy.warm), before the first byte.
     run_clientapp(
         runtime_api_address=runtime_api_address,
         token=token,
@@ -74,11 +75,11 @@ def _run_clientapp(runtime_api_address: str, token: str, insecure: bool,
     )
 
 
-class ForkserverExecutor:
+class ForkserverExecutor(SubprocessExecutor):
     """A Flower SuperExec executor that forks ClientApp processes from a warm forkserver.
 
-    Implements Flower's ``Executor`` protocol (``launch``, ``reconcile``, ``close`` and the
-    capacity calls of its subprocess executor, which it uses for every other task type).
+    Flower's subprocess executor with ``launch`` / ``reconcile`` / ``close`` replaced for
+    ClientApp tasks; every other task type, and the capacity calls, are Flower's.
     """
 
     def __init__(self, modules: Sequence[str] = ()) -> None:
@@ -87,11 +88,8 @@ class ForkserverExecutor:
         One forkserver per process (``multiprocessing`` keeps one): the first executor of a
         process decides what it preloads.
         """
-        from flwr.supercore.superexec.executor import SubprocessExecutor
-
         from deploy.warm import PRELOAD_ENV
 
-        self._fallback = SubprocessExecutor()
         self._ctx = multiprocessing.get_context("forkserver")
         # Flower's and xsilo's modules go through multiprocessing's own preload; the silo's
         # through deploy.warm, which survives a module that fails to import.
@@ -101,21 +99,9 @@ class ForkserverExecutor:
         multiprocessing.forkserver.ensure_running()
         self._children: list[multiprocessing.process.BaseProcess] = []
 
-    def get_eligible_capacity(self, supported_task_types, *, insecure: bool = False,
-                              root_certificates_path: str | None = None):
-        return self._fallback.get_eligible_capacity(
-            supported_task_types, insecure=insecure, root_certificates_path=root_certificates_path)
-
-    def wait_for_capacity(self, task_type=None, *, fab_hash=None, insecure: bool = False,
-                          root_certificates_path: str | None = None) -> None:
-        return None
-
     def launch(self, spec):  # noqa: ANN001, ANN201 - Flower's ExecutionSpec / LaunchResult
-        from flwr.supercore.constant import TaskType
-        from flwr.supercore.superexec.executor import LaunchResult
-
         if spec.task_type != TaskType.CLIENT_APP:
-            return self._fallback.launch(spec)
+            return super().launch(spec)
         process = self._ctx.Process(
             target=_run_clientapp, name="flwr-clientapp",
             args=(spec.runtime_api_address, spec.token, spec.insecure,
@@ -148,7 +134,7 @@ class ForkserverExecutor:
             except (OSError, ValueError):  # the forkserver is gone; its group is stopped anyway
                 pass
         self._children = []
-        self._fallback.close()
+        super().close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

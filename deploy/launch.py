@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from deploy import EXECUTORS
 from deploy.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
 
@@ -306,12 +307,9 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
-EXECUTORS = ("warm", "flower")
-
-
 def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cert: Path,
                     auth_key: Path | None, silo_config: Path, clientappio_port: int,
-                    max_wait_time: float = 60.0, executor: str = "warm",
+                    max_wait_time: float = 60.0, executor: str = EXECUTORS[0],
                     preload: Sequence[str] = ()) -> ManagedProcess:
     """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config).
 
@@ -331,8 +329,8 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
             "--node-config", node_config, "--max-wait-time", str(max_wait_time)]
     if auth_key is not None:
         argv += ["--auth-supernode-private-key", str(auth_key)]
-    secret = Path(flwr_home) / "superexec-auth.secret"
     if executor == "warm":
+        secret = Path(flwr_home) / "superexec-auth.secret"
         write_private_bytes(secret, os.urandom(32))
         argv += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     env = flower_env(flwr_home)

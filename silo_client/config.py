@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from deploy import EXECUTORS
 from silo_client.data import DataSchema
 from silo_client.privacy import DPSGDSettings
 from xsilo.errors import ConfigError
@@ -78,7 +79,7 @@ class SiloConfig:
     dp_sgd: DPSGDSettings | None = None
     # How the SuperNode runs ClientApps: "warm" (xsilo's SuperExec, deploy.executor: a
     # process per message forked from a preloaded server) or "flower" (Flower's own).
-    executor: str = "warm"
+    executor: str = EXECUTORS[0]
 
 
 def _check_keys(data: Mapping[str, Any], path: Path) -> None:
@@ -125,8 +126,8 @@ def load_silo_config(path: str | Path) -> SiloConfig:
 
     silo, dat, model = data.get("silo", {}), data.get("data", {}), data.get("model", {})
     name = str(_require(silo, "name", "silo", path))
-    executor = silo.get("executor", "warm")
-    if executor not in ("warm", "flower"):
+    executor = silo.get("executor", EXECUTORS[0])
+    if executor not in EXECUTORS:
         raise ConfigError(f"{path}: [silo] executor = {executor!r} is not one of \"warm\" "
                           "(xsilo's SuperExec, the default) or \"flower\" (Flower's own)")
     schema_table = _require(dat, "schema", "data", path)

@@ -70,6 +70,9 @@ class SiloState:
     last_round: int = -1
     active: tuple[int, ...] = ()
     active_enc_pks: tuple[bytes, ...] = ()
+    # Pair keys derived from this silo's current private keys: (purpose, peer, peer public
+    # key, key). As secret as enc_sk/mask_sk and kept with them; a re-key clears it.
+    pair_keys: tuple[tuple[str, int, bytes, bytes], ...] = ()
 
     def __repr__(self) -> str:  # keys stay out of logs
         return f"SiloState(silo={self.silo}, stage={self.stage.value}, last_round={self.last_round})"
@@ -81,6 +84,11 @@ def silo_state_to_record(state: SiloState) -> dict[str, Any]:
                            "enc_sk": state.enc_sk, "mask_sk": state.mask_sk,
                            "last_round": state.last_round, "active": list(state.active),
                            "active_enc_pks": list(state.active_enc_pks)}
+    if state.pair_keys:
+        out.update({"pair_key_purposes": [p for p, _, _, _ in state.pair_keys],
+                    "pair_key_peers": [j for _, j, _, _ in state.pair_keys],
+                    "pair_key_publics": [pk for _, _, pk, _ in state.pair_keys],
+                    "pair_key_keys": [k for _, _, _, k in state.pair_keys]})
     if state.config is not None:
         cfg = KeyRequest.for_config(state.config, epoch=state.epoch).to_record()
         out.update({f"config.{k}": v for k, v in cfg.items() if k not in ("kind", "epoch")})
@@ -98,7 +106,12 @@ def silo_state_from_record(record: dict[str, Any]) -> SiloState:
                      epoch=int(record["epoch"]), enc_sk=bytes(record["enc_sk"]),
                      mask_sk=bytes(record["mask_sk"]), last_round=int(record["last_round"]),
                      active=tuple(record["active"]),
-                     active_enc_pks=tuple(bytes(b) for b in record["active_enc_pks"]))
+                     active_enc_pks=tuple(bytes(b) for b in record["active_enc_pks"]),
+                     pair_keys=tuple(zip(
+                         (str(p) for p in record.get("pair_key_purposes", ())),
+                         (int(j) for j in record.get("pair_key_peers", ())),
+                         (bytes(pk) for pk in record.get("pair_key_publics", ())),
+                         (bytes(k) for k in record.get("pair_key_keys", ())))))
 
 
 def new_silo(silo: int) -> SiloState:
@@ -147,7 +160,7 @@ def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
         raise ProtocolError(f"silo {state.silo} is not in the roster {list(config.roster)}")
     enc, mask = crypto.generate_keypair(rng=rng), crypto.generate_keypair(rng=rng)
     new = replace(state, stage=SiloStage.READY, config=config, epoch=msg.epoch,
-                  enc_sk=enc.private, mask_sk=mask.private)
+                  enc_sk=enc.private, mask_sk=mask.private, pair_keys=())
     return new, KeyAdvert(run_id=config.run_id, silo=state.silo, epoch=msg.epoch,
                           enc_pk=enc.public, mask_pk=mask.public)
 
@@ -155,6 +168,34 @@ def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
 def _public(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
         Encoding.Raw, PublicFormat.Raw)
+
+
+class _PairKeys:
+    """The silo's pair keys, derived once per peer key (X25519 + HKDF) and then reused.
+
+    A key is looked up by purpose and peer and used only while the peer's public key is
+    the one it was derived from; a peer that re-keyed gets a fresh derivation.
+    """
+
+    def __init__(self, state: SiloState) -> None:
+        self.state = state
+        self.keys = {(p, j): (pk, k) for p, j, pk, k in state.pair_keys}
+
+    def get(self, purpose: str, peer: int, peer_public: bytes) -> bytes:
+        hit = self.keys.get((purpose, peer))
+        if hit is not None and hit[0] == peer_public:
+            return hit[1]
+        state, config = self.state, self.state.config
+        assert config is not None
+        key = crypto.derive_pair_key(
+            private=state.mask_sk if purpose == "mask" else state.enc_sk,
+            peer_public=peer_public, purpose=purpose, run_id=config.run_id, me=state.silo,
+            peer=peer)
+        self.keys[(purpose, peer)] = (peer_public, key)
+        return key
+
+    def stored(self) -> tuple[tuple[str, int, bytes, bytes], ...]:
+        return tuple((p, j, pk, k) for (p, j), (pk, k) in sorted(self.keys.items()))
 
 
 def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdvert]:
@@ -203,19 +244,19 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
     me, run, r = state.silo, config.run_id, msg.round
     peers = peers_of(me, msg.active)
     self_seed = rng.read(shamir.SECRET_BYTES)
-    pair_seeds = [crypto.derive_round_seed(
-        crypto.derive_pair_key(private=state.mask_sk, peer_public=directory[j].mask_pk,
-                               purpose="mask", run_id=run, me=me, peer=j),
-        run_id=run, round_=r, a=me, b=j) for j in peers]
+    keys = _PairKeys(state)
+    pair_seeds = [crypto.derive_round_seed(keys.get("mask", j, directory[j].mask_pk),
+                                           run_id=run, round_=r, a=me, b=j) for j in peers]
     masked = pre if config.encoded else encode(update, weight=weight, params=config.quant,
                                                rng=_rounding_source(rng))
     add_mask(masked, self_seed, label=SELF_LABEL)
     for j, seed in zip(peers, pair_seeds):
         add_mask(masked, seed, label=PAIR_LABEL, sign=pair_sign(me, j))
     np.bitwise_and(masked, masked.dtype.type((1 << config.quant.modulus_bits) - 1), out=masked)
-    bundles = _deal(state, msg, directory, [self_seed, *pair_seeds], rng=rng)
+    bundles = _deal(state, msg, directory, [self_seed, *pair_seeds], keys=keys, rng=rng)
     new = replace(state, stage=SiloStage.MASKED, last_round=r, active=msg.active,
-                  active_enc_pks=tuple(directory[s].enc_pk for s in msg.active))
+                  active_enc_pks=tuple(directory[s].enc_pk for s in msg.active),
+                  pair_keys=keys.stored())
     return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
                             bundles=bundles, masked=masked)
 
@@ -226,7 +267,7 @@ def _rounding_source(rng: ByteSource) -> ByteSource:
 
 
 def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
-          secrets: list[bytes], *, rng: ByteSource) -> tuple[bytes, ...]:
+          secrets: list[bytes], *, keys: _PairKeys, rng: ByteSource) -> tuple[bytes, ...]:
     """Shamir-share each secret t-of-|U_r| and seal one bundle per active silo (self included)."""
     config = state.config
     assert config is not None
@@ -235,9 +276,7 @@ def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
               for s in secrets]
     bundles = []
     for pos, recipient in enumerate(msg.active):
-        key = crypto.derive_pair_key(private=state.enc_sk, peer_public=directory[recipient].enc_pk,
-                                     purpose="enc", run_id=config.run_id, me=state.silo,
-                                     peer=recipient)
+        key = keys.get("enc", recipient, directory[recipient].enc_pk)
         plain = pack_bundle(shares[0][pos], [per_secret[pos] for per_secret in shares[1:]])
         ad = bundle_ad(run_id=config.run_id, round_=msg.round, sender=state.silo,
                        recipient=recipient, active=msg.active)
@@ -279,9 +318,9 @@ def _on_unmask_request(state: SiloState, msg: UnmaskRequest, **_: object
     me, r = state.silo, msg.round
     enc_pk = dict(zip(state.active, state.active_enc_pks))
     opened: dict[int, tuple[int, list[int]]] = {}
+    keys = _PairKeys(state)
     for sender, blob in zip(msg.senders, msg.bundles):
-        key = crypto.derive_pair_key(private=state.enc_sk, peer_public=enc_pk[sender],
-                                     purpose="enc", run_id=config.run_id, me=me, peer=sender)
+        key = keys.get("enc", sender, enc_pk[sender])
         ad = bundle_ad(run_id=config.run_id, round_=r, sender=sender, recipient=me,
                        active=state.active)
         plain = crypto.open_sealed(key, blob, ad=ad, sender=sender, recipient=me)
@@ -299,4 +338,5 @@ def _on_unmask_request(state: SiloState, msg: UnmaskRequest, **_: object
         self_shares=tuple(shamir.share_to_bytes(opened[k][0]) for k in survivors),
         pair_owners=tuple(pair_owners), pair_peers=tuple(pair_peers),
         pair_shares=tuple(pair_shares))
-    return replace(state, stage=SiloStage.READY, active=(), active_enc_pks=()), reply
+    return replace(state, stage=SiloStage.READY, active=(), active_enc_pks=(),
+                   pair_keys=keys.stored()), reply

@@ -180,3 +180,35 @@ def test_state_roundtrips_through_a_plain_record(world):
         assert all(isinstance(v, (int, float, str, bytes, list)) for v in record.values())
         assert silo_state_from_record(record) == state
     assert "enc_sk" not in repr(stages[SiloStage.MASKED])
+
+
+def test_pair_keys_are_derived_once_then_reused_and_cleared_by_a_rekey(world, monkeypatch):
+    """Keys are agreed once per run: after the first round no X25519 agreement is redone,
+    the cached keys are exactly the derived ones, and a re-key throws them away."""
+    from strategies.secagg import crypto
+
+    stages, messages, unmask_requests, silos = world
+    masked = silos[1]
+    assert {p for p, _, _, _ in masked.pair_keys} == {"mask", "enc"}
+    directory = messages["mask"].directory()
+    for purpose, peer, public, key in masked.pair_keys:
+        assert public == getattr(directory[peer], f"{purpose}_pk")
+        assert key == crypto.derive_pair_key(
+            private=masked.mask_sk if purpose == "mask" else masked.enc_sk, peer_public=public,
+            purpose=purpose, run_id=CONFIG.run_id, me=1, peer=peer)
+    assert silo_state_from_record(silo_state_to_record(masked)).pair_keys == masked.pair_keys
+
+    calls = []
+    real = crypto.derive_pair_key
+    monkeypatch.setattr(crypto, "derive_pair_key", lambda **kw: calls.append(kw) or real(**kw))
+    ready, _ = silo_step(masked, unmask_requests[1])
+    later = dataclasses.replace(messages["mask"], round=2)
+    again, _ = silo_step(ready, later, update=X, weight=2)
+    assert calls == []  # unmask and the next round reuse every key
+    # A peer that re-keyed (new public key) gets a fresh derivation, only that one.
+    d = dataclasses.replace(later, round=3, dir_mask_pks=tuple(
+        b"\x09" + pk[1:] if s == 2 else pk for s, pk in zip(later.dir_silos, later.dir_mask_pks)))
+    _, _ = silo_step(dataclasses.replace(again, stage=SiloStage.READY), d, update=X, weight=2)
+    assert [(c["purpose"], c["peer"]) for c in calls] == [("mask", 2)]
+    rekeyed, _ = silo_step(ready, dataclasses.replace(messages["key"], epoch=2))
+    assert rekeyed.pair_keys == ()

@@ -8,7 +8,9 @@ It runs the protocol of :mod:`strategies.secagg` over the loop's :class:`Transpo
 * **every round**, two round trips: (1) ``train`` carries the global model, the train
   config and the silo's MaskRequest; the reply carries the silo's metrics in the clear
   (evaluation of the incoming model, train loss, example count) and its masked vector;
-  (2) ``train.unmask`` to the survivors; their shares unmask the sum.
+  (2) ``train.unmask`` to the first ``t + UNMASK_SPARES`` survivors (in the order their
+  masked inputs arrived); the first ``t`` answers unmask the sum. Only if fewer than ``t``
+  of those answer are the other survivors asked.
 
 The loop gets a :class:`SecureRound`: the round-trip-1 replies (metrics only: masked
 vectors are folded into the protocol's running sum and dropped) and either
@@ -42,14 +44,18 @@ from coordinator.privacy import RunPrivacy
 from strategies.secagg import (
     KeyAdvert, MaskedInput, Message, RoundResult, UnmaskResponse, abort_round, begin_round,
     finish_round, make_config, message_from_record, receive_advert, receive_masked,
-    receive_unmask, request_unmask, start_run)
+    receive_unmask, request_more_unmask, request_unmask, start_run)
 from strategies.secagg.encoded import make_encoded_config
 from xsilo.errors import ProtocolError, SecureAggregationError
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
 
-__all__ = ["SecureAggregation", "SecureRound", "default_threshold"]
+__all__ = ["UNMASK_SPARES", "SecureAggregation", "SecureRound", "default_threshold"]
 
 log = logging.getLogger(__name__)
+
+UNMASK_SPARES = 1
+"""Survivors asked to unmask beyond the ``t`` needed: so many can be lost during unmasking
+without any wait, and the rest of the survivors are spared a message per round."""
 
 
 def default_threshold(num_silos: int, min_silos: int) -> int:
@@ -72,6 +78,8 @@ class SecureRound:
     report: dict[str, Any] = field(default_factory=dict)
     # Wall time of each round trip ("masked_input", "unmasking"), for the round's report.
     seconds: dict[str, float] = field(default_factory=dict)
+    # Unmask requests sent and valid responses used ("asked", "answered").
+    unmasking: dict[str, int] = field(default_factory=dict)
 
 
 def _parse(reply: Reply, expected: type[Message]) -> Message:
@@ -176,6 +184,7 @@ class SecureAggregation:
                                report=self._report(None))
         node_of = {i: node for node, i in self.index.items()}
         out = SecureRound(replies={})
+        arrived: list[int] = []  # silos whose masked input was accepted, in arrival order
 
         def fold(node: int, reply: Reply) -> Reply:
             # Each masked input joins the running modular sum the moment it is pulled, so the
@@ -185,6 +194,7 @@ class SecureAggregation:
                 if reply.error is not None:
                     raise ProtocolError(str(reply.error))
                 state = receive_masked(state, _parse(reply, MaskedInput))  # type: ignore[arg-type]
+                arrived.append(self.index[node])
             except ProtocolError as exc:
                 out.problems[node] = str(exc)
             reply.secagg = None  # the masked vector is in the running sum; keep nothing else
@@ -201,12 +211,13 @@ class SecureAggregation:
             if node_of[i] not in replies:
                 out.problems[node_of[i]] = "no masked input before the round timeout"
         try:
-            state = self._unmask(state, server_round, out, node_of)
+            state = self._unmask(state, server_round, out, node_of, arrived)
             state, result = finish_round(state)
         except ProtocolError as exc:  # SecureAggregationError included: fail the round only
             self.state = abort_round(state)
             out.failure = str(exc)
-            out.report = {**self._report(None), "seconds": out.seconds}
+            out.report = {**self._report(None), "seconds": out.seconds,
+                          **({"unmasking": out.unmasking} if out.unmasking else {})}
             return out
         self.state = state
         out.weighted_sum = (
@@ -215,29 +226,47 @@ class SecureAggregation:
             else unflatten_update(result.weighted_sum, current))
         out.total_weight = float(result.total_weight)
         out.contributors = [node_of[i] for i in result.contributors]
-        out.report = {**self._report(result), "seconds": out.seconds}
+        out.report = {**self._report(result), "seconds": out.seconds,
+                      "unmasking": out.unmasking}
         return out
 
     def _unmask(self, state: Any, server_round: int, out: SecureRound,
-                node_of: Mapping[int, int]) -> Any:
-        state, requests = request_unmask(state)
+                node_of: Mapping[int, int], arrived: Sequence[int]) -> Any:
+        """Round trip 2: ask ``t + UNMASK_SPARES`` survivors, stop at ``t`` answers; ask the
+        other survivors only when too few answered."""
+        t = state.config.threshold
+        state, requests = request_unmask(state, ask=list(arrived)[:t + UNMASK_SPARES])
         started = time.monotonic()
-        replies = self.transport.exchange(
-            SECAGG_UNMASK, {node_of[i]: Payload({"server-round": server_round},
-                                                secagg=req.to_record())
-                            for i, req in requests.items()},
-            timeout=self.run_config.round_timeout, group=f"{server_round}-unmask")
-        out.seconds["unmasking"] = round(time.monotonic() - started, 3)
-        for i in requests:
-            node = node_of[i]
+
+        def take(node: int, reply: Reply) -> Reply:
+            nonlocal state
             try:
-                if node not in replies:
-                    raise ProtocolError("no unmask response before the round timeout")
-                if replies[node].error is not None:
-                    raise ProtocolError(str(replies[node].error))
-                state = receive_unmask(state, _parse(replies[node], UnmaskResponse))  # type: ignore[arg-type]
+                if reply.error is not None:
+                    raise ProtocolError(str(reply.error))
+                state = receive_unmask(state, _parse(reply, UnmaskResponse))  # type: ignore[arg-type]
             except ProtocolError as exc:
                 out.problems[node] = f"unmasking: {exc}"
+            reply.secagg = None
+            return reply
+
+        asked = 0
+        while requests:
+            asked += len(requests)
+            replies = self.transport.exchange(
+                SECAGG_UNMASK, {node_of[i]: Payload({"server-round": server_round},
+                                                    secagg=req.to_record())
+                                for i, req in requests.items()},
+                timeout=self.run_config.round_timeout, group=f"{server_round}-unmask",
+                on_reply=take, until=lambda _: len(state.responses) >= t)
+            if len(state.responses) >= t:
+                break
+            for i in requests:
+                if node_of[i] not in replies:
+                    out.problems[node_of[i]] = ("unmasking: no unmask response before the "
+                                                "round timeout")
+            state, requests = request_more_unmask(state)
+        out.seconds["unmasking"] = round(time.monotonic() - started, 3)
+        out.unmasking = {"asked": asked, "answered": len(state.responses)}
         return state
 
     def _report(self, result: RoundResult | None) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info("run finished: %s", summary)
 
 
-def simulation_app(run_dir: str, *, poll_interval: float = 0.02) -> ServerApp:
+def simulation_app(run_dir: str, *, poll_interval: float = 0.005) -> ServerApp:
     """The coordinator ServerApp for Flower's Ray simulation (``run_simulation`` passes no
     run config, so the run directory is bound here)."""
     sim = ServerApp()

@@ -96,12 +96,15 @@ class GridTransport:
 
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *,
                  timeout: float, group: str,
-                 on_reply: Callable[[int, Reply], Reply] | None = None) -> dict[int, Reply]:
+                 on_reply: Callable[[int, Reply], Reply] | None = None,
+                 until: Callable[[dict[int, Reply]], bool] | None = None) -> dict[int, Reply]:
         """Send one message per silo; return the replies that arrived before ``timeout``.
 
         ``on_reply(node, reply)``, when given, sees each reply as soon as it is pulled and
         returns what to keep (the round loop folds an update into its running sum there and
         keeps the reply without its arrays, so memory does not grow with the silo count).
+        ``until(replies)``, when given, ends the wait early once it returns True (secure
+        aggregation stops at the first ``t`` unmask responses); a later reply is not pulled.
         """
         # One ArrayRecord per distinct model: the global model goes to every silo, and a
         # record per message would hold silos × model bytes on the coordinator (Flower's own
@@ -120,7 +123,8 @@ class GridTransport:
         # at a time when replies are large: at most ~PULL_BUDGET bytes of replies in memory.
         batch = max(1, PULL_BUDGET // model_bytes) if model_bytes else len(pending) or 1
         deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
+        done = False
+        while pending and not done and time.monotonic() < deadline:
             asked = list(pending)
             for start in range(0, len(asked), batch):
                 pulled = list(self.grid.pull_messages(asked[start:start + batch]))
@@ -134,8 +138,13 @@ class GridTransport:
                     reply = _to_reply(node, msg)
                     del msg  # the Flower message (and its record bytes) can go now
                     replies[node] = on_reply(node, reply) if on_reply is not None else reply
-            if pending:
+                done = until is not None and until(replies)
+                if done:
+                    break
+            if pending and not done:
                 time.sleep(self.poll_interval)
+        if done:
+            return replies
         for node in pending.values():
             log.warning("silo node %s did not reply to %s within %.0f s", node, message_type, timeout)
         return replies

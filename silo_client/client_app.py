@@ -182,7 +182,9 @@ def train(msg: Message, context: Context) -> Message:
     silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
                        arrays={"masked": outcome.reply["masked"]}, metrics=metrics, masked=True,
                        extra={"secagg": outcome.reply["kind"],
-                              "record_sha256": secure.record_digest(outcome.reply)})
+                              # the masked vector is in payload_sha256: hash it once
+                              "record_sha256": secure.record_digest(
+                                  {k: v for k, v in outcome.reply.items() if k != "masked"})})
     return Message(RecordDict({METRICS: MetricRecord(metrics), **_secagg_content(outcome.reply)}),
                    reply_to=msg)
 

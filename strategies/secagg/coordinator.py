@@ -12,7 +12,9 @@ KEYS / IDLE      receive_advert         store a silo's public keys              
 KEYS / IDLE      begin_round            MaskRequest to every keyed, available silo  MASKING
 MASKING          receive_masked         fold y_i into the running sum               MASKING
 MASKING          request_unmask         survivors S_r, dropped D_r; UnmaskRequests  UNMASKING
-UNMASKING        receive_unmask         store a survivor's revealed shares          UNMASKING
+                                        to the survivors asked (all by default)
+UNMASKING        request_more_unmask    UnmaskRequests to the survivors not asked   UNMASKING
+UNMASKING        receive_unmask         store an asked survivor's revealed shares   UNMASKING
 UNMASKING        finish_round           reconstruct, remove masks, decode           IDLE
 MASKING/UNMASK.  abort_round            give the round up (the model is not updated) IDLE
 IDLE             request_rekey          forget silos' keys; KeyRequest with epoch+1 IDLE
@@ -21,6 +23,10 @@ IDLE             request_rekey          forget silos' keys; KeyRequest with epoc
 Unmasking (over ``M = 2^k``): ``Σ_{i∈S} x̂_i = Σ_{i∈S} y_i − Σ_{k∈S} PRG(b_k,r)
 − Σ_{k∈S, j∈D} sign(k, j) · PRG(s_kj,r)``; pair masks between two survivors cancel, and
 pair masks of a dropped silo ``j`` are removed with the seeds its survivor peers dealt.
+
+Any ``t`` unmask responses reconstruct every seed, so the coordinator may ask only some
+survivors (``request_unmask(state, ask=…)``) and the rest later, only if too few of those
+answered (``request_more_unmask``). A survivor that is never asked reveals nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ __all__ = [
     "receive_advert",
     "receive_masked",
     "receive_unmask",
+    "request_more_unmask",
     "request_rekey",
     "request_unmask",
     "start_run",
@@ -81,6 +88,7 @@ class CoordinatorState:
     bundles: Mapping[int, MaskedInput] = field(default_factory=lambda: _EMPTY)
     survivors: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
+    asked: tuple[int, ...] = ()
     responses: Mapping[int, UnmaskResponse] = field(default_factory=lambda: _EMPTY)
 
     def __repr__(self) -> str:
@@ -155,7 +163,7 @@ def begin_round(state: CoordinatorState, *, round_: int, available: Iterable[int
                           dir_mask_pks=tuple(d[s].mask_pk for s in active))
     new = replace(state, stage=CoordinatorStage.MASKING, round=round_, active=active,
                   acc=np.zeros(state.config.length + 1, dtype=state.config.quant.dtype),
-                  bundles=_EMPTY, survivors=(), dropped=(), responses=_EMPTY)
+                  bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)
     return new, {s: request for s in active}
 
 
@@ -178,8 +186,14 @@ def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorStat
                    bundles=_frozen({**state.bundles, msg.silo: stripped}))
 
 
-def request_unmask(state: CoordinatorState) -> tuple[CoordinatorState, dict[int, UnmaskRequest]]:
-    """Round trip 2: survivors = silos whose masked input arrived; route their bundles."""
+def request_unmask(state: CoordinatorState, *, ask: Iterable[int] | None = None
+                   ) -> tuple[CoordinatorState, dict[int, UnmaskRequest]]:
+    """Round trip 2: survivors = silos whose masked input arrived; route their bundles.
+
+    ``ask`` (default: every survivor) names the survivors sent an UnmaskRequest now, in
+    order; at least ``t`` of them, since any ``t`` responses unmask the sum. The others can
+    be asked later with :func:`request_more_unmask`.
+    """
     _expect(state, CoordinatorStage.MASKING, action="request unmasking")
     survivors = tuple(sorted(state.bundles))
     dropped = tuple(s for s in state.active if s not in state.bundles)
@@ -188,14 +202,31 @@ def request_unmask(state: CoordinatorState) -> tuple[CoordinatorState, dict[int,
             f"round {state.round}: {len(survivors)} masked inputs arrived ({list(survivors)}), "
             f"fewer than threshold={state.config.threshold}; the round fails and the model "
             "is not updated")
-    requests = {}
-    for i in survivors:
-        pos = state.active.index(i)
-        requests[i] = UnmaskRequest(
-            run_id=state.config.run_id, round=state.round, survivors=survivors, dropped=dropped,
-            senders=survivors, bundles=tuple(state.bundles[k].bundles[pos] for k in survivors))
-    return replace(state, stage=CoordinatorStage.UNMASKING, survivors=survivors,
-                   dropped=dropped), requests
+    asked = survivors if ask is None else tuple(dict.fromkeys(ask))
+    if not set(asked) <= set(survivors) or len(asked) < state.config.threshold:
+        raise ProtocolError(f"round {state.round}: can only ask at least threshold="
+                            f"{state.config.threshold} of the survivors {list(survivors)} to "
+                            f"unmask, not {list(asked)}")
+    new = replace(state, stage=CoordinatorStage.UNMASKING, survivors=survivors,
+                  dropped=dropped, asked=asked)
+    return new, {i: _unmask_request(new, i) for i in asked}
+
+
+def request_more_unmask(state: CoordinatorState
+                        ) -> tuple[CoordinatorState, dict[int, UnmaskRequest]]:
+    """UnmaskRequests to the survivors not asked yet (when too few of those asked answered)."""
+    _expect(state, CoordinatorStage.UNMASKING, action="ask more survivors to unmask")
+    more = tuple(i for i in state.survivors if i not in state.asked)
+    new = replace(state, asked=state.asked + more)
+    return new, {i: _unmask_request(new, i) for i in more}
+
+
+def _unmask_request(state: CoordinatorState, i: int) -> UnmaskRequest:
+    pos = state.active.index(i)
+    return UnmaskRequest(
+        run_id=state.config.run_id, round=state.round, survivors=state.survivors,
+        dropped=state.dropped, senders=state.survivors,
+        bundles=tuple(state.bundles[k].bundles[pos] for k in state.survivors))
 
 
 def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorState:
@@ -204,8 +235,9 @@ def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorS
     who = f"unmask response from silo {msg.silo} for round {msg.round}"
     if msg.run_id != state.config.run_id or msg.round != state.round:
         raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
-    if msg.silo not in state.survivors or msg.silo in state.responses:
-        raise ProtocolError(f"{who}: not a survivor of this round, or a duplicate response")
+    if msg.silo not in state.asked or msg.silo in state.responses:
+        raise ProtocolError(f"{who}: not a survivor asked to unmask this round, or a "
+                            "duplicate response")
     pairs = [(k, j) for k in state.survivors for j in state.dropped]
     if (msg.self_owners != state.survivors or len(msg.self_shares) != len(state.survivors)
             or list(zip(msg.pair_owners, msg.pair_peers)) != pairs
@@ -255,7 +287,8 @@ def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult
 
 def _closed(state: CoordinatorState) -> CoordinatorState:
     return replace(state, stage=CoordinatorStage.IDLE, last_round=state.round, active=(),
-                   acc=None, bundles=_EMPTY, survivors=(), dropped=(), responses=_EMPTY)
+                   acc=None, bundles=_EMPTY, survivors=(), dropped=(), asked=(),
+                   responses=_EMPTY)
 
 
 def abort_round(state: CoordinatorState) -> CoordinatorState:

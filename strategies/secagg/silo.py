@@ -9,7 +9,7 @@ NEW        KeyRequest       draw two X25519 key pairs, reply KeyAdvert          
 READY      KeyRequest       (re-key: epoch must increase) fresh key pairs            READY
 MASKED     KeyRequest       (re-key: epoch must increase) fresh key pairs            READY
 READY      MaskRequest      (round > last) encode + mask, deal shares, MaskedInput   MASKED
-MASKED     MaskRequest      (a later round: we were dropped from the last unmask)    MASKED
+MASKED     MaskRequest      (a later round: not asked, or dropped, in the unmask)    MASKED
 MASKED     UnmaskRequest    (same round, once) reveal shares, UnmaskResponse         READY
 =========  ===============  ======================================================  =========
 

@@ -173,7 +173,34 @@ def test_a_silo_lost_after_its_masked_input_is_still_summed(
                        secagg_threshold=2, round_timeout=0.5)
     assert run_in_process(run_dir, config, federation, drop=drop)["rounds_failed"] == []
     row = _rows(run_dir)[1]
-    assert row["contributors"] == NAMES and "unmasking" in row["rejected"]["hospital-c"]
+    # t + 1 = 3 survivors asked, the first t = 2 answers unmask: no wait for hospital-c.
+    assert row["contributors"] == NAMES and "hospital-c" not in row.get("rejected", {})
+    assert row["secure_aggregation"]["unmasking"] == {"asked": 3, "answered": 2}
+    _close_within_row_bound(run_dir, 1, _fedavg(trained, 1, NAMES))
+
+
+def test_the_other_survivors_are_asked_when_too_few_of_those_asked_answer(
+        tmp_path: Path, federation: list[Path], trained: dict, monkeypatch) -> None:
+    import coordinator.secure
+
+    monkeypatch.setattr(coordinator.secure, "UNMASK_SPARES", 0)  # ask exactly t = 2 first
+    run_dir = tmp_path / "run"
+    asked: list[int] = []
+
+    def drop(node: int, message_type: str) -> bool:  # the first silo asked is lost
+        if message_type == SECAGG_UNMASK:
+            asked.append(node)
+        return message_type == SECAGG_UNMASK and node == asked[0]
+
+    config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_threshold=2, round_timeout=0.5)
+    assert run_in_process(run_dir, config, federation, drop=drop)["rounds_failed"] == []
+    assert len(asked) == 3 and len(set(asked)) == 3  # two asked first, the third after
+    row = _rows(run_dir)[1]
+    assert row["secure_aggregation"]["unmasking"] == {"asked": 3, "answered": 2}
+    assert row["contributors"] == NAMES
+    lost = NAMES[asked[0] - 1]
+    assert "no unmask response" in row["rejected"][lost]
     _close_within_row_bound(run_dir, 1, _fedavg(trained, 1, NAMES))
 
 

@@ -30,6 +30,7 @@ CALLS = {
     "receive_advert": lambda st, m: co.receive_advert(st, m["advert"]),
     "receive_masked": lambda st, m: co.receive_masked(st, m["masked"]),
     "request_unmask": lambda st, m: co.request_unmask(st),
+    "request_more_unmask": lambda st, m: co.request_more_unmask(st),
     "receive_unmask": lambda st, m: co.receive_unmask(st, m["response"]),
     "finish_round": lambda st, m: co.finish_round(st),
     "abort_round": lambda st, m: co.abort_round(st),
@@ -40,6 +41,7 @@ ALLOWED = {(S.KEYS, "receive_advert"), (S.KEYS, "request_rekey"),
            (S.IDLE, "begin_round"), (S.IDLE, "request_rekey"), (S.IDLE, "receive_advert"),
            (S.MASKING, "receive_masked"), (S.MASKING, "request_unmask"), (S.MASKING, "abort_round"),
            (S.UNMASKING, "receive_unmask"), (S.UNMASKING, "finish_round"),
+           (S.UNMASKING, "request_more_unmask"),
            (S.UNMASKING, "abort_round")}
 
 
@@ -105,6 +107,45 @@ def test_unmask_response_must_match_the_request():
         co.receive_unmask(state, dataclasses.replace(resp, pair_peers=(13,) * len(resp.pair_peers)))
     with pytest.raises(ProtocolError, match="duplicate"):
         co.receive_unmask(co.receive_unmask(state, resp), resp)
+
+
+def test_asking_some_survivors_to_unmask_then_the_rest():
+    """Any t responses unmask: ask t survivors; when one of them is lost, ask the others."""
+    fed = small_federation()  # silos 10..14, t = 3
+    updates, weights = random_inputs(fed, 2)
+    state, requests = co.begin_round(fed.coordinator, round_=1)
+    for s, req in requests.items():
+        fed.silos[s], m = silo_step(fed.silos[s], req, update=updates[s], weight=weights[s])
+        if s != 14:  # 14 drops before its masked input: its pair masks must be removed too
+            state = co.receive_masked(state, m)
+    for bad, match in [([10, 11], "at least threshold=3"), ([10, 11, 14], "survivors")]:
+        with pytest.raises(ProtocolError, match=match):
+            co.request_unmask(state, ask=bad)
+    state, unmask = co.request_unmask(state, ask=[13, 11, 10])
+    assert list(unmask) == [13, 11, 10] and state.asked == (13, 11, 10)
+    assert state.survivors == (10, 11, 12, 13) and state.dropped == (14,)
+    for s in (13, 11):  # 10 is lost during unmasking
+        fed.silos[s], resp = silo_step(fed.silos[s], unmask[s])
+        state = co.receive_unmask(state, resp)
+    with pytest.raises(SecureAggregationError, match="fewer than threshold=3"):
+        co.finish_round(state)
+    # 12 was never asked: it revealed nothing, and its response is refused until it is asked.
+    _, early = silo_step(fed.silos[12], co.request_more_unmask(state)[1][12])
+    with pytest.raises(ProtocolError, match="not a survivor asked"):
+        co.receive_unmask(state, early)
+    state, more = co.request_more_unmask(state)
+    assert list(more) == [12] and state.asked == (13, 11, 10, 12)
+    fed.silos[12], resp = silo_step(fed.silos[12], more[12])
+    state = co.receive_unmask(state, resp)
+    assert co.request_more_unmask(state)[1] == {}
+    state, result = co.finish_round(state)
+    exact = sum(weights[s] * np.clip(updates[s], -1.0, 1.0) for s in (10, 11, 12, 13))
+    assert result.contributors == (10, 11, 12, 13) and result.dropped == (14,)
+    assert result.total_weight == sum(weights[s] for s in (10, 11, 12, 13))
+    assert np.abs(result.weighted_sum - exact).max() <= result.error.max_abs_bound
+    # 10, never answered, is still MASKED and takes the next round's mask request.
+    _, again = co.begin_round(state, round_=2)
+    fed.silos[10], _ = silo_step(fed.silos[10], again[10], update=updates[10], weight=1)
 
 
 def test_a_corrupted_share_is_detected_when_extra_shares_exist():

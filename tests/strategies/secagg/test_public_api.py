@@ -12,7 +12,7 @@ EXPECTED = [
     "MaskRequest", "MaskedInput", "Message", "QuantParams", "RoundResult", "SecAggConfig",
     "SiloStage", "SiloState", "UnmaskRequest", "UnmaskResponse", "abort_round", "begin_round",
     "finish_round", "make_config", "make_quant_params", "message_from_record", "new_silo",
-    "receive_advert", "receive_masked", "receive_unmask", "request_rekey", "request_unmask",
+    "receive_advert", "receive_masked", "receive_unmask", "request_more_unmask", "request_rekey", "request_unmask",
     "silo_state_from_record", "silo_state_to_record", "silo_step", "start_run", "validate_params",
 ]
 

@@ -15,7 +15,8 @@ engine, not the model. Engines (their times are comparable only within one engin
   rounds 2..R from ``metrics.jsonl`` (includes the silos' evaluation and "training").
 * ``flower-sim``: Flower's Ray simulation (``run_simulation``), legacy FedAvg with
   ``DefaultWorkflow``; plain = default fit workflow, SecAgg+ = ``SecAggPlusWorkflow``
-  (num_shares = n, reconstruction_threshold = ⌈2n/3⌉, xsilo's default t). Time = median
+  (num_shares = n, reconstruction_threshold = ⌈2n/3⌉; xsilo runs with the same t as
+  ``secagg_threshold`` and ``min_silos``). Time = median
   of the fit workflow's wall time over rounds 2..R.
 * ``xsilo-sim``: the real xsilo ServerApp and ClientApp on Flower's Ray simulation engine
   (``xsilo.local.run_in_simulation``: ``run_simulation``, one Ray actor per silo with one
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -58,7 +60,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECTION = "## Secure aggregation: round time"
 PARAMS_ENV = "XSILO_BENCH_PARAMS"
-ROUNDS = 3
+ROUNDS = 3  # deployment rounds (a 10 x 10M SecAgg+ round takes minutes)
+LOCAL_ROUNDS = 6  # in-process and simulation rounds: cheap, and their round times are noisier
 CASE_LIMIT = 1500  # seconds one deployment run may take inside its case (10 x 10M SecAgg+)
 
 
@@ -106,22 +109,53 @@ def _silo_configs(root: Path, silos: int, **kwargs) -> list[Path]:
     return paths
 
 
-def _round_seconds(events: list[dict]) -> float:
-    rows = [e["round_seconds"] for e in events if e.get("event") == "round" and e["round"] >= 2]
-    return statistics.median(rows)
+def _round_seconds(events: list[dict]) -> list[float]:
+    return [e["round_seconds"] for e in events if e.get("event") == "round" and e["round"] >= 2]
 
 
-def _trip_seconds(events: list[dict]) -> dict[str, float]:
-    """Median wall time of each secure round trip over rounds 2..R (empty for clear runs)."""
+def _trip_seconds(events: list[dict]) -> dict[str, list[float]]:
+    """Wall time of each secure round trip in rounds 2..R (empty for clear runs)."""
     rows = [e["secure_aggregation"]["seconds"] for e in events
             if e.get("event") == "round" and e["round"] >= 2 and "secure_aggregation" in e]
-    return {k: statistics.median(r[k] for r in rows) for k in (rows[0] if rows else {})}
+    return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
 
 
-def _config(silos: int, secure: bool):
+def _timings(events: list[dict]) -> dict:
+    """Median round and round-trip times over rounds 2..R, and the per-round values."""
+    rounds, trips = _round_seconds(events), _trip_seconds(events)
+    return {"round_s": statistics.median(rounds), "rounds_s": rounds,
+            "trips_s": {k: statistics.median(v) for k, v in trips.items()},
+            "trips_rounds_s": trips}
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """One row from repeated runs of a case: medians over every run's rounds 2..R."""
+    bad = [r for r in runs if "error" in r]
+    if bad:
+        return bad[0]
+    rounds = [t for r in runs for t in r["rounds_s"]]
+    trips: dict[str, list[float]] = {}
+    for r in runs:
+        for k, v in r.get("trips_rounds_s", {}).items():
+            trips.setdefault(k, []).extend(v)
+    return {**runs[0], "round_s": statistics.median(rounds), "rounds_s": rounds,
+            "runs_round_s": [r["round_s"] for r in runs],
+            "trips_s": {k: statistics.median(v) for k, v in trips.items()},
+            "trips_rounds_s": trips, "total_s": sum(r["total_s"] for r in runs)}
+
+
+def threshold(silos: int) -> int:
+    """t = ⌈2n/3⌉ for both stacks (Flower's reconstruction_threshold, xsilo's secagg_threshold)."""
+    return max(2, math.ceil(2 * silos / 3))
+
+
+def _config(silos: int, secure: bool, rounds: int = ROUNDS):
     from coordinator.config import RunConfig
 
-    return RunConfig(num_rounds=ROUNDS, min_silos=silos, expected_silos=silos,
+    # Every silo joins and trains (expected_silos = n); a round needs t of them (min_silos,
+    # secagg_threshold = t), as Flower's SecAgg+ below is configured.
+    return RunConfig(num_rounds=rounds, min_silos=threshold(silos), expected_silos=silos,
+                     secagg_threshold=threshold(silos),
                      secure_aggregation=secure, round_timeout=600.0, join_timeout=120.0,
                      name="bench")
 
@@ -132,10 +166,9 @@ def _local_case(run, silos: int, secure: bool) -> dict:  # noqa: ANN001 - a xsil
     with tempfile.TemporaryDirectory() as tmp:
         configs = _silo_configs(Path(tmp), silos)
         started = time.perf_counter()
-        summary = run(Path(tmp) / "run", _config(silos, secure), configs)
+        summary = run(Path(tmp) / "run", _config(silos, secure, LOCAL_ROUNDS), configs)
         assert summary["status"] == "completed", summary
-        events = RunStore(Path(tmp) / "run").events()
-        return {"round_s": _round_seconds(events), "trips_s": _trip_seconds(events),
+        return {**_timings(RunStore(Path(tmp) / "run").events()),
                 "total_s": time.perf_counter() - started}
 
 
@@ -185,9 +218,7 @@ def case_deployment(silos: int, params: int, secure: bool, executor: str = "warm
             started = time.perf_counter()
             outcome = fed.run(_config(silos, secure), timeout=CASE_LIMIT)
             assert outcome.completed, outcome.summary
-            events = outcome.store.events()
-            return {"round_s": _round_seconds(events), "trips_s": _trip_seconds(events),
-                    "total_s": time.perf_counter() - started}
+            return {**_timings(outcome.store.events()), "total_s": time.perf_counter() - started}
 
 
 OUT_ENV = "XSILO_BENCH_FLOWER_OUT"
@@ -240,13 +271,13 @@ def main(grid, context: Context) -> None:
 """
 
 
-def _flower_app(root: Path, silos: int, params: int, secure: bool) -> Path:
+def _flower_app(root: Path, silos: int, params: int, secure: bool, rounds: int = ROUNDS) -> Path:
     """Write Flower's own FedAvg / SecAgg+ app (legacy strategy + workflows, NumPyClient with
     ``secaggplus_mod``) as an app directory; both Flower engines run this same code."""
     app = root / "flower-bench-app"
     app.mkdir()
     (app / "flower_bench_app.py").write_text(FLOWER_APP.format(
-        params=params, silos=silos, secure=secure, rounds=ROUNDS, out_env=OUT_ENV))
+        params=params, silos=silos, secure=secure, rounds=rounds, out_env=OUT_ENV))
     (app / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
         '[project]\nname = "flower-bench-app"\nversion = "1.0.0"\ndescription = "bench"\n'
@@ -258,9 +289,9 @@ def _flower_app(root: Path, silos: int, params: int, secure: bool) -> Path:
     return app
 
 
-def _flower_times(out: Path) -> list[float]:
+def _flower_times(out: Path, rounds: int = ROUNDS) -> list[float]:
     times = json.loads(out.read_text()) if out.exists() else []
-    assert len(times) == ROUNDS, f"Flower finished {len(times)} of {ROUNDS} rounds"
+    assert len(times) == rounds, f"Flower finished {len(times)} of {rounds} rounds"
     return times
 
 
@@ -271,7 +302,7 @@ def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
     from flwr.simulation import run_simulation
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = _flower_app(Path(tmp), silos, params, secure)
+        app = _flower_app(Path(tmp), silos, params, secure, LOCAL_ROUNDS)
         out = Path(tmp) / "times.json"
         os.environ[OUT_ENV] = str(out)
         sys.path.insert(0, str(app))  # Ray's workers inherit PYTHONPATH to import the app
@@ -280,8 +311,9 @@ def case_flower_sim(silos: int, params: int, secure: bool) -> dict:
         started = time.perf_counter()
         run_simulation(server_app=module.server, client_app=module.client,
                        num_supernodes=silos, backend_config={"client_resources": {"num_cpus": 1}})
-        times = _flower_times(out)
-        return {"round_s": statistics.median(times[1:]), "total_s": time.perf_counter() - started}
+        times = _flower_times(out, LOCAL_ROUNDS)
+        return {"round_s": statistics.median(times[1:]), "rounds_s": times[1:],
+                "total_s": time.perf_counter() - started}
 
 
 def case_flower_deployment(silos: int, params: int, secure: bool,
@@ -375,9 +407,13 @@ def _goals(rows: list[dict]) -> str:
     if sec and plain:
         out.append(f"* simulation, 10 silos x 1M: xsilo secure / plain = {sec / plain:.2f}x "
                    f"(goal <= 1.3x: {'met' if sec / plain <= 1.3 else 'not met'})")
-        trips = next((r.get("trips_s") for r in rows if r["engine"] == "xsilo-sim"
-                      and r["silos"] == 10 and r["params"] == 1_000_000
-                      and r["method"] == "xsilo secure"), None)
+        pick = {r["method"]: r for r in rows if r["engine"] == "xsilo-sim"
+                and r["silos"] == 10 and r["params"] == 1_000_000}
+        runs = [pick[m].get("runs_round_s") for m in ("xsilo secure", "plain FedAvg")]
+        if runs[0] and runs[1] and len(runs[0]) > 1:
+            each = ", ".join(f"{a / b:.2f}x" for a, b in zip(*runs))
+            out.append(f"  * run by run (plain and secure interleaved): {each}")
+        trips = pick.get("xsilo secure", {}).get("trips_s")
         if trips and "unmasking" in trips:
             out.append(f"  * of which the unmasking round trip alone: {trips['unmasking']:.3f} s = "
                        f"{trips['unmasking'] / plain:.0%} of the plain round; the masked-input "
@@ -416,6 +452,8 @@ def main() -> None:
     ap.add_argument("--silos", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of each in-process and simulation case (deployment: one)")
     ap.add_argument("--no-results", action="store_true", help="print only; write nothing")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
@@ -432,8 +470,17 @@ def main() -> None:
                     continue
                 if engine in ABLATION and f"{silos}x{params}" not in args.ablation_grid:
                     continue
+                # In-process and simulation cases are cheap and noisy (a round is a few tenths
+                # of a second, quantized by the engine's 0.1 s poll): each runs --repeats
+                # times, plain and secure interleaved, and the row pools their rounds.
+                repeats = 1 if engine in DEPLOYMENT or engine in ABLATION else args.repeats
+                runs: dict[bool, list[dict]] = {False: [], True: []}
+                for _ in range(repeats):
+                    for secure in (False, True):
+                        runs[secure].append(_run_case(engine, silos, params, secure,
+                                                      args.timeout))
                 for secure in (False, True):
-                    row = _run_case(engine, silos, params, secure, args.timeout)
+                    row = _pooled(runs[secure])
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     table = _table(rows)
@@ -443,7 +490,9 @@ def main() -> None:
         return
     (HERE / "out").mkdir(exist_ok=True)
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(), "rounds": ROUNDS}
+            "python": platform.python_version(),
+            "rounds": {"deployment": ROUNDS, "inprocess and simulation": LOCAL_ROUNDS},
+            "repeats": {"deployment": 1, "inprocess and simulation": args.repeats}}
     (HERE / "out" / "secagg.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {HERE / 'out' / 'secagg.json'}")
 

@@ -131,8 +131,8 @@ def _timings(events: list[dict]) -> dict:
 def _pooled(runs: list[dict]) -> dict:
     """One row from repeated runs of a case: medians over every run's rounds 2..R."""
     bad = [r for r in runs if "error" in r]
-    if bad:
-        return bad[0]
+    if bad or len(runs) == 1:
+        return bad[0] if bad else runs[0]
     rounds = [t for r in runs for t in r["rounds_s"]]
     trips: dict[str, list[float]] = {}
     for r in runs:
@@ -336,7 +336,7 @@ def case_flower_deployment(silos: int, params: int, secure: bool,
                 time.sleep(1)
             assert status == "finished:completed", status
             times = _flower_times(out)
-            return {"round_s": statistics.median(times[1:]),
+            return {"round_s": statistics.median(times[1:]), "rounds_s": times[1:],
                     "total_s": time.perf_counter() - started}
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -145,8 +144,11 @@ def _pooled(runs: list[dict]) -> dict:
 
 
 def threshold(silos: int) -> int:
-    """t = ⌈2n/3⌉ for both stacks (Flower's reconstruction_threshold, xsilo's secagg_threshold)."""
-    return max(2, math.ceil(2 * silos / 3))
+    """t = ⌈2n/3⌉ for both stacks (Flower's reconstruction_threshold, xsilo's secagg_threshold):
+    xsilo's default threshold when a round needs no more than two silos."""
+    from coordinator.secure import default_threshold
+
+    return default_threshold(silos, min_silos=2)
 
 
 def _config(silos: int, secure: bool, rounds: int = ROUNDS):
@@ -224,7 +226,7 @@ def case_deployment(silos: int, params: int, secure: bool, executor: str = "warm
 OUT_ENV = "XSILO_BENCH_FLOWER_OUT"
 
 FLOWER_APP = """
-import json, math, os, time
+import json, os, time
 from pathlib import Path
 import numpy as np
 from flwr.client import ClientApp, NumPyClient
@@ -234,7 +236,7 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-PARAMS, SILOS, SECURE, ROUNDS = {params}, {silos}, {secure}, {rounds}
+PARAMS, SILOS, SECURE, ROUNDS, THRESHOLD = {params}, {silos}, {secure}, {rounds}, {threshold}
 OUT_ENV = "{out_env}"
 
 
@@ -257,7 +259,7 @@ def main(grid, context: Context) -> None:
     ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS),
                         strategy=strategy)
     inner = (SecAggPlusWorkflow(num_shares=SILOS,
-                                reconstruction_threshold=max(2, math.ceil(2 * SILOS / 3)),
+                                reconstruction_threshold=THRESHOLD,
                                 timeout=600) if SECURE else None)
     times = []
 
@@ -277,7 +279,8 @@ def _flower_app(root: Path, silos: int, params: int, secure: bool, rounds: int =
     app = root / "flower-bench-app"
     app.mkdir()
     (app / "flower_bench_app.py").write_text(FLOWER_APP.format(
-        params=params, silos=silos, secure=secure, rounds=rounds, out_env=OUT_ENV))
+        params=params, silos=silos, secure=secure, rounds=rounds, threshold=threshold(silos),
+        out_env=OUT_ENV))
     (app / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
         '[project]\nname = "flower-bench-app"\nversion = "1.0.0"\ndescription = "bench"\n'

@@ -3,8 +3,14 @@
 It runs the protocol of :mod:`strategies.secagg` over the loop's :class:`Transport`:
 
 * **setup**, once per run after join (one round trip, ``train.secagg_setup``): every
-  joined silo gets a KeyRequest and its roster index; silos that do not answer are never
-  active (fewer than ``t`` keyed silos fail the run: every round would fail);
+  joined silo gets a KeyRequest and its roster index (fewer than ``t`` keyed silos fail
+  the run: every round would fail);
+* **re-keying**: a silo without keys is not active in a round. One that answers a
+  request with :class:`~xsilo.errors.KeysMissing` (it restarted and lost its state) is
+  re-keyed at the start of the next round it is in (one more round trip, that round
+  only: a KeyRequest with a higher epoch); one that missed the setup or a re-key is tried
+  again after 1, 2, 4, … rounds (at most ``REKEY_BACKOFF_CAP``), so a dead silo costs a
+  wait only now and then;
 * **every round**, two round trips: (1) ``train`` carries the global model, the train
   config and the silo's MaskRequest; the reply carries the silo's metrics in the clear
   (evaluation of the incoming model, train loss, example count) and its masked vector;
@@ -44,14 +50,19 @@ from coordinator.privacy import RunPrivacy
 from strategies.secagg import (
     KeyAdvert, MaskedInput, Message, RoundResult, UnmaskResponse, abort_round, begin_round,
     finish_round, make_config, message_from_record, receive_advert, receive_masked,
-    receive_unmask, request_more_unmask, request_unmask, start_run)
+    receive_unmask, request_more_unmask, request_rekey, request_unmask, start_run)
 from strategies.secagg.encoded import make_encoded_config
-from xsilo.errors import ProtocolError, SecureAggregationError
+from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
 
-__all__ = ["UNMASK_SPARES", "SecureAggregation", "SecureRound", "default_threshold"]
+__all__ = ["REKEY_BACKOFF_CAP", "UNMASK_SPARES", "SecureAggregation", "SecureRound",
+           "default_threshold"]
 
 log = logging.getLogger(__name__)
+
+REKEY_BACKOFF_CAP = 16
+"""A silo left without keys is re-keyed at the start of a round: the round after it reports
+that it lost them, else 1, 2, 4, … (at most this many) rounds after the last failed try."""
 
 UNMASK_SPARES = 1
 """Survivors asked to unmask beyond the ``t`` needed: so many can be lost during unmasking
@@ -80,6 +91,8 @@ class SecureRound:
     seconds: dict[str, float] = field(default_factory=dict)
     # Unmask requests sent and valid responses used ("asked", "answered").
     unmasking: dict[str, int] = field(default_factory=dict)
+    # Silos re-keyed before the round ("asked", "keyed"); empty when none was due.
+    rekeyed: dict[str, int] = field(default_factory=dict)
 
 
 def _parse(reply: Reply, expected: type[Message]) -> Message:
@@ -125,6 +138,10 @@ class SecureAggregation:
                 privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length,
                                     quant_step=self.config.quant.step)
         self.state: Any = None
+        # Joined silos without keys (missed the setup, restarted): node → the first round
+        # to re-key it in, and how many attempts in a row failed (for the back-off).
+        self._rekey_at: dict[int, int] = {}
+        self._key_failures: dict[int, int] = {}
 
     @property
     def threshold(self) -> int:
@@ -148,11 +165,28 @@ class SecureAggregation:
     def setup(self) -> dict[int, str]:
         """One round trip: key adverts from every silo; returns ``{node: why not keyed}``."""
         state, requests = start_run(self.config)
-        payloads = {node: Payload({"secagg-silo": i}, secagg=requests[i].to_record())
-                    for node, i in self.index.items()}
+        state, problems = self._key_exchange(state, requests, group="secagg-setup",
+                                             what="the key setup")
+        if len(state.directory) < self.threshold:
+            raise SecureAggregationError(
+                f"only {len(state.directory)} silo(s) completed the key setup, fewer than "
+                f"secagg_threshold={self.threshold}: every round would fail; problems: "
+                + "; ".join(f"node {n}: {p}" for n, p in sorted(problems.items())))
+        self.state = state
+        for node in problems:
+            self._keys_failed(node, 0)
+        return problems
+
+    def _key_exchange(self, state: Any, requests: Mapping[int, Message], *, group: str,
+                      what: str) -> tuple[Any, dict[int, str]]:
+        """Send KeyRequests (``{roster index: request}``); store the adverts that are valid.
+        Returns the new state and ``{node: why it has no keys}`` for the others."""
+        node_of = {i: node for node, i in self.index.items()}
+        payloads = {node_of[i]: Payload({"secagg-silo": i}, secagg=req.to_record())
+                    for i, req in requests.items()}
         replies = self.transport.exchange(SECAGG_SETUP, payloads,
-                                          timeout=self.run_config.round_timeout, group="secagg-setup")
-        problems = {node: "no reply to the key setup" for node in self.nodes if node not in replies}
+                                          timeout=self.run_config.round_timeout, group=group)
+        problems = {node: f"no reply to {what}" for node in payloads if node not in replies}
         for node, reply in sorted(replies.items()):
             try:
                 if reply.error is not None:
@@ -165,25 +199,54 @@ class SecureAggregation:
             except ProtocolError as exc:
                 problems[node] = str(exc)
                 log.warning("silo node %s has no secure-aggregation keys: %s", node, exc)
-        if len(state.directory) < self.threshold:
-            raise SecureAggregationError(
-                f"only {len(state.directory)} silo(s) completed the key setup, fewer than "
-                f"secagg_threshold={self.threshold}: every round would fail; problems: "
-                + "; ".join(f"node {n}: {p}" for n, p in sorted(problems.items())))
+        return state, problems
+
+    def _keys_failed(self, node: int, server_round: int) -> None:
+        """``node`` is left without keys: try again after 1, 2, 4, … rounds."""
+        failures = self._key_failures.get(node, 0) + 1
+        self._key_failures[node] = failures
+        self._rekey_at[node] = server_round + min(2 ** (failures - 1), REKEY_BACKOFF_CAP)
+
+    def _keys_lost(self, node: int, server_round: int) -> None:
+        """``node`` answered that it has no keys (it restarted): re-key it next round."""
+        self._key_failures.pop(node, None)
+        self._rekey_at[node] = server_round + 1
+
+    def _rekey(self, server_round: int, silos: Sequence[int], out: SecureRound) -> None:
+        """Fresh keys for this round's silos that have none and are due (one round trip,
+        only in a round where some silo needs it)."""
+        due = [n for n in silos if self._rekey_at.get(n, math.inf) <= server_round]
+        if not due:
+            return
+        state, requests = request_rekey(self.state, [self.index[n] for n in due])
+        started = time.monotonic()
+        state, problems = self._key_exchange(state, requests, group=f"{server_round}-rekey",
+                                             what="the re-key request")
         self.state = state
-        return problems
+        out.seconds["rekey"] = round(time.monotonic() - started, 3)
+        out.rekeyed = {"asked": len(due), "keyed": len(due) - len(problems)}
+        for node in due:
+            if node in problems:
+                out.problems[node] = f"re-key: {problems[node]}"
+                self._keys_failed(node, server_round)
+            else:
+                self._key_failures.pop(node, None)
+                self._rekey_at.pop(node, None)
 
     def round(self, server_round: int, config: Mapping[str, Any],
               current: Mapping[str, np.ndarray], silos: Sequence[int]) -> SecureRound:
-        """Two round trips; never raises for a protocol failure (see ``SecureRound.failure``)."""
+        """Two round trips (three when a silo is re-keyed first); never raises for a
+        protocol failure (see ``SecureRound.failure``)."""
+        out = SecureRound(replies={})
+        self._rekey(server_round, silos, out)
         try:
             state, requests = begin_round(self.state, round_=server_round,
                                           available=[self.index[n] for n in silos])
         except SecureAggregationError as exc:
-            return SecureRound(replies={}, trained=False, failure=str(exc),
-                               report=self._report(None))
+            out.trained, out.failure = False, str(exc)
+            out.report = self._round_report(out, None)
+            return out
         node_of = {i: node for node, i in self.index.items()}
-        out = SecureRound(replies={})
         arrived: list[int] = []  # silos whose masked input was accepted, in arrival order
 
         def fold(node: int, reply: Reply) -> Reply:
@@ -192,6 +255,7 @@ class SecureAggregation:
             nonlocal state
             try:
                 if reply.error is not None:
+                    self._note_error(node, reply, server_round)
                     raise ProtocolError(str(reply.error))
                 state = receive_masked(state, _parse(reply, MaskedInput))  # type: ignore[arg-type]
                 arrived.append(self.index[node])
@@ -216,8 +280,7 @@ class SecureAggregation:
         except ProtocolError as exc:  # SecureAggregationError included: fail the round only
             self.state = abort_round(state)
             out.failure = str(exc)
-            out.report = {**self._report(None), "seconds": out.seconds,
-                          **({"unmasking": out.unmasking} if out.unmasking else {})}
+            out.report = self._round_report(out, None)
             return out
         self.state = state
         out.weighted_sum = (
@@ -226,8 +289,7 @@ class SecureAggregation:
             else unflatten_update(result.weighted_sum, current))
         out.total_weight = float(result.total_weight)
         out.contributors = [node_of[i] for i in result.contributors]
-        out.report = {**self._report(result), "seconds": out.seconds,
-                      "unmasking": out.unmasking}
+        out.report = self._round_report(out, result)
         return out
 
     def _unmask(self, state: Any, server_round: int, out: SecureRound,
@@ -242,6 +304,7 @@ class SecureAggregation:
             nonlocal state
             try:
                 if reply.error is not None:
+                    self._note_error(node, reply, server_round)
                     raise ProtocolError(str(reply.error))
                 state = receive_unmask(state, _parse(reply, UnmaskResponse))  # type: ignore[arg-type]
             except ProtocolError as exc:
@@ -268,6 +331,16 @@ class SecureAggregation:
         out.seconds["unmasking"] = round(time.monotonic() - started, 3)
         out.unmasking = {"asked": asked, "answered": len(state.responses)}
         return state
+
+    def _note_error(self, node: int, reply: Reply, server_round: int) -> None:
+        if reply.error is not None and reply.error.type == KeysMissing.__name__:
+            self._keys_lost(node, server_round)
+
+    def _round_report(self, out: SecureRound, result: RoundResult | None) -> dict[str, Any]:
+        """The round's ``secure_aggregation`` report: protocol figures and round-trip costs."""
+        return {**self._report(result), **({"seconds": out.seconds} if out.seconds else {}),
+                **({"unmasking": out.unmasking} if out.unmasking else {}),
+                **({"rekeyed": out.rekeyed} if out.rekeyed else {})}
 
     def _report(self, result: RoundResult | None) -> dict[str, Any]:
         report: dict[str, Any] = {"threshold": self.threshold}

@@ -192,11 +192,15 @@ def train(msg: Message, context: Context) -> Message:
 @app.train("secagg_setup")
 @_guarded
 def secagg_setup(msg: Message, context: Context) -> Message:
-    """Secure-aggregation key setup (once per run): fresh keys, public halves to the coordinator."""
+    """Secure-aggregation key setup (once per run, again after a restart): fresh keys,
+    public halves to the coordinator."""
     silo = _silo(context)
     state, reply = secure.setup(_stored(context), _secagg_record(msg),
                                 silo_index=_config(msg).get("secagg-silo"))
     context.state[_SECAGG_STATE] = ConfigRecord(state)
+    if _RUN_TERMS not in context.state.config_records:  # re-keyed after a restart: the join
+        # terms were lost with the state, and a key request comes only in a secure run
+        context.state[_RUN_TERMS] = ConfigRecord({"secure-aggregation": True})
     silo.record_egress(run_id=_run_id(msg), server_round=0, message_type=msg.metadata.message_type,
                        arrays={}, metrics={}, extra={"secagg": reply["kind"],
                                                      "record_sha256": secure.record_digest(reply)})

@@ -31,7 +31,7 @@ from strategies.secagg import (
     silo_state_from_record, silo_state_to_record, silo_step)
 from silo_client.ledger import raw_bytes
 from silo_client.privacy import dp_terms, secure_update
-from xsilo.errors import ProtocolError
+from xsilo.errors import KeysMissing, ProtocolError
 from xsilo.protocol import flatten_update
 
 __all__ = ["MaskOutcome", "mask", "record_digest", "setup", "unmask", "weight_for"]
@@ -50,9 +50,9 @@ def _expect(record: Mapping[str, Any] | None, expected: type[Message], step: str
 
 def _state(stored: Mapping[str, Any] | None, step: str) -> Any:
     if not stored:
-        raise ProtocolError(f"{step}: this silo has no secure-aggregation keys for this run "
-                            "(it missed the key setup or lost its state); the coordinator must "
-                            "re-key it")
+        raise KeysMissing(f"{step}: this silo has no secure-aggregation keys for this run "
+                          "(it missed the key setup or restarted and lost its state); the "
+                          "coordinator re-keys it before its next round")
     return silo_state_from_record(dict(stored))
 
 

@@ -12,7 +12,8 @@
     ├── StrategyError               a strategy is unknown, misconfigured or incompatible
     │   └── UpdateRejected          one silo's update is unusable (non-finite, wrong shape)
     ├── ProtocolError               a peer sent a malformed, tampered or out-of-order message
-    │   └── SecureAggregationError  the secure-aggregation round cannot complete safely
+    │   ├── SecureAggregationError  the secure-aggregation round cannot complete safely
+    │   └── KeysMissing             a silo lost its secure-aggregation keys (it gets re-keyed)
     └── PrivacyBudgetExceeded       the next round would exceed the privacy budget
 
 Every message names the offending parameter or file, the value received, the rule it
@@ -26,6 +27,7 @@ __all__ = [
     "DataValidationError",
     "DeploymentError",
     "EnrollmentError",
+    "KeysMissing",
     "ModelError",
     "PolicyRefusal",
     "PrivacyBudgetExceeded",
@@ -87,6 +89,12 @@ class ProtocolError(XsiloError):
 
 class SecureAggregationError(ProtocolError):
     """A secure-aggregation round cannot complete without breaking its guarantees."""
+
+
+class KeysMissing(ProtocolError):
+    """A silo holds no secure-aggregation keys for the run, or not the ones the coordinator
+    has for it (it restarted, lost its state or missed the key setup). The silo refuses the
+    request; the coordinator re-keys it before its next round (``coordinator.secure``)."""
 
 
 class PrivacyBudgetExceeded(XsiloError):

@@ -52,6 +52,7 @@ ERROR_CODES = {
     "ProtocolError": 9005,
     "SecureAggregationError": 9006,
     "PrivacyBudgetExceeded": 9007,
+    "KeysMissing": 9008,
 }
 
 

@@ -45,7 +45,7 @@ from strategies.secagg.messages import (
     UnmaskResponse)
 from strategies.secagg.prg import ByteSource, KeystreamSource, SystemSource, add_mask
 from strategies.secagg.quantize import encode
-from xsilo.errors import ProtocolError, SecureAggregationError
+from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
 
 __all__ = ["SiloStage", "SiloState", "new_silo", "silo_state_from_record", "silo_state_to_record",
            "silo_step"]
@@ -220,8 +220,8 @@ def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdve
     mine = directory[me]
     if (mine.epoch, mine.enc_pk, mine.mask_pk) != (
             state.epoch, _public(state.enc_sk), _public(state.mask_sk)):
-        raise ProtocolError(f"silo {me}: the coordinator's directory does not hold this silo's "
-                            f"current keys (epoch {state.epoch}); it must re-key this silo")
+        raise KeysMissing(f"silo {me}: the coordinator's directory does not hold this silo's "
+                          f"current keys (epoch {state.epoch}); it must re-key this silo")
     return directory
 
 

@@ -217,15 +217,64 @@ def test_a_silo_lost_before_its_masked_input_is_excluded(
     _close_within_row_bound(run_dir, 1, _fedavg(trained, 1, NAMES[:2]))
 
 
-def test_a_silo_without_keys_is_never_active(tmp_path: Path, federation: list[Path]) -> None:
+def test_a_silo_that_missed_the_setup_is_left_out_and_retried_with_back_off(
+        tmp_path: Path, federation: list[Path]) -> None:
     run_dir = tmp_path / "run"
     drop = lambda node, message_type: node == 3 and message_type == SECAGG_SETUP  # noqa: E731
-    config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+    config = RunConfig(num_rounds=4, min_silos=2, expected_silos=3, secure_aggregation=True,
                        secagg_threshold=2, round_timeout=0.5)
     assert run_in_process(run_dir, config, federation, drop=drop)["status"] == "completed"
     setup = next(e for e in RunStore(run_dir).events() if e["event"] == "secure_aggregation_setup")
     assert setup["not_keyed"] == {"hospital-c": "no reply to the key setup"}
-    assert _rows(run_dir)[1]["contributors"] == NAMES[:2]
+    rows = _rows(run_dir)
+    assert all(rows[r]["contributors"] == NAMES[:2] for r in range(1, 5))
+    # Setup failed (round 0): tried in round 1, failed again, next in round 1 + 2 = 3,
+    # then not before round 3 + 4 = 7.
+    tried = [r for r in range(1, 5) if "rekeyed" in rows[r]["secure_aggregation"]]
+    assert tried == [1, 3]
+    assert rows[1]["secure_aggregation"]["rekeyed"] == {"asked": 1, "keyed": 0}
+    assert "re-key: no reply to the re-key request" in rows[3]["rejected"]["hospital-c"]
+
+
+def test_a_silo_that_restarts_mid_run_is_re_keyed_and_summed_again(
+        tmp_path: Path, federation: list[Path], trained: dict,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.app import RecordDict
+
+    from coordinator.local_grid import LocalGrid
+
+    push = LocalGrid.push_messages
+
+    def restart_c_before_round_2(self, messages):  # its SuperNode restarts: node state is gone
+        messages = list(messages)
+        if any(m.metadata.dst_node_id == 3 and m.metadata.message_type == "train"
+               and m.metadata.group_id == "2" for m in messages):
+            self._contexts[3].state = RecordDict()
+        return push(self, messages)
+
+    monkeypatch.setattr(LocalGrid, "push_messages", restart_c_before_round_2)
+    run_dir = tmp_path / "run"
+    config = RunConfig(num_rounds=3, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_threshold=2, round_timeout=0.5)
+    assert run_in_process(run_dir, config, federation)["rounds_failed"] == []
+    rows = _rows(run_dir)
+    assert rows[1]["contributors"] == NAMES
+    # Round 2: hospital-c refuses to mask without keys; the others' sum is unmasked.
+    assert rows[2]["contributors"] == NAMES[:2]
+    assert "KeysMissing" in rows[2]["rejected"]["hospital-c"]
+    assert "rekeyed" not in rows[2]["secure_aggregation"]
+    _close_within_row_bound(run_dir, 2, _fedavg(trained, 2, NAMES[:2]))
+    # Round 3: re-keyed first (one more round trip), then summed with the others again.
+    assert rows[3]["secure_aggregation"]["rekeyed"] == {"asked": 1, "keyed": 1}
+    assert "rekey" in rows[3]["secure_aggregation"]["seconds"]
+    assert rows[3]["contributors"] == NAMES
+    _close_within_row_bound(run_dir, 3, _fedavg(trained, 3, NAMES))
+    # hospital-c's ledger: the refusal and the second key advert left the site too.
+    ledger = Silo.from_file(str(federation[2])).ledger
+    entries = [json.loads(line) for line in ledger.path.read_text().splitlines()]
+    assert verify_ledger(ledger.path).ok
+    kinds = [e["message_type"] for e in entries]
+    assert kinds.count(SECAGG_SETUP) == 2 and "train.refusal" in kinds
 
 
 def test_too_few_keyed_silos_fail_the_run_at_setup(tmp_path: Path, federation: list[Path]) -> None:

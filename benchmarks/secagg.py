@@ -441,6 +441,19 @@ def _goals(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes): what was measured."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engines", nargs="+", choices=sorted(CASES),
@@ -495,7 +508,8 @@ def main() -> None:
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "python": platform.python_version(),
             "rounds": {"deployment": ROUNDS, "inprocess and simulation": LOCAL_ROUNDS},
-            "repeats": {"deployment": 1, "inprocess and simulation": args.repeats}}
+            "repeats": {"deployment": 1, "inprocess and simulation": args.repeats},
+            "commit": _commit(), "command": " ".join([".venv/bin/python", *sys.argv])}
     (HERE / "out" / "secagg.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {HERE / 'out' / 'secagg.json'}")
 

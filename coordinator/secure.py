@@ -178,11 +178,12 @@ class SecureAggregation:
         return problems
 
     def _key_exchange(self, state: Any, requests: Mapping[int, Message], *, group: str,
-                      what: str) -> tuple[Any, dict[int, str]]:
+                      what: str, server_round: int = 0) -> tuple[Any, dict[int, str]]:
         """Send KeyRequests (``{roster index: request}``); store the adverts that are valid.
         Returns the new state and ``{node: why it has no keys}`` for the others."""
         node_of = {i: node for node, i in self.index.items()}
-        payloads = {node_of[i]: Payload({"secagg-silo": i}, secagg=req.to_record())
+        payloads = {node_of[i]: Payload({"secagg-silo": i, "server-round": server_round},
+                                        secagg=req.to_record())
                     for i, req in requests.items()}
         replies = self.transport.exchange(SECAGG_SETUP, payloads,
                                           timeout=self.run_config.round_timeout, group=group)
@@ -221,7 +222,7 @@ class SecureAggregation:
         state, requests = request_rekey(self.state, [self.index[n] for n in due])
         started = time.monotonic()
         state, problems = self._key_exchange(state, requests, group=f"{server_round}-rekey",
-                                             what="the re-key request")
+                                             what="the re-key request", server_round=server_round)
         self.state = state
         out.seconds["rekey"] = round(time.monotonic() - started, 3)
         out.rekeyed = {"asked": len(due), "keyed": len(due) - len(problems)}

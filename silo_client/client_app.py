@@ -201,7 +201,8 @@ def secagg_setup(msg: Message, context: Context) -> Message:
     if _RUN_TERMS not in context.state.config_records:  # re-keyed after a restart: the join
         # terms were lost with the state, and a key request comes only in a secure run
         context.state[_RUN_TERMS] = ConfigRecord({"secure-aggregation": True})
-    silo.record_egress(run_id=_run_id(msg), server_round=0, message_type=msg.metadata.message_type,
+    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg),  # 0: the run's setup
+                       message_type=msg.metadata.message_type,
                        arrays={}, metrics={}, extra={"secagg": reply["kind"],
                                                      "record_sha256": secure.record_digest(reply)})
     return Message(RecordDict(_secagg_content(reply)), reply_to=msg)

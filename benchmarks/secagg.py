@@ -130,8 +130,10 @@ def _timings(events: list[dict]) -> dict:
 def _pooled(runs: list[dict]) -> dict:
     """One row from repeated runs of a case: medians over every run's rounds 2..R."""
     bad = [r for r in runs if "error" in r]
-    if bad or len(runs) == 1:
-        return bad[0] if bad else runs[0]
+    if bad:
+        return bad[0]
+    if len(runs) == 1:
+        return runs[0]
     rounds = [t for r in runs for t in r["rounds_s"]]
     trips: dict[str, list[float]] = {}
     for r in runs:

@@ -208,11 +208,6 @@ class SecureAggregation:
         self._key_failures[node] = failures
         self._rekey_at[node] = server_round + min(2 ** (failures - 1), REKEY_BACKOFF_CAP)
 
-    def _keys_lost(self, node: int, server_round: int) -> None:
-        """``node`` answered that it has no keys (it restarted): re-key it next round."""
-        self._key_failures.pop(node, None)
-        self._rekey_at[node] = server_round + 1
-
     def _rekey(self, server_round: int, silos: Sequence[int], out: SecureRound) -> None:
         """Fresh keys for this round's silos that have none and are due (one round trip,
         only in a round where some silo needs it)."""
@@ -334,17 +329,16 @@ class SecureAggregation:
         return state
 
     def _note_error(self, node: int, reply: Reply, server_round: int) -> None:
+        """A silo that answered :class:`KeysMissing` restarted: re-key it next round."""
         if reply.error is not None and reply.error.type == KeysMissing.__name__:
-            self._keys_lost(node, server_round)
+            self._key_failures.pop(node, None)
+            self._rekey_at[node] = server_round + 1
 
     def _round_report(self, out: SecureRound, result: RoundResult | None) -> dict[str, Any]:
         """The round's ``secure_aggregation`` report: protocol figures and round-trip costs."""
-        return {**self._report(result), **({"seconds": out.seconds} if out.seconds else {}),
-                **({"unmasking": out.unmasking} if out.unmasking else {}),
-                **({"rekeyed": out.rekeyed} if out.rekeyed else {})}
-
-    def _report(self, result: RoundResult | None) -> dict[str, Any]:
         report: dict[str, Any] = {"threshold": self.threshold}
+        report.update({k: v for k, v in (("seconds", out.seconds), ("unmasking", out.unmasking),
+                                         ("rekeyed", out.rekeyed)) if v})
         if result is None:
             return report
         e = result.error

@@ -149,6 +149,23 @@ class LocalFederation:
                 self.gateways[silo.name] = member.gateway
         return self
 
+    def restart_silo(self, name: str) -> None:
+        """Stop silo ``name`` (SuperNode, then gateway) and start it again from its
+        ``silo.toml``: the same node key, so the same node id, but a fresh SuperNode with no
+        node-local state (what a silo operator's restart does)."""
+        silo = next((s for s in self.silos if s.name == name), None)
+        old = next((m for m in self.running
+                    if getattr(m, "supernode", None) is self.supernodes.get(name)), None)
+        if silo is None or old is None:
+            raise DeploymentError(f"no running silo {name!r} in this federation; running: "
+                                  f"{sorted(self.supernodes)}")
+        old.stop()
+        self.running.remove(old)
+        member = start_member(silo)
+        self.running.append(member)
+        self.supernodes[name] = member.supernode
+        self.processes.append(member.supernode)
+
     def stop(self) -> None:
         """Stop everything this federation started (idempotent): silos (SuperNode, then
         gateway), then the coordinator (gateway, then SuperLink)."""

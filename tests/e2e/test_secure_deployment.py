@@ -50,24 +50,18 @@ def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(tmp_path: 
     import threading
     import time
 
-    from silo_client.member import start_member
-
     fed = LocalFederation(tmp_path).setup()
     restarted: list[float] = []
     with fed:
         fed.start()
-        c = next(s for s in fed.silos if s.name == "hospital-c")
-        old = next(m for m in fed.running
-                   if getattr(m, "supernode", None) is fed.supernodes[c.name])
+        old_pid = fed.supernodes["hospital-c"].pid
 
         def restart_c_after_the_key_setup() -> None:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 logs = list(fed.home.runs.glob("*/metrics.jsonl"))
                 if logs and "secure_aggregation_setup" in logs[0].read_text():
-                    old.stop()
-                    fed.running.remove(old)
-                    fed.running.append(start_member(c))
+                    fed.restart_silo("hospital-c")
                     restarted.append(time.monotonic())
                     return
                 time.sleep(0.2)
@@ -79,7 +73,10 @@ def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(tmp_path: 
                                     round_timeout=30.0, join_timeout=45.0, name="restart"),
                           timeout=85)
         restarter.join(timeout=5)
+        assert fed.supernodes["hospital-c"].pid != old_pid
+        processes = list(fed.processes)
     assert restarted, "hospital-c was never restarted"
+    assert all(not p.alive() for p in processes)
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["rounds_failed"] == []
     rows = [e for e in outcome.store.events() if e["event"] == "round" and e["round"] >= 1]

@@ -270,7 +270,7 @@ class Pki:
                         node_public_key_sha256=node_key_fingerprint(node_line))
         path = Path(out) if out else self.root / "bundles" / f"{name}.json"
         write_text_atomic(path, bundle.to_json(ca.key))
-        log.info("issued %s serial %X until %s -> %s", name, cert.serial_number,
+        log.info("issued %s serial %s until %s -> %s", name, _nginx_serial(cert.serial_number),
                  cert.not_valid_after_utc.date(), path)
         return path
 

@@ -48,7 +48,10 @@ def test_approve_signs_the_requested_key_as_a_client_cert(pki: Pki, tmp_path: Pa
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert dt.timedelta(days=29) < lifetime <= dt.timedelta(days=30)
     (rec,) = [r for r in pki.records() if r.kind == "silo"]
-    assert (rec.name, rec.state, rec.serial) == ("hospital-a", "valid", f"{cert.serial_number:X}")
+    # nginx's $ssl_client_serial form: upper-case hex, whole bytes (a leading 0 when needed)
+    digits = f"{cert.serial_number:X}"
+    assert (rec.name, rec.state, rec.serial) == ("hospital-a", "valid",
+                                                 digits.rjust(len(digits) + len(digits) % 2, "0"))
     assert rec.node_key_sha256.startswith("SHA256:")
     assert list(pki.enrolled_node_keys()) == ["hospital-a"]
     assert data["coordinator_server_name"] == "localhost"
@@ -171,3 +174,13 @@ def test_malformed_requests_are_refused_and_change_nothing(pki: Pki, tmp_path: P
             pki.approve(path)
         assert str(path) in str(err.value), case
         assert _snapshot(pki.root) == before, case
+
+
+@pytest.mark.parametrize("serial, text", [(0xA, "0A"), (0xAB, "AB"), (0xABC, "0ABC"),
+                                          (0x1F00, "1F00")])
+def test_serials_are_written_as_nginx_logs_them(serial: int, text: str) -> None:
+    """Whole bytes, upper case: a record's serial matches $ssl_client_serial in the gateway log
+    (a random serial has an odd number of hex digits one time in sixteen)."""
+    from deploy.pki import _nginx_serial
+
+    assert _nginx_serial(serial) == text

@@ -29,6 +29,7 @@ import numpy as np
 from strategies.secagg import (
     KeyRequest, MaskRequest, Message, UnmaskRequest, message_from_record, new_silo,
     silo_state_from_record, silo_state_to_record, silo_step)
+from strategies.secagg.quantize import count_clipped
 from silo_client.ledger import raw_bytes
 from silo_client.privacy import dp_terms, secure_update
 from xsilo.errors import KeysMissing, ProtocolError
@@ -110,9 +111,9 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
         return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                            {"secagg-dp-clip-norm": prepared.clip_norm})
     quant = state.config.quant
-    update = flatten_update(delta, template)
+    update = flatten_update(delta, template, dtype=None)  # encode reads it a chunk at a time
     weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)
-    clipped = int(np.count_nonzero(np.abs(update) > quant.clip))
+    clipped = count_clipped(update, quant.clip)
     state, reply = silo_step(state, message, update=update, weight=weight)
     return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                        {"secagg-weight": float(weight), "secagg-capped": float(capped),

@@ -61,13 +61,22 @@ def model_length(template: Mapping[str, np.ndarray]) -> int:
     return int(sum(np.asarray(a).size for a in template.values()))
 
 
-def flatten_update(arrays: Mapping[str, np.ndarray],
-                   template: Mapping[str, np.ndarray]) -> np.ndarray:
-    """One float64 vector: ``arrays`` in ``template``'s tensor order, each in C order."""
+def flatten_update(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray], *,
+                   dtype: np.dtype | type | None = np.float64) -> np.ndarray:
+    """One vector: ``arrays`` in ``template``'s tensor order, each in C order.
+
+    ``dtype`` is the vector's (float64 by default); ``None`` keeps the tensors' common type
+    (a float32 model stays float32: half the bytes, when the consumer converts anyway;
+    integer tensors still give float64).
+    """
     missing = [k for k in template if k not in arrays]
     if missing or len(arrays) != len(template):
         raise ValueError(f"update tensors {sorted(arrays)} do not match the model's {list(template)}")
-    out = np.empty(model_length(template), dtype=np.float64)
+    if dtype is None:
+        kinds = [np.asarray(arrays[k]).dtype for k in template]
+        common = np.result_type(*kinds) if kinds else np.dtype(np.float64)
+        dtype = common if common.kind == "f" else np.dtype(np.float64)
+    out = np.empty(model_length(template), dtype=dtype)
     pos = 0
     for name, ref in template.items():
         value = np.asarray(arrays[name])

@@ -5,7 +5,7 @@ Encoding (one silo, update ``x ∈ R^d``, integer weight ``0 ≤ w ≤ W``, rang
 
     v_k = (clip(x_k, −c, c) + c) / Δ            ∈ [0, L]
     q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding;
-                                                  the coin has 32 random bits: bias < 2^-32)
+                                                  the coin has 32 random bits: bias ≤ 2^-32)
     encode(x, w) = [w, w·q_1, …, w·q_d]         (uint words, the vector that gets masked)
 
 Decoding the sum over silos ``S`` (``T_0 = Σ w_i``, ``T_k = Σ w_i q_ik``)::
@@ -34,6 +34,8 @@ from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
 __all__ = [
     "ErrorReport",
     "QuantParams",
+    "coin_bits",
+    "count_clipped",
     "decode_sum",
     "encode",
     "error_report",
@@ -136,65 +138,95 @@ def _check_weight(weight: int, params: QuantParams) -> int:
     return int(weight)
 
 
-_CHUNK = 1 << 16  # coordinates per pass of encode (a 256 KiB float64 buffer)
+_CHUNK = 1 << 16  # coordinates per pass of encode (256 KiB float64 / int64 buffers)
+
+
+def coin_bits(bits: int) -> int:
+    """``s``, the random bits of each rounding coin: 32, fewer only above 30-bit levels so that
+    ``L · 2^s < 2^62`` keeps the fixed-point arithmetic of :func:`encode` in ``int64``."""
+    return min(32, 62 - bits)
 
 
 def encode(update: np.ndarray, *, weight: int, params: QuantParams,
            rng: ByteSource | None = None) -> np.ndarray:
     """``[w, w·q_1, …, w·q_d]`` as ``params.dtype`` (see the module docstring for ``q``).
 
-    Everything is float64 (``v < 2^32`` is exact to well below a level at any bit width) and
-    the weight is applied in the integer dtype, exactly. The vector is processed a chunk at a
-    time through small buffers, so every pass stays in cache and no model-sized float64
-    temporaries are allocated (their page faults cost more than the arithmetic).
+    Stochastic rounding in fixed point: with ``s = coin_bits(b)`` and ``U`` uniform on
+    ``s``-bit words, ``q = (⌊v·2^s⌋ + U) >> s`` is ``⌊v⌋ + 1`` with probability
+    ``⌊f·2^s⌋·2^-s`` (``f = v − ⌊v⌋``), so ``E[q] = v`` to within ``2^-s``; ``v·2^s`` is
+    computed in float64, which holds ``53 − b`` fraction bits of ``v`` (all 32 coin bits up
+    to 21-bit levels). The weight is applied in the integer dtype, exactly. The vector is
+    processed a chunk at a time through small buffers, so every pass stays in cache and no
+    model-sized float64 temporaries are allocated (their page faults cost more than the
+    arithmetic).
     """
     w = _check_weight(weight, params)
     x = np.asarray(update).ravel()
     if x.dtype.kind not in "fiu":
         raise UpdateRejected(f"update must be numeric, got dtype {x.dtype}")
-    # A float64 sum is finite exactly when no entry is NaN/Inf, unless a float64 input is so
-    # large that the sum overflows; only then is every entry checked.
-    with np.errstate(over="ignore"):
-        total = float(np.add.reduce(x, dtype=np.float64)) if x.size else 0.0
-    if not math.isfinite(total) and not np.isfinite(x).all():
-        raise UpdateRejected("update contains NaN or Inf; it cannot be quantized")
+    # Integers are finite. A float sum (in the input's own dtype: one fast pass) is finite
+    # when no entry is NaN/Inf; only when it is not (an Inf or NaN, or huge finite values
+    # whose sum overflows) is every entry checked.
+    if x.dtype.kind == "f" and x.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.add.reduce(x))
+        if not math.isfinite(total) and not np.isfinite(x).all():
+            raise UpdateRejected("update contains NaN or Inf; it cannot be quantized")
     source = rng or default_source()
+    s = coin_bits(params.bits)
+    scale = float(1 << s) / params.step  # v·2^s = (x + c)·2^s/Δ: one multiply and one add
+    offset, top = params.clip * scale, float(params.levels << s)
     out = np.empty(x.size + 1, dtype=params.dtype)
     out[0] = w
     size = min(x.size, _CHUNK)
-    v, low = np.empty(size, dtype=np.float64), np.empty(size, dtype=np.float64)
-    coin = np.empty(size, dtype=bool)
+    y, q = np.empty(size, dtype=np.float64), np.empty(size, dtype=np.int64)
     for start in range(0, x.size, _CHUNK):
         n = min(_CHUNK, x.size - start)
-        vn, lown, coinn = v[:n], low[:n], coin[:n]
-        vn[...] = x[start:start + n]  # to float64 first: no arithmetic in the input's dtype
-        np.clip(vn, -params.clip, params.clip, out=vn)
-        vn += params.clip
-        vn /= params.step
-        np.clip(vn, 0.0, params.levels, out=vn)  # the top edge, against rounding in the division
-        np.floor(vn, out=lown)
-        vn -= lown  # the fraction f = v − ⌊v⌋ ∈ [0, 1), exact
-        # Bernoulli(f) as u < f·2^32 with u uniform on 32-bit words: P = ⌈f·2^32⌉·2^-32,
-        # within 2^-32 of f (2^32 scales exactly; 53 random bits would buy nothing here).
-        vn *= 4294967296.0
-        np.less(np.frombuffer(source.read(4 * n), dtype="<u4"), vn, out=coinn)
-        lown += coinn
-        out[1 + start:1 + start + n] = lown  # exact: integers in [0, L], L < 2^32
-    if w != 1:
-        body = out[1:]
-        body *= params.dtype.type(w)  # exact in the integer dtype: w·q ≤ W·L < 2^k
+        yn, qn = y[:n], q[:n]
+        np.multiply(x[start:start + n], scale, out=yn, dtype=np.float64)
+        yn += offset
+        np.clip(yn, 0.0, top, out=yn)  # clipping x to [−c, c] is clipping v to [0, L]
+        qn[...] = yn  # truncation is ⌊·⌋ here: yn ≥ 0
+        coins = np.frombuffer(source.read(4 * n), dtype="<u4")
+        qn += coins >> np.uint32(32 - s) if s < 32 else coins
+        qn >>= s
+        body = out[1 + start:1 + start + n]
+        body[...] = qn  # exact: integers in [0, L], L < 2^32
+        if w != 1:
+            body *= params.dtype.type(w)  # exact in the integer dtype: w·q ≤ W·L < 2^k
     return out
 
 
+def count_clipped(update: np.ndarray, clip: float) -> int:
+    """How many coordinates of ``update`` lie outside ``[−clip, clip]`` (chunked: no
+    model-sized temporaries)."""
+    x = np.asarray(update).ravel()
+    return sum(int(np.count_nonzero(np.abs(x[i:i + _CHUNK]) > clip))
+               for i in range(0, x.size, _CHUNK))
+
+
 def decode_sum(total: np.ndarray, *, params: QuantParams) -> tuple[np.ndarray, int]:
-    """``(Σ w_i x_i, Σ w_i)`` from the unmasked modular sum ``[T_0, T_1, …]``."""
-    t = np.asarray(total).astype(np.uint64) & np.uint64((1 << params.modulus_bits) - 1)
-    total_weight = int(t[0])
+    """``(Σ w_i x_i, Σ w_i)`` from the unmasked modular sum ``[T_0, T_1, …]`` (any uint
+    dtype, reduced here; a chunk at a time, so the only model-sized array is the result)."""
+    t = np.asarray(total)
+    if t.dtype.kind != "u" or t.ndim != 1 or t.size < 1:
+        raise SecureAggregationError(f"an unmasked sum must be a non-empty 1-D uint vector, "
+                                     f"got {t.dtype}{list(t.shape)}")
+    reduce = t.dtype.type((1 << params.modulus_bits) - 1)
+    total_weight = int(t[0] & reduce)
     if total_weight > params.num_silos * params.max_weight:
         raise SecureAggregationError(
             f"unmasked total weight {total_weight} exceeds num_silos·max_weight = "
             f"{params.num_silos * params.max_weight}: the masks did not cancel")
-    return t[1:].astype(np.float64) * params.step - params.clip * total_weight, total_weight
+    out = np.empty(t.size - 1, dtype=np.float64)
+    body, words = t[1:], np.empty(min(out.size, _CHUNK), dtype=t.dtype)
+    for start in range(0, out.size, _CHUNK):
+        n = min(_CHUNK, out.size - start)
+        np.bitwise_and(body[start:start + n], reduce, out=words[:n])
+        part = out[start:start + n]
+        np.multiply(words[:n], params.step, out=part, dtype=np.float64)
+        part -= params.clip * total_weight
+    return out, total_weight
 
 
 @dataclass(frozen=True)

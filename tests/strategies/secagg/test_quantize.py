@@ -9,7 +9,8 @@ import pytest
 from secagg_helpers import seeded
 
 from strategies.secagg.quantize import (
-    decode_sum, encode, error_report, make_quant_params, required_modulus_bits, validate_params)
+    coin_bits, count_clipped, decode_sum, encode, error_report, make_quant_params,
+    required_modulus_bits, validate_params)
 from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
 
 
@@ -99,6 +100,23 @@ def test_decode_detects_masks_that_did_not_cancel():
     params = make_quant_params(num_silos=2, clip=1.0, bits=8, max_weight=10)
     with pytest.raises(SecureAggregationError, match="did not cancel"):
         decode_sum(np.array([21, 0], dtype=np.uint32), params=params)
+    with pytest.raises(SecureAggregationError, match="1-D uint vector"):
+        decode_sum(np.array([1, 0]), params=params)  # int64: not a modular sum
+
+
+def test_decoding_reduces_mod_m_and_does_not_depend_on_the_chunk_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import strategies.secagg.quantize as q
+
+    params = make_quant_params(num_silos=3, clip=2.0, bits=10, max_weight=5)  # M = 2^14
+    rng = np.random.default_rng(3)  # test data, not a secret
+    body = rng.integers(0, 3 * 5 * 1023, 5001, dtype=np.uint64)
+    wrapped = np.concatenate([[7], body]).astype(np.uint32) + np.uint32(1 << 14) * 3
+    est, tw = decode_sum(wrapped, params=params)
+    assert tw == 7
+    np.testing.assert_array_equal(est, body.astype(np.float64) * params.step - 2.0 * 7)
+    monkeypatch.setattr(q, "_CHUNK", 64)
+    assert np.array_equal(decode_sum(wrapped, params=params)[0], est)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -159,3 +177,41 @@ def test_a_large_weight_is_applied_exactly_in_the_integer_dtype() -> None:
     assert params.dtype == np.uint64
     out = encode(np.array([1.0, -1.0]), weight=w, params=params, rng=seeded("w"))
     assert [int(v) for v in out] == [w, w * ((1 << 32) - 1), 0]
+
+
+class _Coins:
+    """A ByteSource whose every 32-bit rounding coin is ``u``."""
+
+    def __init__(self, u: int) -> None:
+        self.word = u.to_bytes(4, "little")
+
+    def read(self, n: int) -> bytes:
+        return self.word * (n // 4)
+
+
+def test_the_coin_rounds_up_exactly_when_it_reaches_the_fraction() -> None:
+    # v = 1000.25: q = 1001 iff the coin u ≥ 2^32 − ⌊0.25·2^32⌋ (P = 1/4); a margin of 2 on
+    # either side absorbs the float64 rounding of v (far below one coin step here).
+    params = make_quant_params(num_silos=2, clip=1.0, bits=16, max_weight=1)
+    x = np.array([1000.25 * params.step - 1.0])
+    edge = (1 << 32) - (1 << 30)
+    assert encode(x, weight=1, params=params, rng=_Coins(edge + 2))[1] == 1001
+    assert encode(x, weight=1, params=params, rng=_Coins(edge - 2))[1] == 1000
+    assert encode(x, weight=1, params=params, rng=_Coins(0))[1] == 1000
+
+
+def test_coins_keep_32_bits_until_the_levels_need_the_room() -> None:
+    assert [coin_bits(b) for b in (1, 16, 30, 31, 32)] == [32, 32, 32, 31, 30]
+    for bits in (30, 31, 32):  # the largest fixed-point value stays inside int64
+        assert ((1 << bits) - 1) << coin_bits(bits) < 1 << 62
+
+
+def test_count_clipped_counts_both_sides_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import strategies.secagg.quantize as q
+
+    x = np.linspace(-3, 3, 10_001, dtype=np.float32)
+    expected = int(np.count_nonzero(np.abs(x) > 2.0))
+    assert count_clipped(x, 2.0) == expected > 0
+    monkeypatch.setattr(q, "_CHUNK", 999)
+    assert count_clipped(x, 2.0) == expected
+    assert count_clipped(np.zeros(0), 1.0) == 0

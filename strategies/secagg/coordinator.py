@@ -42,7 +42,8 @@ from strategies.secagg import shamir
 from strategies.secagg.encoded import encoded_sum
 from strategies.secagg.masking import PAIR_LABEL, SELF_LABEL, pair_sign
 from strategies.secagg.messages import (
-    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, SecAggConfig, UnmaskRequest, UnmaskResponse)
+    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, SecAggConfig, UnmaskRequest, UnmaskResponse,
+    check_protocol)
 from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import ErrorReport, decode_sum, error_report
 from xsilo.errors import ProtocolError, SecureAggregationError
@@ -135,6 +136,7 @@ def receive_advert(state: CoordinatorState, advert: KeyAdvert) -> CoordinatorSta
     if advert.run_id != state.config.run_id or advert.silo not in state.config.roster:
         raise ProtocolError(f"key advert from silo {advert.silo} for run {advert.run_id!r} "
                             "does not belong to this run")
+    check_protocol(advert.protocol, peer=f"silo {advert.silo}")
     if advert.epoch != state.epochs.get(advert.silo) or advert.silo in state.directory:
         raise ProtocolError(f"key advert from silo {advert.silo} has epoch {advert.epoch}; "
                             f"expected a first advert for epoch {state.epochs.get(advert.silo)}")

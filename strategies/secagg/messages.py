@@ -22,7 +22,7 @@ UnmaskResponse     silo → coordinator     reply: revealed shares
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,11 +39,27 @@ __all__ = [
     "SecAggConfig",
     "UnmaskRequest",
     "UnmaskResponse",
+    "PROTOCOL_VERSION",
+    "check_protocol",
     "make_config",
     "message_from_record",
 ]
 
 _MAX_ID = (1 << 63) - 1  # silo ids travel as ConfigRecord ints (signed 64-bit)
+
+PROTOCOL_VERSION = 2
+"""The protocol revision, in every KeyRequest and KeyAdvert: peers that differ would compute
+different masks (2: the GCTR mask keystream; 1: releases before it, which sent no version), so
+the key setup refuses a mismatch. Bump it with any change to what either side computes."""
+
+
+def check_protocol(version: int, *, peer: str) -> None:
+    """ProtocolError unless ``version`` (sent by ``peer``) is this release's."""
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"{peer} speaks secure-aggregation protocol {version}, this side "
+            f"{PROTOCOL_VERSION}: their masks would not cancel; install the same xsilo release "
+            "on the coordinator and every silo")
 
 
 @dataclass(frozen=True)
@@ -97,8 +113,10 @@ class Message:
     def from_record(cls, record: dict[str, Any]) -> Message:
         if record.get("kind") != cls.KIND:
             raise ProtocolError(f"expected a {cls.KIND!r} message, got kind={record.get('kind')!r}")
+        # A field with a default may be absent (a peer from before the field existed).
         values = {f.name: _parse(cls.KIND, f.name, str(f.type), record.get(f.name))
-                  for f in fields(cls)}  # type: ignore[arg-type]
+                  for f in fields(cls)  # type: ignore[arg-type]
+                  if f.name in record or f.default is MISSING}
         return cls(**values)
 
 
@@ -142,6 +160,7 @@ class KeyRequest(Message):
     max_weight: int
     modulus_bits: int
     encoded: int = 0  # 1: the run masks pre-encoded vectors (clip, bits, max_weight unused)
+    protocol: int = 1  # PROTOCOL_VERSION of the sender; absent (1) from older releases
 
     @classmethod
     def for_config(cls, config: SecAggConfig, *, epoch: int) -> KeyRequest:
@@ -149,7 +168,7 @@ class KeyRequest(Message):
         return cls(run_id=config.run_id, epoch=epoch, roster=config.roster,
                    threshold=config.threshold, length=config.length, clip=q.clip, bits=q.bits,
                    max_weight=q.max_weight, modulus_bits=q.modulus_bits,
-                   encoded=int(config.encoded))
+                   encoded=int(config.encoded), protocol=PROTOCOL_VERSION)
 
     def config(self) -> SecAggConfig:
         try:
@@ -176,6 +195,7 @@ class KeyAdvert(Message):
     epoch: int
     enc_pk: bytes
     mask_pk: bytes
+    protocol: int = 1  # PROTOCOL_VERSION of the silo; absent (1) from older releases
 
 
 @dataclass(frozen=True)
@@ -195,7 +215,9 @@ class MaskRequest(Message):
         n = len(self.dir_silos)
         if not len(self.dir_epochs) == len(self.dir_enc_pks) == len(self.dir_mask_pks) == n:
             raise ProtocolError("mask request: key directory columns have different lengths")
-        return {s: KeyAdvert(run_id=self.run_id, silo=s, epoch=e, enc_pk=c, mask_pk=m)
+        # Only adverts the coordinator accepted are listed: all of this protocol version.
+        return {s: KeyAdvert(run_id=self.run_id, silo=s, epoch=e, enc_pk=c, mask_pk=m,
+                             protocol=PROTOCOL_VERSION)
                 for s, e, c, m in zip(self.dir_silos, self.dir_epochs, self.dir_enc_pks,
                                       self.dir_mask_pks)}
 

@@ -41,8 +41,8 @@ from strategies.secagg.encoded import encoded_input
 from strategies.secagg.masking import (
     PAIR_LABEL, SELF_LABEL, bundle_ad, pack_bundle, pair_sign, peers_of, unpack_bundle)
 from strategies.secagg.messages import (
-    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, SecAggConfig, UnmaskRequest,
-    UnmaskResponse)
+    PROTOCOL_VERSION, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, SecAggConfig,
+    UnmaskRequest, UnmaskResponse, check_protocol)
 from strategies.secagg.prg import ByteSource, KeystreamSource, SystemSource, add_mask
 from strategies.secagg.quantize import encode
 from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
@@ -152,6 +152,7 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
 
 def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
                     **_: object) -> tuple[SiloState, KeyAdvert]:
+    check_protocol(msg.protocol, peer="the coordinator")
     config = msg.config()
     if state.stage is not SiloStage.NEW and msg.epoch <= state.epoch:
         raise ProtocolError(f"silo {state.silo}: re-key request for epoch {msg.epoch}, but this "
@@ -162,7 +163,7 @@ def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
     new = replace(state, stage=SiloStage.READY, config=config, epoch=msg.epoch,
                   enc_sk=enc.private, mask_sk=mask.private, pair_keys=())
     return new, KeyAdvert(run_id=config.run_id, silo=state.silo, epoch=msg.epoch,
-                          enc_pk=enc.public, mask_pk=mask.public)
+                          enc_pk=enc.public, mask_pk=mask.public, protocol=PROTOCOL_VERSION)
 
 
 def _public(private: bytes) -> bytes:

@@ -53,6 +53,16 @@ def test_malformed_fields_are_protocol_errors(field, value):
         message_from_record(record)
 
 
+def test_an_absent_field_is_an_error_unless_it_has_a_default():
+    record = SAMPLES[0].to_record()
+    del record["protocol"], record["encoded"]  # as an older release sends it
+    old = message_from_record(record)
+    assert (old.protocol, old.encoded) == (1, 0)
+    del record["epoch"]
+    with pytest.raises(ProtocolError, match="field 'epoch' must be int, got NoneType"):
+        message_from_record(record)
+
+
 def test_masked_vector_must_be_a_uint_vector():
     record = SAMPLES[3].to_record()
     record["masked"] = np.arange(5, dtype=np.float32)

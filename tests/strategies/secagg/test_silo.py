@@ -11,7 +11,8 @@ from secagg_helpers import seeded
 
 from strategies.secagg import coordinator as co
 from strategies.secagg import make_config, new_silo, silo_step
-from strategies.secagg.messages import KeyRequest, MaskRequest, UnmaskRequest
+from strategies.secagg import message_from_record
+from strategies.secagg.messages import PROTOCOL_VERSION, KeyRequest, MaskRequest, UnmaskRequest
 from strategies.secagg.silo import SiloStage, silo_state_from_record, silo_state_to_record
 from xsilo.errors import ProtocolError, SecureAggregationError
 
@@ -171,6 +172,21 @@ def test_key_request_for_a_silo_outside_the_roster():
     request = KeyRequest.for_config(CONFIG, epoch=1)
     with pytest.raises(ProtocolError, match="not in the roster"):
         silo_step(new_silo(99), request)
+
+
+def test_both_sides_refuse_a_peer_of_another_protocol_version():
+    # An older release sends no version (1): its masks would not cancel with this one's, so
+    # the key setup fails with the fix named instead of every round failing later.
+    old = KeyRequest.for_config(CONFIG, epoch=1).to_record()
+    del old["protocol"]
+    with pytest.raises(ProtocolError, match="the coordinator speaks secure-aggregation protocol 1"):
+        silo_step(new_silo(1), message_from_record(old))
+    state, requests = co.start_run(CONFIG)
+    _, advert = silo_step(new_silo(1), requests[1])
+    assert advert.protocol == PROTOCOL_VERSION
+    with pytest.raises(ProtocolError, match=r"silo 1 speaks .* protocol 3.*same xsilo release"):
+        co.receive_advert(state, dataclasses.replace(advert, protocol=3))
+    assert 1 in co.receive_advert(state, advert).directory
 
 
 def test_state_roundtrips_through_a_plain_record(world):

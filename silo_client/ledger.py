@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -116,17 +117,26 @@ def verify_ledger(path: str | Path) -> VerifyResult:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"egress ledger {p} not found")
-    prev, count = GENESIS, 0
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                return VerifyResult(False, count, prev, lineno, "line is not valid JSON")
-            reason = _check_entry(entry, lineno, prev)
-            if reason:
-                return VerifyResult(False, count, prev, lineno, reason)
-            prev, count = entry["hash"], lineno
+        return _verify_lines(fh, seq=0, prev=GENESIS)
+
+
+def _verify_lines(fh: BinaryIO, *, seq: int, prev: str,
+                  digest: Any | None = None) -> VerifyResult:
+    """Verify the lines from ``fh``'s position on, as continuing a chain at ``(seq, prev)``;
+    ``digest`` (a hashlib object), when given, is fed every byte read."""
+    count = seq
+    for lineno, raw in enumerate(fh, start=seq + 1):
+        if digest is not None:
+            digest.update(raw)
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            return VerifyResult(False, count, prev, lineno, "line is not valid JSON")
+        reason = _check_entry(entry, lineno, prev)
+        if reason:
+            return VerifyResult(False, count, prev, lineno, reason)
+        prev, count = entry["hash"], lineno
     return VerifyResult(True, count, prev)
 
 
@@ -135,26 +145,96 @@ def _tensor_table(tensors: Mapping[str, tuple[Sequence[int], str]]) -> dict[str,
             for name, (shape, dtype) in tensors.items()}
 
 
+def _ends_with_entry(fh: BinaryIO, cp: Mapping[str, Any]) -> bool:
+    """Whether the first ``cp["bytes"]`` bytes of ``fh`` end with the sound entry ``cp`` names
+    (its ``seq`` and ``hash``): the record must agree with the file, not just hash it."""
+    end = cp["bytes"]
+    if end == 0:
+        return cp["seq"] == 0 and cp["hash"] == GENESIS
+    window = 1 << 16
+    while True:  # read back until the line before the last one ends (or the file starts)
+        start = max(0, end - window)
+        fh.seek(start)
+        data = fh.read(end - start)
+        cut = data.rfind(b"\n", 0, len(data) - 1)
+        if cut >= 0 or start == 0:
+            break
+        window *= 4
+    try:
+        entry = json.loads(data[cut + 1:])
+    except ValueError:
+        return False
+    return (isinstance(entry, dict) and data.endswith(b"\n") and entry.get("seq") == cp["seq"]
+            and entry.get("hash") == cp["hash"] == entry_hash(entry))
+
+
 class EgressLedger:
     """Appends one hash-chained, fsynced line per outgoing message.
 
-    Opening an existing ledger verifies it first: a silo never extends a broken chain.
+    Opening an existing ledger verifies it first: a silo never extends a broken chain. The
+    check costs one SHA-256 pass over the file, not a parse of every entry: after each
+    append the silo records, next to the ledger (``<ledger>.head``), the file's length, last
+    entry and SHA-256 at that point. A ledger whose first bytes still hash to the recorded
+    value holds exactly the entries this silo verified and wrote, so only the entries after
+    them are parsed and checked; any other ledger (no record, a changed byte anywhere, a
+    shorter file) is verified entry by entry, as ``xsilo silo ledger verify`` always does.
+    The record is a cache: deleting it costs one full verification.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._end, self._seq, self._head = 0, 0, GENESIS
+        self._digest = hashlib.sha256()
         if self.path.exists():
-            result = verify_ledger(self.path)
+            with self.path.open("rb") as fh:
+                result = self._verify_from_checkpoint(fh)
             if not result.ok:
                 raise ConfigError(
                     f"egress ledger {self.path} fails verification at line {result.line}: "
                     f"{result.reason}. Move it aside and investigate before sending anything."
                 )
-            self._seq, self._head = result.entries, result.head
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._seq, self._head = 0, GENESIS
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".head")
+
+    def _checkpoint(self) -> dict[str, Any] | None:
+        try:
+            cp = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+            fields = (cp["bytes"], cp["seq"], cp["hash"], cp["sha256"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None  # none yet, or unreadable: verify everything
+        ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields[:2])
+        return cp if ints and all(isinstance(v, str) for v in fields[2:]) else None
+
+    def _verify_from_checkpoint(self, fh: BinaryIO) -> VerifyResult:
+        """Verify the ledger (``fh`` at 0) and leave ``_end``/``_seq``/``_head``/``_digest`` at
+        its end: from the checkpoint when the file still starts with the checkpointed bytes."""
+        cp, size = self._checkpoint(), os.fstat(fh.fileno()).st_size
+        if cp is not None and cp["bytes"] <= size:
+            digest, left = hashlib.sha256(), cp["bytes"]
+            while left:
+                block = fh.read(min(left, 1 << 20))
+                digest.update(block)
+                left -= len(block)
+            if digest.hexdigest() == cp["sha256"] and _ends_with_entry(fh, cp):
+                fh.seek(cp["bytes"])
+                return self._verify_tail(fh, cp["seq"], cp["hash"], digest)
+        elif cp is not None:
+            log.warning("egress ledger %s is shorter than at its last recorded append (%d < %d "
+                        "bytes): its tail may have been cut", self.path, size, cp["bytes"])
+        fh.seek(0)
+        return self._verify_tail(fh, 0, GENESIS, hashlib.sha256())
+
+    def _verify_tail(self, fh: BinaryIO, seq: int, head: str, digest: Any) -> VerifyResult:
+        result = _verify_lines(fh, seq=seq, prev=head, digest=digest)
+        if result.ok:
+            self._end, self._seq, self._head, self._digest = fh.tell(), result.entries, \
+                result.head, digest
+        return result
 
     def head(self) -> tuple[int, str]:
         """(last seq, last hash): record it elsewhere to make tail truncation detectable."""
@@ -165,8 +245,19 @@ class EgressLedger:
                masked: bool, clip_norm: float | None, noise_sigma: float | None,
                epsilon: float | None, extra: Mapping[str, object] | None = None) -> dict:
         """Record one outgoing message durably (fsync) and return the entry written."""
-        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+        with self._lock, self.path.open("a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # another process writing the same workspace waits
+            fh.seek(self._end)
+            if os.fstat(fh.fileno()).st_size != self._end:  # it appended (or cut) meanwhile
+                if os.fstat(fh.fileno()).st_size < self._end:
+                    fh.seek(0)
+                    self._end, self._seq, self._head = 0, 0, GENESIS
+                    self._digest = hashlib.sha256()
+                result = self._verify_tail(fh, self._seq, self._head, self._digest.copy())
+                if not result.ok:
+                    raise ConfigError(
+                        f"egress ledger {self.path} fails verification at line {result.line}: "
+                        f"{result.reason}. Move it aside and investigate before sending anything.")
             entry = {
                 "seq": self._seq + 1,
                 "timestamp": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
@@ -179,12 +270,29 @@ class EgressLedger:
                 "extra": dict(extra or {}), "prev_hash": self._head,
             }
             entry["hash"] = entry_hash(entry)
-            fh.write(_canonical(entry).decode("utf-8") + "\n")
+            line = _canonical(entry) + b"\n"
+            fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+            self._digest.update(line)
+            self._end += len(line)
             self._seq, self._head = entry["seq"], entry["hash"]
+            self._write_checkpoint()
         log.debug("ledger %s: seq %d %s round %s", self.path, entry["seq"], message_type, server_round)
         return entry
+
+    def _write_checkpoint(self) -> None:
+        """Record where the verified chain ends (after the fsync, so it never runs ahead of
+        the ledger). Not fsynced: a lost or stale record costs a longer check, not a wrong one."""
+        record = {"bytes": self._end, "seq": self._seq, "hash": self._head,
+                  "sha256": self._digest.hexdigest()}
+        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(tmp, self.checkpoint_path)
+        except OSError:  # the ledger line is durable; only the shortcut is lost
+            log.warning("could not record the egress ledger head in %s", self.checkpoint_path,
+                        exc_info=True)
 
 
 def summarize(path: str | Path) -> list[dict[str, object]]:

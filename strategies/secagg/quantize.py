@@ -5,7 +5,7 @@ Encoding (one silo, update ``x ∈ R^d``, integer weight ``0 ≤ w ≤ W``, rang
 
     v_k = (clip(x_k, −c, c) + c) / Δ            ∈ [0, L]
     q_k = ⌊v_k⌋ + Bernoulli(v_k − ⌊v_k⌋)         E[q_k] = v_k   (unbiased stochastic rounding;
-                                                  the coin has 32 random bits: bias ≤ 2^-32)
+                                                  32 coin bits up to b = 30: bias ≤ 2^-32)
     encode(x, w) = [w, w·q_1, …, w·q_d]         (uint words, the vector that gets masked)
 
 Decoding the sum over silos ``S`` (``T_0 = Σ w_i``, ``T_k = Σ w_i q_ik``)::
@@ -212,7 +212,7 @@ def decode_sum(total: np.ndarray, *, params: QuantParams) -> tuple[np.ndarray, i
     if t.dtype.kind != "u" or t.ndim != 1 or t.size < 1:
         raise SecureAggregationError(f"an unmasked sum must be a non-empty 1-D uint vector, "
                                      f"got {t.dtype}{list(t.shape)}")
-    reduce = t.dtype.type((1 << params.modulus_bits) - 1)
+    reduce = t.dtype.type((1 << min(params.modulus_bits, 8 * t.dtype.itemsize)) - 1)
     total_weight = int(t[0] & reduce)
     if total_weight > params.num_silos * params.max_weight:
         raise SecureAggregationError(

@@ -105,6 +105,88 @@ def test_renumbered_deletion_is_still_caught_by_prev_hash(tmp_path: Path) -> Non
     assert not result.ok and result.line == 2 and "prev_hash does not match" in result.reason
 
 
+def _append(ledger: EgressLedger, rnd: int) -> dict:
+    return ledger.append(run_id="run-9", server_round=rnd, message_type="train", tensors={},
+                         payload_sha256=payload_digest({}, {"r": rnd}), masked=False,
+                         clip_norm=None, noise_sigma=None, epsilon=None)
+
+
+def _count_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import silo_client.ledger as ledger_module
+
+    calls: list[int] = []
+    original = ledger_module._check_entry
+
+    def check(entry, lineno, prev_hash):
+        calls.append(lineno)
+        return original(entry, lineno, prev_hash)
+
+    monkeypatch.setattr(ledger_module, "_check_entry", check)
+    return calls
+
+
+def test_reopening_parses_only_what_was_appended_since_the_recorded_head(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path, 30)
+    assert json.loads((tmp_path / "l.jsonl.head").read_text())["seq"] == 30
+    calls = _count_checks(monkeypatch)
+    first = EgressLedger(path)  # the record matches the file: no entry is parsed
+    assert calls == []
+    assert first.head() == (30, verify_ledger(path).head)
+    calls.clear()
+    second = EgressLedger(path)  # another process of the same silo
+    _append(second, 31)
+    _append(second, 32)
+    calls.clear()
+    _append(first, 33)  # first catches up on 31 and 32 under the lock, then chains after them
+    assert calls == [31, 32]
+    calls.clear()
+    result = verify_ledger(path)
+    assert result.ok and result.entries == 33
+    assert calls == list(range(1, 34))  # the CLI check always reads every entry
+
+
+@pytest.mark.parametrize("how", ["same-length edit", "record deleted", "record garbage",
+                                 "record names another head"])
+def test_without_a_matching_record_every_entry_is_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    path, record = tmp_path / "l.jsonl", tmp_path / "l.jsonl.head"
+    _fill(path, 5)
+    if how == "same-length edit":  # one byte of entry 2's payload digest: same file length
+        lines = _lines(path)
+        entry = json.loads(lines[1])
+        old = entry["payload_sha256"]
+        lines[1] = lines[1].replace(old, ("0" if old[0] != "0" else "1") + old[1:])
+        path.write_text("".join(lines))
+        with pytest.raises(ConfigError, match="fails verification at line 2: entry was modified"):
+            EgressLedger(path)  # the record no longer matches: full check, tamper found
+        return
+    if how == "record deleted":
+        record.unlink()
+    elif how == "record garbage":
+        record.write_text("{not json")
+    else:  # the file still hashes right, but the record's head is not the file's last entry
+        cp = json.loads(record.read_text())
+        record.write_text(json.dumps({**cp, "hash": "f" * 64}))
+    calls = _count_checks(monkeypatch)
+    ledger = EgressLedger(path)
+    assert calls == [1, 2, 3, 4, 5]
+    _append(ledger, 6)
+    assert verify_ledger(path).entries == 6 and json.loads(record.read_text())["seq"] == 6
+
+
+def test_a_cut_tail_is_reported_and_the_chain_goes_on_from_what_is_left(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "l.jsonl"
+    _fill(path, 4)
+    path.write_text("".join(_lines(path)[:2]))
+    with caplog.at_level("WARNING", logger="silo_client.ledger"):
+        ledger = EgressLedger(path)
+    assert "shorter than at its last recorded append" in caplog.text
+    assert _append(ledger, 3)["seq"] == 3 and verify_ledger(path).ok
+
+
 def test_payload_digest_is_stable_and_sensitive() -> None:
     base = payload_digest(ARRAYS, {"loss": 0.5})
     reordered = payload_digest(dict(reversed(list(ARRAYS.items()))), {"loss": 0.5})

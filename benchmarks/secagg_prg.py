@@ -15,8 +15,8 @@ For each vector size (model parameters) it times, best of ``--repeats``:
   accumulator in place — what a silo does once per peer and the coordinator once per seed.
 
 Throughput is mask bytes per second; "of CTR" is the ratio to raw AES-CTR for the same byte
-count (goal: ≥ 50 %), "of GCTR" the ratio to raw AES-GCTR. A second table gives the protocol's compute per round in memory
-(no transport): a silo's masked-input step and the coordinator's unmasking, for 10 silos,
+count (goal: ≥ 50 %), "of GCTR" the ratio to raw AES-GCTR. A second table gives the
+protocol's compute per round in memory (no transport): a silo's masked-input step and the coordinator's unmasking, for 10 silos,
 threshold 6, 16-bit quantization, with and without one dropout. Writes
 ``benchmarks/out/secagg_prg.json``.
 """

@@ -188,12 +188,7 @@ class EgressLedger:
         self._digest = hashlib.sha256()
         if self.path.exists():
             with self.path.open("rb") as fh:
-                result = self._verify_from_checkpoint(fh)
-            if not result.ok:
-                raise ConfigError(
-                    f"egress ledger {self.path} fails verification at line {result.line}: "
-                    f"{result.reason}. Move it aside and investigate before sending anything."
-                )
+                self._verify_from_checkpoint(fh)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -210,9 +205,20 @@ class EgressLedger:
         ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields[:2])
         return cp if ints and all(isinstance(v, str) for v in fields[2:]) else None
 
-    def _verify_from_checkpoint(self, fh: BinaryIO) -> VerifyResult:
-        """Verify the ledger (``fh`` at 0) and leave ``_end``/``_seq``/``_head``/``_digest`` at
-        its end: from the checkpoint when the file still starts with the checkpointed bytes."""
+    def _verify_from_checkpoint(self, fh: BinaryIO) -> None:
+        """Verify the ledger and leave ``_end``/``_seq``/``_head``/``_digest`` at its end
+        (ConfigError when it is broken): from the checkpoint when the file still starts with
+        the checkpointed bytes, else entry by entry."""
+        self._raise_if_broken(self._verify(fh))
+
+    def _raise_if_broken(self, result: VerifyResult) -> None:
+        if not result.ok:
+            raise ConfigError(
+                f"egress ledger {self.path} fails verification at line {result.line}: "
+                f"{result.reason}. Move it aside and investigate before sending anything.")
+
+    def _verify(self, fh: BinaryIO) -> VerifyResult:
+        fh.seek(0)
         cp, size = self._checkpoint(), os.fstat(fh.fileno()).st_size
         if cp is not None and cp["bytes"] <= size:
             digest, left = hashlib.sha256(), cp["bytes"]
@@ -232,8 +238,8 @@ class EgressLedger:
     def _verify_tail(self, fh: BinaryIO, seq: int, head: str, digest: Any) -> VerifyResult:
         result = _verify_lines(fh, seq=seq, prev=head, digest=digest)
         if result.ok:
-            self._end, self._seq, self._head, self._digest = fh.tell(), result.entries, \
-                result.head, digest
+            self._end, self._seq, self._head = fh.tell(), result.entries, result.head
+            self._digest = digest
         return result
 
     def head(self) -> tuple[int, str]:
@@ -247,17 +253,13 @@ class EgressLedger:
         """Record one outgoing message durably (fsync) and return the entry written."""
         with self._lock, self.path.open("a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # another process writing the same workspace waits
-            fh.seek(self._end)
-            if os.fstat(fh.fileno()).st_size != self._end:  # it appended (or cut) meanwhile
-                if os.fstat(fh.fileno()).st_size < self._end:
-                    fh.seek(0)
-                    self._end, self._seq, self._head = 0, 0, GENESIS
-                    self._digest = hashlib.sha256()
-                result = self._verify_tail(fh, self._seq, self._head, self._digest.copy())
-                if not result.ok:
-                    raise ConfigError(
-                        f"egress ledger {self.path} fails verification at line {result.line}: "
-                        f"{result.reason}. Move it aside and investigate before sending anything.")
+            size = os.fstat(fh.fileno()).st_size
+            if size < self._end:  # cut meanwhile: check it all again
+                self._verify_from_checkpoint(fh)
+            elif size > self._end:  # another writer appended: check what it added
+                fh.seek(self._end)
+                self._raise_if_broken(
+                    self._verify_tail(fh, self._seq, self._head, self._digest.copy()))
             entry = {
                 "seq": self._seq + 1,
                 "timestamp": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),

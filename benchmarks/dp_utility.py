@@ -4,11 +4,11 @@
     .venv/bin/python benchmarks/dp_utility.py --quick    # one repetition, 3 ε points
 
 Everything runs in one process. Federations: the demo's three breast-cancer hospitals
-(``xsilo.demo_data``) and scikit-learn's 8x8 digits split over three silos by
+(``federation.demo_data``) and scikit-learn's 8x8 digits split over three silos by
 ``examples/digits-torch/prepare_data.py`` (Dirichlet α = 1 label skew); both with the
 built-in ``sklearn:LogisticRegression`` silo model, FedAvg, all silos every round.
 
-* **no DP** and **central** run the real round loop (``xsilo.local.run_in_process``): the
+* **no DP** and **central** run the real round loop (``federation.local.run_in_process``): the
   coordinator clips each update to C, sums, adds N(0, (z·C)²) and divides by the public n.
 * **distributed** (KLS 2021) runs the real round loop **under secure aggregation**
   (``secure_aggregation = true``, threshold t = n = 3): each silo clips, rotates with the
@@ -43,8 +43,8 @@ from silo_client.config import write_silo_config  # noqa: E402
 from silo_client.silo import Silo  # noqa: E402
 from strategies.dp import Accountant, DPConfig  # noqa: E402
 from strategies.dp.accounting import GaussianRound, ZCDPRound  # noqa: E402
-from xsilo.demo_data import demo_schema, write_demo_data  # noqa: E402
-from xsilo.local import run_in_process  # noqa: E402
+from federation.demo_data import demo_schema, write_demo_data  # noqa: E402
+from federation.local import run_in_process  # noqa: E402
 
 EPSILONS = (0.5, 1.0, 2.0, 5.0, 10.0)
 DELTA = 1e-5

@@ -19,12 +19,12 @@ engine, not the model. Engines (their times are comparable only within one engin
   ``secagg_threshold`` and ``min_silos``). Time = median
   of the fit workflow's wall time over rounds 2..R.
 * ``xsilo-sim``: the real xsilo ServerApp and ClientApp on Flower's Ray simulation engine
-  (``xsilo.local.run_in_simulation``: ``run_simulation``, one Ray actor per silo with one
+  (``federation.local.run_in_simulation``: ``run_simulation``, one Ray actor per silo with one
   CPU); plain and secure; time = median ``round_seconds`` of rounds 2..R. The like-for-like
   comparison with ``flower-sim``.
 * ``xsilo-deployment``: ``flower-superlink`` + one ``flower-supernode`` per silo (TLS, node
   auth, loopback), plain and secure, each SuperNode running ClientApps the xsilo way (the
-  silo default, ``[silo] executor = "warm"``: ``deploy.executor``, a process per message
+  silo default, ``[silo] executor = "warm"``: ``deploy.launch.executor``, a process per message
   forked from a preloaded server); time = median ``round_seconds`` of rounds 2..R.
 * ``flower-deployment``: the same processes (``LocalFederation``: TLS, node auth, one
   SuperNode per silo) running a Flower app built here (legacy FedAvg; plain = default fit
@@ -96,7 +96,7 @@ def build(seed: int = 0) -> SyntheticModel:
 
 def _silo_configs(root: Path, silos: int, **kwargs) -> list[Path]:
     from silo_client.config import write_silo_config
-    from xsilo.demo_data import demo_schema, write_demo_data
+    from federation.demo_data import demo_schema, write_demo_data
 
     data = write_demo_data(root / "data")
     paths = []
@@ -164,7 +164,7 @@ def _config(silos: int, secure: bool, rounds: int = ROUNDS):
                      name="bench")
 
 
-def _local_case(run, silos: int, secure: bool) -> dict:  # noqa: ANN001 - a xsilo.local runner
+def _local_case(run, silos: int, secure: bool) -> dict:  # noqa: ANN001 - a federation.local runner
     from coordinator.run_store import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,13 +177,13 @@ def _local_case(run, silos: int, secure: bool) -> dict:  # noqa: ANN001 - a xsil
 
 
 def case_inprocess(silos: int, params: int, secure: bool) -> dict:
-    from xsilo.local import run_in_process
+    from federation.local import run_in_process
 
     return _local_case(run_in_process, silos, secure)
 
 
 def case_simulation(silos: int, params: int, secure: bool) -> dict:
-    from xsilo.local import run_in_simulation
+    from federation.local import run_in_simulation
 
     return _local_case(run_in_simulation, silos, secure)
 
@@ -191,8 +191,8 @@ def case_simulation(silos: int, params: int, secure: bool) -> dict:
 def _federation(root: Path, silos: int, executor: str = "warm"):
     """A LocalFederation of ``silos`` SuperNodes (TLS, node auth) with the synthetic model;
     ``executor`` is how each SuperNode runs ClientApps (``[silo] executor``)."""
-    from xsilo.demo_data import write_demo_data
-    from xsilo.federation import LocalFederation
+    from federation.demo_data import write_demo_data
+    from federation.deployment import LocalFederation
 
     def write_data(base_dir: Path) -> list:  # silo-i gets a copy of demo hospital i mod 3
         import dataclasses

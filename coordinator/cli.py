@@ -13,7 +13,7 @@ from coordinator.config import RunConfig, load_run_config
 from coordinator.console import follow_run, make_console, round_table
 from coordinator.home import CoordinatorHome, start_coordinator, write_gateway_home
 from coordinator.run_store import RunStore
-from deploy.launch import interrupt_on_sigterm
+from deploy.launch.processes import interrupt_on_sigterm
 from coordinator.runs import new_run_dir, submit_run
 from xsilo.errors import ConfigError, DeploymentError
 

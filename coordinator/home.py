@@ -31,7 +31,7 @@ from pathlib import Path
 
 import tomli_w
 
-from deploy.launch import FlowerCLI, ManagedProcess, start_superlink
+from deploy.launch.processes import FlowerCLI, ManagedProcess, start_superlink
 from xsilo.errors import ConfigError
 
 __all__ = ["CoordinatorHome", "GatewaySettings", "RunningCoordinator", "start_coordinator",
@@ -141,7 +141,7 @@ def _gateway_settings(table: object, root: Path, path: Path) -> GatewaySettings 
 def write_gateway_home(root: Path, *, pki_dir: Path, public_host: str = "0.0.0.0",
                        gateway_port: int = 8443, superlink_port: int = 9092) -> Path:
     """``coordinator.toml`` for a PKI made with ``xsilo pki`` (coordinator certificate issued)."""
-    from deploy.pki import Pki
+    from deploy.pki.authority import Pki
 
     pki = Pki(pki_dir)
     files = pki.coordinator_files()
@@ -236,7 +236,7 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
         if not running.node_ids:
             log.warning("no node keys in %s: no silo can connect until one is enrolled", home.nodes)
         if home.gateway is not None:
-            from deploy.gateway import CoordinatorGateway
+            from deploy.gateway.nginx import CoordinatorGateway
 
             running.gateway = CoordinatorGateway.start(
                 pki_dir=home.gateway.pki, port=home.gateway.port, superlink=home.address,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from coordinator.config import RunConfig, write_run_config
 from coordinator.run_store import RunStore
-from deploy.launch import FlowerCLI
+from deploy.launch.processes import FlowerCLI
 from xsilo.errors import ConfigError
 
 __all__ = ["APP_DIR", "new_run_dir", "submit_run"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from deploy.cli import enroll_cmd, import_cmd, renew_cmd
-from deploy.launch import interrupt_on_sigterm
+from deploy.pki.cli import enroll_cmd, import_cmd, renew_cmd
+from deploy.launch.processes import interrupt_on_sigterm
 from silo_client.config import load_silo_config
 from silo_client.member import start_member
 from silo_client.ledger_cli import app as ledger_app

@@ -77,7 +77,7 @@ class SiloConfig:
     model_params: Mapping[str, Any] = field(default_factory=dict)
     policy_file: Path | None = None
     dp_sgd: DPSGDSettings | None = None
-    # How the SuperNode runs ClientApps: "warm" (xsilo's SuperExec, deploy.executor: a
+    # How the SuperNode runs ClientApps: "warm" (xsilo's SuperExec, deploy.launch.executor: a
     # process per message forked from a preloaded server) or "flower" (Flower's own).
     executor: str = EXECUTORS[0]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.launch import ManagedProcess, free_port, start_supernode
+from deploy.launch.processes import ManagedProcess, free_port, start_supernode
 from silo_client.config import SiloConfig
 from silo_client.data import load_dataset
 from xsilo.errors import ConfigError

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.launch import ManagedProcess
+from deploy.launch.processes import ManagedProcess
 from silo_client.config import SiloConfig
 from silo_client.launch import start_silo
 
@@ -44,8 +44,8 @@ def start_member(config: SiloConfig, *, log_path: Path | None = None) -> Running
     kit_dir = config.path.parent
     gateway = None
     if (kit_dir / "kit.toml").is_file():
-        from deploy.gateway import SiloGateway
-        from deploy.kit import load_kit
+        from deploy.gateway.nginx import SiloGateway
+        from deploy.pki.kit import load_kit
 
         gateway = SiloGateway.start(load_kit(kit_dir))
     try:

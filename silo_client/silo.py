@@ -125,7 +125,7 @@ class Silo:
         """SHA-256 of the coordinator's certificate, only when the policy pins one."""
         if self.policy.allowed_coordinator_fingerprints is None:
             return None
-        from deploy.identity import coordinator_fingerprint
+        from deploy.pki.identity import coordinator_fingerprint
 
         return coordinator_fingerprint(self.config.path.parent, self.config.superlink,
                                        self.config.root_certificates)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from silo_client.config import write_silo_config
-from xsilo.demo_data import demo_schema, write_demo_data
+from federation.demo_data import demo_schema, write_demo_data
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")

@@ -1,7 +1,13 @@
-"""xsilo: cross-silo federated learning on Flower.
+"""xsilo's ground: what every other package may import, and which imports none of them.
 
-The top-level package is deliberately tiny: the CLI root and the shared error base.
-The architecture lives in ``silo_client``, ``coordinator``, ``strategies`` and ``deploy``.
+* :mod:`xsilo.errors` — the one exception hierarchy;
+* :mod:`xsilo.terms` — the typed terms of every coordinator ↔ silo message;
+* :mod:`xsilo.protocol` — record names, message types, error codes, the flattening order;
+* :mod:`xsilo.records` — named numpy arrays ↔ Flower ``ArrayRecord``;
+* :mod:`xsilo.files` — atomic writes and TOML reading.
+
+The architecture lives in ``silo_client``, ``coordinator``, ``strategies`` and ``deploy``;
+the ``xsilo`` command, the demo and local federations in ``federation``.
 """
 
 from xsilo.errors import XsiloError

@@ -43,7 +43,7 @@ console = Console()
 
 def run_inprocess(root: Path, config: RunConfig, *, alpha: float) -> RunStore:
     """Coordinator loop and silo handlers in this process, no Flower processes."""
-    from xsilo.local import run_in_process
+    from federation.local import run_in_process
 
     configs = [write_silo_config(root / "silos" / s.name / "silo.toml", name=s.name,
                                  train=Path("data/train.csv"), test=Path("data/test.csv"),
@@ -57,7 +57,7 @@ def run_inprocess(root: Path, config: RunConfig, *, alpha: float) -> RunStore:
 
 def run_deployment(root: Path, config: RunConfig, *, alpha: float) -> RunStore:
     """Real SuperLink + one SuperNode per silo on loopback; every process stopped at the end."""
-    from xsilo.federation import LocalFederation
+    from federation.deployment import LocalFederation
 
     fed = LocalFederation(root, model=MODEL, schema=prepare_data.schema(),
                           write_data=lambda d: prepare_data.write_silos(d, alpha=alpha,

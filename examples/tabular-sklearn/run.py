@@ -55,7 +55,7 @@ def _silos(root: Path, config: RunConfig, model: str) -> list[Path]:
 
 def run_inprocess(root: Path, config: RunConfig, *, model: str) -> RunStore:
     """Coordinator loop and silo handlers in this process, no Flower processes."""
-    from xsilo.local import run_in_process
+    from federation.local import run_in_process
 
     run_in_process(root / "run", config, _silos(root, config, model))
     store = RunStore(root / "run")
@@ -65,7 +65,7 @@ def run_inprocess(root: Path, config: RunConfig, *, model: str) -> RunStore:
 
 def run_simulation(root: Path, config: RunConfig, *, model: str) -> RunStore:
     """Flower's Ray simulation engine: one virtual SuperNode per silo, ClientApps in actors."""
-    from xsilo.local import run_in_simulation
+    from federation.local import run_in_simulation
 
     run_in_simulation(root / "run", config, _silos(root, config, model))
     store = RunStore(root / "run")
@@ -75,7 +75,7 @@ def run_simulation(root: Path, config: RunConfig, *, model: str) -> RunStore:
 
 def run_deployment(root: Path, config: RunConfig, *, model: str) -> RunStore:
     """Real SuperLink + one SuperNode per silo on loopback; every process stopped at the end."""
-    from xsilo.federation import LocalFederation
+    from federation.deployment import LocalFederation
 
     fed = LocalFederation(root, model=model, schema=prepare_data.schema(),
                           write_data=lambda d: prepare_data.write_silos(d, seed=config.seed))

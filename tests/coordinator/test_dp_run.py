@@ -21,9 +21,9 @@ from silo_client.config import load_silo_config, write_silo_config
 from silo_client.policy import PrivacyTally
 from silo_client.privacy import TALLY_FILE
 from strategies.dp import DPConfig, l2_norm
-from xsilo.demo_data import demo_schema
+from federation.demo_data import demo_schema
 from xsilo.errors import ConfigError, StrategyError
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 
 
 def _dp(**kw) -> dict:

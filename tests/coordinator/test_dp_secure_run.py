@@ -28,7 +28,7 @@ from strategies.secagg import coordinator as co
 from strategies.secagg import message_from_record
 from strategies.secagg.encoded import make_encoded_config
 from xsilo.errors import ConfigError, ProtocolError
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 from xsilo.protocol import SECAGG_ARRAYS
 
 NAMES = ["hospital-a", "hospital-b", "hospital-c"]

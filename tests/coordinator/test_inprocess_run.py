@@ -12,9 +12,9 @@ import pytest
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore, load_npz
 from silo_client.config import write_silo_config
-from xsilo.demo_data import demo_schema
+from federation.demo_data import demo_schema
 from xsilo.errors import ConfigError, DeploymentError, ModelError
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 
 
 def _rounds(run_dir: Path) -> list[dict]:

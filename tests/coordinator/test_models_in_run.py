@@ -16,7 +16,7 @@ import pytest
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore
 from silo_client.config import write_silo_config
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 
 CLASSIFIERS = ["sklearn:LogisticRegression", "sklearn:SGDClassifier", "sklearn:MLPClassifier"]
 REGRESSORS = ["sklearn:SGDRegressor", "sklearn:Ridge", "sklearn:LinearRegression",

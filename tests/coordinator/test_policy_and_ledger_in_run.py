@@ -18,8 +18,8 @@ from coordinator.server_app import run_coordinator
 from silo_client.client_app import app as client_app
 from silo_client.config import load_silo_config, write_silo_config
 from silo_client.ledger import verify_ledger
-from xsilo.demo_data import demo_schema
-from xsilo.local import run_in_process
+from federation.demo_data import demo_schema
+from federation.local import run_in_process
 from xsilo.protocol import CONFIG
 
 
@@ -190,7 +190,7 @@ def _tls_server(tmp_path: Path):
 
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from deploy import certs
+    from deploy.pki import certs
 
     ca = certs.make_ca("test CA")
     key = ec.generate_private_key(ec.SECP256R1())

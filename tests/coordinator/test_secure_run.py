@@ -19,7 +19,7 @@ from coordinator.run_store import RunStore, load_npz
 from silo_client.ledger import verify_ledger
 from silo_client.silo import Silo
 from xsilo.errors import ConfigError, SecureAggregationError
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 from xsilo.protocol import SECAGG_ARRAYS, SECAGG_SETUP, SECAGG_UNMASK, flatten_update
 
 NAMES = ["hospital-a", "hospital-b", "hospital-c"]

@@ -10,7 +10,7 @@ import pytest
 import coordinator.server_app as server_app
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore
-from xsilo.local import run_in_simulation
+from federation.local import run_in_simulation
 from xsilo.protocol import DELTA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]  # starts Ray: seconds, not ms

@@ -10,7 +10,7 @@ from coordinator.config import RunConfig
 from coordinator.run_store import RunStore
 from strategies.registry import available_strategies
 from xsilo.errors import ConfigError, StrategyError
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 
 BUILTINS = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
             "fedtrimmedavg", "krum", "multikrum"]

@@ -18,7 +18,7 @@ from coordinator.run_store import RunStore, load_npz
 from silo_client.silo import Silo
 from strategies.builtin import FedAvg, FedMedian
 from strategies.dp.central import ClipAccumulator, clip_and_sum
-from xsilo.local import run_in_process
+from federation.local import run_in_process
 
 NAMES = {1: "a", 2: "b", 3: "c"}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.enrollment import enroll, import_bundle
-from deploy.kit import MemberKit
-from deploy.pki import Pki
+from deploy.pki.enrollment import enroll, import_bundle
+from deploy.pki.kit import MemberKit
+from deploy.pki.authority import Pki
 
 KEY_FILES = {"ca.key", "server.key", "superlink.key", "silo.key", "node.key", "local.key"}
 

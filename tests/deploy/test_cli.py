@@ -1,4 +1,4 @@
-"""deploy.cli: the operator and silo commands end to end on disk (no network)."""
+"""deploy.pki.cli: the operator and silo commands end to end on disk (no network)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from deploy.cli import enroll_cmd, import_cmd, pki_app, renew_cmd
+from deploy.pki.cli import enroll_cmd, import_cmd, pki_app, renew_cmd
 from xsilo.errors import EnrollmentError
 
 runner = CliRunner(env={"COLUMNS": "250"})

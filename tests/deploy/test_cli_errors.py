@@ -13,7 +13,7 @@ import pytest
 
 from coordinator.home import CoordinatorHome
 from silo_client.config import write_silo_config
-from xsilo.demo_data import demo_schema, write_demo_data
+from federation.demo_data import demo_schema, write_demo_data
 
 pytestmark = pytest.mark.timeout(90)
 XSILO = str(Path(sys.executable).parent / "xsilo")

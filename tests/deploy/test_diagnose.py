@@ -1,8 +1,8 @@
-"""deploy.launch.diagnose: log tails seen from real Flower processes → one-line reasons."""
+"""deploy.launch.processes.diagnose: log tails seen from real Flower processes → one-line reasons."""
 
 from __future__ import annotations
 
-from deploy.launch import diagnose
+from deploy.launch.processes import diagnose
 
 # flower-supernode 1.42 after the coordinator gateway answered 401 on activate-node
 # (tests/e2e/test_deployment.py::test_mtls_unregistered_node_key_is_refused_with_a_clear_reason)

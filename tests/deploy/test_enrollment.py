@@ -1,4 +1,4 @@
-"""deploy.enrollment / deploy.kit: keys stay on site, bundles are checked, renewal is atomic."""
+"""deploy.pki.enrollment / deploy.pki.kit: keys stay on site, bundles are checked, renewal is atomic."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.certs import load_certificate, load_private_key
-from deploy.enrollment import enroll, import_bundle, install_renewal, make_renewal_request
-from deploy.kit import load_kit
-from deploy.pki import Pki
+from deploy.pki.certs import load_certificate, load_private_key
+from deploy.pki.enrollment import enroll, import_bundle, install_renewal, make_renewal_request
+from deploy.pki.kit import load_kit
+from deploy.pki.authority import Pki
 from tests.deploy.conftest import make_pki, private_key_leaks
 from xsilo.errors import ConfigError, EnrollmentError
 

@@ -1,4 +1,4 @@
-"""deploy.executor: the silo's SuperExec forks ClientApp processes from a warm server."""
+"""deploy.launch.executor: the silo's SuperExec forks ClientApp processes from a warm server."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from deploy.executor import ForkserverExecutor
-from deploy.launch import ManagedProcess, spawn
+from deploy.launch.executor import ForkserverExecutor
+from deploy.launch.processes import ManagedProcess, spawn
 from silo_client.config import load_silo_config, write_silo_config
 from silo_client.launch import model_modules
-from xsilo.demo_data import demo_schema
+from federation.demo_data import demo_schema
 from xsilo.errors import ConfigError, DeploymentError
 
 # Run in a fresh interpreter: multiprocessing keeps one forkserver per process, so only the
 # first executor of a process decides what its server preloads.
 _PROBE = """
 import sys
-from deploy.executor import ForkserverExecutor
+from deploy.launch.executor import ForkserverExecutor
 executor = ForkserverExecutor({modules!r})
 """
 
@@ -97,13 +97,13 @@ def test_reconcile_forgets_ended_tasks_and_close_stops_running_ones() -> None:
 def test_a_dead_superexec_is_reported_with_its_own_log(tmp_path: Path) -> None:
     node = spawn("flower-supernode", [sys.executable, "-c", "import time; time.sleep(60)"],
                  env={}, log_path=tmp_path / "supernode.log")
-    companion = spawn("SuperExec (deploy.executor)",
+    companion = spawn("SuperExec (deploy.launch.executor)",
                       [sys.executable, "-c", "print('boom'); exit(3)"],
                       env={}, log_path=tmp_path / "superexec.log")
     node.companions.append(companion)
     try:
         _wait(lambda: not companion.alive())
-        with pytest.raises(DeploymentError, match=r"(?s)SuperExec \(deploy.executor\) exited \(code 3\)"
+        with pytest.raises(DeploymentError, match=r"(?s)SuperExec \(deploy.launch.executor\) exited \(code 3\)"
                            r".*restart the silo.*superexec.log ends with:\nboom"):
             node.raise_if_exited()
     finally:
@@ -138,6 +138,6 @@ def test_the_model_spec_names_what_to_preload() -> None:
 
 
 def test_the_executor_cli_refuses_a_missing_address() -> None:
-    out = subprocess.run([sys.executable, "-m", "deploy.executor"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "deploy.launch.executor"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "--runtime-api-address" in out.stderr

@@ -18,15 +18,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.certs import (
+from deploy.pki.certs import (
     flower_public_key_header, issue_leaf, make_ca, write_private_key, write_public_pem,
 )
-from deploy.enrollment import install_renewal
-from deploy.gateway import CoordinatorGateway, GatewayHandle, SiloGateway
-from deploy.kit import MemberKit
-from deploy.launch import ManagedProcess, free_port, start_superlink
-from deploy.messages import parse_node_public_key
-from deploy.pki import Pki
+from deploy.pki.enrollment import install_renewal
+from deploy.gateway.nginx import CoordinatorGateway, GatewayHandle, SiloGateway
+from deploy.pki.kit import MemberKit
+from deploy.launch.processes import ManagedProcess, free_port, start_superlink
+from deploy.pki.messages import parse_node_public_key
+from deploy.pki.authority import Pki
 from tests.deploy.conftest import enroll_silo, make_pki, private_key_leaks
 
 pytestmark = pytest.mark.e2e

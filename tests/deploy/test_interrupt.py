@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import coordinator.home as home_mod
-import deploy.launch as launch
+import deploy.launch.processes as launch
 from coordinator.home import CoordinatorHome, start_coordinator, write_gateway_home
-from deploy.gateway import CoordinatorGateway, GatewayHandle
-from deploy.launch import free_port, start_superlink
+from deploy.gateway.nginx import CoordinatorGateway, GatewayHandle
+from deploy.launch.processes import free_port, start_superlink
 from tests.deploy.conftest import make_pki
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

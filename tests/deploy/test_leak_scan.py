@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.certs import make_ca, make_node_auth_key, write_private_key, write_public_pem
+from deploy.pki.certs import make_ca, make_node_auth_key, write_private_key, write_public_pem
 from tests.deploy.conftest import private_key_leaks
 
 

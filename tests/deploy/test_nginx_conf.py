@@ -1,4 +1,4 @@
-"""deploy.nginx_conf and gateway helpers that need no running nginx."""
+"""deploy.gateway.conf and gateway helpers that need no running nginx."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import deploy.gateway as gateway
-from deploy.nginx_conf import coordinator_conf, silo_conf
+import deploy.gateway.nginx as gateway
+from deploy.gateway.conf import coordinator_conf, silo_conf
 from xsilo.errors import ConfigError, DeploymentError
 
 P = Path("/srv/gw")

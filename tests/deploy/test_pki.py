@@ -1,4 +1,4 @@
-"""deploy.pki: CA, approvals, revocation, renewal, and refusals that change nothing."""
+"""deploy.pki.authority: CA, approvals, revocation, renewal, and refusals that change nothing."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from deploy.certs import load_certificate
-from deploy.enrollment import enroll
-from deploy.pki import Pki
+from deploy.pki.certs import load_certificate
+from deploy.pki.enrollment import enroll
+from deploy.pki.authority import Pki
 from tests.deploy.conftest import make_pki, private_key_leaks
 from xsilo.errors import EnrollmentError
 
@@ -106,7 +106,7 @@ def test_revoke_updates_crl_index_node_keys_and_calls_hook(tmp_path: Path) -> No
         pki.renew("hospital-a")
     # re-enrolling the revoked node key is refused; new keys are fine
     with pytest.raises(EnrollmentError, match="already enrolled"):
-        from deploy.messages import read_request
+        from deploy.pki.messages import read_request
         req = read_request(tmp_path / "a" / "request.json")
         pki.approve(req)
     pki.approve(enroll("hospital-a", tmp_path / "a-new", email="it@a.example"))
@@ -181,6 +181,6 @@ def test_malformed_requests_are_refused_and_change_nothing(pki: Pki, tmp_path: P
 def test_serials_are_written_as_nginx_logs_them(serial: int, text: str) -> None:
     """Whole bytes, upper case: a record's serial matches $ssl_client_serial in the gateway log
     (a random serial has an odd number of hex digits one time in sixteen)."""
-    from deploy.pki import _nginx_serial
+    from deploy.pki.authority import _nginx_serial
 
     assert _nginx_serial(serial) == text

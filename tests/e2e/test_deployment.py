@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import RunConfig
-from deploy.launch import find_binary, start_superlink
+from deploy.launch.processes import find_binary, start_superlink
 from silo_client.launch import start_silo
 from xsilo.errors import DataValidationError, DeploymentError
 from tests.deploy.conftest import private_key_leaks
-from xsilo.federation import LocalFederation
+from federation.deployment import LocalFederation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -28,7 +28,7 @@ def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> No
             node = fed.supernodes[silo.name]
             warm = executor == "warm"
             assert ("--isolation" in node.popen.args) is warm
-            assert [c.name for c in node.companions] == (["SuperExec (deploy.executor)"]
+            assert [c.name for c in node.companions] == (["SuperExec (deploy.launch.executor)"]
                                                          if warm else [])
             secret = silo.workspace / "flwr-home" / "superexec-auth.secret"
             assert secret.exists() is warm
@@ -129,8 +129,8 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> N
     directory, logs or workspaces."""
     import threading
 
-    from deploy.enrollment import install_renewal
-    from deploy.pki import Pki
+    from deploy.pki.enrollment import install_renewal
+    from deploy.pki.authority import Pki
 
     fed = LocalFederation(tmp_path, mtls=True).setup()
     pki = Pki(fed.home_dir / "pki")

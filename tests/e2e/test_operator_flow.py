@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.launch import free_port
-from deploy.pki import Pki
+from deploy.launch.processes import free_port
+from deploy.pki.authority import Pki
 from silo_client.config import write_silo_config
-from xsilo.demo_data import demo_schema, write_demo_data
+from federation.demo_data import demo_schema, write_demo_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 XSILO = str(Path(sys.executable).parent / "xsilo")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import RunConfig
-from xsilo.federation import LocalFederation
+from federation.deployment import LocalFederation
 
 # Not 90 s: the run alone may take its 85 s budget (two round trips per round on 2 cores,
 # measured > 90 s for the whole test under load), plus set-up and start. The restart test

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import RunConfig
-from xsilo.federation import LocalFederation
+from federation.deployment import LocalFederation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -232,7 +232,7 @@ def test_cli_help_names_the_file_the_silo_writes(tmp_path: Path) -> None:
     from silo_client.config import load_silo_config, write_silo_config
     from silo_client.ledger import LEDGER_FILE
     from silo_client.silo import Silo
-    from xsilo.demo_data import demo_schema
+    from federation.demo_data import demo_schema
 
     config = write_silo_config(tmp_path / "silo.toml", name="a", train=Path("train.csv"),
                                schema=demo_schema(), model="sklearn:LogisticRegression")

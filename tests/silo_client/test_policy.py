@@ -159,8 +159,8 @@ def _kit_with_data(kit: Path) -> Path:
     """The member kit's silo.toml stub, completed the way a site does ([data], [model])."""
     import tomli_w
 
-    from deploy.kit import write_silo_stub
-    from xsilo.demo_data import demo_schema
+    from deploy.pki.kit import write_silo_stub
+    from federation.demo_data import demo_schema
 
     path = write_silo_stub(kit, name="hospital-a", local_port=9555)
     assert path == kit / "silo.toml"
@@ -185,7 +185,7 @@ def test_member_kit_has_a_policy_stub_the_silo_loads_as_the_permissive_default(
 def test_policy_stub_documents_every_rule() -> None:
     from dataclasses import fields
 
-    from deploy.kit import POLICY_STUB
+    from deploy.pki.kit import POLICY_STUB
 
     examples = "\n".join(line.removeprefix("# ") for line in POLICY_STUB.splitlines()
                          if line.startswith("# ") and " = " in line)

@@ -8,7 +8,7 @@ import pytest
 
 from silo_client.config import write_silo_config
 from silo_client.silo import Silo
-from xsilo.demo_data import demo_schema
+from federation.demo_data import demo_schema
 from xsilo.errors import PolicyRefusal
 
 JOIN = {"strategy": "fedavg", "num-rounds": 3, "secure-aggregation": True, "seed": 0,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from silo_client.config import load_silo_config, write_silo_config
-from xsilo.demo_data import demo_schema
+from federation.demo_data import demo_schema
 from xsilo.errors import ConfigError
 
 

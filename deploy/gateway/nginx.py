@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.kit import MemberKit, load_kit
-from deploy.nginx_conf import coordinator_conf, silo_conf
+from deploy.pki.kit import MemberKit, load_kit
+from deploy.gateway.conf import coordinator_conf, silo_conf
 from xsilo.errors import DeploymentError
 
 __all__ = ["CoordinatorGateway", "GatewayHandle", "SiloGateway", "find_nginx",
@@ -215,7 +215,7 @@ class CoordinatorGateway:
               superlink_server_name: str = "localhost") -> GatewayHandle:
         """Start it; ``superlink`` is the SuperLink's loopback ``host:port`` (HTTPS, serving
         the certificate from ``pki issue-coordinator``); ``host`` the public bind address."""
-        from deploy.pki import Pki
+        from deploy.pki.authority import Pki
 
         pki = Pki(Path(pki_dir))
         files = pki.coordinator_files()

@@ -23,7 +23,7 @@ def coordinator_fingerprint(site_dir: Path, superlink: str | None,
     against ``root_certificates``.
     """
     if (Path(site_dir) / "kit.toml").is_file():
-        from deploy.kit import load_kit
+        from deploy.pki.kit import load_kit
 
         return load_kit(Path(site_dir)).coordinator_sha256
     if not superlink or not root_certificates:

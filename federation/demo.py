@@ -28,7 +28,7 @@ from silo_client.adapters.base import build_model
 from silo_client.config import SiloConfig
 from silo_client.data import LocalDataset, load_dataset
 from xsilo.errors import DeploymentError
-from xsilo.federation import LocalFederation
+from federation.deployment import LocalFederation
 
 __all__ = ["demo"]
 

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deploy.enrollment import enroll, import_bundle, install_renewal, make_renewal_request
-from deploy.messages import read_request
-from deploy.pki import DEFAULT_PKI_DIR, Pki
+from deploy.pki.enrollment import enroll, import_bundle, install_renewal, make_renewal_request
+from deploy.pki.messages import read_request
+from deploy.pki.authority import DEFAULT_PKI_DIR, Pki
 from xsilo.errors import EnrollmentError
 
 __all__ = ["enroll_cmd", "import_cmd", "pki_app", "renew_cmd"]

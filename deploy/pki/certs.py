@@ -2,7 +2,7 @@
 
 Small, composable functions: make a CA, issue a server or client leaf, make a Flower
 SuperNode authentication key pair (OpenSSH-format ECDSA, as Flower requires). The
-consortium PKI (``deploy.pki``) and the throw-away demo CA are built from these.
+consortium PKI (``deploy.pki.authority``) and the throw-away demo CA are built from these.
 Private keys are always written with mode 0600, created that way (never chmod-ed after).
 """
 
@@ -190,7 +190,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
-# --- Additions for the consortium PKI (deploy.pki, deploy.enrollment) -------------------
+# --- Additions for the consortium PKI (deploy.pki.authority, deploy.pki.enrollment) -------------------
 
 def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str, *,
              organization: str | None = None) -> x509.CertificateSigningRequest:

@@ -1,4 +1,4 @@
-"""Imported once by the silo SuperExec's forkserver (``deploy.executor``), before any fork.
+"""Imported once by the silo SuperExec's forkserver (``deploy.launch.executor``), before any fork.
 
 * Turns core dumps and ptrace off for the server, so every task process forked from it is
   non-dumpable from its first instruction (task processes hold the silo's protocol keys).
@@ -24,5 +24,5 @@ for _name in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
     try:
         importlib.import_module(_name)
     except BaseException as _exc:  # noqa: BLE001 - never let a silo module kill the server
-        print(f"deploy.warm: not preloading {_name!r} ({type(_exc).__name__}: {_exc}); "
+        print(f"deploy.launch.warm: not preloading {_name!r} ({type(_exc).__name__}: {_exc}); "
               "each ClientApp process will import it itself", file=sys.stderr, flush=True)

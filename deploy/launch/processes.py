@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deploy import EXECUTORS
-from deploy.certs import write_private_bytes
+from deploy.pki.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
 
 __all__ = [
@@ -314,7 +314,7 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
     """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config).
 
     ``executor="warm"`` (the default) runs the SuperNode in Flower's ``--isolation process``
-    mode with xsilo's SuperExec beside it (``deploy.executor``: a process per message,
+    mode with xsilo's SuperExec beside it (``deploy.launch.executor``: a process per message,
     forked from a server that has imported Flower, xsilo and ``preload`` once), as a
     companion process (its own group, stopped with the SuperNode, log
     ``<log>.superexec.log``); the two share a fresh random secret (``flwr_home``, 0600) for
@@ -336,13 +336,13 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
     env = flower_env(flwr_home)
     node = spawn("flower-supernode", argv, env=env, log_path=log_path)
     if executor == "warm":
-        exec_argv = [sys.executable, "-m", "deploy.executor", "--runtime-api-address",
+        exec_argv = [sys.executable, "-m", "deploy.launch.executor", "--runtime-api-address",
                      f"127.0.0.1:{clientappio_port}", "--parent-pid", str(node.pid),
                      "--auth-secret-file", str(secret)]
         if preload:
             exec_argv += ["--preload", *preload]
         try:
-            companion = spawn("SuperExec (deploy.executor)", exec_argv, env=env,
+            companion = spawn("SuperExec (deploy.launch.executor)", exec_argv, env=env,
                               log_path=log_path.with_suffix(".superexec.log"))
         except BaseException:
             node.stop()

@@ -5,7 +5,7 @@ and each one spends about a second of CPU importing Flower (its CLI pulls in Fas
 SQLAlchemy and Alembic) and xsilo before it reads the message. With a handful of silos
 on a small machine that start-up, not the model, sets the round time.
 
-``python -m deploy.executor`` is what a silo's SuperNode runs instead, in Flower's own
+``python -m deploy.launch.executor`` is what a silo's SuperNode runs instead, in Flower's own
 ``--isolation process`` mode (the SuperNode serves its Runtime API; an external SuperExec
 launches the tasks). It runs Flower's SuperExec loop unchanged (``run_superexec``: task
 polling, parent-process monitor, signal handling) with one difference, the executor:
@@ -20,7 +20,7 @@ polling, parent-process monitor, signal handling) with one difference, the execu
 So each message still gets its own process (no state survives between messages except
 Flower's ``context.state``, as before), but the process starts with its imports done. The
 server and so every task process are non-dumpable (no core dumps, no ptrace by other users'
-processes: ``deploy.warm``), and the SuperNode and this SuperExec share a random secret
+processes: ``deploy.launch.warm``), and the SuperNode and this SuperExec share a random secret
 (``--auth-secret-file``, Flower's HMAC SuperExec auth), so no other local process can take
 the SuperNode's tasks.
 Tasks of any other type go to Flower's subprocess executor. ``executor = "flower"`` in
@@ -52,8 +52,8 @@ DEFAULT_PRELOAD = (
     "flwr.supercore.tls",
     "flwr.supercore.utils",
     "silo_client.client_app",
-    "deploy.executor",
-    "deploy.warm",  # last: non-dumpable server, then the silo's own modules (never fatal)
+    "deploy.launch.executor",
+    "deploy.launch.warm",  # last: non-dumpable server, then the silo's own modules (never fatal)
 )
 
 
@@ -64,7 +64,7 @@ def _run_clientapp(runtime_api_address: str, token: str, insecure: bool,
     from flwr.supercore.tls import validate_and_resolve_root_certificates
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
-    # Non-dumpable already: inherited from the server (deploy.warm), before the first byte.
+    # Non-dumpable already: inherited from the server (deploy.launch.warm), before the first byte.
     run_clientapp(
         runtime_api_address=runtime_api_address,
         token=token,
@@ -88,11 +88,11 @@ class ForkserverExecutor(SubprocessExecutor):
         One forkserver per process (``multiprocessing`` keeps one): the first executor of a
         process decides what it preloads.
         """
-        from deploy.warm import PRELOAD_ENV
+        from deploy.launch.warm import PRELOAD_ENV
 
         self._ctx = multiprocessing.get_context("forkserver")
         # Flower's and xsilo's modules go through multiprocessing's own preload; the silo's
-        # through deploy.warm, which survives a module that fails to import.
+        # through deploy.launch.warm, which survives a module that fails to import.
         os.environ[PRELOAD_ENV] = ",".join(modules)
         self._ctx.set_forkserver_preload(list(DEFAULT_PRELOAD))
         # Start the server (and its imports) now, not on the first message.
@@ -138,11 +138,11 @@ class ForkserverExecutor(SubprocessExecutor):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m deploy.executor --runtime-api-address HOST:PORT [--parent-pid PID]``."""
+    """``python -m deploy.launch.executor --runtime-api-address HOST:PORT [--parent-pid PID]``."""
     from flwr.supercore.superexec import run_superexec as flower_superexec
     from flwr.supercore.utils import disable_process_dumping
 
-    ap = argparse.ArgumentParser(prog="python -m deploy.executor", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m deploy.launch.executor", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runtime-api-address", required=True,
                     help="the SuperNode's Runtime API, HOST:PORT (its --port)")
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     if not hasattr(flower_superexec, "get_executor"):  # pinned Flower; fail loudly if not
-        sys.exit("deploy.executor: this Flower version's SuperExec has no get_executor hook; "
+        sys.exit("deploy.launch.executor: this Flower version's SuperExec has no get_executor hook; "
                  "set `executor = \"flower\"` in silo.toml to use Flower's own SuperExec")
     disable_process_dumping(strict=False)
     secret = None
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             secret = load_superexec_auth_secret(args.auth_secret_file)
         except ValueError as exc:
-            sys.exit(f"deploy.executor: {exc}")
+            sys.exit(f"deploy.launch.executor: {exc}")
     executor = ForkserverExecutor(args.preload)
     # The one seam: Flower's loop builds its executor with get_executor(); hand it ours.
     flower_superexec.get_executor = lambda *_a, **_k: executor

@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.certs import write_text_atomic
+from deploy.pki.certs import write_text_atomic
 from xsilo.errors import ConfigError
 
 __all__ = ["KIT_FILES", "POLICY_STUB", "MemberKit", "load_kit", "write_kit_toml",

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.certs import fingerprint, public_key_fingerprint
+from deploy.pki.certs import fingerprint, public_key_fingerprint
 from xsilo.errors import EnrollmentError
 
 __all__ = [

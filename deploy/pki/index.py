@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from deploy.certs import write_text_atomic
+from deploy.pki.certs import write_text_atomic
 from xsilo.errors import EnrollmentError
 
 __all__ = ["CertRecord", "Index"]

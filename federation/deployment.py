@@ -23,11 +23,11 @@ from coordinator.home import (CoordinatorHome, RunningCoordinator, start_coordin
                              write_gateway_home)
 from coordinator.run_store import RunStore
 from coordinator.runs import new_run_dir, submit_run
-from deploy import certs
-from deploy.launch import ManagedProcess, free_port
+from deploy.pki import certs
+from deploy.launch.processes import ManagedProcess, free_port
 from silo_client.config import SiloConfig, load_silo_config, write_silo_config
 from silo_client.member import start_member
-from xsilo.demo_data import demo_schema, write_demo_data
+from federation.demo_data import demo_schema, write_demo_data
 from xsilo.errors import DeploymentError
 
 __all__ = ["LocalFederation", "RunOutcome"]
@@ -104,8 +104,8 @@ class LocalFederation:
 
     def _setup_mtls(self) -> LocalFederation:
         """Consortium PKI, on-site enrollment of every silo, member kits (keys never move)."""
-        from deploy.enrollment import enroll, import_bundle
-        from deploy.pki import Pki
+        from deploy.pki.enrollment import enroll, import_bundle
+        from deploy.pki.authority import Pki
 
         self.port = free_port()  # the coordinator gateway: the only port silos reach
         superlink_port = free_port()

@@ -2,7 +2,7 @@
 
 ``enroll`` creates the kit directory with the TLS client key and the Flower node-auth key
 (both 0600) and a request file; ``import_bundle`` checks what the operator sent back and
-completes the **member kit** (layout in :mod:`deploy.kit`); ``make_renewal_request`` and
+completes the **member kit** (layout in :mod:`deploy.pki.kit`); ``make_renewal_request`` and
 ``install_renewal`` renew the certificate for the same key, atomically, and reload a
 running silo gateway so training continues.
 """
@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from deploy.certs import (
+from deploy.pki.certs import (
     fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr,
     openssh_public_line,
     write_private_key, write_public_pem, write_text_atomic,
 )
-from deploy.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
-from deploy.messages import (
+from deploy.pki.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
+from deploy.pki.messages import (
     Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
     read_bundle, read_request,
 )
@@ -160,7 +160,7 @@ def make_renewal_request(kit_dir: Path) -> Path:
 def install_renewal(bundle_path: Path, kit_dir: Path) -> MemberKit:
     """Install a renewed certificate (same key) atomically and reload a running silo
     gateway; the CA fingerprint is checked against the kit's own ``ca.crt``."""
-    from deploy.gateway import reload_running  # gateway imports kit; keep this edge lazy
+    from deploy.gateway.nginx import reload_running  # gateway imports kit; keep this edge lazy
 
     kit = load_kit(Path(kit_dir))
     expected = fingerprint(load_certificate(kit.ca_cert))

@@ -7,7 +7,7 @@ Layout::
       ca.crt                   consortium root CA (give its fingerprint to silos by phone)
       private/ca.key           CA key, 0600 (optionally passphrase-encrypted); dir 0700
       crl.pem                  current CRL, re-issued on every change (nextUpdate: crl_days)
-      index.json               every issued certificate (deploy.index)
+      index.json               every issued certificate (deploy.pki.index)
       coordinator/server.{crt,key}     public gateway certificate (SANs from --host/--ip)
       coordinator/superlink.{crt,key}  the SuperLink's loopback certificate (localhost)
       issued/<name>-<serial>.crt       every certificate ever issued
@@ -34,13 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.certs import (
+from deploy.pki.certs import (
     CertifiedKey, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
     load_private_key, make_ca, make_crl, write_private_key,
     write_public_pem, write_text_atomic,
 )
-from deploy.index import CertRecord, Index
-from deploy.messages import (
+from deploy.pki.index import CertRecord, Index
+from deploy.pki.messages import (
     Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
     parse_node_public_key, read_request,
 )

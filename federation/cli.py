@@ -42,10 +42,10 @@ def _root(
 
 def _register() -> None:
     from coordinator.cli import app as coordinator_app
-    from deploy.cli import pki_app
+    from deploy.pki.cli import pki_app
     from silo_client.cli import app as silo_app
     from strategies.cli import app as strategies_app
-    from xsilo.demo import demo
+    from federation.demo import demo
 
     app.command("demo")(demo)
     app.add_typer(coordinator_app, name="coordinator")

@@ -92,6 +92,7 @@ def run_loop(silos: int, params: int) -> dict[str, float]:
     from strategies.builtin import FedAvg
     from xsilo.protocol import DELTA, METRICS
     from xsilo.records import arrays_to_record
+    from xsilo.terms import NUM_EXAMPLES, TrainTerms
 
     TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
     base = _rss_bytes()
@@ -130,7 +131,7 @@ def run_loop(silos: int, params: int) -> dict[str, float]:
             ins = Message(RecordDict(), dst_node_id=node, message_type="train")
             ins.metadata.__dict__["_message_id"] = mid
             content = RecordDict({DELTA: wire,
-                                  METRICS: MetricRecord({"num-examples": 100 + node})})
+                                  METRICS: MetricRecord({NUM_EXAMPLES: 100 + node})})
             reply = Message(content, reply_to=ins)
             gen_s += time.perf_counter() - t
             return [reply]
@@ -139,7 +140,10 @@ def run_loop(silos: int, params: int) -> dict[str, float]:
     strategy = FedAvg()
     collector = RoundCollector(strategy, current, {n: f"silo-{n}" for n in range(1, silos + 1)})
     transport = GridTransport(Grid(), poll_interval=0.0)  # type: ignore[arg-type]
-    transport.exchange("train", {n: Payload({"server-round": 1}, current)
+    terms = TrainTerms(server_round=1, num_rounds=1, local_epochs=1, learning_rate=0.1,
+                       batch_size=32, seed=0, strategy="fedavg", run_token="bench",
+                       participants=silos)
+    transport.exchange("train", {n: Payload(terms, current)
                                  for n in range(1, silos + 1)},
                        timeout=600.0, group="1", on_reply=collector.accept)
     assert collector.count == silos, collector.rejected

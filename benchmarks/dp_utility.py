@@ -123,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fed in ("breast-cancer", "digits"):
             configs = _federation(fed, Path(tmp) / fed)
-            dim = sum(v.size for v in Silo.from_file(configs[0]).join({"seed": 0})[1].values())
+            dim = sum(v.size for v in Silo.from_file(configs[0]).model(0).get_parameters().values())
             base = run_loop(configs, Path(tmp) / f"{fed}-nodp", None)[0]
             rows = []
             for eps in eps_list:

@@ -12,7 +12,10 @@ For each vector size (model parameters) it times, best of ``--repeats``:
 * ``expand u64`` / ``expand u32 (mod 2^30)``: ``prg.expand`` returning a fresh vector
   (the uint32 case includes the ``& (M−1)`` reduction pass);
 * ``add_mask u64`` / ``add_mask u32``: ``prg.add_mask`` adding one mask into an existing
-  accumulator in place — what a silo does once per peer and the coordinator once per seed.
+  accumulator in place — what a silo does once per peer and the coordinator once per seed;
+* ``default_source`` / ``SystemSource``: ``read(4n)`` from ``strategies.randomness``' default
+  (AES-256-CTR keyed from ``os.urandom``) and from ``os.urandom`` itself — the stochastic
+  rounding coins of one update, and why the default is the keystream.
 
 Throughput is mask bytes per second; "of CTR" is the ratio to raw AES-CTR for the same byte
 count (goal: ≥ 50 %), "of GCTR" the ratio to raw AES-GCTR. A second table gives the
@@ -38,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from strategies.secagg import coordinator as co
 from strategies.secagg import make_config, new_silo, silo_step
+from strategies.randomness import SystemSource, default_source
 from strategies.secagg.prg import add_mask, expand
 
 OUT = Path(__file__).resolve().parent / "out" / "secagg_prg.json"
@@ -76,6 +80,8 @@ def cases(n: int) -> dict[str, tuple[int, Callable[[], object]]]:
         "raw AES-GCTR (4n bytes)": (4 * n, raw(4 * n, gctr)),
         "expand u32 (mod 2^30)": (4 * n, lambda: expand(SEED, label=b"b", length=n, modulus_bits=30)),
         "add_mask u32": (4 * n, lambda: add_mask(acc32, SEED, label=b"b")),
+        "default_source (4n bytes)": (4 * n, lambda: default_source().read(4 * n)),
+        "SystemSource (4n bytes)": (4 * n, lambda: SystemSource().read(4 * n)),
     }
 
 

@@ -22,6 +22,7 @@ from strategies.aggregate import SumAccumulator, validate_update
 from strategies.api import Strategy, SumStrategy, Update
 from strategies.dp.central import ClipAccumulator
 from xsilo.errors import UpdateRejected
+from xsilo.terms import SiloMetrics
 
 __all__ = ["RoundCollector"]
 
@@ -33,8 +34,8 @@ class RoundCollector:
     """Validate and fold train replies as they arrive (see the module docstring).
 
     ``names`` maps node ids to silo names. ``clip`` is the round's central-DP accumulator
-    (None without DP). After the exchange: ``contributors``, ``rejected``, ``losses``,
-    ``metrics`` (the contributors' metrics, for DP-SGD ε) and either the running sum
+    (None without DP). After the exchange: ``contributors``, ``rejected``, ``metrics``
+    (the contributors' metrics: train loss, DP-SGD ε) and either the running sum
     (:attr:`sum`) or the kept :attr:`updates`.
     """
 
@@ -44,8 +45,7 @@ class RoundCollector:
     clip: ClipAccumulator | None = None
     contributors: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
-    losses: list[tuple[float, float]] = field(default_factory=list)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, SiloMetrics] = field(default_factory=dict)
     updates: list[Update] = field(default_factory=list)
     on_update: Callable[[Update], None] | None = None  # test hook: sees each accepted update
 
@@ -65,7 +65,7 @@ class RoundCollector:
         if reply.error is not None:
             self.rejected[name] = str(reply.error)
             return slim
-        n = float(reply.metrics.get("num-examples", 0))
+        n = reply.metrics.num_examples or 0.0
         weight = n if self.strategy.weighted else 1.0
         update = Update(silo=name, delta=reply.arrays, weight=weight)
         try:
@@ -81,9 +81,7 @@ class RoundCollector:
             self.rejected[name] = str(exc)
             return slim
         self.contributors.append(name)
-        self.metrics[name] = dict(reply.metrics)
-        if "train_loss" in reply.metrics:
-            self.losses.append((float(reply.metrics["train_loss"]), n))
+        self.metrics[name] = reply.metrics
         return slim
 
     def _fold(self, update: Update) -> None:

@@ -8,7 +8,6 @@ configuration that was used.
 from __future__ import annotations
 
 import math
-import tomllib
 
 import tomli_w
 from dataclasses import asdict, dataclass, field, fields
@@ -17,6 +16,7 @@ from typing import Any, Mapping
 
 from strategies.dp.config import DPConfig
 from xsilo.errors import ConfigError
+from xsilo.files import atomic_write, read_toml
 
 __all__ = ["RunConfig", "load_run_config", "write_run_config"]
 
@@ -157,12 +157,8 @@ def load_run_config(path: Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         path = path / "config.toml"
-    if not path.is_file():
-        raise ConfigError(f"run configuration {path} does not exist; create it or pass --config")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    data = read_toml(path, what="run configuration", missing=(
+        f"run configuration {path} does not exist; create it or pass --config"))
     if "run" not in data:
         raise ConfigError(f"{path} has no [run] table; put the run settings under [run]")
     return RunConfig.from_mapping(data["run"])
@@ -170,4 +166,4 @@ def load_run_config(path: Path) -> RunConfig:
 
 def write_run_config(path: Path, config: RunConfig) -> None:
     """Write ``config`` as TOML under ``[run]``."""
-    Path(path).write_text(tomli_w.dumps({"run": config.to_dict()}))
+    atomic_write(path, tomli_w.dumps({"run": config.to_dict()}))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import tomli_w
 
 from deploy.launch.processes import FlowerCLI, ManagedProcess, start_superlink
 from xsilo.errors import ConfigError
+from xsilo.files import atomic_write, read_toml
 
 __all__ = ["CoordinatorHome", "GatewaySettings", "RunningCoordinator", "start_coordinator",
            "stop_quietly", "write_gateway_home"]
@@ -81,13 +81,9 @@ class CoordinatorHome:
     def load(cls, root: Path) -> CoordinatorHome:
         root = Path(root).expanduser().resolve()
         path = root / "coordinator.toml"
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist; is {root} a coordinator home? "
-                              "(`xsilo demo --keep` creates one you can copy)")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        data = read_toml(path, what="coordinator home configuration", missing=(
+            f"{path} does not exist; is {root} a coordinator home? "
+            "(`xsilo demo --keep` creates one you can copy)"))
         table = data.get("coordinator", {})
         gateway = _gateway_settings(data.get("gateway"), root, path)
         unknown = set(table) - _KEYS
@@ -118,7 +114,7 @@ class CoordinatorHome:
         (root / nodes).mkdir(parents=True, exist_ok=True)
         (root / "runs").mkdir(exist_ok=True)
         path = root / "coordinator.toml"
-        path.write_text(tomli_w.dumps({"coordinator": {
+        atomic_write(path, tomli_w.dumps({"coordinator": {
             "host": host, "port": port, "ca_cert": "pki/ca.crt", "cert": cert, "key": key,
             "nodes": nodes, "runs": "runs"}}))
         return path
@@ -149,7 +145,7 @@ def write_gateway_home(root: Path, *, pki_dir: Path, public_host: str = "0.0.0.0
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs").mkdir(exist_ok=True)
     path = root / "coordinator.toml"
-    path.write_text(tomli_w.dumps({
+    atomic_write(path, tomli_w.dumps({
         "coordinator": {"host": "127.0.0.1", "port": superlink_port,
                         "ca_cert": str(pki.ca_cert_path.resolve()),
                         "cert": str(files.superlink_cert.resolve()),

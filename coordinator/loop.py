@@ -22,42 +22,28 @@ checkpoint and the summary carry ε at δ.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
-from coordinator.messages import Payload, Reply
+from coordinator.messages import Observers, Payload, Reply, Transport
 from coordinator.privacy import RunPrivacy
 from coordinator.run_store import RunStore
-from coordinator.secure import SecureAggregation
-from strategies.api import PerUpdateStrategy, Strategy, SumStrategy
-from xsilo.errors import ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded
+from coordinator.secure import SecureAggregation, run_threshold
+from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
+from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
+                          StrategyError)
+from xsilo.terms import PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics, TrainTerms
 
-__all__ = ["RoundLoop", "Transport"]
+__all__ = ["RoundLoop"]
 
 log = logging.getLogger(__name__)
-
-# Test hook: when set, sees every update the clear round accepts (before it is folded away).
-COLLECT_OBSERVER: Callable[[Any], None] | None = None
-
-
-class Transport(Protocol):
-    """What the loop needs from the network (``coordinator.transport.GridTransport``)."""
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[int]: ...
-
-    def node_ids(self) -> list[int]: ...
-
-    def exchange(self, message_type: str, payloads: Mapping[int, Payload], *, timeout: float,
-                 group: str, on_reply: Callable[[int, Reply], Reply] | None = None
-                 ) -> dict[int, Reply]: ...
 
 
 @dataclass
@@ -86,32 +72,39 @@ def _weighted_mean(values: list[tuple[float, float]]) -> float | None:
     return sum(v * w for v, w in values) / total if total > 0 else None
 
 
-def _clip_report(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+def _clip_report(metrics: Mapping[str, SiloMetrics]) -> dict[str, Any]:
     """What the silos said about clipping and weight capping before quantization."""
-    return {"clipped_values": int(sum(m.get("secagg-clipped", 0) for m in metrics.values())),
-            "capped_weights": sorted(n for n, m in metrics.items() if m.get("secagg-capped"))}
+    return {"clipped_values": int(sum(m.secagg_clipped or 0 for m in metrics.values())),
+            "capped_weights": sorted(n for n, m in metrics.items() if m.secagg_capped)}
 
 
-def _note_dpsgd(row: _PendingRow, silo: str, metrics: Mapping[str, float]) -> None:
+def _note_dpsgd(row: _PendingRow, silo: str, metrics: SiloMetrics) -> None:
     """A DP-SGD silo's own record-level ε (its accountant, its δ) goes into the row."""
-    if "dpsgd_epsilon" in metrics:
-        row.extra.setdefault("dpsgd_epsilon", {})[silo] = float(metrics["dpsgd_epsilon"])
-        row.extra.setdefault("dpsgd_delta", {})[silo] = float(metrics.get("dpsgd_delta", 0.0))
+    if metrics.dpsgd_epsilon is not None:
+        row.extra.setdefault("dpsgd_epsilon", {})[silo] = metrics.dpsgd_epsilon
+        row.extra.setdefault("dpsgd_delta", {})[silo] = metrics.dpsgd_delta or 0.0
+
+
+def _losses(metrics: Iterable[SiloMetrics]) -> list[tuple[float, float]]:
+    """(train loss, example count) of the silos that reported one."""
+    return [(m.train_loss, m.num_examples or 0.0) for m in metrics if m.train_loss is not None]
 
 
 class RoundLoop:
     """Drive one federated run; see the module docstring."""
 
     def __init__(self, config: RunConfig, transport: Transport, store: RunStore,
-                 strategy: Strategy) -> None:
+                 strategy: Strategy, *, observers: Observers | None = None) -> None:
         self.config = config
         self.transport = transport
         self.store = store
         self.strategy = strategy
+        self.observers = observers or Observers()
         self.members: dict[int, _Member] = {}
         self.failed_rounds: list[int] = []
         self.secure: SecureAggregation | None = None
-        self.privacy = (RunPrivacy(config.dp, num_silos=config.wait_for)
+        self.privacy = (RunPrivacy(config.dp, num_silos=config.wait_for,
+                                   on_clipped=self.observers.clipped)
                         if config.dp is not None else None)
         self.run_token = self.privacy.run_token if self.privacy else secrets.token_hex(8)
         self.stop: tuple[str, str] | None = None  # (reason, message) of a clean early stop
@@ -121,24 +114,24 @@ class RoundLoop:
         """Admit silos; return the initial global model."""
         cfg = self.config
         nodes = self.transport.wait_for_nodes(cfg.wait_for, cfg.join_timeout)
-        terms = {"run-name": cfg.name, "strategy": cfg.strategy, "num-rounds": cfg.num_rounds,
-                 "secure-aggregation": cfg.secure_aggregation, "seed": cfg.seed,
-                 "min-silos": cfg.min_silos, "num-silos": len(nodes)}
-        if self.privacy is not None:
-            terms.update(self.privacy.join_terms())
+        terms = JoinTerms(
+            run_name=cfg.name, strategy=cfg.strategy, num_rounds=cfg.num_rounds, seed=cfg.seed,
+            min_silos=cfg.min_silos, num_silos=len(nodes),
+            secure_aggregation=cfg.secure_aggregation,
+            secagg_threshold=run_threshold(cfg, len(nodes)) if cfg.secure_aggregation else None,
+            dp=self.privacy.join_terms() if self.privacy is not None else None)
         replies = self.transport.exchange(
             "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
             group="join")
         refused = {}
         initial: dict[str, dict[str, np.ndarray]] = {}
         for node, reply in sorted(replies.items()):
-            name = str(reply.info.get("name", f"node-{node}"))
-            if reply.error is not None:
-                refused[name] = str(reply.error)
-                log.warning("silo %s refused the run: %s", name, reply.error)
+            name = reply.name or f"node-{node}"
+            if reply.error is not None or reply.info is None:
+                refused[name] = str(reply.error or "the join reply carries no silo identity")
+                log.warning("silo %s refused the run: %s", name, refused[name])
                 continue
-            fp = json.loads(str(reply.info.get("fingerprint", "{}")))
-            self.members[node] = _Member(node, name, fp)
+            self.members[node] = _Member(node, name, dict(reply.info.fingerprint))
             initial[name] = reply.arrays
         silent = sorted(set(nodes) - set(replies))
         self.store.append_event({
@@ -216,13 +209,25 @@ class RoundLoop:
             return True
         return False
 
-    def _train_config(self, server_round: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    def _train_terms(self, server_round: int, plan: RoundPlan) -> TrainTerms:
         cfg = self.config
-        return {"server-round": server_round, "num-rounds": cfg.num_rounds,
-                "local-epochs": cfg.local_epochs, "learning-rate": cfg.learning_rate,
-                "batch-size": cfg.batch_size, "seed": cfg.seed,
-                "strategy": cfg.strategy, "run-token": self.run_token,
-                **(self.privacy.train_config() if self.privacy else {}), **extra}
+        extra = {k: v for k, v in plan.config.items() if k != PROXIMAL_MU}
+        clash = sorted(set(extra) & TERM_KEYS)
+        if clash:
+            raise StrategyError(
+                f"strategy '{cfg.strategy}' puts {clash} in its round config, which are xsilo's "
+                "own term keys; the strategy must name its values differently")
+        mu = plan.config.get(PROXIMAL_MU, 0.0)
+        if not isinstance(mu, int | float) or isinstance(mu, bool) or not 0 <= mu < float("inf"):
+            raise StrategyError(f"strategy '{cfg.strategy}' sends proximal term {mu!r}; it must "
+                                "be a finite number ≥ 0")
+        return TrainTerms(
+            server_round=server_round, num_rounds=cfg.num_rounds, local_epochs=cfg.local_epochs,
+            learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed,
+            strategy=cfg.strategy, run_token=self.run_token, participants=len(plan.silos),
+            proximal_mu=float(mu),
+            dp=self.privacy.round_terms() if self.privacy is not None else None,
+            strategy_config=extra)
 
     def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
         """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""
@@ -241,12 +246,12 @@ class RoundLoop:
         connected = set(self.transport.node_ids())
         plan = self.strategy.configure_round(
             server_round, sorted(n for n in self.members if n in connected))
-        config = self._train_config(server_round, {**plan.config, "participants": len(plan.silos)})
+        terms = self._train_terms(server_round, plan)
         row = _PendingRow(server_round, "ok", 0.0)
         if self.secure is not None:
-            current = self._secure_round(current, pending, row, plan.silos, config)
+            current = self._secure_round(current, pending, row, plan.silos, terms)
         else:
-            current = self._clear_round(current, pending, row, plan.silos, config)
+            current = self._clear_round(current, pending, row, plan.silos, terms)
         if self.privacy is not None and "epsilon" not in row.extra:
             row.extra.update(self.privacy.row_fields())  # nothing released: ε unchanged
         if row.status == "ok":
@@ -264,11 +269,11 @@ class RoundLoop:
 
     def _secure_round(self, current: dict[str, np.ndarray], pending: _PendingRow,
                       row: _PendingRow, silos: tuple[int, ...],
-                      config: dict[str, Any]) -> dict[str, np.ndarray]:
+                      terms: TrainTerms) -> dict[str, np.ndarray]:
         """Two round trips through ``coordinator.secure``; the strategy gets only the sum."""
         assert self.secure is not None
-        config = {**config, "secagg-weighted": self.strategy.weighted}
-        outcome = self.secure.round(row.server_round, config, current, silos)
+        terms = replace(terms, secagg_weighted=self.strategy.weighted)
+        outcome = self.secure.round(row.server_round, terms, current, silos)
         # No masking round trip happened (too few keyed silos): still evaluate the model.
         replies = (outcome.replies if outcome.trained
                    else self._evaluate(current, silos, row.server_round, f"{row.server_round}-eval"))
@@ -279,9 +284,7 @@ class RoundLoop:
             {self.members[n].name: replies[n].metrics for n in outcome.contributors})}
         for n in outcome.contributors:
             _note_dpsgd(row, self.members[n].name, replies[n].metrics)
-        row.train_loss = _weighted_mean([
-            (float(replies[n].metrics["train_loss"]), float(replies[n].metrics["num-examples"]))
-            for n in outcome.contributors if "train_loss" in replies[n].metrics])
+        row.train_loss = _weighted_mean(_losses(replies[n].metrics for n in outcome.contributors))
         if outcome.failure is None and outcome.total_weight <= 0:
             outcome.failure = "the unmasked total weight is 0 (every silo sent weight 0)"
         if outcome.failure is not None:
@@ -298,21 +301,21 @@ class RoundLoop:
 
     def _clear_round(self, current: dict[str, np.ndarray], pending: _PendingRow,
                      row: _PendingRow, silos: tuple[int, ...],
-                     config: dict[str, Any]) -> dict[str, np.ndarray]:
+                     terms: TrainTerms) -> dict[str, np.ndarray]:
         """One round trip; each update is folded into the round's sum as it arrives."""
         collector = RoundCollector(
             self.strategy, current, {n: m.name for n, m in self.members.items()},
             clip=self.privacy.accumulator() if self.privacy is not None else None,
-            on_update=COLLECT_OBSERVER)
+            on_update=self.observers.update)
         replies = self.transport.exchange(
-            "train", {n: Payload(config, current) for n in silos},
+            "train", {n: Payload(terms, current) for n in silos},
             timeout=self.config.round_timeout, group=str(row.server_round),
             on_reply=collector.accept)
         self._emit_row(pending, replies)
         row.rejected, row.contributors = collector.rejected, list(collector.contributors)
         for name, metrics in collector.metrics.items():
             _note_dpsgd(row, name, metrics)
-        row.train_loss = _weighted_mean(collector.losses)
+        row.train_loss = _weighted_mean(_losses(collector.metrics.values()))
         if collector.count < self.config.min_silos:
             self._fail(row, f"{collector.count} usable update(s), min_silos is "
                             f"{self.config.min_silos}")
@@ -336,10 +339,10 @@ class RoundLoop:
         return self.strategy.step(current, dict(delta_sum), total_weight, server_round)
 
     def _evaluate(self, current: dict[str, np.ndarray], nodes: Any, server_round: int,
-                  group: str, **extra: Any) -> dict[int, Reply]:
-        config = {"server-round": server_round, **extra}
+                  group: str, *, final: bool = False) -> dict[int, Reply]:
+        terms = EvaluateTerms(server_round, final=final)
         return self.transport.exchange(
-            "evaluate", {n: Payload(config, current) for n in sorted(nodes)},
+            "evaluate", {n: Payload(terms, current) for n in sorted(nodes)},
             timeout=self.config.round_timeout, group=group)
 
     def _final_evaluation(self, current: dict[str, np.ndarray], pending: _PendingRow) -> None:
@@ -353,15 +356,14 @@ class RoundLoop:
             if reply.error is not None or node not in self.members:
                 continue
             m = reply.metrics
-            if "eval_loss" not in m:
+            if m.eval_loss is None:
                 continue
-            n = float(m.get("eval-examples", 1))
+            n = m.eval_examples if m.eval_examples is not None else 1.0
             per_silo[self.members[node].name] = {
-                "loss": float(m["eval_loss"]), "accuracy": m.get("eval_accuracy"),
-                "examples": int(n)}
-            losses.append((float(m["eval_loss"]), n))
-            if "eval_accuracy" in m:
-                accs.append((float(m["eval_accuracy"]), n))
+                "loss": m.eval_loss, "accuracy": m.eval_accuracy, "examples": int(n)}
+            losses.append((m.eval_loss, n))
+            if m.eval_accuracy is not None:
+                accs.append((m.eval_accuracy, n))
         self.store.append_event({
             "event": "round", "round": row.server_round, "status": row.status,
             "global_loss": _weighted_mean(losses), "global_accuracy": _weighted_mean(accs),

@@ -5,7 +5,7 @@ the round loop, over plain numpy:
 
 * **before a round** — :meth:`RunPrivacy.check_budget` raises
   :class:`~xsilo.errors.PrivacyBudgetExceeded` when the round would take ε above
-  ``max_epsilon`` (the loop stops cleanly *before* that round); :meth:`train_config` is the
+  ``max_epsilon`` (the loop stops cleanly *before* that round); :meth:`round_terms` is the
   round's DP event (mechanism, z, C, δ, …) sent to every silo, which re-derives ε itself;
 * **central mechanism** — :meth:`aggregate` clips each update to C, caps each weight at
   ``w_max``, sums, and adds ``N(0, (z_sum · w_max · C)² I)`` from the secure byte source
@@ -21,7 +21,7 @@ and folds its capped weight ``min(w, w_max)/w_max`` into its update before maski
 Gaussian to the unmasked sum; the silos clip to ``C − step·√d`` so that quantization keeps
 every masked contribution within C. *Distributed*: the silos mask their KLS encodings
 (noise included) and :meth:`decode_distributed` only decodes; the round event is the DDG's
-zCDP ρ, and every round gets a fresh public rotation seed in :meth:`train_config`.
+zCDP ρ, and every round gets a fresh public rotation seed in :meth:`round_terms`.
 
 Sensitivity and the denominator: under add/remove-one-silo neighbouring the capped,
 clipped sum changes by at most ``w_max · C`` (``weighted_sum_sensitivity``). The strategy
@@ -59,19 +59,16 @@ from strategies.dp import (
 from strategies.dp.accounting import Event
 from strategies.dp.adaptive import AdaptiveClipState
 from strategies.dp.clipping import ClipResult
-from strategies.dp.randomness import ByteSource
+from strategies.randomness import ByteSource
 from strategies.registry import check_compatible
 from xsilo.errors import ConfigError
+from xsilo.terms import DPTerms
 
-__all__ = ["DP_TERMS_KEY", "CentralResult", "RunPrivacy", "check_run_privacy", "parse_dp"]
+__all__ = ["CentralResult", "RunPrivacy", "check_run_privacy", "parse_dp"]
 
 log = logging.getLogger(__name__)
 
-DP_TERMS_KEY = "dp"  # config key (join and train): the run's [dp] table as JSON
 _STATE_KEY = "dp/state"
-
-# Debug hook: when set (by tests), sees every ClipResult of every run in this process.
-CLIP_OBSERVER: Callable[[ClipResult], None] | None = None
 
 # Mechanisms the round loop runs under secure aggregation: central (silos clip before
 # masking, the coordinator noises the unmasked sum) and distributed (silos mask their
@@ -228,15 +225,14 @@ class RunPrivacy:
                            template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """KLS decode of the unmasked modular sum with this round's rotation seed (float64)."""
         if self.ddg is None or self.rotation_seed is None:
-            raise ConfigError("decode_distributed needs bind_secure and a round's train_config")
+            raise ConfigError("decode_distributed needs bind_secure and a round's round_terms")
         shapes = {k: np.empty(np.shape(v)) for k, v in template.items()}
         return decode_sum(modular_sum, params=self.ddg, rotation_seed=self.rotation_seed,
                           template=shapes)
 
-    def join_terms(self) -> dict[str, Any]:
-        """What silos see at join: the DP table (JSON) and this run's tally key."""
-        return {DP_TERMS_KEY: json.dumps(self.dp.to_mapping(), sort_keys=True),
-                "dp-run": self.run_token}
+    def join_terms(self) -> DPTerms:
+        """What silos see at join: the DP table and this run's tally key."""
+        return DPTerms(table=self.dp.to_mapping(), run=self.run_token)
 
     def projected_epsilon(self, num_rounds: int) -> float:
         """ε after ``num_rounds`` rounds, or ``max_epsilon`` if the run would stop earlier."""
@@ -253,27 +249,25 @@ class RunPrivacy:
             return None
         return budget.check(self.accountant, self.event(), round_number=server_round)
 
-    def train_config(self) -> dict[str, Any]:
-        """The round's DP parameters for every silo's train message.
+    def round_terms(self) -> DPTerms:
+        """The round's DP terms for every silo's train message.
 
-        Under secure aggregation it adds n and t (each silo checks them against its own
+        Under secure aggregation they add n and t (each silo checks them against its own
         protocol state) and, for the distributed mechanism, a fresh 32-byte public rotation
         seed (call it once per round).
         """
-        out = {**self.join_terms(), "dp-clip-norm": self.clip_norm,
-               "dp-noise-stddev": self.noise_stddev}
-        if self.secure is not None:
-            out.update({"dp-num-silos": self.secure["n"], "dp-min-survivors": self.secure["t"]})
+        n, t = (self.secure["n"], self.secure["t"]) if self.secure is not None else (None, None)
         if self.ddg is not None:
             self.rotation_seed = secrets.token_bytes(32)
-            out["dp-rotation-seed"] = self.rotation_seed.hex()
-        return out
+        return replace(self.join_terms(), clip_norm=self.clip_norm,
+                       noise_stddev=self.noise_stddev, num_silos=n, min_survivors=t,
+                       rotation_seed=self.rotation_seed if self.ddg is not None else None)
 
     # -- the central mechanism --------------------------------------------------------
     def accumulator(self) -> ClipAccumulator:
         """A streaming clip-and-sum for this round's updates (at this round's C)."""
         return ClipAccumulator(clip_norm=self.clip_norm, max_weight=self.dp.max_weight,
-                               on_clipped=self.on_clipped or CLIP_OBSERVER)
+                               on_clipped=self.on_clipped)
 
     def release(self, clipped: ClippedSum, *, participants: int) -> CentralResult:
         """Add noise to a clipped sum; adaptive C moves for the next round."""

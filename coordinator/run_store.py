@@ -25,21 +25,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from xsilo.errors import ConfigError
+from xsilo.files import atomic_write
 
-__all__ = ["RunStore", "atomic_write_bytes", "load_npz"]
+__all__ = ["RunStore", "load_npz"]
 
 _STATE_PREFIX = "strategy/"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -101,7 +91,7 @@ class RunStore:
         arrays.update({_STATE_PREFIX + k: v for k, v in strategy_state.items()})
         arrays["__round__"] = np.asarray(server_round)
         path = self.checkpoints / f"round-{server_round:04d}.npz"
-        atomic_write_bytes(path, _npz_bytes(arrays))
+        atomic_write(path, _npz_bytes(arrays))
         return path
 
     def latest_checkpoint(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]] | None:
@@ -118,12 +108,12 @@ class RunStore:
     def save_model(self, model: Mapping[str, np.ndarray]) -> Path:
         """Write the final global model to ``model.npz``."""
         path = self.path / "model.npz"
-        atomic_write_bytes(path, _npz_bytes(model))
+        atomic_write(path, _npz_bytes(model))
         return path
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` atomically."""
-        atomic_write_bytes(self.path / "summary.json",
+        atomic_write(self.path / "summary.json",
                            json.dumps(summary, indent=2, sort_keys=True).encode())
 
     def summary(self) -> dict[str, Any] | None:

@@ -40,23 +40,25 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from coordinator.config import RunConfig
-from coordinator.messages import Payload, Reply
+from coordinator.messages import Payload, Reply, Transport
 from coordinator.privacy import RunPrivacy
 from strategies.secagg import (
-    KeyAdvert, MaskedInput, Message, RoundResult, UnmaskResponse, abort_round, begin_round,
-    finish_round, make_config, message_from_record, receive_advert, receive_masked,
-    receive_unmask, request_more_unmask, request_rekey, request_unmask, start_run)
-from strategies.secagg.encoded import make_encoded_config
+    CoordinatorState, KeyAdvert, KeyRequest, MaskedInput, Message, RoundResult, UnmaskResponse,
+    abort_round, begin_round, finish_round, make_config, message_from_record, receive_advert,
+    receive_masked, receive_unmask, request_more_unmask, request_rekey, request_unmask,
+    start_run)
+from strategies.secagg.config import make_encoded_config
 from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
+from xsilo.terms import KeySetupTerms, TrainTerms, UnmaskTerms
 
 __all__ = ["REKEY_BACKOFF_CAP", "UNMASK_SPARES", "SecureAggregation", "SecureRound",
-           "default_threshold"]
+           "default_threshold", "run_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,12 @@ def default_threshold(num_silos: int, min_silos: int) -> int:
     """``max(2, min_silos, ⌈2n/3⌉)``: tolerates a third of the silos dropping out in a round,
     and a sum over at least two thirds of them reveals little about any one."""
     return max(2, min_silos, math.ceil(2 * num_silos / 3))
+
+
+def run_threshold(config: RunConfig, num_silos: int) -> int:
+    """The threshold a secure run uses with ``num_silos`` silos: ``secagg_threshold`` when
+    set, else :func:`default_threshold` (the one place it is derived; silos are told it)."""
+    return config.secagg_threshold or default_threshold(num_silos, config.min_silos)
 
 
 @dataclass
@@ -95,7 +103,10 @@ class SecureRound:
     rekeyed: dict[str, int] = field(default_factory=dict)
 
 
-def _parse(reply: Reply, expected: type[Message]) -> Message:
+M = TypeVar("M", bound=Message)
+
+
+def _parse(reply: Reply, expected: type[M]) -> M:
     if reply.secagg is None:
         raise ProtocolError(f"silo node {reply.node_id} replied without a secure-aggregation "
                             f"record (expected {expected.KIND!r})")
@@ -109,14 +120,14 @@ def _parse(reply: Reply, expected: type[Message]) -> Message:
 class SecureAggregation:
     """The coordinator's side of secure aggregation for one run (see the module docstring)."""
 
-    def __init__(self, config: RunConfig, transport: Any, nodes: Sequence[int],
+    def __init__(self, config: RunConfig, transport: Transport, nodes: Sequence[int],
                  template: Mapping[str, np.ndarray], privacy: RunPrivacy | None = None) -> None:
         self.run_config = config
         self.transport = transport
         self.nodes = sorted(nodes)
         self.index = {node: i for i, node in enumerate(self.nodes)}
         n = len(self.nodes)
-        threshold = config.secagg_threshold or default_threshold(n, config.min_silos)
+        threshold = run_threshold(config, n)
         if threshold > n:
             raise SecureAggregationError(
                 f"secagg_threshold {threshold} is above the {n} silo(s) that joined; lower "
@@ -137,7 +148,7 @@ class SecureAggregation:
             if privacy is not None:  # central: silos clip before masking
                 privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length,
                                     quant_step=self.config.quant.step)
-        self.state: Any = None
+        self.state: CoordinatorState | None = None
         # Joined silos without keys (missed the setup, restarted): node → the first round
         # to re-key it in, and how many attempts in a row failed (for the back-off).
         self._rekey_at: dict[int, int] = {}
@@ -150,7 +161,7 @@ class SecureAggregation:
     def settings(self) -> dict[str, Any]:
         """The run's secure-aggregation parameters (for the run's event log)."""
         q = self.config.quant
-        out = {"threshold": self.threshold, "silos": len(self.nodes),
+        out: dict[str, Any] = {"threshold": self.threshold, "silos": len(self.nodes),
                "length": self.config.length, "clip": q.clip, "bits": q.bits,
                "max_weight": q.max_weight, "modulus_bits": q.modulus_bits, "step": q.step}
         if self.privacy is not None and self.privacy.calibration is not None:
@@ -177,12 +188,13 @@ class SecureAggregation:
             self._keys_failed(node, 0)
         return problems
 
-    def _key_exchange(self, state: Any, requests: Mapping[int, Message], *, group: str,
-                      what: str, server_round: int = 0) -> tuple[Any, dict[int, str]]:
+    def _key_exchange(self, state: CoordinatorState, requests: Mapping[int, KeyRequest], *,
+                      group: str, what: str, server_round: int = 0
+                      ) -> tuple[CoordinatorState, dict[int, str]]:
         """Send KeyRequests (``{roster index: request}``); store the adverts that are valid.
         Returns the new state and ``{node: why it has no keys}`` for the others."""
         node_of = {i: node for node, i in self.index.items()}
-        payloads = {node_of[i]: Payload({"secagg-silo": i, "server-round": server_round},
+        payloads = {node_of[i]: Payload(KeySetupTerms(silo=i, server_round=server_round),
                                         secagg=req.to_record())
                     for i, req in requests.items()}
         replies = self.transport.exchange(SECAGG_SETUP, payloads,
@@ -193,10 +205,10 @@ class SecureAggregation:
                 if reply.error is not None:
                     raise ProtocolError(str(reply.error))
                 advert = _parse(reply, KeyAdvert)
-                if advert.silo != self.index[node]:  # type: ignore[attr-defined]
-                    raise ProtocolError(f"key advert names silo {advert.silo}, "  # type: ignore[attr-defined]
+                if advert.silo != self.index[node]:
+                    raise ProtocolError(f"key advert names silo {advert.silo}, "
                                         f"expected {self.index[node]}")
-                state = receive_advert(state, advert)  # type: ignore[arg-type]
+                state = receive_advert(state, advert)
             except ProtocolError as exc:
                 problems[node] = str(exc)
                 log.warning("silo node %s has no secure-aggregation keys: %s", node, exc)
@@ -214,6 +226,7 @@ class SecureAggregation:
         due = [n for n in silos if self._rekey_at.get(n, math.inf) <= server_round]
         if not due:
             return
+        assert self.state is not None  # setup() ran
         state, requests = request_rekey(self.state, [self.index[n] for n in due])
         started = time.monotonic()
         state, problems = self._key_exchange(state, requests, group=f"{server_round}-rekey",
@@ -229,12 +242,13 @@ class SecureAggregation:
                 self._key_failures.pop(node, None)
                 self._rekey_at.pop(node, None)
 
-    def round(self, server_round: int, config: Mapping[str, Any],
+    def round(self, server_round: int, terms: TrainTerms,
               current: Mapping[str, np.ndarray], silos: Sequence[int]) -> SecureRound:
         """Two round trips (three when a silo is re-keyed first); never raises for a
         protocol failure (see ``SecureRound.failure``)."""
         out = SecureRound(replies={})
         self._rekey(server_round, silos, out)
+        assert self.state is not None  # setup() ran
         try:
             state, requests = begin_round(self.state, round_=server_round,
                                           available=[self.index[n] for n in silos])
@@ -253,7 +267,7 @@ class SecureAggregation:
                 if reply.error is not None:
                     self._note_error(node, reply, server_round)
                     raise ProtocolError(str(reply.error))
-                state = receive_masked(state, _parse(reply, MaskedInput))  # type: ignore[arg-type]
+                state = receive_masked(state, _parse(reply, MaskedInput))
                 arrived.append(self.index[node])
             except ProtocolError as exc:
                 out.problems[node] = str(exc)
@@ -262,7 +276,7 @@ class SecureAggregation:
 
         started = time.monotonic()
         out.replies = self.transport.exchange(
-            "train", {node_of[i]: Payload(config, current, secagg=req.to_record())
+            "train", {node_of[i]: Payload(terms, current, secagg=req.to_record())
                       for i, req in requests.items()},
             timeout=self.run_config.round_timeout, group=str(server_round), on_reply=fold)
         out.seconds["masked_input"] = round(time.monotonic() - started, 3)
@@ -288,11 +302,11 @@ class SecureAggregation:
         out.report = self._round_report(out, result)
         return out
 
-    def _unmask(self, state: Any, server_round: int, out: SecureRound,
-                node_of: Mapping[int, int], arrived: Sequence[int]) -> Any:
+    def _unmask(self, state: CoordinatorState, server_round: int, out: SecureRound,
+                node_of: Mapping[int, int], arrived: Sequence[int]) -> CoordinatorState:
         """Round trip 2: ask ``t + UNMASK_SPARES`` survivors, stop at ``t`` answers; ask the
         other survivors only when too few answered."""
-        t = state.config.threshold
+        t = self.threshold
         state, requests = request_unmask(state, ask=list(arrived)[:t + UNMASK_SPARES])
         started = time.monotonic()
 
@@ -302,7 +316,7 @@ class SecureAggregation:
                 if reply.error is not None:
                     self._note_error(node, reply, server_round)
                     raise ProtocolError(str(reply.error))
-                state = receive_unmask(state, _parse(reply, UnmaskResponse))  # type: ignore[arg-type]
+                state = receive_unmask(state, _parse(reply, UnmaskResponse))
             except ProtocolError as exc:
                 out.problems[node] = f"unmasking: {exc}"
             reply.secagg = None
@@ -312,7 +326,7 @@ class SecureAggregation:
         while requests:
             asked += len(requests)
             replies = self.transport.exchange(
-                SECAGG_UNMASK, {node_of[i]: Payload({"server-round": server_round},
+                SECAGG_UNMASK, {node_of[i]: Payload(UnmaskTerms(server_round),
                                                     secagg=req.to_record())
                                 for i, req in requests.items()},
                 timeout=self.run_config.round_timeout, group=f"{server_round}-unmask",

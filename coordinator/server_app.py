@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.config import load_run_config
 from coordinator.loop import RoundLoop
+from coordinator.messages import Observers
 from coordinator.privacy import check_run_privacy
 from coordinator.run_store import RunStore
 from coordinator.transport import GridTransport
@@ -20,13 +21,13 @@ __all__ = ["app", "run_coordinator", "simulation_app"]
 log = logging.getLogger(__name__)
 app = ServerApp()
 
-# Debug hook: when set (by tests), receives every raw reply Message the coordinator process
-# gets (join, key setup, masked inputs, unmask shares, evaluations) — the coordinator's view.
-RECORDER = None
+def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
+                    observers: Observers | None = None) -> dict:
+    """Run the federation described by ``run_dir/config.toml`` over ``grid``.
 
-
-def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1) -> dict:
-    """Run the federation described by ``run_dir/config.toml`` over ``grid``."""
+    ``observers`` (tests, audits) see what this coordinator process sees: every raw reply,
+    every central-DP clip, every accepted clear update.
+    """
     if not run_dir:
         raise ConfigError("run config 'run-dir' is empty; start runs with `xsilo coordinator run`")
     config = load_run_config(run_dir)
@@ -35,8 +36,9 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1) -> 
     check_run_privacy(config.dp, strategy, secure_aggregation=config.secure_aggregation)
     store = RunStore(run_dir)
     store.prepare()
-    transport = GridTransport(grid, poll_interval=poll_interval, recorder=RECORDER)
-    return RoundLoop(config, transport, store, strategy).run()
+    observers = observers or Observers()
+    transport = GridTransport(grid, poll_interval=poll_interval, recorder=observers.reply)
+    return RoundLoop(config, transport, store, strategy, observers=observers).run()
 
 
 @app.main()
@@ -48,14 +50,16 @@ def main(grid: Grid, context: Context) -> None:
     log.info("run finished: %s", summary)
 
 
-def simulation_app(run_dir: str, *, poll_interval: float = 0.005) -> ServerApp:
+def simulation_app(run_dir: str, *, poll_interval: float = 0.005,
+                   observers: Observers | None = None) -> ServerApp:
     """The coordinator ServerApp for Flower's Ray simulation (``run_simulation`` passes no
     run config, so the run directory is bound here)."""
     sim = ServerApp()
 
     @sim.main()
     def _main(grid: Grid, context: Context) -> None:
-        summary = run_coordinator(grid, run_dir, poll_interval=poll_interval)
+        summary = run_coordinator(grid, run_dir, poll_interval=poll_interval,
+                                  observers=observers)
         log.info("run finished: %s", summary)
 
     return sim

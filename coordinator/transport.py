@@ -18,9 +18,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.messages import Payload, Reply, SiloError
-from xsilo.errors import DeploymentError
-from xsilo.records import arrays_to_record, record_to_arrays
+from xsilo.errors import DeploymentError, ProtocolError
 from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS, SILO
+from xsilo.records import arrays_to_record, record_to_arrays
+from xsilo.terms import SiloInfo, SiloMetrics
 
 __all__ = ["GridTransport"]
 
@@ -34,32 +35,37 @@ def _parse_error(msg: Message) -> SiloError:
     reason = msg.error.reason or ""
     try:
         data = json.loads(reason)
-        return SiloError(str(data["type"]), str(data["reason"]), str(data["message"]))
-    except (ValueError, KeyError, TypeError):
+        silo = data.get("silo")
+        return SiloError(str(data["type"]), str(data["reason"]), str(data["message"]),
+                         silo=silo if isinstance(silo, str) and silo else None)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 
 
 def _to_reply(node_id: int, msg: Message) -> Reply:
+    """The Flower message → a parsed :class:`Reply`; a malformed one becomes that silo's
+    ``ProtocolError`` reply (it never escapes as another exception)."""
     if msg.has_error():
-        try:
-            silo = json.loads(msg.error.reason or "").get("silo")
-        except (ValueError, AttributeError):
-            silo = None
-        return Reply(node_id, error=_parse_error(msg),
-                     info={"name": str(silo)} if silo else {})
-    content = msg.content
-    arrays: dict[str, np.ndarray] = {}
-    for key in (DELTA, ARRAYS):
-        if key in content.array_records:
-            arrays = record_to_arrays(content.array_records[key])
-            break
-    metrics = dict(content.metric_records[METRICS]) if METRICS in content.metric_records else {}
-    info = dict(content.config_records[SILO]) if SILO in content.config_records else {}
-    secagg = None
-    if SECAGG in content.config_records:
-        secagg = dict(content.config_records[SECAGG])
-        if SECAGG_ARRAYS in content.array_records:
-            secagg.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
+        return Reply(node_id, error=_parse_error(msg))
+    try:
+        content = msg.content
+        arrays: dict[str, np.ndarray] = {}
+        for key in (DELTA, ARRAYS):
+            if key in content.array_records:
+                arrays = record_to_arrays(content.array_records[key])
+                break
+        metrics = (SiloMetrics.from_record(dict(content.metric_records[METRICS]))
+                   if METRICS in content.metric_records else SiloMetrics())
+        info = (SiloInfo.from_config(dict(content.config_records[SILO]))
+                if SILO in content.config_records else None)
+        secagg = None
+        if SECAGG in content.config_records:
+            secagg = dict(content.config_records[SECAGG])
+            if SECAGG_ARRAYS in content.array_records:
+                secagg.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
+    except ProtocolError as exc:
+        log.warning("silo node %s sent a malformed reply: %s", node_id, exc)
+        return Reply(node_id, error=SiloError(ProtocolError.__name__, "malformed-reply", str(exc)))
     return Reply(node_id, arrays=arrays, metrics=metrics, info=info, secagg=secagg)
 
 
@@ -152,7 +158,7 @@ class GridTransport:
     @staticmethod
     def _message(node: int, message_type: str, payload: Payload, group: str,
                  timeout: float, records: dict[int, Any]) -> Message:
-        content = RecordDict({CONFIG: ConfigRecord(dict(payload.config))})
+        content = RecordDict({CONFIG: ConfigRecord(payload.terms.to_config())})
         if payload.arrays is not None:
             key = id(payload.arrays)
             if key not in records:

@@ -24,7 +24,8 @@ from rich.table import Table
 from coordinator.config import RunConfig
 from coordinator.console import make_console
 from coordinator.run_store import load_npz
-from silo_client.adapters.base import build_model
+from silo_client.adapters.base import FitSettings
+from silo_client.adapters.build import build_model
 from silo_client.config import SiloConfig
 from silo_client.data import LocalDataset, load_dataset
 from xsilo.errors import DeploymentError
@@ -43,11 +44,11 @@ def _pooled(parts: list[LocalDataset]) -> LocalDataset:
 
 def _score(silo: SiloConfig, params: dict | None, train: LocalDataset | None, epochs: int,
            tests: dict[str, LocalDataset], seed: int) -> dict[str, float]:
-    model = build_model(MODEL, schema=silo.schema, config={"seed": seed})
+    model = build_model(MODEL, schema=silo.schema, seed=seed)
     if params is not None:
         model.set_parameters(params)
     if train is not None:
-        model.fit(train, epochs=epochs, config={"seed": seed})
+        model.fit(train, epochs=epochs, config=FitSettings(seed=seed))
     scores = {"pooled": model.evaluate(_pooled(list(tests.values())))["accuracy"]}
     scores.update({name: model.evaluate(t)["accuracy"] for name, t in tests.items()})
     return scores

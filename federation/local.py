@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 # Institutions must not phone home, also when they only simulate: before Flower is imported.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -20,9 +20,11 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from coordinator.config import RunConfig, write_run_config
 from coordinator.local_grid import LocalGrid
+from coordinator.messages import Observers
 from coordinator.run_store import RunStore
 from coordinator.server_app import run_coordinator
 from silo_client.client_app import app as client_app
+from silo_client.client_app import build_app
 from xsilo.errors import DeploymentError
 
 __all__ = ["run_in_process", "run_in_simulation"]
@@ -31,27 +33,33 @@ log = logging.getLogger(__name__)
 
 
 def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path], *,
-                   drop: Callable[[int, str], bool] | None = None) -> dict:
+                   drop: Callable[[int, str], bool] | None = None,
+                   observers: Observers | None = None,
+                   silo_clipped: Callable[[Any], None] | None = None) -> dict:
     """Run ``config`` over silos given by their ``silo.toml`` paths; return the summary.
 
     Node ids are 1..N in the order given. ``drop(node_id, message_type)`` makes a silo
-    silent for that message (to exercise dropouts).
+    silent for that message (to exercise dropouts). ``observers`` see what the coordinator
+    sees; ``silo_clipped`` every DP clip a silo makes before masking (audits and tests).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir / "config.toml", config)
-    grid = LocalGrid(client_app, {i + 1: {"silo-config": str(Path(p).resolve())}
-                                  for i, p in enumerate(silo_configs)}, drop=drop)
-    return run_coordinator(grid, str(run_dir), poll_interval=0.0)
+    silos = client_app if silo_clipped is None else build_app(on_clipped=silo_clipped)
+    grid = LocalGrid(silos, {i + 1: {"silo-config": str(Path(p).resolve())}
+                             for i, p in enumerate(silo_configs)}, drop=drop)
+    return run_coordinator(grid, str(run_dir), poll_interval=0.0, observers=observers)
 
 
 def run_in_simulation(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path], *,
-                      cpus_per_silo: float = 1.0, verbose: bool = False) -> dict:
+                      cpus_per_silo: float = 1.0, verbose: bool = False,
+                      observers: Observers | None = None) -> dict:
     """Run ``config`` on Flower's Ray simulation engine (``flwr.simulation.run_simulation``):
     one virtual SuperNode per ``silo.toml``, the silos' ClientApps in Ray actors, the
     coordinator's ServerApp driving them over Flower's in-memory grid. Returns the summary.
 
-    Needs ``flwr[simulation]`` (Ray), which xsilo depends on.
+    Needs ``flwr[simulation]`` (Ray), which xsilo depends on. ``observers`` see what the
+    coordinator sees (the ServerApp runs in this process).
     """
     telemetry = sys.modules.get("flwr.supercore.telemetry")
     if telemetry is not None and getattr(telemetry, "FLWR_TELEMETRY_ENABLED", "0") != "0":
@@ -66,7 +74,8 @@ def run_in_simulation(run_dir: Path, config: RunConfig, silo_configs: Sequence[P
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir / "config.toml", config)
     paths = [str(Path(p).resolve()) for p in silo_configs]
-    run_simulation(server_app=server_sim(str(run_dir)), client_app=client_sim(paths),
+    run_simulation(server_app=server_sim(str(run_dir), observers=observers),
+                   client_app=client_sim(paths),
                    num_supernodes=len(paths), verbose_logging=verbose,
                    backend_config={"client_resources": {"num_cpus": cpus_per_silo},
                                    "init_args": {"logging_level": logging.WARNING,

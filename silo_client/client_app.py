@@ -20,51 +20,39 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from typing import Any, Callable, Sequence
-
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 
 from silo_client import secure
 from silo_client.silo import Silo
 from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
-from xsilo.records import arrays_to_record, record_to_arrays
 from xsilo.protocol import (ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SECAGG, SECAGG_ARRAYS,
                             SILO)
+from xsilo.records import arrays_to_record, record_to_arrays
+from xsilo.terms import (EvaluateTerms, JoinTerms, KeySetupTerms, TrainTerms, UnmaskTerms,
+                         server_round_of)
 
-__all__ = ["app", "simulation_app"]
+__all__ = ["app", "build_app", "simulation_app"]
 
 log = logging.getLogger(__name__)
-app = ClientApp()
 
 _SECAGG_STATE = "xsilo.secagg"  # context.state: protocol state, holds private keys
-_RUN_TERMS = "xsilo.run"  # context.state: the terms this silo joined the run under
+_RUN_STATE = "xsilo.run"  # context.state: how this silo joined the run
+_JOINED_SECURE = "joined-secure"  # … whether it joined under secure aggregation
 
-
-def _silo(context: Context) -> Silo:
-    path = context.node_config.get("silo-config")
-    if not path:
-        raise ConfigError("this SuperNode has no node config 'silo-config'; start it with "
-                          "`xsilo silo start --config silo.toml`")
-    return Silo.from_file(str(path))
+Handler = Callable[[Message, Context], Message]
 
 
 def _run_id(msg: Message) -> str:
     return str(msg.metadata.run_id)
 
 
-def _round(msg: Message) -> int:
-    return int(_config(msg).get("server-round", 0))
-
-
-def _silo_name(context: Context) -> str | None:
-    """This silo's configured name, when its config is readable (for error replies)."""
-    try:
-        return _silo(context).config.name
-    except Exception:  # the error being reported may be the unreadable config itself
-        return None
+def _config(msg: Message) -> dict[str, Any]:
+    return dict(msg.content.config_records[CONFIG]) if CONFIG in msg.content.config_records else {}
 
 
 def _error_reply(msg: Message, exc: Exception, silo: str | None = None) -> Message:
@@ -75,41 +63,7 @@ def _error_reply(msg: Message, exc: Exception, silo: str | None = None) -> Messa
     body = {"type": kind, "reason": reason, "message": str(exc)}
     if silo:
         body["silo"] = silo
-    payload = json.dumps(body)
-    return Message(Error(code=code, reason=payload), reply_to=msg)
-
-
-def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
-    def run(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except Exception as exc:  # never crash the silo; report the failure type upstream
-            if isinstance(exc, XsiloError):
-                log.warning("refusing %s: %s", msg.metadata.message_type, exc)
-            else:
-                log.error("silo failed on %s:\n%s", msg.metadata.message_type,
-                          traceback.format_exc())
-            reply = _error_reply(msg, exc, _silo_name(context))
-            _record_refusal(msg, context, reply)
-            return reply
-
-    run.__name__ = handler.__name__
-    return run
-
-
-def _record_refusal(msg: Message, context: Context, reply: Message) -> None:
-    """Refusals leave the site too: record them when the silo's config is readable."""
-    try:
-        silo = _silo(context)
-        silo.record_egress(run_id=_run_id(msg), server_round=_round(msg),
-                           message_type=f"{msg.metadata.message_type}.refusal", arrays={},
-                           metrics={}, extra={"reason": reply.error.reason})
-    except Exception:  # the refusal itself must still go out
-        log.debug("could not record refusal in the ledger", exc_info=True)
-
-
-def _config(msg: Message) -> dict[str, Any]:
-    return dict(msg.content.config_records[CONFIG]) if CONFIG in msg.content.config_records else {}
+    return Message(Error(code=code, reason=json.dumps(body)), reply_to=msg)
 
 
 def _secagg_record(msg: Message) -> dict[str, Any] | None:
@@ -131,6 +85,14 @@ def _secagg_content(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model(msg: Message) -> dict[str, np.ndarray]:
+    if ARRAYS not in msg.content.array_records:
+        raise ConfigError(f"the {msg.metadata.message_type} message carries no model "
+                          f"({ARRAYS!r} record); the coordinator and this silo must run the "
+                          "same xsilo release")
+    return record_to_arrays(msg.content.array_records[ARRAYS])
+
+
 def _stored(context: Context) -> dict[str, Any] | None:
     records = context.state.config_records
     return dict(records[_SECAGG_STATE]) if _SECAGG_STATE in records else None
@@ -138,101 +100,159 @@ def _stored(context: Context) -> dict[str, Any] | None:
 
 def _joined_secure(context: Context) -> bool:
     """Whether this silo joined the run under secure aggregation (its join terms)."""
-    terms = context.state.config_records.get(_RUN_TERMS, {})
-    return bool(terms.get("secure-aggregation", False))
+    state = context.state.config_records.get(_RUN_STATE, {})
+    return bool(state.get(_JOINED_SECURE, False))
 
 
-@app.query()
-@_guarded
-def join(msg: Message, context: Context) -> Message:
-    """Validate data and run terms; answer with identity, fingerprint and initial model."""
-    silo = _silo(context)
-    info, params = silo.join(_config(msg))
-    context.state[_RUN_TERMS] = ConfigRecord(
-        {"secure-aggregation": bool(_config(msg).get("secure-aggregation", False))})
-    silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
-                       arrays=params, metrics={}, extra=info)
-    return Message(RecordDict({SILO: ConfigRecord(info), ARRAYS: arrays_to_record(params)}),
-                   reply_to=msg)
+class _Handlers:
+    """The silo's message handlers, over plain :class:`Silo` calls; ``on_clipped`` (tests,
+    audits) sees every DP clip before masking."""
+
+    def __init__(self, on_clipped: Callable[[Any], None] | None = None) -> None:
+        self.on_clipped = on_clipped
+
+    def silo(self, context: Context) -> Silo:
+        path = context.node_config.get("silo-config")
+        if not path:
+            raise ConfigError("this SuperNode has no node config 'silo-config'; start it with "
+                              "`xsilo silo start --config silo.toml`")
+        return Silo.from_file(str(path), on_clipped=self.on_clipped)
+
+    def silo_name(self, context: Context) -> str | None:
+        """This silo's configured name, when its config is readable (for error replies)."""
+        try:
+            return self.silo(context).config.name
+        except Exception:  # the error being reported may be the unreadable config itself
+            return None
+
+    def guarded(self, handler: Handler) -> Handler:
+        def run(msg: Message, context: Context) -> Message:
+            try:
+                return handler(msg, context)
+            except Exception as exc:  # never crash the silo; report the failure type upstream
+                if isinstance(exc, XsiloError):
+                    log.warning("refusing %s: %s", msg.metadata.message_type, exc)
+                else:
+                    log.error("silo failed on %s:\n%s", msg.metadata.message_type,
+                              traceback.format_exc())
+                reply = _error_reply(msg, exc, self.silo_name(context))
+                self.record_refusal(msg, context, reply)
+                return reply
+
+        run.__name__ = handler.__name__
+        return run
+
+    def record_refusal(self, msg: Message, context: Context, reply: Message) -> None:
+        """Refusals leave the site too: record them when the silo's config is readable."""
+        try:
+            self.silo(context).record_egress(
+                run_id=_run_id(msg), server_round=server_round_of(_config(msg)),
+                message_type=f"{msg.metadata.message_type}.refusal", arrays={}, metrics={},
+                extra={"reason": reply.error.reason})
+        except Exception:  # the refusal itself must still go out
+            log.debug("could not record refusal in the ledger", exc_info=True)
+
+    def join(self, msg: Message, context: Context) -> Message:
+        """Validate data and run terms; answer with identity, fingerprint and initial model."""
+        terms = JoinTerms.from_config(_config(msg))
+        silo = self.silo(context)
+        info, params = silo.join(terms)
+        context.state[_RUN_STATE] = ConfigRecord({_JOINED_SECURE: terms.secure_aggregation})
+        reply = info.to_config()
+        silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
+                           arrays=params, metrics={}, extra=reply)
+        return Message(RecordDict({SILO: ConfigRecord(reply), ARRAYS: arrays_to_record(params)}),
+                       reply_to=msg)
+
+    def train(self, msg: Message, context: Context) -> Message:
+        """Evaluate the incoming global model, train locally, reply with the update."""
+        terms = TrainTerms.from_config(_config(msg))
+        params = _model(msg)
+        silo = self.silo(context)
+        request = _secagg_record(msg)
+        # The site policy (require_secure_aggregation among its rules) and the run's own
+        # terms are checked in Silo.train before any work: a clear round is refused there.
+        result = silo.train(params, terms, secure=request is not None,
+                            joined_secure=_joined_secure(context))
+        if request is None:
+            metrics = result.metrics.to_record()
+            silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
+                               message_type="train", arrays=result.delta, metrics=metrics,
+                               privacy=result.privacy)
+            return Message(RecordDict({DELTA: arrays_to_record(result.delta),
+                                       METRICS: MetricRecord(metrics)}), reply_to=msg)
+        outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
+                              num_examples=result.metrics.num_examples or 0.0, terms=terms,
+                              on_clipped=self.on_clipped)
+        context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
+        metrics = result.metrics.merged(outcome.metrics).to_record()
+        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
+                           message_type="train", arrays={"masked": outcome.reply["masked"]},
+                           metrics=metrics, masked=True,
+                           extra={"secagg": outcome.reply["kind"],
+                                  # the masked vector is in payload_sha256: hash it once
+                                  "record_sha256": secure.record_digest(
+                                      {k: v for k, v in outcome.reply.items() if k != "masked"})})
+        return Message(RecordDict({METRICS: MetricRecord(metrics),
+                                   **_secagg_content(outcome.reply)}), reply_to=msg)
+
+    def secagg_setup(self, msg: Message, context: Context) -> Message:
+        """Secure-aggregation key setup (once per run, again after a restart): fresh keys,
+        public halves to the coordinator."""
+        terms = KeySetupTerms.from_config(_config(msg))
+        silo = self.silo(context)
+        state, reply = secure.setup(_stored(context), _secagg_record(msg), silo_index=terms.silo)
+        context.state[_SECAGG_STATE] = ConfigRecord(state)
+        if _RUN_STATE not in context.state.config_records:  # re-keyed after a restart: the
+            # join terms were lost with the state, and a key request comes only in a secure run
+            context.state[_RUN_STATE] = ConfigRecord({_JOINED_SECURE: True})
+        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,  # 0: setup
+                           message_type=msg.metadata.message_type, arrays={}, metrics={},
+                           extra={"secagg": reply["kind"],
+                                  "record_sha256": secure.record_digest(reply)})
+        return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
+
+    def unmask(self, msg: Message, context: Context) -> Message:
+        """Round trip 2 of a secure round: reveal the shares the protocol allows, nothing else."""
+        terms = UnmaskTerms.from_config(_config(msg))
+        silo = self.silo(context)
+        state, reply = secure.unmask(_stored(context), _secagg_record(msg))
+        context.state[_SECAGG_STATE] = ConfigRecord(state)
+        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
+                           message_type=msg.metadata.message_type, arrays={}, metrics={},
+                           extra={"secagg": reply["kind"], "self_shares": len(reply["self_shares"]),
+                                  "pair_shares": len(reply["pair_shares"]),
+                                  "record_sha256": secure.record_digest(reply)})
+        return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Score a global model on the local test split."""
+        terms = EvaluateTerms.from_config(_config(msg))
+        params = _model(msg)
+        silo = self.silo(context)
+        metrics = silo.evaluate(params, terms).to_record()
+        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
+                           message_type="evaluate", arrays={}, metrics=metrics)
+        return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.train()
-@_guarded
-def train(msg: Message, context: Context) -> Message:
-    """Evaluate the incoming global model, train locally, reply with the update."""
-    params = record_to_arrays(msg.content.array_records[ARRAYS])
-    silo = _silo(context)
-    request = _secagg_record(msg)
-    config = _config(msg)
-    # The site policy (require_secure_aggregation among its rules) and the run's own terms
-    # are checked in Silo.train before any work: a clear round is refused there.
-    result = silo.train(params, config, secure=request is not None,
-                        joined_secure=_joined_secure(context))
-    if request is None:
-        silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
-                           arrays=result.delta, metrics=result.metrics, privacy=result.privacy)
-        return Message(RecordDict({DELTA: arrays_to_record(result.delta),
-                                   METRICS: MetricRecord(result.metrics)}), reply_to=msg)
-    outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
-                          num_examples=result.metrics["num-examples"],
-                          weighted=bool(config.get("secagg-weighted", True)),
-                          round_config=config)
-    context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
-    metrics = {**result.metrics, **outcome.metrics}
-    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="train",
-                       arrays={"masked": outcome.reply["masked"]}, metrics=metrics, masked=True,
-                       extra={"secagg": outcome.reply["kind"],
-                              # the masked vector is in payload_sha256: hash it once
-                              "record_sha256": secure.record_digest(
-                                  {k: v for k, v in outcome.reply.items() if k != "masked"})})
-    return Message(RecordDict({METRICS: MetricRecord(metrics), **_secagg_content(outcome.reply)}),
-                   reply_to=msg)
+def build_app(*, mods: Sequence[Any] = (),
+              on_clipped: Callable[[Any], None] | None = None) -> ClientApp:
+    """The silo's ClientApp: ``query`` (join), ``train``, ``train.secagg_setup``,
+    ``train.unmask`` and ``evaluate``. ``mods`` are Flower mods for every message;
+    ``on_clipped`` an audit hook on DP clipping (in-process runs and tests)."""
+    handlers = _Handlers(on_clipped)
+    client = ClientApp(mods=list(mods))
+    client.query()(handlers.guarded(handlers.join))
+    client.train()(handlers.guarded(handlers.train))
+    client.train("secagg_setup")(handlers.guarded(handlers.secagg_setup))
+    client.train("unmask")(handlers.guarded(handlers.unmask))
+    client.evaluate()(handlers.guarded(handlers.evaluate))
+    return client
 
 
-@app.train("secagg_setup")
-@_guarded
-def secagg_setup(msg: Message, context: Context) -> Message:
-    """Secure-aggregation key setup (once per run, again after a restart): fresh keys,
-    public halves to the coordinator."""
-    silo = _silo(context)
-    state, reply = secure.setup(_stored(context), _secagg_record(msg),
-                                silo_index=_config(msg).get("secagg-silo"))
-    context.state[_SECAGG_STATE] = ConfigRecord(state)
-    if _RUN_TERMS not in context.state.config_records:  # re-keyed after a restart: the join
-        # terms were lost with the state, and a key request comes only in a secure run
-        context.state[_RUN_TERMS] = ConfigRecord({"secure-aggregation": True})
-    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg),  # 0: the run's setup
-                       message_type=msg.metadata.message_type,
-                       arrays={}, metrics={}, extra={"secagg": reply["kind"],
-                                                     "record_sha256": secure.record_digest(reply)})
-    return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
-
-
-@app.train("unmask")
-@_guarded
-def unmask(msg: Message, context: Context) -> Message:
-    """Round trip 2 of a secure round: reveal the shares the protocol allows, nothing else."""
-    silo = _silo(context)
-    state, reply = secure.unmask(_stored(context), _secagg_record(msg))
-    context.state[_SECAGG_STATE] = ConfigRecord(state)
-    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg),
-                       message_type=msg.metadata.message_type, arrays={}, metrics={},
-                       extra={"secagg": reply["kind"], "self_shares": len(reply["self_shares"]),
-                              "pair_shares": len(reply["pair_shares"]),
-                              "record_sha256": secure.record_digest(reply)})
-    return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
-
-
-@app.evaluate()
-@_guarded
-def evaluate(msg: Message, context: Context) -> Message:
-    """Score a global model on the local test split."""
-    params = record_to_arrays(msg.content.array_records[ARRAYS])
-    silo = _silo(context)
-    metrics = silo.evaluate(params, _config(msg))
-    silo.record_egress(run_id=_run_id(msg), server_round=_round(msg), message_type="evaluate",
-                       arrays={}, metrics=metrics)
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+app = build_app()
+"""The ClientApp every SuperNode runs (``silo_client.client_app:app``)."""
 
 
 class _BindSimulatedSilo:
@@ -255,13 +275,8 @@ class _BindSimulatedSilo:
         return call_next(msg, context)
 
 
-def simulation_app(silo_configs: Sequence[str]) -> ClientApp:
+def simulation_app(silo_configs: Sequence[str], *,
+                   on_clipped: Callable[[Any], None] | None = None) -> ClientApp:
     """The silo ClientApp for Flower's Ray simulation: the same handlers as :data:`app`,
     with virtual SuperNode *i* reading ``silo_configs[i]``."""
-    sim = ClientApp(mods=[_BindSimulatedSilo(silo_configs)])
-    sim.query()(join)
-    sim.train()(train)
-    sim.train("secagg_setup")(secagg_setup)
-    sim.train("unmask")(unmask)
-    sim.evaluate()(evaluate)
-    return sim
+    return build_app(mods=[_BindSimulatedSilo(silo_configs)], on_clipped=on_clipped)

@@ -22,7 +22,7 @@
     spec = "sklearn:LogisticRegression"   # or "my_pkg.models:build"
     params = { C = 1.0 }                  # passed to the builder
     dp_sgd = { noise_multiplier = 1.0, max_grad_norm = 1.0 }   # optional, torch only:
-                                          # record-level DP-SGD (silo_client.privacy)
+                                          # record-level DP-SGD (silo_client.dpsgd)
 
     [policy]
     file = "policy.toml"              # optional site policy
@@ -32,15 +32,15 @@ Relative paths are resolved against the directory of the file itself.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from deploy import EXECUTORS
 from silo_client.data import DataSchema
-from silo_client.privacy import DPSGDSettings
+from silo_client.dpsgd import DPSGDSettings
 from xsilo.errors import ConfigError
+from xsilo.files import atomic_write, read_toml
 
 __all__ = ["SiloConfig", "load_silo_config", "write_silo_config"]
 
@@ -111,13 +111,9 @@ def _require(table: Mapping[str, Any], key: str, section: str, path: Path) -> An
 def load_silo_config(path: str | Path) -> SiloConfig:
     """Read and validate ``silo.toml``; every problem is a ConfigError naming the key."""
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"silo configuration {path} does not exist; pass the member kit's "
-                          "silo.toml (`xsilo silo start --config PATH`)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    data = read_toml(path, what="silo configuration", missing=(
+        f"silo configuration {path} does not exist; pass the member kit's silo.toml "
+        "(`xsilo silo start --config PATH`)"))
     _check_keys(data, path)
     base = path.parent
 
@@ -184,5 +180,5 @@ def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str
         data["policy"] = {"file": str(policy_file)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(data))
+    atomic_write(path, tomli_w.dumps(data))
     return path

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from xsilo.errors import ConfigError
+from xsilo.files import atomic_write
 
 __all__ = ["GENESIS", "LEDGER_FILE", "EgressLedger", "VerifyResult", "entry_hash",
            "payload_digest", "summarize", "verify_ledger"]
@@ -288,10 +289,8 @@ class EgressLedger:
         the ledger). Not fsynced: a lost or stale record costs a longer check, not a wrong one."""
         record = {"bytes": self._end, "seq": self._seq, "hash": self._head,
                   "sha256": self._digest.hexdigest()}
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(tmp, self.checkpoint_path)
+            atomic_write(self.checkpoint_path, json.dumps(record), durable=False)
         except OSError:  # the ledger line is durable; only the shortcut is lost
             log.warning("could not record the egress ledger head in %s", self.checkpoint_path,
                         exc_info=True)

@@ -18,14 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from xsilo.errors import ConfigError, PolicyRefusal
+from xsilo.files import atomic_write, read_toml
 
 __all__ = ["PrivacyTally", "RunTerms", "SitePolicy", "check_round", "check_run",
            "normalize_fingerprint"]
@@ -97,13 +95,9 @@ class SitePolicy:
     def load(cls, path: str | Path) -> SitePolicy:
         """Read ``policy.toml``; a missing or malformed file is a :class:`ConfigError`."""
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"site policy {p} not found; a silo never runs on a silently "
-                              "permissive default when a policy file is configured")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"site policy {p}: invalid TOML ({exc})") from exc
+        data = read_toml(p, what="site policy", missing=(
+            f"site policy {p} not found; a silo never runs on a silently permissive default "
+            "when a policy file is configured"))
         return cls.from_mapping(data, source=str(p))
 
 
@@ -256,21 +250,6 @@ class PrivacyTally:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"version": 1, "total_epsilon": self.total(), "runs": self.runs},
                           indent=2, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(self.path, body)

@@ -1,37 +1,30 @@
-"""Differential privacy at the silo: its own ε tally and refusal, and record-level DP-SGD.
+"""Silo-level differential privacy at the silo: its own ε tally, its refusals, and the
+update it masks under secure aggregation.
 
-Silo-level DP (central, distributed)
-    The coordinator sends the run's ``[dp]`` table (JSON under ``"dp"``) at join and with
-    every round. The silo rebuilds a validated :class:`~strategies.dp.DPConfig` from it,
-    derives the round's accounting event *itself* (for the distributed mechanism it
-    recomputes the zCDP ρ from the KLS calibration) and composes it in its own
-    :class:`~strategies.dp.Accountant` — a number the coordinator sends is never used as ε.
-    Per run, the accountant's history lives in ``workspace/privacy/<run>.json``; the
-    site-lifetime total in ``workspace/privacy-tally.json`` (:class:`PrivacyTally`, runs add
-    up). A round whose ε would cross the site policy's ``max_epsilon`` is refused with
-    ``PolicyRefusal("max_epsilon")`` before anything is sent. The silo counts a round when
-    it sends its update (conservative: the coordinator counts only rounds it released).
+The coordinator states the run's ``[dp]`` table in the join and train terms
+(:class:`xsilo.terms.DPTerms`). The silo validates it into a
+:class:`~strategies.dp.DPConfig` itself, derives the round's accounting event *itself* (for
+the distributed mechanism from the KLS calibration at the roster size and threshold the
+coordinator states, which the silo checks against its own secure-aggregation state) and
+composes it in its own :class:`~strategies.dp.Accountant` — a number the coordinator sends
+is never used as ε. Per run, the accountant's history lives in
+``workspace/privacy/<run>.json``; the site-lifetime total in ``workspace/privacy-tally.json``
+(:class:`~silo_client.policy.PrivacyTally`, runs add up). A round whose ε would cross the
+site policy's ``max_epsilon`` is refused with ``PolicyRefusal("max_epsilon")`` before
+anything is sent. The silo counts a round when it sends its update (conservative: the
+coordinator counts only rounds it released).
 
-Record-level DP-SGD (torch silos)
-    ``[model] dp_sgd = {noise_multiplier = 1.0, max_grad_norm = 1.0, delta = 1e-5}`` makes
-    a torch silo train through Opacus (:func:`strategies.dp.dpsgd.make_private`): per-example
-    clipping, Gaussian noise per batch, Poisson sampling. Every optimizer step is a sampled
-    Gaussian event; the silo composes them across rounds in its own accountant and reports
-    ``dpsgd_epsilon`` / ``dpsgd_delta`` with its metrics. torch is imported only here, on
-    that path.
-
-Under secure aggregation
-    :func:`secure_update` clips the update (and, for the distributed mechanism, encodes it
-    with this silo's discrete-Gaussian share) before ``silo_client.secure.mask`` masks it.
+Under secure aggregation :func:`secure_update` clips the update (and, for the distributed
+mechanism, encodes it with this silo's discrete-Gaussian share) before
+``silo_client.secure.mask`` masks it. Record-level DP-SGD is in :mod:`silo_client.dpsgd`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,51 +34,36 @@ from silo_client.policy import PrivacyTally, RunTerms, SitePolicy, check_round
 from strategies.dp import (Accountant, ClipResult, DPConfig, GaussianRound, ZCDPRound,
                            clip_update, default_source, encode_update)
 from strategies.secagg import SecAggConfig
-from xsilo.errors import ConfigError, ModelError, ProtocolError
+from xsilo.errors import ConfigError, ProtocolError
+from xsilo.files import atomic_write
 from xsilo.protocol import flatten_update, model_length
+from xsilo.terms import DPTerms, JoinTerms, TrainTerms
 
-__all__ = ["DPSGDSettings", "RoundPrivacy", "SecureDPUpdate", "SiloPrivacy", "attach_dpsgd",
-           "dp_terms", "secure_update"]
+__all__ = ["RoundPrivacy", "SecureDPUpdate", "SiloPrivacy", "ledger_fields", "parse_dp",
+           "secure_update"]
 
 TALLY_FILE = "privacy-tally.json"
 
 
-def _secure_round(config: Mapping[str, Any]) -> bool:
-    """Whether a train config is a secure-aggregation round (the coordinator adds
-    ``"secagg-weighted"`` to every masked round; ``"secure-aggregation"`` is the join term)."""
-    return "secagg-weighted" in config or bool(config.get("secure-aggregation", False))
+def parse_dp(terms: DPTerms | None) -> DPConfig | None:
+    """The run's DP settings from its stated terms (None: the run uses no DP); an invalid
+    table is a ConfigError naming the setting."""
+    return None if terms is None else DPConfig.from_mapping(dict(terms.table))
 
 
-def dp_terms(config: Mapping[str, Any]) -> DPConfig | None:
-    """The run's DP settings from a join/train config (None: the run uses no DP)."""
-    raw = config.get("dp")
-    if raw in (None, ""):
-        return None
-    try:
-        table = json.loads(str(raw))
-    except ValueError as exc:
-        raise ConfigError(f"the coordinator sent a malformed dp table ({exc})") from exc
-    return DPConfig.from_mapping(table)
-
-
-def _event(dp: DPConfig, config: Mapping[str, Any], dimension: int | None) -> GaussianRound | ZCDPRound:
+def _event(dp: DPConfig, *, dimension: int | None, num_silos: int | None,
+           min_survivors: int | None) -> GaussianRound | ZCDPRound:
+    """The round's accounting event; the distributed mechanism is calibrated for the
+    roster size and threshold the coordinator stated (checked by the caller)."""
     if dp.mechanism != "distributed":
         return dp.round_event()
     if dimension is None:
         raise ConfigError("the distributed round event needs the model's parameter count")
-    # Rounds carry n and t (checked against the protocol state before masking); at join the
-    # roster is not final yet: project with the silos contacted and the default threshold.
-    n = int(config.get("dp-num-silos") or config.get("num-silos") or 0)
-    t = int(config.get("dp-min-survivors") or max(2, int(config.get("min-silos", 2)),
-                                                     math.ceil(2 * n / 3)))
-    if n < 2:
-        raise ConfigError("the distributed round event needs the number of silos (dp-num-silos)")
-    params = dp.ddg_params(num_silos=n, min_survivors=min(t, n), dimension=dimension)
+    if num_silos is None or min_survivors is None:
+        raise ProtocolError("a distributed-DP run's terms must state the number of silos and "
+                            "the secure-aggregation threshold; the coordinator sent none")
+    params = dp.ddg_params(num_silos=num_silos, min_survivors=min_survivors, dimension=dimension)
     return dp.round_event(params.calibrate())
-
-
-# Debug hook: when set (by tests), sees every ClipResult a silo makes before masking.
-CLIP_OBSERVER: Callable[[ClipResult], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,9 +75,10 @@ class SecureDPUpdate:
     clip_norm: float
 
 
-def secure_update(dp: DPConfig, config: Mapping[str, Any], *, delta: Mapping[str, np.ndarray],
+def secure_update(dp: DPConfig, terms: DPTerms, *, delta: Mapping[str, np.ndarray],
                   template: Mapping[str, np.ndarray], num_examples: float, weighted: bool,
-                  secagg: SecAggConfig) -> SecureDPUpdate:
+                  secagg: SecAggConfig,
+                  on_clipped: Callable[[ClipResult], None] | None = None) -> SecureDPUpdate:
     """Clip (and, distributed, encode with the noise share) before the update is masked.
 
     The capped weight is folded into the update as ``min(w, w_max)/w_max`` (the coordinator
@@ -108,6 +87,7 @@ def secure_update(dp: DPConfig, config: Mapping[str, Any], *, delta: Mapping[str
     keeps the masked contribution within C; weight word 1. Distributed: KLS
     ``encode_update`` with the round's public rotation seed. Nothing about the clipping
     leaves the silo (adaptive clipping is refused under secure aggregation).
+    ``on_clipped`` (tests, audits) sees the clipped update.
 
     Raises
     ------
@@ -116,11 +96,11 @@ def secure_update(dp: DPConfig, config: Mapping[str, Any], *, delta: Mapping[str
         it accounted would not be the ε of the round).
     """
     n, t = len(secagg.roster), secagg.threshold
-    if (int(config.get("dp-num-silos", -1)), int(config.get("dp-min-survivors", -1))) != (n, t):
+    if (terms.num_silos, terms.min_survivors) != (n, t):
         raise ProtocolError(
-            f"the round's DP terms name n={config.get('dp-num-silos')}, "
-            f"t={config.get('dp-min-survivors')} but this silo's secure-aggregation run has "
-            f"n={n}, t={t}; refusing (its ε would be accounted for the wrong mechanism)")
+            f"the round's DP terms name n={terms.num_silos}, t={terms.min_survivors} but this "
+            f"silo's secure-aggregation run has n={n}, t={t}; refusing (its ε would be "
+            "accounted for the wrong mechanism)")
     weight = float(num_examples) if weighted else 1.0
     fraction = min(weight, dp.max_weight) / dp.max_weight
     dimension = model_length(template)
@@ -128,31 +108,22 @@ def secure_update(dp: DPConfig, config: Mapping[str, Any], *, delta: Mapping[str
     if dp.mechanism == "central":
         clip -= secagg.quant.step * math.sqrt(dimension)
     clipped = clip_update(delta, clip_norm=clip)
-    if CLIP_OBSERVER is not None:
-        CLIP_OBSERVER(clipped)
+    if on_clipped is not None:
+        on_clipped(clipped)
     if dp.mechanism == "central":
         update = flatten_update(clipped.update, template) * fraction
         return SecureDPUpdate({"update": update, "weight": 1}, clip)
     params = dp.ddg_params(num_silos=n, min_survivors=t, dimension=dimension)
-    seed = _rotation_seed(config)
+    if terms.rotation_seed is None:
+        raise ProtocolError("the round carries no dp rotation seed (32 bytes); the "
+                            "distributed mechanism needs the round's public rotation seed")
     if params.calibrate().padded_dim != secagg.length or not secagg.encoded or (
             params.modulus_bits != secagg.quant.modulus_bits):
         raise ProtocolError("the secure-aggregation run does not mask this mechanism's encoding "
                             f"(length {secagg.length}, 2^{secagg.quant.modulus_bits}); re-key")
-    encoded, _, _ = encode_update(clipped.update, params=params, rotation_seed=seed,
+    encoded, _, _ = encode_update(clipped.update, params=params, rotation_seed=terms.rotation_seed,
                                   rng=default_source(), weight_fraction=fraction)
     return SecureDPUpdate({"encoded": encoded}, clip)
-
-
-def _rotation_seed(config: Mapping[str, Any]) -> bytes:
-    try:
-        seed = bytes.fromhex(str(config.get("dp-rotation-seed", "")))
-    except ValueError:
-        seed = b""
-    if len(seed) != 32:
-        raise ProtocolError("the round carries no valid dp-rotation-seed (32 bytes, hex); "
-                            "the distributed mechanism needs the round's public rotation seed")
-    return seed
 
 
 @dataclass
@@ -181,19 +152,25 @@ class SiloPrivacy:
     def tally(self) -> PrivacyTally:
         return PrivacyTally(self.workspace / TALLY_FILE, max_epsilon=self.policy.max_epsilon)
 
-    def run_terms(self, terms: Mapping[str, Any], *, dimension: int | None = None,
-                  **base: Any) -> RunTerms:
+    def run_terms(self, join: JoinTerms, *, dimension: int | None = None,
+                  coordinator_fingerprint: str | None = None) -> RunTerms:
         """:class:`RunTerms` with the run's projected total ε, computed here from its terms."""
-        dp = dp_terms(terms)
+        base = RunTerms(strategy=join.strategy, num_rounds=join.num_rounds,
+                        secure_aggregation=join.secure_aggregation,
+                        coordinator_fingerprint=coordinator_fingerprint,
+                        num_silos=join.num_silos)
+        dp = parse_dp(join.dp)
         if dp is None:
-            return RunTerms(**base)
-        acct, event = dp.accountant(), _event(dp, terms, dimension)
-        for _ in range(int(terms.get("num-rounds", 0))):
+            return base
+        event = _event(dp, dimension=dimension, num_silos=join.num_silos,
+                       min_survivors=join.secagg_threshold)
+        acct = dp.accountant()
+        for _ in range(join.num_rounds):
             acct.compose_round(event)
         projected = acct.epsilon()
         if dp.max_epsilon is not None:
             projected = min(projected, dp.max_epsilon)
-        return RunTerms(**base, dp_epsilon_total=projected, dp_delta=dp.delta)
+        return replace(base, dp_epsilon_total=projected, dp_delta=dp.delta)
 
     def _load(self, run: str, dp: DPConfig) -> tuple[Path, Accountant, list[int]]:
         path = self.workspace / "privacy" / f"{_safe(run)}.json"
@@ -206,43 +183,42 @@ class SiloPrivacy:
             raise ConfigError(f"privacy state {path} is unreadable ({exc}); restore it from "
                               "backup: spent budget must not be forgotten") from exc
 
-    def begin_round(self, config: Mapping[str, Any], *, dimension: int | None = None,
+    def begin_round(self, terms: TrainTerms, *, dimension: int | None = None,
                     secure: bool | None = None) -> RoundPrivacy | None:
         """Check this round against the site policy; raise PolicyRefusal before any work.
 
         ``secure``: whether this round's update will be masked (the train message carries a
-        mask request); None reads it from the round config (``"secagg-weighted"`` present).
+        mask request); None reads it from the terms (secure rounds state their weighting).
         """
-        server_round = int(config.get("server-round", 0))
-        terms = {"server_round": server_round, "participants": int(config.get("participants", 0)),
-                 "strategy": None if config.get("strategy") is None else str(config["strategy"]),
-                 "secure_aggregation": _secure_round(config) if secure is None else bool(secure)}
-        dp = dp_terms(config)
-        if dp is None:
-            check_round(self.policy, **terms, epsilon_spent=None, epsilon_next=None)
+        checks = {"server_round": terms.server_round, "participants": terms.participants,
+                  "strategy": terms.strategy,
+                  "secure_aggregation": terms.secure if secure is None else bool(secure)}
+        dp = parse_dp(terms.dp)
+        if dp is None or terms.dp is None:
+            check_round(self.policy, **checks, epsilon_spent=None, epsilon_next=None)
             return None
-        run = str(config.get("dp-run") or "unnamed-run")
+        run = terms.dp.run
         path, acct, rounds = self._load(run, dp)
         if acct.delta != dp.delta or acct.method != dp.accounting_method:
             raise ConfigError(f"run {run}: the coordinator changed delta or the accounting method "
                               "mid-run; the silo refuses mixed accounting")
-        event = _event(dp, config, dimension)
-        counted = server_round in rounds
+        event = _event(dp, dimension=dimension, num_silos=terms.dp.num_silos,
+                       min_survivors=terms.dp.min_survivors)
+        counted = terms.server_round in rounds
         eps_after = acct.epsilon() if counted else acct.epsilon_if(event)
         tally = self.tally
-        check_round(self.policy, **terms, epsilon_spent=tally.total(),
+        check_round(self.policy, **checks, epsilon_spent=tally.total(),
                     epsilon_next=tally.total_after(run, eps_after))
-        return RoundPrivacy(run, server_round, event, eps_after,
-                            float(config.get("dp-clip-norm", dp.clip_norm)),
-                            float(config.get("dp-noise-stddev", 0.0)), path, acct, counted)
+        clip = terms.dp.clip_norm if terms.dp.clip_norm is not None else dp.clip_norm
+        return RoundPrivacy(run, terms.server_round, event, eps_after, float(clip or 0.0),
+                            float(terms.dp.noise_stddev or 0.0), path, acct, counted)
 
     def commit(self, rp: RoundPrivacy) -> float:
         """Record the round (before the update leaves the site); return the run's ε."""
         if not rp.counted:
             rp.accountant.compose_round(rp.event)
             rounds = [*self._load_rounds(rp.state_path), rp.server_round]
-            rp.state_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(rp.state_path, json.dumps(
+            atomic_write(rp.state_path, json.dumps(
                 {"accountant": rp.accountant.state_dict(), "rounds": rounds}, sort_keys=True))
         eps = rp.accountant.epsilon()
         self.tally.record(rp.run, rp.server_round, eps)
@@ -262,134 +238,3 @@ def ledger_fields(rp: RoundPrivacy | None, epsilon: float | None) -> dict[str, f
 
 def _safe(run: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run)[:80] or "run"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------- DP-SGD
-@dataclass(frozen=True)
-class DPSGDSettings:
-    """``[model] dp_sgd`` in silo.toml: record-level DP-SGD for a torch silo."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-    delta: float = 1e-5
-    accounting: str = "rdp"
-
-    def __post_init__(self) -> None:
-        for name in ("noise_multiplier", "max_grad_norm"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"[model] dp_sgd.{name} = {v!r}: must be a positive number "
-                                  "(DP-SGD without per-example clipping and noise has no guarantee)")
-        Accountant(self.delta, self.accounting)  # validates delta and the method
-
-    @classmethod
-    def from_mapping(cls, table: Mapping[str, Any], *, source: str = "silo.toml") -> DPSGDSettings:
-        known = {"noise_multiplier", "max_grad_norm", "delta", "accounting"}
-        unknown = sorted(set(table) - known)
-        missing = sorted({"noise_multiplier", "max_grad_norm"} - set(table))
-        if unknown or missing:
-            raise ConfigError(f"{source}: [model] dp_sgd needs noise_multiplier and max_grad_norm "
-                              f"(optional: delta, accounting); unknown {unknown}, missing {missing}")
-        return cls(**dict(table))
-
-
-@dataclass
-class DPSGDReport:
-    """Filled by the DP-SGD training function; read into the round's metrics."""
-
-    epsilon: float | None = None
-    delta: float | None = None
-    steps: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, float]:
-        if self.epsilon is None:
-            return {}
-        return {"dpsgd_epsilon": float(self.epsilon), "dpsgd_delta": float(self.delta or 0.0),
-                "dpsgd_steps": float(self.steps)}
-
-
-def attach_dpsgd(adapter: Any, settings: DPSGDSettings, *, state_path: Path) -> DPSGDReport:
-    """Make ``adapter`` (a :class:`TorchAdapter`) train with DP-SGD; return its report.
-
-    ε composes over every round of the run: the step history is kept in ``state_path``.
-    """
-    if not hasattr(adapter, "module") or not hasattr(adapter, "train_fn"):
-        raise ModelError("[model] dp_sgd needs a torch model (an nn.Module spec); this silo's "
-                         f"model is {type(adapter).__name__}. Remove dp_sgd or use a torch model")
-    if adapter.train_fn is not None:
-        raise ModelError("[model] dp_sgd replaces the training loop; this model brings its own "
-                         "train_fn. Remove one of them")
-    report = DPSGDReport()
-
-    def train_fn(module: Any, train: Any, *, epochs: int, config: Mapping[str, Any],
-                 device: Any, proximal: Any) -> float:
-        if float(config.get("proximal-mu", 0.0) or 0.0) > 0:
-            raise ConfigError("FedProx's proximal term is not supported with [model] dp_sgd "
-                              "(Opacus clips per-example gradients only); use fedavg")
-        loss, training = _dpsgd_epochs(adapter, module, train, epochs=epochs, config=config,
-                                       settings=settings)
-        _account_steps(report, training, settings, state_path, config)
-        return loss
-
-    adapter.train_fn = train_fn
-    return report
-
-
-def _dpsgd_epochs(adapter: Any, module: Any, train: Any, *, epochs: int,
-                  config: Mapping[str, Any], settings: DPSGDSettings) -> tuple[float, Any]:
-    import torch
-
-    from strategies.dp.dpsgd import make_private
-
-    # DP-SGD's noise and batch sampling come from xsilo's secure source (make_private), not
-    # from torch's generator. The adapter seeds torch from the run seed for reproducible
-    # dropout; reseed so dropout masks do not repeat across rounds either.
-    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    X, y = adapter._tensors(train)
-    batch = int(config.get("batch-size", adapter.batch_size))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=batch)
-    lr = float(config.get("learning-rate", 0.01))
-    optimizer = adapter.optimizer_fn(module.parameters(), lr)
-    training = make_private(module, optimizer, loader, noise_multiplier=settings.noise_multiplier,
-                            max_grad_norm=settings.max_grad_norm)
-    total, count = 0.0, 0
-    for _ in range(max(1, int(epochs))):
-        total, count = 0.0, 0
-        for xb, yb in training.data_loader:
-            if len(xb) == 0:
-                continue
-            training.optimizer.zero_grad()
-            out = training.model(xb.to(adapter.device))
-            loss = adapter.loss_fn(out, yb.to(adapter.device))
-            loss.backward()
-            training.optimizer.step()
-            total, count = total + float(loss.detach()) * len(xb), count + len(xb)
-    if count == 0 or not math.isfinite(total):
-        raise ModelError(f"DP-SGD training produced no finite loss ({total}/{count}); lower "
-                         "learning-rate or raise batch-size")
-    return total / count, training
-
-
-def _account_steps(report: DPSGDReport, training: Any, settings: DPSGDSettings,
-                   state_path: Path, config: Mapping[str, Any]) -> None:
-    from strategies.dp.dpsgd import step_events
-
-    acct = Accountant(settings.delta, settings.accounting)
-    if state_path.exists():
-        acct = Accountant.from_state_dict(json.loads(state_path.read_text())["accountant"])
-    for event in step_events(training):
-        acct.compose_round(event)
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(state_path, json.dumps({"accountant": acct.state_dict(),
-                                          "last_round": int(config.get("server-round", 0))}))
-    report.epsilon, report.delta, report.steps = acct.epsilon(), settings.delta, training.steps

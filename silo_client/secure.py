@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,10 @@ from strategies.secagg import (
     silo_state_from_record, silo_state_to_record, silo_step)
 from strategies.secagg.quantize import count_clipped
 from silo_client.ledger import raw_bytes
-from silo_client.privacy import dp_terms, secure_update
+from silo_client.privacy import parse_dp, secure_update
 from xsilo.errors import KeysMissing, ProtocolError
 from xsilo.protocol import flatten_update
+from xsilo.terms import SiloMetrics, TrainTerms
 
 __all__ = ["MaskOutcome", "mask", "record_digest", "setup", "unmask", "weight_for"]
 
@@ -58,12 +59,10 @@ def _state(stored: Mapping[str, Any] | None, step: str) -> Any:
 
 
 def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
-          silo_index: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key."""
+          silo_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key.
+    ``silo_index`` is this silo's roster index (:class:`xsilo.terms.KeySetupTerms`)."""
     message = _expect(request, KeyRequest, "key setup")
-    if not isinstance(silo_index, int) or isinstance(silo_index, bool):
-        raise ProtocolError(f"key setup: config 'secagg-silo' must be this silo's integer "
-                            f"roster index, got {silo_index!r}")
     state = silo_state_from_record(dict(stored)) if stored else new_silo(int(silo_index))
     if state.silo != int(silo_index):
         raise ProtocolError(f"key setup names this silo {silo_index}, but its keys are for "
@@ -86,38 +85,42 @@ class MaskOutcome:
 
     state: dict[str, Any]
     reply: dict[str, Any]
-    metrics: dict[str, float]
+    metrics: SiloMetrics
 
 
 def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
          delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
-         num_examples: float, weighted: bool,
-         round_config: Mapping[str, Any] | None = None) -> MaskOutcome:
+         num_examples: float, terms: TrainTerms,
+         on_clipped: Callable[[Any], None] | None = None) -> MaskOutcome:
     """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares).
 
-    With DP terms in ``round_config`` the update is first clipped (central) or encoded with
+    With DP in the round's ``terms`` the update is first clipped (central) or encoded with
     this silo's noise share (distributed) by :func:`silo_client.privacy.secure_update`;
     nothing about the clipping is reported in the clear.
     """
     message = _expect(request, MaskRequest, "masked input")
+    if terms.secagg_weighted is None:
+        raise ProtocolError("masked input: the round's terms carry a mask request but do not "
+                            "say how updates are weighted (secure rounds state it)")
+    weighted = terms.secagg_weighted
     state = _state(stored, "masked input")
     assert state.config is not None
-    dp = dp_terms(round_config or {})
-    if dp is not None:
-        prepared = secure_update(dp, round_config or {}, delta=delta, template=template,
+    dp = parse_dp(terms.dp)
+    if dp is not None and terms.dp is not None:
+        prepared = secure_update(dp, terms.dp, delta=delta, template=template,
                                  num_examples=num_examples, weighted=weighted,
-                                 secagg=state.config)
+                                 secagg=state.config, on_clipped=on_clipped)
         state, reply = silo_step(state, message, **prepared.step_kwargs)
         return MaskOutcome(silo_state_to_record(state), reply.to_record(),
-                           {"secagg-dp-clip-norm": prepared.clip_norm})
+                           SiloMetrics(secagg_dp_clip_norm=prepared.clip_norm))
     quant = state.config.quant
     update = flatten_update(delta, template, dtype=None)  # encode reads it a chunk at a time
     weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)
     clipped = count_clipped(update, quant.clip)
     state, reply = silo_step(state, message, update=update, weight=weight)
     return MaskOutcome(silo_state_to_record(state), reply.to_record(),
-                       {"secagg-weight": float(weight), "secagg-capped": float(capped),
-                        "secagg-clipped": float(clipped)})
+                       SiloMetrics(secagg_weight=float(weight), secagg_capped=float(capped),
+                                   secagg_clipped=float(clipped)))
 
 
 def unmask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None

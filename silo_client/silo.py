@@ -9,23 +9,26 @@ ClientApp (``silo_client.client_app``) only translates records to and from these
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from silo_client.adapters.base import ModelAdapter, build_model, parameter_spec
+from silo_client.adapters.base import FitSettings, ModelAdapter, parameter_spec
+from silo_client.adapters.build import build_model
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
+from silo_client.dpsgd import attach_dpsgd
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
-from silo_client.privacy import SiloPrivacy, attach_dpsgd, dp_terms, ledger_fields
+from silo_client.privacy import SiloPrivacy, ledger_fields, parse_dp
 from xsilo.errors import ProtocolError
 from xsilo.protocol import model_length
+from xsilo.terms import TERM_KEYS, EvaluateTerms, JoinTerms, SiloInfo, SiloMetrics, TrainTerms
 
 __all__ = ["Silo", "TrainResult"]
 
@@ -41,7 +44,7 @@ class TrainResult:
     """A silo's reply to one training round."""
 
     delta: dict[str, np.ndarray]
-    metrics: dict[str, float]
+    metrics: SiloMetrics
     privacy: dict[str, float | None] | None = None  # clip norm, σ, this run's ε (ledger)
 
 
@@ -57,10 +60,15 @@ def _load_cached(path: Path, config: SiloConfig) -> LocalDataset:
 
 
 class Silo:
-    """One institution's side of a run."""
+    """One institution's side of a run.
 
-    def __init__(self, config: SiloConfig) -> None:
+    ``on_clipped`` (tests, audits) sees every DP clip this silo makes before masking.
+    """
+
+    def __init__(self, config: SiloConfig, *,
+                 on_clipped: Callable[[Any], None] | None = None) -> None:
         self.config = config
+        self.on_clipped = on_clipped
         self.policy = (SitePolicy.load(config.policy_file) if config.policy_file
                        else SitePolicy())
         self.privacy = SiloPrivacy(config.workspace, self.policy)
@@ -84,8 +92,9 @@ class Silo:
             masked=masked, extra=extra, **(privacy or ledger_fields(None, None)))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Silo:
-        return cls(load_silo_config(path))
+    def from_file(cls, path: str | Path, *,
+                  on_clipped: Callable[[Any], None] | None = None) -> Silo:
+        return cls(load_silo_config(path), on_clipped=on_clipped)
 
     @property
     def train_data(self) -> LocalDataset:
@@ -95,31 +104,29 @@ class Silo:
     def test_data(self) -> LocalDataset | None:
         return None if self.config.test is None else _load_cached(self.config.test, self.config)
 
-    def model(self, seed: int, extra: Mapping[str, Any] | None = None) -> ModelAdapter:
-        cfg = {**self.config.model_params, **(extra or {}), "seed": seed}
-        return build_model(self.config.model, schema=self.config.schema, config=cfg)
+    def model(self, seed: int, fit: FitSettings | None = None) -> ModelAdapter:
+        """The silo's model, initialised from the run's ``seed`` (identical at every silo)."""
+        return build_model(self.config.model, schema=self.config.schema,
+                           config=self.config.model_params, seed=seed,
+                           learning_rate=fit.learning_rate if fit else None,
+                           batch_size=(fit.batch_size if fit else None) or 32)
 
-    def join(self, terms: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def join(self, terms: JoinTerms) -> tuple[SiloInfo, dict[str, np.ndarray]]:
         """Check the run against the site policy, validate data, and return
         (identity + schema fingerprint, initial parameters)."""
         # The projected ε is computed here from the run's DP terms, never taken as a number.
-        dp = dp_terms(terms)
-        dimension = (model_length(self.model(int(terms.get("seed", 0))).get_parameters())
+        dp = parse_dp(terms.dp)
+        dimension = (model_length(self.model(terms.seed).get_parameters())
                      if dp is not None and dp.mechanism == "distributed" else None)
         check_run(self.policy, self.privacy.run_terms(
-            terms, dimension=dimension, strategy=str(terms.get("strategy", "")),
-            num_rounds=int(terms.get("num-rounds", 0)),
-            secure_aggregation=bool(terms.get("secure-aggregation", False)),
-            coordinator_fingerprint=self._coordinator_fingerprint(),
-            num_silos=int(terms["num-silos"]) if "num-silos" in terms else None),
+            terms, dimension=dimension, coordinator_fingerprint=self._coordinator_fingerprint()),
             epsilon_spent=self.privacy.tally.total())
         train = self.train_data  # raises DataValidationError naming file/column/row
         if self.test_data is not None:
             _ = self.test_data
         fingerprint = schema_fingerprint(self.config.schema, len(train))
-        params = self.model(int(terms.get("seed", 0))).get_parameters()
-        info = {"name": self.config.name, "fingerprint": json.dumps(fingerprint, sort_keys=True)}
-        return info, params
+        params = self.model(terms.seed).get_parameters()
+        return SiloInfo(self.config.name, fingerprint), params
 
     def _coordinator_fingerprint(self) -> str | None:
         """SHA-256 of the coordinator's certificate, only when the policy pins one."""
@@ -130,62 +137,62 @@ class Silo:
         return coordinator_fingerprint(self.config.path.parent, self.config.superlink,
                                        self.config.root_certificates)
 
-    def _evaluate_into(self, model: ModelAdapter, metrics: dict[str, float]) -> None:
+    def _evaluation(self, model: ModelAdapter) -> SiloMetrics:
+        """The model's scores on the local test split (none without one)."""
         test = self.test_data
         if test is None or len(test) == 0:
-            return
+            return SiloMetrics()
         scores = model.evaluate(test)
-        metrics["eval_loss"] = float(scores["loss"])
-        if "accuracy" in scores:
-            metrics["eval_accuracy"] = float(scores["accuracy"])
-        metrics["eval-examples"] = float(len(test))
+        accuracy = scores.get("accuracy")
+        return SiloMetrics(eval_loss=float(scores["loss"]),
+                           eval_accuracy=None if accuracy is None else float(accuracy),
+                           eval_examples=float(len(test)))
 
-    def train(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any], *,
+    def train(self, global_params: Mapping[str, np.ndarray], terms: TrainTerms, *,
               secure: bool | None = None, joined_secure: bool = False) -> TrainResult:
         """Evaluate the incoming model, train locally, return the update and metrics.
 
         ``secure``: whether the update will be masked (the message carries a mask request);
-        None reads it from the round config. Every site-policy rule that applies to a
+        None reads it from the terms. Every site-policy rule that applies to a
         round is re-checked first (:func:`~silo_client.policy.check_round`); then a silo
         that joined the run under secure aggregation (``joined_secure``) refuses a clear
         round with a ProtocolError.
         """
         started = time.perf_counter()
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
-        round_privacy = self.privacy.begin_round(config, dimension=model_length(global_params),
+        round_privacy = self.privacy.begin_round(terms, dimension=model_length(global_params),
                                                  secure=secure)
         if joined_secure and secure is False:
             raise ProtocolError("this silo joined the run with secure aggregation but the "
                                 "train message has no mask request; refusing to send the "
                                 "update in the clear")
-        model = self.model(int(config.get("seed", 0)), config)
+        settings = FitSettings.from_terms(terms)
+        model = self.model(terms.seed, settings)
         dpsgd = None
         if self.config.dp_sgd is not None:
-            token = str(config.get("run-token") or "run")
             dpsgd = attach_dpsgd(model, self.config.dp_sgd, state_path=(
-                self.config.workspace / "privacy" / f"dpsgd-{token[:32]}.json"))
+                self.config.workspace / "privacy" / f"dpsgd-{terms.run_token[:32]}.json"))
         model.set_parameters(dict(global_params))
-        metrics: dict[str, float] = {}
-        self._evaluate_into(model, metrics)
+        evaluation = self._evaluation(model)
         train = self.train_data
-        fit = model.fit(train, epochs=int(config.get("local-epochs", 1)), config=config)
+        fit = dict(model.fit(train, epochs=terms.local_epochs, config=settings))
         local = model.get_parameters()
         delta = {k: (np.asarray(local[k], dtype=np.float64) - global_params[k]).astype(
             global_params[k].dtype) for k in global_params}
-        metrics.update({k: float(v) for k, v in fit.items()})
-        if dpsgd is not None:
-            metrics.update(dpsgd.metrics())
-        metrics["num-examples"] = float(len(train))
-        metrics["fit-seconds"] = time.perf_counter() - started
+        loss = fit.pop("train_loss", None)  # the adapter's own name (ModelAdapter.fit)
+        metrics = replace(
+            evaluation, train_loss=None if loss is None else float(loss),
+            num_examples=float(len(train)), fit_seconds=time.perf_counter() - started,
+            **(dpsgd.metrics() if dpsgd is not None else {}),
+            extra={k: float(v) for k, v in fit.items() if k not in TERM_KEYS})
         ledger = None
         if round_privacy is not None:  # counted before the update leaves the site
             ledger = ledger_fields(round_privacy, self.privacy.commit(round_privacy))
         return TrainResult(delta, metrics, ledger)
 
-    def evaluate(self, global_params: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, float]:
+    def evaluate(self, global_params: Mapping[str, np.ndarray],
+                 terms: EvaluateTerms) -> SiloMetrics:
         """Score ``global_params`` on the local test split."""
-        model = self.model(int(config.get("seed", 0)), config)
+        model = self.model(0)  # the initial parameters are replaced at once
         model.set_parameters(dict(global_params))
-        metrics: dict[str, float] = {}
-        self._evaluate_into(model, metrics)
-        return metrics
+        return self._evaluation(model)

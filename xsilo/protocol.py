@@ -15,6 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
+from xsilo.errors import ModelError, ProtocolError
+
 __all__ = [
     "ARRAYS",
     "CONFIG",
@@ -67,11 +69,13 @@ def flatten_update(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.n
 
     ``dtype`` is the vector's (float64 by default); ``None`` keeps the tensors' common type
     (a float32 model stays float32: half the bytes, when the consumer converts anyway;
-    integer tensors still give float64).
+    integer tensors still give float64). ModelError names a tensor that does not match.
     """
     missing = [k for k in template if k not in arrays]
     if missing or len(arrays) != len(template):
-        raise ValueError(f"update tensors {sorted(arrays)} do not match the model's {list(template)}")
+        raise ModelError(f"update tensors {sorted(arrays)} do not match the model's "
+                         f"{list(template)}; every silo must build the model the coordinator "
+                         "sends (same spec and schema)")
     if dtype is None:
         kinds = [np.asarray(arrays[k]).dtype for k in template]
         common = np.result_type(*kinds) if kinds else np.dtype(np.float64)
@@ -81,16 +85,20 @@ def flatten_update(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.n
     for name, ref in template.items():
         value = np.asarray(arrays[name])
         if value.shape != np.shape(ref):
-            raise ValueError(f"tensor {name!r} has shape {value.shape}, the model's is {np.shape(ref)}")
+            raise ModelError(f"tensor {name!r} has shape {value.shape}, the model's is "
+                             f"{np.shape(ref)}; every silo must build the same model")
         out[pos:pos + value.size] = value.ravel()
         pos += value.size
     return out
 
 
 def unflatten_update(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Inverse of :func:`flatten_update`: float64 tensors named and shaped as ``template``."""
+    """Inverse of :func:`flatten_update`: float64 tensors named and shaped as ``template``
+    (ProtocolError when the vector's length is not the model's)."""
     if vector.size != model_length(template):
-        raise ValueError(f"vector has {vector.size} values, the model has {model_length(template)}")
+        raise ProtocolError(f"the summed vector has {vector.size} values but the model has "
+                            f"{model_length(template)}; the secure-aggregation run was set up "
+                            "for another model (re-key the silos)")
     out, pos = {}, 0
     for name, ref in template.items():
         size = int(np.asarray(ref).size)

@@ -29,6 +29,7 @@ from pathlib import Path
 from deploy.pki.kit import MemberKit, load_kit
 from deploy.gateway.conf import coordinator_conf, silo_conf
 from xsilo.errors import DeploymentError
+from xsilo.files import atomic_write
 
 __all__ = ["CoordinatorGateway", "GatewayHandle", "SiloGateway", "find_nginx",
            "reload_running"]
@@ -124,7 +125,7 @@ class GatewayHandle:
     def start(self, timeout: float = 15.0) -> GatewayHandle:
         """Write the config, check it with ``nginx -t`` and start nginx in the foreground."""
         _prepare_prefix(self.prefix)
-        (self.prefix / "conf" / "nginx.conf").write_text(self.render())
+        atomic_write(self.prefix / "conf" / "nginx.conf", self.render())
         _test_conf(self.nginx, self.prefix)
         if _port_open(self.host, self.port):
             raise DeploymentError(f"{self.name} gateway: port {self.address} is already in use; "
@@ -158,11 +159,11 @@ class GatewayHandle:
             raise DeploymentError(f"{self.name} gateway is not running; start it first")
         conf = self.prefix / "conf" / "nginx.conf"
         old = conf.read_text()
-        conf.write_text(self.render())
+        atomic_write(conf, self.render())
         try:
             _test_conf(self.nginx, self.prefix)
         except DeploymentError:
-            conf.write_text(old)
+            atomic_write(conf, old)
             raise
         _hup_and_wait(self.prefix, self.proc.pid, timeout)
         log.info("%s gateway reloaded", self.name)

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 from deploy import EXECUTORS
 from deploy.pki.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
+from xsilo.files import atomic_write
 
 __all__ = [
     "FlowerCLI",
@@ -359,7 +360,7 @@ class FlowerCLI:
         self.flwr_home = Path(flwr_home)
         self.connection = connection
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        (self.flwr_home / "config.toml").write_text(
+        atomic_write(self.flwr_home / "config.toml",
             f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
             f'address = "{address}"\nroot-certificates = "{Path(root_cert).resolve()}"\n')
 

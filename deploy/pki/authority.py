@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from deploy.pki.certs import (
     CertifiedKey, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
     load_private_key, make_ca, make_crl, write_private_key,
-    write_public_pem, write_text_atomic,
+    write_public_pem, 
 )
 from deploy.pki.index import CertRecord, Index
 from deploy.pki.messages import (
@@ -45,6 +45,7 @@ from deploy.pki.messages import (
     parse_node_public_key, read_request,
 )
 from xsilo.errors import EnrollmentError
+from xsilo.files import atomic_write
 
 __all__ = ["DEFAULT_PKI_DIR", "CoordinatorFiles", "Pki", "RevokeHook"]
 
@@ -139,9 +140,9 @@ class Pki:
         settings = {"format": "xsilo-pki/1", "organization": organization, "curve": curve,
                     "crl_days": crl_days, "coordinator": None}
         Index(root / "index.json").save()
-        write_text_atomic(root / "crl.pem", make_crl(ca, [], days=crl_days).public_bytes(
+        atomic_write(root / "crl.pem", make_crl(ca, [], days=crl_days).public_bytes(
             serialization.Encoding.PEM))
-        write_text_atomic(root / "pki.json", json.dumps(settings, indent=2) + "\n")
+        atomic_write(root / "pki.json", json.dumps(settings, indent=2) + "\n")
         log.info("created consortium CA %s in %s", fingerprint(ca.cert), root)
         return cls(root)
 
@@ -191,7 +192,7 @@ class Pki:
         index.save()
         self.settings["coordinator"] = {"address": address, "server_name": server_name,
                                         "certificate_sha256": coord_fp}
-        write_text_atomic(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
+        atomic_write(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
         log.info("issued coordinator certificate for %s (verify name %s)", hosts, server_name)
         return self.coordinator_files()
 
@@ -227,7 +228,7 @@ class Pki:
         cert = issue_leaf(ca, req.name, public_key=req.csr.public_key(),  # type: ignore[arg-type]
                           client=True, days=days,
                           organization=req.organization or self.settings.get("organization"))
-        write_text_atomic(self.root / "nodes" / f"{req.name}.pub", req.node_public_key + "\n")
+        atomic_write(self.root / "nodes" / f"{req.name}.pub", req.node_public_key + "\n")
         index.add(_record(cert, req.name, "silo", req.node_public_key))
         return self._finish(ca, index, cert, req.name, req.node_public_key, out)
 
@@ -269,7 +270,7 @@ class Pki:
                         coordinator_certificate_sha256=coord["certificate_sha256"],
                         node_public_key_sha256=node_key_fingerprint(node_line))
         path = Path(out) if out else self.root / "bundles" / f"{name}.json"
-        write_text_atomic(path, bundle.to_json(ca.key))
+        atomic_write(path, bundle.to_json(ca.key))
         log.info("issued %s serial %s until %s -> %s", name, _nginx_serial(cert.serial_number),
                  cert.not_valid_after_utc.date(), path)
         return path
@@ -291,7 +292,7 @@ class Pki:
         node_file = self.root / "nodes" / f"{name}.pub"
         node_line = node_file.read_text().strip() if node_file.exists() else ""
         if node_line:
-            write_text_atomic(self.root / "revoked" / f"{name}.pub", node_line + "\n")
+            atomic_write(self.root / "revoked" / f"{name}.pub", node_line + "\n")
             node_file.unlink()
         log.warning("revoked %s (serials %s); CRL re-issued", name,
                     ", ".join(r.serial for r in targets))
@@ -309,7 +310,7 @@ class Pki:
         revoked = [(int(r.serial, 16), dt.datetime.fromisoformat(r.revoked_at or r.not_before))
                    for r in index.revoked()]
         crl = make_crl(ca, revoked, days=int(self.settings.get("crl_days", 3)))
-        write_text_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
 
     # --- queries -------------------------------------------------------------------------
     def records(self) -> list[CertRecord]:

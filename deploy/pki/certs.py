@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from xsilo.files import atomic_write
 
 __all__ = [
     "CertifiedKey",
@@ -35,7 +36,6 @@ __all__ = [
     "write_private_bytes",
     "write_private_key",
     "write_public_pem",
-    "write_text_atomic",
 ]
 
 _CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
@@ -145,21 +145,15 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *,
 
 
 def write_private_bytes(path: Path, data: bytes) -> None:
-    """Write secret bytes to ``path``: a fresh file created 0600, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # O_EXCL below: the mode is ours, not a stale file's
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    """Write secret bytes to ``path``: a file that is 0600 from its first byte, renamed into
+    place atomically (:func:`xsilo.files.atomic_write`)."""
+    atomic_write(path, data, mode=0o600)
 
 
 def write_public_pem(path: Path, cert: x509.Certificate) -> None:
     """Write a certificate (public) as PEM."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def make_node_auth_key(private_path: Path, public_path: Path) -> str:
@@ -168,7 +162,7 @@ def make_node_auth_key(private_path: Path, public_path: Path) -> str:
     write_private_key(private_path, key, openssh=True)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                            serialization.PublicFormat.OpenSSH).decode()
-    Path(public_path).write_text(public + "\n")
+    atomic_write(public_path, public + "\n")
     return public
 
 
@@ -240,21 +234,3 @@ def flower_public_key_header(public_key: ec.EllipticCurvePublicKey) -> str:
     pem = public_key.public_bytes(serialization.Encoding.PEM,
                                   serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(pem).decode("ascii")
-
-
-def write_text_atomic(path: Path, text: str | bytes, *, mode: int = 0o644) -> None:
-    """Write ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode() if isinstance(text, str) else text
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from deploy.pki.certs import (
     fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr,
     openssh_public_line,
-    write_private_key, write_public_pem, write_text_atomic,
+    write_private_key, write_public_pem, 
 )
 from deploy.pki.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
 from deploy.pki.messages import (
@@ -29,6 +29,7 @@ from deploy.pki.messages import (
     read_bundle, read_request,
 )
 from xsilo.errors import EnrollmentError
+from xsilo.files import atomic_write
 
 __all__ = ["enroll", "import_bundle", "install_renewal", "make_renewal_request"]
 
@@ -60,7 +61,7 @@ def enroll(name: str, kit_dir: Path, *, email: str, person: str | None = None,
     write_private_key(kit / KIT_FILES["tls_key"], tls_key)
     write_private_key(kit / KIT_FILES["node_key"], node_key, openssh=True)
     node_line = openssh_public_line(node_key.public_key())
-    write_text_atomic(kit / KIT_FILES["node_pub"], node_line + "\n")
+    atomic_write(kit / KIT_FILES["node_pub"], node_line + "\n")
     contact = {k: v for k, v in (("email", email), ("person", person), ("phone", phone)) if v}
     path = _write_request(kit, name, organization, contact, tls_key, node_key, "enroll")
     read_request(path)  # the operator will run the same checks; fail here first
@@ -78,7 +79,7 @@ def _write_request(kit: Path, name: str, organization: str | None, contact: dict
                             openssh_public_line(node_key.public_key()),
                             dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), kind)
     path = kit / ("request.json" if kind == "enroll" else "renew-request.json")
-    write_text_atomic(path, req.to_json(node_sig))
+    atomic_write(path, req.to_json(node_sig))
     return path
 
 
@@ -118,10 +119,10 @@ def import_bundle(bundle_path: Path, kit_dir: Path, expected_ca_fingerprint: str
                               "the directory where `xsilo silo enroll` made the keys")
     bundle = read_bundle(Path(bundle_path), expected_ca_fingerprint)
     _check_bundle_matches_kit(bundle, kit)
-    write_text_atomic(kit / KIT_FILES["ca"], bundle.ca_certificate)
-    write_text_atomic(kit / KIT_FILES["crl"], bundle.crl)
+    atomic_write(kit / KIT_FILES["ca"], bundle.ca_certificate)
+    atomic_write(kit / KIT_FILES["crl"], bundle.crl)
     _make_local_tls(kit)
-    write_text_atomic(kit / KIT_FILES["tls_cert"], bundle.certificate)
+    atomic_write(kit / KIT_FILES["tls_cert"], bundle.certificate)
     write_kit_toml(kit, name=bundle.name, local_port=local_port,
                    coordinator=bundle.coordinator_address,
                    server_name=bundle.coordinator_server_name,
@@ -168,8 +169,8 @@ def install_renewal(bundle_path: Path, kit_dir: Path) -> MemberKit:
     if bundle.name != kit.name:
         raise EnrollmentError(f"bundle is for {bundle.name!r}, this kit is {kit.name!r}")
     _check_bundle_matches_kit(bundle, kit.root)
-    write_text_atomic(kit.root / KIT_FILES["crl"], bundle.crl)
-    write_text_atomic(kit.client_cert, bundle.certificate)
+    atomic_write(kit.root / KIT_FILES["crl"], bundle.crl)
+    atomic_write(kit.client_cert, bundle.certificate)
     if reload_running(kit.gateway_prefix):
         log.info("silo gateway reloaded with the renewed certificate")
     log.info("installed certificate valid until %s", bundle.cert().not_valid_after_utc)

@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from deploy.pki.certs import write_text_atomic
 from xsilo.errors import EnrollmentError
+from xsilo.files import atomic_write
 
 __all__ = ["CertRecord", "Index"]
 
@@ -69,7 +69,7 @@ class Index:
     def save(self) -> None:
         """Rewrite the file atomically."""
         body = {"format": "xsilo-pki-index/1", "certificates": [asdict(r) for r in self.records]}
-        write_text_atomic(self.path, json.dumps(body, indent=2) + "\n")
+        atomic_write(self.path, json.dumps(body, indent=2) + "\n")
 
     def add(self, record: CertRecord) -> None:
         """Append a record (not saved until :meth:`save`)."""

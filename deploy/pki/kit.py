@@ -25,12 +25,11 @@ Layout (paths in the TOML files are relative to the kit directory)::
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.pki.certs import write_text_atomic
 from xsilo.errors import ConfigError
+from xsilo.files import atomic_write, read_toml
 
 __all__ = ["KIT_FILES", "POLICY_STUB", "MemberKit", "load_kit", "write_kit_toml",
            "write_silo_stub"]
@@ -119,7 +118,7 @@ def write_silo_stub(kit: Path, *, name: str, local_port: int) -> Path | None:
         return None
     policy = Path(kit) / KIT_FILES["site_policy"]
     if not policy.exists():
-        write_text_atomic(policy, POLICY_STUB)
+        atomic_write(policy, POLICY_STUB)
     text = ("# Site configuration (silo_client.config). The [silo] table comes from the member\n"
             "# kit; add this site's [data] and [model] sections below.\n\n"
             + _silo_table(name, local_port)
@@ -127,7 +126,7 @@ def write_silo_stub(kit: Path, *, name: str, local_port: int) -> Path | None:
             'edit it to restrict runs\n'
             + '\n# [data]\n# train = "data/train.csv"\n# test = "data/test.csv"\n'
             '\n# [model]\n# spec = "sklearn:LogisticRegression"\n')
-    write_text_atomic(path, text)
+    atomic_write(path, text)
     return path
 
 
@@ -152,7 +151,7 @@ local_key = {_q(f["local_key"])}
 node_public_key = {_q(f["node_pub"])}
 """
     path = Path(kit) / f["config"]
-    write_text_atomic(path, text)
+    atomic_write(path, text)
     return path
 
 
@@ -168,11 +167,10 @@ def load_kit(kit_dir: Path) -> MemberKit:
     """Load and check a member kit; :class:`ConfigError` names what is missing."""
     root = Path(kit_dir).resolve()
     cfg_path = root / KIT_FILES["config"]
-    if not cfg_path.is_file():
-        raise ConfigError(f"{root} is not a member kit (no kit.toml): enroll with "
-                          "`xsilo silo enroll`, then `xsilo silo import-bundle`")
+    cfg = read_toml(cfg_path, what="member kit configuration", missing=(
+        f"{root} is not a member kit (no kit.toml): enroll with `xsilo silo enroll`, then "
+        "`xsilo silo import-bundle`"))
     try:
-        cfg = tomllib.loads(cfg_path.read_text())
         silo, gw = cfg["silo"], cfg["gateway"]
 
         def p(key: str, table: dict[str, str] = gw) -> Path:
@@ -191,6 +189,6 @@ def load_kit(kit_dir: Path) -> MemberKit:
             ca_cert=p("ca_certificate"), client_cert=p("client_certificate"),
             client_key=p("client_key"), local_cert=p("local_certificate"),
             local_key=p("local_key"))
-    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise ConfigError(f"{cfg_path} is incomplete or invalid ({exc!r}); re-run "
                           "`xsilo silo import-bundle`") from exc

@@ -9,16 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from silo_client.adapters.base import (
+    FitSettings,
     ModelAdapter,
     NDArrays,
     ParameterSpec,
     assign_parameters,
-    build_model,
     check_same_architecture,
     parameter_spec,
 )
+from silo_client.adapters.build import build_model
 
 __all__ = [
+    "FitSettings",
     "ModelAdapter",
     "NDArrays",
     "ParameterSpec",

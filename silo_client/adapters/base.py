@@ -1,40 +1,61 @@
-"""The model-adapter protocol, parameter specs, and :func:`build_model`.
+"""The model-adapter protocol, the settings of one local fit, and parameter specs.
 
 An adapter exposes a model as named numpy arrays (``NDArrays``) plus local ``fit`` and
-``evaluate``. This module imports neither torch nor scikit-learn: concrete adapters are loaded
-only when a spec needs them.
+``evaluate``. This module imports neither torch nor scikit-learn; the concrete adapters
+(:mod:`~.sklearn`, :mod:`~.torch`) build on it, and :mod:`~.build` picks one for a spec.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import logging
-import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from xsilo.errors import ModelError
+from xsilo.terms import TrainTerms
 
 if TYPE_CHECKING:
-    from silo_client.data import DataSchema, LocalDataset
+    from silo_client.data import LocalDataset
 
 __all__ = [
+    "FitSettings",
     "ModelAdapter",
     "NDArrays",
     "ParameterSpec",
     "assign_parameters",
-    "build_model",
     "check_same_architecture",
     "parameter_spec",
 ]
 
-log = logging.getLogger(__name__)
 
 NDArrays = dict[str, np.ndarray]
 ParameterSpec = Mapping[str, tuple[tuple[int, ...], str]]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What one local ``fit`` may use, from the round's terms (or a test's choice).
+
+    ``learning_rate`` / ``batch_size`` None: the adapter's own default. ``proximal_mu``:
+    FedProx's term (0: none). ``strategy_config``: a plugin strategy's own per-round values
+    (:attr:`xsilo.terms.TrainTerms.strategy_config`), for a model's own ``train_fn``.
+    """
+
+    seed: int = 0
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    proximal_mu: float = 0.0
+    server_round: int = 0
+    strategy_config: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_terms(cls, terms: TrainTerms) -> FitSettings:
+        """The settings a train round's terms give the model."""
+        return cls(seed=terms.seed, learning_rate=terms.learning_rate,
+                   batch_size=terms.batch_size, proximal_mu=terms.proximal_mu,
+                   server_round=terms.server_round, strategy_config=dict(terms.strategy_config))
 
 
 @runtime_checkable
@@ -51,7 +72,7 @@ class ModelAdapter(Protocol):
         """Load parameters exactly; wrong names or shapes raise :class:`ModelError`."""
         ...
 
-    def fit(self, train: LocalDataset, *, epochs: int, config: Mapping[str, object]) -> dict[str, float]:
+    def fit(self, train: LocalDataset, *, epochs: int, config: FitSettings) -> dict[str, float]:
         """Train locally from the current parameters; returns ``{"train_loss": ...}``."""
         ...
 
@@ -116,87 +137,3 @@ def assign_parameters(current: Mapping[str, np.ndarray], incoming: Mapping[str, 
             raise ModelError(f"tensor {name!r}: expected a numeric {held.dtype} array, received {arr.dtype}")
         out[name] = np.array(arr, dtype=held.dtype, copy=True)
     return out
-
-
-def _import_object(spec: str) -> Any:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelError(
-            f"model spec {spec!r} is neither a built-in (sklearn:<Name>) nor an import path "
-            "'package.module:callable'"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"model spec {spec!r}: cannot import {module_name!r} ({exc})") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelError(f"model spec {spec!r}: {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def _call_with_accepted(fn: Any, kwargs: Mapping[str, object]) -> Any:
-    """Call ``fn`` with the subset of ``kwargs`` its signature accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
-def _is_torch_module(obj: object) -> bool:
-    torch = sys.modules.get("torch")  # a user module that built an nn.Module has imported torch
-    return torch is not None and isinstance(obj, torch.nn.Module)
-
-
-def build_model(spec: str, *, schema: DataSchema, config: Mapping[str, object]) -> ModelAdapter:
-    """Build the silo's model adapter from a spec in the silo config.
-
-    Parameters
-    ----------
-    spec
-        ``"sklearn:<Estimator>"`` for a built-in, or ``"package.module:attr"`` where ``attr``
-        is (or returns, when called with whichever of ``n_features``, ``classes``, ``seed``
-        it accepts) an ``nn.Module``, a scikit-learn estimator or a :class:`ModelAdapter`.
-    schema
-        The validated data schema: feature width, task and label set.
-    config
-        Run/model config; ``"seed"`` makes the initial parameters identical on every silo.
-    """
-    seed = int(config.get("seed", 0))  # type: ignore[arg-type]
-    if spec.startswith("sklearn:"):
-        from silo_client.adapters.sklearn import SklearnAdapter, make_builtin
-
-        return SklearnAdapter(make_builtin(spec.partition(":")[2], config), schema=schema, seed=seed)
-    obj = _import_object(spec)
-    if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj):
-        kwargs = {"n_features": schema.n_features, "classes": schema.label_values, "seed": seed}
-        torch = sys.modules.get("torch")
-        if torch is None:
-            obj = _call_with_accepted(obj, kwargs)
-        else:  # identical initial weights on every silo, even if the builder ignores `seed`
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                obj = _call_with_accepted(obj, kwargs)
-    return _wrap(obj, spec=spec, schema=schema, config=config, seed=seed)
-
-
-def _wrap(obj: object, *, spec: str, schema: DataSchema, config: Mapping[str, object], seed: int) -> ModelAdapter:
-    if _is_torch_module(obj):
-        from silo_client.adapters.torch import TorchAdapter
-
-        batch = int(config.get("batch-size", 32))  # type: ignore[arg-type]
-        return TorchAdapter(obj, task=schema.task, seed=seed, batch_size=batch)
-    if all(hasattr(obj, m) for m in ("get_parameters", "set_parameters", "fit", "evaluate")):
-        return obj  # type: ignore[return-value]
-    if hasattr(obj, "get_params") and hasattr(obj, "fit"):
-        from silo_client.adapters.sklearn import SklearnAdapter
-
-        return SklearnAdapter(obj, schema=schema, seed=seed)
-    raise ModelError(
-        f"model spec {spec!r} produced a {type(obj).__name__}; expected a torch nn.Module, "
-        "a scikit-learn estimator or a ModelAdapter"
-    )

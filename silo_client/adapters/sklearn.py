@@ -36,7 +36,7 @@ from sklearn.linear_model import (
 )
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-from silo_client.adapters.base import NDArrays, assign_parameters
+from silo_client.adapters.base import FitSettings, NDArrays, assign_parameters
 from xsilo.errors import ModelError
 
 if TYPE_CHECKING:
@@ -53,10 +53,11 @@ _ALTERNATIVE = ("use a parameter-averaging model instead (sklearn:SGDClassifier,
                 "sklearn:SGDRegressor, sklearn:Ridge or sklearn:MLPRegressor)")
 
 
-def make_builtin(name: str, config: Mapping[str, object]) -> object:
-    """A built-in estimator with federation-friendly defaults, seeded from ``config``."""
-    seed = int(config.get("seed", 0))  # type: ignore[arg-type]
-    lr = config.get("learning-rate")
+def make_builtin(name: str, config: Mapping[str, object], *, seed: int = 0,
+                 learning_rate: float | None = None) -> object:
+    """A built-in estimator with federation-friendly defaults: ``config`` is the silo's
+    ``[model] params``; ``seed`` and ``learning_rate`` are the run's."""
+    lr = learning_rate
     hidden = tuple(config.get("hidden-layer-sizes", (32,)))  # type: ignore[arg-type]
     factories = {
         "LogisticRegression": lambda: LogisticRegression(C=float(config.get("C", 1.0)), max_iter=20),
@@ -188,12 +189,10 @@ class SklearnAdapter:
         est.coef_ = new["coef"]
         est.intercept_ = new["intercept"] if np.ndim(est.intercept_) else float(new["intercept"][0])
 
-    def fit(self, train: LocalDataset, *, epochs: int, config: Mapping[str, object]) -> dict[str, float]:
+    def fit(self, train: LocalDataset, *, epochs: int, config: FitSettings) -> dict[str, float]:
         """Train locally from the current parameters; see the module docstring per estimator."""
         X, y = self._check_data(train)
-        mu = float(config.get("proximal-mu", 0.0) or 0.0)  # type: ignore[arg-type]
-        seed = int(config.get("seed", self.seed))  # type: ignore[arg-type]
-        lr = config.get("learning-rate")
+        mu, seed, lr = config.proximal_mu, config.seed, config.learning_rate
         if lr is not None and self._kind == "sgd":
             self.estimator.eta0 = float(lr)  # type: ignore[arg-type]
         if lr is not None and self._kind == "mlp":
@@ -205,7 +204,7 @@ class SklearnAdapter:
             elif self._kind == "closed":
                 self._fit_closed(X, y, mu=mu)
             else:
-                batch = int(config.get("batch-size", 32))  # type: ignore[arg-type]
+                batch = config.batch_size or 32
                 self._fit_incremental(X, y, epochs=epochs, mu=mu, batch=batch, seed=seed)
         return {"train_loss": self._metrics(X, y)["loss"]}
 

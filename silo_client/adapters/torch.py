@@ -10,12 +10,12 @@ Requires the optional extra: ``pip install 'xsilo[torch]'``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from silo_client.adapters.base import NDArrays, assign_parameters
+from silo_client.adapters.base import FitSettings, NDArrays, assign_parameters
 from xsilo.errors import ModelError
 
 try:
@@ -50,7 +50,7 @@ class TorchAdapter:
         Training loss ``(output, target) -> scalar``; cross-entropy (classification) or MSE.
     optimizer_fn
         ``(parameters, lr) -> Optimizer``, called afresh every round; lr is
-        ``config["learning-rate"]`` (default 0.01).
+        the round's learning rate (default 0.01).
     train_fn
         Replaces the loop: ``train_fn(module, train, *, epochs, config, device, proximal)``
         returning the train loss; ``proximal()`` is the FedProx term to add to each loss.
@@ -114,11 +114,10 @@ class TorchAdapter:
 
         return term
 
-    def fit(self, train: LocalDataset, *, epochs: int, config: Mapping[str, object]) -> dict[str, float]:
+    def fit(self, train: LocalDataset, *, epochs: int, config: FitSettings) -> dict[str, float]:
         """Train ``epochs`` local epochs from the current parameters; ``{"train_loss": ...}``."""
-        mu = float(config.get("proximal-mu", 0.0) or 0.0)  # type: ignore[arg-type]
-        seed = int(config.get("seed", self.seed))  # type: ignore[arg-type]
-        proximal = self._proximal(mu)
+        seed = config.seed
+        proximal = self._proximal(config.proximal_mu)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)  # dropout etc. are reproducible; the caller's RNG is untouched
             self.module.train()
@@ -128,11 +127,11 @@ class TorchAdapter:
                 return {"train_loss": float(loss)}
             return {"train_loss": self._default_loop(train, epochs, config, proximal, seed)}
 
-    def _default_loop(self, train: LocalDataset, epochs: int, config: Mapping[str, object],
+    def _default_loop(self, train: LocalDataset, epochs: int, config: FitSettings,
                       proximal: ProximalFn, seed: int) -> float:
         X, y = self._tensors(train)
-        lr = float(config.get("learning-rate", 0.01))  # type: ignore[arg-type]
-        batch = int(config.get("batch-size", self.batch_size))  # type: ignore[arg-type]
+        lr = config.learning_rate or 0.01
+        batch = config.batch_size or self.batch_size
         optimizer = self.optimizer_fn(self.module.parameters(), lr)
         order_rng = torch.Generator().manual_seed(seed)
         total, count = 0.0, 0

@@ -12,6 +12,7 @@ from typing import ClassVar
 from strategies.api import RoundPlan
 from strategies.builtin.fedavg import FedAvg
 from strategies.params import StrategyParams, param
+from xsilo.terms import PROXIMAL_MU
 
 __all__ = ["FedProx"]
 
@@ -27,5 +28,5 @@ class FedProx(FedAvg):
         weighted: bool = param(True, doc="weight silos by sample count (false: each silo 1.0)")
 
     def configure_round(self, server_round: int, silos: Sequence[int]) -> RoundPlan:
-        """Every silo, with ``{"proximal-mu": μ}``."""
-        return RoundPlan(silos=tuple(silos), config={"proximal-mu": self.params.proximal_mu})
+        """Every silo, with FedProx's μ (:data:`xsilo.terms.PROXIMAL_MU`)."""
+        return RoundPlan(silos=tuple(silos), config={PROXIMAL_MU: self.params.proximal_mu})

@@ -1,10 +1,12 @@
-"""Differential privacy for xsilo: mechanisms, exact samplers, clipping and accounting.
+"""Differential privacy for xsilo: mechanisms, clipping and accounting.
 
 Silo-level DP protects each institution's whole update (central: the coordinator adds
 Gaussian noise; distributed: each silo adds discrete Gaussian shares under secure
 aggregation); record-level DP-SGD (``strategies.dp.dpsgd``, torch + Opacus, imported on
 demand) protects each record inside a silo. ε is computed by Google's ``dp_accounting``.
-Nothing here imports Flower or torch. See docs/privacy.md.
+Randomness (byte sources, exact samplers) is :mod:`strategies.randomness`, shared with secure
+aggregation; its source names are re-exported here. Nothing here imports Flower or torch. See
+docs/privacy.md.
 """
 
 from strategies.dp.accounting import (
@@ -20,12 +22,11 @@ from strategies.dp.clipping import ClipResult, clip_update, l2_norm, weighted_su
 from strategies.dp.config import DPConfig
 from strategies.dp.distributed import DDGCalibration, DDGParams, decode_sum, encode_update
 from strategies.dp.noise import discrete_gaussian, gaussian_noise
-from strategies.dp.randomness import AesCtrSource, ByteSource, SystemSource, default_source
+from strategies.randomness import ByteSource, KeystreamSource, SystemSource, default_source
 
 __all__ = [
     "Accountant",
     "AdaptiveClipState",
-    "AesCtrSource",
     "ByteSource",
     "ClipAccumulator",
     "ClipResult",
@@ -34,6 +35,7 @@ __all__ = [
     "DDGParams",
     "DPConfig",
     "GaussianRound",
+    "KeystreamSource",
     "PrivacyBudget",
     "SystemSource",
     "ZCDPRound",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from strategies.dp.noise import gaussian_noise
-from strategies.dp.randomness import ByteSource
+from strategies.randomness import ByteSource
 from xsilo.errors import ConfigError
 
 __all__ = [

@@ -19,7 +19,7 @@ import numpy as np
 
 from strategies.dp.clipping import ClipResult, clip_update
 from strategies.dp.noise import gaussian_noise, snap_to_grid
-from strategies.dp.randomness import ByteSource
+from strategies.randomness import ByteSource
 from xsilo.errors import ConfigError
 
 __all__ = ["ClipAccumulator", "ClippedSum", "add_central_noise", "clip_and_sum"]

@@ -44,11 +44,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from strategies.dp.clipping import clip_update
 from strategies.dp.noise import discrete_gaussian_var
-from strategies.dp.randomness import AesCtrSource, ByteSource, uniform01
-from xsilo.errors import ConfigError, UpdateRejected
+from strategies.randomness import KEY_BYTES, ByteSource, uniform01_open
+from xsilo.errors import ConfigError, ProtocolError, UpdateRejected
 
 __all__ = [
     "DDGCalibration",
@@ -184,7 +185,7 @@ def _ddg_rho(*, l2: float, l1: float, local_var: float, m: int, dim: int) -> flo
 def fwht(x: np.ndarray) -> np.ndarray:
     """Orthonormal fast Walsh–Hadamard transform ``H x / sqrt(d)`` (its own inverse)."""
     d = x.shape[0]
-    if d & (d - 1):
+    if d & (d - 1):  # callers pass the padded dimension; only a programming error lands here
         raise ValueError(f"length must be a power of two, got {d}")
     y = np.array(x, dtype=np.float64, copy=True)
     h = 1
@@ -198,8 +199,17 @@ def fwht(x: np.ndarray) -> np.ndarray:
 
 
 def rotation_signs(seed: bytes, dim: int) -> np.ndarray:
-    """Rademacher signs for the rotation from a 32-byte public per-round seed (AES-CTR)."""
-    raw = AesCtrSource(seed).read((dim + 7) // 8)
+    """Rademacher signs for the rotation from a 32-byte public per-round seed.
+
+    The bits of the AES-256-CTR keystream under ``seed`` from the all-zero counter block, most
+    significant bit of each byte first. Silos and the coordinator must derive the same signs,
+    so this derivation is part of the protocol: it is not a random draw and must not change.
+    """
+    if len(seed) != KEY_BYTES:
+        raise ProtocolError(f"the DDG rotation seed must be {KEY_BYTES} bytes, got {len(seed)}; "
+                            "it is the round's public dp-rotation-seed set by the coordinator")
+    ctr = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    raw = ctr.update(bytes((dim + 7) // 8))
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:dim]
     return 1.0 - 2.0 * bits.astype(np.float64)
 
@@ -212,7 +222,7 @@ def _conditional_round(y: np.ndarray, *, l2_bound: float, rng: ByteSource) -> np
     floor = np.floor(y)
     frac = y - floor
     for _ in range(1000):
-        r = floor + (uniform01(y.shape, rng) < frac)
+        r = floor + (uniform01_open(y.shape, rng=rng) < frac)
         if math.sqrt(float(np.dot(r, r))) <= l2_bound:
             return r.astype(np.int64)
     raise UpdateRejected("conditional stochastic rounding failed 1000 times; check the calibration")
@@ -264,6 +274,11 @@ def decode_sum(
     cal = params.calibrate()
     bits = params.modulus_bits
     s = np.asarray(modular_sum, dtype=np.uint64)
+    if s.shape != (cal.padded_dim,):
+        raise ProtocolError(f"the unmasked DDG sum has shape {list(s.shape)}, expected "
+                            f"[{cal.padded_dim}] (dimension {params.dimension} padded to a power "
+                            "of two); the secure-aggregation run must mask vectors of that "
+                            "length: re-key it with the DDG's padded dimension")
     if bits < 64:
         s = s & np.uint64((1 << bits) - 1)
         signed = s.astype(np.int64) - ((s >> np.uint64(bits - 1)).astype(np.int64) << bits)

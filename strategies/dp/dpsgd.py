@@ -8,7 +8,8 @@ optimizer step is a sampled Gaussian event ``GaussianRound(z, q)``. The silo rep
 steps (:func:`step_events`).
 
 Randomness: both the noise and the Poisson sampling draw from a
-:class:`strategies.dp.randomness.ByteSource` (``os.urandom`` by default), never from torch's
+:class:`strategies.randomness.ByteSource` (by default an AES-256-CTR keystream keyed from
+``os.urandom``, :func:`strategies.randomness.default_source`), never from torch's
 generator. Opacus' own secure mode needs ``torchcsprng``, which pip finds no distribution
 of for torch 2.13; instead :class:`SecureDPOptimizer` overrides the documented
 ``DPOptimizer.add_noise`` step (noise from :func:`strategies.dp.noise.gaussian_noise`, the
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from strategies.dp.accounting import GaussianRound
 from strategies.dp.noise import gaussian_noise
-from strategies.dp.randomness import ByteSource, default_source, uniform01
+from strategies.randomness import ByteSource, default_source, uniform01_open
 from xsilo.errors import ConfigError
 
 __all__ = ["PrivateTraining", "SecureDPOptimizer", "SecurePoissonSampler", "make_private",
@@ -98,7 +99,7 @@ class SecurePoissonSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps):
-            chosen = uniform01(self.num_samples, self.rng) < self.sample_rate
+            chosen = uniform01_open(self.num_samples, rng=self.rng) < self.sample_rate
             yield np.flatnonzero(chosen).tolist()
 
 
@@ -157,8 +158,8 @@ def make_private(
         Opacus accountant name (``"prv"``, ``"rdp"``, ``"gdp"``) used by :func:`opacus_epsilon`.
     rng
         Source of every random draw (noise and batch sampling); default
-        :func:`strategies.dp.randomness.default_source` (``os.urandom``). Pass a seeded
-        ``AesCtrSource`` only in tests.
+        :func:`strategies.randomness.default_source` (AES-256-CTR keyed from ``os.urandom``).
+        Pass a fixed-key ``KeystreamSource`` only in tests.
     """
     if not max_grad_norm > 0:
         raise ConfigError(

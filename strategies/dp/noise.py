@@ -17,7 +17,7 @@ Discrete Gaussian
     Discrete Gaussian for Differential Privacy", Algorithm 2 (discrete Laplace with integer
     scale t) and Algorithm 3 (rejection to the discrete Gaussian with t = floor(sigma) + 1).
     The loops run vectorized over all pending coordinates; every accept/reject decision is an
-    exact Bernoulli with rational parameter (:mod:`strategies.dp.randomness`).
+    exact Bernoulli with rational parameter (:mod:`strategies.randomness`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from fractions import Fraction
 
 import numpy as np
 
-from strategies.dp.randomness import (
+from strategies.randomness import (
     ByteSource,
     bernoulli_exp_neg,
     random_signs,
-    uniform01,
+    uniform01_open,
     uniform_below,
 )
+from xsilo.errors import ConfigError
 
 __all__ = [
     "discrete_gaussian",
@@ -47,11 +48,13 @@ __all__ = [
 def gaussian_noise(shape: int | tuple[int, ...], sigma: float, *, rng: ByteSource) -> np.ndarray:
     """Continuous ``N(0, sigma^2)`` float64 noise by Box–Muller on secure uniforms."""
     if not (sigma >= 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+        raise ConfigError(f"Gaussian noise sigma must be finite and >= 0, got {sigma!r}; it is "
+                          "the noise standard deviation (noise_multiplier × the clip norm): "
+                          "check those settings")
     size = int(np.prod(shape))
     half = (size + 1) // 2
-    u1 = uniform01(half, rng)
-    u2 = uniform01(half, rng)
+    u1 = uniform01_open(half, rng=rng)  # open interval: log(u1) is finite
+    u2 = uniform01_open(half, rng=rng)
     radius = np.sqrt(-2.0 * np.log(u1))
     angle = 2.0 * np.pi * u2
     z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
@@ -66,7 +69,8 @@ def snap_to_grid(values: np.ndarray, *, grid: float) -> np.ndarray:
     A good grid is about ``sigma * 2**-20``: far above float spacing, far below the noise.
     """
     if not grid > 0:
-        raise ValueError(f"grid must be > 0, got {grid}")
+        raise ConfigError(f"snap_to_grid needs grid > 0, got {grid!r}; use about sigma · 2^-20 "
+                          "(sigma > 0, the noise standard deviation)")
     lam = 2.0 ** math.ceil(math.log2(grid))
     return np.round(np.asarray(values, dtype=np.float64) / lam) * lam
 
@@ -77,7 +81,7 @@ def _geometric_exp_neg1(n: int, rng: ByteSource) -> np.ndarray:
     todo = np.arange(n)
     one = np.ones(1, dtype=np.int64)
     while todo.size:
-        a = bernoulli_exp_neg(np.repeat(one, todo.size), np.repeat(one, todo.size), rng)
+        a = bernoulli_exp_neg(np.repeat(one, todo.size), np.repeat(one, todo.size), rng=rng)
         v[todo[a]] += 1
         todo = todo[a]
     return v
@@ -93,11 +97,11 @@ def discrete_laplace(n: int, t: int, rng: ByteSource) -> np.ndarray:
     filled = 0
     while filled < n:
         m = n - filled
-        u = uniform_below(np.full(m, t, dtype=np.int64), rng)
-        keep = bernoulli_exp_neg(u, np.full(m, t, dtype=np.int64), rng)
+        u = uniform_below(np.full(m, t, dtype=np.int64), rng=rng)
+        keep = bernoulli_exp_neg(u, np.full(m, t, dtype=np.int64), rng=rng)
         u = u[keep]
         x = u + t * _geometric_exp_neg1(u.size, rng)
-        sign = random_signs(u.size, rng)
+        sign = random_signs(u.size, rng=rng)
         ok = ~((sign < 0) & (x == 0))
         y = (sign[ok].astype(np.int64) * x[ok])
         out[filled : filled + y.size] = y
@@ -116,7 +120,9 @@ def discrete_gaussian_var(
     """
     s2 = Fraction(sigma_squared)
     if s2 <= 0:
-        raise ValueError(f"sigma_squared must be > 0, got {s2}")
+        raise ConfigError(f"discrete Gaussian sigma_squared must be > 0, got {s2}; it is the "
+                          "local noise variance of the DDG calibration: check noise_multiplier "
+                          "and clip_norm")
     p, q = s2.numerator, s2.denominator
     t = math.isqrt(p // q) + 1
     size = int(np.prod(shape))
@@ -128,7 +134,7 @@ def discrete_gaussian_var(
         a = np.abs(y).astype(object)
         num = (a * (q * t) - p) ** 2
         den = np.full(m, 2 * p * q * t * t, dtype=object)
-        keep = bernoulli_exp_neg(num, den, rng)
+        keep = bernoulli_exp_neg(num, den, rng=rng)
         y = y[keep]
         out[filled : filled + y.size] = y
         filled += y.size

@@ -22,16 +22,15 @@ from strategies.secagg.coordinator import (
     request_unmask,
     start_run,
 )
+from strategies.secagg.config import SecAggConfig, make_config
 from strategies.secagg.messages import (
     KeyAdvert,
     KeyRequest,
     MaskedInput,
     MaskRequest,
     Message,
-    SecAggConfig,
     UnmaskRequest,
     UnmaskResponse,
-    make_config,
     message_from_record,
 )
 from strategies.secagg.quantize import ErrorReport, QuantParams, make_quant_params, validate_params

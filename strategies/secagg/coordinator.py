@@ -41,8 +41,9 @@ import numpy as np
 from strategies.secagg import shamir
 from strategies.secagg.encoded import encoded_sum
 from strategies.secagg.masking import PAIR_LABEL, SELF_LABEL, pair_sign
+from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
-    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, SecAggConfig, UnmaskRequest, UnmaskResponse,
+    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, UnmaskRequest, UnmaskResponse,
     check_protocol)
 from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import ErrorReport, decode_sum, error_report

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from strategies.secagg.prg import ByteSource, SystemSource
+from strategies.randomness import ByteSource, SystemSource
 from xsilo.errors import ProtocolError
 
 __all__ = [

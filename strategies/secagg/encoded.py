@@ -18,46 +18,12 @@ in the KeyRequest like every other setting, so both sides agree for the whole ru
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
-from strategies.secagg.messages import SecAggConfig, make_config
-from strategies.secagg.quantize import QuantParams
-from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
+from strategies.secagg.config import SecAggConfig
+from xsilo.errors import SecureAggregationError, UpdateRejected
 
-__all__ = ["encoded_input", "encoded_sum", "make_encoded_config"]
-
-MIN_BITS, MAX_BITS = 2, 64
-
-
-def make_encoded_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int,
-                        length: int, modulus_bits: int) -> SecAggConfig:
-    """A run that masks pre-encoded ``length``-word vectors modulo ``2^modulus_bits``.
-
-    Raises
-    ------
-    ConfigError
-        Bad roster, threshold or length (as :func:`~.messages.make_config`), or a modulus
-        outside ``2^2..2^64`` or too small to count the silos in the weight word.
-    """
-    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not (
-            MIN_BITS <= modulus_bits <= MAX_BITS):
-        raise ConfigError(f"modulus_bits of a pre-encoded vector must be an integer in "
-                          f"{MIN_BITS}..{MAX_BITS}, got {modulus_bits!r}; use the encoder's "
-                          "modulus (e.g. dp.modulus_bits)")
-    # Roster, threshold and length are validated exactly as on the float path.
-    base = make_config(run_id=run_id, roster=roster, threshold=threshold, length=length,
-                       clip=1.0, bits=1, max_weight=1)
-    n = len(base.roster)
-    if n >= 1 << modulus_bits:
-        raise ConfigError(f"modulus 2^{modulus_bits} cannot count {n} silos in the weight word; "
-                          f"raise modulus_bits to ≥ {n.bit_length() + 1}")
-    # clip = 0 makes the float-path step and error bounds 0: masking adds no error here.
-    quant = QuantParams(num_silos=n, clip=0.0, bits=modulus_bits, max_weight=1,
-                        modulus_bits=modulus_bits)
-    return replace(base, quant=quant, encoded=True)
-
+__all__ = ["encoded_input", "encoded_sum"]
 
 def encoded_input(encoded: np.ndarray | None, *, config: SecAggConfig) -> np.ndarray:
     """``[1, e_1, …, e_L]`` in the run's dtype, ready for the masks.

@@ -1,4 +1,4 @@
-"""The run configuration and the six protocol messages, with plain-dict record converters.
+"""The six protocol messages, with plain-dict record converters.
 
 Every message is a frozen dataclass whose fields are ``int``, ``float``, ``str``, ``bytes``,
 tuples of ``int``/``bytes``, or (only :class:`MaskedInput`) one numpy ``uint32``/``uint64``
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from strategies.secagg.quantize import QuantParams, make_quant_params
+from strategies.secagg.config import SecAggConfig, make_config, make_encoded_config
 from xsilo.errors import ConfigError, ProtocolError
 
 __all__ = [
@@ -36,16 +36,12 @@ __all__ = [
     "MaskRequest",
     "MaskedInput",
     "Message",
-    "SecAggConfig",
     "UnmaskRequest",
     "UnmaskResponse",
     "PROTOCOL_VERSION",
     "check_protocol",
-    "make_config",
     "message_from_record",
 ]
-
-_MAX_ID = (1 << 63) - 1  # silo ids travel as ConfigRecord ints (signed 64-bit)
 
 PROTOCOL_VERSION = 2
 """The protocol revision, in every KeyRequest and KeyAdvert: peers that differ would compute
@@ -60,41 +56,6 @@ def check_protocol(version: int, *, peer: str) -> None:
             f"{peer} speaks secure-aggregation protocol {version}, this side "
             f"{PROTOCOL_VERSION}: their masks would not cancel; install the same xsilo release "
             "on the coordinator and every silo")
-
-
-@dataclass(frozen=True)
-class SecAggConfig:
-    """One run's secure-aggregation settings; ``roster`` is sorted, Shamir ``x = index + 1``."""
-
-    run_id: str
-    roster: tuple[int, ...]
-    threshold: int
-    length: int
-    quant: QuantParams
-    encoded: bool = False  # pre-encoded mode (strategies.secagg.encoded): mask given integers
-
-    def x_of(self, silo: int) -> int:
-        return self.roster.index(silo) + 1
-
-
-def make_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int, length: int,
-                clip: float, bits: int, max_weight: int,
-                modulus_bits: int | None = None) -> SecAggConfig:
-    """Validate and build a :class:`SecAggConfig` (ConfigError names the bad value and the fix)."""
-    ids = sorted(roster)
-    if len(set(ids)) != len(ids) or any(not isinstance(s, int) or not 0 <= s <= _MAX_ID for s in ids):
-        raise ConfigError(f"roster must be distinct integers in 0..2^63-1, got {list(roster)}")
-    if not isinstance(threshold, int) or not 2 <= threshold <= len(ids):
-        raise ConfigError(f"threshold must be in 2..{len(ids)} (the number of silos), got "
-                          f"{threshold!r}; n//2 + 1 = {len(ids) // 2 + 1} is a common choice")
-    if not isinstance(length, int) or length < 1:
-        raise ConfigError(f"length (number of model parameters) must be ≥ 1, got {length!r}")
-    if not run_id:
-        raise ConfigError("run_id must be a non-empty string")
-    quant = make_quant_params(num_silos=len(ids), clip=clip, bits=bits, max_weight=max_weight,
-                              modulus_bits=modulus_bits)
-    return SecAggConfig(run_id=run_id, roster=tuple(ids), threshold=threshold, length=length,
-                        quant=quant)
 
 
 class Message:
@@ -173,8 +134,6 @@ class KeyRequest(Message):
     def config(self) -> SecAggConfig:
         try:
             if self.encoded:
-                from strategies.secagg.encoded import make_encoded_config
-
                 return make_encoded_config(run_id=self.run_id, roster=self.roster,
                                            threshold=self.threshold, length=self.length,
                                            modulus_bits=self.modulus_bits)

@@ -1,11 +1,12 @@
-"""Byte sources and mask expansion: a 32-byte seed stretched into a uint vector by AES-256-CTR.
+"""Mask expansion: a 32-byte seed stretched into a uint vector by AES-256 in counter mode.
 
 Mask expansion (Bonawitz et al., CCS 2017, §4 "PRG"): ``PRG(seed, label)`` is the AES-256
 counter-mode keystream under key ``seed`` from the initial counter block ``N ‖ 2`` (a 32-bit
-big-endian counter after the 96-bit nonce ``N = SHA-256("xsilo-secagg/prg/" ‖ label)[:12]``),
-read as little-endian unsigned words. That is GCTR, the counter mode inside AES-GCM (NIST SP
-800-38D, §6.5): ``AES_seed(N ‖ 2) ‖ AES_seed(N ‖ 3) ‖ …``, identical to AES-CTR from ``N ‖ 2``
-for the 2^32 − 2 blocks (64 GiB) one label may yield; longer masks are refused.
+big-endian counter after the 96-bit nonce ``N = SHA-256("xsilo-secagg/prg/" ‖ label)[:12]``,
+:func:`nonce`), read as little-endian unsigned words. That is GCTR, the counter mode inside
+AES-GCM (NIST SP 800-38D, §6.5): ``AES_seed(N ‖ 2) ‖ AES_seed(N ‖ 3) ‖ …``, identical to
+AES-CTR from ``N ‖ 2`` for the 2^32 − 2 blocks (64 GiB) one label may yield; longer masks are
+refused.
 
 It is produced by OpenSSL's AES-GCM encryptor on zeros, tag discarded: on CPUs with VAES and
 AVX-512 (or AVX2) OpenSSL's GCM code computes the keystream about twice as fast as its CTR mode
@@ -16,88 +17,50 @@ Reduction modulo ``M = 2^k`` is free: every modulus in this package is a power o
 ``2^32`` or ``2^64``, so masks are added with the dtype's natural wrap-around and the result is
 reduced once, at the end, with ``& (M - 1)``. Uniform words mod ``2^64`` stay uniform mod ``M``.
 
-Randomness is an argument: functions that draw take a :class:`ByteSource`; the default,
-:func:`default_source`, is an AES-CTR keystream keyed from ``os.urandom`` (a CTR-DRBG in the
-sense of NIST SP 800-90A, without reseeding). ``numpy.random`` is never used.
+Seeds are secrets of the protocol, not random draws; the byte sources that draw them (and the
+seedable :class:`~strategies.randomness.KeystreamSource`, the same keystream read as bytes) are
+in :mod:`strategies.randomness`. ``numpy.random`` is never used.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from typing import Protocol
-
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from strategies.randomness import KEY_BYTES
+from strategies.randomness import keystream_nonce as nonce
+from xsilo.errors import ConfigError, ProtocolError
+
 __all__ = [
-    "ByteSource",
-    "KeystreamSource",
-    "SystemSource",
     "add_mask",
-    "default_source",
     "dtype_for_bits",
     "expand",
     "nonce",
-    "uniform01",
 ]
 
-SEED_BYTES = 32
+SEED_BYTES = KEY_BYTES
 _CHUNK_BYTES = 1 << 20  # keystream block size for add_mask: large enough to amortise calls, cache-sized
 _ZEROS = memoryview(bytes(_CHUNK_BYTES))
 MAX_STREAM_BYTES = (2**32 - 2) * 16  # GCTR's 32-bit counter, from N ‖ 2 up to N ‖ 2^32 − 1
 
 
-class ByteSource(Protocol):
-    """Anything that returns ``n`` uniformly random bytes."""
-
-    def read(self, n: int) -> bytes: ...
-
-
-class SystemSource:
-    """The operating system's CSPRNG (``os.urandom``)."""
-
-    def read(self, n: int) -> bytes:
-        return os.urandom(n)
-
-
-class KeystreamSource:
-    """Deterministic AES-256 counter-mode keystream (as :func:`expand`): seedable, and still a
-    cryptographic generator; at most ``MAX_STREAM_BYTES`` per source.
-
-    ``KeystreamSource(os.urandom(32))`` is a fast secure source; tests pass a fixed key.
-    """
-
-    def __init__(self, key: bytes, *, label: bytes = b"source") -> None:
-        self._enc = _cipher(key, label).encryptor()
-
-    def read(self, n: int) -> bytes:
-        return self._enc.update(bytes(n))
-
-
-def default_source() -> ByteSource:
-    """The secure default: an AES-CTR keystream under a fresh ``os.urandom(32)`` key."""
-    return KeystreamSource(os.urandom(SEED_BYTES))
-
-
 def dtype_for_bits(modulus_bits: int) -> np.dtype:
     """``uint32`` for moduli up to ``2^32``, ``uint64`` up to ``2^64``."""
     if not 1 <= modulus_bits <= 64:
-        raise ValueError(f"modulus_bits must be in 1..64, got {modulus_bits}")
+        raise ConfigError(f"modulus_bits must be an integer in 1..64 (masks are uint32 or uint64 "
+                          f"words), got {modulus_bits!r}; let make_quant_params size the modulus")
     return np.dtype(np.uint32) if modulus_bits <= 32 else np.dtype(np.uint64)
-
-
-def nonce(label: bytes) -> bytes:
-    """The 96-bit nonce ``N`` of ``label``'s keystream (counter blocks ``N ‖ 2``, ``N ‖ 3``, …)."""
-    return hashlib.sha256(b"xsilo-secagg/prg/" + label).digest()[:12]
 
 
 def _cipher(seed: bytes, label: bytes, nbytes: int = 0) -> Cipher:
     if len(seed) != SEED_BYTES:
-        raise ValueError(f"a PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        raise ProtocolError(f"a mask seed must be {SEED_BYTES} bytes (an AES-256 key), got "
+                            f"{len(seed)}: the self-mask or pair seed is truncated or malformed; "
+                            "no mask is expanded from it and the round must be aborted")
     if nbytes > MAX_STREAM_BYTES:
-        raise ValueError(f"a mask of {nbytes} bytes is longer than one keystream's "
-                         f"{MAX_STREAM_BYTES} bytes (2^32 − 2 AES blocks); split the vector")
+        raise ConfigError(f"a mask of {nbytes} bytes is longer than one keystream's "
+                          f"{MAX_STREAM_BYTES} bytes (2^32 − 2 AES blocks); split the vector "
+                          "into several secure-aggregation vectors below that size")
     # GCM's encryptor on zeros is the GCTR keystream from N ‖ 2 (see the module docstring);
     # the tag is never computed (no finalize) and nothing here is authenticated.
     return Cipher(algorithms.AES(seed), modes.GCM(nonce(label)))
@@ -128,6 +91,8 @@ def add_mask(acc: np.ndarray, seed: bytes, *, label: bytes, sign: int = 1) -> No
     ``M = 2^k`` once at the end. The keystream is produced in 1 MiB blocks into one reused
     buffer, so the cost is the keystream plus one add per word.
     """
+    # Programming errors (the callers pass their own accumulators and literal signs): plain
+    # ValueError, with a traceback, rather than an error a peer or a config could cause.
     if acc.dtype not in (np.uint32, np.uint64) or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise ValueError("add_mask needs a contiguous 1-D uint32/uint64 array")
     if sign not in (1, -1):
@@ -147,8 +112,3 @@ def add_mask(acc: np.ndarray, seed: bytes, *, label: bytes, sign: int = 1) -> No
 if np.little_endian is False:  # pragma: no cover - every supported platform is little-endian
     raise ImportError("strategies.secagg.prg assumes a little-endian host")
 
-
-def uniform01(n: int, *, rng: ByteSource) -> np.ndarray:
-    """``n`` floats uniform on ``[0, 1)`` with 53 random bits each: ``(u64 >> 11) · 2^-53``."""
-    words = np.frombuffer(rng.read(8 * n), dtype="<u8")
-    return (words >> np.uint64(11)).astype(np.float64) * (2.0**-53)

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from strategies.secagg.prg import ByteSource, default_source, dtype_for_bits
+from strategies.randomness import ByteSource, default_source
+from strategies.secagg.prg import dtype_for_bits
 from xsilo.errors import ConfigError, SecureAggregationError, UpdateRejected
 
 __all__ = [

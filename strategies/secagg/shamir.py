@@ -8,7 +8,7 @@ than ``t`` reveal nothing about ``s``.
 
 p is the smallest prime above 2^256, so a 32-byte seed is one field element (no chunking)
 and a share value is 33 bytes. Coefficients are drawn uniformly by rejection sampling from
-a :class:`~strategies.secagg.prg.ByteSource`. With more than ``t`` shares, every extra
+a :class:`~strategies.randomness.ByteSource`. With more than ``t`` shares, every extra
 share is checked against the polynomial through the first ``t`` (inconsistency → error).
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-from strategies.secagg.prg import ByteSource, SystemSource
-from xsilo.errors import ProtocolError
+from strategies.randomness import ByteSource, SystemSource
+from xsilo.errors import ConfigError, ProtocolError
 
 __all__ = [
     "PRIME",
@@ -40,7 +40,9 @@ SECRET_BYTES = 32
 def secret_to_int(secret: bytes) -> int:
     """A 32-byte secret as a field element (big-endian; always < p)."""
     if len(secret) != SECRET_BYTES:
-        raise ValueError(f"Shamir secrets are {SECRET_BYTES} bytes, got {len(secret)}")
+        raise ProtocolError(f"Shamir secrets are {SECRET_BYTES} bytes (a mask seed or key), got "
+                            f"{len(secret)}: the secret is truncated or malformed; share only "
+                            f"{SECRET_BYTES}-byte seeds")
     return int.from_bytes(secret, "big")
 
 
@@ -63,12 +65,17 @@ def share_from_bytes(data: bytes) -> int:
 
 
 def _check_xs(xs: Sequence[int], threshold: int) -> None:
+    # Share points are the roster positions + 1 and the threshold is the run's t, both from
+    # the run's configuration.
     if threshold < 1:
-        raise ValueError(f"threshold must be ≥ 1, got {threshold}")
+        raise ConfigError(f"Shamir threshold must be ≥ 1, got {threshold}; use the run's "
+                          "secure-aggregation threshold t")
     if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
-        raise ValueError(f"share points must be distinct and in 1..p-1, got {list(xs)}")
+        raise ConfigError(f"Shamir share points must be distinct and in 1..p-1, got {list(xs)}; "
+                          "use each silo's roster position + 1")
     if threshold > len(xs):
-        raise ValueError(f"threshold {threshold} exceeds the number of shares {len(xs)}")
+        raise ConfigError(f"Shamir threshold {threshold} exceeds the number of shares {len(xs)}; "
+                          "a t-of-n sharing needs t ≤ n silos")
 
 
 def _random_element(rng: ByteSource) -> int:
@@ -86,7 +93,9 @@ def split(secret: int, *, threshold: int, xs: Sequence[int],
     """
     _check_xs(xs, threshold)
     if not 0 <= secret < PRIME:
-        raise ValueError("secret must be a field element")
+        raise ProtocolError(f"a Shamir secret must be a field element in 0..p-1, got a "
+                            f"{secret.bit_length()}-bit value; share 32-byte secrets through "
+                            "secret_to_int")
     rng = rng or SystemSource()
     coeffs = [secret] + [_random_element(rng) for _ in range(threshold - 1)]
     out = []

@@ -36,16 +36,18 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from strategies.randomness import ByteSource, KeystreamSource, SystemSource
 from strategies.secagg import crypto, shamir
 from strategies.secagg.encoded import encoded_input
 from strategies.secagg.masking import (
     PAIR_LABEL, SELF_LABEL, bundle_ad, pack_bundle, pair_sign, peers_of, unpack_bundle)
+from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
-    PROTOCOL_VERSION, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, SecAggConfig,
-    UnmaskRequest, UnmaskResponse, check_protocol)
-from strategies.secagg.prg import ByteSource, KeystreamSource, SystemSource, add_mask
+    PROTOCOL_VERSION, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, UnmaskRequest,
+    UnmaskResponse, check_protocol)
+from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import encode
-from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
+from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError, UpdateRejected
 
 __all__ = ["SiloStage", "SiloState", "new_silo", "silo_state_from_record", "silo_state_to_record",
            "silo_step"]
@@ -238,7 +240,9 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
         raise ProtocolError(f"silo {state.silo}: this run masks float updates; pass update and "
                             "weight, not a pre-encoded vector")
     elif update is None or weight is None:
-        raise ValueError("a MaskRequest needs the local update and its weight")
+        raise UpdateRejected(f"silo {state.silo}: round {msg.round}'s mask request needs the local "
+                             "update and its weight; pass silo_step(..., update=<the flat update>, "
+                             "weight=<its integer weight>)")
     elif np.asarray(update).size != config.length:
         raise ProtocolError(f"silo {state.silo}: update has {np.asarray(update).size} values, "
                             f"the run declared length={config.length}")

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from strategies.randomness import ByteSource, KeystreamSource, SystemSource
 from strategies.secagg import coordinator as co
-from strategies.secagg.messages import Message, SecAggConfig, message_from_record
-from strategies.secagg.prg import ByteSource, KeystreamSource, SystemSource
+from strategies.secagg.config import SecAggConfig
+from strategies.secagg.messages import Message, message_from_record
 from strategies.secagg.silo import SiloState, new_silo, silo_step
 
 __all__ = ["LocalFederation"]

@@ -14,7 +14,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from coordinator.privacy import RunPrivacy, check_run_privacy, parse_dp
 from strategies.api import Update
-from strategies.dp import AesCtrSource, DPConfig, l2_norm, split_noise_multiplier
+from strategies.dp import DPConfig, KeystreamSource, l2_norm, split_noise_multiplier
 from strategies.registry import build_strategy
 from xsilo.errors import ConfigError, PrivacyBudgetExceeded, StrategyError
 
@@ -23,8 +23,8 @@ def _dp(**kw) -> DPConfig:
     return DPConfig(**{"mechanism": "central", "noise_multiplier": 1.0, "clip_norm": 1.0, **kw})
 
 
-def _rng(tag: bytes = b"t") -> AesCtrSource:
-    return AesCtrSource(tag.ljust(32, b"\0"))
+def _rng(tag: bytes = b"t") -> KeystreamSource:
+    return KeystreamSource(tag.ljust(32, b"\0"))
 
 
 def _updates(n: int, dim: int, scale: float, seed: int = 0) -> list[Update]:

@@ -13,7 +13,7 @@ import pytest
 from dp_accounting.pld import pld_privacy_accountant
 from rich.console import Console
 
-import coordinator.privacy as privacy
+from coordinator.messages import Observers
 from coordinator.config import RunConfig, load_run_config
 from coordinator.console import round_table
 from coordinator.run_store import RunStore
@@ -42,10 +42,10 @@ def _rows(run_dir: Path) -> list[dict]:
 
 def test_central_run_clips_accounts_and_checkpoints(tmp_path: Path, federation: list[Path],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
-    monkeypatch.setattr(privacy, "CLIP_OBSERVER", seen.append)
+    seen: list = []
     config = RunConfig(num_rounds=3, min_silos=3, dp=DPConfig(**_dp(clip_norm=0.5)))
-    summary = run_in_process(tmp_path / "run", config, federation)
+    summary = run_in_process(tmp_path / "run", config, federation,
+                             observers=Observers(clipped=seen.append))
     assert summary["status"] == "completed"
     assert len(seen) == 9 and all(l2_norm(r.update) <= 0.5 for r in seen)
     assert any(r.clipped for r in seen)  # the demo's updates are larger than 0.5

@@ -7,6 +7,7 @@ silos mask their KLS encodings (noise share included); the coordinator only deco
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 import silo_client.privacy as silo_privacy
 from coordinator.config import RunConfig
+from coordinator.messages import Observers
 from coordinator.privacy import RunPrivacy, check_run_privacy
 from coordinator.run_store import RunStore
 from silo_client import secure as glue
@@ -26,10 +28,12 @@ from strategies.dp import Accountant, DPConfig, GaussianRound, ZCDPRound, l2_nor
 from strategies.registry import build_strategy
 from strategies.secagg import coordinator as co
 from strategies.secagg import message_from_record
-from strategies.secagg.encoded import make_encoded_config
-from xsilo.errors import ConfigError, ProtocolError
+from strategies.secagg.config import make_encoded_config
 from federation.local import run_in_process
-from xsilo.protocol import SECAGG_ARRAYS
+from xsilo import terms as T
+from xsilo.errors import ConfigError, ProtocolError
+from xsilo.protocol import METRICS, SECAGG_ARRAYS
+from xsilo.terms import DPTerms, TrainTerms
 
 NAMES = ["hospital-a", "hospital-b", "hospital-c"]
 
@@ -51,17 +55,15 @@ def _expected_eps(event, rounds: int, *, method: str) -> list[float]:
 
 
 @pytest.fixture
-def observed(monkeypatch: pytest.MonkeyPatch) -> list:
-    seen: list = []
-    monkeypatch.setattr(silo_privacy, "CLIP_OBSERVER", seen.append)
-    return seen
+def observed() -> list:
+    """Every clip the silos make before masking (pass ``silo_clipped=observed.append``)."""
+    return []
 
 
 @pytest.fixture
-def view(monkeypatch: pytest.MonkeyPatch) -> list:
-    seen: list = []
-    monkeypatch.setattr("coordinator.server_app.RECORDER", seen.append)
-    return seen
+def view() -> list:
+    """The coordinator's view: every raw reply (pass ``Observers(reply=view.append)``)."""
+    return []
 
 
 def _only_masked_updates(view: list, rounds: int) -> None:
@@ -71,14 +73,15 @@ def _only_masked_updates(view: list, rounds: int) -> None:
     for message in train:
         assert not message.has_error()
         assert list(message.content.array_records) == [SECAGG_ARRAYS]
-        assert "secagg-clipped" not in message.content.metric_records["metrics"]
+        assert T.SECAGG_CLIPPED not in message.content.metric_records[METRICS]
 
 
 def test_central_dp_under_secure_aggregation(tmp_path: Path, federation: list[Path],
                                              observed: list, view: list) -> None:
     config = RunConfig(num_rounds=3, min_silos=3, secure_aggregation=True, secagg_clip=1.0,
                        secagg_bits=20, dp=_dp("central"))
-    summary = run_in_process(tmp_path / "run", config, federation)
+    summary = run_in_process(tmp_path / "run", config, federation, silo_clipped=observed.append,
+                             observers=Observers(reply=view.append))
     assert summary["status"] == "completed" and summary["rounds_failed"] == []
     rows = _rows(tmp_path / "run")
     expected = _expected_eps(GaussianRound(2.0), 3, method="pld")
@@ -100,7 +103,8 @@ def test_distributed_dp_under_secure_aggregation(tmp_path: Path, federation: lis
                                                  observed: list, view: list) -> None:
     dp = _dp("distributed", max_epsilon=None)
     config = RunConfig(num_rounds=2, min_silos=3, secure_aggregation=True, dp=dp)
-    summary = run_in_process(tmp_path / "run", config, federation)
+    summary = run_in_process(tmp_path / "run", config, federation, silo_clipped=observed.append,
+                             observers=Observers(reply=view.append))
     assert summary["status"] == "completed" and summary["rounds_failed"] == []
     setup = next(e for e in RunStore(tmp_path / "run").events()
                  if e["event"] == "secure_aggregation_setup")
@@ -158,14 +162,16 @@ def _glue_round(dp: DPConfig, *, n: int, t: int, dimension: int, drop: int,
     for i, req in requests.items():
         stored[i], advert = glue.setup(None, req.to_record(), silo_index=i)
         state = co.receive_advert(state, message_from_record(advert))
-    round_config = {**priv.train_config(), "server-round": 1}
+    terms = TrainTerms(server_round=1, num_rounds=1, local_epochs=1, learning_rate=0.1,
+                       batch_size=32, seed=0, strategy="fedavg", run_token="t", participants=n,
+                       secagg_weighted=True, dp=priv.round_terms())
     template = {"w": np.zeros(dimension, dtype=np.float32)}
     state, masks = co.begin_round(state, round_=1)
     for i, req in masks.items():
         if i >= n - drop:
             continue
         out = glue.mask(stored[i], req.to_record(), delta=deltas[i], template=template,
-                        num_examples=10, weighted=True, round_config=round_config)
+                        num_examples=10, terms=TrainTerms.from_config(terms.to_config()))
         stored[i] = out.state
         state = co.receive_masked(state, message_from_record(out.reply))
     state, unmasks = co.request_unmask(state)
@@ -204,14 +210,17 @@ def test_the_silo_refuses_round_terms_that_disagree_with_its_protocol_state() ->
     ddg = priv.bind_secure(num_silos=3, threshold=2, dimension=4)
     secagg = make_encoded_config(run_id="x", roster=[0, 1, 2], threshold=2,
                                  length=ddg.calibrate().padded_dim, modulus_bits=32)
-    terms = priv.train_config()
+    terms = DPTerms.from_config(priv.round_terms().to_config())
+    assert terms is not None
     delta, template = {"w": np.ones(4)}, {"w": np.zeros(4)}
     kwargs = dict(delta=delta, template=template, num_examples=1, weighted=False, secagg=secagg)
     assert "encoded" in silo_privacy.secure_update(dp, terms, **kwargs).step_kwargs
     with pytest.raises(ProtocolError, match="n=3, t=3 but"):
-        silo_privacy.secure_update(dp, {**terms, "dp-min-survivors": 3}, **kwargs)
-    with pytest.raises(ProtocolError, match="rotation-seed"):
-        silo_privacy.secure_update(dp, {**terms, "dp-rotation-seed": "00"}, **kwargs)
+        silo_privacy.secure_update(dp, replace(terms, min_survivors=3), **kwargs)
+    with pytest.raises(ProtocolError, match="rotation seed"):
+        silo_privacy.secure_update(dp, replace(terms, rotation_seed=None), **kwargs)
+    with pytest.raises(ProtocolError, match=f"{T.DP_ROTATION_SEED} = b'00'.*32 bytes"):
+        DPTerms.from_config({**terms.to_config(), T.DP_ROTATION_SEED: b"00"})
 
 
 def test_what_stays_unsupported_is_refused_with_the_fix() -> None:

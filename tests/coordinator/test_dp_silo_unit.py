@@ -1,18 +1,22 @@
 """silo_client.privacy: the silo's own tally from the round's DP terms, its refusal, its
-projection at join, and the DP-SGD settings (no Flower, no torch)."""
+projection at join; silo_client.dpsgd: the DP-SGD settings (no Flower, no torch)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from coordinator.privacy import RunPrivacy
+from silo_client.dpsgd import DPSGDSettings
 from silo_client.policy import PrivacyTally, SitePolicy
-from silo_client.privacy import TALLY_FILE, DPSGDSettings, SiloPrivacy, dp_terms
+from silo_client.privacy import TALLY_FILE, SiloPrivacy, parse_dp
 from strategies.dp import DPConfig
-from xsilo.errors import ConfigError, PolicyRefusal
+from xsilo import terms as T
+from xsilo.errors import ConfigError, PolicyRefusal, ProtocolError
+from xsilo.terms import DPTerms, JoinTerms, TrainTerms
 
 
 def _coordinator(**kw) -> RunPrivacy:
@@ -20,8 +24,12 @@ def _coordinator(**kw) -> RunPrivacy:
     return RunPrivacy(dp, num_silos=3)
 
 
-def _round_config(priv: RunPrivacy, r: int) -> dict:
-    return {"server-round": r, "participants": 3, **priv.train_config()}
+def _round_config(priv: RunPrivacy, r: int, **extra) -> TrainTerms:
+    """A train round's terms as the silo parses them from the wire."""
+    terms = TrainTerms(server_round=r, num_rounds=50, local_epochs=1, learning_rate=0.1,
+                       batch_size=32, seed=0, strategy="fedavg", run_token="t", participants=3,
+                       dp=priv.round_terms())
+    return TrainTerms.from_config({**terms.to_config(), **extra})
 
 
 def test_silo_tally_matches_the_coordinator_and_ignores_redelivery(tmp_path: Path) -> None:
@@ -41,7 +49,7 @@ def test_silo_tally_matches_the_coordinator_and_ignores_redelivery(tmp_path: Pat
 
 def test_silo_ignores_an_epsilon_the_coordinator_claims(tmp_path: Path) -> None:
     priv = _coordinator()
-    cfg = {**_round_config(priv, 1), "epsilon": 0.0, "dp-epsilon": 0.0}
+    cfg = _round_config(priv, 1, epsilon=0.0, **{"dp-epsilon": 0.0})
     silo = SiloPrivacy(tmp_path, SitePolicy())
     assert silo.commit(silo.begin_round(cfg)) > 1.0
 
@@ -73,19 +81,21 @@ def test_other_runs_at_the_site_count_toward_the_cap(tmp_path: Path) -> None:
 def test_join_projection_is_computed_by_the_silo(tmp_path: Path) -> None:
     priv = _coordinator(max_epsilon=50.0)
     silo = SiloPrivacy(tmp_path, SitePolicy())
-    terms = {"num-rounds": 4, **priv.join_terms()}
-    got = silo.run_terms(terms, strategy="fedavg", num_rounds=4, secure_aggregation=False)
+    join = JoinTerms(run_name="r", strategy="fedavg", num_rounds=4, seed=0, min_silos=2,
+                     num_silos=3, dp=priv.join_terms())
+    got = silo.run_terms(JoinTerms.from_config(join.to_config()))
     assert got.dp_epsilon_total == pytest.approx(priv.projected_epsilon(4), rel=1e-9)
     assert got.dp_delta == 1e-5
-    plain = silo.run_terms({"num-rounds": 4}, strategy="fedavg", num_rounds=4, secure_aggregation=False)
+    plain = silo.run_terms(replace(join, dp=None))
     assert plain.dp_epsilon_total is None
 
 
 def test_malformed_terms_and_dpsgd_settings_are_refused() -> None:
-    with pytest.raises(ConfigError, match="malformed"):
-        dp_terms({"dp": "{not json"})
+    with pytest.raises(ProtocolError, match=f"{T.DP_TABLE} = '{{not json'.*JSON object"):
+        DPTerms.from_config({T.DP_TABLE: "{not json", T.DP_RUN: "r"})
+    table = json.dumps({"mechanism": "central", "noise_multiplier": 1.0})
     with pytest.raises(ConfigError, match="clip_norm"):
-        dp_terms({"dp": json.dumps({"mechanism": "central", "noise_multiplier": 1.0})})
+        parse_dp(DPTerms.from_config({T.DP_TABLE: table, T.DP_RUN: "r"}))
     with pytest.raises(ConfigError, match="max_grad_norm"):
         DPSGDSettings.from_mapping({"noise_multiplier": 1.0})
     with pytest.raises(ConfigError, match="max_grad_norm"):

@@ -21,6 +21,7 @@ from silo_client.ledger import verify_ledger
 from federation.demo_data import demo_schema
 from federation.local import run_in_process
 from xsilo.protocol import CONFIG
+from xsilo import terms as T
 
 
 def _with_policy(config: Path, policy: str) -> None:
@@ -129,11 +130,12 @@ def _run_announcing(run_dir: Path, config: RunConfig, silo_configs: list[Path],
 
 
 @pytest.mark.parametrize("policy, run, announced, refused_from, reason", [
-    ("max_rounds = 2", {"num_rounds": 3}, {"num-rounds": 2}, 3, "PolicyRefusal[max_rounds]"),
-    ('allowed_strategies = ["fedprox"]', {"strategy": "fedavg"}, {"strategy": "fedprox"}, 1,
+    ("max_rounds = 2", {"num_rounds": 3}, {T.NUM_ROUNDS: 2}, 3, "PolicyRefusal[max_rounds]"),
+    ('allowed_strategies = ["fedprox"]', {"strategy": "fedavg"}, {T.STRATEGY: "fedprox"}, 1,
      "PolicyRefusal[allowed_strategies]"),
     # refused by the ClientApp before any training: no mask request in the message
-    ("require_secure_aggregation = true", {}, {"secure-aggregation": True}, 1,
+    ("require_secure_aggregation = true", {},
+     {T.SECURE_AGGREGATION: True, T.SECAGG_THRESHOLD: 2}, 1,
      "PolicyRefusal[require_secure_aggregation]"),
 ])
 def test_a_round_beyond_the_announced_terms_is_refused(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.messages import Observers
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore, load_npz
 from silo_client.ledger import verify_ledger
@@ -33,8 +34,8 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> dict:
 
     def train(self, global_params, config, **kw):
         result = original(self, global_params, config, **kw)
-        seen[(self.config.name, int(config["server-round"]))] = (
-            dict(global_params), result.delta, result.metrics["num-examples"])
+        seen[(self.config.name, config.server_round)] = (
+            dict(global_params), result.delta, result.metrics.num_examples)
         return result
 
     monkeypatch.setattr(Silo, "train", train)
@@ -99,9 +100,9 @@ def test_the_coordinator_never_receives_an_individual_update(
         tmp_path: Path, federation: list[Path], trained: dict,
         monkeypatch: pytest.MonkeyPatch) -> None:
     view: list = []
-    monkeypatch.setattr("coordinator.server_app.RECORDER", view.append)
     config = RunConfig(num_rounds=2, min_silos=3, secure_aggregation=True, name="view")
-    assert run_in_process(tmp_path / "run", config, federation)["status"] == "completed"
+    assert run_in_process(tmp_path / "run", config, federation,
+                          observers=Observers(reply=view.append))["status"] == "completed"
 
     clip, step = config.secagg_clip, 2 * config.secagg_clip / (2**config.secagg_bits - 1)
     forbidden = []  # every form an individual update could take: plain, weighted, encoded

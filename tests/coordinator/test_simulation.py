@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import coordinator.server_app as server_app
+from coordinator.messages import Observers
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore
 from federation.local import run_in_simulation
@@ -19,12 +19,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]  # starts Ray: seconds,
 def test_secure_run_on_ray_simulation_completes_and_improves(
         tmp_path: Path, federation: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray")
-    seen = []
-    monkeypatch.setattr(server_app, "RECORDER", seen.append)  # the coordinator's view
+    seen: list = []  # the coordinator's view
     run_dir = tmp_path / "run"
     summary = run_in_simulation(run_dir, RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
                                                    secure_aggregation=True, name="sim"),
-                                federation)
+                                federation, observers=Observers(reply=seen.append))
     assert summary["status"] == "completed" and summary["rounds_failed"] == []
     rows = [e for e in RunStore(run_dir).events() if e["event"] == "round"]
     assert [r["round"] for r in rows] == [0, 1, 2]

@@ -19,6 +19,7 @@ from silo_client.silo import Silo
 from strategies.builtin import FedAvg, FedMedian
 from strategies.dp.central import ClipAccumulator, clip_and_sum
 from federation.local import run_in_process
+from xsilo.terms import SiloMetrics
 
 NAMES = {1: "a", 2: "b", 3: "c"}
 
@@ -33,8 +34,9 @@ def _feed(collector: RoundCollector) -> list[weakref.ref]:
     for node in (1, 2, 3):
         delta = {"w": np.full(1000, float(node), np.float32), "b": np.full(3, 1.0, np.float32)}
         refs.append(weakref.ref(delta["w"]))
-        kept = collector.accept(node, Reply(node, arrays=delta, metrics={"num-examples": node}))
-        assert kept.arrays == {} and kept.metrics["num-examples"] == node
+        kept = collector.accept(node, Reply(node, arrays=delta,
+                                            metrics=SiloMetrics(num_examples=node)))
+        assert kept.arrays == {} and kept.metrics.num_examples == node
         del delta, kept
     gc.collect()
     return refs
@@ -79,8 +81,8 @@ def test_bad_update_is_rejected_and_the_sum_untouched(bad: dict, why: str) -> No
     collector = RoundCollector(FedAvg(), _current(), NAMES)
     collector.accept(1, Reply(1, arrays={"w": np.ones(1000, np.float32),
                                          "b": np.ones(3, np.float32)},
-                              metrics={"num-examples": 2}))
-    collector.accept(2, Reply(2, arrays=bad, metrics={"num-examples": 5}))
+                              metrics=SiloMetrics(num_examples=2)))
+    collector.accept(2, Reply(2, arrays=bad, metrics=SiloMetrics(num_examples=5)))
     collector.accept(3, Reply(3, error=SiloError("PolicyRefusal", "max_rounds", "too many")))
     assert collector.contributors == ["a"]
     assert why in collector.rejected["b"] and "max_rounds" in collector.rejected["c"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy.launch.executor import ForkserverExecutor
-from deploy.launch.processes import ManagedProcess, spawn
+from deploy.launch.processes import spawn
 from silo_client.config import load_silo_config, write_silo_config
 from silo_client.launch import model_modules
 from federation.demo_data import demo_schema

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
@@ -12,7 +14,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
 import silo_client.adapters as adapters
-from silo_client.adapters import build_model, check_same_architecture, parameter_spec
+from silo_client.adapters import FitSettings, build_model, check_same_architecture, parameter_spec
 from silo_client.adapters.sklearn import SklearnAdapter
 from silo_client.data import Column, DataSchema, LocalDataset
 from xsilo.errors import ModelError
@@ -44,14 +46,14 @@ DIGITS = _federation(load_digits, "classification")
 DIABETES = _federation(load_diabetes, "regression")
 
 
-def fedavg(model, shards, rounds: int, config: dict) -> dict[str, np.ndarray]:
+def fedavg(model, shards, rounds: int, config: FitSettings) -> dict[str, np.ndarray]:
     """Plain FedAvg in numpy: every shard trains from the global model, weighted average."""
     glob = model.get_parameters()
     for rnd in range(rounds):
         updates, weights = [], []
         for shard in shards:
             model.set_parameters(glob)
-            model.fit(shard, epochs=1, config={**config, "seed": rnd})
+            model.fit(shard, epochs=1, config=replace(config, seed=rnd))
             updates.append(model.get_parameters())
             weights.append(len(shard))
         glob = {k: sum(w * u[k] for w, u in zip(weights, updates)) / sum(weights) for k in glob}
@@ -63,9 +65,9 @@ def fedavg(model, shards, rounds: int, config: dict) -> dict[str, np.ndarray]:
                          + [(n, DIABETES) for n in REGRESSORS])
 def test_fedavg_improves_on_initial_model(name: str, fed) -> None:
     schema, shards, test = fed
-    model = build_model(f"sklearn:{name}", schema=schema, config={"seed": 3})
+    model = build_model(f"sklearn:{name}", schema=schema, seed=3)
     before = model.evaluate(test)
-    model.set_parameters(fedavg(model, shards, rounds=3, config={}))
+    model.set_parameters(fedavg(model, shards, rounds=3, config=FitSettings()))
     after = model.evaluate(test)
     assert after["loss"] < 0.8 * before["loss"]
     if schema.task == "classification":
@@ -77,13 +79,13 @@ def test_fedavg_improves_on_initial_model(name: str, fed) -> None:
 @pytest.mark.parametrize("name", CLASSIFIERS + REGRESSORS)
 def test_parameters_round_trip_exactly_and_start_deterministic(name: str) -> None:
     schema, shards, _ = DIABETES if name in REGRESSORS else DIGITS
-    a = build_model(f"sklearn:{name}", schema=schema, config={"seed": 7})
-    b = build_model(f"sklearn:{name}", schema=schema, config={"seed": 7})
+    a = build_model(f"sklearn:{name}", schema=schema, seed=7)
+    b = build_model(f"sklearn:{name}", schema=schema, seed=7)
     pa, pb = a.get_parameters(), b.get_parameters()
     assert list(pa) == list(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
     if name.startswith(("SGD", "Logistic", "Ridge", "Linear")):
         assert all(not v.any() for v in pa.values())  # linear models start at zero
-    a.fit(shards[0], epochs=1, config={})
+    a.fit(shards[0], epochs=1, config=FitSettings())
     trained = a.get_parameters()
     b.set_parameters(trained)
     back = b.get_parameters()
@@ -97,9 +99,9 @@ def test_fit_keeps_all_classes_when_a_shard_lacks_some() -> None:
     schema, shards, test = DIGITS
     only_two = LocalDataset(shards[0].X[shards[0].y < 2], shards[0].y[shards[0].y < 2], schema, "two")
     for name in CLASSIFIERS:
-        model = build_model(f"sklearn:{name}", schema=schema, config={})
+        model = build_model(f"sklearn:{name}", schema=schema)
         spec = parameter_spec(model.get_parameters())
-        model.fit(only_two, epochs=1, config={})
+        model.fit(only_two, epochs=1, config=FitSettings())
         assert parameter_spec(model.get_parameters()) == spec
         assert model.evaluate(test)["loss"] > 0
 
@@ -112,19 +114,19 @@ def _distance(a: dict, b: dict) -> float:
                          + [(n, DIABETES) for n in REGRESSORS])
 def test_fedprox_stays_closer_to_the_global_model(name: str, fed) -> None:
     schema, shards, _ = fed
-    model = build_model(f"sklearn:{name}", schema=schema, config={"seed": 1})
-    start = fedavg(model, shards[1:], rounds=1, config={})  # a non-trivial global model
+    model = build_model(f"sklearn:{name}", schema=schema, seed=1)
+    start = fedavg(model, shards[1:], rounds=1, config=FitSettings())  # a non-trivial global model
     moved = {}
     for mu in (0.0, 1.0):
         model.set_parameters(start)
-        model.fit(shards[0], epochs=2, config={"proximal-mu": mu, "seed": 0})
+        model.fit(shards[0], epochs=2, config=FitSettings(proximal_mu=mu, seed=0))
         moved[mu] = _distance(model.get_parameters(), start)
     assert moved[1.0] < 0.8 * moved[0.0]
 
 
 def test_mismatching_parameters_name_the_tensor() -> None:
     schema, _, _ = BREAST
-    model = build_model("sklearn:SGDClassifier", schema=schema, config={})
+    model = build_model("sklearn:SGDClassifier", schema=schema)
     params = model.get_parameters()
     with pytest.raises(ModelError, match=r"tensor 'coef': expected shape \(1, 30\), received \(1, 29\)"):
         model.set_parameters({**params, "coef": params["coef"][:, :29]})
@@ -162,9 +164,9 @@ def test_unfederatable_estimator_names_the_alternative(estimator, needle: str) -
 def test_unknown_builtin_and_wrong_task() -> None:
     schema, _, _ = BREAST
     with pytest.raises(ModelError, match="sklearn:GradientBoostingClassifier is not a built-in.*FedXgbBagging"):
-        build_model("sklearn:GradientBoostingClassifier", schema=schema, config={})
+        build_model("sklearn:GradientBoostingClassifier", schema=schema)
     with pytest.raises(ModelError, match="does not fit task 'classification'"):
-        build_model("sklearn:Ridge", schema=schema, config={})
+        build_model("sklearn:Ridge", schema=schema)
 
 
 def test_import_path_spec_accepts_estimator_classes_and_factories(tmp_path, monkeypatch) -> None:
@@ -176,19 +178,19 @@ def test_import_path_spec_accepts_estimator_classes_and_factories(tmp_path, monk
         "    return SGDClassifier(loss='log_loss', random_state=seed)\n"
         "def broken():\n    return 42\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = build_model("site_models:build", schema=schema, config={"seed": 2})
-    assert isinstance(model, SklearnAdapter) and model.fit(shards[0], epochs=1, config={})["train_loss"] > 0
-    assert isinstance(build_model("sklearn.linear_model:Ridge", schema=DIABETES[0], config={}), SklearnAdapter)
+    model = build_model("site_models:build", schema=schema, seed=2)
+    assert isinstance(model, SklearnAdapter) and model.fit(shards[0], epochs=1, config=FitSettings())["train_loss"] > 0
+    assert isinstance(build_model("sklearn.linear_model:Ridge", schema=DIABETES[0]), SklearnAdapter)
     with pytest.raises(ModelError, match="produced a int"):
-        build_model("site_models:broken", schema=schema, config={})
+        build_model("site_models:broken", schema=schema)
     with pytest.raises(ModelError, match="cannot import .no_such_pkg.models. .No module named"):
-        build_model("no_such_pkg.models:build", schema=schema, config={})
+        build_model("no_such_pkg.models:build", schema=schema)
     with pytest.raises(ModelError, match="neither a built-in"):
-        build_model("justaname", schema=schema, config={})
+        build_model("justaname", schema=schema)
 
 
 def test_public_api_is_pinned() -> None:
     assert sorted(adapters.__all__) == [
-        "ModelAdapter", "NDArrays", "ParameterSpec", "SklearnAdapter", "TorchAdapter",
+        "FitSettings", "ModelAdapter", "NDArrays", "ParameterSpec", "SklearnAdapter", "TorchAdapter",
         "assign_parameters", "build_model", "check_same_architecture", "parameter_spec"]
 

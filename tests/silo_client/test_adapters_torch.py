@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ torch = pytest.importorskip("torch")
 from sklearn.datasets import load_digits  # noqa: E402
 from torch import nn  # noqa: E402
 
-from silo_client.adapters import build_model, check_same_architecture, parameter_spec  # noqa: E402
+from silo_client.adapters import FitSettings, build_model, check_same_architecture, parameter_spec  # noqa: E402
 from silo_client.adapters.torch import TorchAdapter  # noqa: E402
 from silo_client.data import Column, DataSchema, LocalDataset  # noqa: E402
 from xsilo.errors import ModelError  # noqa: E402
@@ -50,13 +52,13 @@ class _Scale(nn.Module):
         return x / 16.0
 
 
-def fedavg(model: TorchAdapter, rounds: int, config: dict, epochs: int = 1) -> dict[str, np.ndarray]:
+def fedavg(model: TorchAdapter, rounds: int, config: FitSettings, epochs: int = 1) -> dict[str, np.ndarray]:
     glob = model.get_parameters()
     for rnd in range(rounds):
         updates = []
         for shard in SHARDS:
             model.set_parameters(glob)
-            model.fit(shard, epochs=epochs, config={**config, "seed": rnd})
+            model.fit(shard, epochs=epochs, config=replace(config, seed=rnd))
             updates.append((len(shard), model.get_parameters()))
         total = sum(n for n, _ in updates)
         glob = {k: sum(n * u[k] for n, u in updates) / total for k in glob}
@@ -78,12 +80,12 @@ def test_parameters_round_trip_exactly() -> None:
 def test_fedavg_improves_the_example_cnn() -> None:
     sys.path.insert(0, str(EXAMPLE))
     try:
-        model = build_model("digits_cnn:build", schema=SCHEMA, config={"seed": 0})
+        model = build_model("digits_cnn:build", schema=SCHEMA, seed=0)
     finally:
         sys.path.remove(str(EXAMPLE))
     assert isinstance(model, TorchAdapter)
     before = model.evaluate(TEST)
-    model.set_parameters(fedavg(model, rounds=3, config={"learning-rate": 0.1}, epochs=2))
+    model.set_parameters(fedavg(model, rounds=3, config=FitSettings(learning_rate=0.1), epochs=2))
     after = model.evaluate(TEST)
     assert after["loss"] < 0.7 * before["loss"] and after["accuracy"] > before["accuracy"] + 0.3
 
@@ -94,7 +96,7 @@ def test_fedprox_stays_closer_to_the_global_model() -> None:
     moved = {}
     for mu in (0.0, 1.0):
         model.set_parameters(start)
-        model.fit(SHARDS[0], epochs=2, config={"proximal-mu": mu, "learning-rate": 0.05})
+        model.fit(SHARDS[0], epochs=2, config=FitSettings(proximal_mu=mu, learning_rate=0.05))
         after = model.get_parameters()
         moved[mu] = float(np.sqrt(sum(np.sum((after[k] - start[k]) ** 2) for k in start)))
     assert moved[1.0] < 0.8 * moved[0.0]
@@ -105,7 +107,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone() -> None:
     for _ in range(2):
         model = TorchAdapter(scaled(mlp(seed=5)))
         state = torch.random.get_rng_state()
-        model.fit(SHARDS[1], epochs=1, config={"seed": 9, "learning-rate": 0.05})
+        model.fit(SHARDS[1], epochs=1, config=FitSettings(seed=9, learning_rate=0.05))
         assert torch.equal(state, torch.random.get_rng_state())
         runs.append(model.get_parameters())
     assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -117,9 +119,9 @@ def test_build_model_seeds_identical_initial_weights(tmp_path: Path, monkeypatch
         "def build(classes):\n"  # ignores the seed: xsilo still makes silos agree
         "    return nn.Linear(64, len(classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    a = build_model("site_net:build", schema=SCHEMA, config={"seed": 3}).get_parameters()
-    b = build_model("site_net:build", schema=SCHEMA, config={"seed": 3}).get_parameters()
-    c = build_model("site_net:build", schema=SCHEMA, config={"seed": 4}).get_parameters()
+    a = build_model("site_net:build", schema=SCHEMA, seed=3).get_parameters()
+    b = build_model("site_net:build", schema=SCHEMA, seed=3).get_parameters()
+    c = build_model("site_net:build", schema=SCHEMA, seed=4).get_parameters()
     assert np.array_equal(a["weight"], b["weight"]) and not np.array_equal(a["weight"], c["weight"])
 
 
@@ -143,7 +145,7 @@ def test_user_train_and_eval_callables() -> None:
         return {"loss": 1.0, "accuracy": 0.5, "f1": 0.4}
 
     model = TorchAdapter(mlp(), train_fn=train_fn, eval_fn=eval_fn)
-    assert model.fit(SHARDS[0], epochs=3, config={"proximal-mu": 0.1}) == {"train_loss": 0.25}
+    assert model.fit(SHARDS[0], epochs=3, config=FitSettings(proximal_mu=0.1)) == {"train_loss": 0.25}
     assert calls["train"] == (len(SHARDS[0]), 3, 0.0)
     assert model.evaluate(TEST)["f1"] == 0.4
 
@@ -156,7 +158,7 @@ def test_regression_task_and_bad_inputs() -> None:
     torch.manual_seed(0)
     model = TorchAdapter(nn.Linear(2, 1), task="regression")
     before = model.evaluate(data)
-    model.fit(data, epochs=5, config={"learning-rate": 0.05})
+    model.fit(data, epochs=5, config=FitSettings(learning_rate=0.05))
     after = model.evaluate(data)
     assert set(after) == {"loss", "mae"} and after["loss"] < 0.1 * before["loss"]
     with pytest.raises(ModelError, match="needs an nn.Module"):
@@ -170,5 +172,5 @@ def test_cuda_round_trip_and_fit() -> None:
     model = TorchAdapter(scaled(mlp()), device="cuda")
     params = model.get_parameters()
     model.set_parameters(params)
-    assert model.fit(SHARDS[0], epochs=1, config={})["train_loss"] > 0
+    assert model.fit(SHARDS[0], epochs=1, config=FitSettings())["train_loss"] > 0
     assert next(model.module.parameters()).is_cuda

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xsilo.errors import ModelError, ProtocolError
 from xsilo.protocol import flatten_update, unflatten_update
 
 TEMPLATE = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
@@ -31,7 +32,12 @@ def test_dtype_none_keeps_the_tensors_common_float_type(dtypes, expected) -> Non
 
 
 def test_a_missing_or_misshapen_tensor_is_named() -> None:
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ModelError, match="do not match"):
         flatten_update({"w": np.zeros((2, 3))}, TEMPLATE)
-    with pytest.raises(ValueError, match="'b' has shape"):
+    with pytest.raises(ModelError, match="'b' has shape"):
         flatten_update({"w": np.zeros((2, 3)), "b": np.zeros(4)}, TEMPLATE, dtype=None)
+
+
+def test_a_summed_vector_of_another_length_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="has 8 values but the model has 9"):
+        unflatten_update(np.zeros(8), TEMPLATE)

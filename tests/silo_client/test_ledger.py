@@ -19,6 +19,7 @@ from silo_client.ledger import (
 )
 from silo_client.ledger_cli import _PATH, app
 from xsilo.errors import ConfigError
+from xsilo.terms import NUM_EXAMPLES
 
 ARRAYS = {"coef": np.arange(6, dtype=np.float32).reshape(2, 3), "intercept": np.zeros(2)}
 
@@ -28,9 +29,9 @@ def _fill(path: Path, n: int = 4) -> EgressLedger:
     for rnd in range(1, n + 1):
         ledger.append(run_id="run-7", server_round=rnd, message_type="train",
                       tensors={k: (v.shape, str(v.dtype)) for k, v in ARRAYS.items()},
-                      payload_sha256=payload_digest(ARRAYS, {"num-examples": 10 * rnd}),
+                      payload_sha256=payload_digest(ARRAYS, {NUM_EXAMPLES: 10 * rnd}),
                       masked=rnd % 2 == 0, clip_norm=1.0, noise_sigma=0.8, epsilon=0.5 * rnd,
-                      extra={"num-examples": 10 * rnd})
+                      extra={NUM_EXAMPLES: 10 * rnd})
     return ledger
 
 

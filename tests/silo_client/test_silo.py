@@ -6,15 +6,23 @@ from pathlib import Path
 
 import pytest
 
+from federation.demo_data import demo_schema
 from silo_client.config import write_silo_config
 from silo_client.silo import Silo
-from federation.demo_data import demo_schema
-from xsilo.errors import PolicyRefusal
+from xsilo import terms as T
+from xsilo.errors import PolicyRefusal, ProtocolError
+from xsilo.terms import JoinTerms, TrainTerms
 
-JOIN = {"strategy": "fedavg", "num-rounds": 3, "secure-aggregation": True, "seed": 0,
-        "num-silos": 3}
-ROUND = {"server-round": 1, "num-rounds": 3, "local-epochs": 1, "learning-rate": 0.1,
-         "batch-size": 32, "seed": 0, "strategy": "fedavg", "participants": 3}
+JOIN = JoinTerms(run_name="run", strategy="fedavg", num_rounds=3, seed=0, min_silos=2,
+                 num_silos=3, secure_aggregation=True, secagg_threshold=2)
+ROUND = TrainTerms(server_round=1, num_rounds=3, local_epochs=1, learning_rate=0.1,
+                   batch_size=32, seed=0, strategy="fedavg", run_token="t", participants=3)
+
+
+def _round(changes: dict) -> TrainTerms:
+    """The round's terms as the silo parses them, with ``changes`` (None: key absent)."""
+    config = {k: v for k, v in {**ROUND.to_config(), **changes}.items() if v is not None}
+    return TrainTerms.from_config(config)
 
 
 def _silo(config: Path, policy: str) -> Silo:
@@ -29,23 +37,21 @@ def _counting_models(silo: Silo, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     built: list[int] = []
     real = silo.model
 
-    def model(seed: int, extra=None):
+    def model(seed: int, fit=None):
         built.append(seed)
-        return real(seed, extra)
+        return real(seed, fit)
 
     monkeypatch.setattr(silo, "model", model)
     return built
 
 
 @pytest.mark.parametrize(("policy", "round_changes", "secure", "reason", "fragment"), [
-    ('allowed_strategies = ["fedavg"]', {"strategy": "fedadam"}, None, "allowed_strategies",
+    ('allowed_strategies = ["fedavg"]', {T.STRATEGY: "fedadam"}, None, "allowed_strategies",
      "round 1 runs strategy 'fedadam'"),
-    ('allowed_strategies = ["fedavg"]', {"strategy": None}, None, "allowed_strategies",
-     "strategy None"),
     ("require_secure_aggregation = true", {}, None, "require_secure_aggregation",
      "round 1 is not under secure aggregation"),
     # the round config claims secure aggregation, but the message carries no mask request
-    ("require_secure_aggregation = true", {"secagg-weighted": True}, False,
+    ("require_secure_aggregation = true", {T.SECAGG_WEIGHTED: True}, False,
      "require_secure_aggregation", "no update sent in the clear"),
 ])
 def test_train_refuses_a_round_that_breaks_the_policy_before_any_work(
@@ -54,18 +60,24 @@ def test_train_refuses_a_round_that_breaks_the_policy_before_any_work(
     silo = _silo(federation[0], policy)
     _, params = silo.join(JOIN)  # the join terms satisfy the policy
     built = _counting_models(silo, monkeypatch)
-    config = {k: v for k, v in {**ROUND, **round_changes}.items() if v is not None}
     with pytest.raises(PolicyRefusal) as err:
-        silo.train(params, config, secure=secure)
+        silo.train(params, _round(round_changes), secure=secure)
     assert err.value.reason == reason and fragment in str(err.value), str(err.value)
     assert built == []  # refused before a model was built or trained
 
 
+def test_a_round_that_names_no_strategy_is_refused_at_the_edge() -> None:
+    """Fail closed: without a strategy the terms do not parse (the policy check never sees a
+    round it cannot judge)."""
+    with pytest.raises(ProtocolError, match=f"{T.STRATEGY} is missing"):
+        _round({T.STRATEGY: None})
+
+
 @pytest.mark.parametrize(("policy", "round_changes", "secure"), [
     ('allowed_strategies = ["FedAvg"]', {}, None),
-    ("require_secure_aggregation = true", {"secagg-weighted": True}, None),  # a masked round
+    ("require_secure_aggregation = true", {T.SECAGG_WEIGHTED: True}, None),  # a masked round
     ("require_secure_aggregation = true", {}, True),  # the mask request is present
-    ("", {"strategy": "anything"}, False),  # the permissive default
+    ("", {T.STRATEGY: "anything"}, False),  # the permissive default
 ])
 def test_train_accepts_a_round_within_the_policy(federation: list[Path],
                                                  monkeypatch: pytest.MonkeyPatch, policy: str,
@@ -73,6 +85,6 @@ def test_train_accepts_a_round_within_the_policy(federation: list[Path],
     silo = _silo(federation[0], policy)
     _, params = silo.join(JOIN)
     built = _counting_models(silo, monkeypatch)
-    result = silo.train(params, {**ROUND, **round_changes}, secure=secure)
+    result = silo.train(params, _round(round_changes), secure=secure)
     assert built == [0] and result.delta.keys() == params.keys()
-    assert result.metrics["num-examples"] > 0
+    assert result.metrics.num_examples > 0

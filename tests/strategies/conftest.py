@@ -41,7 +41,8 @@ class FlowerDriver:
             local = {k: (current[k] + u.delta[k]).astype(current[k].dtype) for k in current}
             content = RecordDict({
                 "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": int(u.weight)})})
+                # the key Flower's strategy weights by (its own name for the example count)
+                "metrics": MetricRecord({self.strategy.weighted_by_key: int(u.weight)})})  # type: ignore[attr-defined]
             replies.append(Message(content, reply_to=ins))
         out, _ = self.strategy.aggregate_train(server_round, replies)  # type: ignore[attr-defined]
         assert out is not None

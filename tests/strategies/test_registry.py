@@ -10,6 +10,7 @@ from strategies.cli import app
 from strategies.registry import (available_strategies, build_strategy, check_compatible,
                                  describe, get_strategy)
 from xsilo.errors import ConfigError, StrategyError
+from xsilo.terms import PROXIMAL_MU
 
 NAMES = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
          "fedtrimmedavg", "krum", "multikrum"]
@@ -42,7 +43,7 @@ def test_unknown_parameter_lists_accepted_with_types_defaults_ranges() -> None:
 @pytest.mark.parametrize("name, params, words", [
     ("fedavgm", {"server_momentum": 1.5}, ["server_momentum", "1.5", "[0, 1)"]),
     ("fedtrimmedavg", {"beta": 0.5}, ["beta", "0.5", "[0, 0.5)"]),
-    ("fedprox", {"proximal-mu": -0.1}, ["proximal_mu", "-0.1", ">= 0"]),
+    ("fedprox", {"proximal_mu": -0.1}, ["proximal_mu", "-0.1", ">= 0"]),
     ("fedadam", {"tau": float("nan")}, ["tau", "nan", "> 0"]),
     ("multikrum", {"num_nodes_to_keep": 0}, ["num_nodes_to_keep", ">= 1"]),
 ])
@@ -68,11 +69,13 @@ def test_wrong_type(params, words) -> None:
 
 
 def test_typed_build_with_hyphenated_keys_and_int_widening() -> None:
-    s = build_strategy("fedprox", {"proximal-mu": 1, "weighted": False})
+    s = build_strategy("fedprox", {"proximal_mu": 1, "weighted": False})
     assert isinstance(s, FedProx) and s.params.proximal_mu == 1.0
     assert isinstance(s.params.proximal_mu, float) and s.weighted is False
     plan = s.configure_round(3, [5, 7])
-    assert plan.silos == (5, 7) and plan.config == {"proximal-mu": 1.0}
+    assert plan.silos == (5, 7) and plan.config == {PROXIMAL_MU: 1.0}
+    hyphenated = build_strategy("fedavgm", {"server-momentum": 0.5})
+    assert hyphenated.params.server_momentum == 0.5
     assert build_strategy("fedavg", {}).configure_round(1, [1]).config == {}
 
 

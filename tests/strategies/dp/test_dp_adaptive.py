@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from strategies.dp.adaptive import AdaptiveClipState, split_noise_multiplier
-from strategies.dp.randomness import AesCtrSource
+from strategies.randomness import KeystreamSource
 from xsilo.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def test_clip_converges_to_target_quantile(quantile):
     """Norms ~ lognormal(mu=0, s=0.5): the gamma-quantile is exp(0.5 * Phi^-1(gamma))."""
     silos, rounds = 100, 600
     g = np.random.default_rng(1)  # data, not noise
-    rng = AesCtrSource(bytes(32))
+    rng = KeystreamSource(bytes(32))
     state = AdaptiveClipState(clip_norm=0.05, target_quantile=quantile, learning_rate=0.2,
                               count_stddev=silos / 20)
     history = []

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from strategies.dp.central import add_central_noise, clip_and_sum
 from strategies.dp.clipping import clip_update, l2_norm, weighted_sum_sensitivity
 from strategies.dp.config import DPConfig
-from strategies.dp.randomness import AesCtrSource
+from strategies.randomness import KeystreamSource
 from xsilo.errors import ConfigError, UpdateRejected
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
@@ -91,7 +91,7 @@ def test_central_noise_calibrated():
     deltas = [{"w": g.normal(size=1000) * s} for s in (0.01, 1.0, 5.0)]
     cs = clip_and_sum(deltas, [1.0, 5.0, 0.5], clip_norm=0.7, max_weight=2.0)
     assert cs.unclipped == (True, False, False)
-    noisy = add_central_noise(cs.total, stddev=std, rng=AesCtrSource(bytes(32)))
-    big = add_central_noise({"w": np.zeros(300_000)}, stddev=std, rng=AesCtrSource(bytes(32)))["w"]
+    noisy = add_central_noise(cs.total, stddev=std, rng=KeystreamSource(bytes(32)))
+    big = add_central_noise({"w": np.zeros(300_000)}, stddev=std, rng=KeystreamSource(bytes(32)))["w"]
     assert abs(big.std() / std - 1) < 5 / math.sqrt(2 * 300_000)
     assert noisy["w"].shape == (1000,)

@@ -17,8 +17,8 @@ from strategies.dp.distributed import (
     rotation_signs,
 )
 from strategies.dp.noise import discrete_gaussian_var
-from strategies.dp.randomness import AesCtrSource
-from xsilo.errors import ConfigError
+from strategies.randomness import KeystreamSource
+from xsilo.errors import ConfigError, ProtocolError
 
 SEED = bytes(range(32))
 
@@ -36,6 +36,25 @@ def test_fwht_orthonormal_and_self_inverse():
     s = rotation_signs(SEED, 1024)
     assert set(np.unique(s)) == {-1.0, 1.0}
     assert np.array_equal(s, rotation_signs(SEED, 1024))
+
+
+def test_rotation_signs_are_the_protocols_aes_ctr_bits():
+    # Silos and the coordinator must agree: the bits of AES-256-CTR under the seed from the
+    # all-zero counter block, MSB first (pinned from the implementation before the randomness
+    # refactor: f29000b6…), and a seed that is not 32 bytes is refused.
+    first = np.unpackbits(np.frombuffer(bytes.fromhex("f29000b62a499fd0a9f39a6add2e7780"),
+                                        dtype=np.uint8))
+    np.testing.assert_array_equal(rotation_signs(SEED, 128), 1.0 - 2.0 * first)
+    np.testing.assert_array_equal(rotation_signs(SEED, 5), 1.0 - 2.0 * first[:5])
+    with pytest.raises(ProtocolError, match="rotation seed must be 32 bytes, got 16"):
+        rotation_signs(SEED[:16], 8)
+
+
+def test_decode_refuses_a_sum_of_the_wrong_length():
+    p = params(dimension=3000)
+    with pytest.raises(ProtocolError, match=r"expected \[4096\]"):
+        decode_sum(np.zeros(3000, dtype=np.uint64), params=p, rotation_seed=SEED,
+                   template={"w": np.zeros(3000)})
 
 
 def test_calibration_is_honest():
@@ -65,7 +84,7 @@ def test_sum_of_shares_carries_target_variance(survivors):
     cal = p.calibrate()
     target = (p.noise_multiplier * cal.scaled_clip) ** 2
     n = 40_000
-    rng = AesCtrSource(bytes([survivors]) * 32)
+    rng = KeystreamSource(bytes([survivors]) * 32)
     total = sum(
         discrete_gaussian_var(n, cal.local_variance, rng=rng).astype(np.float64)
         for _ in range(survivors)
@@ -81,7 +100,7 @@ def test_end_to_end_noise_in_model_units(survivors):
     """Zero updates through encode -> modular sum -> decode: std z*C*sqrt(m/t)."""
     p = params(dimension=2**14)
     zero = {"w": np.zeros(2**14, dtype=np.float32)}
-    rng = AesCtrSource(bytes(32))
+    rng = KeystreamSource(bytes(32))
     acc = np.zeros(2**14, dtype=np.uint64)
     for _ in range(survivors):
         v, _, _ = encode_update(zero, params=p, rotation_seed=SEED, rng=rng)
@@ -96,7 +115,7 @@ def test_modular_sum_decodes_to_clipped_sum(bits):
     p = params(modulus_bits=bits, dimension=3000, noise_multiplier=0.01)
     g = np.random.default_rng(2)
     ups = [{"a": g.normal(size=(30, 50)), "b": g.normal(size=1500) * 0.001} for _ in range(5)]
-    rng = AesCtrSource(bytes(32))
+    rng = KeystreamSource(bytes(32))
     acc = np.zeros(4096, dtype=np.uint64)
     for u in ups:
         v, norm, clipped = encode_update(u, params=p, rotation_seed=SEED, rng=rng)
@@ -111,7 +130,7 @@ def test_modular_sum_decodes_to_clipped_sum(bits):
 
 
 def test_conditional_rounding_respects_bound():
-    rng = AesCtrSource(bytes(32))
+    rng = KeystreamSource(bytes(32))
     y = np.random.default_rng(3).normal(size=4096) * 3
     bound = float(np.linalg.norm(y)) + 1.0
     for _ in range(20):
@@ -126,6 +145,6 @@ def test_contract_with_secagg_word_size(bits):
     prg = pytest.importorskip("strategies.secagg.prg")
     p = params(modulus_bits=bits, dimension=1000)
     v, _, _ = encode_update({"w": np.ones(1000)}, params=p, rotation_seed=SEED,
-                            rng=AesCtrSource(bytes(32)))
+                            rng=KeystreamSource(bytes(32)))
     word = v.astype(prg.dtype_for_bits(bits))
     assert np.array_equal(word.astype(np.uint64), v)

@@ -19,7 +19,7 @@ from strategies.dp.dpsgd import (  # noqa: E402
     opacus_epsilon,
     step_events,
 )
-from strategies.dp.randomness import AesCtrSource, SystemSource  # noqa: E402
+from strategies.randomness import KeystreamSource, SystemSource  # noqa: E402
 from xsilo.errors import ConfigError  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def _trained(rng, *, torch_seed: int) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _key(i: int) -> AesCtrSource:
-    return AesCtrSource(bytes([i]) * 32)
+def _key(i: int) -> KeystreamSource:
+    return KeystreamSource(bytes([i]) * 32)
 
 
 def test_dpsgd_trains_and_epsilon_grows():

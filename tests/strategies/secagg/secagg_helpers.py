@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 
 from strategies.secagg import make_config
-from strategies.secagg.prg import KeystreamSource
+from strategies.randomness import KeystreamSource
 from strategies.secagg.simulate import LocalFederation
 
 # XSILO_SECAGG_SLOW=1 runs many more hypothesis cases (minutes instead of seconds).

@@ -10,7 +10,8 @@ from secagg_helpers import seeded
 
 from strategies.secagg import coordinator as co
 from strategies.secagg import make_config, message_from_record, silo_step
-from strategies.secagg.encoded import encoded_input, encoded_sum, make_encoded_config
+from strategies.secagg.config import make_encoded_config
+from strategies.secagg.encoded import encoded_input, encoded_sum
 from strategies.secagg.messages import KeyRequest
 from strategies.secagg.simulate import LocalFederation
 from strategies.secagg.silo import silo_state_from_record, silo_state_to_record

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from secagg_helpers import prop_settings, seeded
 
 from strategies.secagg import shamir
-from xsilo.errors import ProtocolError
+from xsilo.errors import ConfigError, ProtocolError
 
 P = shamir.PRIME
 
@@ -87,7 +87,7 @@ def test_too_few_repeated_or_inconsistent_shares():
 @pytest.mark.parametrize("xs,t,match", [([1, 1], 2, "distinct"), ([0, 1], 2, "1..p-1"),
                                         ([1, 2], 3, "exceeds"), ([1, 2], 0, "≥ 1")])
 def test_split_validation(xs, t, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         shamir.split(1, threshold=t, xs=xs)
 
 
@@ -97,5 +97,5 @@ def test_byte_encodings():
         shamir.share_from_bytes(P.to_bytes(33, "big"))
     with pytest.raises(ProtocolError, match="out of range"):
         shamir.int_to_secret(2**256)
-    with pytest.raises(ValueError, match="32 bytes"):
+    with pytest.raises(ProtocolError, match="32 bytes"):
         shamir.secret_to_int(b"x")

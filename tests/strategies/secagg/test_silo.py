@@ -14,7 +14,7 @@ from strategies.secagg import make_config, new_silo, silo_step
 from strategies.secagg import message_from_record
 from strategies.secagg.messages import PROTOCOL_VERSION, KeyRequest, MaskRequest, UnmaskRequest
 from strategies.secagg.silo import SiloStage, silo_state_from_record, silo_state_to_record
-from xsilo.errors import ProtocolError, SecureAggregationError
+from xsilo.errors import ProtocolError, SecureAggregationError, UpdateRejected
 
 CONFIG = make_config(run_id="run-s", roster=[1, 2, 3, 4], threshold=3, length=3, clip=1.0,
                      bits=8, max_weight=10)
@@ -164,7 +164,7 @@ def test_wrong_update_length_and_missing_update(world):
     stages, messages, _, _ = world
     with pytest.raises(ProtocolError, match="length=3"):
         silo_step(stages[SiloStage.READY], messages["mask"], update=np.zeros(4), weight=1)
-    with pytest.raises(ValueError, match="needs the local update"):
+    with pytest.raises(UpdateRejected, match="needs the local update"):
         silo_step(stages[SiloStage.READY], messages["mask"])
 
 

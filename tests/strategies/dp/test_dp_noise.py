@@ -1,4 +1,5 @@
-"""Secure byte sources, exact Bernoulli samplers, Gaussian and discrete Gaussian calibration."""
+"""Gaussian and discrete Gaussian noise: calibration, exact pmf, errors (the byte sources and
+exact samplers they draw from: tests/strategies/test_randomness.py)."""
 
 from __future__ import annotations
 
@@ -10,56 +11,12 @@ import pytest
 from scipy import stats
 
 from strategies.dp.noise import discrete_gaussian, discrete_gaussian_var, gaussian_noise, snap_to_grid
-from strategies.dp.randomness import (
-    AesCtrSource,
-    SystemSource,
-    bernoulli_exp_neg,
-    bernoulli_rational,
-    uniform01,
-    uniform_below,
-)
+from strategies.randomness import KeystreamSource
+from xsilo.errors import ConfigError
 
 
-def src(i: int = 0) -> AesCtrSource:
-    return AesCtrSource(bytes([i]) * 32)
-
-
-def test_aes_source_is_deterministic_and_system_source_is_not():
-    assert src(1).read(64) == src(1).read(64)
-    assert src(1).read(64) != src(2).read(64)
-    s = SystemSource()
-    assert s.read(32) != s.read(32)
-    assert len(s.read(100_000)) == 100_000
-
-
-def test_uniform01_open_interval_and_uniform():
-    u = uniform01(200_000, src())
-    assert u.min() > 0 and u.max() < 1
-    assert stats.kstest(u, "uniform").pvalue > 1e-4
-
-
-def test_uniform_below_is_unbiased():
-    b = np.full(120_000, 6, dtype=np.int64)
-    counts = np.bincount(uniform_below(b, src()), minlength=6)
-    assert stats.chisquare(counts).pvalue > 1e-4
-
-
-@pytest.mark.parametrize("num,den", [(1, 3), (2**70 + 1, 3 * 2**70)])
-def test_bernoulli_rational_small_and_big_ints(num, den):
-    n = 100_000
-    nums = np.array([num] * n, dtype=object)
-    dens = np.array([den] * n, dtype=object)
-    p = num / den
-    mean = bernoulli_rational(nums, dens, src()).mean()
-    assert abs(mean - p) < 5 * math.sqrt(p * (1 - p) / n)
-
-
-@pytest.mark.parametrize("num,den", [(0, 1), (1, 4), (1, 1), (5, 2), (7, 1)])
-def test_bernoulli_exp_neg(num, den):
-    n = 100_000
-    p = math.exp(-num / den)
-    got = bernoulli_exp_neg(np.full(n, num), np.full(n, den), src()).mean()
-    assert abs(got - p) < 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+def src(i: int = 0) -> KeystreamSource:
+    return KeystreamSource(bytes([i]) * 32)
 
 
 def test_gaussian_noise_std_matches_sigma():
@@ -74,6 +31,15 @@ def test_gaussian_noise_std_matches_sigma():
 def test_snap_to_grid_power_of_two():
     v = snap_to_grid(np.array([0.3, -1.7]), grid=0.3)
     assert np.all(v / 0.5 == np.round(v / 0.5))
+
+
+def test_bad_noise_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="sigma must be finite and >= 0, got -1.0"):
+        gaussian_noise(3, -1.0, rng=src())
+    with pytest.raises(ConfigError, match="sigma must be finite"):
+        gaussian_noise(3, float("nan"), rng=src())
+    with pytest.raises(ConfigError, match="grid > 0, got 0.0"):
+        snap_to_grid(np.zeros(2), grid=0.0)
 
 
 def _dg_pmf(sigma2: float, support: np.ndarray) -> np.ndarray:
@@ -110,5 +76,5 @@ def test_discrete_gaussian_variance_large_sigma(sigma):
 def test_discrete_gaussian_rational_variance_and_shape():
     x = discrete_gaussian_var((3, 4), Fraction(10**12 + 1, 1024), rng=src())
     assert x.shape == (3, 4) and x.dtype == np.int64
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="sigma_squared must be > 0"):
         discrete_gaussian_var(3, Fraction(0), rng=src())

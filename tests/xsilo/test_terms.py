@@ -1,0 +1,198 @@
+"""xsilo.terms: every terms type round-trips through its wire form, and anything malformed is
+a ProtocolError that names the key, the value and the expected form."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xsilo import terms as T
+from xsilo.errors import ProtocolError
+from xsilo.terms import (DPTerms, EvaluateTerms, JoinTerms, KeySetupTerms, SiloInfo, SiloMetrics,
+                         TrainTerms, UnmaskTerms)
+
+INT64 = (1 << 63) - 1
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
+                max_size=40)
+rounds = st.integers(0, INT64)
+positive_floats = st.floats(min_value=1e-300, max_value=1e300, allow_nan=False,
+                            allow_infinity=False)
+nonneg_floats = st.one_of(st.just(0.0), positive_floats)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | names
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def dp_terms(draw: st.DrawFn, *, per_round: bool) -> DPTerms:
+    n = draw(st.none() | st.integers(2, 1000)) if per_round else None
+    return DPTerms(
+        table=draw(st.dictionaries(names, json_values, max_size=4)), run=draw(names),
+        clip_norm=draw(st.none() | positive_floats) if per_round else None,
+        noise_stddev=draw(st.none() | nonneg_floats) if per_round else None,
+        num_silos=n, min_survivors=None if n is None else draw(st.integers(2, n)),
+        rotation_seed=draw(st.none() | st.binary(min_size=32, max_size=32)) if per_round else None)
+
+
+@st.composite
+def join_terms(draw: st.DrawFn) -> JoinTerms:
+    secure = draw(st.booleans())
+    return JoinTerms(run_name=draw(names), strategy=draw(names),
+                     num_rounds=draw(st.integers(1, INT64)),
+                     seed=draw(st.integers(-INT64, INT64)), min_silos=draw(st.integers(1, 1000)),
+                     num_silos=draw(st.integers(0, 1000)), secure_aggregation=secure,
+                     secagg_threshold=draw(st.integers(2, 1000)) if secure else None,
+                     dp=draw(st.none() | dp_terms(per_round=False)))
+
+
+strategy_values = st.one_of(st.booleans(), st.integers(-INT64, INT64), names,
+                            st.floats(allow_nan=False, allow_infinity=False))
+
+
+@st.composite
+def train_terms(draw: st.DrawFn) -> TrainTerms:
+    return TrainTerms(
+        server_round=draw(rounds), num_rounds=draw(st.integers(1, INT64)),
+        local_epochs=draw(st.integers(1, 1000)), learning_rate=draw(positive_floats),
+        batch_size=draw(st.integers(1, 10**6)), seed=draw(st.integers(-INT64, INT64)),
+        strategy=draw(names), run_token=draw(names), participants=draw(st.integers(0, 10**6)),
+        proximal_mu=draw(nonneg_floats), secagg_weighted=draw(st.none() | st.booleans()),
+        dp=draw(st.none() | dp_terms(per_round=True)),
+        strategy_config=draw(st.dictionaries(names.filter(lambda k: k not in T.TERM_KEYS),
+                                             strategy_values, max_size=3)))
+
+
+metric_values = st.floats(min_value=0, max_value=1e12, allow_nan=False)
+
+
+@st.composite
+def silo_metrics(draw: st.DrawFn) -> SiloMetrics:
+    fields = [f.name for f in dataclasses.fields(SiloMetrics) if f.name != "extra"]
+    values = {f: draw(st.none() | metric_values) for f in fields}
+    extra = draw(st.dictionaries(names.filter(lambda k: k not in T.TERM_KEYS), metric_values,
+                                 max_size=3))
+    return SiloMetrics(**values, extra=extra)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(
+    join_terms(), train_terms(),
+    st.builds(EvaluateTerms, server_round=rounds, final=st.booleans()),
+    st.builds(KeySetupTerms, silo=st.integers(0, INT64), server_round=rounds),
+    st.builds(UnmaskTerms, server_round=rounds),
+    st.builds(SiloInfo, name=names, fingerprint=st.dictionaries(names, json_values, max_size=4)),
+))
+def test_every_terms_type_round_trips(terms: object) -> None:
+    wire = terms.to_config()  # type: ignore[attr-defined]
+    assert all(isinstance(v, bool | int | float | str | bytes) for v in wire.values())
+    assert type(terms).from_config(dict(wire)) == terms  # type: ignore[attr-defined]
+
+
+@settings(max_examples=100, deadline=None)
+@given(dp_terms(per_round=True))
+def test_dp_terms_round_trip(terms: DPTerms) -> None:
+    assert DPTerms.from_config(terms.to_config()) == terms
+
+
+@settings(max_examples=100, deadline=None)
+@given(silo_metrics())
+def test_silo_metrics_round_trip(metrics: SiloMetrics) -> None:
+    record = metrics.to_record()
+    assert all(isinstance(v, float) and math.isfinite(v) for v in record.values())
+    assert SiloMetrics.from_record(record) == metrics
+
+
+TRAIN = TrainTerms(server_round=3, num_rounds=5, local_epochs=1, learning_rate=0.1,
+                   batch_size=32, seed=0, strategy="fedavg", run_token="tok", participants=3)
+
+
+@pytest.mark.parametrize("key", sorted(k for k in TRAIN.to_config() if k != T.PROXIMAL_MU))
+def test_a_missing_train_term_is_named(key: str) -> None:
+    wire = TRAIN.to_config()
+    del wire[key]
+    with pytest.raises(ProtocolError, match=f"train terms: {key} is missing; expected"):
+        TrainTerms.from_config(wire)
+
+
+@pytest.mark.parametrize("key, value, form", [
+    (T.SERVER_ROUND, -1, "an integer in 0.."),
+    (T.SERVER_ROUND, 1 << 64, "an integer in 0.."),
+    (T.SERVER_ROUND, True, "an integer"),  # a bool is not a round number
+    (T.SERVER_ROUND, "3", "an integer"),
+    (T.LEARNING_RATE, float("nan"), "a finite number > 0"),
+    (T.LEARNING_RATE, 0.0, "a finite number > 0"),
+    (T.BATCH_SIZE, 0, "an integer in 1.."),
+    (T.STRATEGY, ["fedavg"], "a non-empty string"),
+    (T.STRATEGY, "x" * 300, "at most 256 characters"),
+    (T.SECAGG_WEIGHTED, 1, "true or false"),
+    (T.PROXIMAL_MU, -0.5, "a finite number ≥ 0"),
+    ("my-strategy-value", [1, 2], "a strategy value"),
+])
+def test_a_malformed_train_term_names_key_value_and_form(key: str, value: object,
+                                                         form: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        TrainTerms.from_config({**TRAIN.to_config(), key: value})
+    message = str(err.value)
+    assert message.startswith(f"train terms: {key} = ") and form in message, message
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({T.DP_TABLE: "[1, 2]"}, "expected a JSON object"),
+    ({T.DP_TABLE: "{"}, "expected a JSON object"),
+    ({T.DP_NUM_SILOS: 3}, "expected both or neither"),
+    ({T.DP_NUM_SILOS: 3, T.DP_MIN_SURVIVORS: 4}, f"≤ {T.DP_NUM_SILOS}"),
+    ({T.DP_ROTATION_SEED: bytes(31)}, "expected 32 bytes"),
+    ({T.DP_RUN: None}, f"{T.DP_RUN} = None"),
+])
+def test_malformed_dp_terms_are_refused(changes: dict, fragment: str) -> None:
+    wire = {T.DP_TABLE: "{}", T.DP_RUN: "run", **changes}
+    with pytest.raises(ProtocolError, match="DP terms") as err:
+        DPTerms.from_config(wire)
+    assert fragment in str(err.value)
+
+
+def test_a_secure_join_must_state_its_threshold() -> None:
+    join = JoinTerms(run_name="r", strategy="fedavg", num_rounds=2, seed=0, min_silos=2,
+                     num_silos=3, secure_aggregation=True, secagg_threshold=2)
+    wire = join.to_config()
+    del wire[T.SECAGG_THRESHOLD]
+    with pytest.raises(ProtocolError, match=f"{T.SECAGG_THRESHOLD} is missing in a secure run"):
+        JoinTerms.from_config(wire)
+
+
+def test_strategy_values_are_passed_through_and_may_not_reuse_a_term_key() -> None:
+    terms = TrainTerms.from_config({**TRAIN.to_config(), "server-lr": 0.5, "mode": "x"})
+    assert terms.strategy_config == {"server-lr": 0.5, "mode": "x"}
+    with pytest.raises(ProtocolError, match="reuses term key"):
+        dataclasses.replace(TRAIN, strategy_config={T.SEED: 1})
+
+
+@pytest.mark.parametrize("record, fragment", [
+    ({T.NUM_EXAMPLES: float("inf")}, "a finite number"),
+    ({T.NUM_EXAMPLES: -1.0}, "≥ 0"),
+    ({T.EVAL_LOSS: "low"}, "a finite number"),
+    ({T.TRAIN_LOSS: True}, "a finite number"),
+    ({"x" * 300: 1.0}, "a metric name of at most 256 characters"),
+])
+def test_malformed_metrics_are_refused(record: dict, fragment: str) -> None:
+    with pytest.raises(ProtocolError, match="silo metrics") as err:
+        SiloMetrics.from_record(record)
+    assert fragment in str(err.value)
+
+
+def test_anything_but_a_record_is_refused() -> None:
+    for bad in (None, [], "server-round=1", 3):
+        with pytest.raises(ProtocolError, match="expected a record of terms"):
+            TrainTerms.from_config(bad)  # type: ignore[arg-type]
+
+
+def test_server_round_of_never_raises() -> None:
+    assert T.server_round_of({T.SERVER_ROUND: 4}) == 4
+    for bad in ({T.SERVER_ROUND: [4]}, {T.SERVER_ROUND: -2}, {T.SERVER_ROUND: True}, {}, None):
+        assert T.server_round_of(bad) == 0  # type: ignore[arg-type]

@@ -1,0 +1,537 @@
+"""The terms of every message between the coordinator and a silo, typed once for both sides.
+
+Each message's ``ConfigRecord`` (what the coordinator asks) and ``MetricRecord`` (what a
+silo reports) is a frozen dataclass here, with ``to_config()`` / ``from_config()`` (or
+``to_record()`` / ``from_record()``) over the flat scalar dict Flower carries. The
+coordinator builds terms and sends ``to_config()``; the silo parses with ``from_config()``
+at its edge and works with the typed object from then on. A missing, mistyped or
+out-of-range entry raises :class:`~xsilo.errors.ProtocolError` naming the key, the value
+and the expected form. The key strings live in this module only (a test enforces it).
+
+=================  ==============================  ==============================
+message type       coordinator → silo (config)     silo → coordinator (metrics)
+=================  ==============================  ==============================
+``query`` (join)   :class:`JoinTerms`              :class:`SiloInfo` + model
+``train``          :class:`TrainTerms`             :class:`SiloMetrics`
+``evaluate``       :class:`EvaluateTerms`          :class:`SiloMetrics`
+key setup          :class:`KeySetupTerms`          (a secure-aggregation record)
+unmask             :class:`UnmaskTerms`            (a secure-aggregation record)
+=================  ==============================  ==============================
+
+Numbers the coordinator derives (the secure-aggregation threshold, the DP roster size and
+minimum survivors, the noise per round) are computed once, by the coordinator, and travel
+here; a silo checks them against its own state and policy, it never re-derives them.
+Record names and message types are in :mod:`xsilo.protocol`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from xsilo.errors import ProtocolError
+
+__all__ = [
+    "DPTerms",
+    "EvaluateTerms",
+    "JoinTerms",
+    "KeySetupTerms",
+    "PROXIMAL_MU",
+    "SiloInfo",
+    "SiloMetrics",
+    "TERM_KEYS",
+    "TrainTerms",
+    "UnmaskTerms",
+    "server_round_of",
+]
+
+Scalar = int | float | str | bool
+
+_MAX_INT = (1 << 63) - 1  # ConfigRecord integers are signed 64-bit
+_MAX_NAME = 256
+
+# ---------------------------------------------------------------------------- keys
+# Join (query) -------------------------------------------------------------------
+RUN_NAME = "run-name"
+STRATEGY = "strategy-name"
+NUM_ROUNDS = "num-rounds"
+SEED = "run-seed"
+MIN_SILOS = "min-silos"
+NUM_SILOS = "num-silos"
+SECURE_AGGREGATION = "secure-aggregation"
+SECAGG_THRESHOLD = "secagg-threshold"
+# Train / evaluate ------------------------------------------------------------------
+SERVER_ROUND = "server-round"
+LOCAL_EPOCHS = "local-epochs"
+LEARNING_RATE = "learning-rate"
+BATCH_SIZE = "batch-size"
+RUN_TOKEN = "run-token"
+PARTICIPANTS = "participants-count"
+SECAGG_WEIGHTED = "secagg-weighted"
+FINAL = "final-evaluation"
+PROXIMAL_MU = "proximal-mu"
+"""FedProx's per-round term (a strategy's ``RoundPlan.config`` key; see ``TrainTerms``)."""
+# Secure-aggregation round trips -----------------------------------------------------
+SECAGG_SILO = "secagg-silo"
+# DP (join and train) ----------------------------------------------------------------
+DP_TABLE = "dp-table"
+DP_RUN = "dp-run"
+DP_CLIP_NORM = "dp-clip-norm"
+DP_NOISE_STDDEV = "dp-noise-stddev"
+DP_NUM_SILOS = "dp-num-silos"
+DP_MIN_SURVIVORS = "dp-min-survivors"
+DP_ROTATION_SEED = "dp-rotation-seed"
+# Join reply (the silo's identity) ----------------------------------------------------
+SILO_NAME = "silo-name"
+SCHEMA_FINGERPRINT = "schema-fingerprint"
+# Metrics a silo reports ---------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+FIT_SECONDS = "fit-seconds"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+EVAL_EXAMPLES = "eval-examples"
+SECAGG_WEIGHT = "secagg-weight"
+SECAGG_CAPPED = "secagg-capped"
+SECAGG_CLIPPED = "secagg-clipped"
+SECAGG_DP_CLIP_NORM = "secagg-dp-clip-norm"
+DPSGD_EPSILON = "dpsgd-epsilon"
+DPSGD_DELTA = "dpsgd-delta"
+DPSGD_STEPS = "dpsgd-steps"
+
+TERM_KEYS: frozenset[str] = frozenset(
+    value for name, value in dict(globals()).items()
+    if name.isupper() and isinstance(value, str) and not name.startswith("_"))
+"""Every key of every terms and metrics record (no other module spells one out)."""
+
+
+# ---------------------------------------------------------------------------- parsing
+class _Reader:
+    """Typed reads from one received record; every problem is a ProtocolError naming it."""
+
+    def __init__(self, record: Mapping[str, Any], what: str) -> None:
+        if not isinstance(record, Mapping):
+            raise ProtocolError(f"{what}: expected a record of terms, got {type(record).__name__}")
+        self.record, self.what = record, what
+
+    def _bad(self, key: str, value: Any, form: str) -> ProtocolError:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return ProtocolError(f"{self.what}: {key} = {shown} ({type(value).__name__}); "
+                             f"expected {form}")
+
+    def _get(self, key: str, form: str, default: Any) -> Any:
+        if key not in self.record:
+            if default is _REQUIRED:
+                raise ProtocolError(f"{self.what}: {key} is missing; expected {form} (the "
+                                    "coordinator and this silo must run the same xsilo release)")
+            return default
+        return self.record[key]
+
+    def integer(self, key: str, *, low: int = 0, high: int = _MAX_INT, default: Any = None) -> Any:
+        form = f"an integer in {low}..{high}"
+        value = self._get(key, form, default)
+        if value is default and key not in self.record:
+            return value
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self._bad(key, value, form)
+        return value
+
+    def number(self, key: str, *, positive: bool = False, default: Any = None) -> Any:
+        form = "a finite number" + (" > 0" if positive else " ≥ 0")
+        value = self._get(key, form, default)
+        if value is default and key not in self.record:
+            return value
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+            raise self._bad(key, value, form)
+        return float(value)
+
+    def text(self, key: str, *, default: Any = None, empty: bool = False) -> Any:
+        form = f"a{'' if empty else ' non-empty'} string of at most {_MAX_NAME} characters"
+        value = self._get(key, form, default)
+        if value is default and key not in self.record:
+            return value
+        if not isinstance(value, str) or len(value) > _MAX_NAME or (not empty and not value):
+            raise self._bad(key, value, form)
+        return value
+
+    def flag(self, key: str, *, default: Any = None) -> Any:
+        value = self._get(key, "true or false", default)
+        if value is default and key not in self.record:
+            return value
+        if not isinstance(value, bool):
+            raise self._bad(key, value, "true or false")
+        return value
+
+    def blob(self, key: str, *, length: int, default: Any = None) -> Any:
+        form = f"{length} bytes"
+        value = self._get(key, form, default)
+        if value is default and key not in self.record:
+            return value
+        if not isinstance(value, bytes) or len(value) != length:
+            raise self._bad(key, value, form)
+        return value
+
+    def json_object(self, key: str, *, default: Any = None) -> Any:
+        form = "a JSON object (text)"
+        value = self._get(key, form, default)
+        if value is default and key not in self.record:
+            return value
+        if not isinstance(value, str) or len(value) > 1 << 16:
+            raise self._bad(key, value, form)
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise self._bad(key, value, form) from None
+        if not isinstance(parsed, dict):
+            raise self._bad(key, value, form)
+        return parsed
+
+
+_REQUIRED = object()
+
+
+def _put(out: dict[str, Scalar | bytes], key: str, value: Any) -> None:
+    if value is not None:
+        out[key] = value
+
+
+# ---------------------------------------------------------------------------- DP
+@dataclass(frozen=True)
+class DPTerms:
+    """Silo-level differential privacy as the coordinator states it to a silo.
+
+    ``table`` is the run's ``[run.dp]`` table (``strategies.dp.DPConfig.to_mapping()``);
+    the silo validates it into a ``DPConfig`` itself and derives every ε from it. ``run``
+    keys the silo's tally of this run. Per round (train messages): ``clip_norm`` and
+    ``noise_stddev`` (recorded in the silo's ledger) and, under secure aggregation, the
+    roster size ``num_silos`` and threshold ``min_survivors`` the distributed mechanism is
+    calibrated for, plus its public ``rotation_seed`` (32 bytes). At join, ``num_silos``
+    and ``min_survivors`` are the coordinator's projection for the silos it contacted.
+    """
+
+    table: Mapping[str, Any]
+    run: str
+    clip_norm: float | None = None
+    noise_stddev: float | None = None
+    num_silos: int | None = None
+    min_survivors: int | None = None
+    rotation_seed: bytes | None = None
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        out: dict[str, Scalar | bytes] = {DP_TABLE: json.dumps(dict(self.table), sort_keys=True),
+                                          DP_RUN: self.run}
+        for key, value in ((DP_CLIP_NORM, self.clip_norm), (DP_NOISE_STDDEV, self.noise_stddev),
+                           (DP_NUM_SILOS, self.num_silos), (DP_MIN_SURVIVORS, self.min_survivors),
+                           (DP_ROTATION_SEED, self.rotation_seed)):
+            _put(out, key, value)
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, what: str = "DP terms") -> DPTerms | None:
+        """The DP terms in a join or train record; None when the run uses no DP."""
+        if DP_TABLE not in config:
+            return None
+        r = _Reader(config, what)
+        terms = cls(table=r.json_object(DP_TABLE, default=_REQUIRED),
+                    run=r.text(DP_RUN, default=_REQUIRED),
+                    clip_norm=r.number(DP_CLIP_NORM, positive=True),
+                    noise_stddev=r.number(DP_NOISE_STDDEV),
+                    num_silos=r.integer(DP_NUM_SILOS, low=2),
+                    min_survivors=r.integer(DP_MIN_SURVIVORS, low=2),
+                    rotation_seed=r.blob(DP_ROTATION_SEED, length=32))
+        if (terms.num_silos is None) != (terms.min_survivors is None) or (
+                terms.num_silos is not None and terms.min_survivors > terms.num_silos):  # type: ignore[operator]
+            raise ProtocolError(
+                f"{what}: {DP_NUM_SILOS} = {terms.num_silos!r} and {DP_MIN_SURVIVORS} = "
+                f"{terms.min_survivors!r}; expected both or neither, with 2 ≤ "
+                f"{DP_MIN_SURVIVORS} ≤ {DP_NUM_SILOS}")
+        return terms
+
+
+# ---------------------------------------------------------------------------- join
+@dataclass(frozen=True)
+class JoinTerms:
+    """What a run asks of a silo before it starts (the ``query`` message).
+
+    ``num_silos`` is how many silos the coordinator contacted; under secure aggregation
+    ``secagg_threshold`` is the threshold it will use for them (the silo checks it, and
+    projects a distributed-DP run's ε with it).
+    """
+
+    run_name: str
+    strategy: str
+    num_rounds: int
+    seed: int
+    min_silos: int
+    num_silos: int
+    secure_aggregation: bool = False
+    secagg_threshold: int | None = None
+    dp: DPTerms | None = None
+
+    WHAT: ClassVar[str] = "join terms"
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        out: dict[str, Scalar | bytes] = {
+            RUN_NAME: self.run_name, STRATEGY: self.strategy, NUM_ROUNDS: self.num_rounds,
+            SEED: self.seed, MIN_SILOS: self.min_silos, NUM_SILOS: self.num_silos,
+            SECURE_AGGREGATION: self.secure_aggregation}
+        _put(out, SECAGG_THRESHOLD, self.secagg_threshold)
+        if self.dp is not None:
+            out.update(self.dp.to_config())
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> JoinTerms:
+        r = _Reader(config, cls.WHAT)
+        terms = cls(run_name=r.text(RUN_NAME, default=_REQUIRED),
+                    strategy=r.text(STRATEGY, default=_REQUIRED),
+                    num_rounds=r.integer(NUM_ROUNDS, low=1, default=_REQUIRED),
+                    seed=r.integer(SEED, low=-_MAX_INT, default=_REQUIRED),
+                    min_silos=r.integer(MIN_SILOS, low=1, default=_REQUIRED),
+                    num_silos=r.integer(NUM_SILOS, default=_REQUIRED),
+                    secure_aggregation=r.flag(SECURE_AGGREGATION, default=False),
+                    secagg_threshold=r.integer(SECAGG_THRESHOLD, low=2),
+                    dp=DPTerms.from_config(config, what=cls.WHAT))
+        if terms.secure_aggregation and terms.secagg_threshold is None:
+            raise ProtocolError(f"{cls.WHAT}: {SECAGG_THRESHOLD} is missing in a secure run; "
+                                "expected the coordinator's threshold (an integer ≥ 2)")
+        return terms
+
+
+# ---------------------------------------------------------------------------- rounds
+@dataclass(frozen=True)
+class TrainTerms:
+    """One training round as the coordinator asks it (the ``train`` message).
+
+    ``secagg_weighted`` is set exactly in secure rounds (whether the masked update carries
+    the example count as its weight). ``proximal_mu`` is FedProx's term (0: none).
+    ``strategy_config`` holds a plugin strategy's own per-round values (its
+    ``RoundPlan.config`` entries other than :data:`PROXIMAL_MU`), passed to the silo's
+    model adapter as they are; they may not reuse a term key.
+    """
+
+    server_round: int
+    num_rounds: int
+    local_epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    strategy: str
+    run_token: str
+    participants: int
+    proximal_mu: float = 0.0
+    secagg_weighted: bool | None = None
+    dp: DPTerms | None = None
+    strategy_config: Mapping[str, Scalar] = field(default_factory=dict)
+
+    WHAT: ClassVar[str] = "train terms"
+
+    def __post_init__(self) -> None:
+        clash = sorted(set(self.strategy_config) & TERM_KEYS)
+        if clash:
+            raise ProtocolError(f"{self.WHAT}: the strategy's round config reuses term key(s) "
+                                f"{clash}; a strategy must name its own values differently")
+
+    @property
+    def secure(self) -> bool:
+        """Whether the round's update is masked (secure aggregation)."""
+        return self.secagg_weighted is not None
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        out: dict[str, Scalar | bytes] = {
+            **self.strategy_config,
+            SERVER_ROUND: self.server_round, NUM_ROUNDS: self.num_rounds,
+            LOCAL_EPOCHS: self.local_epochs, LEARNING_RATE: self.learning_rate,
+            BATCH_SIZE: self.batch_size, SEED: self.seed, STRATEGY: self.strategy,
+            RUN_TOKEN: self.run_token, PARTICIPANTS: self.participants,
+            PROXIMAL_MU: self.proximal_mu}
+        _put(out, SECAGG_WEIGHTED, self.secagg_weighted)
+        if self.dp is not None:
+            out.update(self.dp.to_config())
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrainTerms:
+        r = _Reader(config, cls.WHAT)
+        extra: dict[str, Scalar] = {}
+        for key, value in config.items():
+            if key in TERM_KEYS:
+                continue
+            if not isinstance(key, str) or not isinstance(value, int | float | str | bool) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise r._bad(str(key), value, "a strategy value (a number, text or true/false)")
+            extra[key] = value
+        return cls(server_round=r.integer(SERVER_ROUND, default=_REQUIRED),
+                   num_rounds=r.integer(NUM_ROUNDS, low=1, default=_REQUIRED),
+                   local_epochs=r.integer(LOCAL_EPOCHS, low=1, default=_REQUIRED),
+                   learning_rate=r.number(LEARNING_RATE, positive=True, default=_REQUIRED),
+                   batch_size=r.integer(BATCH_SIZE, low=1, default=_REQUIRED),
+                   seed=r.integer(SEED, low=-_MAX_INT, default=_REQUIRED),
+                   strategy=r.text(STRATEGY, default=_REQUIRED),
+                   run_token=r.text(RUN_TOKEN, default=_REQUIRED),
+                   participants=r.integer(PARTICIPANTS, default=_REQUIRED),
+                   proximal_mu=r.number(PROXIMAL_MU, default=0.0),
+                   secagg_weighted=r.flag(SECAGG_WEIGHTED),
+                   dp=DPTerms.from_config(config, what=cls.WHAT),
+                   strategy_config=extra)
+
+
+@dataclass(frozen=True)
+class EvaluateTerms:
+    """Score a global model on the local test split (the ``evaluate`` message)."""
+
+    server_round: int
+    final: bool = False
+
+    WHAT: ClassVar[str] = "evaluate terms"
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        return {SERVER_ROUND: self.server_round, FINAL: self.final}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EvaluateTerms:
+        r = _Reader(config, cls.WHAT)
+        return cls(server_round=r.integer(SERVER_ROUND, default=_REQUIRED),
+                   final=r.flag(FINAL, default=False))
+
+
+@dataclass(frozen=True)
+class KeySetupTerms:
+    """A secure-aggregation key request: this silo's roster index; ``server_round`` is 0 at
+    the run's setup and the round of a re-key."""
+
+    silo: int
+    server_round: int = 0
+
+    WHAT: ClassVar[str] = "key-setup terms"
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        return {SECAGG_SILO: self.silo, SERVER_ROUND: self.server_round}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> KeySetupTerms:
+        r = _Reader(config, cls.WHAT)
+        return cls(silo=r.integer(SECAGG_SILO, default=_REQUIRED),
+                   server_round=r.integer(SERVER_ROUND, default=0))
+
+
+@dataclass(frozen=True)
+class UnmaskTerms:
+    """Round trip 2 of a secure round."""
+
+    server_round: int
+
+    WHAT: ClassVar[str] = "unmask terms"
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        return {SERVER_ROUND: self.server_round}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> UnmaskTerms:
+        return cls(server_round=_Reader(config, cls.WHAT).integer(SERVER_ROUND, default=_REQUIRED))
+
+
+def server_round_of(config: Mapping[str, Any]) -> int:
+    """The round a received record names, or 0 (for filing a refusal in the ledger; never
+    raises, whatever the record holds)."""
+    value = config.get(SERVER_ROUND, 0) if isinstance(config, Mapping) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+# ---------------------------------------------------------------------------- replies
+@dataclass(frozen=True)
+class SiloInfo:
+    """A silo's answer to join: its name and its data schema's fingerprint."""
+
+    name: str
+    fingerprint: Mapping[str, Any]
+
+    WHAT: ClassVar[str] = "join reply"
+
+    def to_config(self) -> dict[str, Scalar | bytes]:
+        return {SILO_NAME: self.name,
+                SCHEMA_FINGERPRINT: json.dumps(dict(self.fingerprint), sort_keys=True)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SiloInfo:
+        r = _Reader(config, cls.WHAT)
+        return cls(name=r.text(SILO_NAME, default=_REQUIRED),
+                   fingerprint=r.json_object(SCHEMA_FINGERPRINT, default=_REQUIRED))
+
+
+_METRIC_FIELDS = {  # attribute -> key; every value a finite number
+    "num_examples": NUM_EXAMPLES, "train_loss": TRAIN_LOSS, "fit_seconds": FIT_SECONDS,
+    "eval_loss": EVAL_LOSS, "eval_accuracy": EVAL_ACCURACY, "eval_examples": EVAL_EXAMPLES,
+    "secagg_weight": SECAGG_WEIGHT, "secagg_capped": SECAGG_CAPPED,
+    "secagg_clipped": SECAGG_CLIPPED, "secagg_dp_clip_norm": SECAGG_DP_CLIP_NORM,
+    "dpsgd_epsilon": DPSGD_EPSILON, "dpsgd_delta": DPSGD_DELTA, "dpsgd_steps": DPSGD_STEPS,
+}
+
+
+@dataclass(frozen=True)
+class SiloMetrics:
+    """The numbers a silo reports with a train or evaluate reply (all optional).
+
+    Evaluation of the incoming model (``eval_*``), training (``train_loss``,
+    ``num_examples``: the weight of a clear update, ``fit_seconds``), what secure
+    aggregation capped or clipped, and a DP-SGD silo's own record-level ε. ``extra`` holds
+    further numbers a model adapter's ``fit`` returned.
+    """
+
+    num_examples: float | None = None
+    train_loss: float | None = None
+    fit_seconds: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    eval_examples: float | None = None
+    secagg_weight: float | None = None
+    secagg_capped: float | None = None
+    secagg_clipped: float | None = None
+    secagg_dp_clip_norm: float | None = None
+    dpsgd_epsilon: float | None = None
+    dpsgd_delta: float | None = None
+    dpsgd_steps: float | None = None
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+    WHAT: ClassVar[str] = "silo metrics"
+
+    def to_record(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in self.extra.items()}
+        for attr, key in _METRIC_FIELDS.items():
+            value = getattr(self, attr)
+            if value is not None:
+                out[key] = float(value)
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SiloMetrics:
+        r = _Reader(record, cls.WHAT)
+        values: dict[str, Any] = {}
+        extra: dict[str, float] = {}
+        known = {key: attr for attr, key in _METRIC_FIELDS.items()}
+        for key, value in record.items():
+            if not isinstance(key, str) or len(key) > _MAX_NAME:
+                raise r._bad(str(key)[:_MAX_NAME], value, "a metric name of at most 256 characters")
+            if (not isinstance(value, int | float) or isinstance(value, bool)
+                    or not math.isfinite(value)):
+                raise r._bad(key, value, "a finite number")
+            if key in known:
+                values[known[key]] = float(value)
+            else:
+                extra[key] = float(value)
+        for attr in ("num_examples", "eval_examples", "fit_seconds", "eval_loss"):
+            if values.get(attr, 0.0) < 0:
+                raise r._bad(_METRIC_FIELDS[attr], values[attr], "a finite number ≥ 0")
+        return cls(**values, extra=extra)
+
+    def merged(self, other: SiloMetrics) -> SiloMetrics:
+        """These metrics with every value ``other`` sets (its ``extra`` merged)."""
+        values = {attr: getattr(other, attr) if getattr(other, attr) is not None
+                  else getattr(self, attr) for attr in _METRIC_FIELDS}
+        return SiloMetrics(**values, extra={**self.extra, **other.extra})

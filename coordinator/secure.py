@@ -204,15 +204,21 @@ class SecureAggregation:
             try:
                 if reply.error is not None:
                     raise ProtocolError(str(reply.error))
-                advert = _parse(reply, KeyAdvert)
-                if advert.silo != self.index[node]:
-                    raise ProtocolError(f"key advert names silo {advert.silo}, "
-                                        f"expected {self.index[node]}")
-                state = receive_advert(state, advert)
+                state = receive_advert(state, self._from_node(node, reply, KeyAdvert))
             except ProtocolError as exc:
                 problems[node] = str(exc)
                 log.warning("silo node %s has no secure-aggregation keys: %s", node, exc)
         return state, problems
+
+    def _from_node(self, node: int, reply: Reply, expected: type[M]) -> M:
+        """The reply's protocol message, bound to the authenticated node that sent it: the
+        silo it names must be that node's roster index (no silo speaks for another)."""
+        message = _parse(reply, expected)
+        named = getattr(message, "silo")
+        if named != self.index[node]:
+            raise ProtocolError(f"silo node {node} sent a {expected.__name__} that names silo "
+                                f"{named}, but its roster index is {self.index[node]}; refused")
+        return message
 
     def _keys_failed(self, node: int, server_round: int) -> None:
         """``node`` is left without keys: try again after 1, 2, 4, … rounds."""
@@ -267,7 +273,7 @@ class SecureAggregation:
                 if reply.error is not None:
                     self._note_error(node, reply, server_round)
                     raise ProtocolError(str(reply.error))
-                state = receive_masked(state, _parse(reply, MaskedInput))
+                state = receive_masked(state, self._from_node(node, reply, MaskedInput))
                 arrived.append(self.index[node])
             except ProtocolError as exc:
                 out.problems[node] = str(exc)
@@ -316,7 +322,7 @@ class SecureAggregation:
                 if reply.error is not None:
                     self._note_error(node, reply, server_round)
                     raise ProtocolError(str(reply.error))
-                state = receive_unmask(state, _parse(reply, UnmaskResponse))
+                state = receive_unmask(state, self._from_node(node, reply, UnmaskResponse))
             except ProtocolError as exc:
                 out.problems[node] = f"unmasking: {exc}"
             reply.secagg = None

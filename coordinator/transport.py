@@ -21,7 +21,7 @@ from coordinator.messages import Payload, Reply, SiloError
 from xsilo.errors import DeploymentError, ProtocolError
 from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS, SILO
 from xsilo.records import arrays_to_record, record_to_arrays
-from xsilo.terms import SiloInfo, SiloMetrics
+from xsilo.terms import SILO_NAME, SiloInfo, SiloMetrics
 
 __all__ = ["GridTransport"]
 
@@ -64,9 +64,20 @@ def _to_reply(node_id: int, msg: Message) -> Reply:
             if SECAGG_ARRAYS in content.array_records:
                 secagg.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
     except ProtocolError as exc:
-        log.warning("silo node %s sent a malformed reply: %s", node_id, exc)
-        return Reply(node_id, error=SiloError(ProtocolError.__name__, "malformed-reply", str(exc)))
+        name = _claimed_name(msg)
+        log.warning("silo %s (node %s) sent a malformed reply: %s", name or "?", node_id, exc)
+        return Reply(node_id, error=SiloError(ProtocolError.__name__, "malformed-reply", str(exc),
+                                              silo=name))
     return Reply(node_id, arrays=arrays, metrics=metrics, info=info, secagg=secagg)
+
+
+def _claimed_name(msg: Message) -> str | None:
+    """The silo name a malformed join reply gives, when that one field is well formed."""
+    try:
+        name = msg.content.config_records[SILO][SILO_NAME]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return name if isinstance(name, str) and 0 < len(name) <= 256 else None
 
 
 class GridTransport:

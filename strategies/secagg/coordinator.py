@@ -39,8 +39,10 @@ from types import MappingProxyType
 import numpy as np
 
 from strategies.secagg import shamir
+from strategies.secagg.crypto import check_public_key
 from strategies.secagg.encoded import encoded_sum
-from strategies.secagg.masking import PAIR_LABEL, SELF_LABEL, pair_sign
+from strategies.secagg.masking import (
+    PAIR_LABEL, SELF_LABEL, committed, pair_sign, peers_of, share_commitment)
 from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
     KeyAdvert, KeyRequest, MaskedInput, MaskRequest, UnmaskRequest, UnmaskResponse,
@@ -144,6 +146,8 @@ def receive_advert(state: CoordinatorState, advert: KeyAdvert) -> CoordinatorSta
     if len(advert.enc_pk) != 32 or len(advert.mask_pk) != 32 or advert.enc_pk == advert.mask_pk:
         raise ProtocolError(f"key advert from silo {advert.silo}: public keys must be two "
                             "distinct 32-byte X25519 keys")
+    for key, what in ((advert.enc_pk, "encryption"), (advert.mask_pk, "masking")):
+        check_public_key(key, owner=f"silo {advert.silo} ({what} key)")
     return replace(state, directory=_frozen({**state.directory, advert.silo: advert}))
 
 
@@ -178,8 +182,11 @@ def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorStat
         raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
     if msg.silo not in state.active or msg.silo in state.bundles:
         raise ProtocolError(f"{who}: silo is not active this round or already sent its input")
-    if msg.recipients != state.active or len(msg.bundles) != len(state.active):
-        raise ProtocolError(f"{who}: share bundles must address exactly {list(state.active)}")
+    if (msg.recipients != state.active or len(msg.bundles) != len(state.active)
+            or len(msg.commitments) != len(state.active)):
+        raise ProtocolError(f"{who}: share bundles and their commitments must address exactly "
+                            f"{list(state.active)}")
+    msg.check()  # each bundle's commitments: one per share
     assert state.acc is not None
     if msg.masked.dtype != state.acc.dtype or msg.masked.shape != state.acc.shape:
         raise ProtocolError(f"{who}: vector is {msg.masked.dtype}[{msg.masked.size}], expected "
@@ -242,12 +249,33 @@ def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorS
         raise ProtocolError(f"{who}: not a survivor asked to unmask this round, or a "
                             "duplicate response")
     pairs = [(k, j) for k in state.survivors for j in state.dropped]
+    msg.check()  # parallel lists of one length: zip below truncates nothing
     if (msg.self_owners != state.survivors or len(msg.self_shares) != len(state.survivors)
             or list(zip(msg.pair_owners, msg.pair_peers)) != pairs
             or len(msg.pair_shares) != len(pairs)):
         raise ProtocolError(f"{who}: shares do not match the survivors {list(state.survivors)} "
                             f"and dropped silos {list(state.dropped)} of this round")
+    _check_commitments(state, msg, who)
     return replace(state, responses=_frozen({**state.responses, msg.silo: msg}))
+
+
+def _check_commitments(state: CoordinatorState, msg: UnmaskResponse, who: str) -> None:
+    """Every revealed share must be the one its dealer committed to for this holder."""
+    holder = state.active.index(msg.silo)
+    revealed = [(k, 0, share) for k, share in zip(msg.self_owners, msg.self_shares)]
+    revealed += [(k, 1 + peers_of(k, state.active).index(j), share)
+                 for k, j, share in zip(msg.pair_owners, msg.pair_peers, msg.pair_shares)]
+    for dealer, position, share in revealed:
+        expected = committed(state.bundles[dealer].commitments[holder], position)
+        got = share_commitment(share, run_id=state.config.run_id, round_=state.round,
+                               dealer=dealer, holder=msg.silo, position=position)
+        if got != expected:
+            what = "self-mask seed" if position == 0 else "pair seed"
+            raise ProtocolError(
+                f"{who}: the share of silo {dealer}'s {what} it revealed does not match the "
+                f"commitment silo {dealer} sent with its masked input; the response is "
+                f"discarded (a corrupted share from silo {msg.silo}, or a false commitment "
+                f"from silo {dealer})")
 
 
 def _reconstruct(state: CoordinatorState, shares: list[tuple[int, bytes]], what: str) -> bytes:

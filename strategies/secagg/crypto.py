@@ -32,6 +32,7 @@ from xsilo.errors import ProtocolError
 __all__ = [
     "KeyPair",
     "associated_data",
+    "check_public_key",
     "derive_pair_key",
     "derive_round_seed",
     "generate_keypair",
@@ -69,12 +70,30 @@ def _field(data: bytes) -> bytes:
 
 
 def _info(purpose: str, run_id: str, *numbers: int) -> bytes:
+    bad = [n for n in numbers if not 0 <= n < 1 << 64]
+    if bad:  # ids and rounds are parsed as 0..2^63−1; anything else never reaches a key
+        raise ProtocolError(f"{purpose}: {bad[0]} is not a 64-bit unsigned id or round number")
     return (PROTOCOL_LABEL + _field(purpose.encode()) + _field(run_id.encode())
             + b"".join(struct.pack(">Q", n) for n in numbers))
 
 
 def _hkdf(secret: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(secret)
+
+
+def check_public_key(public: bytes, *, owner: str) -> None:
+    """ProtocolError unless ``public`` is a 32-byte X25519 key of large order.
+
+    A low-order point (the all-zero key among them) makes every exchange with it give the
+    all-zero secret; OpenSSL refuses such an exchange, so the test exchange with a fresh
+    key fails exactly for those points (RFC 7748, §6.1).
+    """
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise ProtocolError(f"{owner}'s X25519 public key {public.hex()[:16]}… is not a valid "
+                            "key of large order (all-zero or low-order point); it must "
+                            "re-advertise a freshly generated key") from None
 
 
 def derive_pair_key(*, private: bytes, peer_public: bytes, purpose: str, run_id: str,

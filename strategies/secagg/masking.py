@@ -9,13 +9,24 @@ Masked input of silo ``i`` in round ``r`` over the active set ``U_r`` (Bonawitz 
 Share bundle from ``k`` to ``i`` (AES-GCM plaintext): ``f_b(x_i) ‖ f_{s_k,j1}(x_i) ‖ …`` — the
 share of ``k``'s self-mask seed, then the shares of ``k``'s pair seeds in increasing order of
 the peer id ``j ∈ U_r \\ {k}``; 33 bytes each.
+
+Share commitments: with the bundles, ``k`` sends in the clear, for each recipient ``i`` and
+each share ``σ`` at position ``p`` of ``i``'s bundle, ``H(run ‖ r ‖ k ‖ i ‖ p ‖ σ)``
+(SHA-256, first 16 bytes). When ``i`` reveals a share at unmasking, the coordinator checks it
+against ``k``'s commitment, so a corrupted share is caught (and ``i`` named) even when only
+``t`` silos answer — with exactly ``t`` shares, Shamir reconstruction has nothing left to
+cross-check, and a wrong share would silently give a wrong seed, mask and sum. Shares are
+uniform 256-bit field elements, so a commitment reveals nothing a brute force could use.
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Sequence
 
 from strategies.secagg.crypto import associated_data, set_digest
+from strategies.secagg.messages import COMMITMENT_BYTES
 from strategies.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
 from xsilo.errors import ProtocolError
 
@@ -50,3 +61,25 @@ def unpack_bundle(data: bytes, *, num_peers: int, sender: int) -> tuple[int, lis
                             f"{SHARE_BYTES * (1 + num_peers)}")
     values = [share_from_bytes(data[k:k + SHARE_BYTES]) for k in range(0, len(data), SHARE_BYTES)]
     return values[0], values[1:]
+
+
+def share_commitment(share: bytes, *, run_id: str, round_: int, dealer: int, holder: int,
+                     position: int) -> bytes:
+    """``H(label ‖ run ‖ r ‖ dealer ‖ holder ‖ position ‖ share)[:16]`` (see the docstring)."""
+    run = run_id.encode()
+    header = struct.pack(">I", len(run)) + run + struct.pack(">QQQQ", round_, dealer, holder,
+                                                             position)
+    return hashlib.sha256(b"xsilo-secagg/share-commitment/v1" + header + share).digest()[
+        :COMMITMENT_BYTES]
+
+
+def bundle_commitments(shares: Sequence[bytes], *, run_id: str, round_: int, dealer: int,
+                       holder: int) -> bytes:
+    """The commitments to one bundle's shares, in the bundle's order, concatenated."""
+    return b"".join(share_commitment(share, run_id=run_id, round_=round_, dealer=dealer,
+                                     holder=holder, position=p) for p, share in enumerate(shares))
+
+
+def committed(commitments: bytes, position: int) -> bytes:
+    """The commitment at ``position`` of a bundle's concatenated commitments."""
+    return commitments[position * COMMITMENT_BYTES:(position + 1) * COMMITMENT_BYTES]

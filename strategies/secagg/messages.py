@@ -4,8 +4,11 @@ Every message is a frozen dataclass whose fields are ``int``, ``float``, ``str``
 tuples of ``int``/``bytes``, or (only :class:`MaskedInput`) one numpy ``uint32``/``uint64``
 vector. :meth:`to_record` gives a flat ``dict`` of those values (tuples become lists) plus
 ``"kind"``; arrays stay numpy arrays, so a Flower adapter puts the scalars and lists in a
-``ConfigRecord`` and the array in an ``ArrayRecord``. :func:`message_from_record` parses and
-type-checks such a dict; anything malformed raises :class:`~xsilo.errors.ProtocolError`.
+``ConfigRecord`` and the array in an ``ArrayRecord``. :func:`message_from_record` parses such
+a dict strictly: every field's type, range (integers 0..2^63−1) and length (keys 32 bytes,
+shares 33, commitments 16 per share), and each message's cross-field rules (parallel lists of
+one length); anything malformed raises :class:`~xsilo.errors.ProtocolError` naming the field
+and the value, never another exception.
 
 =================  =====================  =======================================
 message            direction              when
@@ -14,6 +17,7 @@ KeyRequest         coordinator → silo     setup (once per run), re-key
 KeyAdvert          silo → coordinator     reply to KeyRequest
 MaskRequest        coordinator → silo     round trip 1 of every round
 MaskedInput        silo → coordinator     reply: masked vector + encrypted shares
+                                          + commitments to the shares
 UnmaskRequest      coordinator → silo     round trip 2 (survivors only)
 UnmaskResponse     silo → coordinator     reply: revealed shares
 =================  =====================  =======================================
@@ -28,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from strategies.secagg.config import SecAggConfig, make_config, make_encoded_config
+from strategies.secagg.shamir import SHARE_BYTES
 from xsilo.errors import ConfigError, ProtocolError
 
 __all__ = [
@@ -43,10 +48,11 @@ __all__ = [
     "message_from_record",
 ]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The protocol revision, in every KeyRequest and KeyAdvert: peers that differ would compute
-different masks (2: the GCTR mask keystream; 1: releases before it, which sent no version), so
-the key setup refuses a mismatch. Bump it with any change to what either side computes."""
+different masks or messages (3: share commitments in every masked input; 2: the GCTR mask
+keystream; 1: releases before it, which sent no version), so the key setup refuses a
+mismatch. Bump it with any change to what either side computes or sends."""
 
 
 def check_protocol(version: int, *, peer: str) -> None:
@@ -58,10 +64,23 @@ def check_protocol(version: int, *, peer: str) -> None:
             "on the coordinator and every silo")
 
 
+PUBLIC_KEY_BYTES = 32  # X25519
+COMMITMENT_BYTES = 16  # a truncated SHA-256 commitment to one share
+_MAX_INT = (1 << 63) - 1  # ConfigRecord integers are signed 64-bit; ids, rounds, epochs ≥ 0
+_MAX_ITEMS = 1 << 20  # entries in one list field (silos, shares, bundles)
+_MAX_TEXT = 256
+_MAX_BLOB = 1 << 26  # one bundle or commitment list (64 MiB: far above any real one)
+
+
 class Message:
-    """Base of the protocol messages: ``to_record`` / ``from_record`` over flat plain data."""
+    """Base of the protocol messages: ``to_record`` / ``from_record`` over flat plain data.
+
+    ``SIZES`` gives the exact byte length of a ``bytes`` field (or of every item of a
+    ``tuple[bytes, ...]`` field); :meth:`check` adds each message's cross-field rules.
+    """
 
     KIND: ClassVar[str] = ""
+    SIZES: ClassVar[dict[str, int]] = {}
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.KIND}
@@ -72,36 +91,76 @@ class Message:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Message:
-        if record.get("kind") != cls.KIND:
-            raise ProtocolError(f"expected a {cls.KIND!r} message, got kind={record.get('kind')!r}")
+        """Parse and check every field (type, range, length) and the cross-field rules."""
+        if not isinstance(record, dict) or record.get("kind") != cls.KIND:
+            kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
+            raise ProtocolError(f"expected a {cls.KIND!r} message, got kind={_shown(kind)}")
         # A field with a default may be absent (a peer from before the field existed).
-        values = {f.name: _parse(cls.KIND, f.name, str(f.type), record.get(f.name))
+        values = {f.name: _parse(cls, f.name, str(f.type), record.get(f.name))
                   for f in fields(cls)  # type: ignore[arg-type]
                   if f.name in record or f.default is MISSING}
-        return cls(**values)
+        message = cls(**values)
+        message.check()
+        return message
+
+    def check(self) -> None:
+        """Cross-field rules of this message (ProtocolError); none by default."""
+
+    def _same_length(self, *names: str) -> None:
+        lengths = {name: len(getattr(self, name)) for name in names}
+        if len(set(lengths.values())) > 1:
+            raise ProtocolError(f"{self.KIND} message: fields {', '.join(names)} must have the "
+                                f"same length, got {lengths}")
 
 
-def _parse(kind: str, name: str, type_: str, value: Any) -> Any:
-    scalar = {"int": int, "str": str, "bytes": bytes, "float": float}
-    bad = ProtocolError(f"{kind} message: field {name!r} must be {type_}, got {type(value).__name__}")
-    if type_ in scalar:
-        if type_ == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, scalar[type_]) or isinstance(value, bool):
-            raise bad
-        if type_ == "float" and not math.isfinite(value):
-            raise bad
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse(cls: type[Message], name: str, type_: str, value: Any) -> Any:
+    kind = cls.KIND
+    size = cls.SIZES.get(name)
+
+    def bad(rule: str) -> ProtocolError:
+        return ProtocolError(f"{kind} message: field {name!r} = {_shown(value)} "
+                             f"({type(value).__name__}); expected {rule}")
+
+    def blob(item: Any, what: str) -> bytes:
+        if not isinstance(item, bytes):
+            raise bad(what)
+        if (size is not None and len(item) != size) or len(item) > _MAX_BLOB:
+            raise bad(what)
+        return item
+
+    bytes_rule = f"{size} bytes" if size is not None else f"at most {_MAX_BLOB} bytes"
+    if type_ == "int":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
+            raise bad(f"an integer in 0..{_MAX_INT}")
         return value
+    if type_ == "float":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    if type_ == "str":
+        if not isinstance(value, str) or not 0 < len(value) <= _MAX_TEXT:
+            raise bad(f"a non-empty string of at most {_MAX_TEXT} characters")
+        return value
+    if type_ == "bytes":
+        return blob(value, bytes_rule)
     if type_ in ("tuple[int, ...]", "tuple[bytes, ...]"):
-        item = int if "int" in type_ else bytes
-        if not isinstance(value, (list, tuple)) or any(
-                not isinstance(v, item) or isinstance(v, bool) for v in value):
-            raise bad
+        if not isinstance(value, list | tuple) or len(value) > _MAX_ITEMS:
+            raise bad(f"a list of at most {_MAX_ITEMS} items")
+        if type_ == "tuple[bytes, ...]":
+            return tuple(blob(v, f"a list of items of {bytes_rule}") for v in value)
+        if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_INT
+               for v in value):
+            raise bad(f"a list of integers in 0..{_MAX_INT}")
         return tuple(value)
     if type_ == "np.ndarray":
         if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype not in (
                 np.uint32, np.uint64):
-            raise bad
+            raise bad("a 1-D uint32 or uint64 vector")
         return value
     raise AssertionError(f"unsupported field type {type_}")  # pragma: no cover
 
@@ -149,6 +208,7 @@ class KeyAdvert(Message):
     """A silo's two X25519 public keys: ``enc_pk`` (share encryption), ``mask_pk`` (pairwise masks)."""
 
     KIND: ClassVar[str] = "secagg/key_advert"
+    SIZES: ClassVar[dict[str, int]] = {"enc_pk": PUBLIC_KEY_BYTES, "mask_pk": PUBLIC_KEY_BYTES}
     run_id: str
     silo: int
     epoch: int
@@ -162,6 +222,8 @@ class MaskRequest(Message):
     """Round trip 1: mask your update for ``round`` among ``active``; ``dir_*`` is the key directory."""
 
     KIND: ClassVar[str] = "secagg/mask_request"
+    SIZES: ClassVar[dict[str, int]] = {"dir_enc_pks": PUBLIC_KEY_BYTES,
+                                       "dir_mask_pks": PUBLIC_KEY_BYTES}
     run_id: str
     round: int
     active: tuple[int, ...]
@@ -170,10 +232,11 @@ class MaskRequest(Message):
     dir_enc_pks: tuple[bytes, ...]
     dir_mask_pks: tuple[bytes, ...]
 
+    def check(self) -> None:
+        self._same_length("dir_silos", "dir_epochs", "dir_enc_pks", "dir_mask_pks")
+
     def directory(self) -> dict[int, KeyAdvert]:
-        n = len(self.dir_silos)
-        if not len(self.dir_epochs) == len(self.dir_enc_pks) == len(self.dir_mask_pks) == n:
-            raise ProtocolError("mask request: key directory columns have different lengths")
+        self.check()
         # Only adverts the coordinator accepted are listed: all of this protocol version.
         return {s: KeyAdvert(run_id=self.run_id, silo=s, epoch=e, enc_pk=c, mask_pk=m,
                              protocol=PROTOCOL_VERSION)
@@ -183,7 +246,10 @@ class MaskRequest(Message):
 
 @dataclass(frozen=True)
 class MaskedInput(Message):
-    """Reply to round trip 1: the masked vector and one sealed share bundle per active silo."""
+    """Reply to round trip 1: the masked vector, one sealed share bundle per active silo, and
+    for each bundle the commitments to the shares in it (``COMMITMENT_BYTES`` each, in the
+    bundle's order; :func:`strategies.secagg.masking.share_commitment`), so that a share
+    revealed later is checked against what its dealer committed to."""
 
     KIND: ClassVar[str] = "secagg/masked_input"
     run_id: str
@@ -192,6 +258,15 @@ class MaskedInput(Message):
     recipients: tuple[int, ...]
     bundles: tuple[bytes, ...]
     masked: np.ndarray
+    commitments: tuple[bytes, ...] = ()
+
+    def check(self) -> None:
+        self._same_length("recipients", "bundles", "commitments")
+        per_bundle = COMMITMENT_BYTES * len(self.recipients)
+        if any(len(c) != per_bundle for c in self.commitments):
+            raise ProtocolError(f"{self.KIND} message: each bundle's commitments must be "
+                                f"{per_bundle} bytes ({len(self.recipients)} shares of "
+                                f"{COMMITMENT_BYTES} bytes)")
 
 
 @dataclass(frozen=True)
@@ -206,12 +281,16 @@ class UnmaskRequest(Message):
     senders: tuple[int, ...]
     bundles: tuple[bytes, ...]
 
+    def check(self) -> None:
+        self._same_length("senders", "bundles")
+
 
 @dataclass(frozen=True)
 class UnmaskResponse(Message):
     """Reply to round trip 2: shares of ``b_k,r`` for survivors ``k`` and of ``s_kj,r`` for dropped ``j``."""
 
     KIND: ClassVar[str] = "secagg/unmask_response"
+    SIZES: ClassVar[dict[str, int]] = {"self_shares": SHARE_BYTES, "pair_shares": SHARE_BYTES}
     run_id: str
     round: int
     silo: int
@@ -220,6 +299,10 @@ class UnmaskResponse(Message):
     pair_owners: tuple[int, ...]
     pair_peers: tuple[int, ...]
     pair_shares: tuple[bytes, ...]
+
+    def check(self) -> None:
+        self._same_length("self_owners", "self_shares")
+        self._same_length("pair_owners", "pair_peers", "pair_shares")
 
 
 _KINDS: dict[str, type[Message]] = {
@@ -230,8 +313,9 @@ _KINDS: dict[str, type[Message]] = {
 
 def message_from_record(record: dict[str, Any]) -> Message:
     """Parse any protocol message from its ``to_record()`` dict (ProtocolError if malformed)."""
-    if not isinstance(record, dict) or record.get("kind") not in _KINDS:
-        kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
-        raise ProtocolError(f"not a secure-aggregation message (kind={kind!r}); "
+    kind = record.get("kind") if isinstance(record, dict) else None
+    if not isinstance(kind, str) or kind not in _KINDS:
+        shown = _shown(kind) if isinstance(record, dict) else type(record).__name__
+        raise ProtocolError(f"not a secure-aggregation message (kind={shown}); "
                             f"expected one of {sorted(_KINDS)}")
-    return _KINDS[record["kind"]].from_record(record)
+    return _KINDS[kind].from_record(record)

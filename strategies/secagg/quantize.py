@@ -24,6 +24,7 @@ Quantization for secure aggregation follows Bonawitz et al. 2017 (§7) and Kairo
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -114,10 +115,38 @@ def validate_params(*, num_silos: int, clip: float, bits: int, max_weight: int,
             f"num_silos·max_weight·(2^bits−1) = {num_silos}·{max_weight}·{(1 << bits) - 1} = "
             f"{largest} does not fit a 2^{MAX_MODULUS_BITS} modulus (the masked sum would wrap); "
             + _overflow_fix(num_silos, bits, max_weight))
+    _check_representable(num_silos=num_silos, clip=float(clip), bits=bits,
+                         max_weight=max_weight)
     if modulus_bits is not None and not need <= modulus_bits <= MAX_MODULUS_BITS:
         raise ConfigError(
             f"modulus_bits={modulus_bits} cannot hold sums up to {largest}: it must be in "
             f"{need}..{MAX_MODULUS_BITS} (or omit it to get {need})")
+
+
+_MAX_SCALE = 2.0**1000  # headroom below float64's 1.8e308 for every product encode forms
+
+
+def _check_representable(*, num_silos: int, clip: float, bits: int, max_weight: int) -> None:
+    """The float arithmetic of encode/decode must be exact enough for the reported bounds.
+
+    The step ``Δ = 2c/L`` must be a normal float64 (a subnormal step loses the precision the
+    error bound assumes), encode's scale ``2^s/Δ`` finite with headroom, and the largest sum
+    ``c · n · W`` (decode subtracts it) finite. Outside that a run would divide by zero,
+    return NaN or a sum far off its bound; the message says which range of ``clip`` works.
+    """
+    levels = (1 << bits) - 1
+    step = 2.0 * clip / levels
+    scale = float(1 << coin_bits(bits)) / step if step > 0 else math.inf
+    largest = clip * num_silos * max_weight
+    low = 2.0 ** coin_bits(bits) / _MAX_SCALE * levels / 2
+    high = sys.float_info.max / (4.0 * num_silos * max_weight)
+    if not (math.isfinite(step) and step >= sys.float_info.min and math.isfinite(scale)
+            and scale <= _MAX_SCALE and math.isfinite(largest) and clip <= high):
+        raise ConfigError(
+            f"clip = {clip!r} with bits = {bits}, {num_silos} silos and max_weight = "
+            f"{max_weight} cannot be represented: the quantization step 2·clip/(2^bits−1) = "
+            f"{step!r} and the sums it forms must be finite, normal float64 numbers; use a "
+            f"clip between {low:.3g} and {high:.3g}")
 
 
 def make_quant_params(*, num_silos: int, clip: float, bits: int, max_weight: int,
@@ -221,9 +250,16 @@ def decode_sum(total: np.ndarray, *, params: QuantParams) -> tuple[np.ndarray, i
             f"{params.num_silos * params.max_weight}: the masks did not cancel")
     out = np.empty(t.size - 1, dtype=np.float64)
     body, words = t[1:], np.empty(min(out.size, _CHUNK), dtype=t.dtype)
+    # Every coordinate is Σ w_i·q_ik ≤ Σ w_i · L: a larger word means a mask was left in
+    # the sum (a wrong seed was reconstructed), whose words are uniform over the modulus.
+    ceiling = total_weight * params.levels
     for start in range(0, out.size, _CHUNK):
         n = min(_CHUNK, out.size - start)
         np.bitwise_and(body[start:start + n], reduce, out=words[:n])
+        if n and int(words[:n].max()) > ceiling:
+            raise SecureAggregationError(
+                f"an unmasked coordinate exceeds total weight × levels = {ceiling}: the masks "
+                "did not cancel (a wrong share or seed); the round fails, the model is kept")
         part = out[start:start + n]
         np.multiply(words[:n], params.step, out=part, dtype=np.float64)
         part -= params.clip * total_weight

@@ -40,7 +40,8 @@ from strategies.randomness import ByteSource, KeystreamSource, SystemSource
 from strategies.secagg import crypto, shamir
 from strategies.secagg.encoded import encoded_input
 from strategies.secagg.masking import (
-    PAIR_LABEL, SELF_LABEL, bundle_ad, pack_bundle, pair_sign, peers_of, unpack_bundle)
+    PAIR_LABEL, SELF_LABEL, bundle_ad, bundle_commitments, pack_bundle, pair_sign, peers_of,
+    unpack_bundle)
 from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
     PROTOCOL_VERSION, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, UnmaskRequest,
@@ -258,12 +259,13 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
     for j, seed in zip(peers, pair_seeds):
         add_mask(masked, seed, label=PAIR_LABEL, sign=pair_sign(me, j))
     np.bitwise_and(masked, masked.dtype.type((1 << config.quant.modulus_bits) - 1), out=masked)
-    bundles = _deal(state, msg, directory, [self_seed, *pair_seeds], keys=keys, rng=rng)
+    bundles, commitments = _deal(state, msg, directory, [self_seed, *pair_seeds], keys=keys,
+                                 rng=rng)
     new = replace(state, stage=SiloStage.MASKED, last_round=r, active=msg.active,
                   active_enc_pks=tuple(directory[s].enc_pk for s in msg.active),
                   pair_keys=keys.stored())
     return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
-                            bundles=bundles, masked=masked)
+                            bundles=bundles, masked=masked, commitments=commitments)
 
 
 def _rounding_source(rng: ByteSource) -> ByteSource:
@@ -272,21 +274,27 @@ def _rounding_source(rng: ByteSource) -> ByteSource:
 
 
 def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
-          secrets: list[bytes], *, keys: _PairKeys, rng: ByteSource) -> tuple[bytes, ...]:
-    """Shamir-share each secret t-of-|U_r| and seal one bundle per active silo (self included)."""
+          secrets: list[bytes], *, keys: _PairKeys, rng: ByteSource
+          ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """Shamir-share each secret t-of-|U_r| and seal one bundle per active silo (self
+    included); with each bundle, the commitments to its shares."""
     config = state.config
     assert config is not None
     xs = [config.x_of(s) for s in msg.active]
     shares = [shamir.split(shamir.secret_to_int(s), threshold=config.threshold, xs=xs, rng=rng)
               for s in secrets]
-    bundles = []
+    bundles, commitments = [], []
     for pos, recipient in enumerate(msg.active):
         key = keys.get("enc", recipient, directory[recipient].enc_pk)
-        plain = pack_bundle(shares[0][pos], [per_secret[pos] for per_secret in shares[1:]])
+        mine = [per_secret[pos] for per_secret in shares]
+        plain = pack_bundle(mine[0], mine[1:])
         ad = bundle_ad(run_id=config.run_id, round_=msg.round, sender=state.silo,
                        recipient=recipient, active=msg.active)
         bundles.append(crypto.seal(key, plain, ad=ad, rng=rng))
-    return tuple(bundles)
+        commitments.append(bundle_commitments(
+            [shamir.share_to_bytes(y) for y in mine], run_id=config.run_id, round_=msg.round,
+            dealer=state.silo, holder=recipient))
+    return tuple(bundles), tuple(commitments)
 
 
 def _check_unmask_request(state: SiloState, msg: UnmaskRequest) -> None:

@@ -105,7 +105,7 @@ def test_load_policy_toml(tmp_path: Path) -> None:
     ("min_silos_per_round = 1.5\n", "must be a positive integer"),
     ("require_secure_aggregation = 'yes'\n", "must be true or false"),
     ("allowed_strategies = []\n", "non-empty list of strings"),
-    ("max_rounds = \n", "invalid TOML"),
+    ("max_rounds = \n", "policy.toml is not valid TOML"),
 ])
 def test_bad_policy_files(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "policy.toml"

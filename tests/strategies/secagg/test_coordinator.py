@@ -162,9 +162,46 @@ def test_a_corrupted_share_is_detected_when_extra_shares_exist():
             bad = bytearray(resp.self_shares[0])
             bad[-1] ^= 1
             resp = dataclasses.replace(resp, self_shares=(bytes(bad), *resp.self_shares[1:]))
+            # the dealer's commitment catches it at once, naming the holder and the dealer
+            with pytest.raises(ProtocolError, match="silo 12 for round 1: the share of silo "
+                               "10's self-mask seed it revealed does not match the commitment"):
+                co.receive_unmask(state, resp)
+            # past the commitments (a dealer that committed to inconsistent shares), the
+            # extra share still fails Shamir's consistency check
+            state = dataclasses.replace(state, responses=co._frozen({**state.responses, s: resp}))
+            continue
         state = co.receive_unmask(state, resp)
     with pytest.raises(SecureAggregationError, match="silo 10's self-mask seed.*inconsistent"):
         co.finish_round(state)
+
+
+def test_a_corrupted_share_among_exactly_t_answers_never_gives_a_wrong_sum():
+    """With exactly t answers Shamir has nothing to cross-check; the commitment does."""
+    fed = small_federation()
+    updates, weights = random_inputs(fed, 1)
+    state, requests = co.begin_round(fed.coordinator, round_=1)
+    for s, req in requests.items():
+        fed.silos[s], m = silo_step(fed.silos[s], req, update=updates[s], weight=weights[s])
+        state = co.receive_masked(state, m)
+    t = state.config.threshold
+    state, unmask = co.request_unmask(state, ask=[10, 11, 12, 13])  # t + 1 asked
+    answered, refused = [], []
+    for s, req in unmask.items():
+        fed.silos[s], resp = silo_step(fed.silos[s], req)
+        if s == 11:  # one holder lies about its share of silo 14's self-mask seed
+            bad = bytearray(resp.self_shares[-1])
+            bad[5] ^= 0x40
+            resp = dataclasses.replace(resp, self_shares=(*resp.self_shares[:-1], bytes(bad)))
+        try:
+            state = co.receive_unmask(state, resp)
+            answered.append(s)
+        except ProtocolError as exc:
+            refused.append((s, str(exc)))
+    assert [s for s, _ in refused] == [11] and "silo 14's self-mask seed" in refused[0][1]
+    assert len(answered) == t  # exactly t honest answers remain: the sum is the true one
+    _, result = co.finish_round(state)
+    exact = sum(weights[s] * np.clip(updates[s], -1.0, 1.0) for s in requests)  # clip 1.0
+    assert np.max(np.abs(result.weighted_sum - exact)) <= result.error.max_abs_bound
 
 
 def test_begin_round_needs_t_keyed_available_silos_and_increasing_rounds():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from secagg_helpers import seeded
 
+from strategies.randomness import KeystreamSource
 from strategies.secagg.quantize import (
     coin_bits, count_clipped, decode_sum, encode, error_report, make_quant_params,
     required_modulus_bits, validate_params)
@@ -110,13 +112,49 @@ def test_decoding_reduces_mod_m_and_does_not_depend_on_the_chunk_size(
 
     params = make_quant_params(num_silos=3, clip=2.0, bits=10, max_weight=5)  # M = 2^14
     rng = np.random.default_rng(3)  # test data, not a secret
-    body = rng.integers(0, 3 * 5 * 1023, 5001, dtype=np.uint64)
+    body = rng.integers(0, 7 * 1023 + 1, 5001, dtype=np.uint64)  # a real sum: ≤ Σw · L
     wrapped = np.concatenate([[7], body]).astype(np.uint32) + np.uint32(1 << 14) * 3
     est, tw = decode_sum(wrapped, params=params)
     assert tw == 7
     np.testing.assert_array_equal(est, body.astype(np.float64) * params.step - 2.0 * 7)
     monkeypatch.setattr(q, "_CHUNK", 64)
     assert np.array_equal(decode_sum(wrapped, params=params)[0], est)
+
+
+def test_a_sum_with_a_mask_left_in_it_fails_instead_of_decoding() -> None:
+    """A wrong seed leaves a uniform mask in the sum: its words exceed Σw·L, the most a
+    true sum can hold, and the round fails rather than returning a wrong model."""
+    params = make_quant_params(num_silos=3, clip=2.0, bits=10, max_weight=5)  # M = 2^14
+    words = np.zeros(1001, dtype=np.uint32)
+    words[0], words[1:] = 7, 7 * 1023  # the largest true sum decodes
+    assert decode_sum(words, params=params)[1] == 7
+    words[500] += 1
+    with pytest.raises(SecureAggregationError, match="exceeds total weight × levels = 7161"):
+        decode_sum(words, params=params)
+
+
+@pytest.mark.parametrize("clip", [1e-310, 1e-300, 1e308, 2e305])
+def test_a_clip_whose_arithmetic_cannot_be_represented_is_refused(clip: float) -> None:
+    with pytest.raises(ConfigError, match=rf"clip = {re.escape(repr(clip))} with bits = 16.*use a clip between"):
+        make_quant_params(num_silos=3, clip=clip, bits=16, max_weight=1000)
+
+
+@pytest.mark.parametrize("bits", [1, 8, 16, 24, 32])
+def test_every_accepted_clip_decodes_within_its_error_bound(bits: int) -> None:
+    """At both ends of the accepted range the sum stays within the reported bound."""
+    with pytest.raises(ConfigError, match="use a clip between") as err:
+        make_quant_params(num_silos=3, clip=0.0 + 1e-320, bits=bits, max_weight=1000)
+    low, high = (float(v) for v in str(err.value).rsplit("between ", 1)[1].split(" and "))
+    for clip in (low * 1.01, 1e-9, 1.0, 1e200, high * 0.99):
+        params = make_quant_params(num_silos=3, clip=clip, bits=bits, max_weight=1000)
+        gen = np.random.default_rng(bits)  # test data only
+        xs, ws = [gen.uniform(-clip, clip, 500) for _ in range(3)], [1000, 7, 300]
+        total = sum(encode(x, weight=w, params=params, rng=KeystreamSource(bytes(32)))
+                    .astype(np.uint64) for x, w in zip(xs, ws))
+        est, tw = decode_sum(total, params=params)
+        exact = sum(w * x for w, x in zip(ws, xs))
+        bound = error_report(params, total_weight=tw).max_abs_bound
+        assert np.isfinite(est).all() and np.max(np.abs(est - exact)) <= bound, clip
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -184,8 +184,11 @@ def test_both_sides_refuse_a_peer_of_another_protocol_version():
     state, requests = co.start_run(CONFIG)
     _, advert = silo_step(new_silo(1), requests[1])
     assert advert.protocol == PROTOCOL_VERSION
-    with pytest.raises(ProtocolError, match=r"silo 1 speaks .* protocol 3.*same xsilo release"):
-        co.receive_advert(state, dataclasses.replace(advert, protocol=3))
+    other = PROTOCOL_VERSION + 1
+    with pytest.raises(ProtocolError, match=rf"silo 1 speaks .* protocol {other}.*same xsilo release"):
+        co.receive_advert(state, dataclasses.replace(advert, protocol=other))
+    with pytest.raises(ProtocolError, match=r"silo 1 speaks .* protocol 2.*same xsilo release"):
+        co.receive_advert(state, dataclasses.replace(advert, protocol=2))  # before commitments
     assert 1 in co.receive_advert(state, advert).directory
 
 

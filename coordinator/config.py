@@ -102,6 +102,11 @@ class RunConfig:
                 f"secagg_threshold ({t}) is below min_silos ({self.min_silos}): a round could "
                 f"unmask fewer updates than min_silos; set secagg_threshold ≥ {self.min_silos} "
                 "or lower min_silos")
+        if t and 2 * t <= self.wait_for:
+            raise ConfigError(
+                f"secagg_threshold ({t}) is not a strict majority of the {self.wait_for} silos "
+                f"the run waits for; silos refuse it (split-view recovery); set "
+                f"secagg_threshold ≥ {self.wait_for // 2 + 1} or 0 (automatic)")
         if t and t > self.wait_for:
             raise ConfigError(
                 f"secagg_threshold ({t}) is above the {self.wait_for} silo(s) the run waits for; "

@@ -132,6 +132,12 @@ class SecureAggregation:
             raise SecureAggregationError(
                 f"secagg_threshold {threshold} is above the {n} silo(s) that joined; lower "
                 f"secagg_threshold to ≤ {n} or wait for more silos (expected_silos)")
+        if 2 * threshold <= n:  # every silo refuses it: it permits split-view recovery
+            raise SecureAggregationError(
+                f"secagg_threshold {threshold} is not a strict majority of the {n} silos that "
+                f"joined; silos refuse it (a coordinator showing different survivor sets to "
+                f"different silos could unmask one update); set secagg_threshold ≥ {n // 2 + 1} "
+                "or leave it 0 (automatic)")
         run_id, length = f"{config.name}-{secrets.token_hex(8)}", model_length(template)
         self.privacy = privacy
         ddg = (privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length)

@@ -183,7 +183,7 @@ class _Handlers:
                                        METRICS: MetricRecord(metrics)}), reply_to=msg)
         outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
                               num_examples=result.metrics.num_examples or 0.0, terms=terms,
-                              on_clipped=self.on_clipped)
+                              on_clipped=self.on_clipped, limits=silo.policy.secagg_limits())
         context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
         metrics = result.metrics.merged(outcome.metrics).to_record()
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
@@ -201,7 +201,8 @@ class _Handlers:
         public halves to the coordinator."""
         terms = KeySetupTerms.from_config(_config(msg))
         silo = self.silo(context)
-        state, reply = secure.setup(_stored(context), _secagg_record(msg), silo_index=terms.silo)
+        state, reply = secure.setup(_stored(context), _secagg_record(msg), silo_index=terms.silo,
+                                    limits=silo.policy.secagg_limits())
         context.state[_SECAGG_STATE] = ConfigRecord(state)
         if _RUN_STATE not in context.state.config_records:  # re-keyed after a restart: the
             # join terms were lost with the state, and a key request comes only in a secure run
@@ -216,7 +217,8 @@ class _Handlers:
         """Round trip 2 of a secure round: reveal the shares the protocol allows, nothing else."""
         terms = UnmaskTerms.from_config(_config(msg))
         silo = self.silo(context)
-        state, reply = secure.unmask(_stored(context), _secagg_record(msg))
+        state, reply = secure.unmask(_stored(context), _secagg_record(msg),
+                                     limits=silo.policy.secagg_limits())
         context.state[_SECAGG_STATE] = ConfigRecord(state)
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
                            message_type=msg.metadata.message_type, arrays={}, metrics={},

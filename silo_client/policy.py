@@ -6,7 +6,10 @@
     max_epsilon = 8.0            # site-lifetime DP budget, summed over runs
     delta = 1e-5                 # largest delta a run may use
     allowed_strategies = ["fedavg", "fedprox"]
-    min_silos_per_round = 3      # never send an update when fewer silos take part
+    min_silos_per_round = 3      # never send an update when fewer silos take part (counted
+                                 # by the silo itself under secure aggregation)
+    secagg_threshold_fraction = 0.67  # secure aggregation: t > this · n (default 0.5: a
+                                      # strict majority, the least any silo accepts)
     max_rounds = 50
     allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]
 
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from strategies.secagg import SiloLimits
 from xsilo.errors import ConfigError, PolicyRefusal
 from xsilo.files import atomic_write, read_toml
 
@@ -60,6 +64,7 @@ class SitePolicy:
     delta: float | None = None
     allowed_strategies: tuple[str, ...] | None = None
     min_silos_per_round: int = 1
+    secagg_threshold_fraction: float = 0.5
     max_rounds: int | None = None
     allowed_coordinator_fingerprints: tuple[str, ...] | None = None
 
@@ -72,6 +77,11 @@ class SitePolicy:
         if self.delta is not None and not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
             raise ConfigError(f"policy delta = {self.delta!r}: must be in (0, 1), e.g. 1e-5")
         _positive("min_silos_per_round", self.min_silos_per_round, integer=True)
+        f = self.secagg_threshold_fraction
+        if not isinstance(f, int | float) or isinstance(f, bool) or not 0.5 <= f < 1:
+            raise ConfigError(f"policy secagg_threshold_fraction = {f!r}: must be a number in "
+                              "[0.5, 1): the secure-aggregation threshold must exceed that "
+                              "fraction of the silos (0.5 is a strict majority)")
         if self.max_rounds is not None:
             _positive("max_rounds", self.max_rounds, integer=True)
         if self.allowed_strategies is not None:
@@ -99,6 +109,12 @@ class SitePolicy:
             f"site policy {p} not found; a silo never runs on a silently permissive default "
             "when a policy file is configured"))
         return cls.from_mapping(data, source=str(p))
+
+
+    def secagg_limits(self) -> SiloLimits:
+        """What this site demands of every secure-aggregation run and round."""
+        return SiloLimits(threshold_fraction=float(self.secagg_threshold_fraction),
+                          min_active=max(2, self.min_silos_per_round))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from strategies.secagg import (
-    KeyRequest, MaskRequest, Message, UnmaskRequest, message_from_record, new_silo,
+    KeyRequest, MaskRequest, Message, SiloLimits, UnmaskRequest, message_from_record, new_silo,
     silo_state_from_record, silo_state_to_record, silo_step)
 from strategies.secagg.quantize import count_clipped
 from silo_client.ledger import raw_bytes
@@ -59,15 +59,17 @@ def _state(stored: Mapping[str, Any] | None, step: str) -> Any:
 
 
 def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
-          silo_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+          silo_index: int, limits: SiloLimits = SiloLimits()
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
     """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key.
-    ``silo_index`` is this silo's roster index (:class:`xsilo.terms.KeySetupTerms`)."""
+    ``silo_index`` is this silo's roster index (:class:`xsilo.terms.KeySetupTerms`);
+    ``limits`` the site's own floor (its policy's :meth:`~SitePolicy.secagg_limits`)."""
     message = _expect(request, KeyRequest, "key setup")
     state = silo_state_from_record(dict(stored)) if stored else new_silo(int(silo_index))
     if state.silo != int(silo_index):
         raise ProtocolError(f"key setup names this silo {silo_index}, but its keys are for "
                             f"silo {state.silo} of the run")
-    state, reply = silo_step(state, message)
+    state, reply = silo_step(state, message, limits=limits)
     return silo_state_to_record(state), reply.to_record()
 
 
@@ -91,7 +93,8 @@ class MaskOutcome:
 def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
          delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
          num_examples: float, terms: TrainTerms,
-         on_clipped: Callable[[Any], None] | None = None) -> MaskOutcome:
+         on_clipped: Callable[[Any], None] | None = None,
+         limits: SiloLimits = SiloLimits()) -> MaskOutcome:
     """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares).
 
     With DP in the round's ``terms`` the update is first clipped (central) or encoded with
@@ -110,24 +113,24 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
         prepared = secure_update(dp, terms.dp, delta=delta, template=template,
                                  num_examples=num_examples, weighted=weighted,
                                  secagg=state.config, on_clipped=on_clipped)
-        state, reply = silo_step(state, message, **prepared.step_kwargs)
+        state, reply = silo_step(state, message, limits=limits, **prepared.step_kwargs)
         return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                            SiloMetrics(secagg_dp_clip_norm=prepared.clip_norm))
     quant = state.config.quant
     update = flatten_update(delta, template, dtype=None)  # encode reads it a chunk at a time
     weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)
     clipped = count_clipped(update, quant.clip)
-    state, reply = silo_step(state, message, update=update, weight=weight)
+    state, reply = silo_step(state, message, update=update, weight=weight, limits=limits)
     return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                        SiloMetrics(secagg_weight=float(weight), secagg_capped=float(capped),
                                    secagg_clipped=float(clipped)))
 
 
-def unmask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None
-           ) -> tuple[dict[str, Any], dict[str, Any]]:
+def unmask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
+           limits: SiloLimits = SiloLimits()) -> tuple[dict[str, Any], dict[str, Any]]:
     """UnmaskRequest → (state, UnmaskResponse record); the silo enforces every privacy rule."""
     message = _expect(request, UnmaskRequest, "unmasking")
-    state, reply = silo_step(_state(stored, "unmasking"), message)
+    state, reply = silo_step(_state(stored, "unmasking"), message, limits=limits)
     return silo_state_to_record(state), reply.to_record()
 
 

@@ -102,6 +102,7 @@ POLICY_STUB = """\
 # delta = 1e-5                                # the largest delta a run may use
 # allowed_strategies = ["fedavg", "fedprox"]
 # min_silos_per_round = 3                     # no update when fewer silos take part
+# secagg_threshold_fraction = 0.67            # secure aggregation: threshold t > 0.67 · n
 # max_rounds = 50
 # allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]   # verified out of band
 """

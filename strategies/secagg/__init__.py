@@ -35,6 +35,7 @@ from strategies.secagg.messages import (
 )
 from strategies.secagg.quantize import ErrorReport, QuantParams, make_quant_params, validate_params
 from strategies.secagg.silo import (
+    SiloLimits,
     SiloStage,
     SiloState,
     new_silo,
@@ -55,6 +56,7 @@ __all__ = [
     "QuantParams",
     "RoundResult",
     "SecAggConfig",
+    "SiloLimits",
     "SiloStage",
     "SiloState",
     "UnmaskRequest",

@@ -17,6 +17,13 @@ Anything else raises :class:`~xsilo.errors.ProtocolError` and leaves the state a
 
 What the silo enforces whatever the coordinator asks (the privacy rules):
 
+* the run's threshold is a strict majority of its roster, ``t > n/2`` (or the larger
+  fraction the silo's :class:`SiloLimits` demand): then no two disjoint groups of ``t``
+  silos exist, so a coordinator that shows some silos "``j`` survived" and others "``j``
+  dropped" can never collect ``t`` shares of both ``b_j,r`` and ``j``'s pair seeds
+  (docs/secure-aggregation.md, *Equivocation*);
+* it masks only with at least ``min_active`` silos and reveals shares only when at least
+  that many survived — its own count of the round, not the coordinator's word;
 * rounds strictly increase: a round's seeds are used for at most one masked input;
 * one unmask response per round, only for the round it masked, only with ≥ t survivors;
 * survivors and dropped silos partition the round's active set: for any silo ``j`` it
@@ -48,10 +55,42 @@ from strategies.secagg.messages import (
     UnmaskResponse, check_protocol)
 from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import encode
-from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError, UpdateRejected
+from xsilo.errors import (ConfigError, KeysMissing, PolicyRefusal, ProtocolError,
+                          SecureAggregationError, UpdateRejected)
 
-__all__ = ["SiloStage", "SiloState", "new_silo", "silo_state_from_record", "silo_state_to_record",
-           "silo_step"]
+__all__ = ["SiloLimits", "SiloStage", "SiloState", "new_silo", "silo_state_from_record",
+           "silo_state_to_record", "silo_step"]
+
+
+@dataclass(frozen=True)
+class SiloLimits:
+    """What a silo demands of every run and round, whatever the coordinator says.
+
+    ``threshold_fraction``: the run's threshold must satisfy ``t > fraction · n`` (``n`` the
+    roster size); 0.5 — a strict majority — is the least any silo accepts, because with
+    ``t ≤ n/2`` an equivocating coordinator can unmask one silo's update. ``min_active``:
+    the fewest silos it masks with, and the fewest survivors it reveals shares for.
+    """
+
+    threshold_fraction: float = 0.5
+    min_active: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.threshold_fraction < 1:
+            raise ConfigError(f"threshold_fraction = {self.threshold_fraction!r}: must be in "
+                              "[0.5, 1) (t > fraction·n; 0.5 is a strict majority)")
+        if self.min_active < 2:
+            raise ConfigError(f"min_active = {self.min_active!r}: a sum needs at least 2 silos")
+
+    def check_threshold(self, threshold: int, roster: int, *, silo: int) -> None:
+        if threshold <= self.threshold_fraction * roster:
+            rule = ("a strict majority" if self.threshold_fraction == 0.5
+                    else f"more than {self.threshold_fraction:g} of them, as its site policy asks")
+            raise ProtocolError(
+                f"silo {silo}: the run's secure-aggregation threshold t={threshold} of n={roster} "
+                f"silos is not {rule}; with t ≤ n/2 a coordinator that shows different survivor "
+                "sets to different silos can unmask one silo's update. Refusing the key setup; "
+                f"the coordinator must use secagg_threshold ≥ {int(self.threshold_fraction * roster) + 1}")
 
 
 class SiloStage(str, enum.Enum):
@@ -124,14 +163,16 @@ def new_silo(silo: int) -> SiloState:
 
 def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None = None,
               weight: int | None = None, rng: ByteSource | None = None,
-              encoded: np.ndarray | None = None) -> tuple[SiloState, Message]:
+              encoded: np.ndarray | None = None,
+              limits: SiloLimits = SiloLimits()) -> tuple[SiloState, Message]:
     """Handle one coordinator message; ``update``/``weight`` are needed for a MaskRequest.
 
     In a pre-encoded run (``config.encoded``, :mod:`strategies.secagg.encoded`) a MaskRequest
     needs ``encoded`` instead: the silo's integer vector, already reduced mod ``2^b``.
 
     ``rng`` supplies every secret (keys, seeds, polynomial coefficients, nonces, rounding);
-    the default is the operating system's CSPRNG.
+    the default is the operating system's CSPRNG. ``limits`` are the silo's own floor (its
+    site policy's): checked on every key request, mask request and unmask request.
     """
     allowed = {
         (SiloStage.NEW, KeyRequest): _on_key_request,
@@ -150,13 +191,14 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
         raise ProtocolError(f"silo {state.silo}: message for run {run_id!r} "
                             f"but this silo is in run {state.config.run_id!r}")
     return handler(state, message, update=update, weight=weight, rng=rng or SystemSource(),
-                   encoded=encoded)
+                   encoded=encoded, limits=limits)
 
 
-def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource,
+def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource, limits: SiloLimits,
                     **_: object) -> tuple[SiloState, KeyAdvert]:
     check_protocol(msg.protocol, peer="the coordinator")
     config = msg.config()
+    limits.check_threshold(config.threshold, len(config.roster), silo=state.silo)
     if state.stage is not SiloStage.NEW and msg.epoch <= state.epoch:
         raise ProtocolError(f"silo {state.silo}: re-key request for epoch {msg.epoch}, but this "
                             f"silo already holds epoch {state.epoch} keys (replayed request?)")
@@ -202,7 +244,8 @@ class _PairKeys:
         return tuple((p, j, pk, k) for (p, j), (pk, k) in sorted(self.keys.items()))
 
 
-def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdvert]:
+def _check_mask_request(state: SiloState, msg: MaskRequest,
+                        limits: SiloLimits) -> dict[int, KeyAdvert]:
     config = state.config
     assert config is not None
     me = state.silo
@@ -217,6 +260,11 @@ def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdve
     if len(active) < config.threshold:
         raise SecureAggregationError(f"round {msg.round}: {len(active)} active silos < threshold "
                                      f"{config.threshold}; refusing to mask")
+    if len(active) < limits.min_active:
+        raise PolicyRefusal("min_silos_per_round", (
+            f"silo {me}: round {msg.round} would mask with {len(active)} silo(s) "
+            f"({list(active)}), fewer than this site's minimum {limits.min_active}; no update "
+            "sent"))
     directory = msg.directory()
     missing = [s for s in active if s not in directory]
     if missing:
@@ -230,9 +278,9 @@ def _check_mask_request(state: SiloState, msg: MaskRequest) -> dict[int, KeyAdve
 
 
 def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
-                     weight: int | None, rng: ByteSource,
+                     weight: int | None, rng: ByteSource, limits: SiloLimits,
                      encoded: np.ndarray | None = None) -> tuple[SiloState, MaskedInput]:
-    directory = _check_mask_request(state, msg)
+    directory = _check_mask_request(state, msg, limits)
     config = state.config
     assert config is not None
     if config.encoded:
@@ -297,7 +345,7 @@ def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
     return tuple(bundles), tuple(commitments)
 
 
-def _check_unmask_request(state: SiloState, msg: UnmaskRequest) -> None:
+def _check_unmask_request(state: SiloState, msg: UnmaskRequest, limits: SiloLimits) -> None:
     config = state.config
     assert config is not None
     me, r = state.silo, msg.round
@@ -318,14 +366,19 @@ def _check_unmask_request(state: SiloState, msg: UnmaskRequest) -> None:
     if len(msg.survivors) < config.threshold:
         raise SecureAggregationError(f"round {r}: only {len(msg.survivors)} survivors < threshold "
                                      f"{config.threshold}; refusing to reveal any share")
+    if len(msg.survivors) < limits.min_active:
+        raise PolicyRefusal("min_silos_per_round", (
+            f"silo {me}: round {r} has {len(msg.survivors)} survivor(s), fewer than this site's "
+            f"minimum {limits.min_active}; revealing shares would unmask a sum over too few "
+            "silos"))
     if sorted(msg.senders) != sorted(msg.survivors) or len(msg.bundles) != len(msg.senders):
         raise ProtocolError(f"silo {me}: round {r} bundles come from {sorted(msg.senders)}, "
                             f"expected exactly the survivors {sorted(msg.survivors)}")
 
 
-def _on_unmask_request(state: SiloState, msg: UnmaskRequest, **_: object
-                       ) -> tuple[SiloState, UnmaskResponse]:
-    _check_unmask_request(state, msg)
+def _on_unmask_request(state: SiloState, msg: UnmaskRequest, *, limits: SiloLimits,
+                       **_: object) -> tuple[SiloState, UnmaskResponse]:
+    _check_unmask_request(state, msg, limits)
     config = state.config
     assert config is not None
     me, r = state.silo, msg.round

@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from silo_client import secure
+from silo_client.identity import site_identity
 from silo_client.silo import Silo
 from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
 from xsilo.protocol import (ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SECAGG, SECAGG_ARRAYS,
@@ -183,7 +184,8 @@ class _Handlers:
                                        METRICS: MetricRecord(metrics)}), reply_to=msg)
         outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
                               num_examples=result.metrics.num_examples or 0.0, terms=terms,
-                              on_clipped=self.on_clipped, limits=silo.policy.secagg_limits())
+                              on_clipped=self.on_clipped, limits=silo.policy.secagg_limits(),
+                              identity=site_identity(silo.config, silo.policy))
         context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
         metrics = result.metrics.merged(outcome.metrics).to_record()
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
@@ -202,7 +204,8 @@ class _Handlers:
         terms = KeySetupTerms.from_config(_config(msg))
         silo = self.silo(context)
         state, reply = secure.setup(_stored(context), _secagg_record(msg), silo_index=terms.silo,
-                                    limits=silo.policy.secagg_limits())
+                                    limits=silo.policy.secagg_limits(),
+                                    identity=site_identity(silo.config, silo.policy))
         context.state[_SECAGG_STATE] = ConfigRecord(state)
         if _RUN_STATE not in context.state.config_records:  # re-keyed after a restart: the
             # join terms were lost with the state, and a key request comes only in a secure run

@@ -27,6 +27,12 @@
     [policy]
     file = "policy.toml"              # optional site policy
 
+    [identity]                        # optional: sign secure-aggregation keys, check peers'
+    certificate = "silo.crt"          # (silo_client.identity; the member kit writes it)
+    key = "silo.key"
+    ca = "ca.crt"
+    crl = "crl.pem"                   # optional
+
 Relative paths are resolved against the directory of the file itself.
 """
 
@@ -49,6 +55,7 @@ _SECTIONS = {
     "data": {"train", "test", "schema"},
     "model": {"spec", "params", "dp_sgd"},
     "policy": {"file"},
+    "identity": {"certificate", "key", "ca", "crl"},
 }
 # Gateway settings people put in silo.toml by mistake: they live in the member kit.
 _KIT_KEYS = {
@@ -80,6 +87,12 @@ class SiloConfig:
     # How the SuperNode runs ClientApps: "warm" (xsilo's SuperExec, deploy.launch.executor: a
     # process per message forked from a preloaded server) or "flower" (Flower's own).
     executor: str = EXECUTORS[0]
+    # [identity]: the enrollment certificate and key that sign this silo's secure-aggregation
+    # keys, and the consortium CA (and CRL) that check its peers' (silo_client.identity).
+    identity_certificate: Path | None = None
+    identity_key: Path | None = None
+    identity_ca: Path | None = None
+    identity_crl: Path | None = None
 
 
 def _check_keys(data: Mapping[str, Any], path: Path) -> None:
@@ -142,7 +155,20 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         policy_file=resolve(data.get("policy", {}).get("file")),
         dp_sgd=_dp_sgd(model.get("dp_sgd"), path),
         executor=executor,
+        **_identity(data.get("identity"), path, resolve),
     )
+
+
+def _identity(table: Any, path: Path, resolve: Any) -> dict[str, Path | None]:
+    if table is None:
+        return {}
+    missing = [k for k in ("certificate", "key", "ca") if not table.get(k)]
+    if missing:
+        raise ConfigError(f"{path}: [identity] needs certificate, key and ca (the member kit's "
+                          f"silo.crt, silo.key, ca.crt); missing {missing}")
+    return {"identity_certificate": resolve(table["certificate"]),
+            "identity_key": resolve(table["key"]), "identity_ca": resolve(table["ca"]),
+            "identity_crl": resolve(table.get("crl"))}
 
 
 def _dp_sgd(table: Any, path: Path) -> DPSGDSettings | None:
@@ -160,7 +186,8 @@ def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str
                       model_params: Mapping[str, Any] | None = None,
                       policy_file: Path | None = None, workspace: str = "workspace",
                       dp_sgd: Mapping[str, Any] | None = None,
-                      executor: str | None = None) -> Path:
+                      executor: str | None = None,
+                      identity: Mapping[str, Path] | None = None) -> Path:
     """Write a ``silo.toml`` (paths stored as given); return its path."""
     import tomli_w
 
@@ -178,6 +205,8 @@ def write_silo_config(path: Path, *, name: str, train: Path, schema: Mapping[str
         data["model"]["dp_sgd"] = dict(dp_sgd)
     if policy_file is not None:
         data["policy"] = {"file": str(policy_file)}
+    if identity is not None:  # keys: certificate, key, ca, optionally crl
+        data["identity"] = {k: str(v) for k, v in identity.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, tomli_w.dumps(data))

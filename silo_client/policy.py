@@ -12,6 +12,7 @@
                                       # strict majority, the least any silo accepts)
     max_rounds = 50
     allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]
+    roster = { "hospital-b" = "sha256:AB:CD:...", "hospital-c" = "sha256:EF:..." }
 
 Every refusal is a :class:`~xsilo.errors.PolicyRefusal` whose ``reason`` is the rule's key.
 """
@@ -67,6 +68,9 @@ class SitePolicy:
     secagg_threshold_fraction: float = 0.5
     max_rounds: int | None = None
     allowed_coordinator_fingerprints: tuple[str, ...] | None = None
+    # Secure aggregation: the consortium's members (name → key fingerprint, from `xsilo pki
+    # list`, exchanged out of band); a round with any other peer is refused.
+    roster: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.require_secure_aggregation, bool):
@@ -91,6 +95,13 @@ class SitePolicy:
             fps = _strings("allowed_coordinator_fingerprints", self.allowed_coordinator_fingerprints)
             object.__setattr__(self, "allowed_coordinator_fingerprints",
                                tuple(normalize_fingerprint(f) for f in fps))
+        if self.roster is not None:
+            if not isinstance(self.roster, Mapping) or not self.roster or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in self.roster.items()):
+                raise ConfigError(f"policy roster = {self.roster!r}: must be a table of member "
+                                  'name = "sha256:<key fingerprint>" (from `xsilo pki list`)')
+            object.__setattr__(self, "roster", {k: normalize_fingerprint(v)
+                                                for k, v in self.roster.items()})
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, object], *, source: str = "policy") -> SitePolicy:

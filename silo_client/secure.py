@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from strategies.secagg import (
-    KeyRequest, MaskRequest, Message, SiloLimits, UnmaskRequest, message_from_record, new_silo,
-    silo_state_from_record, silo_state_to_record, silo_step)
+    KeyRequest, MaskRequest, Message, SiloIdentity, SiloLimits, UnmaskRequest,
+    message_from_record, new_silo, silo_state_from_record, silo_state_to_record, silo_step)
 from strategies.secagg.quantize import count_clipped
 from silo_client.ledger import raw_bytes
 from silo_client.privacy import parse_dp, secure_update
@@ -59,17 +59,18 @@ def _state(stored: Mapping[str, Any] | None, step: str) -> Any:
 
 
 def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
-          silo_index: int, limits: SiloLimits = SiloLimits()
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
+          silo_index: int, limits: SiloLimits = SiloLimits(),
+          identity: SiloIdentity | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key.
     ``silo_index`` is this silo's roster index (:class:`xsilo.terms.KeySetupTerms`);
-    ``limits`` the site's own floor (its policy's :meth:`~SitePolicy.secagg_limits`)."""
+    ``limits`` the site's own floor (its policy's :meth:`~SitePolicy.secagg_limits`);
+    ``identity`` (:func:`silo_client.identity.site_identity`) signs the advert."""
     message = _expect(request, KeyRequest, "key setup")
     state = silo_state_from_record(dict(stored)) if stored else new_silo(int(silo_index))
     if state.silo != int(silo_index):
         raise ProtocolError(f"key setup names this silo {silo_index}, but its keys are for "
                             f"silo {state.silo} of the run")
-    state, reply = silo_step(state, message, limits=limits)
+    state, reply = silo_step(state, message, limits=limits, identity=identity)
     return silo_state_to_record(state), reply.to_record()
 
 
@@ -94,12 +95,14 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
          delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
          num_examples: float, terms: TrainTerms,
          on_clipped: Callable[[Any], None] | None = None,
-         limits: SiloLimits = SiloLimits()) -> MaskOutcome:
+         limits: SiloLimits = SiloLimits(), identity: SiloIdentity | None = None
+         ) -> MaskOutcome:
     """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares).
 
     With DP in the round's ``terms`` the update is first clipped (central) or encoded with
     this silo's noise share (distributed) by :func:`silo_client.privacy.secure_update`;
-    nothing about the clipping is reported in the clear.
+    nothing about the clipping is reported in the clear. With an ``identity`` every peer in
+    the round's key directory must be an admitted member (its certificate and signature).
     """
     message = _expect(request, MaskRequest, "masked input")
     if terms.secagg_weighted is None:
@@ -113,14 +116,16 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
         prepared = secure_update(dp, terms.dp, delta=delta, template=template,
                                  num_examples=num_examples, weighted=weighted,
                                  secagg=state.config, on_clipped=on_clipped)
-        state, reply = silo_step(state, message, limits=limits, **prepared.step_kwargs)
+        state, reply = silo_step(state, message, limits=limits, identity=identity,
+                                 **prepared.step_kwargs)
         return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                            SiloMetrics(secagg_dp_clip_norm=prepared.clip_norm))
     quant = state.config.quant
     update = flatten_update(delta, template, dtype=None)  # encode reads it a chunk at a time
     weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)
     clipped = count_clipped(update, quant.clip)
-    state, reply = silo_step(state, message, update=update, weight=weight, limits=limits)
+    state, reply = silo_step(state, message, update=update, weight=weight, limits=limits,
+                             identity=identity)
     return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                        SiloMetrics(secagg_weight=float(weight), secagg_capped=float(capped),
                                    secagg_clipped=float(clipped)))

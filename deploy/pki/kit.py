@@ -105,6 +105,7 @@ POLICY_STUB = """\
 # secagg_threshold_fraction = 0.67            # secure aggregation: threshold t > 0.67 · n
 # max_rounds = 50
 # allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]   # verified out of band
+# roster = { "hospital-b" = "sha256:AB:CD:..." }  # secure aggregation only with these members
 """
 
 
@@ -125,6 +126,9 @@ def write_silo_stub(kit: Path, *, name: str, local_port: int) -> Path | None:
             + _silo_table(name, local_port)
             + f'\n[policy]\nfile = {_q(KIT_FILES["site_policy"])}   # the site policy: '
             'edit it to restrict runs\n'
+            + "\n[identity]   # signs this silo's secure-aggregation keys; checks its peers'\n"
+            + f'certificate = {_q(KIT_FILES["tls_cert"])}\nkey = {_q(KIT_FILES["tls_key"])}\n'
+            + f'ca = {_q(KIT_FILES["ca"])}\ncrl = {_q(KIT_FILES["crl"])}\n'
             + '\n# [data]\n# train = "data/train.csv"\n# test = "data/test.csv"\n'
             '\n# [model]\n# spec = "sklearn:LogisticRegression"\n')
     atomic_write(path, text)

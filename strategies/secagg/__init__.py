@@ -35,6 +35,7 @@ from strategies.secagg.messages import (
 )
 from strategies.secagg.quantize import ErrorReport, QuantParams, make_quant_params, validate_params
 from strategies.secagg.silo import (
+    SiloIdentity,
     SiloLimits,
     SiloStage,
     SiloState,
@@ -56,6 +57,7 @@ __all__ = [
     "QuantParams",
     "RoundResult",
     "SecAggConfig",
+    "SiloIdentity",
     "SiloLimits",
     "SiloStage",
     "SiloState",

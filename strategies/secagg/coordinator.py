@@ -140,6 +140,7 @@ def receive_advert(state: CoordinatorState, advert: KeyAdvert) -> CoordinatorSta
         raise ProtocolError(f"key advert from silo {advert.silo} for run {advert.run_id!r} "
                             "does not belong to this run")
     check_protocol(advert.protocol, peer=f"silo {advert.silo}")
+    advert.check()
     if advert.epoch != state.epochs.get(advert.silo) or advert.silo in state.directory:
         raise ProtocolError(f"key advert from silo {advert.silo} has epoch {advert.epoch}; "
                             f"expected a first advert for epoch {state.epochs.get(advert.silo)}")
@@ -167,7 +168,9 @@ def begin_round(state: CoordinatorState, *, round_: int, available: Iterable[int
     request = MaskRequest(run_id=state.config.run_id, round=round_, active=active,
                           dir_silos=active, dir_epochs=tuple(d[s].epoch for s in active),
                           dir_enc_pks=tuple(d[s].enc_pk for s in active),
-                          dir_mask_pks=tuple(d[s].mask_pk for s in active))
+                          dir_mask_pks=tuple(d[s].mask_pk for s in active),
+                          dir_certificates=tuple(d[s].certificate for s in active),
+                          dir_signatures=tuple(d[s].signature for s in active))
     new = replace(state, stage=CoordinatorStage.MASKING, round=round_, active=active,
                   acc=np.zeros(state.config.length + 1, dtype=state.config.quant.dtype),
                   bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)

@@ -44,6 +44,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "PROTOCOL_VERSION",
+    "advert_payload",
     "check_protocol",
     "message_from_record",
 ]
@@ -70,6 +71,8 @@ _MAX_INT = (1 << 63) - 1  # ConfigRecord integers are signed 64-bit; ids, rounds
 _MAX_ITEMS = 1 << 20  # entries in one list field (silos, shares, bundles)
 _MAX_TEXT = 256
 _MAX_BLOB = 1 << 26  # one bundle or commitment list (64 MiB: far above any real one)
+_MAX_IDENTITY = 1 << 14  # a certificate or a signature (16 KiB)
+_IDENTITY_FIELDS = frozenset({"certificate", "signature", "dir_certificates", "dir_signatures"})
 
 
 class Message:
@@ -126,14 +129,16 @@ def _parse(cls: type[Message], name: str, type_: str, value: Any) -> Any:
         return ProtocolError(f"{kind} message: field {name!r} = {_shown(value)} "
                              f"({type(value).__name__}); expected {rule}")
 
+    limit = _MAX_IDENTITY if name in _IDENTITY_FIELDS else _MAX_BLOB
+
     def blob(item: Any, what: str) -> bytes:
         if not isinstance(item, bytes):
             raise bad(what)
-        if (size is not None and len(item) != size) or len(item) > _MAX_BLOB:
+        if (size is not None and len(item) != size) or len(item) > limit:
             raise bad(what)
         return item
 
-    bytes_rule = f"{size} bytes" if size is not None else f"at most {_MAX_BLOB} bytes"
+    bytes_rule = f"{size} bytes" if size is not None else f"at most {limit} bytes"
     if type_ == "int":
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
             raise bad(f"an integer in 0..{_MAX_INT}")
@@ -215,6 +220,24 @@ class KeyAdvert(Message):
     enc_pk: bytes
     mask_pk: bytes
     protocol: int = 1  # PROTOCOL_VERSION of the silo; absent (1) from older releases
+    # The silo's enrollment certificate (DER) and its signature over advert_payload(): empty
+    # when the silo has no identity configured (in-process trials); peers decide.
+    certificate: bytes = b""
+    signature: bytes = b""
+
+    def check(self) -> None:
+        if (not self.certificate) != (not self.signature):
+            raise ProtocolError(f"{self.KIND} message: certificate and signature come together "
+                                "(both or neither)")
+
+
+def advert_payload(advert: KeyAdvert) -> bytes:
+    """What a silo signs with its enrollment key: run, roster index, epoch and both public
+    keys, length-prefixed and fixed-width (no two adverts encode to the same bytes)."""
+    run = advert.run_id.encode()
+    return (b"xsilo-secagg/key-advert/v1" + len(run).to_bytes(4, "big") + run
+            + advert.silo.to_bytes(8, "big") + advert.epoch.to_bytes(8, "big")
+            + advert.enc_pk + advert.mask_pk)
 
 
 @dataclass(frozen=True)
@@ -231,17 +254,21 @@ class MaskRequest(Message):
     dir_epochs: tuple[int, ...]
     dir_enc_pks: tuple[bytes, ...]
     dir_mask_pks: tuple[bytes, ...]
+    dir_certificates: tuple[bytes, ...] = ()  # each silo's advert certificate and signature
+    dir_signatures: tuple[bytes, ...] = ()  # (empty items: unsigned adverts)
 
     def check(self) -> None:
-        self._same_length("dir_silos", "dir_epochs", "dir_enc_pks", "dir_mask_pks")
+        self._same_length("dir_silos", "dir_epochs", "dir_enc_pks", "dir_mask_pks",
+                          "dir_certificates", "dir_signatures")
 
     def directory(self) -> dict[int, KeyAdvert]:
         self.check()
         # Only adverts the coordinator accepted are listed: all of this protocol version.
         return {s: KeyAdvert(run_id=self.run_id, silo=s, epoch=e, enc_pk=c, mask_pk=m,
-                             protocol=PROTOCOL_VERSION)
-                for s, e, c, m in zip(self.dir_silos, self.dir_epochs, self.dir_enc_pks,
-                                      self.dir_mask_pks)}
+                             protocol=PROTOCOL_VERSION, certificate=cert, signature=sig)
+                for s, e, c, m, cert, sig in zip(
+                    self.dir_silos, self.dir_epochs, self.dir_enc_pks, self.dir_mask_pks,
+                    self.dir_certificates, self.dir_signatures)}
 
 
 @dataclass(frozen=True)

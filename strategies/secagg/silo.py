@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -52,14 +52,14 @@ from strategies.secagg.masking import (
 from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
     PROTOCOL_VERSION, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, UnmaskRequest,
-    UnmaskResponse, check_protocol)
+    UnmaskResponse, advert_payload, check_protocol)
 from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import encode
 from xsilo.errors import (ConfigError, KeysMissing, PolicyRefusal, ProtocolError,
                           SecureAggregationError, UpdateRejected)
 
-__all__ = ["SiloLimits", "SiloStage", "SiloState", "new_silo", "silo_state_from_record",
-           "silo_state_to_record", "silo_step"]
+__all__ = ["SiloIdentity", "SiloLimits", "SiloStage", "SiloState", "new_silo",
+           "silo_state_from_record", "silo_state_to_record", "silo_step"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,19 @@ class SiloLimits:
                 f"silos is not {rule}; with t ≤ n/2 a coordinator that shows different survivor "
                 "sets to different silos can unmask one silo's update. Refusing the key setup; "
                 f"the coordinator must use secagg_threshold ≥ {int(self.threshold_fraction * roster) + 1}")
+
+
+class SiloIdentity(Protocol):
+    """A silo's enrollment identity (``silo_client.identity``): it signs this silo's key
+    adverts and checks every peer's before the silo masks with it."""
+
+    def sign(self, payload: bytes) -> tuple[bytes, bytes]:
+        """``(certificate, signature)`` over ``payload`` (:func:`advert_payload`)."""
+        ...
+
+    def check_peer(self, advert: KeyAdvert, payload: bytes) -> None:
+        """ProtocolError or PolicyRefusal unless ``advert`` comes from an admitted member."""
+        ...
 
 
 class SiloStage(str, enum.Enum):
@@ -164,7 +177,8 @@ def new_silo(silo: int) -> SiloState:
 def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None = None,
               weight: int | None = None, rng: ByteSource | None = None,
               encoded: np.ndarray | None = None,
-              limits: SiloLimits = SiloLimits()) -> tuple[SiloState, Message]:
+              limits: SiloLimits = SiloLimits(),
+              identity: SiloIdentity | None = None) -> tuple[SiloState, Message]:
     """Handle one coordinator message; ``update``/``weight`` are needed for a MaskRequest.
 
     In a pre-encoded run (``config.encoded``, :mod:`strategies.secagg.encoded`) a MaskRequest
@@ -173,6 +187,8 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
     ``rng`` supplies every secret (keys, seeds, polynomial coefficients, nonces, rounding);
     the default is the operating system's CSPRNG. ``limits`` are the silo's own floor (its
     site policy's): checked on every key request, mask request and unmask request.
+    ``identity`` (when the silo has one) signs its key adverts, and every peer in a mask
+    request's directory must pass its :meth:`~SiloIdentity.check_peer`.
     """
     allowed = {
         (SiloStage.NEW, KeyRequest): _on_key_request,
@@ -191,11 +207,11 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
         raise ProtocolError(f"silo {state.silo}: message for run {run_id!r} "
                             f"but this silo is in run {state.config.run_id!r}")
     return handler(state, message, update=update, weight=weight, rng=rng or SystemSource(),
-                   encoded=encoded, limits=limits)
+                   encoded=encoded, limits=limits, identity=identity)
 
 
 def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource, limits: SiloLimits,
-                    **_: object) -> tuple[SiloState, KeyAdvert]:
+                    identity: SiloIdentity | None, **_: object) -> tuple[SiloState, KeyAdvert]:
     check_protocol(msg.protocol, peer="the coordinator")
     config = msg.config()
     limits.check_threshold(config.threshold, len(config.roster), silo=state.silo)
@@ -207,8 +223,12 @@ def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource, limit
     enc, mask = crypto.generate_keypair(rng=rng), crypto.generate_keypair(rng=rng)
     new = replace(state, stage=SiloStage.READY, config=config, epoch=msg.epoch,
                   enc_sk=enc.private, mask_sk=mask.private, pair_keys=())
-    return new, KeyAdvert(run_id=config.run_id, silo=state.silo, epoch=msg.epoch,
-                          enc_pk=enc.public, mask_pk=mask.public, protocol=PROTOCOL_VERSION)
+    advert = KeyAdvert(run_id=config.run_id, silo=state.silo, epoch=msg.epoch,
+                       enc_pk=enc.public, mask_pk=mask.public, protocol=PROTOCOL_VERSION)
+    if identity is not None:
+        certificate, signature = identity.sign(advert_payload(advert))
+        advert = replace(advert, certificate=certificate, signature=signature)
+    return new, advert
 
 
 def _public(private: bytes) -> bytes:
@@ -244,8 +264,8 @@ class _PairKeys:
         return tuple((p, j, pk, k) for (p, j), (pk, k) in sorted(self.keys.items()))
 
 
-def _check_mask_request(state: SiloState, msg: MaskRequest,
-                        limits: SiloLimits) -> dict[int, KeyAdvert]:
+def _check_mask_request(state: SiloState, msg: MaskRequest, limits: SiloLimits,
+                        identity: SiloIdentity | None) -> dict[int, KeyAdvert]:
     config = state.config
     assert config is not None
     me = state.silo
@@ -274,13 +294,18 @@ def _check_mask_request(state: SiloState, msg: MaskRequest,
             state.epoch, _public(state.enc_sk), _public(state.mask_sk)):
         raise KeysMissing(f"silo {me}: the coordinator's directory does not hold this silo's "
                           f"current keys (epoch {state.epoch}); it must re-key this silo")
+    if identity is not None:  # every peer it would mask with is an admitted member
+        for peer in active:
+            if peer != me:
+                identity.check_peer(directory[peer], advert_payload(directory[peer]))
     return directory
 
 
 def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
                      weight: int | None, rng: ByteSource, limits: SiloLimits,
+                     identity: SiloIdentity | None = None,
                      encoded: np.ndarray | None = None) -> tuple[SiloState, MaskedInput]:
-    directory = _check_mask_request(state, msg, limits)
+    directory = _check_mask_request(state, msg, limits, identity)
     config = state.config
     assert config is not None
     if config.encoded:

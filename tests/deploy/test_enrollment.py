@@ -43,7 +43,11 @@ def test_import_completes_a_loadable_member_kit(pki: Pki, tmp_path: Path) -> Non
     assert load_certificate(kit.client_cert).public_key() == \
         load_private_key(kit.client_key).public_key()
     site = tomllib.loads((kit_dir / "silo.toml").read_text())
-    assert set(site) == {"silo", "policy"} and site["policy"] == {"file": "policy.toml"}
+    assert set(site) == {"silo", "policy", "identity"} and site["policy"] == {"file": "policy.toml"}
+    # the identity that signs its secure-aggregation keys is the kit's enrollment key
+    assert (kit_dir / site["identity"]["certificate"]).resolve() == kit.client_cert
+    assert (kit_dir / site["identity"]["key"]).resolve() == kit.client_key
+    assert (kit_dir / site["identity"]["ca"]).resolve() == kit.ca_cert
     assert set(site["silo"]) == {"name", "superlink", "root_certificates", "auth_key"}
     assert (kit_dir / site["silo"]["auth_key"]).resolve() == kit.auth_key
     assert os.stat(kit.local_key).st_mode & 0o777 == 0o600

@@ -17,7 +17,8 @@ SAMPLES = [
     KeyRequest.for_config(CONFIG, epoch=1),
     KeyAdvert(run_id="r", silo=1, epoch=1, enc_pk=b"e" * 32, mask_pk=b"m" * 32),
     MaskRequest(run_id="r", round=1, active=(1, 2), dir_silos=(1, 2), dir_epochs=(1, 1),
-                dir_enc_pks=(b"a" * 32, b"b" * 32), dir_mask_pks=(b"c" * 32, b"d" * 32)),
+                dir_enc_pks=(b"a" * 32, b"b" * 32), dir_mask_pks=(b"c" * 32, b"d" * 32),
+                dir_certificates=(b"", b""), dir_signatures=(b"", b"")),
     MaskedInput(run_id="r", round=1, silo=1, recipients=(1, 2), bundles=(b"x", b"y"),
                 masked=np.arange(5, dtype=np.uint32), commitments=(b"c" * 32, b"d" * 32)),
     UnmaskRequest(run_id="r", round=1, survivors=(1,), dropped=(2,), senders=(1,), bundles=(b"z",)),
@@ -74,8 +75,8 @@ def test_unknown_kind_and_mismatched_directory():
     with pytest.raises(ProtocolError, match="not a secure-aggregation message"):
         message_from_record({"kind": "other"})
     bad = MaskRequest(**{**SAMPLES[2].__dict__, "dir_epochs": (1,)})
-    with pytest.raises(ProtocolError, match="dir_silos, dir_epochs, dir_enc_pks, dir_mask_pks "
-                       "must have the same length"):
+    with pytest.raises(ProtocolError, match="dir_silos, dir_epochs, dir_enc_pks, dir_mask_pks, "
+                       "dir_certificates, dir_signatures must have the same length"):
         bad.directory()
 
 

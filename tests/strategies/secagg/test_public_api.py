@@ -6,7 +6,7 @@ import strategies.secagg as secagg
 
 EXPECTED = [
     "CoordinatorStage", "CoordinatorState", "ErrorReport", "KeyAdvert", "KeyRequest",
-    "MaskRequest", "MaskedInput", "Message", "QuantParams", "RoundResult", "SecAggConfig", "SiloLimits",
+    "MaskRequest", "MaskedInput", "Message", "QuantParams", "RoundResult", "SecAggConfig", "SiloIdentity", "SiloLimits",
     "SiloStage", "SiloState", "UnmaskRequest", "UnmaskResponse", "abort_round", "begin_round",
     "finish_round", "make_config", "make_quant_params", "message_from_record", "new_silo",
     "receive_advert", "receive_masked", "receive_unmask", "request_more_unmask", "request_rekey", "request_unmask",

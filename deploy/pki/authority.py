@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.pki.certs import (
     CertifiedKey, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
+    public_key_fingerprint,
     load_private_key, make_ca, make_crl, write_private_key,
     write_public_pem, 
 )
@@ -329,6 +330,19 @@ class Pki:
         """When the current CRL stops being accepted."""
         crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
         return crl.next_update_utc  # type: ignore[return-value]
+
+    def roster(self) -> dict[str, str]:
+        """``{silo: "sha256:<key fingerprint>"}`` of every silo whose current certificate is
+        valid: the roster a site pins in its policy (the fingerprint is of the TLS key, so it
+        survives certificate renewals with the same key)."""
+        latest = {r.name: r for r in self.records() if r.kind == "silo"}  # newest last
+        out = {}
+        for name, rec in sorted(latest.items()):
+            if rec.effective_state() != "valid":  # revoked or expired: not a member
+                continue
+            cert = load_certificate(self.root / "issued" / f"{name}-{rec.serial}.crt")
+            out[name] = "sha256:" + public_key_fingerprint(cert.public_key())  # type: ignore[arg-type]
+        return out
 
     def enrolled_node_keys(self) -> dict[str, str]:
         """``{silo: OpenSSH node public key}`` of every non-revoked silo (to register)."""

@@ -193,9 +193,16 @@ def status_cmd(pki_dir: Path = PkiDir,
 
 
 @pki_app.command("list")
-def list_cmd(pki_dir: Path = PkiDir) -> None:
+def list_cmd(pki_dir: Path = PkiDir,
+             roster: bool = typer.Option(False, "--roster", help=(
+                 "Print the members' key fingerprints as the `roster` line a site pins in "
+                 "its policy.toml (send it to every site out of band)."))) -> None:
     """Enrolled silos with their current certificate and node key."""
     pki = Pki(pki_dir)
+    if roster:
+        entries = ", ".join(f'"{name}" = "{fp}"' for name, fp in pki.roster().items())
+        print(f"roster = {{ {entries} }}")  # whole, never wrapped: it is copied into TOML
+        return
     table = Table(title="silos")
     for col in ("name", "state", "serial", "not after", "node key"):
         table.add_column(col)

@@ -55,12 +55,16 @@ from strategies.secagg import (
 from strategies.secagg.config import make_encoded_config
 from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
-from xsilo.terms import KeySetupTerms, TrainTerms, UnmaskTerms
+from xsilo.terms import (AGGREGATED_METRICS, EvaluateTerms, KeySetupTerms, SiloMetrics,
+                         TrainTerms, UnmaskTerms, from_aggregate)
 
 __all__ = ["REKEY_BACKOFF_CAP", "UNMASK_SPARES", "SecureAggregation", "SecureRound",
            "default_threshold", "run_threshold"]
 
 log = logging.getLogger(__name__)
+
+AUX_LENGTH = 2 * len(AGGREGATED_METRICS)
+"""Auxiliary slots of every secure run: each silo's metrics, summed (xsilo.terms)."""
 
 REKEY_BACKOFF_CAP = 16
 """A silo left without keys is re-keyed at the start of a round: the round after it reports
@@ -101,6 +105,8 @@ class SecureRound:
     unmasking: dict[str, int] = field(default_factory=dict)
     # Silos re-keyed before the round ("asked", "keyed"); empty when none was due.
     rekeyed: dict[str, int] = field(default_factory=dict)
+    # The contributors' metrics, summed under the masks: example-weighted means.
+    aggregate: SiloMetrics | None = None
 
 
 M = TypeVar("M", bound=Message)
@@ -145,12 +151,13 @@ class SecureAggregation:
         if ddg is not None:  # silos mask their own KLS encodings (noise included), mod 2^b
             self.config = make_encoded_config(
                 run_id=run_id, roster=list(range(n)), threshold=threshold,
-                length=ddg.calibrate().padded_dim, modulus_bits=ddg.modulus_bits)
+                length=ddg.calibrate().padded_dim, modulus_bits=ddg.modulus_bits,
+                aux_length=AUX_LENGTH)
         else:
             self.config = make_config(
                 run_id=run_id, roster=list(range(n)), threshold=threshold, length=length,
                 clip=config.secagg_clip, bits=config.secagg_bits,
-                max_weight=config.secagg_max_weight)
+                max_weight=config.secagg_max_weight, aux_length=AUX_LENGTH)
             if privacy is not None:  # central: silos clip before masking
                 privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length,
                                     quant_step=self.config.quant.step)
@@ -254,10 +261,18 @@ class SecureAggregation:
                 self._key_failures.pop(node, None)
                 self._rekey_at.pop(node, None)
 
-    def round(self, server_round: int, terms: TrainTerms,
-              current: Mapping[str, np.ndarray], silos: Sequence[int]) -> SecureRound:
+    def evaluate(self, server_round: int, terms: EvaluateTerms,
+                 current: Mapping[str, np.ndarray], silos: Sequence[int]) -> SecureRound:
+        """A secure evaluation (the run's final one): silos score ``current`` and mask only
+        their metrics' sums (no update, weight 0); ``SecureRound.aggregate`` holds them."""
+        return self.round(server_round, terms, current, silos, message_type="evaluate")
+
+    def round(self, server_round: int, terms: TrainTerms | EvaluateTerms,
+              current: Mapping[str, np.ndarray], silos: Sequence[int], *,
+              message_type: str = "train") -> SecureRound:
         """Two round trips (three when a silo is re-keyed first); never raises for a
-        protocol failure (see ``SecureRound.failure``)."""
+        protocol failure (see ``SecureRound.failure``). Besides the weighted sum, the silos'
+        metrics arrive summed (``SecureRound.aggregate``: example-weighted means)."""
         out = SecureRound(replies={})
         self._rekey(server_round, silos, out)
         assert self.state is not None  # setup() ran
@@ -288,7 +303,7 @@ class SecureAggregation:
 
         started = time.monotonic()
         out.replies = self.transport.exchange(
-            "train", {node_of[i]: Payload(terms, current, secagg=req.to_record())
+            message_type, {node_of[i]: Payload(terms, current, secagg=req.to_record())
                       for i, req in requests.items()},
             timeout=self.run_config.round_timeout, group=str(server_round), on_reply=fold)
         out.seconds["masked_input"] = round(time.monotonic() - started, 3)
@@ -310,6 +325,7 @@ class SecureAggregation:
             if self.config.encoded and self.privacy is not None
             else unflatten_update(result.weighted_sum, current))
         out.total_weight = float(result.total_weight)
+        out.aggregate = from_aggregate(result.aux_sum)
         out.contributors = [node_of[i] for i in result.contributors]
         out.report = self._round_report(out, result)
         return out

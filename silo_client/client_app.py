@@ -175,23 +175,36 @@ class _Handlers:
         # terms are checked in Silo.train before any work: a clear round is refused there.
         result = silo.train(params, terms, secure=request is not None,
                             joined_secure=_joined_secure(context))
-        if request is None:
-            metrics = result.metrics.to_record()
+        policy = silo.policy
+        if request is None:  # what leaves follows the site's share_metrics (count bucketed)
+            metrics = policy.shared_metrics(result.metrics, secure=False).to_record()
             silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
                                message_type="train", arrays=result.delta, metrics=metrics,
                                privacy=result.privacy)
             return Message(RecordDict({DELTA: arrays_to_record(result.delta),
                                        METRICS: MetricRecord(metrics)}), reply_to=msg)
+        aggregated = policy.aggregated(result.metrics)
         outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
-                              num_examples=result.metrics.num_examples or 0.0, terms=terms,
-                              on_clipped=self.on_clipped, limits=silo.policy.secagg_limits(),
-                              identity=site_identity(silo.config, silo.policy))
+                              num_examples=policy.reported_examples(
+                                  result.metrics.num_examples or 0.0),
+                              terms=terms, on_clipped=self.on_clipped,
+                              limits=policy.secagg_limits(),
+                              identity=site_identity(silo.config, policy), aux=aggregated)
         context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
-        metrics = result.metrics.merged(outcome.metrics).to_record()
-        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
-                           message_type="train", arrays={"masked": outcome.reply["masked"]},
+        metrics = policy.shared_metrics(result.metrics.merged(outcome.metrics),
+                                        secure=True).to_record()
+        return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated)
+
+    def _masked_reply(self, msg: Message, silo: Silo, server_round: int,
+                      outcome: secure.MaskOutcome, metrics: dict[str, float],
+                      aggregated: list[float]) -> Message:
+        """Record what leaves (the clear metrics; the masked vector by its digest; the
+        statistics it sums, in this ledger only) and reply."""
+        silo.record_egress(run_id=_run_id(msg), server_round=server_round,
+                           message_type=msg.metadata.message_type,
+                           arrays={"masked": outcome.reply["masked"]},
                            metrics=metrics, masked=True,
-                           extra={"secagg": outcome.reply["kind"],
+                           extra={"secagg": outcome.reply["kind"], "aggregated": aggregated,
                                   # the masked vector is in payload_sha256: hash it once
                                   "record_sha256": secure.record_digest(
                                       {k: v for k, v in outcome.reply.items() if k != "masked"})})
@@ -231,14 +244,26 @@ class _Handlers:
         return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
-        """Score a global model on the local test split."""
+        """Score a global model on the local test split; with a mask request (a secure run's
+        final evaluation) the scores leave only as secure sums."""
         terms = EvaluateTerms.from_config(_config(msg))
         params = _model(msg)
         silo = self.silo(context)
-        metrics = silo.evaluate(params, terms).to_record()
-        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
-                           message_type="evaluate", arrays={}, metrics=metrics)
-        return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+        scores = silo.evaluate(params, terms)
+        request = _secagg_record(msg)
+        policy = silo.policy
+        if request is None:
+            metrics = policy.shared_metrics(scores, secure=False, training=False).to_record()
+            silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
+                               message_type="evaluate", arrays={}, metrics=metrics)
+            return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+        aggregated = policy.aggregated(scores)
+        outcome = secure.mask_evaluation(_stored(context), request, aux=aggregated,
+                                         limits=policy.secagg_limits(),
+                                         identity=site_identity(silo.config, policy))
+        context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
+        metrics = policy.shared_metrics(scores, secure=True, training=False).to_record()
+        return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated)
 
 
 def build_app(*, mods: Sequence[Any] = (),

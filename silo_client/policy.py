@@ -13,6 +13,8 @@
     max_rounds = 50
     allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]
     roster = { "hospital-b" = "sha256:AB:CD:...", "hospital-c" = "sha256:EF:..." }
+    share_metrics = "aggregate"  # "all" (default), "aggregate" (only inside secure sums), "none"
+    weight_bucket = 50           # example counts leave rounded up to a multiple of this
 
 Every refusal is a :class:`~xsilo.errors.PolicyRefusal` whose ``reason`` is the rule's key.
 """
@@ -23,15 +25,18 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from strategies.secagg import SiloLimits
 from xsilo.errors import ConfigError, PolicyRefusal
+from xsilo.terms import SiloMetrics, aggregate_slots
 from xsilo.files import atomic_write, read_toml
 
-__all__ = ["PrivacyTally", "RunTerms", "SitePolicy", "check_round", "check_run",
-           "normalize_fingerprint"]
+__all__ = ["SHARE_METRICS", "PrivacyTally", "RunTerms", "SitePolicy", "check_round",
+           "check_run", "normalize_fingerprint"]
+
+SHARE_METRICS = ("all", "aggregate", "none")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,10 @@ class SitePolicy:
     # Secure aggregation: the consortium's members (name → key fingerprint, from `xsilo pki
     # list`, exchanged out of band); a round with any other peer is refused.
     roster: Mapping[str, str] | None = None
+    # Which metrics leave: "all" (per silo, in the clear), "aggregate" (only as secure sums,
+    # under secure aggregation), "none". weight_bucket rounds the example count up.
+    share_metrics: str = "all"
+    weight_bucket: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.require_secure_aggregation, bool):
@@ -81,6 +90,10 @@ class SitePolicy:
         if self.delta is not None and not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
             raise ConfigError(f"policy delta = {self.delta!r}: must be in (0, 1), e.g. 1e-5")
         _positive("min_silos_per_round", self.min_silos_per_round, integer=True)
+        _positive("weight_bucket", self.weight_bucket, integer=True)
+        if self.share_metrics not in SHARE_METRICS:
+            raise ConfigError(f"policy share_metrics = {self.share_metrics!r}: must be one of "
+                              f"{', '.join(map(repr, SHARE_METRICS))}")
         f = self.secagg_threshold_fraction
         if not isinstance(f, int | float) or isinstance(f, bool) or not 0.5 <= f < 1:
             raise ConfigError(f"policy secagg_threshold_fraction = {f!r}: must be a number in "
@@ -121,6 +134,33 @@ class SitePolicy:
             "when a policy file is configured"))
         return cls.from_mapping(data, source=str(p))
 
+
+    def reported_examples(self, count: float) -> float:
+        """The example count as it may leave: rounded up to a multiple of ``weight_bucket``."""
+        bucket = self.weight_bucket
+        return float(math.ceil(count / bucket) * bucket) if bucket > 1 else float(count)
+
+    def shared_metrics(self, metrics: SiloMetrics, *, secure: bool,
+                       training: bool = True) -> SiloMetrics:
+        """What of ``metrics`` leaves in the clear under ``share_metrics``.
+
+        ``all``: everything (the count bucketed). ``aggregate`` and ``none``: nothing per
+        silo, except the example count of a clear training round (its update's weight, which
+        the update itself already reveals; bucketed). Under secure aggregation
+        :meth:`aggregated` carries them as sums instead.
+        """
+        count = metrics.num_examples
+        bucketed = None if count is None else self.reported_examples(count)
+        if self.share_metrics == "all":
+            return replace(metrics, num_examples=bucketed)
+        return SiloMetrics(num_examples=bucketed) if training and not secure else SiloMetrics()
+
+    def aggregated(self, metrics: SiloMetrics) -> list[float]:
+        """The secure round's auxiliary statistics: the metrics' sums, or zeros under
+        ``share_metrics = "none"`` (counts included, so the others' averages stay right)."""
+        slots = aggregate_slots(replace(metrics, num_examples=None if metrics.num_examples is None
+                                        else self.reported_examples(metrics.num_examples)))
+        return [0.0] * len(slots) if self.share_metrics == "none" else slots
 
     def secagg_limits(self) -> SiloLimits:
         """What this site demands of every secure-aggregation run and round."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ from xsilo.errors import KeysMissing, ProtocolError
 from xsilo.protocol import flatten_update
 from xsilo.terms import SiloMetrics, TrainTerms
 
-__all__ = ["MaskOutcome", "mask", "record_digest", "setup", "unmask", "weight_for"]
+__all__ = ["MaskOutcome", "mask", "mask_evaluation", "record_digest", "setup", "unmask",
+           "weight_for"]
 
 
 def _expect(record: Mapping[str, Any] | None, expected: type[Message], step: str) -> Message:
@@ -95,16 +96,19 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
          delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
          num_examples: float, terms: TrainTerms,
          on_clipped: Callable[[Any], None] | None = None,
-         limits: SiloLimits = SiloLimits(), identity: SiloIdentity | None = None
-         ) -> MaskOutcome:
+         limits: SiloLimits = SiloLimits(), identity: SiloIdentity | None = None,
+         aux: Sequence[float] | None = None) -> MaskOutcome:
     """MaskRequest + local update → MaskedInput (only the masked vector and sealed shares).
 
     With DP in the round's ``terms`` the update is first clipped (central) or encoded with
     this silo's noise share (distributed) by :func:`silo_client.privacy.secure_update`;
     nothing about the clipping is reported in the clear. With an ``identity`` every peer in
     the round's key directory must be an admitted member (its certificate and signature).
+    ``aux``: the statistics summed beside the update (the silo's metrics as sums,
+    :meth:`~silo_client.policy.SitePolicy.aggregated`).
     """
     message = _expect(request, MaskRequest, "masked input")
+    vector = None if aux is None else np.asarray(aux, dtype=np.float64)
     if terms.secagg_weighted is None:
         raise ProtocolError("masked input: the round's terms carry a mask request but do not "
                             "say how updates are weighted (secure rounds state it)")
@@ -116,7 +120,7 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
         prepared = secure_update(dp, terms.dp, delta=delta, template=template,
                                  num_examples=num_examples, weighted=weighted,
                                  secagg=state.config, on_clipped=on_clipped)
-        state, reply = silo_step(state, message, limits=limits, identity=identity,
+        state, reply = silo_step(state, message, limits=limits, identity=identity, aux=vector,
                                  **prepared.step_kwargs)
         return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                            SiloMetrics(secagg_dp_clip_norm=prepared.clip_norm))
@@ -125,10 +129,29 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
     weight, capped = weight_for(num_examples, weighted=weighted, max_weight=quant.max_weight)
     clipped = count_clipped(update, quant.clip)
     state, reply = silo_step(state, message, update=update, weight=weight, limits=limits,
-                             identity=identity)
+                             identity=identity, aux=vector)
     return MaskOutcome(silo_state_to_record(state), reply.to_record(),
                        SiloMetrics(secagg_weight=float(weight), secagg_capped=float(capped),
                                    secagg_clipped=float(clipped)))
+
+
+def mask_evaluation(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
+                    aux: Sequence[float], limits: SiloLimits = SiloLimits(),
+                    identity: SiloIdentity | None = None) -> MaskOutcome:
+    """A secure evaluation round: no update (weight 0, or an all-zero encoding), only the
+    evaluation metrics as auxiliary sums — the coordinator learns their sum, nothing per
+    silo. Nothing is trained and nothing is accounted (no update leaves)."""
+    message = _expect(request, MaskRequest, "masked evaluation")
+    state = _state(stored, "masked evaluation")
+    assert state.config is not None
+    config, vector = state.config, np.asarray(aux, dtype=np.float64)
+    if config.encoded:
+        state, reply = silo_step(state, message, limits=limits, identity=identity, aux=vector,
+                                 encoded=np.zeros(config.length, dtype=np.uint64))
+    else:
+        state, reply = silo_step(state, message, update=np.zeros(config.length), weight=0,
+                                 limits=limits, identity=identity, aux=vector)
+    return MaskOutcome(silo_state_to_record(state), reply.to_record(), SiloMetrics())
 
 
 def unmask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,

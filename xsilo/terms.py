@@ -94,6 +94,8 @@ FIT_SECONDS = "fit-seconds"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_EXAMPLES = "eval-examples"
+EVAL_MAE = "eval-mae"
+EVAL_MSE = "eval-mse"
 SECAGG_WEIGHT = "secagg-weight"
 SECAGG_CAPPED = "secagg-capped"
 SECAGG_CLIPPED = "secagg-clipped"
@@ -468,6 +470,7 @@ class SiloInfo:
 _METRIC_FIELDS = {  # attribute -> key; every value a finite number
     "num_examples": NUM_EXAMPLES, "train_loss": TRAIN_LOSS, "fit_seconds": FIT_SECONDS,
     "eval_loss": EVAL_LOSS, "eval_accuracy": EVAL_ACCURACY, "eval_examples": EVAL_EXAMPLES,
+    "eval_mae": EVAL_MAE, "eval_mse": EVAL_MSE,
     "secagg_weight": SECAGG_WEIGHT, "secagg_capped": SECAGG_CAPPED,
     "secagg_clipped": SECAGG_CLIPPED, "secagg_dp_clip_norm": SECAGG_DP_CLIP_NORM,
     "dpsgd_epsilon": DPSGD_EPSILON, "dpsgd_delta": DPSGD_DELTA, "dpsgd_steps": DPSGD_STEPS,
@@ -478,7 +481,8 @@ _METRIC_FIELDS = {  # attribute -> key; every value a finite number
 class SiloMetrics:
     """The numbers a silo reports with a train or evaluate reply (all optional).
 
-    Evaluation of the incoming model (``eval_*``), training (``train_loss``,
+    Evaluation of the incoming model (``eval_*``; a regressor's ``eval_mae`` and
+    ``eval_mse``, its ``eval_loss`` being the MSE), training (``train_loss``,
     ``num_examples``: the weight of a clear update, ``fit_seconds``), what secure
     aggregation capped or clipped, and a DP-SGD silo's own record-level ε. ``extra`` holds
     further numbers a model adapter's ``fit`` returned.
@@ -490,6 +494,8 @@ class SiloMetrics:
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     eval_examples: float | None = None
+    eval_mae: float | None = None
+    eval_mse: float | None = None
     secagg_weight: float | None = None
     secagg_capped: float | None = None
     secagg_clipped: float | None = None
@@ -525,7 +531,8 @@ class SiloMetrics:
                 values[known[key]] = float(value)
             else:
                 extra[key] = float(value)
-        for attr in ("num_examples", "eval_examples", "fit_seconds", "eval_loss"):
+        for attr in ("num_examples", "eval_examples", "fit_seconds", "eval_loss", "eval_mae",
+                     "eval_mse"):
             if values.get(attr, 0.0) < 0:
                 raise r._bad(_METRIC_FIELDS[attr], values[attr], "a finite number ≥ 0")
         return cls(**values, extra=extra)
@@ -535,3 +542,32 @@ class SiloMetrics:
         values = {attr: getattr(other, attr) if getattr(other, attr) is not None
                   else getattr(self, attr) for attr in _METRIC_FIELDS}
         return SiloMetrics(**values, extra={**self.extra, **other.extra})
+
+
+# ---------------------------------------------------------------------------- aggregate metrics
+AGGREGATED_METRICS: tuple[tuple[str, str], ...] = (
+    ("eval_loss", "eval_examples"), ("eval_accuracy", "eval_examples"),
+    ("eval_mae", "eval_examples"), ("eval_mse", "eval_examples"),
+    ("train_loss", "num_examples"))
+"""The metrics a secure round sums instead of sending per silo: each as ``(count, count ·
+value)``, the count being the examples it was measured on (0 when the silo has none)."""
+
+
+def aggregate_slots(metrics: SiloMetrics) -> list[float]:
+    """A silo's metrics as the auxiliary statistics of a secure round (see above)."""
+    out: list[float] = []
+    for metric, weight in AGGREGATED_METRICS:
+        value, count = getattr(metrics, metric), getattr(metrics, weight) or 0.0
+        out += [count, count * value] if value is not None else [0.0, 0.0]
+    return out
+
+
+def from_aggregate(sums: Any) -> SiloMetrics:
+    """The sums of :func:`aggregate_slots` over silos → their example-weighted means (each
+    with its count as ``eval_examples`` / ``num_examples``; a metric nobody measured: None)."""
+    values: dict[str, float | None] = {}
+    for k, (metric, weight) in enumerate(AGGREGATED_METRICS):
+        count, total = float(sums[2 * k]), float(sums[2 * k + 1])
+        values[metric] = total / count if count > 0 else None
+        values[weight] = max(values.get(weight) or 0.0, count) or None
+    return SiloMetrics(**values)

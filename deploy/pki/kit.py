@@ -106,6 +106,8 @@ POLICY_STUB = """\
 # max_rounds = 50
 # allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]   # verified out of band
 # roster = { "hospital-b" = "sha256:AB:CD:..." }  # secure aggregation only with these members
+# share_metrics = "aggregate"                 # metrics leave only inside secure sums
+# weight_bucket = 50                          # example counts leave rounded up to this
 """
 
 

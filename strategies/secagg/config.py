@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from strategies.secagg.aux import MAX_AUX_LENGTH, MAX_AUX_SILOS
 from strategies.secagg.quantize import QuantParams, make_quant_params
 from xsilo.errors import ConfigError
 
@@ -30,6 +31,7 @@ class SecAggConfig:
     length: int
     quant: QuantParams
     encoded: bool = False  # pre-encoded mode (strategies.secagg.encoded): mask given integers
+    aux_length: int = 0  # statistics summed beside the update (strategies.secagg.aux)
 
     def x_of(self, silo: int) -> int:
         return self.roster.index(silo) + 1
@@ -37,7 +39,7 @@ class SecAggConfig:
 
 def make_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int, length: int,
                 clip: float, bits: int, max_weight: int,
-                modulus_bits: int | None = None) -> SecAggConfig:
+                modulus_bits: int | None = None, aux_length: int = 0) -> SecAggConfig:
     """Validate and build a :class:`SecAggConfig` (ConfigError names the bad value and the fix)."""
     ids = sorted(roster)
     if len(set(ids)) != len(ids) or any(not isinstance(s, int) or not 0 <= s <= _MAX_ID for s in ids):
@@ -49,14 +51,21 @@ def make_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: 
         raise ConfigError(f"length (number of model parameters) must be ≥ 1, got {length!r}")
     if not run_id:
         raise ConfigError("run_id must be a non-empty string")
+    if isinstance(aux_length, bool) or not isinstance(aux_length, int) or not (
+            0 <= aux_length <= MAX_AUX_LENGTH):
+        raise ConfigError(f"aux_length must be an integer in 0..{MAX_AUX_LENGTH}, got "
+                          f"{aux_length!r}")
+    if aux_length and len(ids) > MAX_AUX_SILOS:
+        raise ConfigError(f"an auxiliary sum over {len(ids)} silos could wrap; at most "
+                          f"{MAX_AUX_SILOS} silos")
     quant = make_quant_params(num_silos=len(ids), clip=clip, bits=bits, max_weight=max_weight,
                               modulus_bits=modulus_bits)
     return SecAggConfig(run_id=run_id, roster=tuple(ids), threshold=threshold, length=length,
-                        quant=quant)
+                        quant=quant, aux_length=aux_length)
 
 
 def make_encoded_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int,
-                        length: int, modulus_bits: int) -> SecAggConfig:
+                        length: int, modulus_bits: int, aux_length: int = 0) -> SecAggConfig:
     """A run that masks pre-encoded ``length``-word vectors modulo ``2^modulus_bits``.
 
     Raises
@@ -72,7 +81,7 @@ def make_encoded_config(*, run_id: str, roster: list[int] | tuple[int, ...], thr
                           "modulus (e.g. dp.modulus_bits)")
     # Roster, threshold and length are validated exactly as on the float path.
     base = make_config(run_id=run_id, roster=roster, threshold=threshold, length=length,
-                       clip=1.0, bits=1, max_weight=1)
+                       clip=1.0, bits=1, max_weight=1, aux_length=aux_length)
     n = len(base.roster)
     if n >= 1 << modulus_bits:
         raise ConfigError(f"modulus 2^{modulus_bits} cannot count {n} silos in the weight word; "

@@ -39,6 +39,7 @@ from types import MappingProxyType
 import numpy as np
 
 from strategies.secagg import shamir
+from strategies.secagg.aux import PAIR_AUX_LABEL, SELF_AUX_LABEL, decode_aux
 from strategies.secagg.crypto import check_public_key
 from strategies.secagg.encoded import encoded_sum
 from strategies.secagg.masking import (
@@ -89,6 +90,7 @@ class CoordinatorState:
     round: int = 0
     active: tuple[int, ...] = ()
     acc: np.ndarray | None = None
+    aux_acc: np.ndarray | None = None  # the running sum of the masked auxiliary statistics
     bundles: Mapping[int, MaskedInput] = field(default_factory=lambda: _EMPTY)
     survivors: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
@@ -114,6 +116,7 @@ class RoundResult:
     contributors: tuple[int, ...]
     dropped: tuple[int, ...]
     error: ErrorReport
+    aux_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))  # Σ aux (float64)
 
 
 def _frozen(mapping: dict) -> Mapping:
@@ -173,6 +176,7 @@ def begin_round(state: CoordinatorState, *, round_: int, available: Iterable[int
                           dir_signatures=tuple(d[s].signature for s in active))
     new = replace(state, stage=CoordinatorStage.MASKING, round=round_, active=active,
                   acc=np.zeros(state.config.length + 1, dtype=state.config.quant.dtype),
+                  aux_acc=np.zeros(state.config.aux_length, dtype=np.uint64),
                   bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)
     return new, {s: request for s in active}
 
@@ -194,8 +198,13 @@ def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorStat
     if msg.masked.dtype != state.acc.dtype or msg.masked.shape != state.acc.shape:
         raise ProtocolError(f"{who}: vector is {msg.masked.dtype}[{msg.masked.size}], expected "
                             f"{state.acc.dtype}[{state.acc.size}]")
-    stripped = replace(msg, masked=np.empty(0, dtype=msg.masked.dtype))  # keep bundles, not y_i
-    return replace(state, acc=state.acc + msg.masked,
+    assert state.aux_acc is not None
+    if msg.aux.dtype != np.uint64 or msg.aux.shape != state.aux_acc.shape:
+        raise ProtocolError(f"{who}: auxiliary sums are {msg.aux.dtype}[{msg.aux.size}], "
+                            f"expected uint64[{state.aux_acc.size}]")
+    stripped = replace(msg, masked=np.empty(0, dtype=msg.masked.dtype),  # keep bundles, not y_i
+                       aux=np.empty(0, dtype=np.uint64))
+    return replace(state, acc=state.acc + msg.masked, aux_acc=state.aux_acc + msg.aux,
                    bundles=_frozen({**state.bundles, msg.silo: stripped}))
 
 
@@ -298,16 +307,18 @@ def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult
             f"round {state.round}: {len(responders)} silos answered the unmask request "
             f"({responders}), fewer than threshold={cfg.threshold}; the round fails and the "
             "model is not updated")
-    assert state.acc is not None
-    total = state.acc.copy()
+    assert state.acc is not None and state.aux_acc is not None
+    total, aux = state.acc.copy(), state.aux_acc.copy()
     for n, k in enumerate(state.survivors):
         seed = _reconstruct(state, [(i, state.responses[i].self_shares[n]) for i in responders],
                             f"silo {k}'s self-mask seed")
         add_mask(total, seed, label=SELF_LABEL, sign=-1)
+        add_mask(aux, seed, label=SELF_AUX_LABEL, sign=-1)
     for n, (k, j) in enumerate((k, j) for k in state.survivors for j in state.dropped):
         seed = _reconstruct(state, [(i, state.responses[i].pair_shares[n]) for i in responders],
                             f"the seed silo {k} shares with dropped silo {j}")
         add_mask(total, seed, label=PAIR_LABEL, sign=-pair_sign(k, j))
+        add_mask(aux, seed, label=PAIR_AUX_LABEL, sign=-pair_sign(k, j))
     if cfg.encoded:  # pre-encoded: the modular sum as uint64 and the count of inputs
         weighted_sum, total_weight = encoded_sum(total, config=cfg,
                                                  expected_count=len(state.survivors))
@@ -315,13 +326,14 @@ def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult
         weighted_sum, total_weight = decode_sum(total, params=cfg.quant)
     result = RoundResult(round=state.round, weighted_sum=weighted_sum, total_weight=total_weight,
                          contributors=state.survivors, dropped=state.dropped,
-                         error=error_report(cfg.quant, total_weight=total_weight))
+                         error=error_report(cfg.quant, total_weight=total_weight),
+                         aux_sum=decode_aux(aux, count=len(state.survivors)))
     return _closed(state), result
 
 
 def _closed(state: CoordinatorState) -> CoordinatorState:
     return replace(state, stage=CoordinatorStage.IDLE, last_round=state.round, active=(),
-                   acc=None, bundles=_EMPTY, survivors=(), dropped=(), asked=(),
+                   acc=None, aux_acc=None, bundles=_EMPTY, survivors=(), dropped=(), asked=(),
                    responses=_EMPTY)
 
 

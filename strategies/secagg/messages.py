@@ -26,7 +26,7 @@ UnmaskResponse     silo → coordinator     reply: revealed shares
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,9 +49,9 @@ __all__ = [
     "message_from_record",
 ]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The protocol revision, in every KeyRequest and KeyAdvert: peers that differ would compute
-different masks or messages (3: share commitments in every masked input; 2: the GCTR mask
+different masks or messages (4: the auxiliary sum and signed adverts; 3: share commitments in every masked input; 2: the GCTR mask
 keystream; 1: releases before it, which sent no version), so the key setup refuses a
 mismatch. Bump it with any change to what either side computes or sends."""
 
@@ -101,7 +101,8 @@ class Message:
         # A field with a default may be absent (a peer from before the field existed).
         values = {f.name: _parse(cls, f.name, str(f.type), record.get(f.name))
                   for f in fields(cls)  # type: ignore[arg-type]
-                  if f.name in record or f.default is MISSING}
+                  if f.name in record or (f.default is MISSING
+                                          and f.default_factory is MISSING)}
         message = cls(**values)
         message.check()
         return message
@@ -186,6 +187,7 @@ class KeyRequest(Message):
     modulus_bits: int
     encoded: int = 0  # 1: the run masks pre-encoded vectors (clip, bits, max_weight unused)
     protocol: int = 1  # PROTOCOL_VERSION of the sender; absent (1) from older releases
+    aux_length: int = 0  # statistics summed beside the update (strategies.secagg.aux)
 
     @classmethod
     def for_config(cls, config: SecAggConfig, *, epoch: int) -> KeyRequest:
@@ -193,17 +195,20 @@ class KeyRequest(Message):
         return cls(run_id=config.run_id, epoch=epoch, roster=config.roster,
                    threshold=config.threshold, length=config.length, clip=q.clip, bits=q.bits,
                    max_weight=q.max_weight, modulus_bits=q.modulus_bits,
-                   encoded=int(config.encoded), protocol=PROTOCOL_VERSION)
+                   encoded=int(config.encoded), protocol=PROTOCOL_VERSION,
+                   aux_length=config.aux_length)
 
     def config(self) -> SecAggConfig:
         try:
             if self.encoded:
                 return make_encoded_config(run_id=self.run_id, roster=self.roster,
                                            threshold=self.threshold, length=self.length,
-                                           modulus_bits=self.modulus_bits)
+                                           modulus_bits=self.modulus_bits,
+                                           aux_length=self.aux_length)
             return make_config(run_id=self.run_id, roster=self.roster, threshold=self.threshold,
                                length=self.length, clip=self.clip, bits=self.bits,
-                               max_weight=self.max_weight, modulus_bits=self.modulus_bits)
+                               max_weight=self.max_weight, modulus_bits=self.modulus_bits,
+                               aux_length=self.aux_length)
         except ConfigError as exc:
             raise ProtocolError(f"key request carries an invalid configuration: {exc}") from exc
 
@@ -286,6 +291,7 @@ class MaskedInput(Message):
     bundles: tuple[bytes, ...]
     masked: np.ndarray
     commitments: tuple[bytes, ...] = ()
+    aux: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))  # masked
 
     def check(self) -> None:
         self._same_length("recipients", "bundles", "commitments")

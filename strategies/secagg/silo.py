@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from strategies.randomness import ByteSource, KeystreamSource, SystemSource
 from strategies.secagg import crypto, shamir
+from strategies.secagg.aux import PAIR_AUX_LABEL, SELF_AUX_LABEL, encode_aux
 from strategies.secagg.encoded import encoded_input
 from strategies.secagg.masking import (
     PAIR_LABEL, SELF_LABEL, bundle_ad, bundle_commitments, pack_bundle, pair_sign, peers_of,
@@ -178,7 +179,8 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
               weight: int | None = None, rng: ByteSource | None = None,
               encoded: np.ndarray | None = None,
               limits: SiloLimits = SiloLimits(),
-              identity: SiloIdentity | None = None) -> tuple[SiloState, Message]:
+              identity: SiloIdentity | None = None,
+              aux: np.ndarray | None = None) -> tuple[SiloState, Message]:
     """Handle one coordinator message; ``update``/``weight`` are needed for a MaskRequest.
 
     In a pre-encoded run (``config.encoded``, :mod:`strategies.secagg.encoded`) a MaskRequest
@@ -188,7 +190,8 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
     the default is the operating system's CSPRNG. ``limits`` are the silo's own floor (its
     site policy's): checked on every key request, mask request and unmask request.
     ``identity`` (when the silo has one) signs its key adverts, and every peer in a mask
-    request's directory must pass its :meth:`~SiloIdentity.check_peer`.
+    request's directory must pass its :meth:`~SiloIdentity.check_peer`. ``aux``: the
+    statistics a run with ``aux_length`` slots sums beside the update (:mod:`~.aux`).
     """
     allowed = {
         (SiloStage.NEW, KeyRequest): _on_key_request,
@@ -207,7 +210,7 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
         raise ProtocolError(f"silo {state.silo}: message for run {run_id!r} "
                             f"but this silo is in run {state.config.run_id!r}")
     return handler(state, message, update=update, weight=weight, rng=rng or SystemSource(),
-                   encoded=encoded, limits=limits, identity=identity)
+                   encoded=encoded, limits=limits, identity=identity, aux=aux)
 
 
 def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource, limits: SiloLimits,
@@ -304,7 +307,8 @@ def _check_mask_request(state: SiloState, msg: MaskRequest, limits: SiloLimits,
 def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
                      weight: int | None, rng: ByteSource, limits: SiloLimits,
                      identity: SiloIdentity | None = None,
-                     encoded: np.ndarray | None = None) -> tuple[SiloState, MaskedInput]:
+                     encoded: np.ndarray | None = None,
+                     aux: np.ndarray | None = None) -> tuple[SiloState, MaskedInput]:
     directory = _check_mask_request(state, msg, limits, identity)
     config = state.config
     assert config is not None
@@ -332,13 +336,33 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
     for j, seed in zip(peers, pair_seeds):
         add_mask(masked, seed, label=PAIR_LABEL, sign=pair_sign(me, j))
     np.bitwise_and(masked, masked.dtype.type((1 << config.quant.modulus_bits) - 1), out=masked)
+    aux_words = _masked_aux(config, aux, self_seed, pair_seeds, peers, me, rng)
     bundles, commitments = _deal(state, msg, directory, [self_seed, *pair_seeds], keys=keys,
                                  rng=rng)
     new = replace(state, stage=SiloStage.MASKED, last_round=r, active=msg.active,
                   active_enc_pks=tuple(directory[s].enc_pk for s in msg.active),
                   pair_keys=keys.stored())
     return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
-                            bundles=bundles, masked=masked, commitments=commitments)
+                            bundles=bundles, masked=masked, commitments=commitments,
+                            aux=aux_words)
+
+
+def _masked_aux(config: SecAggConfig, aux: np.ndarray | None, self_seed: bytes,
+                pair_seeds: list[bytes], peers: list[int], me: int,
+                rng: ByteSource) -> np.ndarray:
+    """The auxiliary statistics, encoded and masked with the round's seeds (own labels)."""
+    if not config.aux_length:
+        if aux is not None and np.asarray(aux).size:
+            raise UpdateRejected(f"silo {me}: this run sums no auxiliary statistics")
+        return np.zeros(0, dtype=np.uint64)
+    if aux is None:
+        raise UpdateRejected(f"silo {me}: this run sums {config.aux_length} auxiliary "
+                             "statistics beside the update; pass silo_step(..., aux=...)")
+    words = encode_aux(aux, length=config.aux_length, rng=rng)
+    add_mask(words, self_seed, label=SELF_AUX_LABEL)
+    for j, seed in zip(peers, pair_seeds):
+        add_mask(words, seed, label=PAIR_AUX_LABEL, sign=pair_sign(me, j))
+    return words
 
 
 def _rounding_source(rng: ByteSource) -> ByteSource:

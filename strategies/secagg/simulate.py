@@ -81,12 +81,13 @@ class LocalFederation:
 
     def run_round(self, round_: int, updates: Mapping[int, np.ndarray],
                   weights: Mapping[int, int], *, drop_before_input: Iterable[int] = (),
-                  drop_before_unmask: Iterable[int] = (), late_input: Iterable[int] = ()
-                  ) -> co.RoundResult:
+                  drop_before_unmask: Iterable[int] = (), late_input: Iterable[int] = (),
+                  aux: Mapping[int, np.ndarray] | None = None) -> co.RoundResult:
         """One round, two round trips. Silos in ``drop_before_input`` never send a masked
         input; silos in ``drop_before_unmask`` send it but never answer the unmask request;
         silos in ``late_input`` send it too late: it reaches the coordinator process (and its
-        view) after the survivors were fixed, so they count as dropped.
+        view) after the survivors were fixed, so they count as dropped. ``aux`` gives each
+        silo's auxiliary statistics in a run with ``aux_length`` slots.
 
         On a :class:`~xsilo.errors.SecureAggregationError` the open round is aborted (the
         coordinator stays usable for the next round) and the error is re-raised.
@@ -101,7 +102,8 @@ class LocalFederation:
                 if s in set(drop_before_input):
                     continue
                 self.silos[s], masked = silo_step(self.silos[s], _wire(request), update=updates[s],
-                                                  weight=weights[s], rng=self._rng(s, f"r{round_}"))
+                                                  weight=weights[s], rng=self._rng(s, f"r{round_}"),
+                                                  aux=None if aux is None else aux[s])
                 if s in set(late_input):
                     late.append(masked)
                     continue

@@ -120,7 +120,12 @@ def test_the_coordinator_never_receives_an_individual_update(
                 for target, atol in forbidden:
                     if a.size >= target.size:
                         assert not np.allclose(a[-target.size:], target, rtol=0, atol=atol)
-    assert masked == 2 * 3  # one masked vector per silo per round, and the rounds happened
+    # one masked input per silo per round (the update and its summed metrics), and the
+    # rounds happened
+    masked_inputs = [m for m in view if SECAGG_ARRAYS in m.content.array_records]
+    assert len(masked_inputs) == 2 * 3 and masked == 2 * len(masked_inputs)
+    assert all(sorted(m.content.array_records[SECAGG_ARRAYS].keys()) == ["aux", "masked"]
+               for m in masked_inputs)
     types = [m.metadata.message_type for m in view]
     assert types.count(SECAGG_SETUP) == 3 and types.count(SECAGG_UNMASK) == 6
     assert types.count("train") == 6 and received > masked

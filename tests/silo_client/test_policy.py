@@ -151,8 +151,8 @@ def test_pure_modules_load_neither_torch_nor_flower() -> None:
 def test_public_api_is_pinned() -> None:
     import silo_client.policy as mod
 
-    assert sorted(mod.__all__) == ["PrivacyTally", "RunTerms", "SitePolicy", "check_round", "check_run",
-                                      "normalize_fingerprint"]
+    assert sorted(mod.__all__) == ["PrivacyTally", "RunTerms", "SHARE_METRICS", "SitePolicy",
+                                   "check_round", "check_run", "normalize_fingerprint"]
 
 
 def _kit_with_data(kit: Path) -> Path:

@@ -18,11 +18,15 @@
 
 With a ``[gateway]`` the SuperLink must listen on loopback only; silos reach nothing but
 the gateway, which admits only consortium client certificates (CRL checked) and forwards
-only the Fleet API. ``xsilo coordinator init`` writes this layout from a PKI directory.
+only the Fleet API. The SuperLink then runs in a private network namespace
+(:mod:`deploy.gateway.netns`): ``host:port`` is its address inside, which only this
+account and root can enter (:meth:`CoordinatorHome.cli` does), and the gateway reaches it
+through a unix socket. ``xsilo coordinator init`` writes this layout from a PKI directory.
 """
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import tomli_w
 
+from deploy.gateway.netns import Bridge, end_namespace, read_record, unavailable
 from deploy.launch.processes import FlowerCLI, ManagedProcess, start_superlink
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write, read_toml
@@ -75,7 +80,10 @@ class CoordinatorHome:
         return self.root / "flwr-home"
 
     def cli(self) -> FlowerCLI:
-        return FlowerCLI(self.flwr_home, address=self.address, root_cert=self.ca_cert)
+        """``flwr`` against this home's SuperLink; inside its private network namespace when
+        the running coordinator recorded one (only this account and root can enter it)."""
+        return FlowerCLI(self.flwr_home, address=self.address, root_cert=self.ca_cert,
+                         netns=read_record(self.flwr_home))
 
     @classmethod
     def load(cls, root: Path) -> CoordinatorHome:
@@ -166,11 +174,20 @@ class RunningCoordinator:
     gateway: object | None = None
     _seen: tuple = ()
     node_keys: dict[str, str] = field(default_factory=dict)  # name → SHA-256 of its .pub
+    bridge: Bridge | None = None  # how the gateway reaches a SuperLink in its own namespace
 
     def stop(self) -> None:
-        if self.gateway is not None:
-            self.gateway.stop()  # type: ignore[attr-defined]
-        self.superlink.stop()
+        inside = read_record(self.home.flwr_home) if self.bridge is not None else None
+        ns = inside.ns_id() if inside is not None else None
+        try:
+            if self.gateway is not None:
+                self.gateway.stop()  # type: ignore[attr-defined]
+            self.superlink.stop()
+        finally:
+            if ns is not None:
+                end_namespace(ns)  # what is left inside: a ServerApp winding down
+            if self.bridge is not None:
+                self.bridge.remove()
 
     def _pki_state(self) -> tuple:
         files = sorted(self.home.nodes.glob("*.pub"))
@@ -217,12 +234,22 @@ def _key_digest(pub: Path) -> str:
 
 
 def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> RunningCoordinator:
-    """Start the SuperLink (TLS, node auth) and register every enrolled node key."""
+    """Start the SuperLink (TLS, node auth) and register every enrolled node key; with a
+    ``[gateway]``, the SuperLink runs in a private network namespace that only this account
+    (and root) can enter, and the gateway reaches it through a unix socket."""
     log_dir = log_dir or home.root / "logs"
-    superlink = start_superlink(flwr_home=home.flwr_home, log_path=log_dir / "superlink.log",
-                                host=home.host, port=home.port, ca_cert=home.ca_cert,
-                                cert=home.cert, key=home.key, node_auth=True)
-    running = RunningCoordinator(home, superlink, {})
+    bridge, exposed = _bridge(home)
+    try:
+        superlink = start_superlink(flwr_home=home.flwr_home, log_path=log_dir / "superlink.log",
+                                    host=home.host, port=home.port, ca_cert=home.ca_cert,
+                                    cert=home.cert, key=home.key, node_auth=True, bridge=bridge)
+    except BaseException:
+        if bridge is not None:
+            bridge.remove()
+        raise
+    if exposed:
+        log.warning(exposed)
+    running = RunningCoordinator(home, superlink, {}, bridge=bridge)
     try:
         cli = home.cli()
         for pub in sorted(home.nodes.glob("*.pub")):
@@ -235,13 +262,34 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
             from deploy.gateway.nginx import CoordinatorGateway
 
             running.gateway = CoordinatorGateway.start(
-                pki_dir=home.gateway.pki, port=home.gateway.port, superlink=home.address,
+                pki_dir=home.gateway.pki, port=home.gateway.port,
+                superlink=bridge.upstream if bridge else home.address,
                 prefix=home.root / "gateway", host=home.gateway.host)
         running._seen = running._pki_state()
     except BaseException:  # Ctrl-C/SIGTERM during start-up too: never leave it running
         running.stop()
         raise
     return running
+
+
+def _bridge(home: CoordinatorHome) -> tuple[Bridge | None, str]:
+    """The private link for a gateway home, or None and the warning that says who can use
+    the Control API instead (no gateway, or no namespaces here)."""
+    exposed = (f"SuperLink on {home.address}: every local account on this host can use its "
+               "Control API (list and register node keys, start and stop runs)")
+    if home.gateway is None:
+        return None, (f"no [gateway] in {home.root / 'coordinator.toml'}: {exposed}. Use a "
+                      "gateway home (`xsilo coordinator init`) on any shared host.")
+    reason = unavailable()
+    if reason is not None:
+        return None, (f"the SuperLink cannot get a private network namespace: {reason}. "
+                      f"Falling back to a {exposed}. docs/security.md, \"Who can reach the "
+                      "SuperLink\".")
+    from deploy.gateway.nginx import worker_account
+
+    account = worker_account()
+    group = grp.getgrnam(account[1]).gr_gid if account is not None else None
+    return Bridge.create(home.root / "gateway" / "logs" / "nginx.pid", group), ""
 
 
 def stop_quietly(processes: list[ManagedProcess]) -> None:

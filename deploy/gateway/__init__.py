@@ -1,3 +1,5 @@
 """The nginx mutual-TLS gateways: :mod:`~deploy.gateway.conf` renders their configuration
 (pure functions), :mod:`~deploy.gateway.nginx` runs them (one unprivileged, foreground nginx
-per prefix)."""
+per prefix); :mod:`~deploy.gateway.netns` puts the SuperLink behind them in a network
+namespace of its own, which :mod:`~deploy.gateway.bridge` joins to the coordinator gateway
+by a unix socket."""

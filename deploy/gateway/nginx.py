@@ -1,26 +1,37 @@
 """The nginx mTLS gateways: config generation and a foreground, unprivileged nginx per prefix.
 
 * **Coordinator gateway** (public port): requires a client certificate from the consortium
-  CA (CRL checked at the handshake, depth 1), forwards only ``POST /v1/fleet/…`` to the
-  SuperLink on loopback over verified HTTPS, answers everything else 403 (a Fleet path is
-  never answered 403: Flower reads that as "run not running"; a non-POST gets 405).
+  CA (CRL checked at the handshake, depth 1), forwards only ``POST /v1/fleet/…`` over
+  verified HTTPS to the SuperLink (through the unix socket of its private namespace,
+  :mod:`deploy.gateway.netns`, or on loopback), answers everything else 403 (a Fleet path
+  is never answered 403: Flower reads that as "run not running"; a non-POST gets 405).
   Optionally binds each client certificate subject to its enrolled Flower node key
-  (a mismatched ``flwr-public-key`` header gets 401, which ends that SuperNode).
+  (a ``flwr-public-key`` header other than exactly that key gets 401, which ends that
+  SuperNode).
 * **Silo gateway** (loopback): TLS with the kit's local certificate towards the SuperNode;
   upstream it presents the silo's client certificate and verifies the coordinator against
   the consortium CA and its expected name.
 
-Handles (:class:`GatewayHandle`) have ``.port``, ``.stop()``, ``.reload()``, ``.logs()``.
+Both run with the limits of :mod:`deploy.gateway.conf` (timeouts, connections, body size,
+ciphers). Started by root, nginx's workers run as ``$XSILO_GATEWAY_USER`` (default
+``nobody``, with a warning). Handles (:class:`GatewayHandle`) have ``.port``, ``.stop()``,
+``.reload()``, ``.logs()``.
 """
 
 from __future__ import annotations
 
+import functools
+import grp
 import logging
 import os
+import pwd
+import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +43,7 @@ from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
 
 __all__ = ["CoordinatorGateway", "GatewayHandle", "SiloGateway", "find_nginx",
-           "reload_running"]
+           "nginx_version", "reload_running", "worker_account"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,67 @@ def find_nginx() -> str:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     raise DeploymentError(f"the nginx gateway binary was not found: {INSTALL_HINT}")
+
+
+@functools.lru_cache(maxsize=None)
+def nginx_version(nginx: str) -> tuple[int, ...]:
+    """``(1, 22, 1)`` from ``nginx -v``; ``(0,)`` if it does not say."""
+    res = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=30)
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", res.stderr + res.stdout)
+    return tuple(int(g) for g in found.groups()) if found else (0,)
+
+
+def worker_account() -> tuple[str, str] | None:
+    """The account nginx workers run as when nginx is started by root (``None`` otherwise):
+    ``$XSILO_GATEWAY_USER`` (``user`` or ``user:group``), else ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    user, _, group = os.environ.get("XSILO_GATEWAY_USER", "").partition(":")
+    user = user or "nobody"
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise DeploymentError(f"XSILO_GATEWAY_USER names account {user!r}, which does not "
+                              "exist; create it (useradd --system --no-create-home "
+                              f"{user}) or unset the variable") from None
+    if not group:
+        try:
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            group = "nogroup"
+    return user, group
+
+
+def _warn_if_shared(account: tuple[str, str] | None, name: str) -> None:
+    if account is not None and account[0] == "nobody":
+        log.warning("%s gateway: nginx workers run as `nobody`, an account other daemons "
+                    "share; a process running as nobody could trace them and read the "
+                    "gateway's TLS key from their memory. Create a dedicated account and set "
+                    "XSILO_GATEWAY_USER=NAME (docs/security.md).", name)
+
+
+def _worker_connections() -> int:
+    """4096, or what RLIMIT_NOFILE allows (each proxied connection holds two descriptors)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 4096
+    return max(512, min(4096, (hard - 64) // 2))
+
+
+def _nginx_settings(nginx: str) -> dict[str, object]:
+    """What the rendered config needs to know about this host and this nginx."""
+    return {"worker_user": worker_account(), "worker_connections": _worker_connections(),
+            "nginx_version": nginx_version(nginx)}
+
+
+def _make_scratch(account: tuple[str, str] | None) -> Path | None:
+    """When workers drop to another account: a directory that account owns alone for
+    request bodies over the in-memory buffer (the prefix's parents may be closed to it)."""
+    if account is None:
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix="xsilo-nginx-"))  # 0700
+    os.chown(scratch, pwd.getpwnam(account[0]).pw_uid, grp.getgrnam(account[1]).gr_gid)
+    return scratch
 
 
 def _prepare_prefix(prefix: Path) -> None:
@@ -113,8 +185,10 @@ class GatewayHandle:
     prefix: Path
     host: str
     port: int
-    render: Callable[[], str]
+    render: Callable[[Path | None], str]  # the config, given the workers' scratch directory
     nginx: str
+    worker_user: tuple[str, str] | None = None
+    scratch: Path | None = None  # the workers' own directory for large bodies, while running
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -124,12 +198,11 @@ class GatewayHandle:
 
     def start(self, timeout: float = 15.0) -> GatewayHandle:
         """Write the config, check it with ``nginx -t`` and start nginx in the foreground."""
-        _prepare_prefix(self.prefix)
-        atomic_write(self.prefix / "conf" / "nginx.conf", self.render())
-        _test_conf(self.nginx, self.prefix)
-        if _port_open(self.host, self.port):
-            raise DeploymentError(f"{self.name} gateway: port {self.address} is already in use; "
-                                  "choose another port")
+        try:
+            self._check_and_write()
+        except BaseException:
+            self.stop()
+            raise
         stderr = open(self.prefix / "logs" / "stderr.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(_nginx_cmd(self.nginx, self.prefix, "-g", "daemon off;"),
                                      stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
@@ -142,6 +215,15 @@ class GatewayHandle:
             raise
         log.info("%s gateway listening on %s (prefix %s)", self.name, self.address, self.prefix)
         return self
+
+    def _check_and_write(self) -> None:
+        _prepare_prefix(self.prefix)
+        self.scratch = _make_scratch(self.worker_user)
+        atomic_write(self.prefix / "conf" / "nginx.conf", self.render(self.scratch))
+        _test_conf(self.nginx, self.prefix)
+        if _port_open(self.host, self.port):
+            raise DeploymentError(f"{self.name} gateway: port {self.address} is already in use; "
+                                  "choose another port")
 
     def _wait_listening(self, timeout: float) -> None:
         assert self.proc is not None
@@ -159,7 +241,7 @@ class GatewayHandle:
             raise DeploymentError(f"{self.name} gateway is not running; start it first")
         conf = self.prefix / "conf" / "nginx.conf"
         old = conf.read_text()
-        atomic_write(conf, self.render())
+        atomic_write(conf, self.render(self.scratch))
         try:
             _test_conf(self.nginx, self.prefix)
         except DeploymentError:
@@ -171,6 +253,7 @@ class GatewayHandle:
     def stop(self, grace: float = 5.0) -> None:
         """Stop nginx and everything in its process group (idempotent)."""
         if self.proc is None:
+            self._remove_scratch()
             return
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
@@ -187,6 +270,12 @@ class GatewayHandle:
         except ProcessLookupError:
             pass
         self.proc = None
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def logs(self) -> dict[str, str]:
         """``{"error": …, "access": …}`` log contents so far."""
@@ -208,30 +297,35 @@ class GatewayHandle:
 
 
 class CoordinatorGateway:
-    """The coordinator's public mTLS gateway in front of a loopback SuperLink."""
+    """The coordinator's public mTLS gateway in front of the SuperLink."""
 
     @staticmethod
     def start(*, pki_dir: Path, port: int, superlink: str, prefix: Path,
               host: str = "127.0.0.1", bind_node_keys: bool = True,
               superlink_server_name: str = "localhost") -> GatewayHandle:
-        """Start it; ``superlink`` is the SuperLink's loopback ``host:port`` (HTTPS, serving
-        the certificate from ``pki issue-coordinator``); ``host`` the public bind address."""
+        """Start it; ``superlink`` is where the SuperLink serves HTTPS with the certificate
+        from ``pki issue-coordinator``: ``unix:/path`` of its private socket
+        (:mod:`deploy.gateway.netns`) or a loopback ``host:port``; ``host`` is the public
+        bind address."""
         from deploy.pki.authority import Pki
 
         pki = Pki(Path(pki_dir))
         files = pki.coordinator_files()
+        nginx = find_nginx()
+        settings = _nginx_settings(nginx)
+        _warn_if_shared(settings["worker_user"], "coordinator")  # type: ignore[arg-type]
 
-        def render() -> str:
+        def render(scratch: Path | None) -> str:
             bindings: Mapping[str, str] | None = pki.node_key_bindings() if bind_node_keys else None
             return coordinator_conf(
                 prefix=Path(prefix).resolve(), listen=f"{host}:{port}",
                 server_cert=files.server_cert.resolve(), server_key=files.server_key.resolve(),
                 ca_cert=pki.ca_cert_path.resolve(), crl=pki.crl_path.resolve(),
                 superlink=superlink, superlink_server_name=superlink_server_name,
-                node_key_bindings=bindings)
+                node_key_bindings=bindings, scratch=scratch, **settings)  # type: ignore[arg-type]
 
-        return GatewayHandle("coordinator", Path(prefix).resolve(), host, port, render,
-                             find_nginx()).start()
+        return GatewayHandle("coordinator", Path(prefix).resolve(), host, port, render, nginx,
+                             settings["worker_user"]).start()  # type: ignore[arg-type]
 
 
 class SiloGateway:
@@ -245,13 +339,17 @@ class SiloGateway:
         kit = kit if isinstance(kit, MemberKit) else load_kit(Path(kit))
         listen_port = port if port is not None else kit.listen_port
         prefix = Path(prefix).resolve() if prefix else kit.gateway_prefix
+        nginx = find_nginx()
+        settings = _nginx_settings(nginx)
+        _warn_if_shared(settings["worker_user"], f"silo {kit.name}")  # type: ignore[arg-type]
 
-        def render() -> str:
+        def render(scratch: Path | None) -> str:
             return silo_conf(prefix=prefix, listen=f"127.0.0.1:{listen_port}",
                              local_cert=kit.local_cert, local_key=kit.local_key,
                              ca_cert=kit.ca_cert, client_cert=kit.client_cert,
                              client_key=kit.client_key, upstream=coordinator or kit.coordinator,
-                             server_name=kit.server_name)
+                             server_name=kit.server_name, scratch=scratch,
+                             **settings)  # type: ignore[arg-type]
 
         return GatewayHandle(f"silo {kit.name}", prefix, "127.0.0.1", listen_port, render,
-                             find_nginx()).start()
+                             nginx, settings["worker_user"]).start()  # type: ignore[arg-type]

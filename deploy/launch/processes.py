@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deploy import EXECUTORS
+from deploy.gateway.netns import RECORD, Bridge, PrivateNet, create_argv
 from deploy.pki.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import atomic_write
@@ -128,6 +129,10 @@ class ManagedProcess:
     # Processes that serve this one (a SuperNode's SuperExec), each in its own group: stopped
     # with it; one that exits on its own is reported by raise_if_exited.
     companions: list["ManagedProcess"] = field(default_factory=list)
+    # Where this process's own output starts in log_path (the file is appended to across
+    # restarts), and whether a fatal line in it means "ended" though the process still runs.
+    log_offset: int = 0
+    hangs_when_done: bool = False
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -137,15 +142,20 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_tail(self, lines: int = 20, *, max_bytes: int = 256 * 1024) -> str:
+        """The last ``lines`` lines this process wrote to its log (not earlier runs')."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(self.log_offset, size - max_bytes))
+                text = fh.read().decode(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
     def raise_if_exited(self) -> None:
-        """DeploymentError with a diagnosis when the process has exited."""
+        """DeploymentError with a diagnosis when the process has exited, or has ended its
+        work while its process stays (a SuperNode whose Fleet connection failed for good)."""
         if self.alive():
             for companion in self.companions:
                 if not companion.alive() and not self._closed:
@@ -154,6 +164,13 @@ class ManagedProcess:
                         f"{self.name}'s {companion.name} exited (code "
                         f"{companion.popen.returncode}), so this silo cannot run ClientApps; "
                         f"restart the silo. Its log {companion.log_path} ends with:\n{tail}")
+            if self.hangs_when_done and not self._closed:
+                tail = self.log_tail(40)
+                if any(_gave_up(line) for line in tail.splitlines()):
+                    raise DeploymentError(
+                        f"{self.name} (pid {self.pid}) lost its connection to the "
+                        f"coordinator for good and no longer works, though its process still "
+                        f"runs: {diagnose(tail)}\nlog {self.log_path} ends with:\n{tail}")
             return
         tail = self.log_tail(40)
         raise DeploymentError(f"{self.name} exited (code {self.popen.returncode}): "
@@ -215,6 +232,13 @@ _DIAGNOSES = (
 )
 
 
+def _gave_up(line: str) -> bool:
+    """A SuperNode log line after which its Fleet connection is over: Flower logs the error
+    and ends its main loop, but its Runtime API thread keeps the process alive, silent."""
+    return ("Giving up reconnection after" in line or "SSL/TLS handshake error detected" in line
+            or ("ERROR" in line and ("Client error '" in line or "Server error '" in line)))
+
+
 def diagnose(log_text: str) -> str:
     """A one-line explanation of a Flower process's failure, from its log."""
     for needle, meaning in _DIAGNOSES:
@@ -249,12 +273,13 @@ def spawn(name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: P
           cwd: Path | None = None) -> ManagedProcess:
     """Start ``argv`` in a new session with stdout+stderr to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
                                  start_new_session=True)
     log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
-    return ManagedProcess(name, popen, log_path)
+    return ManagedProcess(name, popen, log_path, log_offset=offset)
 
 
 def wait_https_ready(url: str, ca_file: Path, *, timeout: float, process: ManagedProcess,
@@ -281,27 +306,51 @@ def wait_https_ready(url: str, ca_file: Path, *, timeout: float, process: Manage
 
 
 def start_superlink(*, flwr_home: Path, log_path: Path, host: str, port: int, ca_cert: Path,
-                    cert: Path, key: Path, node_auth: bool = True,
-                    timeout: float = 30.0) -> ManagedProcess:
+                    cert: Path, key: Path, node_auth: bool = True, timeout: float = 30.0,
+                    bridge: Bridge | None = None) -> ManagedProcess:
     """Start ``flower-superlink`` with TLS (and node authentication); wait until healthy.
 
-    State is kept in memory (no ``--database``), so stale nodes from an earlier start can
-    never be sampled; node keys are registered again after every start.
+    With a ``bridge`` it runs in a private network namespace (:mod:`deploy.gateway.netns`)
+    on ``127.0.0.1:port`` there, reachable from outside only through ``bridge.socket``; the
+    namespace is recorded in ``flwr_home`` for :class:`FlowerCLI`. State is kept in memory
+    (no ``--database``), so stale nodes from an earlier start can never be sampled; node
+    keys are registered again after every start.
     """
-    check_port_free(host, port)
+    (Path(flwr_home) / RECORD).unlink(missing_ok=True)
+    if bridge is None:
+        check_port_free(host, port)
     argv = [find_binary("flower-superlink"), "--host", host, "--port", str(port),
             "--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(cert),
             "--ssl-keyfile", str(key), "--disable-runtime-dependency-installation"]
     if node_auth:
         argv.append("--enable-supernode-auth")
+    if bridge is not None:
+        argv = [*create_argv(), *bridge.argv(port=port, ca_cert=ca_cert), *argv]
     proc = spawn("flower-superlink", argv, env=flower_env(flwr_home), log_path=log_path)
     try:
-        wait_https_ready(f"https://{_url_host(host)}:{port}/health", ca_cert, timeout=timeout,
-                         process=proc)
+        if bridge is None:
+            wait_https_ready(f"https://{_url_host(host)}:{port}/health", ca_cert,
+                             timeout=timeout, process=proc)
+        else:
+            _wait_bridged(proc, bridge, timeout)
+            PrivateNet.of(proc.pid).write(flwr_home)
     except BaseException:  # Ctrl-C/SIGTERM during start-up too: never leave it running
         proc.stop()
         raise
     return proc
+
+
+def _wait_bridged(proc: ManagedProcess, bridge: Bridge, timeout: float) -> None:
+    """Until the bridge serves its socket (it binds it once the SuperLink is healthy)."""
+    deadline = time.monotonic() + timeout
+    while not bridge.socket.exists():
+        if not proc.alive():
+            raise DeploymentError(f"{proc.name} exited during start-up; its log "
+                                  f"({proc.log_path}) ends with:\n{proc.log_tail()}")
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"{proc.name} did not become ready within {timeout:.0f} s; "
+                                  f"log: {proc.log_path}")
+        time.sleep(0.1)
 
 
 def _url_host(host: str) -> str:
@@ -310,7 +359,7 @@ def _url_host(host: str) -> str:
 
 def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cert: Path,
                     auth_key: Path | None, silo_config: Path, clientappio_port: int,
-                    max_wait_time: float = 60.0, executor: str = EXECUTORS[0],
+                    max_wait_time: float | None = None, executor: str = EXECUTORS[0],
                     preload: Sequence[str] = ()) -> ManagedProcess:
     """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config).
 
@@ -320,6 +369,12 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
     companion process (its own group, stopped with the SuperNode, log
     ``<log>.superexec.log``); the two share a fresh random secret (``flwr_home``, 0600) for
     Flower's SuperExec auth. ``"flower"`` lets the SuperNode start Flower's own SuperExec.
+
+    Without ``max_wait_time`` the SuperNode retries a lost connection (network errors, 502,
+    503, 504) for as long as it takes, with back-off up to 20 s, so it comes back by itself
+    after a coordinator restart; other failures end its connection, and
+    :meth:`ManagedProcess.raise_if_exited` reports that even though Flower leaves the
+    process running.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -327,7 +382,9 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
     node_config = f'silo-config="{Path(silo_config).resolve()}"'
     argv = [find_binary("flower-supernode"), "--superlink", superlink,
             "--root-certificates", str(root_cert), "--port", str(clientappio_port),
-            "--node-config", node_config, "--max-wait-time", str(max_wait_time)]
+            "--node-config", node_config]
+    if max_wait_time is not None:
+        argv += ["--max-wait-time", str(max_wait_time)]
     if auth_key is not None:
         argv += ["--auth-supernode-private-key", str(auth_key)]
     if executor == "warm":
@@ -336,6 +393,7 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
         argv += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     env = flower_env(flwr_home)
     node = spawn("flower-supernode", argv, env=env, log_path=log_path)
+    node.hangs_when_done = True
     if executor == "warm":
         exec_argv = [sys.executable, "-m", "deploy.launch.executor", "--runtime-api-address",
                      f"127.0.0.1:{clientappio_port}", "--parent-pid", str(node.pid),
@@ -353,19 +411,22 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
 
 
 class FlowerCLI:
-    """The ``flwr`` CLI against one SuperLink connection in a private ``FLWR_HOME``."""
+    """The ``flwr`` CLI against one SuperLink connection in a private ``FLWR_HOME`` (inside
+    the SuperLink's private network namespace when ``netns`` is given)."""
 
     def __init__(self, flwr_home: Path, *, address: str, root_cert: Path,
-                 connection: str = "xsilo") -> None:
+                 connection: str = "xsilo", netns: PrivateNet | None = None) -> None:
         self.flwr_home = Path(flwr_home)
         self.connection = connection
+        self.netns = netns  # the SuperLink's private namespace: calls run inside it
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         atomic_write(self.flwr_home / "config.toml",
             f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
             f'address = "{address}"\nroot-certificates = "{Path(root_cert).resolve()}"\n')
 
     def _call(self, *args: str, timeout: float = 60.0) -> dict:
-        argv = [find_binary("flwr"), *args, "--format", "json"]
+        argv = [*(self.netns.enter_argv() if self.netns else []), find_binary("flwr"), *args,
+                "--format", "json"]
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                  env=flower_env(self.flwr_home), stdin=subprocess.DEVNULL)

@@ -63,7 +63,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     ca = pki.unlock()
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
     certs = {"expired": _client_cert(root, "hospital-x", ca, days=2, not_before=past),
-             "foreign": _client_cert(root, "hospital-a", make_ca("impostor CA"))}
+             "foreign": _client_cert(root, "hospital-a", make_ca("impostor CA")),
+             # signed by the consortium CA, but no node key is enrolled for its subject
+             "unbound": _client_cert(root, "hospital-u", ca)}
     files = pki.coordinator_files()
     started: list = []
     try:
@@ -172,6 +174,36 @@ def test_node_key_must_match_the_certificate(fed: Fed) -> None:
     res = _post(fed, cert=_kit_cert(fed.kits["hospital-b"]),
                 headers=_node_header(fed.kits["hospital-b"]))
     assert res.status_code == 401 and "Invalid SuperNode authentication" in res.text
+
+
+def _key_of(fed: Fed, name: str) -> str:
+    return _node_header(fed.kits[name])["flwr-public-key"]
+
+
+@pytest.mark.parametrize("who, header", [
+    # the enrolled key wrapped so that "expected|header" reads as "X|X"
+    ("hospital-a", "x|{a}|x"),
+    ("hospital-a", "{a}|{a}"),
+    ("hospital-a", "{a},{b}"),
+    ("hospital-a", "{A}"),  # the same letters in another case: another key
+    # a CA-signed certificate whose subject has no enrolled key (expected key "")
+    ("unbound", "||"),
+    ("unbound", "{a}||{a}"),
+    ("unbound", "{a}"),
+    ("unbound", ""),
+])
+def test_only_the_enrolled_key_itself_passes_the_binding(fed: Fed, who: str, header: str) -> None:
+    cert = _client_cert_of(fed, who)
+    value = header.replace("{a}", _key_of(fed, "hospital-a")).replace(
+        "{b}", _key_of(fed, "hospital-b")).replace("{A}", _key_of(fed, "hospital-a").swapcase())
+    res = _post(fed, cert=cert, headers={"flwr-public-key": value} if value else {})
+    # nginx's own 401 page: the request never reached the SuperLink
+    assert res.status_code == 401 and "nginx" in res.text, (res.status_code, res.text)
+    assert "Invalid SuperNode authentication" not in res.text
+
+
+def _client_cert_of(fed: Fed, who: str) -> tuple[Path, Path]:
+    return fed.certs[who] if who in fed.certs else _kit_cert(fed.kits[who])
 
 
 def test_coordinator_name_mismatch_is_refused(fed: Fed) -> None:

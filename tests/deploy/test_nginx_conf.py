@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import deploy.gateway.nginx as gateway
 from deploy.gateway.conf import coordinator_conf, silo_conf
@@ -33,10 +36,24 @@ def test_coordinator_conf_has_the_directives_that_matter() -> None:
     assert "xsilo_key_ok" not in conf
 
 
+KEY = base64.b64encode(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+
+
 def test_node_key_binding_map() -> None:
-    conf = _coord(node_key_bindings={"O=H,CN=hospital-a": "TFMwdExT+/=="})
-    assert '"O=H,CN=hospital-a" "TFMwdExT+/==";' in conf
-    assert "if ($xsilo_key_ok = 0) { return 401; }" in conf
+    conf = _coord(node_key_bindings={"O=H,CN=hospital-a": KEY})
+    assert f'"O=H,CN=hospital-a" "{KEY}";' in conf
+    fleet = conf[conf.index("location /v1/fleet/"):conf.index("location / ")]
+    assert 'if ($xsilo_expected_key = "") { return 401; }' in fleet
+    assert "if ($http_flwr_public_key != $xsilo_expected_key) { return 401; }" in fleet
+    assert "\\1" not in conf  # no back-reference that a crafted header could satisfy
+
+
+@pytest.mark.parametrize("key", ["TFMwdExT+/==", "x|" + KEY, KEY + " ", base64.b64encode(
+    b"-----BEGIN PRIVATE KEY-----").decode()])
+def test_a_bound_key_must_be_what_flower_sends(key: str) -> None:
+    with pytest.raises(ConfigError, match="flwr-public-key"):
+        _coord(node_key_bindings={"CN=a": key})
 
 
 @pytest.mark.parametrize("bad", [{"listen": "0.0.0.0:8443; evil"},

@@ -53,8 +53,11 @@ def start(home: Path = HomeOpt) -> None:
                       "started was stopped")
         sys.exit(130)
     try:
-        where = (f"mTLS gateway on {h.gateway.host}:{h.gateway.port} → SuperLink on "
-                 f"{h.address}" if h.gateway else f"SuperLink on {h.host}:{h.port}")
+        link = (f"SuperLink in a private network namespace (Control API: this account and "
+                f"root only; pid {running.superlink.pid})" if running.bridge is not None
+                else f"SuperLink on {h.address} (Control API: every local account)")
+        where = (f"mTLS gateway on {h.gateway.host}:{h.gateway.port} → {link}" if h.gateway
+                 else link)
         console.print(f"[green]coordinator up[/]: {where} ({len(running.node_ids)} silo key(s) "
                       f"registered: {', '.join(running.node_ids) or 'none'})")
         console.print(f"SuperLink log: {running.superlink.log_path}. Ctrl-C stops it.")

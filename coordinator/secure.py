@@ -112,6 +112,12 @@ class SecureRound:
 M = TypeVar("M", bound=Message)
 
 
+def _reason(reply: Reply, exc: ProtocolError) -> str:
+    """Why a silo's reply was not used: its own refusal as it sent it, or the coordinator's
+    (class and message, e.g. ``ProtocolError: … names silo 1 …``)."""
+    return str(reply.error) if reply.error is not None else f"{type(exc).__name__}: {exc}"
+
+
 def _parse(reply: Reply, expected: type[M]) -> M:
     if reply.secagg is None:
         raise ProtocolError(f"silo node {reply.node_id} replied without a secure-aggregation "
@@ -174,9 +180,12 @@ class SecureAggregation:
     def settings(self) -> dict[str, Any]:
         """The run's secure-aggregation parameters (for the run's event log)."""
         q = self.config.quant
-        out: dict[str, Any] = {"threshold": self.threshold, "silos": len(self.nodes),
-               "length": self.config.length, "clip": q.clip, "bits": q.bits,
-               "max_weight": q.max_weight, "modulus_bits": q.modulus_bits, "step": q.step}
+        signed = sum(1 for advert in (self.state.directory.values() if self.state else ())
+                     if advert.certificate)
+        out: dict[str, Any] = {
+            "threshold": self.threshold, "silos": len(self.nodes), "signed_adverts": signed,
+            "length": self.config.length, "clip": q.clip, "bits": q.bits,
+            "max_weight": q.max_weight, "modulus_bits": q.modulus_bits, "step": q.step}
         if self.privacy is not None and self.privacy.calibration is not None:
             cal = self.privacy.calibration
             out.update({"pre_encoded": "distributed discrete Gaussian", "clip": None,
@@ -219,7 +228,7 @@ class SecureAggregation:
                     raise ProtocolError(str(reply.error))
                 state = receive_advert(state, self._from_node(node, reply, KeyAdvert))
             except ProtocolError as exc:
-                problems[node] = str(exc)
+                problems[node] = _reason(reply, exc)
                 log.warning("silo node %s has no secure-aggregation keys: %s", node, exc)
         return state, problems
 
@@ -297,7 +306,7 @@ class SecureAggregation:
                 state = receive_masked(state, self._from_node(node, reply, MaskedInput))
                 arrived.append(self.index[node])
             except ProtocolError as exc:
-                out.problems[node] = str(exc)
+                out.problems[node] = _reason(reply, exc)
             reply.secagg = None  # the masked vector is in the running sum; keep nothing else
             return reply
 
@@ -346,7 +355,7 @@ class SecureAggregation:
                     raise ProtocolError(str(reply.error))
                 state = receive_unmask(state, self._from_node(node, reply, UnmaskResponse))
             except ProtocolError as exc:
-                out.problems[node] = f"unmasking: {exc}"
+                out.problems[node] = f"unmasking: {_reason(reply, exc)}"
             reply.secagg = None
             return reply
 

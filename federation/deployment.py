@@ -125,7 +125,10 @@ class LocalFederation:
                 test=silo.test.resolve(), schema=self.schema, model=self.model,
                 superlink=kit.superlink, root_certificates=kit.root_certificates,
                 auth_key=kit.auth_key, workspace=str(self.silo_root / silo.name / "workspace"),
-                executor=self.executor)
+                executor=self.executor,
+                # its enrollment key signs its secure-aggregation keys; it checks its peers'
+                identity={"certificate": kit.client_cert, "key": kit.client_key,
+                          "ca": kit.ca_cert, "crl": kit.root / "crl.pem"})
             self.silos.append(load_silo_config(path))
         return self
 

@@ -30,6 +30,7 @@ def test_secure_aggregation_over_mtls_completes_and_improves(tmp_path: Path) -> 
     events = outcome.store.events()
     setup = next(e for e in events if e["event"] == "secure_aggregation_setup")
     assert setup["not_keyed"] == {} and setup["threshold"] == 3
+    assert setup["signed_adverts"] == 3  # each silo's keys signed with its enrollment key
     rows = [e for e in events if e["event"] == "round"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["contributors"] == ["hospital-a", "hospital-b", "hospital-c"] and

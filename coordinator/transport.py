@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from coordinator.messages import Payload, Reply, SiloError
 from xsilo.errors import DeploymentError, ProtocolError
 from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS, SILO
-from xsilo.records import arrays_to_record, record_to_arrays
+from xsilo.records import arrays_to_record
 from xsilo.terms import SILO_NAME, SiloInfo, SiloMetrics
 
 __all__ = ["GridTransport"]
@@ -42,9 +42,26 @@ def _parse_error(msg: Message) -> SiloError:
         return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 
 
-def _to_reply(node_id: int, msg: Message) -> Reply:
+def _take_arrays(record: Any, *, keep: bool) -> dict[str, np.ndarray]:
+    """Decode an ArrayRecord tensor by tensor; unless ``keep``, each tensor's wire bytes are
+    dropped as soon as it is decoded, so a reply is never held twice (wire + decoded)."""
+    out: dict[str, np.ndarray] = {}
+    for name in list(record.keys()):
+        try:
+            out[name] = record[name].numpy()
+        except Exception as exc:  # Flower's own deserializer: anything is a malformed tensor
+            raise ProtocolError(f"tensor {name!r} cannot be decoded ({type(exc).__name__}: "
+                                f"{exc})") from None
+        if not keep:
+            del record[name]
+    return out
+
+
+def _to_reply(node_id: int, msg: Message, *, keep_wire: bool = False) -> Reply:
     """The Flower message → a parsed :class:`Reply`; a malformed one becomes that silo's
-    ``ProtocolError`` reply (it never escapes as another exception)."""
+    ``ProtocolError`` reply (it never escapes as another exception). Unless ``keep_wire``
+    (a recorder still wants the message), the message's tensors are emptied as they are
+    decoded."""
     if msg.has_error():
         return Reply(node_id, error=_parse_error(msg))
     try:
@@ -52,7 +69,7 @@ def _to_reply(node_id: int, msg: Message) -> Reply:
         arrays: dict[str, np.ndarray] = {}
         for key in (DELTA, ARRAYS):
             if key in content.array_records:
-                arrays = record_to_arrays(content.array_records[key])
+                arrays = _take_arrays(content.array_records[key], keep=keep_wire)
                 break
         metrics = (SiloMetrics.from_record(dict(content.metric_records[METRICS]))
                    if METRICS in content.metric_records else SiloMetrics())
@@ -62,7 +79,8 @@ def _to_reply(node_id: int, msg: Message) -> Reply:
         if SECAGG in content.config_records:
             secagg = dict(content.config_records[SECAGG])
             if SECAGG_ARRAYS in content.array_records:
-                secagg.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
+                secagg.update(_take_arrays(content.array_records[SECAGG_ARRAYS],
+                                           keep=keep_wire))
     except ProtocolError as exc:
         name = _claimed_name(msg)
         log.warning("silo %s (node %s) sent a malformed reply: %s", name or "?", node_id, exc)
@@ -152,7 +170,7 @@ class GridTransport:
                         continue
                     if self.recorder is not None:
                         self.recorder(msg)
-                    reply = _to_reply(node, msg)
+                    reply = _to_reply(node, msg, keep_wire=self.recorder is not None)
                     del msg  # the Flower message (and its record bytes) can go now
                     replies[node] = on_reply(node, reply) if on_reply is not None else reply
                 done = until is not None and until(replies)

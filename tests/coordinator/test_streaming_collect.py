@@ -128,8 +128,8 @@ def test_secure_round_folds_each_masked_input_as_it_arrives(
     alive_at_fold: list[int] = []
     to_reply, receive_masked = transport._to_reply, secure.receive_masked
 
-    def watch_decode(node, msg):  # test-only: every masked vector the coordinator decodes
-        reply = to_reply(node, msg)
+    def watch_decode(node, msg, **kw):  # test-only: every masked vector the coordinator decodes
+        reply = to_reply(node, msg, **kw)
         if reply.secagg is not None and "masked" in reply.secagg:
             decoded.append(weakref.ref(reply.secagg["masked"]))
         return reply

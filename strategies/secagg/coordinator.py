@@ -195,6 +195,9 @@ def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorStat
                             f"{list(state.active)}")
     msg.check()  # each bundle's commitments: one per share
     assert state.acc is not None
+    if msg.bits not in (0, state.config.quant.modulus_bits):
+        raise ProtocolError(f"{who}: packed to {msg.bits} bits, the run's modulus has "
+                            f"{state.config.quant.modulus_bits}")
     if msg.masked.dtype != state.acc.dtype or msg.masked.shape != state.acc.shape:
         raise ProtocolError(f"{who}: vector is {msg.masked.dtype}[{msg.masked.size}], expected "
                             f"{state.acc.dtype}[{state.acc.size}]")

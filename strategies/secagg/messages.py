@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from strategies.secagg.config import SecAggConfig, make_config, make_encoded_config
+from strategies.secagg.packing import pack_bits, unpack_bits
+from strategies.secagg.prg import dtype_for_bits
 from strategies.secagg.shamir import SHARE_BYTES
 from xsilo.errors import ConfigError, ProtocolError
 
@@ -72,6 +74,7 @@ _MAX_ITEMS = 1 << 20  # entries in one list field (silos, shares, bundles)
 _MAX_TEXT = 256
 _MAX_BLOB = 1 << 26  # one bundle or commitment list (64 MiB: far above any real one)
 _MAX_IDENTITY = 1 << 14  # a certificate or a signature (16 KiB)
+_MAX_WORDS = 1 << 34  # words in one masked vector (a 64 GiB keystream is the PRG's limit)
 _IDENTITY_FIELDS = frozenset({"certificate", "signature", "dir_certificates", "dir_signatures"})
 
 
@@ -292,6 +295,31 @@ class MaskedInput(Message):
     masked: np.ndarray
     commitments: tuple[bytes, ...] = ()
     aux: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))  # masked
+    bits: int = 0  # the run's modulus bits: the record carries `masked` packed to this width
+
+    def to_record(self) -> dict[str, Any]:
+        """As every message, but ``masked`` packed to ``bits`` per word (:mod:`~.packing`)
+        with its ``count``, when that is narrower than its dtype."""
+        out = super().to_record()
+        if 0 < self.bits < 8 * self.masked.itemsize:
+            out["masked"] = pack_bits(self.masked, self.bits)
+            out["count"] = int(self.masked.size)
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Message:
+        if isinstance(record, dict) and "count" in record:
+            bits, count = record.get("bits"), record.get("count")
+            if (not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 64
+                    or not isinstance(count, int) or isinstance(count, bool)
+                    or not 0 < count <= _MAX_WORDS):
+                raise ProtocolError(f"{cls.KIND} message: a packed vector needs bits in 1..64 "
+                                    f"and count in 1..{_MAX_WORDS}, got bits={_shown(bits)}, "
+                                    f"count={_shown(count)}")
+            record = {k: v for k, v in record.items() if k != "count"}
+            record["masked"] = unpack_bits(record.get("masked"), bits=bits, count=count,
+                                           dtype=dtype_for_bits(bits))
+        return super().from_record(record)
 
     def check(self) -> None:
         self._same_length("recipients", "bundles", "commitments")

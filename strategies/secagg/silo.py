@@ -344,7 +344,7 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
                   pair_keys=keys.stored())
     return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
                             bundles=bundles, masked=masked, commitments=commitments,
-                            aux=aux_words)
+                            aux=aux_words, bits=config.quant.modulus_bits)
 
 
 def _masked_aux(config: SecAggConfig, aux: np.ndarray | None, self_seed: bytes,

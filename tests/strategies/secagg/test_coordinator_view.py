@@ -48,13 +48,15 @@ def test_no_received_vector_is_close_to_an_individual_update(run):
     assert len(masked) == 5 + 6 + 5  # the late input of round 1 was received too
     step = CONFIG.quant.step
     for record in masked:
-        y = record["masked"].astype(np.float64)
+        words = message_from_record(record).masked  # on the wire: packed to modulus_bits
+        assert record["masked"].dtype == np.uint8 and record["masked"].nbytes < words.nbytes
+        y = words.astype(np.float64)
         for updates, weights in inputs.values():
             for s in range(N):
                 plain = weights[s] * (updates[s] + 1.0) / step  # w·q up to one level per unit weight
                 near = np.abs(y[1:] - plain) <= weights[s]
                 assert near.mean() < 0.2, f"masked input of silo {record['silo']} resembles silo {s}"
-        assert record["masked"].max() > (1 << CONFIG.quant.modulus_bits) // 2  # spread over Z_M
+        assert words.max() > (1 << CONFIG.quant.modulus_bits) // 2  # spread over Z_M
 
 
 def _known_secrets(view):

@@ -62,12 +62,17 @@ def _state(stored: Mapping[str, Any] | None, step: str) -> Any:
 def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
           silo_index: int, limits: SiloLimits = SiloLimits(),
           identity: SiloIdentity | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key.
+    """KeyRequest → (state, KeyAdvert record); a repeated request is a re-key, a request
+    for another secure-aggregation run (a resumed run) starts over with fresh keys.
     ``silo_index`` is this silo's roster index (:class:`xsilo.terms.KeySetupTerms`);
     ``limits`` the site's own floor (its policy's :meth:`~SitePolicy.secagg_limits`);
     ``identity`` (:func:`silo_client.identity.site_identity`) signs the advert."""
     message = _expect(request, KeyRequest, "key setup")
     state = silo_state_from_record(dict(stored)) if stored else new_silo(int(silo_index))
+    if state.config is not None and state.config.run_id != message.run_id:
+        # A new secure-aggregation run (a new run, or this run resumed after a coordinator
+        # crash): the old keys are dropped and fresh ones made; nothing carries over.
+        state = new_silo(int(silo_index))
     if state.silo != int(silo_index):
         raise ProtocolError(f"key setup names this silo {silo_index}, but its keys are for "
                             f"silo {state.silo} of the run")

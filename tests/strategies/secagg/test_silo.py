@@ -231,3 +231,4 @@ def test_pair_keys_are_derived_once_then_reused_and_cleared_by_a_rekey(world, mo
     assert [(c["purpose"], c["peer"]) for c in calls] == [("mask", 2)]
     rekeyed, _ = silo_step(ready, dataclasses.replace(messages["key"], epoch=2))
     assert rekeyed.pair_keys == ()
+

@@ -1,7 +1,13 @@
-"""Accuracy vs ε for silo-level DP: no DP, central, distributed — breast cancer and digits.
+"""Accuracy vs ε: silo-level DP on three silos, then record-level DP-SGD on ten.
 
-    .venv/bin/python benchmarks/dp_utility.py            # ~3 min on 2 cores
-    .venv/bin/python benchmarks/dp_utility.py --quick    # one repetition, 3 ε points
+    .venv/bin/python benchmarks/dp_utility.py                  # both parts (~45 min, 2 cores)
+    .venv/bin/python benchmarks/dp_utility.py --part silo      # silo-level only (~3 min)
+    .venv/bin/python benchmarks/dp_utility.py --part record    # DP-SGD only (~40 min)
+    .venv/bin/python benchmarks/dp_utility.py --quick          # one repetition, fewer points
+
+The record-level part (DP-SGD in ten torch silos vs silo-level central DP vs no DP, at
+ε ∈ {1, 3, 8}) is :mod:`benchmarks.dp_sgd_utility`; it writes benchmarks/dp_sgd_utility.png.
+The silo-level part follows.
 
 Everything runs in one process. Federations: the demo's three breast-cancer hospitals
 (``federation.demo_data``) and scikit-learn's 8x8 digits split over three silos by
@@ -115,7 +121,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 repetition, ε in {0.5, 2, 10}")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "dp_utility.png")
+    ap.add_argument("--part", choices=("all", "silo", "record"), default="all",
+                    help="silo-level curves (3 silos), record-level DP-SGD (10 silos), or both")
     args = ap.parse_args()
+    if args.part in ("all", "silo"):
+        silo_level(args)
+    if args.part in ("all", "record"):
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import dp_sgd_utility
+
+        dp_sgd_utility.main(["--quick"] if args.quick else [])
+
+
+def silo_level(args: argparse.Namespace) -> None:
+    """The silo-level curves: no DP, central and distributed DP on three silos."""
     logging.basicConfig(level=logging.WARNING)
     eps_list = (0.5, 2.0, 10.0) if args.quick else EPSILONS
     reps = 1 if args.quick else REPS

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from coordinator.evaluation import EvaluationConfig
+from coordinator.exports import EXPORTS
 from strategies.dp.config import DPConfig
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write, read_toml
@@ -43,6 +45,13 @@ class RunConfig:
     secagg_bits : quantization bits per value (step ``2·clip/(2^bits − 1)``).
     secagg_max_weight : largest integer weight (example count) a silo masks; larger counts
         are capped and reported in the round row.
+    exports : any of ``tensorboard``, ``mlflow``, ``prometheus`` (:mod:`coordinator.exports`).
+    prometheus_host, prometheus_port : where the Prometheus endpoint listens (port 0: any
+        free port, recorded in ``metrics.jsonl``).
+    mlflow_tracking_uri, mlflow_experiment : the MLflow store ("": ``sqlite:///RUN_DIR/mlflow.db``)
+        and experiment name.
+    evaluation : coordinator-side validation (``[run.evaluation]`` table,
+        :class:`~coordinator.evaluation.EvaluationConfig`); None = off.
     """
 
     num_rounds: int = 5
@@ -63,6 +72,12 @@ class RunConfig:
     secagg_max_weight: int = 1000
     dp: DPConfig | None = None
     name: str = "run"
+    exports: tuple[str, ...] = ()
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = 0
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "xsilo"
+    evaluation: EvaluationConfig | None = None
 
     def __post_init__(self) -> None:
         _positive_int("num_rounds", self.num_rounds)
@@ -90,6 +105,30 @@ class RunConfig:
             if not isinstance(self.dp, Mapping):
                 raise ConfigError(f"dp must be a table ([run.dp]), got {self.dp!r}")
             object.__setattr__(self, "dp", DPConfig.from_mapping(self.dp))
+        self._check_observability()
+
+    def _check_observability(self) -> None:
+        if isinstance(self.exports, str) or not isinstance(self.exports, list | tuple):
+            raise ConfigError(f"exports must be a list such as [\"tensorboard\", \"mlflow\"], "
+                              f"got {self.exports!r}")
+        unknown = [e for e in self.exports if e not in EXPORTS]
+        if unknown or len(set(self.exports)) != len(self.exports):
+            raise ConfigError(f"exports = {list(self.exports)}: each of {', '.join(EXPORTS)} at "
+                              f"most once; unknown: {unknown or 'none'}")
+        object.__setattr__(self, "exports", tuple(self.exports))
+        port = self.prometheus_port
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ConfigError(f"prometheus_port must be 0 (any free port) or 1..65535, "
+                              f"got {port!r}")
+        for name in ("prometheus_host", "mlflow_experiment"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty string, got "
+                                  f"{getattr(self, name)!r}")
+        if not isinstance(self.mlflow_tracking_uri, str):
+            raise ConfigError(f"mlflow_tracking_uri must be a string (\"\": the run directory's "
+                              f"mlflow.db), got {self.mlflow_tracking_uri!r}")
+        if self.evaluation is not None and not isinstance(self.evaluation, EvaluationConfig):
+            object.__setattr__(self, "evaluation", EvaluationConfig.from_mapping(self.evaluation))
 
     def _check_secagg(self) -> None:
         from strategies.secagg import validate_params
@@ -149,6 +188,11 @@ class RunConfig:
             out.pop("dp")  # TOML has no null: an absent table means no DP
         else:
             out["dp"] = self.dp.to_mapping()
+        out["exports"] = list(self.exports)
+        if self.evaluation is None:
+            out.pop("evaluation")
+        else:
+            out["evaluation"] = self.evaluation.to_mapping()
         return out
 
 

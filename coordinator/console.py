@@ -41,7 +41,8 @@ def _join_notes(events: list[dict[str, Any]]) -> list[str]:
 
 
 def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> Table:
-    """One row per round: global accuracy/loss, per-silo accuracy, train loss, time.
+    """One row per round: global accuracy/loss (MAE/MSE for regressors), per-silo accuracy
+    (MAE), train loss, time.
 
     The caption explains the columns and lists the silos refused (with their reason) or
     silent at join.
@@ -52,10 +53,12 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     for e in events:
         if e.get("event") == "join":
             silos = sorted(set(silos) | set(e.get("silos", {})))
+    regression = any(e.get("global_mae") is not None for e in rows)
+    score, glob = ("mae", "global_mae") if regression else ("accuracy", "global_accuracy")
     table = Table(title=title, title_justify="left", caption_justify="left")
     table.add_column("round", justify="right")
-    table.add_column("acc", justify="right", style="bold green")
-    table.add_column("loss", justify="right")
+    table.add_column("MAE" if regression else "acc", justify="right", style="bold green")
+    table.add_column("MSE" if regression else "loss", justify="right")
     for silo in silos:
         table.add_column(silo, justify="right")
     table.add_column("train loss", justify="right")
@@ -65,7 +68,9 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
         table.add_column("C", justify="right")
     table.add_column("s", justify="right")
     table.add_column("status")
-    table.caption = "acc/loss: global model on all silos' test splits; per silo: accuracy"
+    table.caption = ("MAE/MSE: global model on all silos' test splits; per silo: MAE"
+                     if regression else
+                     "acc/loss: global model on all silos' test splits; per silo: accuracy")
     if dp:
         delta = next((f"{e['delta']:g}" for e in rows if e.get("delta") is not None), "?")
         table.caption += f"; ε: privacy spent after the round at δ={delta}; C: clip norm used"
@@ -77,8 +82,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
         if e.get("rejected"):
             status += " (" + "; ".join(f"{k}: {v}" for k, v in e["rejected"].items())[:80] + ")"
         table.add_row(
-            str(e["round"]), _fmt(e.get("global_accuracy")), _fmt(e.get("global_loss")),
-            *[_fmt(per.get(s, {}).get("accuracy")) for s in silos],
+            str(e["round"]), _fmt(e.get(glob)), _fmt(e.get("global_loss")),
+            *[_fmt(per.get(s, {}).get(score)) for s in silos],
             _fmt(e.get("train_loss")),
             *([_fmt(e.get("epsilon"), ".3f"), _fmt(e.get("clip_norm"), ".3g")] if dp else []),
             _fmt(e.get("round_seconds"), ".1f"), escape(status))

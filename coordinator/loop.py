@@ -18,6 +18,12 @@ With ``dp`` (:mod:`coordinator.privacy`) every round is checked against the priv
 *before* it is sent (a round that would exceed ``max_epsilon`` is not run: the run stops
 cleanly with status ``stopped``), the coordinator clips and noises the sum, and every row,
 checkpoint and the summary carry ε at δ.
+
+Around the rounds: a validation set held by the coordinator scores every model
+(``[run.evaluation]``, :mod:`coordinator.evaluation`), each row counts the array bytes the
+transport carried (:mod:`coordinator.metering`) and the silos' own fit times, the rows go to
+the run's exports as they are written (:mod:`coordinator.exports`), and the run's HTML
+report is written when it ends, however it ends (:mod:`coordinator.report`).
 """
 
 from __future__ import annotations
@@ -25,21 +31,27 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 import numpy as np
 
 from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
+from coordinator.evaluation import Evaluator, load_evaluator, validation_fields
+from coordinator.exports import RunExports
 from coordinator.messages import Observers, Payload, Reply, Transport
+from coordinator.metering import MeteredTransport
 from coordinator.privacy import RunPrivacy
+from coordinator.report import safe_write_report
+from coordinator.rows import (PendingRow, clip_report, losses, note_dpsgd, note_fit,
+                              round_event, weighted_mean)
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation, run_threshold
 from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
 from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
                           StrategyError)
-from xsilo.terms import PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics, TrainTerms
+from xsilo.terms import PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, TrainTerms
 
 __all__ = ["RoundLoop"]
 
@@ -53,51 +65,19 @@ class _Member:
     fingerprint: dict[str, Any]
 
 
-@dataclass
-class _PendingRow:
-    """A round whose model has not been evaluated yet."""
-
-    server_round: int
-    status: str
-    seconds: float
-    train_loss: float | None = None
-    contributors: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _weighted_mean(values: list[tuple[float, float]]) -> float | None:
-    total = sum(w for _, w in values)
-    return sum(v * w for v, w in values) / total if total > 0 else None
-
-
-def _clip_report(metrics: Mapping[str, SiloMetrics]) -> dict[str, Any]:
-    """What the silos said about clipping and weight capping before quantization."""
-    return {"clipped_values": int(sum(m.secagg_clipped or 0 for m in metrics.values())),
-            "capped_weights": sorted(n for n, m in metrics.items() if m.secagg_capped)}
-
-
-def _note_dpsgd(row: _PendingRow, silo: str, metrics: SiloMetrics) -> None:
-    """A DP-SGD silo's own record-level ε (its accountant, its δ) goes into the row."""
-    if metrics.dpsgd_epsilon is not None:
-        row.extra.setdefault("dpsgd_epsilon", {})[silo] = metrics.dpsgd_epsilon
-        row.extra.setdefault("dpsgd_delta", {})[silo] = metrics.dpsgd_delta or 0.0
-
-
-def _losses(metrics: Iterable[SiloMetrics]) -> list[tuple[float, float]]:
-    """(train loss, example count) of the silos that reported one."""
-    return [(m.train_loss, m.num_examples or 0.0) for m in metrics if m.train_loss is not None]
-
-
 class RoundLoop:
     """Drive one federated run; see the module docstring."""
 
     def __init__(self, config: RunConfig, transport: Transport, store: RunStore,
-                 strategy: Strategy, *, observers: Observers | None = None) -> None:
+                 strategy: Strategy, *, observers: Observers | None = None,
+                 evaluator: Evaluator | None = None, exports: RunExports | None = None) -> None:
+        """``evaluator`` and ``exports`` default to what ``config`` names (built when the run
+        starts); pass them to inject others (tests, embedding)."""
         self.config = config
-        self.transport = transport
+        self.transport = MeteredTransport(transport)
         self.store = store
+        self.evaluator = evaluator
+        self.exports = exports
         self.strategy = strategy
         self.observers = observers or Observers()
         self.members: dict[int, _Member] = {}
@@ -180,10 +160,14 @@ class RoundLoop:
         """Run to completion and return the summary (also written to ``summary.json``)."""
         started = time.monotonic()
         try:
+            self._open_observers()
+            joining = time.monotonic()  # round 0's time: join (and key setup) only
             current = self.join()
             if self.config.secure_aggregation:
                 self._setup_secure(current)
-            pending = _PendingRow(0, "initial", time.monotonic() - started)
+            pending = PendingRow(0, "initial", time.monotonic() - joining)
+            self._validate(pending, current)
+            pending.extra["bytes"] = self._bytes_since((0, 0))
             for server_round in range(1, self.config.num_rounds + 1):
                 if self._budget_stops(server_round):
                     break
@@ -194,6 +178,29 @@ class RoundLoop:
             self._finish("failed", started, error=f"{type(exc).__name__}: {exc}")
             raise
         return self._finish("stopped" if self.stop else "completed", started)
+
+    def _open_observers(self) -> None:
+        """The coordinator's evaluator and the run's exports (a ConfigError here fails the
+        run before any silo is contacted)."""
+        if self.evaluator is None and self.config.evaluation is not None:
+            self.evaluator = load_evaluator(self.config.evaluation, seed=self.config.seed)
+        if self.exports is None:
+            self.exports = RunExports.start(self.config, self.store.path,
+                                            on_error=self.store.append_event)
+            where = self.exports.where()
+            if where:
+                self.store.append_event({"event": "exports", **where})
+                log.info("exports: %s", where)
+        self.exports.round_started(0)
+
+    def _validate(self, row: PendingRow, model: Mapping[str, np.ndarray]) -> None:
+        """Score ``model`` (the model of ``row``) on the coordinator's validation set."""
+        if self.evaluator is not None:
+            row.extra["validation"] = validation_fields(self.evaluator(model))
+
+    def _bytes_since(self, mark: tuple[int, int]) -> dict[str, int]:
+        return {"sent": self.transport.sent - mark[0],
+                "received": self.transport.received - mark[1]}
 
     def _budget_stops(self, server_round: int) -> bool:
         """True (and the stop recorded) when this round would exceed ``max_epsilon``."""
@@ -240,20 +247,26 @@ class RoundLoop:
             "not_keyed": {self.members[n].name: why for n, why in problems.items()}})
 
     def _round(self, server_round: int, current: dict[str, np.ndarray],
-               pending: _PendingRow) -> tuple[dict[str, np.ndarray], _PendingRow]:
+               pending: PendingRow) -> tuple[dict[str, np.ndarray], PendingRow]:
         t0 = time.monotonic()
+        mark = (self.transport.sent, self.transport.received)
+        if self.exports is not None:
+            self.exports.round_started(server_round)
         # Silos the SuperLink no longer knows (unregistered, e.g. revoked) are not waited for.
         connected = set(self.transport.node_ids())
         plan = self.strategy.configure_round(
             server_round, sorted(n for n in self.members if n in connected))
         terms = self._train_terms(server_round, plan)
-        row = _PendingRow(server_round, "ok", 0.0)
+        row = PendingRow(server_round, "ok", 0.0)
+        row.extra["asked"] = sorted(self.members[n].name for n in plan.silos)
         if self.secure is not None:
             current = self._secure_round(current, pending, row, plan.silos, terms)
         else:
             current = self._clear_round(current, pending, row, plan.silos, terms)
         if self.privacy is not None and "epsilon" not in row.extra:
             row.extra.update(self.privacy.row_fields())  # nothing released: ε unchanged
+        self._validate(row, current)
+        row.extra["bytes"] = self._bytes_since(mark)
         if row.status == "ok":
             state = dict(self.strategy.state_dict())
             if self.privacy is not None:
@@ -262,13 +275,13 @@ class RoundLoop:
         row.seconds = time.monotonic() - t0
         return current, row
 
-    def _fail(self, row: _PendingRow, reason: str) -> None:
+    def _fail(self, row: PendingRow, reason: str) -> None:
         row.status, row.reason = "failed", reason
         self.failed_rounds.append(row.server_round)
         log.error("round %d failed: %s; model kept", row.server_round, reason)
 
-    def _secure_round(self, current: dict[str, np.ndarray], pending: _PendingRow,
-                      row: _PendingRow, silos: tuple[int, ...],
+    def _secure_round(self, current: dict[str, np.ndarray], pending: PendingRow,
+                      row: PendingRow, silos: tuple[int, ...],
                       terms: TrainTerms) -> dict[str, np.ndarray]:
         """Two round trips through ``coordinator.secure``; the strategy gets only the sum."""
         assert self.secure is not None
@@ -280,11 +293,13 @@ class RoundLoop:
         self._emit_row(pending, replies)
         row.rejected = {self.members[n].name: p for n, p in outcome.problems.items()}
         row.contributors = [self.members[n].name for n in outcome.contributors]
-        row.extra["secure_aggregation"] = {**outcome.report, **_clip_report(
+        row.extra["secure_aggregation"] = {**outcome.report, **clip_report(
             {self.members[n].name: replies[n].metrics for n in outcome.contributors})}
         for n in outcome.contributors:
-            _note_dpsgd(row, self.members[n].name, replies[n].metrics)
-        row.train_loss = _weighted_mean(_losses(replies[n].metrics for n in outcome.contributors))
+            note_dpsgd(row, self.members[n].name, replies[n].metrics)
+        note_fit(row, {self.members[n].name: replies[n].metrics for n in outcome.contributors
+                        if n in replies})
+        row.train_loss = weighted_mean(losses(replies[n].metrics for n in outcome.contributors))
         if outcome.failure is None and outcome.total_weight <= 0:
             outcome.failure = "the unmasked total weight is 0 (every silo sent weight 0)"
         if outcome.failure is not None:
@@ -299,8 +314,8 @@ class RoundLoop:
             delta_sum, total = released.delta_sum, released.total_weight
         return self._step_from_sum(current, delta_sum, total, row.server_round)
 
-    def _clear_round(self, current: dict[str, np.ndarray], pending: _PendingRow,
-                     row: _PendingRow, silos: tuple[int, ...],
+    def _clear_round(self, current: dict[str, np.ndarray], pending: PendingRow,
+                     row: PendingRow, silos: tuple[int, ...],
                      terms: TrainTerms) -> dict[str, np.ndarray]:
         """One round trip; each update is folded into the round's sum as it arrives."""
         collector = RoundCollector(
@@ -314,8 +329,9 @@ class RoundLoop:
         self._emit_row(pending, replies)
         row.rejected, row.contributors = collector.rejected, list(collector.contributors)
         for name, metrics in collector.metrics.items():
-            _note_dpsgd(row, name, metrics)
-        row.train_loss = _weighted_mean(_losses(collector.metrics.values()))
+            note_dpsgd(row, name, metrics)
+        note_fit(row, collector.metrics)
+        row.train_loss = weighted_mean(losses(collector.metrics.values()))
         if collector.count < self.config.min_silos:
             self._fail(row, f"{collector.count} usable update(s), min_silos is "
                             f"{self.config.min_silos}")
@@ -345,32 +361,23 @@ class RoundLoop:
             "evaluate", {n: Payload(terms, current) for n in sorted(nodes)},
             timeout=self.config.round_timeout, group=group)
 
-    def _final_evaluation(self, current: dict[str, np.ndarray], pending: _PendingRow) -> None:
-        self._emit_row(pending, self._evaluate(current, self.members, self.config.num_rounds,
-                                               "final", final=True))
+    def _final_evaluation(self, current: dict[str, np.ndarray], pending: PendingRow) -> None:
+        mark = (self.transport.sent, self.transport.received)
+        replies = self._evaluate(current, self.members, self.config.num_rounds, "final",
+                                 final=True)
+        counted = pending.extra.setdefault("bytes", {"sent": 0, "received": 0})
+        for key, value in self._bytes_since(mark).items():  # the final evaluation's traffic
+            counted[key] = counted.get(key, 0) + value
+        self._emit_row(pending, replies)
 
-    def _emit_row(self, row: _PendingRow, replies: Mapping[int, Reply]) -> None:
+    def _emit_row(self, row: PendingRow, replies: Mapping[int, Reply]) -> None:
         """Write the row of ``row.server_round`` using the evaluations in ``replies``."""
-        per_silo, losses, accs = {}, [], []
-        for node, reply in sorted(replies.items()):
-            if reply.error is not None or node not in self.members:
-                continue
-            m = reply.metrics
-            if m.eval_loss is None:
-                continue
-            n = m.eval_examples if m.eval_examples is not None else 1.0
-            per_silo[self.members[node].name] = {
-                "loss": m.eval_loss, "accuracy": m.eval_accuracy, "examples": int(n)}
-            losses.append((m.eval_loss, n))
-            if m.eval_accuracy is not None:
-                accs.append((m.eval_accuracy, n))
-        self.store.append_event({
-            "event": "round", "round": row.server_round, "status": row.status,
-            "global_loss": _weighted_mean(losses), "global_accuracy": _weighted_mean(accs),
-            "silos": per_silo, "train_loss": row.train_loss,
-            "round_seconds": round(row.seconds, 3), "contributors": sorted(row.contributors),
-            "rejected": row.rejected, **({"reason": row.reason} if row.reason else {}),
-            **row.extra})
+        event = round_event(row, {self.members[node].name: reply.metrics
+                                  for node, reply in replies.items()
+                                  if reply.error is None and node in self.members})
+        self.store.append_event(event)
+        if self.exports is not None:
+            self.exports.row(event)
 
     def _finish(self, status: str, started: float, *, error: str | None = None) -> dict[str, Any]:
         rows = [e for e in self.store.events() if e.get("event") == "round"]
@@ -386,4 +393,7 @@ class RoundLoop:
             summary.update({"stop_reason": self.stop[0], "stop_message": self.stop[1]})
         self.store.append_event({"event": "end", **summary})
         self.store.write_summary(summary)
+        if self.exports is not None:
+            self.exports.finish(summary)
+        safe_write_report(self.store.path, log)
         return summary

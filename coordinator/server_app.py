@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -36,9 +39,29 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
     check_run_privacy(config.dp, strategy, secure_aggregation=config.secure_aggregation)
     store = RunStore(run_dir)
     store.prepare()
+    store.append_event({"event": "start", **provenance(grid)})
     observers = observers or Observers()
     transport = GridTransport(grid, poll_interval=poll_interval, recorder=observers.reply)
     return RoundLoop(config, transport, store, strategy, observers=observers).run()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def provenance(grid: Grid) -> dict[str, Any]:
+    """What ran this run: xsilo, Flower and Python versions, and the Flower app (FAB) that
+    ``flwr run`` shipped, with its hash (empty for in-process runs, which ship none)."""
+    run = getattr(grid, "run", None)
+    return {"xsilo_version": _version("xsilo"), "flwr_version": _version("flwr"),
+            "python": platform.python_version(),
+            "flower_run_id": getattr(run, "run_id", None),
+            "fab_id": getattr(run, "fab_id", "") or None,
+            "fab_version": getattr(run, "fab_version", "") or None,
+            "fab_hash": getattr(run, "fab_hash", "") or None}
 
 
 @app.main()

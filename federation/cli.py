@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -40,6 +42,18 @@ def _root(
     )
 
 
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (coordinator home's runs/<name>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the HTML report "
+                                       "(default: RUN_DIR/report.html)."),
+) -> None:
+    """Write a run's report: one self-contained HTML file (plots inline, no network)."""
+    from coordinator.report import write_report
+
+    path = write_report(run_dir, out)
+    Console().print(f"report: {path.resolve()}")
+
+
 def _register() -> None:
     from coordinator.cli import app as coordinator_app
     from deploy.pki.cli import pki_app
@@ -48,6 +62,7 @@ def _register() -> None:
     from federation.demo import demo
 
     app.command("demo")(demo)
+    app.command("report")(report)
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(silo_app, name="silo")
     app.add_typer(pki_app, name="pki")

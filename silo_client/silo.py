@@ -144,9 +144,14 @@ class Silo:
             return SiloMetrics()
         scores = model.evaluate(test)
         accuracy = scores.get("accuracy")
+        regression = self.config.schema.task == "regression"
+        mae = scores.get("mae")
+        # A regressor's loss is its MSE (ModelAdapter.evaluate); report it under its name too.
         return SiloMetrics(eval_loss=float(scores["loss"]),
                            eval_accuracy=None if accuracy is None else float(accuracy),
-                           eval_examples=float(len(test)))
+                           eval_examples=float(len(test)),
+                           eval_mae=float(mae) if regression and mae is not None else None,
+                           eval_mse=float(scores["loss"]) if regression else None)
 
     def train(self, global_params: Mapping[str, np.ndarray], terms: TrainTerms, *,
               secure: bool | None = None, joined_secure: bool = False) -> TrainResult:

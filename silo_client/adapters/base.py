@@ -7,6 +7,7 @@ An adapter exposes a model as named numpy arrays (``NDArrays``) plus local ``fit
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -27,6 +28,7 @@ __all__ = [
     "assign_parameters",
     "check_same_architecture",
     "parameter_spec",
+    "round_seed",
 ]
 
 
@@ -34,9 +36,23 @@ NDArrays = dict[str, np.ndarray]
 ParameterSpec = Mapping[str, tuple[tuple[int, ...], str]]
 
 
+def round_seed(run_seed: int, server_round: int) -> int:
+    """The training seed of one round: SHA-256 of ``(run seed, round)``, 63 bits.
+
+    Deterministic for a fixed run seed, different every round, so the local shuffle (and a
+    torch model's dropout) does not repeat round after round. The model's initial
+    parameters still come from the run seed itself (identical at every silo).
+    """
+    digest = hashlib.sha256(f"xsilo-round-seed:{int(run_seed)}:{int(server_round)}".encode())
+    return int.from_bytes(digest.digest()[:8], "big") >> 1
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """What one local ``fit`` may use, from the round's terms (or a test's choice).
+
+    ``seed`` drives the local shuffle; from a round's terms it is :func:`round_seed` of the
+    run seed and the round.
 
     ``learning_rate`` / ``batch_size`` None: the adapter's own default. ``proximal_mu``:
     FedProx's term (0: none). ``strategy_config``: a plugin strategy's own per-round values
@@ -53,7 +69,8 @@ class FitSettings:
     @classmethod
     def from_terms(cls, terms: TrainTerms) -> FitSettings:
         """The settings a train round's terms give the model."""
-        return cls(seed=terms.seed, learning_rate=terms.learning_rate,
+        return cls(seed=round_seed(terms.seed, terms.server_round),
+                   learning_rate=terms.learning_rate,
                    batch_size=terms.batch_size, proximal_mu=terms.proximal_mu,
                    server_round=terms.server_round, strategy_config=dict(terms.strategy_config))
 

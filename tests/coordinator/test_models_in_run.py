@@ -35,8 +35,10 @@ def _rounds(run_dir: Path) -> list[dict]:
     return [e for e in RunStore(run_dir).events() if e["event"] == "round"]
 
 
-def _run(tmp_path: Path, configs: list[Path], *, rounds: int = 3) -> list[dict]:
-    config = RunConfig(num_rounds=rounds, min_silos=3, seed=1, name="models")
+def _run(tmp_path: Path, configs: list[Path], *, rounds: int = 3,
+         learning_rate: float = 0.1) -> list[dict]:
+    config = RunConfig(num_rounds=rounds, min_silos=3, seed=1, name="models",
+                       learning_rate=learning_rate)
     summary = run_in_process(tmp_path / "run", config, configs)
     assert summary["status"] == "completed", summary
     rows = _rounds(tmp_path / "run")
@@ -87,7 +89,10 @@ def test_each_classifier_improves_on_the_initial_model(tmp_path: Path, make_silo
 
 @pytest.mark.parametrize("model", REGRESSORS)
 def test_each_regressor_improves_on_the_initial_model(tmp_path: Path, model: str) -> None:
-    rows = _run(tmp_path, write_diabetes_silos(tmp_path / "silos", model=model))
+    # sklearn's SGD steps once per record: at 0.1 it oscillates on standardised targets (the
+    # loss after a given round then depends on the shuffle, which changes every round)
+    rows = _run(tmp_path, write_diabetes_silos(tmp_path / "silos", model=model),
+                learning_rate=0.01 if model == "sklearn:SGDRegressor" else 0.1)
     # global_loss is the test MSE on standardised targets: predicting the mean scores ~1.0
     assert rows[-1]["global_loss"] < 0.8 * rows[0]["global_loss"]
     assert rows[-1]["global_loss"] < 0.75

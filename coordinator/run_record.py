@@ -1,0 +1,141 @@
+"""A run directory, read once for reporting: its configuration, rows and summary.
+
+:func:`load_run` reads ``config.toml``, ``metrics.jsonl`` and ``summary.json`` as they are
+(a missing or partial file leaves its part empty); :func:`unique_rounds` keeps one row per
+round number (a resumed run writes the rounds it re-runs again); :func:`provenance` and
+:func:`time_split` derive what the report shows about where the run came from and where its
+time went. Nothing here renders HTML (:mod:`coordinator.report` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.run_store import RunStore
+from xsilo.errors import ConfigError
+from xsilo.files import read_toml
+
+__all__ = ["RunRecord", "load_run", "provenance", "time_split", "unique_rounds", "utc"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run directory holds, read once (missing parts are empty)."""
+
+    path: Path
+    config_text: str | None
+    settings: Mapping[str, Any]
+    events: list[dict[str, Any]]
+    summary: Mapping[str, Any] | None
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        """One row per round number, the latest written (see :func:`unique_rounds`)."""
+        return unique_rounds(self.events)[0]
+
+    def first(self, kind: str) -> dict[str, Any] | None:
+        return next((e for e in self.events if e.get("event") == kind), None)
+
+    def last(self, kind: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events) if e.get("event") == kind), None)
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read a run directory; ConfigError when it is not one (no config, no metrics)."""
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file() and not store.metrics_path.is_file():
+        raise ConfigError(f"{run_dir} holds no config.toml and no metrics.jsonl: not a run "
+                          "directory; pass a directory under the coordinator home's runs/")
+    text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    settings: Mapping[str, Any] = {}
+    if text is not None:
+        try:
+            settings = read_toml(config_path, what="run configuration").get("run", {})
+        except ConfigError:
+            settings = {}  # the report still shows the rows; the hash names the file
+    try:
+        summary = store.summary()
+    except (ValueError, OSError):
+        summary = None
+    return RunRecord(run_dir, text, settings, store.events(), summary)
+
+
+def unique_rounds(events: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """(round rows by round number, the latest of each; round numbers written more than once)."""
+    latest: dict[int, dict[str, Any]] = {}
+    repeated: set[int] = set()
+    for e in events:
+        if e.get("event") != "round" or not isinstance(e.get("round"), int):
+            continue
+        if e["round"] in latest:
+            repeated.add(e["round"])
+        latest[e["round"]] = dict(e)
+    return [latest[r] for r in sorted(latest)], sorted(repeated)
+
+
+def utc(ts: Any) -> str | None:
+    if not isinstance(ts, int | float):
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def provenance(run: RunRecord) -> list[tuple[str, Any]]:
+    """Versions, app hash, configuration hash and times, as (label, value) pairs."""
+    start = run.first("start") or {}
+    end = run.last("end")
+    first_time = run.events[0].get("time") if run.events else None
+    config_hash = (hashlib.sha256(run.config_text.encode("utf-8")).hexdigest()
+                   if run.config_text is not None else None)
+    fab = start.get("fab_hash") or None
+    return [
+        ("xsilo version", start.get("xsilo_version") or "not recorded"),
+        ("Flower version", start.get("flwr_version") or "not recorded"),
+        ("Python", start.get("python") or "not recorded"),
+        ("Flower app", f"{start.get('fab_id')} {start.get('fab_version')}".strip()
+         if start.get("fab_id") else "none (run without a Flower app: in-process)"),
+        ("app hash (FAB SHA-256)", fab or "not recorded (no app was shipped)"),
+        ("Flower run id", start.get("flower_run_id")),
+        ("configuration hash (SHA-256 of config.toml)", config_hash or "config.toml missing"),
+        ("started", utc(start.get("time", first_time))),
+        ("ended", utc(end.get("time")) if end else "not yet (no end event)"),
+        ("report rendered", utc(time.time())),
+        ("rendered by", f"xsilo {_version('xsilo')} on Python {platform.python_version()}"),
+    ]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def time_split(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
+    xs, compute, secagg, waiting = [], [], [], []
+    for r in rows:
+        if r.get("round", 0) < 1 or r.get("round_seconds") is None:
+            continue
+        total = float(r["round_seconds"])
+        fits = [v for v in (r.get("fit_seconds") or {}).values() if isinstance(v, int | float)]
+        slowest = min(max(fits), total) if fits else 0.0
+        sec = (r.get("secure_aggregation") or {}).get("seconds") or {}
+        extra = min(sum(float(sec.get(k, 0.0)) for k in ("unmasking", "rekey")), total - slowest)
+        xs.append(r["round"])
+        compute.append(slowest)
+        secagg.append(extra)
+        waiting.append(max(0.0, total - slowest - extra))
+    stacks = {"computing": compute}
+    if any(secagg):
+        stacks["secure aggregation"] = secagg
+    stacks["waiting"] = waiting
+    return xs, stacks

@@ -51,7 +51,8 @@ from coordinator.secure import SecureAggregation, run_threshold
 from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
 from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
                           StrategyError)
-from xsilo.terms import PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, TrainTerms
+from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics,
+                         TrainTerms)
 
 __all__ = ["RoundLoop"]
 
@@ -290,7 +291,10 @@ class RoundLoop:
         # No masking round trip happened (too few keyed silos): still evaluate the model.
         replies = (outcome.replies if outcome.trained
                    else self._evaluate(current, silos, row.server_round, f"{row.server_round}-eval"))
-        self._emit_row(pending, replies)
+        # The contributors' metrics, summed under the masks: the global scores of the model
+        # they evaluated and the round's train loss, even when no silo shares its own.
+        summed = outcome.aggregate if outcome.failure is None else None
+        self._emit_row(pending, replies, summed)
         row.rejected = {self.members[n].name: p for n, p in outcome.problems.items()}
         row.contributors = [self.members[n].name for n in outcome.contributors]
         row.extra["secure_aggregation"] = {**outcome.report, **clip_report(
@@ -299,7 +303,9 @@ class RoundLoop:
             note_dpsgd(row, self.members[n].name, replies[n].metrics)
         note_fit(row, {self.members[n].name: replies[n].metrics for n in outcome.contributors
                         if n in replies})
-        row.train_loss = weighted_mean(losses(replies[n].metrics for n in outcome.contributors))
+        row.train_loss = (summed.train_loss if summed is not None and summed.train_loss is not None
+                          else weighted_mean(losses(replies[n].metrics
+                                                    for n in outcome.contributors)))
         if outcome.failure is None and outcome.total_weight <= 0:
             outcome.failure = "the unmasked total weight is 0 (every silo sent weight 0)"
         if outcome.failure is not None:
@@ -363,18 +369,47 @@ class RoundLoop:
 
     def _final_evaluation(self, current: dict[str, np.ndarray], pending: PendingRow) -> None:
         mark = (self.transport.sent, self.transport.received)
-        replies = self._evaluate(current, self.members, self.config.num_rounds, "final",
-                                 final=True)
+        summed: SiloMetrics | None = None
+        if self.secure is not None:  # scores leave only as sums, like a round's
+            replies, summed = self._secure_final_evaluation(current, pending)
+        else:
+            replies = self._evaluate(current, self.members, self.config.num_rounds, "final",
+                                     final=True)
         counted = pending.extra.setdefault("bytes", {"sent": 0, "received": 0})
         for key, value in self._bytes_since(mark).items():  # the final evaluation's traffic
             counted[key] = counted.get(key, 0) + value
-        self._emit_row(pending, replies)
+        self._emit_row(pending, replies, summed)
 
-    def _emit_row(self, row: PendingRow, replies: Mapping[int, Reply]) -> None:
-        """Write the row of ``row.server_round`` using the evaluations in ``replies``."""
+    def _secure_final_evaluation(self, current: dict[str, np.ndarray], pending: PendingRow
+                                 ) -> tuple[dict[int, Reply], SiloMetrics | None]:
+        """The final evaluation of a secure run: a masked round without an update (its own
+        round number, after the last). Too few keyed silos: a clear one (each silo's policy
+        still decides what of its scores leaves)."""
+        assert self.secure is not None
+        connected = set(self.transport.node_ids())
+        silos = tuple(sorted(n for n in self.members if n in connected))
+        server_round = pending.server_round + 1
+        outcome = self.secure.evaluate(server_round, EvaluateTerms(server_round, final=True),
+                                       current, silos)
+        report: dict[str, Any] = {
+            "round": server_round,
+            "contributors": sorted(self.members[n].name for n in outcome.contributors),
+            **({"failure": outcome.failure} if outcome.failure else {}),
+            **({"rejected": {self.members[n].name: p for n, p in outcome.problems.items()}}
+               if outcome.problems else {})}
+        pending.extra["final_evaluation"] = {"secure_aggregation": report}
+        if not outcome.trained:
+            return self._evaluate(current, silos, server_round, "final", final=True), None
+        return outcome.replies, outcome.aggregate if outcome.failure is None else None
+
+    def _emit_row(self, row: PendingRow, replies: Mapping[int, Reply],
+                  summed: SiloMetrics | None = None) -> None:
+        """Write the row of ``row.server_round`` using the evaluations in ``replies`` (and
+        the silos' securely summed scores, when the round carried them)."""
         event = round_event(row, {self.members[node].name: reply.metrics
                                   for node, reply in replies.items()
-                                  if reply.error is None and node in self.members})
+                                  if reply.error is None and node in self.members},
+                            summed=summed)
         self.store.append_event(event)
         if self.exports is not None:
             self.exports.row(event)

@@ -74,9 +74,28 @@ def _silo_scores(m: SiloMetrics) -> dict[str, Any]:
     return scores
 
 
-def round_event(row: PendingRow, evaluations: Mapping[str, SiloMetrics]) -> dict[str, Any]:
+def _summed_scores(summed: SiloMetrics) -> dict[str, Any]:
+    """Global scores from a secure round's sums (already example-weighted means)."""
+    out: dict[str, Any] = {"global_loss": summed.eval_loss,
+                           "global_accuracy": summed.eval_accuracy}
+    out.update({f"global_{key}": value for key, value in (("mae", summed.eval_mae),
+                                                          ("mse", summed.eval_mse))
+                if value is not None})
+    out["global_examples"] = int(summed.eval_examples or 0)
+    out["global_scores"] = "secure_sum"
+    return out
+
+
+def round_event(row: PendingRow, evaluations: Mapping[str, SiloMetrics], *,
+                summed: SiloMetrics | None = None) -> dict[str, Any]:
     """The ``round`` event of ``row`` given each silo's evaluation of its model; global
-    scores are example-weighted means (``global_mae``/``global_mse`` for regressors)."""
+    scores are example-weighted means (``global_mae``/``global_mse`` for regressors).
+
+    ``summed``: a secure round's masked sums of the silos' scores. They cover every
+    contributor (also those whose policy keeps its own scores in), so when they hold an
+    evaluation they are the global scores (``global_scores: "secure_sum"``); ``silos``
+    still lists the scores that silos chose to share one by one.
+    """
     per_silo: dict[str, dict[str, Any]] = {}
     scored: dict[str, list[tuple[float, float]]] = {"loss": [], "accuracy": [], "mae": [],
                                                     "mse": []}
@@ -88,10 +107,12 @@ def round_event(row: PendingRow, evaluations: Mapping[str, SiloMetrics]) -> dict
             if scores.get(key) is not None:
                 pairs.append((scores[key], scores["examples"]))
     regression = {f"global_{k}": weighted_mean(scored[k]) for k in ("mae", "mse") if scored[k]}
+    scores: dict[str, Any] = {"global_loss": weighted_mean(scored["loss"]),
+                              "global_accuracy": weighted_mean(scored["accuracy"]), **regression}
+    if summed is not None and summed.eval_loss is not None:
+        scores = _summed_scores(summed)
     return {
-        "event": "round", "round": row.server_round, "status": row.status,
-        "global_loss": weighted_mean(scored["loss"]),
-        "global_accuracy": weighted_mean(scored["accuracy"]), **regression,
+        "event": "round", "round": row.server_round, "status": row.status, **scores,
         "silos": per_silo, "train_loss": row.train_loss,
         "round_seconds": round(row.seconds, 3), "contributors": sorted(row.contributors),
         "rejected": row.rejected, **({"reason": row.reason} if row.reason else {}),

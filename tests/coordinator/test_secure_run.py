@@ -21,7 +21,11 @@ from silo_client.ledger import verify_ledger
 from silo_client.silo import Silo
 from xsilo.errors import ConfigError, SecureAggregationError
 from federation.local import run_in_process
-from xsilo.protocol import SECAGG_ARRAYS, SECAGG_SETUP, SECAGG_UNMASK, flatten_update
+from xsilo import terms as T
+from xsilo.protocol import METRICS, SILO, SECAGG_ARRAYS, SECAGG_SETUP, SECAGG_UNMASK, flatten_update
+from silo_client.config import write_silo_config
+from federation.demo_data import demo_schema
+from tests.conftest import make_federation
 
 NAMES = ["hospital-a", "hospital-b", "hospital-c"]
 
@@ -120,15 +124,15 @@ def test_the_coordinator_never_receives_an_individual_update(
                 for target, atol in forbidden:
                     if a.size >= target.size:
                         assert not np.allclose(a[-target.size:], target, rtol=0, atol=atol)
-    # one masked input per silo per round (the update and its summed metrics), and the
-    # rounds happened
+    # one masked input per silo per round (the update and its summed metrics) and one for
+    # the final evaluation (its scores only), and the rounds happened
     masked_inputs = [m for m in view if SECAGG_ARRAYS in m.content.array_records]
-    assert len(masked_inputs) == 2 * 3 and masked == 2 * len(masked_inputs)
+    assert len(masked_inputs) == 3 * 3 and masked == 2 * len(masked_inputs)
     assert all(sorted(m.content.array_records[SECAGG_ARRAYS].keys()) == ["aux", "masked"]
                for m in masked_inputs)
     types = [m.metadata.message_type for m in view]
-    assert types.count(SECAGG_SETUP) == 3 and types.count(SECAGG_UNMASK) == 6
-    assert types.count("train") == 6 and received > masked
+    assert types.count(SECAGG_SETUP) == 3 and types.count(SECAGG_UNMASK) == 9
+    assert types.count("train") == 6 and types.count("evaluate") == 3 and received > masked
 
 
 def test_every_outgoing_secure_message_is_in_the_ledger(tmp_path: Path,
@@ -141,8 +145,9 @@ def test_every_outgoing_secure_message_is_in_the_ledger(tmp_path: Path,
     by_type = {}
     for e in entries:
         by_type.setdefault(e["message_type"], []).append(e)
-    assert len(by_type[SECAGG_SETUP]) == 1 and len(by_type[SECAGG_UNMASK]) == 2
+    assert len(by_type[SECAGG_SETUP]) == 1 and len(by_type[SECAGG_UNMASK]) == 3
     assert all(e["masked"] for e in by_type["train"]) and len(by_type["train"]) == 2
+    assert [e["masked"] for e in by_type["evaluate"]] == [True]  # the final evaluation
     assert list(by_type["train"][0]["tensors"]) == ["masked"]
     assert "enc_sk" not in ledger.read_text() and "mask_sk" not in ledger.read_text()
 
@@ -201,7 +206,8 @@ def test_the_other_survivors_are_asked_when_too_few_of_those_asked_answer(
     config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
                        secagg_threshold=2, round_timeout=0.5)
     assert run_in_process(run_dir, config, federation, drop=drop)["rounds_failed"] == []
-    assert len(asked) == 3 and len(set(asked)) == 3  # two asked first, the third after
+    # two asked first, the third after: in round 1, and again in the final evaluation
+    assert len(asked) == 6 and len(set(asked[:3])) == 3 and asked[3:] == asked[:3]
     row = _rows(run_dir)[1]
     assert row["secure_aggregation"]["unmasking"] == {"asked": 3, "answered": 2}
     assert row["contributors"] == NAMES
@@ -303,3 +309,55 @@ def test_too_few_keyed_silos_fail_the_run_at_setup(tmp_path: Path, federation: l
 def test_bad_secure_settings_are_refused_up_front(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RunConfig(**{"min_silos": 3, "secure_aggregation": True, **settings})
+
+
+def _share(config: Path, policy: str) -> None:
+    (config.parent / "policy.toml").write_text(policy)
+    write_silo_config(config, name=config.parent.name, train=config.parent / "data/train.csv",
+                      test=config.parent / "data/test.csv", schema=demo_schema(),
+                      model="sklearn:LogisticRegression", policy_file=Path("policy.toml"))
+
+
+@pytest.mark.parametrize("keep_in", [3, 1])
+def test_scores_kept_in_by_policy_still_give_the_global_scores_as_secure_sums(
+        tmp_path: Path, federation: list[Path], keep_in: int) -> None:
+    """``share_metrics = "aggregate"``: no silo's own loss, accuracy or example count
+    reaches the coordinator, yet every row has the global scores and the train loss (their
+    secure sums) — the same numbers, to float error, as a run where every silo shares."""
+    for config in federation[:keep_in]:
+        _share(config, 'share_metrics = "aggregate"')
+    view: list = []
+    config = RunConfig(num_rounds=2, min_silos=3, secure_aggregation=True, seed=0, name="agg")
+    assert run_in_process(tmp_path / "agg", config, federation,
+                          observers=Observers(reply=view.append))["status"] == "completed"
+    shared = make_federation(tmp_path / "shared")
+    assert run_in_process(tmp_path / "all", config, shared)["status"] == "completed"
+
+    kept = {c.parent.name for c in federation[:keep_in]}
+    nodes = {m.metadata.src_node_id for m in view if SILO in m.content.config_records
+             and m.content.config_records[SILO][T.SILO_NAME] in kept}
+    personal = {T.EVAL_LOSS, T.EVAL_ACCURACY, T.EVAL_EXAMPLES, T.TRAIN_LOSS, T.NUM_EXAMPLES}
+    seen_from_kept = [set(m.content.metric_records[METRICS].keys())
+                      for m in view if METRICS in m.content.metric_records
+                      and m.metadata.src_node_id in nodes]
+    assert len(nodes) == keep_in and len(seen_from_kept) == 3 * keep_in  # 2 rounds + final
+    assert all(not keys & personal for keys in seen_from_kept)
+
+    agg, everyone = _rows(tmp_path / "agg"), _rows(tmp_path / "all")
+    for r in (0, 1, 2):
+        # model 0 is the same in both runs; later models differ by the runs' own (random)
+        # quantization rounding, well under 0.1 %
+        rel = 1e-6 if r == 0 else 1e-3
+        assert agg[r]["global_scores"] == "secure_sum" and not kept & set(agg[r]["silos"])
+        for key in ("global_loss", "global_accuracy"):
+            assert agg[r][key] == pytest.approx(everyone[r][key], rel=rel), (r, key)
+        if r:
+            assert agg[r]["train_loss"] == pytest.approx(everyone[r]["train_loss"], rel=1e-3)
+        # where every silo shares, the secure sum is the example-weighted mean of their scores
+        scores = everyone[r]["silos"]
+        n = sum(s["examples"] for s in scores.values())
+        assert sorted(scores) == NAMES and everyone[r]["global_examples"] == n
+        assert everyone[r]["global_loss"] == pytest.approx(
+            sum(s["loss"] * s["examples"] for s in scores.values()) / n, rel=1e-6)
+    final = agg[2]["final_evaluation"]["secure_aggregation"]
+    assert final["round"] == 3 and final["contributors"] == NAMES

@@ -144,4 +144,5 @@ def test_secure_round_folds_each_masked_input_as_it_arrives(
     summary = run_in_process(tmp_path / "run", RunConfig(num_rounds=2, min_silos=3,
                                                          secure_aggregation=True), federation)
     assert summary["status"] == "completed" and summary["rounds_failed"] == []
-    assert len(decoded) == 6 and alive_at_fold == [1] * 6, alive_at_fold
+    # 2 rounds and the final evaluation, 3 silos each
+    assert len(decoded) == 9 and alive_at_fold == [1] * 9, alive_at_fold

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -48,6 +49,21 @@ _FIELDS = ("seq", "timestamp", "run_id", "server_round", "message_type", "tensor
 def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False,
                       ensure_ascii=False).encode("utf-8")
+
+
+def _number(value: object) -> object:
+    """A metric value as JSON can hold it: non-finite floats as their names ("nan", "inf")."""
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return [_number(v) for v in value]
+    return str(value)
+
+
+def _metric_values(metrics: Mapping[str, object]) -> dict[str, object]:
+    return {str(k): _number(v) for k, v in sorted(metrics.items())}
 
 
 def entry_hash(entry: Mapping[str, object]) -> str:
@@ -250,8 +266,10 @@ class EgressLedger:
     def append(self, *, run_id: str | int, server_round: int, message_type: str,
                tensors: Mapping[str, tuple[Sequence[int], str]], payload_sha256: str,
                masked: bool, clip_norm: float | None, noise_sigma: float | None,
-               epsilon: float | None, extra: Mapping[str, object] | None = None) -> dict:
-        """Record one outgoing message durably (fsync) and return the entry written."""
+               epsilon: float | None, extra: Mapping[str, object] | None = None,
+               metrics: Mapping[str, object] | None = None) -> dict:
+        """Record one outgoing message durably (fsync) and return the entry written;
+        ``metrics`` are the numbers it carries in the clear, recorded as they left."""
         with self._lock, self.path.open("a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # another process writing the same workspace waits
             size = os.fstat(fh.fileno()).st_size
@@ -270,6 +288,7 @@ class EgressLedger:
                 "clip_norm": None if clip_norm is None else float(clip_norm),
                 "noise_sigma": None if noise_sigma is None else float(noise_sigma),
                 "epsilon": None if epsilon is None else float(epsilon),
+                "metrics": _metric_values(metrics or {}),
                 "extra": dict(extra or {}), "prev_hash": self._head,
             }
             entry["hash"] = entry_hash(entry)
@@ -312,6 +331,8 @@ def summarize(path: str | Path) -> list[dict[str, object]]:
                     "payload": str(e.get("payload_sha256", ""))[:12], "masked": e.get("masked"),
                     "clip_norm": e.get("clip_norm"), "noise_sigma": e.get("noise_sigma"),
                     "epsilon": e.get("epsilon"),
+                    "metrics": e.get("metrics") or {},
+                    "summed": (e.get("extra") or {}).get("aggregated"),
                 })
             except (ValueError, TypeError, KeyError, AttributeError):
                 rows.append({"seq": None, "type": "<unreadable line>"})

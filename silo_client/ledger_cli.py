@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from silo_client.ledger import LEDGER_FILE, summarize, verify_ledger
+from xsilo.terms import AGGREGATED_METRICS
 
 __all__ = ["app"]
 
@@ -53,20 +54,42 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _metrics(values: object) -> str | None:
+    """The clear metrics of an entry, ``key=value`` each."""
+    if not isinstance(values, dict) or not values:
+        return None
+    return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(values.items()))
+
+
+def _summed(values: object) -> str | None:
+    """What the silo put into a secure sum: each metric's value and the count it is over."""
+    if not isinstance(values, list) or len(values) != 2 * len(AGGREGATED_METRICS):
+        return None if not values else str(values)
+    parts = []
+    for k, (metric, _) in enumerate(AGGREGATED_METRICS):
+        count, total = float(values[2 * k]), float(values[2 * k + 1])
+        if count > 0:
+            parts.append(f"{metric.replace('_', '-')}={total / count:.4g} (n={count:g})")
+    return " ".join(parts) or "zeros"
+
+
 @app.command()
 def show(path: Path = _PATH,
          run: str = typer.Option(None, "--run", help="Only entries of this run id.")) -> None:
-    """Print a readable table of every outgoing message recorded in the ledger."""
+    """Print a readable table of every outgoing message recorded in the ledger: its tensors,
+    protection, the metrics it carried in the clear and the values it put into secure sums."""
     out, err = Console(), Console(stderr=True)
     _require(path, err)
     rows = [r for r in summarize(path) if run is None or str(r.get("run")) == run]
     table = Table(title=f"Egress ledger {path}", title_justify="left")
     columns = ("seq", "time", "run", "round", "type", "tensors", "values", "payload",
-               "masked", "clip_norm", "noise_sigma", "epsilon")
+               "masked", "clip_norm", "noise_sigma", "epsilon", "metrics", "summed")
     for name in columns:
-        table.add_column(name.replace("_", " "), justify="right" if name != "type" else "left")
+        table.add_column(name.replace("_", " "),
+                         justify="left" if name in ("type", "metrics", "summed") else "right")
     for row in rows:
-        row = {**row, "time": str(row.get("time") or "")[:19].replace("T", " ") or None}
+        row = {**row, "time": str(row.get("time") or "")[:19].replace("T", " ") or None,
+               "metrics": _metrics(row.get("metrics")), "summed": _summed(row.get("summed"))}
         table.add_row(*(_fmt(row.get(name)) for name in columns))
     out.print(table)
     result = verify_ledger(path)

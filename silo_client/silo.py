@@ -89,7 +89,8 @@ class Silo:
         self.ledger.append(
             run_id=run_id, server_round=server_round, message_type=message_type,
             tensors=parameter_spec(dict(arrays)), payload_sha256=payload_digest(arrays, metrics),
-            masked=masked, extra=extra, **(privacy or ledger_fields(None, None)))
+            masked=masked, extra=extra, metrics=metrics,
+            **(privacy or ledger_fields(None, None)))
 
     @classmethod
     def from_file(cls, path: str | Path, *,

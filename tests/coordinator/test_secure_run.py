@@ -342,6 +342,14 @@ def test_scores_kept_in_by_policy_still_give_the_global_scores_as_secure_sums(
                       and m.metadata.src_node_id in nodes]
     assert len(nodes) == keep_in and len(seen_from_kept) == 3 * keep_in  # 2 rounds + final
     assert all(not keys & personal for keys in seen_from_kept)
+    # the kept-in silo's ledger holds exactly what left: no personal metric in the clear, its
+    # scores only among the values it put into the secure sums
+    entries = [json.loads(line) for line in
+               (federation[0].parent / "workspace" / "egress.jsonl").read_text().splitlines()]
+    masked = [e for e in entries if e["message_type"] in ("train", "evaluate")]
+    assert len(masked) == 3 and all(e["masked"] and not set(e["metrics"]) & personal
+                                    for e in masked)
+    assert all(e["extra"]["aggregated"][0] > 0 for e in masked)  # its eval examples, summed
 
     agg, everyone = _rows(tmp_path / "agg"), _rows(tmp_path / "all")
     for r in (0, 1, 2):

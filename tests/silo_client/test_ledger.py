@@ -19,7 +19,7 @@ from silo_client.ledger import (
 )
 from silo_client.ledger_cli import _PATH, app
 from xsilo.errors import ConfigError
-from xsilo.terms import NUM_EXAMPLES
+from xsilo.terms import NUM_EXAMPLES, SiloMetrics, aggregate_slots
 
 ARRAYS = {"coef": np.arange(6, dtype=np.float32).reshape(2, 3), "intercept": np.zeros(2)}
 
@@ -227,6 +227,29 @@ def test_cli_show_prints_a_table(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "Egress ledger" in result.output and "chain intact" in result.output
     assert result.output.count("train") >= 3
+
+
+def test_show_reads_out_the_clear_metrics_and_the_summed_values(tmp_path: Path) -> None:
+    """What a message carried in the clear is in its entry as it left (non-finite values by
+    name, so the chain stays canonical JSON); what went into a secure sum is shown per metric."""
+    path = tmp_path / "l.jsonl"
+    ledger = EgressLedger(path)
+    summed = aggregate_slots(SiloMetrics(eval_loss=0.25, eval_examples=40.0, train_loss=0.5,
+                                         num_examples=120.0))
+    ledger.append(run_id="r", server_round=1, message_type="train", tensors={},
+                  payload_sha256="0" * 64, masked=True, clip_norm=None, noise_sigma=None,
+                  epsilon=None, metrics={"secagg-weight": 120.0}, extra={"aggregated": summed})
+    ledger.append(run_id="r", server_round=2, message_type="evaluate", tensors={},
+                  payload_sha256="0" * 64, masked=False, clip_norm=None, noise_sigma=None,
+                  epsilon=None, metrics={"eval-loss": float("nan"), "eval-examples": 40})
+    assert verify_ledger(path).ok
+    entries = [json.loads(line) for line in _lines(path)]
+    assert entries[0]["metrics"] == {"secagg-weight": 120.0}
+    assert entries[1]["metrics"] == {"eval-examples": 40, "eval-loss": "nan"}
+    result = CliRunner().invoke(app, ["show", str(path)], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "secagg-weight=120" in result.output and "eval-loss=nan" in result.output
+    assert "eval-loss=0.25 (n=40)" in result.output and "train-loss=0.5 (n=120)" in result.output
 
 
 def test_cli_help_names_the_file_the_silo_writes(tmp_path: Path) -> None:

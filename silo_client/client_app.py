@@ -11,7 +11,8 @@ handlers.
 
 Secure aggregation (``silo_client.secure``): ``train.secagg_setup`` once per run, the
 MaskRequest inside ``train``, ``train.unmask`` after it. The protocol state (private keys)
-lives in Flower's node-local ``context.state`` only. A silo that joined a secure run, or
+lives in Flower's node-local ``context.state`` only, sealed under a key in the silo's
+workspace (``silo_client.sealed``). A silo that joined a secure run, or
 whose site policy requires secure aggregation, never sends an update in the clear.
 """
 
@@ -28,6 +29,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from silo_client import secure
+from silo_client.sealed import KEY_FILE, SealBroken, seal, state_key, unseal
 from silo_client.identity import site_identity
 from silo_client.silo import Silo
 from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _SECAGG_STATE = "xsilo.secagg"  # context.state: protocol state, holds private keys
 _RUN_STATE = "xsilo.run"  # context.state: how this silo joined the run
+_SEALED = "sealed"  # each record above holds one blob sealed under the workspace key
 _JOINED_SECURE = "joined-secure"  # … whether it joined under secure aggregation
 
 Handler = Callable[[Message, Context], Message]
@@ -94,14 +97,36 @@ def _model(msg: Message) -> dict[str, np.ndarray]:
     return record_to_arrays(msg.content.array_records[ARRAYS])
 
 
-def _stored(context: Context) -> dict[str, Any] | None:
+def _opened(context: Context, silo: Silo, name: str) -> dict[str, Any] | None:
+    """The record ``name`` this silo sealed into ``context.state`` (``silo_client.sealed``);
+    None when there is none, or when it does not authenticate (then loudly: someone else
+    answered a task of this silo, or the workspace key changed; the silo starts over)."""
     records = context.state.config_records
-    return dict(records[_SECAGG_STATE]) if _SECAGG_STATE in records else None
+    if name not in records:
+        return None
+    try:
+        return unseal(records[name].get(_SEALED), state_key(silo.config.workspace), label=name)
+    except SealBroken as exc:
+        log.error("silo %s: %s. Another process may have answered a task of this silo on its "
+                  "SuperNode's local Runtime API, or %s changed; starting over without it "
+                  "(fresh keys at the next key request)", silo.config.name, exc,
+                  silo.config.workspace / KEY_FILE)
+        del context.state[name]
+        return None
 
 
-def _joined_secure(context: Context) -> bool:
+def _seal(context: Context, silo: Silo, name: str, record: dict[str, Any]) -> None:
+    blob = seal(record, state_key(silo.config.workspace), label=name)
+    context.state[name] = ConfigRecord({_SEALED: blob})
+
+
+def _stored(context: Context, silo: Silo) -> dict[str, Any] | None:
+    return _opened(context, silo, _SECAGG_STATE)
+
+
+def _joined_secure(context: Context, silo: Silo) -> bool:
     """Whether this silo joined the run under secure aggregation (its join terms)."""
-    state = context.state.config_records.get(_RUN_STATE, {})
+    state = _opened(context, silo, _RUN_STATE) or {}
     return bool(state.get(_JOINED_SECURE, False))
 
 
@@ -158,7 +183,7 @@ class _Handlers:
         terms = JoinTerms.from_config(_config(msg))
         silo = self.silo(context)
         info, params = silo.join(terms)
-        context.state[_RUN_STATE] = ConfigRecord({_JOINED_SECURE: terms.secure_aggregation})
+        _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: terms.secure_aggregation})
         reply = info.to_config()
         silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
                            arrays=params, metrics={}, extra=reply)
@@ -174,7 +199,7 @@ class _Handlers:
         # The site policy (require_secure_aggregation among its rules) and the run's own
         # terms are checked in Silo.train before any work: a clear round is refused there.
         result = silo.train(params, terms, secure=request is not None,
-                            joined_secure=_joined_secure(context))
+                            joined_secure=_joined_secure(context, silo))
         policy = silo.policy
         if request is None:  # what leaves follows the site's share_metrics (count bucketed)
             metrics = policy.shared_metrics(result.metrics, secure=False).to_record()
@@ -184,13 +209,14 @@ class _Handlers:
             return Message(RecordDict({DELTA: arrays_to_record(result.delta),
                                        METRICS: MetricRecord(metrics)}), reply_to=msg)
         aggregated = policy.aggregated(result.metrics)
-        outcome = secure.mask(_stored(context), request, delta=result.delta, template=params,
+        outcome = secure.mask(_stored(context, silo), request, delta=result.delta,
+                              template=params,
                               num_examples=policy.reported_examples(
                                   result.metrics.num_examples or 0.0),
                               terms=terms, on_clipped=self.on_clipped,
                               limits=policy.secagg_limits(),
                               identity=site_identity(silo.config, policy), aux=aggregated)
-        context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
+        _seal(context, silo, _SECAGG_STATE, outcome.state)
         metrics = policy.shared_metrics(result.metrics.merged(outcome.metrics),
                                         secure=True).to_record()
         return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated)
@@ -216,13 +242,13 @@ class _Handlers:
         public halves to the coordinator."""
         terms = KeySetupTerms.from_config(_config(msg))
         silo = self.silo(context)
-        state, reply = secure.setup(_stored(context), _secagg_record(msg), silo_index=terms.silo,
-                                    limits=silo.policy.secagg_limits(),
+        state, reply = secure.setup(_stored(context, silo), _secagg_record(msg),
+                                    silo_index=terms.silo, limits=silo.policy.secagg_limits(),
                                     identity=site_identity(silo.config, silo.policy))
-        context.state[_SECAGG_STATE] = ConfigRecord(state)
-        if _RUN_STATE not in context.state.config_records:  # re-keyed after a restart: the
+        _seal(context, silo, _SECAGG_STATE, state)
+        if _opened(context, silo, _RUN_STATE) is None:  # re-keyed after a restart: the
             # join terms were lost with the state, and a key request comes only in a secure run
-            context.state[_RUN_STATE] = ConfigRecord({_JOINED_SECURE: True})
+            _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: True})
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,  # 0: setup
                            message_type=msg.metadata.message_type, arrays={}, metrics={},
                            extra={"secagg": reply["kind"],
@@ -233,9 +259,9 @@ class _Handlers:
         """Round trip 2 of a secure round: reveal the shares the protocol allows, nothing else."""
         terms = UnmaskTerms.from_config(_config(msg))
         silo = self.silo(context)
-        state, reply = secure.unmask(_stored(context), _secagg_record(msg),
+        state, reply = secure.unmask(_stored(context, silo), _secagg_record(msg),
                                      limits=silo.policy.secagg_limits())
-        context.state[_SECAGG_STATE] = ConfigRecord(state)
+        _seal(context, silo, _SECAGG_STATE, state)
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
                            message_type=msg.metadata.message_type, arrays={}, metrics={},
                            extra={"secagg": reply["kind"], "self_shares": len(reply["self_shares"]),
@@ -258,10 +284,10 @@ class _Handlers:
                                message_type="evaluate", arrays={}, metrics=metrics)
             return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
         aggregated = policy.aggregated(scores)
-        outcome = secure.mask_evaluation(_stored(context), request, aux=aggregated,
+        outcome = secure.mask_evaluation(_stored(context, silo), request, aux=aggregated,
                                          limits=policy.secagg_limits(),
                                          identity=site_identity(silo.config, policy))
-        context.state[_SECAGG_STATE] = ConfigRecord(outcome.state)
+        _seal(context, silo, _SECAGG_STATE, outcome.state)
         metrics = policy.shared_metrics(scores, secure=True, training=False).to_record()
         return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated)
 

@@ -19,7 +19,8 @@ from silo_client.ledger import (
 )
 from silo_client.ledger_cli import _PATH, app
 from xsilo.errors import ConfigError
-from xsilo.terms import NUM_EXAMPLES, SiloMetrics, aggregate_slots
+from xsilo.terms import (EVAL_EXAMPLES, EVAL_LOSS, NUM_EXAMPLES, SECAGG_WEIGHT, TRAIN_LOSS,
+                         SiloMetrics, aggregate_slots)
 
 ARRAYS = {"coef": np.arange(6, dtype=np.float32).reshape(2, 3), "intercept": np.zeros(2)}
 
@@ -238,18 +239,19 @@ def test_show_reads_out_the_clear_metrics_and_the_summed_values(tmp_path: Path) 
                                          num_examples=120.0))
     ledger.append(run_id="r", server_round=1, message_type="train", tensors={},
                   payload_sha256="0" * 64, masked=True, clip_norm=None, noise_sigma=None,
-                  epsilon=None, metrics={"secagg-weight": 120.0}, extra={"aggregated": summed})
+                  epsilon=None, metrics={SECAGG_WEIGHT: 120.0}, extra={"aggregated": summed})
     ledger.append(run_id="r", server_round=2, message_type="evaluate", tensors={},
                   payload_sha256="0" * 64, masked=False, clip_norm=None, noise_sigma=None,
-                  epsilon=None, metrics={"eval-loss": float("nan"), "eval-examples": 40})
+                  epsilon=None, metrics={EVAL_LOSS: float("nan"), EVAL_EXAMPLES: 40})
     assert verify_ledger(path).ok
     entries = [json.loads(line) for line in _lines(path)]
-    assert entries[0]["metrics"] == {"secagg-weight": 120.0}
-    assert entries[1]["metrics"] == {"eval-examples": 40, "eval-loss": "nan"}
+    assert entries[0]["metrics"] == {SECAGG_WEIGHT: 120.0}
+    assert entries[1]["metrics"] == {EVAL_EXAMPLES: 40, EVAL_LOSS: "nan"}
     result = CliRunner().invoke(app, ["show", str(path)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    assert "secagg-weight=120" in result.output and "eval-loss=nan" in result.output
-    assert "eval-loss=0.25 (n=40)" in result.output and "train-loss=0.5 (n=120)" in result.output
+    assert f"{SECAGG_WEIGHT}=120" in result.output and f"{EVAL_LOSS}=nan" in result.output
+    assert f"{EVAL_LOSS}=0.25 (n=40)" in result.output
+    assert f"{TRAIN_LOSS}=0.5 (n=120)" in result.output
 
 
 def test_cli_help_names_the_file_the_silo_writes(tmp_path: Path) -> None:

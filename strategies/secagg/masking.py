@@ -75,9 +75,17 @@ def share_commitment(share: bytes, *, run_id: str, round_: int, dealer: int, hol
 
 def bundle_commitments(shares: Sequence[bytes], *, run_id: str, round_: int, dealer: int,
                        holder: int) -> bytes:
-    """The commitments to one bundle's shares, in the bundle's order, concatenated."""
-    return b"".join(share_commitment(share, run_id=run_id, round_=round_, dealer=dealer,
-                                     holder=holder, position=p) for p, share in enumerate(shares))
+    """The commitments to one bundle's shares, in the bundle's order, concatenated (each
+    exactly :func:`share_commitment`; the common prefix is hashed once)."""
+    run = run_id.encode()
+    prefix = hashlib.sha256(b"xsilo-secagg/share-commitment/v1" + struct.pack(">I", len(run))
+                            + run + struct.pack(">QQQ", round_, dealer, holder))
+    out = []
+    for p, share in enumerate(shares):
+        h = prefix.copy()
+        h.update(struct.pack(">Q", p) + share)
+        out.append(h.digest()[:COMMITMENT_BYTES])
+    return b"".join(out)
 
 
 def committed(commitments: bytes, position: int) -> bytes:

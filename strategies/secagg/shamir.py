@@ -14,6 +14,7 @@ share is checked against the polynomial through the first ``t`` (inconsistency �
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -30,6 +31,7 @@ __all__ = [
     "share_from_bytes",
     "share_to_bytes",
     "split",
+    "split_many",
 ]
 
 PRIME = (1 << 256) + 297
@@ -78,11 +80,73 @@ def _check_xs(xs: Sequence[int], threshold: int) -> None:
                           "a t-of-n sharing needs t ≤ n silos")
 
 
-def _random_element(rng: ByteSource) -> int:
-    while True:  # rejection sampling: 257-bit candidates, accepted with probability ≈ 1/2
-        candidate = int.from_bytes(rng.read(SHARE_BYTES), "big") & ((1 << 257) - 1)
-        if candidate < PRIME:
-            return candidate
+_MASK_257 = (1 << 257) - 1
+
+
+def _random_elements(count: int, rng: ByteSource) -> list[int]:
+    """``count`` uniform field elements: rejection sampling of 257-bit candidates (each
+    accepted with probability ≈ 1/2), drawn from ``rng`` in batches."""
+    out: list[int] = []
+    while len(out) < count:
+        want = 2 * (count - len(out)) + 8
+        data = rng.read(SHARE_BYTES * want)
+        for k in range(0, len(data), SHARE_BYTES):
+            candidate = int.from_bytes(data[k:k + SHARE_BYTES], "big") & _MASK_257
+            if candidate < PRIME:
+                out.append(candidate)
+                if len(out) == count:
+                    break
+    return out
+
+
+@lru_cache(maxsize=64)
+def _powers(xs: tuple[int, ...], degree: int) -> tuple[tuple[int, ...], ...]:
+    """``(x^0, …, x^degree) mod p`` for each share point (a run's points and threshold are
+    fixed, so this is computed once per round's active set)."""
+    table = []
+    for x in xs:
+        row, v = [], 1
+        for _ in range(degree + 1):
+            row.append(v)
+            v = v * x % PRIME
+        table.append(tuple(row))
+    return tuple(table)
+
+
+def _check_secret(secret: int) -> None:
+    if not 0 <= secret < PRIME:
+        raise ProtocolError(f"a Shamir secret must be a field element in 0..p-1, got a "
+                            f"{secret.bit_length()}-bit value; share 32-byte secrets through "
+                            "secret_to_int")
+
+
+def split_many(secrets: Sequence[int], *, threshold: int, xs: Sequence[int],
+               rng: ByteSource | None = None) -> list[list[int]]:
+    """:func:`split` for several secrets over the same points, one list of shares each.
+
+    Each secret gets its own independent uniformly random coefficients; the polynomials are
+    evaluated as dot products with the cached powers of the points (one reduction per share
+    instead of one per Horner step), which is what a silo dealing one secret per peer needs.
+    """
+    _check_xs(xs, threshold)
+    for secret in secrets:
+        _check_secret(secret)
+    rng = rng or SystemSource()
+    m, t = len(secrets), threshold
+    randoms = _random_elements(m * (t - 1), rng)
+    coeffs = [[secret, *randoms[i * (t - 1):(i + 1) * (t - 1)]] for i, secret in enumerate(secrets)]
+    # Kronecker packing: coefficient j of every polynomial in one integer, one slot per
+    # secret, wide enough that Σ_j c_ij · (x^j mod p) never carries into the next slot; one
+    # multiply per (point, degree) then evaluates all m polynomials at that point.
+    slot = (2 * 257 + t.bit_length() + 8) // 8 + 1
+    packed = [int.from_bytes(b"".join(c[j].to_bytes(slot, "little") for c in coeffs), "little")
+              for j in range(t)]
+    out: list[list[int]] = [[] for _ in range(m)]
+    for row in _powers(tuple(xs), t - 1):
+        total = sum(map(operator.mul, packed, row)).to_bytes(m * slot, "little")
+        for i in range(m):
+            out[i].append(int.from_bytes(total[i * slot:(i + 1) * slot], "little") % PRIME)
+    return out
 
 
 def split(secret: int, *, threshold: int, xs: Sequence[int],
@@ -91,20 +155,7 @@ def split(secret: int, *, threshold: int, xs: Sequence[int],
 
     ``f`` has degree ``threshold − 1``, ``f(0) = secret`` and uniformly random other coefficients.
     """
-    _check_xs(xs, threshold)
-    if not 0 <= secret < PRIME:
-        raise ProtocolError(f"a Shamir secret must be a field element in 0..p-1, got a "
-                            f"{secret.bit_length()}-bit value; share 32-byte secrets through "
-                            "secret_to_int")
-    rng = rng or SystemSource()
-    coeffs = [secret] + [_random_element(rng) for _ in range(threshold - 1)]
-    out = []
-    for x in xs:
-        y = 0
-        for c in reversed(coeffs):  # Horner
-            y = (y * x + c) % PRIME
-        out.append(y)
-    return out
+    return split_many([secret], threshold=threshold, xs=xs, rng=rng)[0]
 
 
 def lagrange_coefficients(xs: Sequence[int], *, at: int = 0) -> list[int]:

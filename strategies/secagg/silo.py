@@ -378,8 +378,8 @@ def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
     config = state.config
     assert config is not None
     xs = [config.x_of(s) for s in msg.active]
-    shares = [shamir.split(shamir.secret_to_int(s), threshold=config.threshold, xs=xs, rng=rng)
-              for s in secrets]
+    shares = shamir.split_many([shamir.secret_to_int(s) for s in secrets],
+                               threshold=config.threshold, xs=xs, rng=rng)
     bundles, commitments = [], []
     for pos, recipient in enumerate(msg.active):
         key = keys.get("enc", recipient, directory[recipient].enc_pk)

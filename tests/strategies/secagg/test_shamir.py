@@ -99,3 +99,30 @@ def test_byte_encodings():
         shamir.int_to_secret(2**256)
     with pytest.raises(ProtocolError, match="32 bytes"):
         shamir.secret_to_int(b"x")
+
+
+@pytest.mark.parametrize("n, t, m", [(2, 1, 1), (3, 2, 3), (12, 7, 11), (60, 40, 59)])
+def test_split_many_evaluates_each_polynomial_exactly(n: int, t: int, m: int) -> None:
+    """The packed evaluation (one multiply per point and degree for all secrets) gives
+    exactly f_i(x) = Σ_j c_ij x^j mod p for each secret's own random coefficients, the
+    extreme field values included, and any t shares give the secret back."""
+    xs = list(range(1, n + 1))
+    rnd = random.Random(n)  # test secrets, not secrets
+    secrets = [rnd.randrange(P) for _ in range(m)] + [0, P - 1]
+    got = shamir.split_many(secrets, threshold=t, xs=xs, rng=seeded(f"many{n}"))
+    coeffs = shamir._random_elements(len(secrets) * (t - 1), seeded(f"many{n}"))
+    for i, secret in enumerate(secrets):
+        c = [secret, *coeffs[i * (t - 1):(i + 1) * (t - 1)]]
+        assert got[i] == [sum(cj * pow(x, j, P) for j, cj in enumerate(c)) % P for x in xs]
+        subset = rnd.sample(list(zip(xs, got[i])), t)
+        assert shamir.reconstruct(subset, threshold=t) == secret
+    assert len(set(map(tuple, got))) == len(got)  # independent polynomials
+
+
+def test_bundle_commitments_are_the_share_commitments() -> None:
+    from strategies.secagg.masking import bundle_commitments, share_commitment
+
+    shares = [bytes([k]) * shamir.SHARE_BYTES for k in range(5)]
+    joined = bundle_commitments(shares, run_id="run-ü", round_=7, dealer=3, holder=9)
+    assert joined == b"".join(share_commitment(s, run_id="run-ü", round_=7, dealer=3, holder=9,
+                                               position=p) for p, s in enumerate(shares))

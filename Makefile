@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xsilo-installed
-PYTEST_ARGS ?=
+# The real-process tests mostly wait on Flower's 3 s polling: three workers (one test file
+# each at a time) keep two cores busy. PYTEST_ARGS= (empty) runs them one by one.
+PYTEST_ARGS ?= -n 3 --dist loadfile
 
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: demo test venv lock clean
+.PHONY: demo test venv lock clean wheelhouse
 
 venv: $(STAMP)
 
@@ -27,6 +29,28 @@ test: $(STAMP)
 # Re-pin requirements.lock from the current venv (run after changing dependencies).
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^xsilo' > requirements.lock
+
+# An air-gapped host's installation: xsilo and every dependency as wheels in one directory,
+# with SHA256SUMS (docs/operations.md, "Installing on a host without internet"). Build it on a
+# machine with the target's OS, CPU architecture and Python minor version, or say which with
+# WHEELHOUSE_PIP_ARGS="--platform manylinux2014_x86_64 --python-version 3.11".
+# WHEELHOUSE_EXTRAS="[torch]" adds the extras a silo's model needs.
+WHEELHOUSE ?= wheelhouse
+WHEELHOUSE_EXTRAS ?=
+WHEELHOUSE_PIP_ARGS ?=
+
+wheelhouse: | $(STAMP)
+	mkdir -p $(WHEELHOUSE)
+	rm -rf build $(WHEELHOUSE)/xsilo-*.whl
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		-w $(WHEELHOUSE) .
+	rm -rf build
+	$(PY) -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+		$(WHEELHOUSE_PIP_ARGS) -d $(WHEELHOUSE) -c requirements.lock -c constraints.txt \
+		"$$(ls $(WHEELHOUSE)/xsilo-*.whl)$(WHEELHOUSE_EXTRAS)"
+	cd $(WHEELHOUSE) && sha256sum *.whl > SHA256SUMS
+	@echo "wheelhouse: $(WHEELHOUSE) ($$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels); carry it over and"
+	@echo "  python3 -m venv VENV && VENV/bin/pip install --no-index --find-links $(WHEELHOUSE) xsilo$(WHEELHOUSE_EXTRAS)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,8 +20,10 @@ import numpy as np
 from coordinator.messages import Reply
 from strategies.aggregate import SumAccumulator, validate_update
 from strategies.api import Strategy, SumStrategy, Update
+from strategies.compression import decode
 from strategies.dp.central import ClipAccumulator
-from xsilo.errors import UpdateRejected
+from xsilo.errors import ProtocolError, UpdateRejected
+from xsilo.protocol import flatten_update, unflatten_update
 from xsilo.terms import SiloMetrics
 
 __all__ = ["RoundCollector"]
@@ -48,10 +50,34 @@ class RoundCollector:
     metrics: dict[str, SiloMetrics] = field(default_factory=dict)
     updates: list[Update] = field(default_factory=list)
     on_update: Callable[[Update], None] | None = None  # test hook: sees each accepted update
+    # The run's compression (method, fraction); None: updates travel as they are.
+    compression: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
         streaming = self.clip is None and isinstance(self.strategy, SumStrategy)
         self.sum: SumAccumulator | None = SumAccumulator(dict(self.current)) if streaming else None
+        self._flat_model: np.ndarray | None = None
+
+    def _dense(self, name: str, reply: Reply) -> dict[str, np.ndarray]:
+        """The update a reply carries: its tensors, or its compressed form decoded against
+        the model sent (a form the run did not ask for is the silo's protocol error)."""
+        c = reply.compressed
+        if c is None:
+            if self.compression is not None:
+                raise UpdateRejected(f"silo {name} sent an uncompressed update; the run asked "
+                                     f"for {self.compression[0]}")
+            return reply.arrays
+        if self.compression is None or c.method != self.compression[0]:
+            raise UpdateRejected(f"silo {name} sent a {c.method} update; the run asked for "
+                                 f"{self.compression[0] if self.compression else 'none'}")
+        if self._flat_model is None:
+            self._flat_model = flatten_update(self.current, self.current, dtype=np.float32)
+        try:
+            vector = decode(c, length=self._flat_model.size, fraction=self.compression[1],
+                            model=self._flat_model)
+        except ProtocolError as exc:
+            raise UpdateRejected(f"silo {name}: {exc}") from None
+        return unflatten_update(vector, self.current)
 
     @property
     def count(self) -> int:
@@ -61,18 +87,18 @@ class RoundCollector:
     def accept(self, node: int, reply: Reply) -> Reply:
         """Fold one reply in; return it without its arrays (what the transport keeps)."""
         name = self.names[node]
-        slim = replace(reply, arrays={})
+        slim = replace(reply, arrays={}, compressed=None)
         if reply.error is not None:
             self.rejected[name] = str(reply.error)
             return slim
         n = reply.metrics.num_examples or 0.0
         weight = n if self.strategy.weighted else 1.0
-        update = Update(silo=name, delta=reply.arrays, weight=weight)
         try:
+            update = Update(silo=name, delta=self._dense(name, reply), weight=weight)
             if weight <= 0:
                 raise UpdateRejected(f"silo {name} reported weight {weight}; must be > 0")
             if self.sum is None:  # SumAccumulator.add validates as it folds
-                validate_update(dict(self.current), reply.arrays, silo=name)
+                validate_update(dict(self.current), update.delta, silo=name)
             self._fold(update)
             if self.on_update is not None:
                 self.on_update(update)

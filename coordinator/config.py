@@ -35,6 +35,10 @@ class RunConfig:
     expected_silos : silos to wait for before the run starts (default: ``min_silos``).
     local_epochs, learning_rate, batch_size : local training settings sent to silos.
     round_timeout : seconds to wait for replies in one round; late silos are dropped.
+    straggler_grace : once enough silos answered an exchange (``min_silos`` updates; under
+        secure aggregation the threshold), wait at most this many more seconds for the rest
+        (never past ``round_timeout``); the silos still out are recorded with the reason.
+        ``0`` stops at once; ``straggler_grace ≥ round_timeout`` always waits the timeout.
     join_timeout : seconds to wait for ``expected_silos`` to connect.
     seed : seeds every silo's model initialisation identically.
     dp : silo-level differential privacy (``[run.dp]`` table, :class:`DPConfig`); None = off.
@@ -52,6 +56,11 @@ class RunConfig:
         and experiment name.
     evaluation : coordinator-side validation (``[run.evaluation]`` table,
         :class:`~coordinator.evaluation.EvaluationConfig`); None = off.
+    compression : how clear updates travel (:mod:`strategies.compression`): ``none``,
+        ``q8`` / ``q4`` (unbiased stochastic quantization), ``topk`` (with error feedback at
+        the silo) or ``prune`` (a magnitude mask of the global model); secure rounds use
+        ``secagg_bits`` instead.
+    compression_fraction : the share of values ``topk`` and ``prune`` keep (default 0.01).
     """
 
     num_rounds: int = 5
@@ -63,6 +72,7 @@ class RunConfig:
     learning_rate: float = 0.1
     batch_size: int = 32
     round_timeout: float = 300.0
+    straggler_grace: float = 60.0
     join_timeout: float = 120.0
     seed: int = 0
     secure_aggregation: bool = False
@@ -78,6 +88,8 @@ class RunConfig:
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "xsilo"
     evaluation: EvaluationConfig | None = None
+    compression: str = "none"
+    compression_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         _positive_int("num_rounds", self.num_rounds)
@@ -95,12 +107,19 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        grace = self.straggler_grace
+        if (not isinstance(grace, int | float) or isinstance(grace, bool)
+                or not math.isfinite(grace) or grace < 0):
+            raise ConfigError(f"straggler_grace must be a number of seconds ≥ 0 (at most "
+                              f"round_timeout = {self.round_timeout!r} takes effect), got "
+                              f"{grace!r}")
         if not isinstance(self.strategy, str) or not self.strategy:
             raise ConfigError(f"strategy must be a strategy name, got {self.strategy!r}")
         if not isinstance(self.strategy_params, Mapping):
             raise ConfigError("strategy_params must be a table of parameter = value")
         if self.secure_aggregation:
             self._check_secagg()
+        self._check_compression()
         if self.dp is not None and not isinstance(self.dp, DPConfig):
             if not isinstance(self.dp, Mapping):
                 raise ConfigError(f"dp must be a table ([run.dp]), got {self.dp!r}")
@@ -130,6 +149,23 @@ class RunConfig:
         if self.evaluation is not None and not isinstance(self.evaluation, EvaluationConfig):
             object.__setattr__(self, "evaluation", EvaluationConfig.from_mapping(self.evaluation))
 
+    def _check_compression(self) -> None:
+        from strategies.compression import check_method
+
+        if isinstance(self.compression_fraction, int) and not isinstance(
+                self.compression_fraction, bool):
+            object.__setattr__(self, "compression_fraction", float(self.compression_fraction))
+        if not isinstance(self.compression_fraction, float) or not math.isfinite(
+                self.compression_fraction):
+            raise ConfigError(f"compression_fraction must be a number in (0, 1], got "
+                              f"{self.compression_fraction!r}")
+        check_method(self.compression, self.compression_fraction)
+        if self.compression != "none" and self.secure_aggregation:
+            raise ConfigError(
+                f"compression = {self.compression!r} applies to clear rounds; under secure "
+                "aggregation masked updates travel bit-packed at the width the sum needs: "
+                "lower secagg_bits (e.g. 8) to send fewer bytes, and set compression = \"none\"")
+
     def _check_secagg(self) -> None:
         from strategies.secagg import validate_params
 
@@ -158,6 +194,11 @@ class RunConfig:
                               f"secagg_max_weight): {exc}") from exc
 
     @property
+    def grace(self) -> float:
+        """Seconds an exchange waits for stragglers once enough silos answered."""
+        return min(float(self.straggler_grace), float(self.round_timeout))
+
+    @property
     def wait_for(self) -> int:
         """How many silos the run waits for before it starts."""
         return self.expected_silos or self.min_silos
@@ -172,7 +213,8 @@ class RunConfig:
                 f"unknown run setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}"
             )
         kwargs = dict(values)
-        for name in ("learning_rate", "round_timeout", "join_timeout", "secagg_clip"):
+        for name in ("learning_rate", "round_timeout", "join_timeout", "secagg_clip",
+                     "straggler_grace"):
             if isinstance(kwargs.get(name), int) and not isinstance(kwargs.get(name), bool):
                 kwargs[name] = float(kwargs[name])
         try:

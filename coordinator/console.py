@@ -40,12 +40,28 @@ def _join_notes(events: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _awaited(events: list[dict[str, Any]]) -> str | None:
+    """The silos the round in progress still waits for (its latest ``awaiting`` event, if no
+    row or end came after it)."""
+    for e in reversed(events):
+        if e.get("event") in ("round", "end"):
+            return None
+        if e.get("event") == "awaiting":
+            until = e.get("until")
+            when = (time.strftime(" (until %H:%M:%S)", time.localtime(until))
+                    if isinstance(until, int | float) else "")
+            silos = ", ".join(e.get("silos") or []) or "nobody"
+            return f"round {e.get('round')}: awaiting {silos}{when}"
+    return None
+
+
 def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> Table:
     """One row per round: global accuracy/loss (MAE/MSE for regressors), per-silo accuracy
     (MAE), train loss, time.
 
-    The caption explains the columns and lists the silos refused (with their reason) or
-    silent at join.
+    The caption explains the columns, marks (``*``) global scores that leave some of the
+    run's silos out (a partial population: the row's ``unscored``), lists the silos refused
+    (with their reason) or silent at join, and says who the round in progress awaits.
     """
     events = list(events)
     rows = [e for e in events if e.get("event") == "round"]
@@ -74,15 +90,22 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     if dp:
         delta = next((f"{e['delta']:g}" for e in rows if e.get("delta") is not None), "?")
         table.caption += f"; ε: privacy spent after the round at δ={delta}; C: clip norm used"
+    partial = sorted({s for e in rows for s in e.get("unscored") or []})
+    if partial:
+        table.caption += (f"; *: global scores over a partial population (without "
+                          f"{', '.join(partial)} in some rows: see each row's scored_by)")
     # Reasons read like "PolicyRefusal[max_rounds]: …": escaped, or rich takes [..] as markup.
-    table.caption = "\n".join([table.caption, *map(escape, _join_notes(events))])
+    awaited = _awaited(events)
+    table.caption = "\n".join([table.caption, *map(escape, _join_notes(events)),
+                               *([escape(awaited)] if awaited else [])])
     for e in rows:
         per = e.get("silos", {})
         status = e.get("status", "")
         if e.get("rejected"):
             status += " (" + "; ".join(f"{k}: {v}" for k, v in e["rejected"].items())[:80] + ")"
+        mark = "*" if e.get("unscored") else ""
         table.add_row(
-            str(e["round"]), _fmt(e.get(glob)), _fmt(e.get("global_loss")),
+            str(e["round"]), _fmt(e.get(glob)) + mark, _fmt(e.get("global_loss")) + mark,
             *[_fmt(per.get(s, {}).get(score)) for s in silos],
             _fmt(e.get("train_loss")),
             *([_fmt(e.get("epsilon"), ".3f"), _fmt(e.get("clip_norm"), ".3g")] if dp else []),

@@ -15,6 +15,8 @@
     pki = "pki"               # the consortium PKI directory (`xsilo pki init`)
     host = "0.0.0.0"          # public bind address of the gateway
     port = 8443
+    passphrase_file = "…"     # optional: the CA key's passphrase, so the running
+                              # coordinator can re-issue the CRL before it lapses
 
 With a ``[gateway]`` the SuperLink must listen on loopback only; silos reach nothing but
 the gateway, which admits only consortium client certificates (CRL checked) and forwards
@@ -35,8 +37,9 @@ from pathlib import Path
 import tomli_w
 
 from deploy.gateway.netns import Bridge, end_namespace, read_record, unavailable
+from coordinator.registrations import database_path, register_enrolled, save_registrations
 from deploy.launch.processes import FlowerCLI, ManagedProcess, start_superlink
-from xsilo.errors import ConfigError
+from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import atomic_write, read_toml
 
 __all__ = ["CoordinatorHome", "GatewaySettings", "RunningCoordinator", "start_coordinator",
@@ -44,7 +47,7 @@ __all__ = ["CoordinatorHome", "GatewaySettings", "RunningCoordinator", "start_co
 
 log = logging.getLogger(__name__)
 _KEYS = {"host", "port", "ca_cert", "cert", "key", "nodes", "runs"}
-_GATEWAY_KEYS = {"pki", "host", "port"}
+_GATEWAY_KEYS = {"pki", "host", "port", "passphrase_file"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class GatewaySettings:
     pki: Path
     host: str
     port: int
+    passphrase_file: Path | None = None  # of the CA key, for CRL renewal while running
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,11 @@ def _gateway_settings(table: object, root: Path, path: Path) -> GatewaySettings 
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [gateway]; "
                           f"accepted: {', '.join(sorted(_GATEWAY_KEYS))}")
+    secret = table.get("passphrase_file")
     return GatewaySettings(pki=(root / str(table.get("pki", "pki"))).resolve(),
                            host=str(table.get("host", "0.0.0.0")),
-                           port=int(table.get("port", 8443)))
+                           port=int(table.get("port", 8443)),
+                           passphrase_file=(root / str(secret)).resolve() if secret else None)
 
 
 def write_gateway_home(root: Path, *, pki_dir: Path, public_host: str = "0.0.0.0",
@@ -175,10 +181,12 @@ class RunningCoordinator:
     _seen: tuple = ()
     node_keys: dict[str, str] = field(default_factory=dict)  # name → SHA-256 of its .pub
     bridge: Bridge | None = None  # how the gateway reaches a SuperLink in its own namespace
+    crl_keeper: object | None = None  # deploy.pki.freshness.CrlKeeper, with a gateway
+    notices: list[str] = field(default_factory=list)  # what start-up has to tell the operator
 
     def stop(self) -> None:
         inside = read_record(self.home.flwr_home) if self.bridge is not None else None
-        ns = inside.ns_id() if inside is not None else None
+        ns = inside.pin() if inside is not None else None
         try:
             if self.gateway is not None:
                 self.gateway.stop()  # type: ignore[attr-defined]
@@ -192,21 +200,31 @@ class RunningCoordinator:
     def _pki_state(self) -> tuple:
         files = sorted(self.home.nodes.glob("*.pub"))
         extra = []
-        if self.home.gateway is not None:
-            crl = self.home.gateway.pki / "crl.pem"
-            extra.append(crl.stat().st_mtime_ns if crl.exists() else 0)
+        if self.home.gateway is not None:  # the CRL, and a re-issued gateway certificate
+            for path in (self.home.gateway.pki / "crl.pem",
+                         self.home.gateway.pki / "coordinator" / "server.crt"):
+                extra.append(path.stat().st_mtime_ns if path.exists() else 0)
         return tuple((p.name, p.stat().st_mtime_ns) for p in files) + tuple(extra)
+
+    def keep_crl(self) -> list[str]:
+        """Re-issue the CRL when it is due and the CA key is usable, else warn (at start,
+        then at most daily): ``warning: …`` lines for the operator's console."""
+        if self.crl_keeper is None:
+            return []
+        return [n.text if n.level == "info" else f"warning: {n}"
+                for n in self.crl_keeper.tick()]  # type: ignore[attr-defined]
 
     def reconcile(self) -> list[str]:
         """Apply PKI changes made by ``xsilo pki`` while running: register newly approved
         node keys, unregister revoked ones, reload the gateway (new CRL, new bindings).
-        Returns what changed (for the operator's console)."""
+        Returns what changed (for the operator's console). Re-issues a CRL that is due
+        first (:meth:`keep_crl`); the new CRL is then loaded like any other."""
+        changes = self.keep_crl()
         state = self._pki_state()
         if state == self._seen:
-            return []
+            return changes
         self._seen = state
         cli = self.home.cli()
-        changes = []
         present = {p.stem: p for p in self.home.nodes.glob("*.pub")}
         for name, pub in sorted(present.items()):
             digest = _key_digest(pub)
@@ -223,9 +241,16 @@ class RunningCoordinator:
             cli.unregister_node(self.node_ids.pop(name))
             self.node_keys.pop(name, None)
             changes.append(f"unregistered {name} (revoked or removed)")
+        save_registrations(self.home.flwr_home, self.node_ids, self.node_keys)
         if self.gateway is not None:
-            self.gateway.reload()  # type: ignore[attr-defined]
-            changes.append("gateway reloaded (CRL, node-key bindings)")
+            try:
+                self.gateway.reload()  # type: ignore[attr-defined]
+            except DeploymentError as exc:  # e.g. caught between a new key and its certificate
+                self._seen = ()  # try again at the next look
+                changes.append(f"warning: the gateway did not reload ({exc}); it keeps its "
+                               "previous configuration, trying again in a moment")
+            else:
+                changes.append("gateway reloaded (CRL, certificate, node-key bindings)")
         return changes
 
 
@@ -233,16 +258,20 @@ def _key_digest(pub: Path) -> str:
     return hashlib.sha256(pub.read_bytes()).hexdigest()
 
 
-def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> RunningCoordinator:
+def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None,
+                      passphrase_file: Path | None = None) -> RunningCoordinator:
     """Start the SuperLink (TLS, node auth) and register every enrolled node key; with a
     ``[gateway]``, the SuperLink runs in a private network namespace that only this account
-    (and root) can enter, and the gateway reaches it through a unix socket."""
+    (and root) can enter, and the gateway reaches it through a unix socket, and the CRL is
+    kept fresh (``passphrase_file``, else ``[gateway] passphrase_file``, else
+    ``$XSILO_CA_PASSPHRASE`` unlocks an encrypted CA key)."""
     log_dir = log_dir or home.root / "logs"
     bridge, exposed = _bridge(home)
     try:
         superlink = start_superlink(flwr_home=home.flwr_home, log_path=log_dir / "superlink.log",
                                     host=home.host, port=home.port, ca_cert=home.ca_cert,
-                                    cert=home.cert, key=home.key, node_auth=True, bridge=bridge)
+                                    cert=home.cert, key=home.key, node_auth=True, bridge=bridge,
+                                    database=database_path(home.root))
     except BaseException:
         if bridge is not None:
             bridge.remove()
@@ -252,15 +281,16 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
     running = RunningCoordinator(home, superlink, {}, bridge=bridge)
     try:
         cli = home.cli()
-        for pub in sorted(home.nodes.glob("*.pub")):
-            running.node_ids[pub.stem] = cli.register_node(pub)
-            running.node_keys[pub.stem] = _key_digest(pub)
-            log.info("registered silo %s as node %d", pub.stem, running.node_ids[pub.stem])
+        # The SuperLink's database keeps registrations across restarts: only changes register.
+        running.node_ids, running.node_keys = register_enrolled(
+            cli, home.nodes, home.flwr_home, database_path(home.root))
         if not running.node_ids:
             log.warning("no node keys in %s: no silo can connect until one is enrolled", home.nodes)
         if home.gateway is not None:
             from deploy.gateway.nginx import CoordinatorGateway
 
+            running.crl_keeper = _crl_keeper(home.gateway, passphrase_file)
+            running.notices = running.keep_crl()  # a due CRL is renewed before nginx loads it
             running.gateway = CoordinatorGateway.start(
                 pki_dir=home.gateway.pki, port=home.gateway.port,
                 superlink=bridge.upstream if bridge else home.address,
@@ -270,6 +300,14 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None) -> 
         running.stop()
         raise
     return running
+
+
+def _crl_keeper(gateway: GatewaySettings, passphrase_file: Path | None) -> object:
+    from deploy.pki.authority import Pki
+    from deploy.pki.freshness import CrlKeeper, passphrase_source
+
+    source = passphrase_source(passphrase_file or gateway.passphrase_file)
+    return CrlKeeper(Pki(gateway.pki), passphrase=source)
 
 
 def _bridge(home: CoordinatorHome) -> tuple[Bridge | None, str]:

@@ -40,12 +40,14 @@ from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
 from coordinator.evaluation import Evaluator, load_evaluator, validation_fields
 from coordinator.exports import RunExports
-from coordinator.messages import Observers, Payload, Reply, Transport
+from coordinator.messages import Observers, Patience, Payload, Reply, Transport
 from coordinator.metering import MeteredTransport
+from coordinator.outcome import failure
 from coordinator.privacy import RunPrivacy
 from coordinator.report import safe_write_report
-from coordinator.rows import (PendingRow, clip_report, losses, note_dpsgd, note_fit,
-                              round_event, weighted_mean)
+from coordinator.resume import Resumed, check_same_model, checkpoint_meta, restore
+from coordinator.rows import (NOT_CONNECTED, PendingRow, clip_report, losses, note_dpsgd,
+                              note_fit, round_event, tallies, weighted_mean)
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation, run_threshold
 from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
@@ -66,14 +68,22 @@ class _Member:
     fingerprint: dict[str, Any]
 
 
+def _reported(collector: RoundCollector, name: str) -> list[tuple[float, float]]:
+    """(value, example count) of a silo statistic, from the contributors that sent it."""
+    return [(float(getattr(m, name)), m.num_examples or 0.0)
+            for m in collector.metrics.values() if getattr(m, name) is not None]
+
+
 class RoundLoop:
     """Drive one federated run; see the module docstring."""
 
     def __init__(self, config: RunConfig, transport: Transport, store: RunStore,
                  strategy: Strategy, *, observers: Observers | None = None,
-                 evaluator: Evaluator | None = None, exports: RunExports | None = None) -> None:
+                 evaluator: Evaluator | None = None, exports: RunExports | None = None,
+                 resume: bool = False) -> None:
         """``evaluator`` and ``exports`` default to what ``config`` names (built when the run
-        starts); pass them to inject others (tests, embedding)."""
+        starts); pass them to inject others (tests, embedding). ``resume``: continue from the
+        run directory's last verified checkpoint (:mod:`coordinator.resume`)."""
         self.config = config
         self.transport = MeteredTransport(transport)
         self.store = store
@@ -89,21 +99,27 @@ class RoundLoop:
                         if config.dp is not None else None)
         self.run_token = self.privacy.run_token if self.privacy else secrets.token_hex(8)
         self.stop: tuple[str, str] | None = None  # (reason, message) of a clean early stop
+        self.resume = resume
+        self.phase: tuple[str, int | None] = ("start", None)  # where a failure happened
 
     # ------------------------------------------------------------------ join
     def join(self) -> dict[str, np.ndarray]:
         """Admit silos; return the initial global model."""
         cfg = self.config
+        self.phase = ("join", 0)
         nodes = self.transport.wait_for_nodes(cfg.wait_for, cfg.join_timeout)
         terms = JoinTerms(
             run_name=cfg.name, strategy=cfg.strategy, num_rounds=cfg.num_rounds, seed=cfg.seed,
             min_silos=cfg.min_silos, num_silos=len(nodes),
             secure_aggregation=cfg.secure_aggregation,
             secagg_threshold=run_threshold(cfg, len(nodes)) if cfg.secure_aggregation else None,
-            dp=self.privacy.join_terms() if self.privacy is not None else None)
+            dp=self.privacy.join_terms() if self.privacy is not None else None,
+            compression=cfg.compression, compression_fraction=cfg.compression_fraction)
+        # Once the silos the run waits for have answered, a node still silent (a stale
+        # registration, a silo gone) costs the grace period, not the round timeout.
         replies = self.transport.exchange(
             "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
-            group="join")
+            group="join", patience=Patience(lambda r: len(r) >= cfg.wait_for, cfg.grace))
         refused = {}
         initial: dict[str, dict[str, np.ndarray]] = {}
         for node, reply in sorted(replies.items()):
@@ -118,12 +134,14 @@ class RoundLoop:
         self.store.append_event({
             "event": "join",
             "silos": {m.name: m.fingerprint for m in self.members.values()},
-            "refused": refused, "silent_nodes": silent})
+            "refused": refused, "silent_nodes": silent, "run_token": self.run_token})
         if len(self.members) < cfg.min_silos:
             detail = "; ".join(f"{k}: {v}" for k, v in refused.items()) or "no refusals"
-            raise DeploymentError(
+            error = DeploymentError(
                 f"only {len(self.members)} silo(s) joined but min_silos is {cfg.min_silos} "
                 f"({detail}; {len(silent)} silent)")
+            error.silo = ", ".join(sorted(refused)) or None
+            raise error
         self._check_agreement(initial)
         first = sorted(initial)[0]
         return initial[first]
@@ -162,23 +180,59 @@ class RoundLoop:
         started = time.monotonic()
         try:
             self._open_observers()
+            resumed = self._restore()
             joining = time.monotonic()  # round 0's time: join (and key setup) only
             current = self.join()
+            if resumed is not None:  # the silos' model code must still build this model
+                check_same_model(resumed.model, current)
+                current = resumed.model
             if self.config.secure_aggregation:
-                self._setup_secure(current)
-            pending = PendingRow(0, "initial", time.monotonic() - joining)
-            self._validate(pending, current)
-            pending.extra["bytes"] = self._bytes_since((0, 0))
-            for server_round in range(1, self.config.num_rounds + 1):
+                self.phase = ("key setup", 0)
+                self._setup_secure(current)  # a resumed run is keyed afresh
+            if resumed is not None:
+                pending, first = resumed.pending, resumed.server_round + 1
+            else:
+                pending, first = PendingRow(0, "initial", time.monotonic() - joining), 1
+                self._validate(pending, current)
+                pending.extra["bytes"] = self._bytes_since((0, 0))
+            for server_round in range(first, self.config.num_rounds + 1):
+                self.phase = ("round", server_round)
                 if self._budget_stops(server_round):
                     break
                 current, pending = self._round(server_round, current, pending)
+            self.phase = ("final evaluation", None)
             self._final_evaluation(current, pending)
             self.store.save_model(current)
         except Exception as exc:
-            self._finish("failed", started, error=f"{type(exc).__name__}: {exc}")
+            phase, server_round = self.phase
+            log.exception("the run failed (%s%s)", phase,
+                          f" {server_round}" if phase == "round" else "")
+            self._finish("failed", started,
+                         error=failure(exc, phase=phase, server_round=server_round))
             raise
         return self._finish("stopped" if self.stop else "completed", started)
+
+    def _restore(self) -> Resumed | None:
+        """On resume: the last verified checkpoint back into the strategy, the accountant
+        and the loop (None: none, the run starts over at round 1 with the same run token)."""
+        if not self.resume:
+            return None
+        resumed = restore(self.store.load_checkpoint(), self.strategy, self.privacy)
+        token = resumed.run_token if resumed is not None else None
+        if token is None:  # no checkpoint (or an old one): the token the silos already know
+            token = next((e["run_token"] for e in self.store.events()
+                          if e.get("event") == "join" and e.get("run_token")), None)
+        if token is not None:
+            self.run_token = token
+            if self.privacy is not None:
+                self.privacy.run_token = token
+        if resumed is not None:
+            self.failed_rounds = list(resumed.failed_rounds)
+        self.store.append_event({
+            "event": "resume", "from_round": resumed.server_round if resumed else 0,
+            "skipped_checkpoints": self.store.verify_checkpoints()})
+        log.info("resuming after round %d", resumed.server_round if resumed else 0)
+        return resumed
 
     def _open_observers(self) -> None:
         """The coordinator's evaluator and the run's exports (a ConfigError here fails the
@@ -235,7 +289,8 @@ class RoundLoop:
             strategy=cfg.strategy, run_token=self.run_token, participants=len(plan.silos),
             proximal_mu=float(mu),
             dp=self.privacy.round_terms() if self.privacy is not None else None,
-            strategy_config=extra)
+            strategy_config=extra, compression=cfg.compression,
+            compression_fraction=cfg.compression_fraction, statistics=self._statistics())
 
     def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
         """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""
@@ -251,6 +306,7 @@ class RoundLoop:
                pending: PendingRow) -> tuple[dict[str, np.ndarray], PendingRow]:
         t0 = time.monotonic()
         mark = (self.transport.sent, self.transport.received)
+        per_silo = self.transport.per_node()
         if self.exports is not None:
             self.exports.round_started(server_round)
         # Silos the SuperLink no longer knows (unregistered, e.g. revoked) are not waited for.
@@ -260,21 +316,46 @@ class RoundLoop:
         terms = self._train_terms(server_round, plan)
         row = PendingRow(server_round, "ok", 0.0)
         row.extra["asked"] = sorted(self.members[n].name for n in plan.silos)
+        self._awaiting(server_round, plan.silos, time.time() + self.config.round_timeout)
         if self.secure is not None:
             current = self._secure_round(current, pending, row, plan.silos, terms)
         else:
             current = self._clear_round(current, pending, row, plan.silos, terms)
+        for node in sorted(set(self.members) - connected):
+            row.rejected.setdefault(self.members[node].name, NOT_CONNECTED)
         if self.privacy is not None and "epsilon" not in row.extra:
             row.extra.update(self.privacy.row_fields())  # nothing released: ε unchanged
+        if self.privacy is not None:  # the silos' own tallies keep the run's ε honest
+            row.extra.update(self.privacy.adopt(row.tallies))
         self._validate(row, current)
         row.extra["bytes"] = self._bytes_since(mark)
+        row.extra["bytes_by_silo"] = {
+            self.members[n].name: counts
+            for n, counts in sorted(self.transport.per_node_since(per_silo).items())
+            if n in self.members}
+        row.seconds = time.monotonic() - t0
         if row.status == "ok":
             state = dict(self.strategy.state_dict())
             if self.privacy is not None:
                 state.update(self.privacy.state_arrays())
-            self.store.save_checkpoint(server_round, current, state)
-        row.seconds = time.monotonic() - t0
+            self.store.save_checkpoint(server_round, current, state, checkpoint_meta(
+                row, failed_rounds=self.failed_rounds, run_token=self.run_token))
         return current, row
+
+    def _names(self) -> dict[int, str]:
+        return {n: m.name for n, m in self.members.items()}
+
+    def _awaiting(self, server_round: int, nodes: Any, until: float) -> None:
+        """Tell the live table which silos a round is waiting for, and until when."""
+        self.store.append_event({
+            "event": "awaiting", "round": server_round, "until": round(until, 3),
+            "silos": sorted(self.members[n].name if n in self.members else f"node-{n}"
+                            for n in nodes)})
+
+    def _patience(self, server_round: int, quorum: Any) -> Patience:
+        """Stop waiting :attr:`RunConfig.grace` s after ``quorum`` holds (and say so)."""
+        return Patience(quorum, self.config.grace,
+                        on_quorum=lambda nodes, until: self._awaiting(server_round, nodes, until))
 
     def _fail(self, row: PendingRow, reason: str) -> None:
         row.status, row.reason = "failed", reason
@@ -287,15 +368,18 @@ class RoundLoop:
         """Two round trips through ``coordinator.secure``; the strategy gets only the sum."""
         assert self.secure is not None
         terms = replace(terms, secagg_weighted=self.strategy.weighted)
-        outcome = self.secure.round(row.server_round, terms, current, silos)
+        outcome = self.secure.round(
+            row.server_round, terms, current, silos,
+            on_quorum=lambda nodes, until: self._awaiting(row.server_round, nodes, until))
         # No masking round trip happened (too few keyed silos): still evaluate the model.
         replies = (outcome.replies if outcome.trained
                    else self._evaluate(current, silos, row.server_round, f"{row.server_round}-eval"))
         # The contributors' metrics, summed under the masks: the global scores of the model
         # they evaluated and the round's train loss, even when no silo shares its own.
         summed = outcome.aggregate if outcome.failure is None else None
-        self._emit_row(pending, replies, summed)
+        self._emit_row(pending, replies, summed, outcome.contributors)
         row.rejected = {self.members[n].name: p for n, p in outcome.problems.items()}
+        row.tallies = tallies(replies.values(), self._names())
         row.contributors = [self.members[n].name for n in outcome.contributors]
         row.extra["secure_aggregation"] = {**outcome.report, **clip_report(
             {self.members[n].name: replies[n].metrics for n in outcome.contributors})}
@@ -318,7 +402,9 @@ class RoundLoop:
                                                    contributors=len(outcome.contributors))
             row.extra.update(self.privacy.commit_round(released))
             delta_sum, total = released.delta_sum, released.total_weight
-        return self._step_from_sum(current, delta_sum, total, row.server_round)
+        return self._step_from_sum(current, delta_sum, total, row, statistics={
+            name: getattr(summed, name) if summed is not None else None
+            for name in self._statistics()})
 
     def _clear_round(self, current: dict[str, np.ndarray], pending: PendingRow,
                      row: PendingRow, silos: tuple[int, ...],
@@ -327,13 +413,22 @@ class RoundLoop:
         collector = RoundCollector(
             self.strategy, current, {n: m.name for n, m in self.members.items()},
             clip=self.privacy.accumulator() if self.privacy is not None else None,
-            on_update=self.observers.update)
+            on_update=self.observers.update,
+            compression=(None if self.config.compression == "none"
+                         else (self.config.compression, self.config.compression_fraction)))
+        patience = self._patience(row.server_round,
+                                  lambda _: collector.count >= self.config.min_silos)
         replies = self.transport.exchange(
             "train", {n: Payload(terms, current) for n in silos},
             timeout=self.config.round_timeout, group=str(row.server_round),
-            on_reply=collector.accept)
+            on_reply=collector.accept, patience=patience)
         self._emit_row(pending, replies)
         row.rejected, row.contributors = collector.rejected, list(collector.contributors)
+        for node in silos:
+            if node not in replies:
+                row.rejected[self.members[node].name] = patience.missing_reason(
+                    what="update", timeout=self.config.round_timeout)
+        row.tallies = tallies(replies.values(), self._names())
         for name, metrics in collector.metrics.items():
             note_dpsgd(row, name, metrics)
         note_fit(row, collector.metrics)
@@ -346,42 +441,64 @@ class RoundLoop:
             assert self.privacy is not None  # central DP: noise and the public denominator
             result = self.privacy.release(collector.clip.result(), participants=len(silos))
             row.extra.update(self.privacy.commit_round(result))
-            return self._step_from_sum(current, result.delta_sum, result.total_weight,
-                                       row.server_round)
+            return self._step_from_sum(current, result.delta_sum, result.total_weight, row)
         if collector.sum is not None:
             return self._step_from_sum(current, collector.sum.result(),
-                                       collector.sum.total_weight, row.server_round)
+                                       collector.sum.total_weight, row, statistics={
+                                           name: weighted_mean(_reported(collector, name))
+                                           for name in self._statistics()})
         assert isinstance(self.strategy, PerUpdateStrategy)
         return self.strategy.aggregate(current, collector.updates, row.server_round)
 
+    def _statistics(self) -> tuple[str, ...]:
+        """The silo-side statistics the strategy asks for (none for most)."""
+        return tuple(getattr(self.strategy, "statistics", ()))
+
     def _step_from_sum(self, current: dict[str, np.ndarray], delta_sum: Mapping[str, np.ndarray],
-                       total_weight: float, server_round: int) -> dict[str, np.ndarray]:
-        """The one place a weighted sum of deltas (clear or unmasked) becomes the next model."""
+                       total_weight: float, row: PendingRow, *,
+                       statistics: Mapping[str, float | None] | None = None
+                       ) -> dict[str, np.ndarray]:
+        """The one place a weighted sum of deltas (clear or unmasked) becomes the next model;
+        a strategy that asked for silo statistics gets them (recorded in the row)."""
         assert isinstance(self.strategy, SumStrategy)
-        return self.strategy.step(current, dict(delta_sum), total_weight, server_round)
+        if not self.strategy.statistics:
+            return self.strategy.step(current, dict(delta_sum), total_weight, row.server_round)
+        stats = {name: (statistics or {}).get(name) for name in self.strategy.statistics}
+        row.extra["statistics"] = stats
+        new = self.strategy.step_with_statistics(current, dict(delta_sum), total_weight,
+                                                 row.server_round, stats)
+        step_size = getattr(self.strategy, "last_step_size", None)
+        if isinstance(step_size, float):
+            row.extra["server_step_size"] = step_size
+        return new
 
     def _evaluate(self, current: dict[str, np.ndarray], nodes: Any, server_round: int,
                   group: str, *, final: bool = False) -> dict[int, Reply]:
         terms = EvaluateTerms(server_round, final=final)
+        nodes = sorted(nodes)
+        enough = min(self.config.min_silos, len(nodes))
         return self.transport.exchange(
-            "evaluate", {n: Payload(terms, current) for n in sorted(nodes)},
-            timeout=self.config.round_timeout, group=group)
+            "evaluate", {n: Payload(terms, current) for n in nodes},
+            timeout=self.config.round_timeout, group=group,
+            patience=self._patience(server_round, lambda r: len(r) >= enough))
 
     def _final_evaluation(self, current: dict[str, np.ndarray], pending: PendingRow) -> None:
         mark = (self.transport.sent, self.transport.received)
         summed: SiloMetrics | None = None
+        summed_by: list[int] = []
         if self.secure is not None:  # scores leave only as sums, like a round's
-            replies, summed = self._secure_final_evaluation(current, pending)
+            replies, summed, summed_by = self._secure_final_evaluation(current, pending)
         else:
-            replies = self._evaluate(current, self.members, self.config.num_rounds, "final",
-                                     final=True)
+            connected = set(self.transport.node_ids())
+            replies = self._evaluate(current, [n for n in self.members if n in connected],
+                                     self.config.num_rounds, "final", final=True)
         counted = pending.extra.setdefault("bytes", {"sent": 0, "received": 0})
         for key, value in self._bytes_since(mark).items():  # the final evaluation's traffic
             counted[key] = counted.get(key, 0) + value
-        self._emit_row(pending, replies, summed)
+        self._emit_row(pending, replies, summed, summed_by)
 
     def _secure_final_evaluation(self, current: dict[str, np.ndarray], pending: PendingRow
-                                 ) -> tuple[dict[int, Reply], SiloMetrics | None]:
+                                 ) -> tuple[dict[int, Reply], SiloMetrics | None, list[int]]:
         """The final evaluation of a secure run: a masked round without an update (its own
         round number, after the last). Too few keyed silos: a clear one (each silo's policy
         still decides what of its scores leaves)."""
@@ -399,22 +516,29 @@ class RoundLoop:
                if outcome.problems else {})}
         pending.extra["final_evaluation"] = {"secure_aggregation": report}
         if not outcome.trained:
-            return self._evaluate(current, silos, server_round, "final", final=True), None
-        return outcome.replies, outcome.aggregate if outcome.failure is None else None
+            return self._evaluate(current, silos, server_round, "final", final=True), None, []
+        if outcome.failure is not None:
+            return outcome.replies, None, []
+        return outcome.replies, outcome.aggregate, list(outcome.contributors)
 
     def _emit_row(self, row: PendingRow, replies: Mapping[int, Reply],
-                  summed: SiloMetrics | None = None) -> None:
+                  summed: SiloMetrics | None = None, summed_by: Any = ()) -> None:
         """Write the row of ``row.server_round`` using the evaluations in ``replies`` (and
-        the silos' securely summed scores, when the round carried them)."""
+        the silos' securely summed scores over ``summed_by``, when the round carried them);
+        the row says which of the run's silos its global scores cover."""
         event = round_event(row, {self.members[node].name: reply.metrics
                                   for node, reply in replies.items()
                                   if reply.error is None and node in self.members},
-                            summed=summed)
+                            summed=summed,
+                            summed_by=[self.members[n].name for n in summed_by
+                                       if n in self.members],
+                            population=[m.name for m in self.members.values()])
         self.store.append_event(event)
         if self.exports is not None:
             self.exports.row(event)
 
-    def _finish(self, status: str, started: float, *, error: str | None = None) -> dict[str, Any]:
+    def _finish(self, status: str, started: float, *,
+                error: dict[str, Any] | None = None) -> dict[str, Any]:
         rows = [e for e in self.store.events() if e.get("event") == "round"]
         last = rows[-1] if rows else {}
         summary = {

@@ -3,8 +3,9 @@
 The loop sends a :class:`Payload` (typed terms from :mod:`xsilo.terms`, the model, a
 secure-aggregation record) and gets a :class:`Reply` already parsed at the edge: typed
 metrics, the silo's identity, or a :class:`SiloError`. :class:`Transport` is what the loop
-needs from the network; :class:`Observers` are optional hooks that see what the
-coordinator sees (tests and audits pass them in; nothing here is global).
+needs from the network; :class:`Patience` is when an exchange stops waiting for
+stragglers; :class:`Observers` are optional hooks that see what the coordinator sees
+(tests and audits pass them in; nothing here is global).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from strategies.compression import Compressed
 from xsilo.terms import SiloInfo, SiloMetrics
 
-__all__ = ["Observers", "Payload", "Reply", "SiloError", "Terms", "Transport"]
+__all__ = ["Observers", "Patience", "Payload", "Reply", "SiloError", "Terms", "Transport"]
 
 
 class Terms(Protocol):
@@ -61,6 +63,7 @@ class Reply:
     info: SiloInfo | None = None  # join replies: the silo's name and schema fingerprint
     error: SiloError | None = None
     secagg: dict[str, Any] | None = None  # a strategies.secagg message record (masked input …)
+    compressed: Compressed | None = None  # a compressed update (in place of ``arrays``)
 
     @property
     def name(self) -> str | None:
@@ -68,6 +71,30 @@ class Reply:
         if self.info is not None:
             return self.info.name
         return self.error.silo if self.error is not None else None
+
+
+@dataclass
+class Patience:
+    """When an exchange stops waiting for stragglers.
+
+    Once ``quorum(replies)`` holds (enough silos answered), the exchange waits at most
+    ``grace`` more seconds (never past its timeout) and then returns without the silos still
+    out; ``on_quorum(pending nodes, wall-clock deadline)`` is told when that happens (the
+    live table shows who is awaited). After the exchange :attr:`stopped_by` says what ended
+    a wait that left silos out: ``"grace"`` or ``"timeout"`` (None: nobody was left out).
+    """
+
+    quorum: Callable[[Mapping[int, Reply]], bool]
+    grace: float
+    on_quorum: Callable[[list[int], float], None] | None = None
+    stopped_by: str | None = None
+
+    def missing_reason(self, *, what: str, timeout: float) -> str:
+        """Why a silo that did not answer ``what`` was left out (for the round's row)."""
+        if self.stopped_by == "grace":
+            return (f"no {what} within the straggler grace ({self.grace:g} s after enough "
+                    "silos had answered); the round went on without it")
+        return f"no {what} within round_timeout ({timeout:g} s)"
 
 
 class Transport(Protocol):
@@ -79,8 +106,8 @@ class Transport(Protocol):
 
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *, timeout: float,
                  group: str, on_reply: Callable[[int, Reply], Reply] | None = None,
-                 until: Callable[[dict[int, Reply]], bool] | None = None
-                 ) -> dict[int, Reply]: ...
+                 until: Callable[[dict[int, Reply]], bool] | None = None,
+                 patience: Patience | None = None) -> dict[int, Reply]: ...
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.messages import Payload, Reply, Transport
+from coordinator.messages import Patience, Payload, Reply, Transport
 
 __all__ = ["MeteredTransport", "payload_bytes", "reply_bytes"]
 
@@ -35,8 +35,10 @@ def payload_bytes(payload: Payload) -> int:
 
 
 def reply_bytes(reply: Reply) -> int:
-    """Array (and byte-string) payload of one reply."""
-    return _values_bytes(reply.arrays) + _values_bytes(reply.secagg)
+    """Array (and byte-string) payload of one reply (a compressed update as it travelled)."""
+    compressed = reply.compressed.arrays if reply.compressed is not None else None
+    return (_values_bytes(reply.arrays) + _values_bytes(reply.secagg)
+            + _values_bytes(compressed))
 
 
 class MeteredTransport:
@@ -46,6 +48,25 @@ class MeteredTransport:
         self.inner = inner
         self.sent = 0
         self.received = 0
+        self.by_node: dict[int, dict[str, int]] = {}  # node → {"sent": …, "received": …}
+
+    def _count(self, node: int, key: str, n: int) -> None:
+        counts = self.by_node.setdefault(node, {"sent": 0, "received": 0})
+        counts[key] += n
+
+    def per_node(self) -> dict[int, dict[str, int]]:
+        """A snapshot of the per-silo counts (for :meth:`per_node_since`)."""
+        return {node: dict(c) for node, c in self.by_node.items()}
+
+    def per_node_since(self, mark: Mapping[int, Mapping[str, int]]) -> dict[int, dict[str, int]]:
+        """Bytes sent to and received from each silo since ``mark`` (silos with traffic)."""
+        out = {}
+        for node, counts in self.by_node.items():
+            before = mark.get(node, {})
+            diff = {k: v - before.get(k, 0) for k, v in counts.items()}
+            if any(diff.values()):
+                out[node] = diff
+        return out
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
         return self.inner.wait_for_nodes(count, timeout)
@@ -55,12 +76,18 @@ class MeteredTransport:
 
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *, timeout: float,
                  group: str, on_reply: Callable[[int, Reply], Reply] | None = None,
-                 until: Callable[[dict[int, Reply]], bool] | None = None) -> dict[int, Reply]:
-        self.sent += sum(payload_bytes(p) for p in payloads.values())
+                 until: Callable[[dict[int, Reply]], bool] | None = None,
+                 patience: Patience | None = None) -> dict[int, Reply]:
+        for node, p in payloads.items():
+            n = payload_bytes(p)
+            self.sent += n
+            self._count(node, "sent", n)
 
         def counted(node: int, reply: Reply) -> Reply:
-            self.received += reply_bytes(reply)  # before on_reply drops its arrays
+            n = reply_bytes(reply)  # before on_reply drops its arrays
+            self.received += n
+            self._count(node, "received", n)
             return on_reply(node, reply) if on_reply is not None else reply
 
         return self.inner.exchange(message_type, payloads, timeout=timeout, group=group,
-                                   on_reply=counted, until=until)
+                                   on_reply=counted, until=until, patience=patience)

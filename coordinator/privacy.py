@@ -31,6 +31,13 @@ never the realised ``Σ min(w_i, w_max)``, which depends on the data and on who 
 
 State (accountant history, adaptive C) is checkpointed next to the strategy's state under
 the ``dp/`` keys of :meth:`state_arrays`.
+
+The silos keep their own tallies (``silo_client.privacy``) and each train reply carries
+the silo's ε for the run (``SiloMetrics.dp_epsilon_tally``). :meth:`adopt` takes the
+highest one when it is above the coordinator's own ε (a round the silos counted but the
+coordinator never released, e.g. one cut short by a crash or failed for too few updates):
+from then on the run reports that ε (:meth:`epsilon`), the row records the difference, and
+the budget check counts it.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ from strategies.dp.adaptive import AdaptiveClipState
 from strategies.dp.clipping import ClipResult
 from strategies.randomness import ByteSource
 from strategies.registry import check_compatible
-from xsilo.errors import ConfigError
+from xsilo.errors import ConfigError, PrivacyBudgetExceeded
 from xsilo.terms import DPTerms
 
 __all__ = ["CentralResult", "RunPrivacy", "check_run_privacy", "parse_dp"]
@@ -75,6 +82,7 @@ _STATE_KEY = "dp/state"
 # pre-encoded discrete-Gaussian shares). Adaptive clipping stays refused there.
 SECURE_DP_MECHANISMS: frozenset[str] = frozenset({"central", "distributed"})
 _MAX_QUANT_MARGIN = 0.1  # the quantizer may take at most 10 % of C (see bind_secure)
+_TALLY_SLACK = 1e-9  # relative: the same events composed on two machines agree to this
 
 
 def parse_dp(value: Any) -> DPConfig | None:
@@ -160,6 +168,7 @@ class RunPrivacy:
         self.ddg: DDGParams | None = None
         self.calibration: DDGCalibration | None = None
         self.rotation_seed: bytes | None = None  # this round's public seed (distributed)
+        self.adopted = 0.0  # the highest silo tally above this accountant's ε (see adopt)
 
     # -- terms and the budget ---------------------------------------------------------
     @property
@@ -243,11 +252,42 @@ class RunPrivacy:
         return min(eps, self.dp.max_epsilon) if self.dp.max_epsilon is not None else eps
 
     def check_budget(self, server_round: int) -> float | None:
-        """ε the round would reach; raises PrivacyBudgetExceeded above ``max_epsilon``."""
+        """ε the round would reach; raises PrivacyBudgetExceeded above ``max_epsilon``
+        (an adopted silo tally counts: the round adds its increment on top of it)."""
         budget = self.dp.budget()
         if budget is None:
             return None
-        return budget.check(self.accountant, self.event(), round_number=server_round)
+        eps_next = budget.check(self.accountant, self.event(), round_number=server_round)
+        above = self.adopted - self.accountant.epsilon()
+        if above > 0 and eps_next + above > budget.max_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"max_epsilon={budget.max_epsilon:g}: round {server_round} would bring ε from "
+                f"{self.epsilon():.4f} (the silos' own tally, adopted) to "
+                f"{eps_next + above:.4f} (delta={budget.delta:g}); the run stops before it")
+        return eps_next + max(above, 0.0)
+
+    def epsilon(self) -> float:
+        """The run's ε so far: the accountant's, or a higher silo tally it adopted."""
+        return max(self.accountant.epsilon(), self.adopted)
+
+    def adopt(self, tallies: Mapping[str, float]) -> dict[str, Any]:
+        """Compare the silos' own ε tallies for the run with this accountant; adopt the
+        highest when it is above. Returns the row's fields: ``silo_epsilon`` (each tally),
+        and when one was adopted ``epsilon`` and ``epsilon_adopted`` (from which silo, by how
+        much, and what the coordinator had accounted itself)."""
+        if not tallies:
+            return {}
+        fields: dict[str, Any] = {"silo_epsilon": {k: float(v) for k, v in sorted(tallies.items())}}
+        silo, top = max(tallies.items(), key=lambda kv: (kv[1], kv[0]))
+        own = self.epsilon()
+        if top > own * (1 + _TALLY_SLACK) + _TALLY_SLACK:
+            self.adopted = float(top)
+            fields["epsilon"] = float(top)
+            fields["epsilon_adopted"] = {"silo": silo, "difference": float(top - own),
+                                         "accounted": self.accountant.epsilon()}
+            log.warning("silo %s has counted ε=%.4f for this run, above the coordinator's "
+                        "%.4f; the run reports the silo's tally from now on", silo, top, own)
+        return fields
 
     def round_terms(self) -> DPTerms:
         """The round's DP terms for every silo's train message.
@@ -303,12 +343,12 @@ class RunPrivacy:
 
     def row_fields(self) -> dict[str, Any]:
         """ε so far (at δ) and the mechanism; a round that released nothing keeps ε."""
-        return {"epsilon": self.accountant.epsilon(), "delta": self.dp.delta,
+        return {"epsilon": self.epsilon(), "delta": self.dp.delta,
                 "dp_mechanism": self.dp.mechanism, "clip_norm": self.clip_norm,
                 "noise_stddev": self.noise_stddev}
 
     def summary_fields(self) -> dict[str, Any]:
-        return {"epsilon": self.accountant.epsilon(), "delta": self.dp.delta,
+        return {"epsilon": self.epsilon(), "delta": self.dp.delta,
                 "dp_mechanism": self.dp.mechanism, "dp_rounds": self.accountant.rounds,
                 "max_epsilon": self.dp.max_epsilon}
 
@@ -316,7 +356,7 @@ class RunPrivacy:
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Accountant history and adaptive C as a 0-d string array (``dp/state``)."""
         state = {"accountant": self.accountant.state_dict(), "run_token": self.run_token,
-                 "clip_norm": self.clip_norm}
+                 "clip_norm": self.clip_norm, "adopted": self.adopted}
         return {_STATE_KEY: np.asarray(json.dumps(state, sort_keys=True))}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -328,6 +368,7 @@ class RunPrivacy:
         state = json.loads(str(np.asarray(arrays[_STATE_KEY])))
         self.accountant = Accountant.from_state_dict(state["accountant"])
         self.run_token = state["run_token"]
+        self.adopted = float(state.get("adopted", 0.0))
         if self.adaptive is not None:
             self.adaptive = replace(self.adaptive, clip_norm=float(state["clip_norm"]))
         return rest

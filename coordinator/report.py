@@ -20,6 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from coordinator.outcome import error_line
 from coordinator.run_record import (RunRecord, load_run, provenance, time_split,
                                     unique_rounds, utc)
 from xsilo.errors import ConfigError
@@ -63,8 +64,9 @@ def _status(run: RunRecord) -> str:
     status = summary.get("status") or ("running or interrupted (no summary.json)")
     cls = f"status-{summary.get('status', 'running')}"
     parts = [f'<p>Status: <b class="{escape(cls)}">{escape(str(status))}</b>']
-    if summary.get("error"):
-        parts.append(f"<br>Error: <code>{escape(str(summary['error']))}</code>")
+    line = error_line(summary)
+    if line is not None:
+        parts.append(f"<br>Error: <code>{escape(line)}</code>")
     if summary.get("stop_reason"):
         parts.append(f"<br>Stopped early ({escape(str(summary['stop_reason']))}): "
                      f"{escape(str(summary.get('stop_message', '')))}")
@@ -143,16 +145,27 @@ def _round_table(rows: Sequence[Mapping[str, Any]], silos: Sequence[str]) -> str
     regression = _is_regression(rows)
     key, label = ("mae", "MAE") if regression else ("accuracy", "acc")
     glob = "global_mae" if regression else "global_accuracy"
-    headers = ["round", f"global {label}", "global loss",
+    headers = ["round", f"global {label}", "global loss", "global over",
                *[f"{s} {label}" for s in silos], "validation", "train loss", "status"]
     body = []
     for r in rows:
         val = r.get("validation") or {}
-        body.append([r["round"], r.get(glob), r.get("global_loss"),
+        body.append([r["round"], r.get(glob), r.get("global_loss"), _population(r),
                      *[r.get("silos", {}).get(s, {}).get(key) for s in silos],
                      val.get(key), r.get("train_loss"),
                      r.get("status", "") + (f": {r['reason']}" if r.get("reason") else "")])
     return table(headers, body, left=0)
+
+
+def _population(row: Mapping[str, Any]) -> str | None:
+    """Over which silos the row's global scores are: every silo of the run, or which
+    (a partial population: a silo that dropped out cannot make the mean look better)."""
+    if "scored_by" not in row:
+        return None  # a row written before rows said so
+    if not row.get("unscored"):
+        return f"all ({len(row['scored_by'])})"
+    return (f"partial: {', '.join(row['scored_by']) or 'none'} "
+            f"(without {', '.join(row['unscored'])})")
 
 
 def _privacy(run: RunRecord) -> str:

@@ -3,8 +3,16 @@ object it becomes once the round's model has been evaluated (no Flower types her
 
 Row *r* describes model *r* (after *r* rounds; 0 is the initial model): the silos'
 evaluations of it (which arrive with round *r + 1*'s replies, or with the final
-evaluation), and what round *r* itself did — contributors, rejections, train loss, round
-time, the silos' own fit times, the bytes it carried, ε, the coordinator's validation.
+evaluation), and what round *r* itself did — contributors, rejections (a silo that did not
+answer, or was not connected, is there too, with the reason), train loss, round time, the
+silos' own fit times, the bytes it carried, ε, the coordinator's validation.
+
+Global scores average over the silos that scored the model, and that set changes when a
+silo drops out (a silo with a hard test split leaving makes the mean "rise"). So every row
+says over which silos its global scores are: ``scored_by`` (under secure aggregation the
+contributors to the masked sums) and ``unscored``, the run's silos that are not in them
+(empty: the whole population). The console and the report mark a row with a partial
+population.
 """
 
 from __future__ import annotations
@@ -13,10 +21,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.messages import Reply
 from xsilo.terms import SiloMetrics
 
-__all__ = ["PendingRow", "clip_report", "losses", "note_dpsgd", "note_fit", "round_event",
-           "weighted_mean"]
+__all__ = ["NOT_CONNECTED", "PendingRow", "clip_report", "losses", "note_dpsgd", "note_fit",
+           "round_event", "tallies", "weighted_mean"]
+
+NOT_CONNECTED = ("not connected to the coordinator when the round started (its SuperNode is "
+                 "down, restarting or cut off); it is asked again in the next round")
 
 
 @dataclass
@@ -31,6 +43,13 @@ class PendingRow:
     rejected: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tallies: dict[str, float] = field(default_factory=dict)  # silos' own ε for the run
+
+
+def tallies(replies: Iterable[Reply], names: Mapping[int, str]) -> dict[str, float]:
+    """Each answering silo's own ε tally for the run, as its reply states it."""
+    return {names[r.node_id]: float(r.metrics.dp_epsilon_tally) for r in replies
+            if r.error is None and r.node_id in names and r.metrics.dp_epsilon_tally is not None}
 
 
 def weighted_mean(values: list[tuple[float, float]]) -> float | None:
@@ -87,14 +106,17 @@ def _summed_scores(summed: SiloMetrics) -> dict[str, Any]:
 
 
 def round_event(row: PendingRow, evaluations: Mapping[str, SiloMetrics], *,
-                summed: SiloMetrics | None = None) -> dict[str, Any]:
+                summed: SiloMetrics | None = None, summed_by: Iterable[str] = (),
+                population: Iterable[str] | None = None) -> dict[str, Any]:
     """The ``round`` event of ``row`` given each silo's evaluation of its model; global
     scores are example-weighted means (``global_mae``/``global_mse`` for regressors).
 
-    ``summed``: a secure round's masked sums of the silos' scores. They cover every
-    contributor (also those whose policy keeps its own scores in), so when they hold an
-    evaluation they are the global scores (``global_scores: "secure_sum"``); ``silos``
-    still lists the scores that silos chose to share one by one.
+    ``summed``: a secure round's masked sums of the silos' scores, over the contributors
+    ``summed_by``. They cover every contributor (also those whose policy keeps its own
+    scores in; one whose policy shares none adds zeros), so when they hold an evaluation
+    they are the global scores (``global_scores: "secure_sum"``); ``silos`` still lists the
+    scores that silos chose to share one by one. ``population``: the run's silos (the
+    row's ``unscored`` are those its global scores leave out).
     """
     per_silo: dict[str, dict[str, Any]] = {}
     scored: dict[str, list[tuple[float, float]]] = {"loss": [], "accuracy": [], "mae": [],
@@ -109,11 +131,16 @@ def round_event(row: PendingRow, evaluations: Mapping[str, SiloMetrics], *,
     regression = {f"global_{k}": weighted_mean(scored[k]) for k in ("mae", "mse") if scored[k]}
     scores: dict[str, Any] = {"global_loss": weighted_mean(scored["loss"]),
                               "global_accuracy": weighted_mean(scored["accuracy"]), **regression}
+    scored_by = sorted(n for n, s in per_silo.items() if s.get("loss") is not None)
     if summed is not None and summed.eval_loss is not None:
         scores = _summed_scores(summed)
+        scored_by = sorted(summed_by)
+    coverage: dict[str, Any] = {"scored_by": scored_by}
+    if population is not None:
+        coverage["unscored"] = sorted(set(population) - set(scored_by))
     return {
         "event": "round", "round": row.server_round, "status": row.status, **scores,
-        "silos": per_silo, "train_loss": row.train_loss,
+        **coverage, "silos": per_silo, "train_loss": row.train_loss,
         "round_seconds": round(row.seconds, 3), "contributors": sorted(row.contributors),
         "rejected": row.rejected, **({"reason": row.reason} if row.reason else {}),
         **row.extra}

@@ -7,18 +7,32 @@ Layout::
       metrics.jsonl           one JSON object per event (round, failure, final), appended
       checkpoints/round-0003.npz  global model + strategy state after each round
       model.npz               the final global model
-      summary.json            status, rounds completed/failed, final metrics
+      summary.json            status, rounds completed/failed, final metrics, the error
+      coordinator.log         the ServerApp's log (every attempt, appended)
+      serverapp.json          which process runs (or ran) the coordinator: pid, start time
+      resume.json             present between ``coordinator run --resume`` and the ServerApp
+                              taking it up
 
 Every file that replaces an earlier version is written to a temporary name, fsync-ed and
-renamed, so a crash leaves either the old or the new file, never a torn one.
+renamed, so a crash leaves either the old or the new file, never a torn one. A checkpoint
+also carries the SHA-256 of its own arrays (``__sha256__``): one that was damaged anyway (a
+copy cut short, a bad disk) is detected on load and skipped for the one before it.
+
+A run directory *holds a run* once ``metrics.jsonl`` exists (the ServerApp started it);
+one that holds only a refused or failed start (``config.toml``, ``summary.json``) can be
+reused by the next attempt under the same name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
 import time
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,9 +41,15 @@ import numpy as np
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write
 
-__all__ = ["RunStore", "load_npz"]
+__all__ = ["Checkpoint", "RunStore", "arrays_digest", "load_npz"]
+
+log = logging.getLogger(__name__)
 
 _STATE_PREFIX = "strategy/"
+_ROUND, _META, _DIGEST = "__round__", "__meta__", "__sha256__"
+OWNER_FILE = "serverapp.json"
+RESUME_FILE = "resume.json"
+LOG_FILE = "coordinator.log"
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -44,6 +64,68 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        for part in (name, a.dtype.str, repr(a.shape)):
+            blob = part.encode()
+            h.update(len(blob).to_bytes(8, "big") + blob)
+        h.update(a.nbytes.to_bytes(8, "big"))
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One verified checkpoint: the model and state after ``server_round``, the round
+    loop's own ``meta`` (its pending row, failed rounds, run token), and the newer files
+    that were skipped because they did not verify (``skipped``: file name → why)."""
+
+    server_round: int
+    model: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint file, verified; ValueError saying what is wrong with it."""
+    try:
+        arrays = load_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    digest = arrays.pop(_DIGEST, None)
+    if digest is not None and str(digest) != arrays_digest(arrays):
+        raise ValueError("its SHA-256 does not match its arrays (damaged after it was written)")
+    if _ROUND not in arrays:
+        raise ValueError("it names no round (__round__ is missing)")
+    server_round = int(arrays.pop(_ROUND))
+    meta = json.loads(str(arrays.pop(_META))) if _META in arrays else {}
+    state = {k[len(_STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(_STATE_PREFIX)}
+    model = {k: v for k, v in arrays.items() if not k.startswith(_STATE_PREFIX)}
+    return Checkpoint(server_round, model, state, meta)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "?"
+        return "?"  # no /proc: alive, start time unknown
+    fields = stat.rpartition(")")[2].split()
+    if fields and fields[0] == "Z":
+        return None  # a zombie has finished
+    return fields[19] if len(fields) > 19 else "?"
+
+
 class RunStore:
     """Reads and writes one run directory."""
 
@@ -55,14 +137,66 @@ class RunStore:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def prepare(self) -> None:
-        """Create the directory tree (the run directory must not hold another run's metrics)."""
-        if self.metrics_path.exists():
+    @property
+    def started(self) -> bool:
+        """Whether this directory holds a run (its ServerApp started it)."""
+        return self.metrics_path.exists()
+
+    def prepare(self, *, resume: bool = False) -> None:
+        """Create the directory tree. A new run: the directory must not hold another run's
+        metrics (a refused or failed start's summary is dropped). ``resume``: continue the
+        run it holds."""
+        if self.metrics_path.exists() and not resume:
             raise ConfigError(
                 f"run directory {self.path} already holds a run (metrics.jsonl exists); "
-                "choose a new run name or directory"
+                "choose a new run name or directory, or continue it with "
+                f"`xsilo coordinator run --resume {self.path.name}`"
             )
+        if not self.metrics_path.exists():
+            (self.path / "summary.json").unlink(missing_ok=True)  # a refused start's
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    # -- who runs it, and resume requests ----------------------------------------------
+    def claim(self, pid: int | None = None) -> None:
+        """Record that process ``pid`` (default: this one) runs the coordinator of this run."""
+        pid = os.getpid() if pid is None else pid
+        atomic_write(self.path / OWNER_FILE, json.dumps(
+            {"pid": pid, "start": _process_start(pid), "since": time.time()}, sort_keys=True))
+
+    def owner(self) -> int | None:
+        """The pid of the process that runs this run's coordinator, if it still lives."""
+        try:
+            data = json.loads((self.path / OWNER_FILE).read_text())
+            pid, start = int(data["pid"]), data.get("start")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        now = _process_start(pid)
+        if now is None or (start not in (None, "?") and now not in ("?", start)):
+            return None  # gone, or the pid now belongs to another process
+        return pid
+
+    def recorded_owner_record(self) -> str | None:
+        """``serverapp.json`` as it stands (None: never claimed); it changes when another
+        ServerApp claims the run."""
+        try:
+            return (self.path / OWNER_FILE).read_text()
+        except OSError:
+            return None
+
+    def request_resume(self, **details: Any) -> None:
+        """Ask the next ServerApp started on this directory to continue its run."""
+        atomic_write(self.path / RESUME_FILE,
+                     json.dumps({"requested": time.time(), **details}, sort_keys=True))
+
+    def take_resume_request(self) -> dict[str, Any] | None:
+        """The pending resume request (removed as it is taken), or None."""
+        path = self.path / RESUME_FILE
+        try:
+            request = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        path.unlink(missing_ok=True)
+        return request if isinstance(request, dict) else {}
 
     def append_event(self, event: Mapping[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` (flushed and fsync-ed)."""
@@ -85,25 +219,47 @@ class RunStore:
         return out
 
     def save_checkpoint(self, server_round: int, model: Mapping[str, np.ndarray],
-                        strategy_state: Mapping[str, np.ndarray]) -> Path:
-        """Write the global model and strategy state after ``server_round``."""
-        arrays = dict(model)
-        arrays.update({_STATE_PREFIX + k: v for k, v in strategy_state.items()})
-        arrays["__round__"] = np.asarray(server_round)
+                        strategy_state: Mapping[str, np.ndarray],
+                        meta: Mapping[str, Any] | None = None) -> Path:
+        """Write the global model and strategy state after ``server_round`` (atomically,
+        with its SHA-256); ``meta`` is the round loop's own JSON state for a resume."""
+        arrays = {k: np.asarray(v) for k, v in model.items()}
+        arrays.update({_STATE_PREFIX + k: np.asarray(v) for k, v in strategy_state.items()})
+        arrays[_ROUND] = np.asarray(server_round)
+        arrays[_META] = np.asarray(json.dumps(dict(meta or {}), sort_keys=True, default=_plain))
+        arrays[_DIGEST] = np.asarray(arrays_digest(arrays))
         path = self.checkpoints / f"round-{server_round:04d}.npz"
         atomic_write(path, _npz_bytes(arrays))
         return path
 
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies; newer ones that do not are skipped (and
+        named in :attr:`Checkpoint.skipped`, and logged). None when none verifies."""
+        skipped: dict[str, str] = {}
+        for path in sorted(self.checkpoints.glob("round-*.npz"), reverse=True):
+            try:
+                found = _read_checkpoint(path)
+            except ValueError as exc:
+                log.warning("checkpoint %s skipped: %s", path, exc)
+                skipped[path.name] = str(exc)
+                continue
+            return Checkpoint(found.server_round, found.model, found.state, found.meta, skipped)
+        return None
+
+    def verify_checkpoints(self) -> dict[str, str]:
+        """Every checkpoint file that does not verify → why (empty: all are sound)."""
+        bad: dict[str, str] = {}
+        for path in sorted(self.checkpoints.glob("round-*.npz")):
+            try:
+                _read_checkpoint(path)
+            except ValueError as exc:
+                bad[path.name] = str(exc)
+        return bad
+
     def latest_checkpoint(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]] | None:
-        """(round, model, strategy_state) of the newest checkpoint, or None."""
-        files = sorted(self.checkpoints.glob("round-*.npz"))
-        if not files:
-            return None
-        arrays = load_npz(files[-1])
-        server_round = int(arrays.pop("__round__"))
-        state = {k[len(_STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(_STATE_PREFIX)}
-        model = {k: v for k, v in arrays.items() if not k.startswith(_STATE_PREFIX)}
-        return server_round, model, state
+        """(round, model, strategy_state) of the newest checkpoint that verifies, or None."""
+        found = self.load_checkpoint()
+        return None if found is None else (found.server_round, found.model, found.state)
 
     def save_model(self, model: Mapping[str, np.ndarray]) -> Path:
         """Write the final global model to ``model.npz``."""
@@ -119,3 +275,17 @@ class RunStore:
     def summary(self) -> dict[str, Any] | None:
         path = self.path / "summary.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def clear_summary(self) -> None:
+        """Drop ``summary.json`` (a resumed run writes its own; its end events stay in
+        ``metrics.jsonl``)."""
+        (self.path / "summary.json").unlink(missing_ok=True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays in a checkpoint's meta."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,39 +1,137 @@
-"""Start runs on a running coordinator: run directory, config file, ``flwr run``."""
+"""Start and resume runs on a running coordinator: run directory, config file, ``flwr run``.
+
+Nothing reaches the SuperLink before the whole configuration passed the coordinator's own
+checks (:func:`coordinator.preflight.check_run`, :func:`prepare_run`). A start that fails —
+refused, or the SuperLink unreachable — leaves a ``summary.json`` that says why, in a
+directory the next attempt under the same name may use (:func:`new_run_dir`).
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from coordinator.config import RunConfig, write_run_config
-from coordinator.run_store import RunStore
+from coordinator.config import RunConfig, load_run_config, write_run_config
+from coordinator.outcome import start_summary
+from coordinator.preflight import check_run
+from coordinator.run_store import RESUME_FILE, RunStore
+from deploy.launch.fab import XSILO_APP
 from deploy.launch.processes import FlowerCLI
-from xsilo.errors import ConfigError
+from xsilo.errors import ConfigError, DeploymentError, XsiloError
 
-__all__ = ["APP_DIR", "new_run_dir", "submit_run"]
+__all__ = ["APP_DIR", "new_run_dir", "prepare_run", "resume_run", "submit_run"]
 
 # The thin app `flwr run` ships: its components are the installed coordinator and silo.
-APP_DIR = Path(__file__).parent / "flower_app"
+# It lives in deploy/ because the silos build it too: by default they run no other app.
+APP_DIR = XSILO_APP
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def new_run_dir(runs_root: Path, name: str | None) -> Path:
-    """A fresh run directory under ``runs_root`` (``<name>`` or a timestamp)."""
+    """A run directory under ``runs_root`` (``<name>`` or a timestamp) for a new run: fresh,
+    or one left by a start that never ran (its ``summary.json`` says why), which is reused."""
     name = name or time.strftime("run-%Y%m%d-%H%M%S")
     if not _NAME.match(name):
         raise ConfigError(f"run name {name!r} must be 1–64 letters, digits, '.', '_' or '-'")
     path = Path(runs_root) / name
-    if path.exists():
-        raise ConfigError(f"run directory {path} already exists; choose another --name")
-    path.mkdir(parents=True)
+    store = RunStore(path)
+    if store.started:
+        raise ConfigError(f"run directory {path} already holds a run; choose another --name, "
+                          f"or continue it with `xsilo coordinator run --resume {name}`")
+    if path.exists():  # a refused or failed start: nothing of it may confuse this one
+        store.clear_summary()
+        for leftover in (RESUME_FILE, "config.toml"):
+            (path / leftover).unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def prepare_run(run_dir: Path, values: Mapping[str, Any]) -> RunConfig:
+    """Validate the run settings ``values`` completely (:func:`check_run`) and write
+    ``config.toml``; a refusal is written to ``summary.json`` (status ``refused``) and
+    raised, and the directory does not hold a run."""
+    try:
+        config = RunConfig.from_mapping(values)
+        check_run(config)
+    except XsiloError as exc:
+        RunStore(run_dir).write_summary(start_summary(
+            "refused", exc, strategy=values.get("strategy"),
+            rounds_requested=values.get("num_rounds")))
+        raise
+    write_run_config(Path(run_dir) / "config.toml", config)
+    return config
+
+
 def submit_run(cli: FlowerCLI, run_dir: Path, config: RunConfig) -> tuple[int, RunStore]:
-    """Write ``config.toml`` into ``run_dir`` and start the run; return (run id, store)."""
+    """Write ``config.toml`` into ``run_dir`` and start the run; return (run id, store).
+    A SuperLink that cannot take the run: DeploymentError, also in ``summary.json``."""
     write_run_config(run_dir / "config.toml", config)
-    run_id = cli.submit(APP_DIR, {"run-dir": str(Path(run_dir).resolve())})
-    return run_id, RunStore(run_dir)
+    return _submit(cli, RunStore(run_dir), config)
+
+
+def _submit(cli: FlowerCLI, store: RunStore, config: RunConfig) -> tuple[int, RunStore]:
+    try:
+        run_id = cli.submit(APP_DIR, {"run-dir": str(store.path.resolve())})
+    except DeploymentError as exc:
+        said = " ".join(str(exc).split())  # flwr's own output spans lines
+        error = DeploymentError(
+            f"run {store.path.name} was not started: {said}; is the coordinator running "
+            "(`xsilo coordinator start`)? Nothing of this attempt blocks the next one")
+        if not store.started:
+            store.write_summary(start_summary("failed", error, strategy=config.strategy,
+                                              rounds_requested=config.num_rounds))
+        raise error from exc
+    return run_id, store
+
+
+def resume_run(cli: FlowerCLI, run_dir: Path) -> tuple[int, RunStore]:
+    """Continue the run in ``run_dir`` from its last complete round (a new Flower run on
+    the same run directory: :mod:`coordinator.resume`); return (Flower run id, store).
+
+    Refused when the run completed or stopped, never started, or is still being run by a
+    live ServerApp. A previous Flower run of it that Flower still counts as running (its
+    ServerApp was killed) is stopped first.
+    """
+    store = RunStore(run_dir)
+    name = store.path.name
+    if not (store.path / "config.toml").is_file():
+        raise ConfigError(f"{store.path} holds no run configuration (config.toml): not a run "
+                          "directory, or a name typo; `ls` the coordinator home's runs/")
+    if not store.started:
+        raise ConfigError(f"run {name} never started (no metrics.jsonl), so there is nothing "
+                          f"to resume; start it with `xsilo coordinator run --name {name}`")
+    summary = store.summary() or {}
+    if summary.get("status") in ("completed", "stopped"):
+        raise ConfigError(f"run {name} already {summary['status']}; nothing to resume (start "
+                          "a new run under another --name)")
+    owner = store.owner()
+    if owner is not None:
+        raise DeploymentError(f"run {name} is still running (its ServerApp is process "
+                              f"{owner}); follow it with `xsilo coordinator status {store.path}`")
+    config = load_run_config(store.path)
+    check_run(config)  # e.g. a strategy plugin uninstalled since: refused here, not later
+    previous = _last_flower_run(store)
+    if previous is not None:
+        try:
+            if not cli.status(previous).startswith("finished"):
+                cli.stop_run(previous)  # its ServerApp is gone; Flower need not wait for it
+        except DeploymentError:
+            pass  # e.g. a restarted SuperLink that no longer knows it
+    store.clear_summary()
+    store.request_resume(previous_flower_run=previous)
+    try:
+        return _submit(cli, store, config)
+    except DeploymentError:
+        (store.path / RESUME_FILE).unlink(missing_ok=True)
+        raise
+
+
+def _last_flower_run(store: RunStore) -> int | None:
+    starts = [e for e in store.events() if e.get("event") == "start"]
+    run_id = starts[-1].get("flower_run_id") if starts else None
+    return int(run_id) if isinstance(run_id, int) else None
 
 

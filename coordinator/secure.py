@@ -38,14 +38,14 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from coordinator.config import RunConfig
-from coordinator.messages import Payload, Reply, Transport
+from coordinator.messages import Patience, Payload, Reply, Transport
 from coordinator.privacy import RunPrivacy
 from strategies.secagg import (
     CoordinatorState, KeyAdvert, KeyRequest, MaskedInput, Message, RoundResult, UnmaskResponse,
@@ -219,9 +219,14 @@ class SecureAggregation:
         payloads = {node_of[i]: Payload(KeySetupTerms(silo=i, server_round=server_round),
                                         secagg=req.to_record())
                     for i, req in requests.items()}
+        enough = min(self.threshold, len(payloads))
+        patience = Patience(lambda r: len(r) >= enough, self.run_config.grace)
         replies = self.transport.exchange(SECAGG_SETUP, payloads,
-                                          timeout=self.run_config.round_timeout, group=group)
-        problems = {node: f"no reply to {what}" for node in payloads if node not in replies}
+                                          timeout=self.run_config.round_timeout, group=group,
+                                          patience=patience)
+        missing = patience.missing_reason(what=f"reply to {what}",
+                                          timeout=self.run_config.round_timeout)
+        problems = {node: missing for node in payloads if node not in replies}
         for node, reply in sorted(replies.items()):
             try:
                 if reply.error is not None:
@@ -278,10 +283,13 @@ class SecureAggregation:
 
     def round(self, server_round: int, terms: TrainTerms | EvaluateTerms,
               current: Mapping[str, np.ndarray], silos: Sequence[int], *,
-              message_type: str = "train") -> SecureRound:
+              message_type: str = "train",
+              on_quorum: Callable[[list[int], float], None] | None = None) -> SecureRound:
         """Two round trips (three when a silo is re-keyed first); never raises for a
         protocol failure (see ``SecureRound.failure``). Besides the weighted sum, the silos'
-        metrics arrive summed (``SecureRound.aggregate``: example-weighted means)."""
+        metrics arrive summed (``SecureRound.aggregate``: example-weighted means). Once
+        ``t`` masked inputs are in, the stragglers get ``straggler_grace`` more seconds
+        (``on_quorum`` is told who is still awaited)."""
         out = SecureRound(replies={})
         self._rekey(server_round, silos, out)
         assert self.state is not None  # setup() ran
@@ -311,15 +319,19 @@ class SecureAggregation:
             return reply
 
         started = time.monotonic()
+        patience = Patience(lambda _: len(arrived) >= self.threshold, self.run_config.grace,
+                            on_quorum=on_quorum)
         out.replies = self.transport.exchange(
             message_type, {node_of[i]: Payload(terms, current, secagg=req.to_record())
                       for i, req in requests.items()},
-            timeout=self.run_config.round_timeout, group=str(server_round), on_reply=fold)
+            timeout=self.run_config.round_timeout, group=str(server_round), on_reply=fold,
+            patience=patience)
         out.seconds["masked_input"] = round(time.monotonic() - started, 3)
         replies = out.replies
         for i in requests:
             if node_of[i] not in replies:
-                out.problems[node_of[i]] = "no masked input before the round timeout"
+                out.problems[node_of[i]] = patience.missing_reason(
+                    what="masked input", timeout=self.run_config.round_timeout)
         try:
             state = self._unmask(state, server_round, out, node_of, arrived)
             state, result = finish_round(state)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -13,13 +17,13 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.config import load_run_config
 from coordinator.loop import RoundLoop
 from coordinator.messages import Observers
-from coordinator.privacy import check_run_privacy
-from coordinator.run_store import RunStore
+from coordinator.outcome import start_summary
+from coordinator.preflight import check_run
+from coordinator.run_store import LOG_FILE, RunStore
 from coordinator.transport import GridTransport
-from strategies.registry import build_strategy
-from xsilo.errors import ConfigError
+from xsilo.errors import ConfigError, DeploymentError
 
-__all__ = ["app", "run_coordinator", "simulation_app"]
+__all__ = ["app", "run_coordinator", "run_log", "simulation_app"]
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -33,16 +37,62 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
     """
     if not run_dir:
         raise ConfigError("run config 'run-dir' is empty; start runs with `xsilo coordinator run`")
-    config = load_run_config(run_dir)
-    strategy = build_strategy(config.strategy, config.strategy_params)
-    # DP and secure-aggregation checks happen before any silo is contacted.
-    check_run_privacy(config.dp, strategy, secure_aggregation=config.secure_aggregation)
     store = RunStore(run_dir)
-    store.prepare()
-    store.append_event({"event": "start", **provenance(grid)})
-    observers = observers or Observers()
-    transport = GridTransport(grid, poll_interval=poll_interval, recorder=observers.reply)
-    return RoundLoop(config, transport, store, strategy, observers=observers).run()
+    with run_log(store.path / LOG_FILE):
+        resume = store.take_resume_request()
+        config = None
+        try:
+            config = load_run_config(run_dir)
+            # Every check that needs no silo (the same `xsilo coordinator run` makes first).
+            strategy = check_run(config, evaluator=False)
+            owner = store.owner()
+            if owner is not None and owner != os.getpid():
+                raise DeploymentError(
+                    f"run {store.path.name} is still being run by process {owner}; wait for "
+                    f"it to end (or stop it: `flwr stop`), then resume")
+            store.prepare(resume=resume is not None)
+        except Exception as exc:
+            log.exception("the run could not start")
+            if not store.started or resume is not None:  # never over another run's summary
+                store.write_summary(start_summary(
+                    "failed", exc, strategy=config.strategy if config else None,
+                    rounds_requested=config.num_rounds if config else None))
+            raise
+        store.claim()
+        store.append_event({"event": "start", **provenance(grid),
+                            **({"resumed": True} if resume is not None else {})})
+        observers = observers or Observers()
+        transport = GridTransport(grid, poll_interval=poll_interval, recorder=observers.reply)
+        return RoundLoop(config, transport, store, strategy, observers=observers,
+                         resume=resume is not None).run()
+
+
+_LOGGERS = ("coordinator", "strategies", "xsilo")
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """The coordinator's log (INFO and up) also goes to ``path`` while the run lasts: the
+    operator finds the reason for a failure in the run directory, whatever Flower's own log
+    forwarding does with it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in _LOGGERS]  # xsilo's own, not Flower's
+    raised = [lg for lg in loggers if lg.level == logging.NOTSET]
+    for lg in raised:
+        lg.setLevel(logging.INFO)
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        handler.close()
+        for lg in raised:
+            lg.setLevel(logging.NOTSET)
 
 
 def _version(dist: str) -> str | None:

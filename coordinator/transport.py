@@ -17,11 +17,13 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.messages import Payload, Reply, SiloError
+from coordinator.messages import Patience, Payload, Reply, SiloError
 from xsilo.errors import DeploymentError, ProtocolError
-from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS, SILO
+from strategies.compression import Compressed
+from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, METRICS,
+                            SECAGG, SECAGG_ARRAYS, SILO)
 from xsilo.records import arrays_to_record
-from xsilo.terms import SILO_NAME, SiloInfo, SiloMetrics
+from xsilo.terms import SILO_NAME, CompressedHeader, SiloInfo, SiloMetrics
 
 __all__ = ["GridTransport"]
 
@@ -75,6 +77,15 @@ def _to_reply(node_id: int, msg: Message, *, keep_wire: bool = False) -> Reply:
                    if METRICS in content.metric_records else SiloMetrics())
         info = (SiloInfo.from_config(dict(content.config_records[SILO]))
                 if SILO in content.config_records else None)
+        compressed = None
+        if COMPRESSED in content.array_records:
+            if COMPRESSED_HEADER not in content.config_records:
+                raise ProtocolError("a compressed update without its header record")
+            header = CompressedHeader.from_config(
+                dict(content.config_records[COMPRESSED_HEADER]))
+            compressed = Compressed(header.method, header.length,
+                                    _take_arrays(content.array_records[COMPRESSED],
+                                                 keep=keep_wire))
         secagg = None
         if SECAGG in content.config_records:
             secagg = dict(content.config_records[SECAGG])
@@ -86,7 +97,8 @@ def _to_reply(node_id: int, msg: Message, *, keep_wire: bool = False) -> Reply:
         log.warning("silo %s (node %s) sent a malformed reply: %s", name or "?", node_id, exc)
         return Reply(node_id, error=SiloError(ProtocolError.__name__, "malformed-reply", str(exc),
                                               silo=name))
-    return Reply(node_id, arrays=arrays, metrics=metrics, info=info, secagg=secagg)
+    return Reply(node_id, arrays=arrays, metrics=metrics, info=info, secagg=secagg,
+                 compressed=compressed)
 
 
 def _claimed_name(msg: Message) -> str | None:
@@ -132,7 +144,8 @@ class GridTransport:
     def exchange(self, message_type: str, payloads: Mapping[int, Payload], *,
                  timeout: float, group: str,
                  on_reply: Callable[[int, Reply], Reply] | None = None,
-                 until: Callable[[dict[int, Reply]], bool] | None = None) -> dict[int, Reply]:
+                 until: Callable[[dict[int, Reply]], bool] | None = None,
+                 patience: Patience | None = None) -> dict[int, Reply]:
         """Send one message per silo; return the replies that arrived before ``timeout``.
 
         ``on_reply(node, reply)``, when given, sees each reply as soon as it is pulled and
@@ -140,6 +153,8 @@ class GridTransport:
         keeps the reply without its arrays, so memory does not grow with the silo count).
         ``until(replies)``, when given, ends the wait early once it returns True (secure
         aggregation stops at the first ``t`` unmask responses); a later reply is not pulled.
+        ``patience``, when given, stops waiting ``patience.grace`` seconds after its quorum
+        holds (stragglers are left out; see :class:`~coordinator.messages.Patience`).
         """
         # One ArrayRecord per distinct model: the global model goes to every silo, and a
         # record per message would hold silos × model bytes on the coordinator (Flower's own
@@ -158,6 +173,7 @@ class GridTransport:
         # at a time when replies are large: at most ~PULL_BUDGET bytes of replies in memory.
         batch = max(1, PULL_BUDGET // model_bytes) if model_bytes else len(pending) or 1
         deadline = time.monotonic() + timeout
+        quorum_at: float | None = None
         done = False
         while pending and not done and time.monotonic() < deadline:
             asked = list(pending)
@@ -176,12 +192,24 @@ class GridTransport:
                 done = until is not None and until(replies)
                 if done:
                     break
+            if patience is not None and quorum_at is None and pending and patience.quorum(replies):
+                quorum_at = time.monotonic()
+                deadline = min(deadline, quorum_at + patience.grace)
+                if patience.on_quorum is not None:
+                    patience.on_quorum(sorted(pending.values()),
+                                       time.time() + (deadline - time.monotonic()))
             if pending and not done:
                 time.sleep(self.poll_interval)
         if done:
             return replies
+        if patience is not None and pending:
+            cut = quorum_at is not None and quorum_at + patience.grace <= time.monotonic() + 1e-9
+            patience.stopped_by = "grace" if cut and patience.grace < timeout else "timeout"
+        graced = patience is not None and patience.stopped_by == "grace"
         for node in pending.values():
-            log.warning("silo node %s did not reply to %s within %.0f s", node, message_type, timeout)
+            log.warning("silo node %s did not reply to %s %s", node, message_type,
+                        f"within the {patience.grace:g} s straggler grace" if graced  # type: ignore[union-attr]
+                        else f"within {timeout:.0f} s")
         return replies
 
     @staticmethod

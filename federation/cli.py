@@ -60,8 +60,10 @@ def _register() -> None:
     from silo_client.cli import app as silo_app
     from strategies.cli import app as strategies_app
     from federation.demo import demo
+    from federation.version import version_cmd
 
     app.command("demo")(demo)
+    app.command("version")(version_cmd)
     app.command("report")(report)
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(silo_app, name="silo")

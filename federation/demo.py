@@ -31,6 +31,7 @@ from silo_client.adapters.base import FitSettings
 from silo_client.adapters.build import build_model
 from silo_client.config import SiloConfig
 from silo_client.data import LocalDataset, load_dataset
+from coordinator.outcome import error_line
 from xsilo.errors import DeploymentError
 from federation.deployment import LocalFederation
 
@@ -133,7 +134,7 @@ def demo(
         report = _report(outcome.store.path)
         if not outcome.completed:
             raise DeploymentError(
-                f"the run ended as {outcome.status}: {outcome.summary.get('error')}; SuperLink "
+                f"the run ended as {outcome.status}: {error_line(outcome.summary)}; SuperLink "
                 f"log tail:\n{fed.coordinator.superlink.log_tail() if fed.coordinator else ''}")
         console.print(_accuracy_line(outcome.store))
         console.print(_comparison(fed.silos, outcome.store.path / "model.npz",

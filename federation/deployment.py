@@ -22,7 +22,7 @@ from coordinator.console import follow_run
 from coordinator.home import (CoordinatorHome, RunningCoordinator, start_coordinator,
                              write_gateway_home)
 from coordinator.run_store import RunStore
-from coordinator.runs import new_run_dir, submit_run
+from coordinator.runs import new_run_dir, prepare_run, resume_run, submit_run
 from deploy.pki import certs
 from deploy.launch.processes import ManagedProcess, free_port
 from silo_client.config import SiloConfig, load_silo_config, write_silo_config
@@ -55,7 +55,11 @@ class LocalFederation:
     def __init__(self, root: Path, *, model: str = DEFAULT_MODEL,
                  write_data: Callable[[Path], list] = write_demo_data,
                  schema: dict | None = None, mtls: bool = False,
-                 executor: str | None = None) -> None:
+                 executor: str | None = None, allow_unapproved_code: bool = False,
+                 policies: dict[str, str] | None = None) -> None:
+        """``allow_unapproved_code``: give every silo a site policy that accepts running any
+        app a run carries (UNSAFE; needed for ``executor="flower"``, see silo_client.apps).
+        ``policies``: site-policy TOML text by silo name (e.g. a silo that refuses runs)."""
         self.root = Path(root)
         self.model = model
         self.write_data = write_data
@@ -69,6 +73,8 @@ class LocalFederation:
         self.port = 0
         self.mtls = mtls
         self.executor = executor  # None: the silo.toml default ("warm")
+        self.allow_unapproved_code = allow_unapproved_code
+        self.policies = dict(policies or {})
         self.gateways: dict[str, Any] = {}  # "coordinator" / silo name → gateway handle
         self.running: list[Any] = []  # what stop() stops, in reverse order
         self.kits: dict[str, Any] = {}
@@ -98,7 +104,7 @@ class LocalFederation:
                 base / "silo.toml", name=silo.name, train="data/train.csv",
                 test="data/test.csv", schema=self.schema, model=self.model,
                 superlink=f"127.0.0.1:{self.port}", root_certificates="ca.crt",
-                auth_key="node.key", executor=self.executor)
+                auth_key="node.key", executor=self.executor, policy_file=self._policy(base))
             self.silos.append(load_silo_config(path))
         return self
 
@@ -125,12 +131,25 @@ class LocalFederation:
                 test=silo.test.resolve(), schema=self.schema, model=self.model,
                 superlink=kit.superlink, root_certificates=kit.root_certificates,
                 auth_key=kit.auth_key, workspace=str(self.silo_root / silo.name / "workspace"),
-                executor=self.executor,
+                executor=self.executor, policy_file=self._policy(kit_dir),
                 # its enrollment key signs its secure-aggregation keys; it checks its peers'
                 identity={"certificate": kit.client_cert, "key": kit.client_key,
                           "ca": kit.ca_cert, "crl": kit.root / "crl.pem"})
             self.silos.append(load_silo_config(path))
         return self
+
+    def _policy(self, silo_dir: Path) -> Path | None:
+        """The site policy of the silo in ``silo_dir``: its ``policies`` text, plus the opt-out
+        of approved code only when asked for; None when it has neither."""
+        name = silo_dir.name if silo_dir.name != "kit" else silo_dir.parent.name
+        text = self.policies.get(name, "")
+        if self.allow_unapproved_code:
+            text += "allow_unapproved_code = true  # UNSAFE: any app a run carries runs\n"
+        if not text:
+            return None
+        path = silo_dir / "policy.toml"
+        path.write_text(text)
+        return path.resolve()
 
     @property
     def home(self) -> CoordinatorHome:
@@ -189,10 +208,27 @@ class LocalFederation:
     def run(self, config: RunConfig, *, console: Console | None = None,
             timeout: float = 600.0, name: str | None = None) -> RunOutcome:
         """Submit ``config`` with ``flwr run`` and wait until Flower reports it finished."""
+        run_id, store = self.submit(config, name=name)
+        return self.wait(run_id, store, console=console, timeout=timeout)
+
+    def submit(self, config: RunConfig, *, name: str | None = None) -> tuple[int, RunStore]:
+        """Start ``config`` (checked first, as ``xsilo coordinator run`` does); return the
+        Flower run id and the run's store without waiting."""
         home = self.home
-        cli = home.cli()
         run_dir = new_run_dir(home.runs, name or config.name)
-        run_id, store = submit_run(cli, run_dir, config)
+        config = prepare_run(run_dir, {**config.to_dict(), "name": run_dir.name})
+        return submit_run(home.cli(), run_dir, config)
+
+    def resume(self, name: str, *, timeout: float = 600.0) -> RunOutcome:
+        """``xsilo coordinator run --resume NAME``: continue the run from its last complete
+        round and wait until Flower reports it finished."""
+        run_id, store = resume_run(self.home.cli(), self.home.runs / name)
+        return self.wait(run_id, store, timeout=timeout)
+
+    def wait(self, run_id: int, store: RunStore, *, console: Console | None = None,
+             timeout: float = 600.0) -> RunOutcome:
+        """Wait until Flower reports run ``run_id`` finished."""
+        cli = self.home.cli()
         if console is not None:
             status = follow_run(store, lambda: cli.status(run_id), console=console,
                                 timeout=timeout)

@@ -29,15 +29,16 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from silo_client import secure
+from silo_client.compress import compress_update
 from silo_client.sealed import KEY_FILE, SealBroken, seal, state_key, unseal
 from silo_client.identity import site_identity
 from silo_client.silo import Silo
 from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
-from xsilo.protocol import (ARRAYS, CONFIG, DELTA, ERROR_CODES, METRICS, SECAGG, SECAGG_ARRAYS,
-                            SILO)
+from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, ERROR_CODES,
+                            METRICS, SECAGG, SECAGG_ARRAYS, SILO)
 from xsilo.records import arrays_to_record, record_to_arrays
-from xsilo.terms import (EvaluateTerms, JoinTerms, KeySetupTerms, TrainTerms, UnmaskTerms,
-                         server_round_of)
+from xsilo.terms import (CompressedHeader, EvaluateTerms, JoinTerms, KeySetupTerms, TrainTerms,
+                         UnmaskTerms, server_round_of)
 
 __all__ = ["app", "build_app", "simulation_app"]
 
@@ -203,6 +204,8 @@ class _Handlers:
         policy = silo.policy
         if request is None:  # what leaves follows the site's share_metrics (count bucketed)
             metrics = policy.shared_metrics(result.metrics, secure=False).to_record()
+            if terms.compression != "none":  # allowed by the policy: Silo.train checked it
+                return self._compressed_reply(msg, silo, terms, result, params, metrics)
             silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
                                message_type="train", arrays=result.delta, metrics=metrics,
                                privacy=result.privacy)
@@ -220,6 +223,20 @@ class _Handlers:
         metrics = policy.shared_metrics(result.metrics.merged(outcome.metrics),
                                         secure=True).to_record()
         return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated)
+
+    def _compressed_reply(self, msg: Message, silo: Silo, terms: TrainTerms, result: Any,
+                          params: dict[str, np.ndarray], metrics: dict[str, float]) -> Message:
+        """A clear update compressed as the run asks; the ledger records the compressed
+        arrays, exactly what leaves."""
+        compressed = compress_update(result.delta, params, terms,
+                                     workspace=silo.config.workspace)
+        header = CompressedHeader(compressed.method, compressed.length).to_config()
+        silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
+                           message_type="train", arrays=compressed.arrays, metrics=metrics,
+                           privacy=result.privacy, extra=header)
+        return Message(RecordDict({COMPRESSED: arrays_to_record(dict(compressed.arrays)),
+                                   COMPRESSED_HEADER: ConfigRecord(header),
+                                   METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     def _masked_reply(self, msg: Message, silo: Silo, server_round: int,
                       outcome: secure.MaskOutcome, metrics: dict[str, float],

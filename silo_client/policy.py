@@ -15,6 +15,9 @@
     roster = { "hospital-b" = "sha256:AB:CD:...", "hospital-c" = "sha256:EF:..." }
     share_metrics = "aggregate"  # "all" (default), "aggregate" (only inside secure sums), "none"
     weight_bucket = 50           # example counts leave rounded up to a multiple of this
+    allow_unapproved_code = false  # UNSAFE: lets `executor = "flower"` start, which runs any
+                                   # app a run carries (silo_client.apps, docs/security.md)
+    allowed_compression = ["none", "q8"]  # how this silo's clear updates may travel
 
 Every refusal is a :class:`~xsilo.errors.PolicyRefusal` whose ``reason`` is the rule's key.
 """
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from strategies.secagg import SiloLimits
 from xsilo.errors import ConfigError, PolicyRefusal
-from xsilo.terms import SiloMetrics, aggregate_slots
+from xsilo.terms import COMPRESSION_METHODS, SILO_STATISTICS, SiloMetrics, aggregate_slots
 from xsilo.files import atomic_write, read_toml
 
 __all__ = ["SHARE_METRICS", "PrivacyTally", "RunTerms", "SitePolicy", "check_round",
@@ -80,11 +83,18 @@ class SitePolicy:
     # under secure aggregation), "none". weight_bucket rounds the example count up.
     share_metrics: str = "all"
     weight_bucket: int = 1
+    # Approved code only (silo_client.apps): the warm executor always runs approved app
+    # bundles only; Flower's own executor cannot check them, so a silo refuses to start with
+    # it unless the site accepts, here, that any app a run carries runs on its machine.
+    allow_unapproved_code: bool = False
+    # How a clear update may leave (strategies.compression): None allows every method.
+    allowed_compression: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.require_secure_aggregation, bool):
-            raise ConfigError(f"policy require_secure_aggregation = "
-                              f"{self.require_secure_aggregation!r}: must be true or false")
+        for flag in ("require_secure_aggregation", "allow_unapproved_code"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"policy {flag} = {getattr(self, flag)!r}: must be true or "
+                                  "false")
         if self.max_epsilon is not None:
             _positive("max_epsilon", self.max_epsilon)
         if self.delta is not None and not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
@@ -104,6 +114,13 @@ class SitePolicy:
         if self.allowed_strategies is not None:
             object.__setattr__(self, "allowed_strategies", tuple(
                 s.lower() for s in _strings("allowed_strategies", self.allowed_strategies)))
+        if self.allowed_compression is not None:
+            methods = _strings("allowed_compression", self.allowed_compression)
+            unknown = sorted(set(methods) - set(COMPRESSION_METHODS))
+            if unknown:
+                raise ConfigError(f"policy allowed_compression = {list(methods)}: unknown "
+                                  f"{unknown}; methods are {', '.join(COMPRESSION_METHODS)}")
+            object.__setattr__(self, "allowed_compression", tuple(methods))
         if self.allowed_coordinator_fingerprints is not None:
             fps = _strings("allowed_coordinator_fingerprints", self.allowed_coordinator_fingerprints)
             object.__setattr__(self, "allowed_coordinator_fingerprints",
@@ -146,14 +163,20 @@ class SitePolicy:
 
         ``all``: everything (the count bucketed). ``aggregate`` and ``none``: nothing per
         silo, except the example count of a clear training round (its update's weight, which
-        the update itself already reveals; bucketed). Under secure aggregation
+        the update itself already reveals; bucketed) and this run's ε tally. Under secure aggregation
         :meth:`aggregated` carries them as sums instead.
         """
         count = metrics.num_examples
         bucketed = None if count is None else self.reported_examples(count)
         if self.share_metrics == "all":
-            return replace(metrics, num_examples=bucketed)
-        return SiloMetrics(num_examples=bucketed) if training and not secure else SiloMetrics()
+            # the update's own statistics (its squared norm, its local steps) describe the
+            # update, which secure aggregation hides: under it they leave only in the sums
+            return replace(metrics, num_examples=bucketed, **(
+                dict.fromkeys(SILO_STATISTICS) if secure else {}))
+        # This run's ε tally always leaves: it comes from the run's public DP terms, not
+        # the data, and the coordinator needs it to keep the run's ε honest.
+        return SiloMetrics(num_examples=bucketed if training and not secure else None,
+                           dp_epsilon_tally=metrics.dp_epsilon_tally)
 
     def aggregated(self, metrics: SiloMetrics) -> list[float]:
         """The secure round's auxiliary statistics: the metrics' sums, or zeros under
@@ -183,6 +206,7 @@ class RunTerms:
     dp_epsilon_total: float | None = None
     dp_delta: float | None = None
     num_silos: int | None = None
+    compression: str = "none"
 
 
 def _refuse(reason: str, message: str) -> PolicyRefusal:
@@ -221,6 +245,7 @@ def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0
     if policy.max_rounds is not None and terms.num_rounds > policy.max_rounds:
         raise _refuse("max_rounds", f"the run asks for {terms.num_rounds} rounds, the site "
                       f"policy allows at most {policy.max_rounds}; lower num-server-rounds")
+    _check_compression(policy, terms.compression, "the run")
     if terms.num_silos is not None and terms.num_silos < policy.min_silos_per_round:
         raise _refuse("min_silos_per_round", f"the federation has {terms.num_silos} silos, the "
                       f"site policy requires at least {policy.min_silos_per_round} per round")
@@ -235,9 +260,17 @@ def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0
     _check_dp(policy, terms, epsilon_spent)
 
 
+def _check_compression(policy: SitePolicy, method: str, what: str) -> None:
+    allowed = policy.allowed_compression
+    if allowed is not None and method not in allowed:
+        raise _refuse("allowed_compression", f"{what} sends updates as {method!r}, not allowed "
+                      f"by the site policy (allowed: {list(allowed)}); no update sent")
+
+
 def check_round(policy: SitePolicy, *, server_round: int, participants: int,
                 epsilon_spent: float | None, epsilon_next: float | None,
-                strategy: str | None = None, secure_aggregation: bool = False) -> None:
+                strategy: str | None = None, secure_aggregation: bool = False,
+                compression: str = "none") -> None:
     """Refuse this round before anything is sent.
 
     ``epsilon_spent`` / ``epsilon_next`` are the site-lifetime totals before and after this
@@ -249,6 +282,7 @@ def check_round(policy: SitePolicy, *, server_round: int, participants: int,
     is a refusal.
     """
     _check_round_terms(policy, server_round, strategy, secure_aggregation)
+    _check_compression(policy, compression, f"round {server_round}")
     if policy.max_rounds is not None and server_round > policy.max_rounds:
         raise _refuse("max_rounds", f"round {server_round} exceeds the site policy's "
                       f"max_rounds {policy.max_rounds}; no update sent")

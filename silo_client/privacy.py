@@ -158,7 +158,7 @@ class SiloPrivacy:
         base = RunTerms(strategy=join.strategy, num_rounds=join.num_rounds,
                         secure_aggregation=join.secure_aggregation,
                         coordinator_fingerprint=coordinator_fingerprint,
-                        num_silos=join.num_silos)
+                        num_silos=join.num_silos, compression=join.compression)
         dp = parse_dp(join.dp)
         if dp is None:
             return base
@@ -190,9 +190,9 @@ class SiloPrivacy:
         ``secure``: whether this round's update will be masked (the train message carries a
         mask request); None reads it from the terms (secure rounds state their weighting).
         """
-        checks = {"server_round": terms.server_round, "participants": terms.participants,
-                  "strategy": terms.strategy,
-                  "secure_aggregation": terms.secure if secure is None else bool(secure)}
+        checks = dict(server_round=terms.server_round, participants=terms.participants,
+                      strategy=terms.strategy, compression=terms.compression,
+                      secure_aggregation=terms.secure if secure is None else bool(secure))
         dp = parse_dp(terms.dp)
         if dp is None or terms.dp is None:
             check_round(self.policy, **checks, epsilon_spent=None, epsilon_next=None)

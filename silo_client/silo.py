@@ -10,6 +10,7 @@ ClientApp (``silo_client.client_app``) only translates records to and from these
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from silo_client.dpsgd import attach_dpsgd
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
 from silo_client.privacy import SiloPrivacy, ledger_fields, parse_dp
+from strategies.aggregate import squared_norm
 from xsilo.errors import ProtocolError
 from xsilo.protocol import model_length
 from xsilo.terms import TERM_KEYS, EvaluateTerms, JoinTerms, SiloInfo, SiloMetrics, TrainTerms
@@ -191,10 +193,28 @@ class Silo:
             num_examples=float(len(train)), fit_seconds=time.perf_counter() - started,
             **(dpsgd.metrics() if dpsgd is not None else {}),
             extra={k: float(v) for k, v in fit.items() if k not in TERM_KEYS})
+        if terms.statistics:  # what the round's strategy asks of every silo (a fixed list)
+            metrics = replace(metrics, **self._statistics(terms, delta, len(train)))
         ledger = None
         if round_privacy is not None:  # counted before the update leaves the site
-            ledger = ledger_fields(round_privacy, self.privacy.commit(round_privacy))
+            spent = self.privacy.commit(round_privacy)
+            ledger = ledger_fields(round_privacy, spent)
+            metrics = replace(metrics, dp_epsilon_tally=spent)  # the coordinator compares
         return TrainResult(delta, metrics, ledger)
+
+    @staticmethod
+    def _statistics(terms: TrainTerms, delta: Mapping[str, np.ndarray],
+                    examples: int) -> dict[str, float]:
+        """The silo-side statistics the round asks for (``xsilo.terms.SILO_STATISTICS``),
+        refused under DP: they would leave outside the privacy guarantee."""
+        if terms.dp is not None:
+            raise ProtocolError(f"round {terms.server_round} asks for silo statistics "
+                                f"{list(terms.statistics)} in a DP run; they are not covered by "
+                                "its guarantee, so this silo sends none")
+        values = {"update_sq_norm": squared_norm(delta),
+                  "local_steps": float(terms.local_epochs
+                                       * math.ceil(examples / max(terms.batch_size, 1)))}
+        return {name: values[name] for name in terms.statistics}
 
     def evaluate(self, global_params: Mapping[str, np.ndarray],
                  terms: EvaluateTerms) -> SiloMetrics:

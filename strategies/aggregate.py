@@ -21,7 +21,8 @@ import numpy as np
 from strategies.api import NDArrays, PerUpdateStrategy, Strategy, SumStrategy, Update
 from xsilo.errors import StrategyError, UpdateRejected
 
-__all__ = ["validate_update", "SumAccumulator", "aggregate_updates", "check_result", "CHUNK"]
+__all__ = ["validate_update", "SumAccumulator", "aggregate_updates", "check_result", "CHUNK",
+           "squared_norm", "update_statistics"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,26 @@ def check_result(strategy: Strategy, current: NDArrays, new: NDArrays) -> None:
                 "finite); the model is kept unchanged")
 
 
+def squared_norm(delta: Mapping[str, np.ndarray]) -> float:
+    """``‖Δ‖²`` over every tensor of an update (float64), what a silo reports as
+    ``update_sq_norm``."""
+    return float(sum(np.dot(a, a) for a in (np.asarray(v, dtype=np.float64).reshape(-1)
+                                            for v in delta.values())))
+
+
+def update_statistics(updates: Sequence[Update], names: Sequence[str]
+                      ) -> dict[str, float | None]:
+    """The statistics a silo would report, as the round loop passes them to a strategy:
+    weight-weighted means over ``updates`` of what can be computed from an update here
+    (``update_sq_norm``); None for what only a silo knows (``local_steps``)."""
+    total = sum(u.weight for u in updates)
+    out: dict[str, float | None] = {}
+    for name in names:
+        out[name] = (sum(u.weight * squared_norm(u.delta) for u in updates) / total
+                     if name == "update_sq_norm" and total > 0 else None)
+    return out
+
+
 def aggregate_updates(strategy: Strategy, current: NDArrays, updates: Sequence[Update],
                       server_round: int) -> NDArrays:
     """Aggregate validated-or-not updates with either kind of strategy.
@@ -166,7 +187,12 @@ def aggregate_updates(strategy: Strategy, current: NDArrays, updates: Sequence[U
         acc = SumAccumulator(current)
         for update in updates:
             acc.add(update)
-        new = strategy.step(current, acc.result(), acc.total_weight, server_round)
+        if strategy.statistics:
+            new = strategy.step_with_statistics(
+                current, acc.result(), acc.total_weight, server_round,
+                update_statistics(updates, strategy.statistics))
+        else:
+            new = strategy.step(current, acc.result(), acc.total_weight, server_round)
     elif isinstance(strategy, PerUpdateStrategy):
         seen: set[str] = set()
         for update in updates:

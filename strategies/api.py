@@ -104,9 +104,21 @@ class Strategy(ABC):
 
 
 class SumStrategy(Strategy):
-    """A strategy that needs only ``Σ weight_i·delta_i`` and ``Σ weight_i``."""
+    """A strategy that needs only ``Σ weight_i·delta_i`` and ``Σ weight_i`` — and, when it
+    declares them in ``statistics``, silo-side statistics from the fixed list
+    :data:`xsilo.terms.SILO_STATISTICS` (e.g. ``"update_sq_norm"``), which every silo computes
+    on its own update and which arrive as example-weighted means, summed under the masks in
+    a secure round. Such a strategy overrides :meth:`step_with_statistics`."""
 
     kind: ClassVar[str] = "sum"
+    statistics: ClassVar[tuple[str, ...]] = ()
+
+    def step_with_statistics(self, current: NDArrays, delta_sum: NDArrays, total_weight: float,
+                             server_round: int, statistics: Mapping[str, float | None]
+                             ) -> NDArrays:
+        """:meth:`step` given the round's statistics (each the example-weighted mean over
+        the contributors, None where no contributor reported it). By default ``step``."""
+        return self.step(current, delta_sum, total_weight, server_round)
 
     @abstractmethod
     def step(self, current: NDArrays, delta_sum: NDArrays, total_weight: float,

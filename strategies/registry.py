@@ -15,6 +15,7 @@ from typing import Any
 from strategies.api import KINDS, Strategy
 from strategies.params import describe_params
 from xsilo.errors import StrategyError
+from xsilo.terms import SILO_STATISTICS
 
 __all__ = ["GROUP", "available_strategies", "get_strategy", "build_strategy",
            "check_compatible", "describe"]
@@ -77,6 +78,19 @@ def build_strategy(name: str, params: Mapping[str, object]) -> Strategy:
     return get_strategy(name).from_config(params)
 
 
+def _check_statistics(strategy: Strategy, *, differential_privacy: bool) -> None:
+    asked = tuple(getattr(strategy, "statistics", ()))
+    unknown = [n for n in asked if n not in SILO_STATISTICS]
+    if unknown:
+        raise StrategyError(f"strategy '{strategy.name}' asks silos for {unknown}; the "
+                            f"statistics a silo computes are {list(SILO_STATISTICS)}")
+    if asked and differential_privacy:
+        raise StrategyError(
+            f"strategy '{strategy.name}' needs the silos' {list(asked)}, which xsilo's "
+            "differential privacy does not cover (they would leave un-noised); run it "
+            "without dp, or choose a strategy that needs only the sum")
+
+
 def check_compatible(strategy: Strategy, *, secure_aggregation: bool,
                      differential_privacy: bool) -> None:
     """Refuse a per-update strategy under secure aggregation or differential privacy.
@@ -89,6 +103,7 @@ def check_compatible(strategy: Strategy, *, secure_aggregation: bool,
         raise StrategyError(f"strategy '{strategy.name}' has kind {strategy.kind!r}; "
                             f"expected one of {KINDS}")
     if strategy.kind == "sum":
+        _check_statistics(strategy, differential_privacy=differential_privacy)
         return
     layers = [n for n, on in (("secure aggregation", secure_aggregation),
                               ("differential privacy", differential_privacy)) if on]

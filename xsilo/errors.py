@@ -40,7 +40,13 @@ __all__ = [
 
 
 class XsiloError(Exception):
-    """Base class of every error xsilo raises on purpose."""
+    """Base class of every error xsilo raises on purpose.
+
+    ``silo`` names the silo(s) an error is about, when one is to blame (a run's failure
+    record, ``summary.json`` ``error.silo``, says so); None otherwise.
+    """
+
+    silo: str | None = None
 
 
 class ConfigError(XsiloError):

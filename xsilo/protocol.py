@@ -19,6 +19,8 @@ from xsilo.errors import ModelError, ProtocolError
 
 __all__ = [
     "ARRAYS",
+    "COMPRESSED",
+    "COMPRESSED_HEADER",
     "CONFIG",
     "DELTA",
     "ERROR_CODES",
@@ -38,6 +40,8 @@ DELTA = "delta"  # ArrayRecord: a silo's update (local model − global model)
 CONFIG = "config"  # ConfigRecord: per-message instructions from the coordinator
 METRICS = "metrics"  # MetricRecord: numbers a silo reports
 SILO = "silo"  # ConfigRecord: silo identity, schema fingerprint, model spec (query reply)
+COMPRESSED = "compressed"  # ArrayRecord: a compressed update in place of DELTA
+COMPRESSED_HEADER = "compressed-header"  # ConfigRecord: its CompressedHeader
 SECAGG = "secagg"  # ConfigRecord: one strategies.secagg protocol message (its scalar fields)
 SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord: its vector fields (the masked input)
 

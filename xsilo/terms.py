@@ -35,6 +35,9 @@ from typing import Any, ClassVar
 from xsilo.errors import ProtocolError
 
 __all__ = [
+    "COMPRESSION_METHODS",
+    "SILO_STATISTICS",
+    "CompressedHeader",
     "DPTerms",
     "EvaluateTerms",
     "JoinTerms",
@@ -63,6 +66,10 @@ MIN_SILOS = "min-silos"
 NUM_SILOS = "num-silos"
 SECURE_AGGREGATION = "secure-aggregation"
 SECAGG_THRESHOLD = "secagg-threshold"
+COMPRESSION = "compression"
+COMPRESSION_FRACTION = "compression-fraction"
+COMPRESSED_LENGTH = "compressed-length"  # a compressed reply: the dense update's length
+STATISTICS = "silo-statistics"  # the silo-side statistics a round's strategy needs
 # Train / evaluate ------------------------------------------------------------------
 SERVER_ROUND = "server-round"
 LOCAL_EPOCHS = "local-epochs"
@@ -103,11 +110,24 @@ SECAGG_DP_CLIP_NORM = "secagg-dp-clip-norm"
 DPSGD_EPSILON = "dpsgd-epsilon"
 DPSGD_DELTA = "dpsgd-delta"
 DPSGD_STEPS = "dpsgd-steps"
+UPDATE_SQ_NORM = "update-sq-norm"
+LOCAL_STEPS = "local-steps"
+DP_EPSILON_TALLY = "dp-epsilon-tally"
 
 TERM_KEYS: frozenset[str] = frozenset(
     value for name, value in dict(globals()).items()
     if name.isupper() and isinstance(value, str) and not name.startswith("_"))
 """Every key of every terms and metrics record (no other module spells one out)."""
+
+SILO_STATISTICS: tuple[str, ...] = ("update_sq_norm", "local_steps")
+"""The statistics a sum strategy may ask of every silo (``SumStrategy.statistics``), the
+fixed, auditable list: the squared L2 norm of the silo's update and its number of local
+optimisation steps. They arrive as example-weighted means over the round's contributors
+(summed under the masks in a secure round)."""
+
+COMPRESSION_METHODS: tuple[str, ...] = ("none", "q8", "q4", "topk", "prune")
+"""How a clear round's update may travel (``strategies.compression``): as it is, quantized
+to 8 or 4 bits, its top-k values with error feedback, or under a pruning mask."""
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -256,6 +276,29 @@ class DPTerms:
         return terms
 
 
+def _compression_config(method: str, fraction: float) -> dict[str, Scalar]:
+    """A run's compression as terms (nothing when updates travel as they are)."""
+    return {} if method == "none" else {COMPRESSION: method, COMPRESSION_FRACTION: fraction}
+
+
+def _read_statistics(r: _Reader) -> tuple[str, ...]:
+    names = r.text(STATISTICS, default="")
+    asked = tuple(n for n in names.split(",") if n) if names else ()
+    if any(n not in SILO_STATISTICS for n in asked) or len(set(asked)) != len(asked):
+        raise r._bad(STATISTICS, names, f"distinct names among {', '.join(SILO_STATISTICS)}")
+    return asked
+
+
+def _read_compression(r: _Reader) -> dict[str, Any]:
+    method = r.text(COMPRESSION, default="none")
+    if method not in COMPRESSION_METHODS:
+        raise r._bad(COMPRESSION, method, f"one of {', '.join(COMPRESSION_METHODS)}")
+    fraction = r.number(COMPRESSION_FRACTION, positive=True, default=0.01)
+    if fraction > 1:
+        raise r._bad(COMPRESSION_FRACTION, fraction, "a fraction in (0, 1]")
+    return {"compression": method, "compression_fraction": fraction}
+
+
 # ---------------------------------------------------------------------------- join
 @dataclass(frozen=True)
 class JoinTerms:
@@ -275,6 +318,8 @@ class JoinTerms:
     secure_aggregation: bool = False
     secagg_threshold: int | None = None
     dp: DPTerms | None = None
+    compression: str = "none"
+    compression_fraction: float = 0.01
 
     WHAT: ClassVar[str] = "join terms"
 
@@ -284,6 +329,7 @@ class JoinTerms:
             SEED: self.seed, MIN_SILOS: self.min_silos, NUM_SILOS: self.num_silos,
             SECURE_AGGREGATION: self.secure_aggregation}
         _put(out, SECAGG_THRESHOLD, self.secagg_threshold)
+        out.update(_compression_config(self.compression, self.compression_fraction))
         if self.dp is not None:
             out.update(self.dp.to_config())
         return out
@@ -299,7 +345,8 @@ class JoinTerms:
                     num_silos=r.integer(NUM_SILOS, default=_REQUIRED),
                     secure_aggregation=r.flag(SECURE_AGGREGATION, default=False),
                     secagg_threshold=r.integer(SECAGG_THRESHOLD, low=2),
-                    dp=DPTerms.from_config(config, what=cls.WHAT))
+                    dp=DPTerms.from_config(config, what=cls.WHAT),
+                    **_read_compression(r))
         if terms.secure_aggregation and terms.secagg_threshold is None:
             raise ProtocolError(f"{cls.WHAT}: {SECAGG_THRESHOLD} is missing in a secure run; "
                                 "expected the coordinator's threshold (an integer ≥ 2)")
@@ -331,6 +378,9 @@ class TrainTerms:
     secagg_weighted: bool | None = None
     dp: DPTerms | None = None
     strategy_config: Mapping[str, Scalar] = field(default_factory=dict)
+    compression: str = "none"
+    compression_fraction: float = 0.01
+    statistics: tuple[str, ...] = ()
 
     WHAT: ClassVar[str] = "train terms"
 
@@ -354,6 +404,9 @@ class TrainTerms:
             RUN_TOKEN: self.run_token, PARTICIPANTS: self.participants,
             PROXIMAL_MU: self.proximal_mu}
         _put(out, SECAGG_WEIGHTED, self.secagg_weighted)
+        out.update(_compression_config(self.compression, self.compression_fraction))
+        if self.statistics:
+            out[STATISTICS] = ",".join(self.statistics)
         if self.dp is not None:
             out.update(self.dp.to_config())
         return out
@@ -381,7 +434,30 @@ class TrainTerms:
                    proximal_mu=r.number(PROXIMAL_MU, default=0.0),
                    secagg_weighted=r.flag(SECAGG_WEIGHTED),
                    dp=DPTerms.from_config(config, what=cls.WHAT),
-                   strategy_config=extra)
+                   strategy_config=extra, statistics=_read_statistics(r),
+                   **_read_compression(r))
+
+
+@dataclass(frozen=True)
+class CompressedHeader:
+    """What a compressed update says of itself (beside its arrays): the method and the
+    length of the dense update it stands for."""
+
+    method: str
+    length: int
+
+    WHAT: ClassVar[str] = "compressed update"
+
+    def to_config(self) -> dict[str, Scalar]:
+        return {COMPRESSION: self.method, COMPRESSED_LENGTH: self.length}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CompressedHeader:
+        r = _Reader(config, cls.WHAT)
+        method = r.text(COMPRESSION, default=_REQUIRED)
+        if method not in COMPRESSION_METHODS[1:]:
+            raise r._bad(COMPRESSION, method, f"one of {', '.join(COMPRESSION_METHODS[1:])}")
+        return cls(method=method, length=r.integer(COMPRESSED_LENGTH, low=1, default=_REQUIRED))
 
 
 @dataclass(frozen=True)
@@ -474,6 +550,8 @@ _METRIC_FIELDS = {  # attribute -> key; every value a finite number
     "secagg_weight": SECAGG_WEIGHT, "secagg_capped": SECAGG_CAPPED,
     "secagg_clipped": SECAGG_CLIPPED, "secagg_dp_clip_norm": SECAGG_DP_CLIP_NORM,
     "dpsgd_epsilon": DPSGD_EPSILON, "dpsgd_delta": DPSGD_DELTA, "dpsgd_steps": DPSGD_STEPS,
+    "update_sq_norm": UPDATE_SQ_NORM, "local_steps": LOCAL_STEPS,
+    "dp_epsilon_tally": DP_EPSILON_TALLY,
 }
 
 
@@ -484,8 +562,10 @@ class SiloMetrics:
     Evaluation of the incoming model (``eval_*``; a regressor's ``eval_mae`` and
     ``eval_mse``, its ``eval_loss`` being the MSE), training (``train_loss``,
     ``num_examples``: the weight of a clear update, ``fit_seconds``), what secure
-    aggregation capped or clipped, and a DP-SGD silo's own record-level ε. ``extra`` holds
-    further numbers a model adapter's ``fit`` returned.
+    aggregation capped or clipped, a DP-SGD silo's own record-level ε, and in a
+    silo-level DP run ``dp_epsilon_tally``: the silo's own ε tally for the run after this
+    round (its accountant, counted when the update left; the coordinator adopts a higher
+    one). ``extra`` holds further numbers a model adapter's ``fit`` returned.
     """
 
     num_examples: float | None = None
@@ -503,6 +583,9 @@ class SiloMetrics:
     dpsgd_epsilon: float | None = None
     dpsgd_delta: float | None = None
     dpsgd_steps: float | None = None
+    dp_epsilon_tally: float | None = None
+    update_sq_norm: float | None = None
+    local_steps: float | None = None
     extra: Mapping[str, float] = field(default_factory=dict)
 
     WHAT: ClassVar[str] = "silo metrics"
@@ -532,7 +615,7 @@ class SiloMetrics:
             else:
                 extra[key] = float(value)
         for attr in ("num_examples", "eval_examples", "fit_seconds", "eval_loss", "eval_mae",
-                     "eval_mse"):
+                     "eval_mse", "dp_epsilon_tally"):
             if values.get(attr, 0.0) < 0:
                 raise r._bad(_METRIC_FIELDS[attr], values[attr], "a finite number ≥ 0")
         return cls(**values, extra=extra)
@@ -548,7 +631,8 @@ class SiloMetrics:
 AGGREGATED_METRICS: tuple[tuple[str, str], ...] = (
     ("eval_loss", "eval_examples"), ("eval_accuracy", "eval_examples"),
     ("eval_mae", "eval_examples"), ("eval_mse", "eval_examples"),
-    ("train_loss", "num_examples"))
+    ("train_loss", "num_examples"), ("update_sq_norm", "num_examples"),
+    ("local_steps", "num_examples"))
 """The metrics a secure round sums instead of sending per silo: each as ``(count, count ·
 value)``, the count being the examples it was measured on (0 when the silo has none)."""
 

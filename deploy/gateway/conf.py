@@ -18,6 +18,11 @@ The limits (docs/security.md, "Gateway limits", says why each has its value):
 * a reload (new CRL) ends the old workers, and the connections they still hold, after
   ``SHUTDOWN_TIMEOUT``;
 * TLS 1.2 with ECDHE and AEAD suites only (TLS 1.3 suites are all AEAD), in and out.
+
+Beside the Fleet API the coordinator gateway serves one more thing, to consortium client
+certificates only: ``GET`` :data:`CRL_PATH`, the CRL it enforces (public, CA-signed), so
+that silo gateways — which check the coordinator's certificate against that CRL
+(``proxy_ssl_crl``) — can keep theirs fresh. That exact path and nothing else.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from pathlib import Path
 
 from xsilo.errors import ConfigError
 
-__all__ = ["CIPHERS", "HEADER_TIMEOUT", "PER_ADDRESS", "SHUTDOWN_TIMEOUT", "coordinator_conf",
-           "silo_conf"]
+__all__ = ["CIPHERS", "CRL_PATH", "HEADER_TIMEOUT", "PER_ADDRESS", "SHUTDOWN_TIMEOUT",
+           "coordinator_conf", "silo_conf"]
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
 _SAFE = re.compile(r"^[^\"\\;{}$\n\r]*$")
@@ -40,6 +45,7 @@ _B64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 HEADER_TIMEOUT = 10  # s: TLS handshake + request header
 SHUTDOWN_TIMEOUT = 10  # s: old workers after a reload
 PER_ADDRESS = 64  # requests in progress per client address
+CRL_PATH = "/xsilo/crl.pem"  # the current CRL, served by the coordinator gateway
 # TLS 1.2: forward secrecy and AEAD only (no CBC, no SHA-1 MAC, no RSA key exchange)
 CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
@@ -168,18 +174,37 @@ _KEY_CHECK = """            if ($xsilo_expected_key = "") { return 401; }  # a s
 """
 
 
+def _proxy_crl(crl: Path | None) -> str:
+    # a revoked coordinator certificate is refused; a lapsed CRL refuses every coordinator
+    return f"            proxy_ssl_crl {_q(crl)};\n" if crl is not None else ""
+
+
+def _crl_location(served_crl: Path) -> str:
+    # Exact match: /xsilo/crl.pem and nothing under or beside it (those fall to `location /`).
+    return f"""
+        location = {CRL_PATH} {{
+            if ($request_method !~ ^(GET|HEAD)$) {{ return 405; }}
+            alias {_q(served_crl)};
+            types {{ }}
+            default_type application/x-pem-file;
+            add_header Cache-Control "no-store" always;
+        }}
+"""
+
+
 def coordinator_conf(*, prefix: Path, listen: str, server_cert: Path, server_key: Path,
                      ca_cert: Path, crl: Path, superlink: str, superlink_server_name: str,
                      node_key_bindings: Mapping[str, str] | None = None,
                      worker_user: tuple[str, str] | None = None,
                      worker_connections: int = 4096,
                      nginx_version: tuple[int, ...] = (1, 22, 0),
-                     scratch: Path | None = None) -> str:
+                     scratch: Path | None = None, served_crl: Path | None = None) -> str:
     """The coordinator gateway: mTLS in, only ``POST /v1/fleet/…`` out to the SuperLink.
 
     ``superlink`` is ``host:port`` or ``unix:/path`` of the SuperLink's private socket;
     ``scratch`` the workers' directory for request bodies over 6 MiB (default
-    ``prefix/tmp``).
+    ``prefix/tmp``); ``served_crl`` a copy of ``crl`` the workers can read, served at
+    ``GET`` :data:`CRL_PATH`.
     """
     bind = node_key_bindings is not None
     return _head(prefix, worker_user, worker_connections, nginx_version, scratch) + (
@@ -204,7 +229,7 @@ def coordinator_conf(*, prefix: Path, listen: str, server_cert: Path, server_key
             proxy_ssl_trusted_certificate {_q(ca_cert)};
             proxy_ssl_name {_q(superlink_server_name, 'server name')};
 {_PROXY}        }}
-
+{_crl_location(served_crl) if served_crl is not None else ""}
         location / {{
             return 403;  # the Control and Runtime APIs are the operator's alone
         }}
@@ -216,8 +241,14 @@ def coordinator_conf(*, prefix: Path, listen: str, server_cert: Path, server_key
 def silo_conf(*, prefix: Path, listen: str, local_cert: Path, local_key: Path, ca_cert: Path,
               client_cert: Path, client_key: Path, upstream: str, server_name: str,
               worker_user: tuple[str, str] | None = None, worker_connections: int = 4096,
-              nginx_version: tuple[int, ...] = (1, 22, 0), scratch: Path | None = None) -> str:
-    """The silo gateway: TLS on loopback for the SuperNode, mTLS up to the coordinator."""
+              nginx_version: tuple[int, ...] = (1, 22, 0), scratch: Path | None = None,
+              crl: Path | None = None) -> str:
+    """The silo gateway: TLS for the SuperNode, mTLS up to the coordinator, whose
+    certificate is checked against the CA, its name and, given ``crl``, that CRL.
+
+    ``listen`` is ``127.0.0.1:PORT``, or ``unix:/path`` of a socket in a directory only
+    the silo's account may enter (a SuperNode in its private network namespace reaches it
+    through :mod:`deploy.gateway.uplink`)."""
     return _head(prefix, worker_user, worker_connections, nginx_version, scratch) + f"""
     upstream xsilo_coordinator {{
         server {_check_hostport(upstream, 'coordinator address')};
@@ -225,7 +256,7 @@ def silo_conf(*, prefix: Path, listen: str, local_cert: Path, local_key: Path, c
     }}
 
     server {{
-        listen {_check_hostport(listen, 'listen address')} ssl;
+        listen {_check_upstream(listen, 'listen address')} ssl;
         ssl_certificate {_q(local_cert)};
         ssl_certificate_key {_q(local_key)};
 {_BODY}
@@ -235,7 +266,7 @@ def silo_conf(*, prefix: Path, listen: str, local_cert: Path, local_key: Path, c
             proxy_ssl_certificate {_q(client_cert)};
             proxy_ssl_certificate_key {_q(client_key)};
             proxy_ssl_trusted_certificate {_q(ca_cert)};
-            proxy_ssl_name {_q(server_name, 'server name')};
+{_proxy_crl(crl)}            proxy_ssl_name {_q(server_name, 'server name')};
 {_PROXY}        }}
 
         location / {{

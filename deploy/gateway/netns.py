@@ -17,6 +17,11 @@ which brings the namespace's loopback up) are the only ones inside; ``flwr`` CLI
 it with ``nsenter``; the gateway reaches the SuperLink through the bridge's unix socket
 (:class:`Bridge`). Where namespaces are unavailable, :func:`unavailable` says why and the
 caller falls back to loopback, loudly.
+
+A silo's SuperNode gets the mirror image (:class:`Uplink`): it runs, with the silo's
+SuperExec, in a namespace of its own, so its unauthenticated Runtime API port is on that
+namespace's loopback only; it reaches the silo gateway, which listens on a unix socket in a
+directory only the silo's account may enter, through :mod:`deploy.gateway.uplink`.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from pathlib import Path
 from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
 
-__all__ = ["RECORD", "Bridge", "PrivateNet", "create_argv", "end_namespace", "read_record",
-           "unavailable"]
+__all__ = ["RECORD", "Bridge", "Pinned", "PrivateNet", "Uplink", "create_argv", "end_namespace",
+           "read_record", "unavailable"]
 
 RECORD = "superlink.netns"  # in the SuperLink's FLWR_HOME: which process holds the namespace
 _SUN_PATH_MAX = 107
@@ -128,9 +133,37 @@ class PrivateNet:
         except OSError:
             return None
 
+    def pin(self) -> Pinned | None:
+        """The namespace held open (None once its holder is gone): see :class:`Pinned`."""
+        return Pinned.of(self.pid)
+
     def write(self, flwr_home: Path) -> None:
         atomic_write(Path(flwr_home) / RECORD, json.dumps(
             {"pid": self.pid, "start_time": self.start_time, "user_ns": self.user_ns}))
+
+
+@dataclass
+class Pinned:
+    """A network namespace held open by a file descriptor. The kernel hands a freed
+    namespace's identity (``net:[inode]``) to the next namespace made on the host; while the
+    descriptor is open this one cannot be freed, so :func:`end_namespace` only ever reaches
+    processes inside it, never those of a namespace created later by someone else."""
+
+    ident: str
+    fd: int
+
+    @classmethod
+    def of(cls, pid: int) -> Pinned | None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return cls(os.readlink(f"/proc/self/fd/{fd}"), fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _members(ns: str) -> list[int]:
@@ -145,21 +178,25 @@ def _members(ns: str) -> list[int]:
     return found
 
 
-def end_namespace(ns: str, grace: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace``, whatever still runs in namespace ``ns`` once
-    its holder has stopped (a ServerApp winding down would otherwise outlive the
-    coordinator: its SuperExec started it in a session of its own)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _members(ns):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while _members(ns) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _members(ns):
-            return
+def end_namespace(pinned: Pinned, grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace``, whatever still runs in the ``pinned`` namespace
+    once its holder has stopped (a ServerApp winding down would otherwise outlive the
+    coordinator: its SuperExec started it in a session of its own); then let it go."""
+    ns = pinned.ident
+    try:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _members(ns):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while _members(ns) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _members(ns):
+                return
+    finally:
+        pinned.close()
 
 
 def _zombie(pid: int) -> bool:
@@ -216,6 +253,47 @@ class Bridge:
         if self.group is not None:
             argv += ["--group", str(self.group)]
         return [*argv, "--"]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """How a SuperNode in a private namespace reaches its silo gateway: nginx listens on
+    ``socket``, in a directory of its own that only this account may enter (0700; nginx's
+    master binds it, so workers dropped to another account need no access to the path);
+    :mod:`deploy.gateway.uplink`, inside the namespace, forwards the SuperNode's
+    ``127.0.0.1:PORT`` to it."""
+
+    socket: Path
+
+    @classmethod
+    def create(cls) -> Uplink:
+        directory = Path(tempfile.mkdtemp(prefix="xsilo-silo-"))  # 0700, ours
+        socket = directory / "gateway.sock"
+        if len(str(socket)) > _SUN_PATH_MAX:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise DeploymentError(f"socket path {socket} is too long for a unix socket; set "
+                                  "TMPDIR to a shorter directory")
+        return cls(socket)
+
+    @property
+    def listen(self) -> str:
+        """The silo gateway's ``listen`` address."""
+        return f"unix:{self.socket}"
+
+    @property
+    def ready_file(self) -> Path:
+        """Written by the uplink once its port listens and the SuperNode is started."""
+        return self.socket.parent / "uplink.ready"
+
+    def argv(self, *, port: int) -> list[str]:
+        """``python -m deploy.gateway.uplink …`` to run inside the namespace, in front of
+        the SuperNode command that follows it; ``port`` is where the SuperNode dials."""
+        self.ready_file.unlink(missing_ok=True)
+        return [sys.executable, "-m", "deploy.gateway.uplink", "--socket", str(self.socket),
+                "--port", str(port), "--ready-file", str(self.ready_file), "--"]
 
     def remove(self) -> None:
         shutil.rmtree(self.socket.parent, ignore_errors=True)

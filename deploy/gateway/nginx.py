@@ -7,10 +7,16 @@
   is never answered 403: Flower reads that as "run not running"; a non-POST gets 405).
   Optionally binds each client certificate subject to its enrolled Flower node key
   (a ``flwr-public-key`` header other than exactly that key gets 401, which ends that
-  SuperNode).
-* **Silo gateway** (loopback): TLS with the kit's local certificate towards the SuperNode;
-  upstream it presents the silo's client certificate and verifies the coordinator against
-  the consortium CA and its expected name.
+  SuperNode). Serves the CRL it enforces at ``GET /xsilo/crl.pem`` (to the same client
+  certificates), a copy refreshed at every start and reload.
+* **Silo gateway** (an owner-only unix socket for a SuperNode in its private namespace,
+  :class:`deploy.gateway.netns.Uplink`, else loopback): TLS with the kit's local certificate
+  towards the SuperNode; upstream it presents the silo's client certificate and verifies the
+  coordinator against the consortium CA, its expected name and the kit's CRL (``xsilo silo
+  start`` keeps that CRL fresh: :mod:`deploy.pki.crl_sync`; a lapsed one is reported at
+  start). Why it cannot reach the coordinator is read from its ``error.log``
+  (:meth:`GatewayHandle.upstream_problems`, :mod:`deploy.gateway.upstream`); a coordinator
+  name this host cannot resolve fails its start with the fix.
 
 Both run with the limits of :mod:`deploy.gateway.conf` (timeouts, connections, body size,
 ciphers). Started by root, nginx's workers run as ``$XSILO_GATEWAY_USER`` (default
@@ -37,8 +43,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.pki.crl_sync import crl_path, lapse_warning
 from deploy.pki.kit import MemberKit, load_kit
 from deploy.gateway.conf import coordinator_conf, silo_conf
+from deploy.gateway.upstream import UpstreamWatch, unresolved_upstream
 from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
 
@@ -137,13 +145,24 @@ def _test_conf(nginx: str, prefix: Path) -> None:
     res = subprocess.run(_nginx_cmd(nginx, prefix, "-t", "-q"), capture_output=True, text=True,
                          timeout=30)
     if res.returncode != 0:
-        raise DeploymentError(f"nginx rejected the generated config {prefix}/conf/nginx.conf: "
+        raise DeploymentError(unresolved_upstream(res.stderr) or
+                              f"nginx rejected the generated config {prefix}/conf/nginx.conf: "
                               f"{res.stderr.strip()}")
 
 
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _unix_open(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(0.5)
+            sock.connect(str(path))
             return True
     except OSError:
         return False
@@ -190,11 +209,18 @@ class GatewayHandle:
     worker_user: tuple[str, str] | None = None
     scratch: Path | None = None  # the workers' own directory for large bodies, while running
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    socket: Path | None = None  # listens on this unix socket instead of host:port
+    upstream: UpstreamWatch | None = None  # a silo gateway: why the coordinator is unreachable
 
     @property
     def address(self) -> str:
-        """``host:port`` to dial."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` to dial (``unix:PATH`` for a gateway on a unix socket)."""
+        return f"unix:{self.socket}" if self.socket is not None else f"{self.host}:{self.port}"
+
+    def _listening(self) -> bool:
+        if self.socket is not None:
+            return _unix_open(self.socket)
+        return _port_open(self.host, self.port)
 
     def start(self, timeout: float = 15.0) -> GatewayHandle:
         """Write the config, check it with ``nginx -t`` and start nginx in the foreground."""
@@ -221,14 +247,16 @@ class GatewayHandle:
         self.scratch = _make_scratch(self.worker_user)
         atomic_write(self.prefix / "conf" / "nginx.conf", self.render(self.scratch))
         _test_conf(self.nginx, self.prefix)
-        if _port_open(self.host, self.port):
-            raise DeploymentError(f"{self.name} gateway: port {self.address} is already in use; "
+        if self._listening():
+            raise DeploymentError(f"{self.name} gateway: {self.address} is already in use; "
                                   "choose another port")
+        if self.socket is not None:
+            self.socket.unlink(missing_ok=True)  # left by a killed nginx: bind would fail
 
     def _wait_listening(self, timeout: float) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while not _port_open(self.host, self.port):
+        while not self._listening():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise DeploymentError(f"{self.name} gateway did not start on {self.address}: "
                                       f"{self._tail('error.log')}{self._tail('stderr.log')}")
@@ -277,6 +305,11 @@ class GatewayHandle:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
 
+    def upstream_problems(self) -> list[str]:
+        """Why requests to the coordinator failed since the last call (a silo gateway's
+        error.log read as cause and fix, each cause once: :mod:`deploy.gateway.upstream`)."""
+        return self.upstream.poll() if self.upstream is not None else []
+
     def logs(self) -> dict[str, str]:
         """``{"error": …, "access": …}`` log contents so far."""
         out = {}
@@ -317,39 +350,57 @@ class CoordinatorGateway:
 
         def render(scratch: Path | None) -> str:
             bindings: Mapping[str, str] | None = pki.node_key_bindings() if bind_node_keys else None
+            # The workers serve the CRL nginx loads, from a directory they can read (the
+            # PKI's may be closed to them).
+            served = (scratch or Path(prefix).resolve() / "tmp") / "crl.pem"
+            atomic_write(served, pki.crl_path.read_bytes())
             return coordinator_conf(
                 prefix=Path(prefix).resolve(), listen=f"{host}:{port}",
                 server_cert=files.server_cert.resolve(), server_key=files.server_key.resolve(),
                 ca_cert=pki.ca_cert_path.resolve(), crl=pki.crl_path.resolve(),
                 superlink=superlink, superlink_server_name=superlink_server_name,
-                node_key_bindings=bindings, scratch=scratch, **settings)  # type: ignore[arg-type]
+                node_key_bindings=bindings, scratch=scratch, served_crl=served,
+                **settings)  # type: ignore[arg-type]
 
         return GatewayHandle("coordinator", Path(prefix).resolve(), host, port, render, nginx,
                              settings["worker_user"]).start()  # type: ignore[arg-type]
 
 
 class SiloGateway:
-    """The silo's loopback gateway that presents the silo's client certificate upstream."""
+    """The silo's local gateway that presents the silo's client certificate upstream."""
 
     @staticmethod
     def start(kit: MemberKit | Path, *, port: int | None = None, prefix: Path | None = None,
-              coordinator: str | None = None) -> GatewayHandle:
+              coordinator: str | None = None,
+              listen_socket: Path | None = None) -> GatewayHandle:
         """Start it from a member kit; ``port``/``coordinator`` override the kit's values
-        (the SuperNode must then dial ``handle.address``)."""
+        (the SuperNode must then dial ``handle.address``). With ``listen_socket`` it listens on
+        that unix socket instead of ``127.0.0.1:port`` (:class:`deploy.gateway.netns.Uplink`:
+        the SuperNode in its private namespace reaches it through the uplink)."""
         kit = kit if isinstance(kit, MemberKit) else load_kit(Path(kit))
         listen_port = port if port is not None else kit.listen_port
+        listen = (f"unix:{listen_socket}" if listen_socket is not None
+                  else f"127.0.0.1:{listen_port}")
         prefix = Path(prefix).resolve() if prefix else kit.gateway_prefix
         nginx = find_nginx()
         settings = _nginx_settings(nginx)
         _warn_if_shared(settings["worker_user"], f"silo {kit.name}")  # type: ignore[arg-type]
+        problem = lapse_warning(kit)
+        if problem is not None:
+            log.warning("silo %s gateway: %s", kit.name, problem)
+        crl = crl_path(kit) if crl_path(kit).is_file() else None
+        upstream = coordinator or kit.coordinator
 
         def render(scratch: Path | None) -> str:
-            return silo_conf(prefix=prefix, listen=f"127.0.0.1:{listen_port}",
+            return silo_conf(prefix=prefix, listen=listen,
                              local_cert=kit.local_cert, local_key=kit.local_key,
                              ca_cert=kit.ca_cert, client_cert=kit.client_cert,
-                             client_key=kit.client_key, upstream=coordinator or kit.coordinator,
-                             server_name=kit.server_name, scratch=scratch,
+                             client_key=kit.client_key, upstream=upstream,
+                             server_name=kit.server_name, scratch=scratch, crl=crl,
                              **settings)  # type: ignore[arg-type]
 
+        watch = UpstreamWatch(prefix / "logs" / "error.log", coordinator=upstream,
+                              server_name=kit.server_name)
         return GatewayHandle(f"silo {kit.name}", prefix, "127.0.0.1", listen_port, render,
-                             nginx, settings["worker_user"]).start()  # type: ignore[arg-type]
+                             nginx, settings["worker_user"],  # type: ignore[arg-type]
+                             socket=listen_socket, upstream=watch).start()

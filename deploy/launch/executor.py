@@ -14,8 +14,12 @@ polling, parent-process monitor, signal handling) with one difference, the execu
   Flower's ClientApp runtime and the installed xsilo silo (plus the modules named with
   ``--preload``, e.g. the silo's model code) and then does nothing else — it opens no
   connection, reads no message and holds no key;
-* every ClientApp task is a new process forked from that server, which runs Flower's own
-  ``run_clientapp`` with the task's token, exactly as ``flwr-clientapp`` would.
+* every ClientApp task is a new process forked from that server, which runs xsilo's task
+  runner (:mod:`deploy.launch.runner`) with the task's token: it speaks the Runtime API as
+  ``flwr-clientapp`` does, but never installs or imports the run's app bundle itself — the
+  silo's app gate (``--app-gate``, e.g. ``silo_client.apps:admit``) checks the bundle's
+  hash against the silo's approved apps first and answers with the installed xsilo
+  ClientApp, an approved app, or a typed refusal.
 
 So each message still gets its own process (no state survives between messages except
 Flower's ``context.state``, as before), but the process starts with its imports done. The
@@ -24,7 +28,7 @@ processes: ``deploy.launch.warm``), and the SuperNode and this SuperExec share a
 (``--auth-secret-file``, Flower's HMAC SuperExec auth), so no other local process can take
 the SuperNode's tasks.
 Tasks of any other type go to Flower's subprocess executor. ``executor = "flower"`` in
-``silo.toml`` keeps Flower's stock SuperExec.
+``silo.toml`` keeps Flower's stock SuperExec (which runs any bundle: see docs/security.md).
 """
 
 from __future__ import annotations
@@ -51,28 +55,26 @@ DEFAULT_PRELOAD = (
     "flwr.supernode.runtime.run_clientapp",
     "flwr.supercore.tls",
     "flwr.supercore.utils",
+    "flwr.cli.build",  # the gate builds the xsilo run stub to know its hash
     "silo_client.client_app",
     "deploy.launch.executor",
-    "deploy.launch.warm",  # last: non-dumpable server, then the silo's own modules (never fatal)
+    "deploy.launch.runner",
 )
+# Imported last: makes the server non-dumpable, then imports the silo's own modules.
+_WARM = "deploy.launch.warm"
 
 
-def _run_clientapp(runtime_api_address: str, token: str, insecure: bool,
-                   root_certificates_path: str | None, parent_pid: int | None,
-                   runtime_dependency_install: bool) -> None:
-    """One task, in a process forked from the warm server: what ``flwr-clientapp`` runs."""
+def _run_task(runtime_api_address: str, token: str, insecure: bool,
+              root_certificates_path: str | None, parent_pid: int | None, gate: str) -> None:
+    """One task, in a process forked from the warm server (deploy.launch.runner)."""
     from flwr.supercore.tls import validate_and_resolve_root_certificates
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    from deploy.launch.runner import run_task
 
     # Non-dumpable already: inherited from the server (deploy.launch.warm), before the first byte.
-    run_clientapp(
-        runtime_api_address=runtime_api_address,
-        token=token,
-        insecure=insecure,
-        certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
-        parent_pid=parent_pid,
-        runtime_dependency_install=runtime_dependency_install,
-    )
+    run_task(runtime_api_address, token, gate_ref=gate, insecure=insecure,
+             certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
+             parent_pid=parent_pid)
 
 
 class ForkserverExecutor(SubprocessExecutor):
@@ -82,8 +84,11 @@ class ForkserverExecutor(SubprocessExecutor):
     ClientApp tasks; every other task type, and the capacity calls, are Flower's.
     """
 
-    def __init__(self, modules: Sequence[str] = ()) -> None:
+    def __init__(self, modules: Sequence[str] = (), gate: str = "") -> None:
         """``modules``: the silo's own modules to import in the server (its model code).
+        ``gate``: the silo's app gate, ``MODULE:ATTR`` (:mod:`deploy.launch.runner`); its
+        module is preloaded too. Without one every task is answered with an error (nothing
+        of the run's app ever runs unchecked).
 
         One forkserver per process (``multiprocessing`` keeps one): the first executor of a
         process decides what it preloads.
@@ -91,10 +96,13 @@ class ForkserverExecutor(SubprocessExecutor):
         from deploy.launch.warm import PRELOAD_ENV
 
         self._ctx = multiprocessing.get_context("forkserver")
+        self._gate = gate
         # Flower's and xsilo's modules go through multiprocessing's own preload; the silo's
         # through deploy.launch.warm, which survives a module that fails to import.
         os.environ[PRELOAD_ENV] = ",".join(modules)
-        self._ctx.set_forkserver_preload(list(DEFAULT_PRELOAD))
+        gate_module = gate.partition(":")[0]
+        self._ctx.set_forkserver_preload(
+            [*DEFAULT_PRELOAD, *([gate_module] if gate_module else []), _WARM])
         # Start the server (and its imports) now, not on the first message.
         multiprocessing.forkserver.ensure_running()
         self._children: list[multiprocessing.process.BaseProcess] = []
@@ -103,9 +111,9 @@ class ForkserverExecutor(SubprocessExecutor):
         if spec.task_type != TaskType.CLIENT_APP:
             return super().launch(spec)
         process = self._ctx.Process(
-            target=_run_clientapp, name="flwr-clientapp",
+            target=_run_task, name="flwr-clientapp",
             args=(spec.runtime_api_address, spec.token, spec.insecure,
-                  spec.root_certificates_path, spec.parent_pid, spec.runtime_dependency_install))
+                  spec.root_certificates_path, spec.parent_pid, self._gate))
         try:
             process.start()
         except Exception as exc:  # noqa: BLE001 - reported to Flower's task-expiry handling
@@ -152,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="more modules for the warm server to import (the silo's model code)")
     ap.add_argument("--auth-secret-file", default=None,
                     help="the secret shared with the SuperNode (its --superexec-auth-secret-file)")
+    ap.add_argument("--app-gate", required=True, metavar="MODULE:ATTR",
+                    help="the silo's app gate, which decides what answers each task from its "
+                         "app bundle's hash (silo_client.apps:admit)")
     args = ap.parse_args(argv)
 
     if not hasattr(flower_superexec, "get_executor"):  # pinned Flower; fail loudly if not
@@ -166,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             secret = load_superexec_auth_secret(args.auth_secret_file)
         except ValueError as exc:
             sys.exit(f"deploy.launch.executor: {exc}")
-    executor = ForkserverExecutor(args.preload)
+    executor = ForkserverExecutor(args.preload, gate=args.app_gate)
     # The one seam: Flower's loop builds its executor with get_executor(); hand it ours.
     flower_superexec.get_executor = lambda *_a, **_k: executor
     flower_superexec.run_superexec(

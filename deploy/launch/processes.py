@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deploy import EXECUTORS
-from deploy.gateway.netns import RECORD, Bridge, PrivateNet, create_argv
+from deploy.gateway.netns import (RECORD, Bridge, Pinned, PrivateNet, Uplink, create_argv,
+                                  end_namespace)
 from deploy.pki.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import atomic_write
@@ -133,6 +134,9 @@ class ManagedProcess:
     # restarts), and whether a fatal line in it means "ended" though the process still runs.
     log_offset: int = 0
     hangs_when_done: bool = False
+    # The private network namespace (``net:[inode]``) this process holds: whatever still
+    # runs in it once the process and its companions are stopped is ended with them.
+    netns: Pinned | None = None  # its private network namespace, held open
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -186,6 +190,8 @@ class ManagedProcess:
         finally:
             for companion in self.companions:
                 companion.stop(grace)
+            if self.netns is not None:
+                end_namespace(self.netns)
 
     def _stop_group(self, grace: float) -> None:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
@@ -307,14 +313,16 @@ def wait_https_ready(url: str, ca_file: Path, *, timeout: float, process: Manage
 
 def start_superlink(*, flwr_home: Path, log_path: Path, host: str, port: int, ca_cert: Path,
                     cert: Path, key: Path, node_auth: bool = True, timeout: float = 30.0,
-                    bridge: Bridge | None = None) -> ManagedProcess:
+                    bridge: Bridge | None = None,
+                    database: Path | None = None) -> ManagedProcess:
     """Start ``flower-superlink`` with TLS (and node authentication); wait until healthy.
 
     With a ``bridge`` it runs in a private network namespace (:mod:`deploy.gateway.netns`)
     on ``127.0.0.1:port`` there, reachable from outside only through ``bridge.socket``; the
     namespace is recorded in ``flwr_home`` for :class:`FlowerCLI`. State is kept in memory
-    (no ``--database``), so stale nodes from an earlier start can never be sampled; node
-    keys are registered again after every start.
+    unless ``database`` names the SQLite file that keeps it across restarts (node
+    registrations included: with node authentication a node's id is its key's, so no stale
+    anonymous node can come back from it).
     """
     (Path(flwr_home) / RECORD).unlink(missing_ok=True)
     if bridge is None:
@@ -322,6 +330,8 @@ def start_superlink(*, flwr_home: Path, log_path: Path, host: str, port: int, ca
     argv = [find_binary("flower-superlink"), "--host", host, "--port", str(port),
             "--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(cert),
             "--ssl-keyfile", str(key), "--disable-runtime-dependency-installation"]
+    if database is not None:
+        argv += ["--database", str(database)]
     if node_auth:
         argv.append("--enable-supernode-auth")
     if bridge is not None:
@@ -360,15 +370,23 @@ def _url_host(host: str) -> str:
 def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cert: Path,
                     auth_key: Path | None, silo_config: Path, clientappio_port: int,
                     max_wait_time: float | None = None, executor: str = EXECUTORS[0],
-                    preload: Sequence[str] = ()) -> ManagedProcess:
+                    preload: Sequence[str] = (), app_gate: str = "",
+                    uplink: Uplink | None = None) -> ManagedProcess:
     """Start ``flower-supernode`` for one silo (TLS, its own auth key, its own config).
+
+    With an ``uplink`` the SuperNode and its SuperExec run in a private network namespace
+    (:mod:`deploy.gateway.netns`): the Runtime API port (``clientappio_port``) exists on
+    that namespace's loopback only, and ``superlink`` (``127.0.0.1:PORT``) is served there
+    by :mod:`deploy.gateway.uplink`, which forwards to the silo gateway's unix socket.
 
     ``executor="warm"`` (the default) runs the SuperNode in Flower's ``--isolation process``
     mode with xsilo's SuperExec beside it (``deploy.launch.executor``: a process per message,
-    forked from a server that has imported Flower, xsilo and ``preload`` once), as a
-    companion process (its own group, stopped with the SuperNode, log
-    ``<log>.superexec.log``); the two share a fresh random secret (``flwr_home``, 0600) for
-    Flower's SuperExec auth. ``"flower"`` lets the SuperNode start Flower's own SuperExec.
+    forked from a server that has imported Flower, xsilo and ``preload`` once, each task
+    answered as the silo's ``app_gate`` decides from the run's app bundle:
+    :mod:`deploy.launch.runner`), as a companion process (its own group, stopped with the
+    SuperNode, log ``<log>.superexec.log``); the two share a fresh random secret
+    (``flwr_home``, 0600) for Flower's SuperExec auth. ``"flower"`` lets the SuperNode start
+    Flower's own SuperExec, which runs whatever bundle a run carries.
 
     Without ``max_wait_time`` the SuperNode retries a lost connection (network errors, 502,
     503, 504) for as long as it takes, with back-off up to 20 s, so it comes back by itself
@@ -378,7 +396,11 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
-    check_port_free("127.0.0.1", clientappio_port, what="this SuperNode's ClientApp API")
+    if executor == "warm" and not app_gate:
+        raise ConfigError("the warm executor needs an app gate (MODULE:ATTR, e.g. "
+                          "silo_client.apps:admit) to decide which app bundles may run")
+    if uplink is None:  # in a namespace of its own the port is free whatever runs here
+        check_port_free("127.0.0.1", clientappio_port, what="this SuperNode's ClientApp API")
     node_config = f'silo-config="{Path(silo_config).resolve()}"'
     argv = [find_binary("flower-supernode"), "--superlink", superlink,
             "--root-certificates", str(root_cert), "--port", str(clientappio_port),
@@ -392,12 +414,25 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
         write_private_bytes(secret, os.urandom(32))
         argv += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     env = flower_env(flwr_home)
+    inside: list[str] = []
+    if uplink is not None:
+        argv = [*create_argv(), *uplink.argv(port=_loopback_port(superlink)), *argv]
     node = spawn("flower-supernode", argv, env=env, log_path=log_path)
     node.hangs_when_done = True
+    if uplink is not None:
+        try:
+            _wait_uplink(node, uplink)
+            holder = PrivateNet.of(node.pid)
+            node.netns = holder.pin()
+            inside = holder.enter_argv()
+        except BaseException:
+            node.stop()
+            raise
     if executor == "warm":
-        exec_argv = [sys.executable, "-m", "deploy.launch.executor", "--runtime-api-address",
+        exec_argv = [*inside, sys.executable, "-m", "deploy.launch.executor",
+                     "--runtime-api-address",
                      f"127.0.0.1:{clientappio_port}", "--parent-pid", str(node.pid),
-                     "--auth-secret-file", str(secret)]
+                     "--auth-secret-file", str(secret), "--app-gate", app_gate]
         if preload:
             exec_argv += ["--preload", *preload]
         try:
@@ -408,6 +443,29 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
             raise
         node.companions.append(companion)
     return node
+
+
+def _loopback_port(superlink: str) -> int:
+    host, _, port = superlink.rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+        raise ConfigError(f"superlink = {superlink!r}: a SuperNode in a private network "
+                          "namespace dials its silo gateway on 127.0.0.1:PORT (the member "
+                          "kit's silo.toml says so); re-import the bundle or fix silo.toml")
+    return int(port)
+
+
+def _wait_uplink(node: ManagedProcess, uplink: Uplink, timeout: float = 30.0) -> None:
+    """Until the uplink's port listens inside the namespace (it writes its ready file)."""
+    deadline = time.monotonic() + timeout
+    while not uplink.ready_file.exists():
+        if not node.alive():
+            raise DeploymentError(f"{node.name} exited during start-up in its private network "
+                                  f"namespace; its log ({node.log_path}) ends with:\n"
+                                  f"{node.log_tail()}")
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"{node.name}'s private network namespace was not ready "
+                                  f"within {timeout:.0f} s; log: {node.log_path}")
+        time.sleep(0.02)
 
 
 class FlowerCLI:

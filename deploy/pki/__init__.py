@@ -6,6 +6,9 @@
 * :mod:`~deploy.pki.messages` — the enrollment request and the signed bundle (the two files
   that cross between a silo and the operator);
 * :mod:`~deploy.pki.enrollment` and :mod:`~deploy.pki.kit` — the silo's side: keys made on
-  site, the member kit; :mod:`~deploy.pki.identity` — the coordinator a silo talks to;
+  site, the member kit; :mod:`~deploy.pki.identity` — the coordinator a silo talks to (its
+  live certificate, over :mod:`~deploy.pki.link`, the silo's own mTLS connection);
+* :mod:`~deploy.pki.freshness` — nothing lapses silently: CRL renewal by the running
+  coordinator, status warnings; :mod:`~deploy.pki.crl_sync` — a silo's copy of the CRL;
 * :mod:`~deploy.pki.cli` — ``xsilo pki …`` and the silo's enrollment commands.
 """

@@ -6,7 +6,9 @@ Layout::
       pki.json                 settings: curve, organization, coordinator address/name
       ca.crt                   consortium root CA (give its fingerprint to silos by phone)
       private/ca.key           CA key, 0600 (optionally passphrase-encrypted); dir 0700
-      crl.pem                  current CRL, re-issued on every change (nextUpdate: crl_days)
+      crl.pem                  current CRL, re-issued on every change and by a running
+                               coordinator before it lapses (validity: crl_seconds, else
+                               crl_days, in pki.json)
       index.json               every issued certificate (deploy.pki.index)
       coordinator/server.{crt,key}     public gateway certificate (SANs from --host/--ip)
       coordinator/superlink.{crt,key}  the SuperLink's loopback certificate (localhost)
@@ -26,6 +28,7 @@ import ipaddress
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.pki.certs import (
-    CertifiedKey, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
+    CertifiedKey, crl_number, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
     public_key_fingerprint,
     load_private_key, make_ca, make_crl, write_private_key,
     write_public_pem, 
@@ -48,10 +51,12 @@ from deploy.pki.messages import (
 from xsilo.errors import EnrollmentError
 from xsilo.files import atomic_write
 
-__all__ = ["DEFAULT_PKI_DIR", "CoordinatorFiles", "Pki", "RevokeHook"]
+__all__ = ["DEFAULT_PKI_DIR", "RESERVED_NAMES", "CoordinatorFiles", "Pki", "RevokeHook"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PKI_DIR = Path(os.environ.get("XSILO_PKI_DIR", "xsilo-pki"))
+# Index names of the coordinator's own certificates: no silo may enroll under them.
+RESERVED_NAMES = frozenset({"coordinator", "superlink"})
 RevokeHook = Callable[[str, str], None]
 """Called as ``hook(silo_name, node_public_key_openssh)`` after a revocation is recorded."""
 
@@ -116,6 +121,16 @@ class Pki:
         return fingerprint(self.ca_cert)
 
     @property
+    def crl_validity(self) -> dt.timedelta:
+        """How long each CRL this PKI issues is valid (``nextUpdate`` − now); read afresh, so
+        a running coordinator follows `xsilo pki crl --hours` given in another process."""
+        try:
+            self.settings = json.loads((self.root / "pki.json").read_text())
+        except (OSError, ValueError):
+            pass  # a torn or missing file: keep what was read before
+        return _validity(self.settings)
+
+    @property
     def ca_key_encrypted(self) -> bool:
         """Whether unlocking the CA key needs a passphrase."""
         return b"ENCRYPTED" in self.ca_key_path.read_bytes()
@@ -124,8 +139,12 @@ class Pki:
     @classmethod
     def init(cls, root: Path = DEFAULT_PKI_DIR, *, common_name: str = "xsilo consortium CA",
              organization: str | None = None, curve: str = "P-384", days: int = 3650,
-             passphrase: bytes | None = None, crl_days: int = 3) -> Pki:
-        """Create the root CA (key 0600, optionally encrypted), an empty index and CRL."""
+             passphrase: bytes | None = None, crl_days: int = 3,
+             crl_seconds: int | None = None) -> Pki:
+        """Create the root CA (key 0600, optionally encrypted), an empty index and CRL.
+
+        Every CRL is valid ``crl_days`` days, or ``crl_seconds`` seconds when given (short
+        validities are for tests and drills)."""
         root = Path(root)
         if (root / "pki.json").exists() or (root / "private" / "ca.key").exists():
             raise EnrollmentError(f"{root} already holds a PKI; refusing to overwrite its CA. "
@@ -140,9 +159,12 @@ class Pki:
         write_public_pem(root / "ca.crt", ca.cert)
         settings = {"format": "xsilo-pki/1", "organization": organization, "curve": curve,
                     "crl_days": crl_days, "coordinator": None}
+        if crl_seconds is not None:
+            settings["crl_seconds"] = _positive_seconds(crl_seconds)
         Index(root / "index.json").save()
-        atomic_write(root / "crl.pem", make_crl(ca, [], days=crl_days).public_bytes(
-            serialization.Encoding.PEM))
+        atomic_write(root / "crl.pem", make_crl(
+            ca, [], validity=_validity(settings), number=time.time_ns() // 1_000_000,
+        ).public_bytes(serialization.Encoding.PEM))
         atomic_write(root / "pki.json", json.dumps(settings, indent=2) + "\n")
         log.info("created consortium CA %s in %s", fingerprint(ca.cert), root)
         return cls(root)
@@ -166,8 +188,13 @@ class Pki:
         """Issue the public gateway certificate (SANs ``hosts``) and the SuperLink's loopback one.
 
         ``address`` (``host:port`` silos dial) defaults to ``hosts[0]:port``; its host, or
-        the first DNS name among ``hosts`` if it is an IP, is the name silos verify.
+        the first DNS name among ``hosts`` if it is an IP, is the name silos verify. Without
+        ``hosts`` it re-issues for the names and address of the current certificate (after
+        ``revoke("coordinator")``, or before it expires); the old one is superseded.
         """
+        previous = self.settings.get("coordinator") or {}
+        if not hosts and previous.get("hosts"):
+            hosts, address = list(previous["hosts"]), address or previous["address"]
         if not hosts:
             raise EnrollmentError("issue-coordinator needs at least one --host or --ip")
         ca = self.unlock(passphrase)
@@ -192,7 +219,7 @@ class Pki:
                 coord_fp = fingerprint(cert)
         index.save()
         self.settings["coordinator"] = {"address": address, "server_name": server_name,
-                                        "certificate_sha256": coord_fp}
+                                        "certificate_sha256": coord_fp, "hosts": list(hosts)}
         atomic_write(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
         log.info("issued coordinator certificate for %s (verify name %s)", hosts, server_name)
         return self.coordinator_files()
@@ -213,6 +240,9 @@ class Pki:
         """Sign a silo's request; write and return its bundle. Refuses a name that already
         holds a valid certificate (revoke or renew it instead) and reused keys."""
         req = request if isinstance(request, EnrollmentRequest) else read_request(request)
+        if req.name in RESERVED_NAMES:
+            raise EnrollmentError(f"silo name {req.name!r} is reserved for the coordinator's own "
+                                  "certificates; the silo must enroll under another name")
         index = Index(self.index_path)
         current = index.current(req.name)
         if current and current.effective_state() == "valid":
@@ -278,18 +308,30 @@ class Pki:
 
     def revoke(self, name: str, *, passphrase: bytes | None = None) -> list[CertRecord]:
         """Revoke every unexpired certificate of ``name``, re-issue the CRL, move its node key
-        to ``revoked/`` and call ``on_revoke``. Returns the revoked records."""
+        to ``revoked/`` and call ``on_revoke``. Returns the revoked records.
+
+        ``name`` ``"coordinator"`` revokes the coordinator gateway's certificate (silo
+        gateways then refuse it once they hold the new CRL); issue a new one with
+        :meth:`issue_coordinator`, and a running coordinator reloads its gateway with it."""
         index = Index(self.index_path)
-        targets = [r for r in index.for_name(check_name(name))
+        kind = "coordinator" if name == "coordinator" else "silo"
+        targets = [r for r in index.for_name(name if kind != "silo" else check_name(name),
+                                             kind=kind)
                    if r.state != "revoked" and r.effective_state() != "expired"]
         if not targets:
-            raise EnrollmentError(f"silo {name!r} has no unrevoked, unexpired certificate")
+            raise EnrollmentError(f"{kind} {name!r} has no unrevoked, unexpired certificate")
         ca = self.unlock(passphrase)
         when = _iso(dt.datetime.now(dt.timezone.utc))
         for r in targets:
             index.update(r.serial, state="revoked", revoked_at=when)
         index.save()
         self._write_crl(ca, index)
+        if kind == "coordinator":
+            log.warning("revoked the coordinator certificate (serials %s); CRL re-issued: "
+                        "issue a new one with `xsilo pki issue-coordinator --pki-dir %s`",
+                        ", ".join(r.serial for r in targets), self.root)
+            return [r for r in Index(self.index_path).records
+                    if r.serial in {t.serial for t in targets}]
         node_file = self.root / "nodes" / f"{name}.pub"
         node_line = node_file.read_text().strip() if node_file.exists() else ""
         if node_line:
@@ -302,16 +344,31 @@ class Pki:
         return [r for r in Index(self.index_path).records if r.serial in
                 {t.serial for t in targets}]
 
-    def publish_crl(self, passphrase: bytes | None = None) -> Path:
-        """Re-issue the CRL with a fresh nextUpdate (run it daily; gateways then reload)."""
-        self._write_crl(self.unlock(passphrase), Index(self.index_path))
+    def publish_crl(self, passphrase: bytes | None = None, *,
+                    validity_seconds: int | None = None) -> Path:
+        """Re-issue the CRL with a fresh nextUpdate (a running coordinator does it before the
+        CRL lapses; gateways then reload). ``validity_seconds`` also becomes the validity of
+        every later CRL of this PKI."""
+        ca = self.unlock(passphrase)
+        if validity_seconds is not None:
+            self.settings["crl_seconds"] = _positive_seconds(validity_seconds)
+            atomic_write(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
+        self._write_crl(ca, Index(self.index_path))
         return self.crl_path
 
     def _write_crl(self, ca: CertifiedKey, index: Index) -> None:
         revoked = [(int(r.serial, 16), dt.datetime.fromisoformat(r.revoked_at or r.not_before))
                    for r in index.revoked()]
-        crl = make_crl(ca, revoked, days=int(self.settings.get("crl_days", 3)))
+        crl = make_crl(ca, revoked, validity=self.crl_validity, number=self._next_crl_number())
         atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+
+    def _next_crl_number(self) -> int:
+        """Milliseconds since the epoch, and always above the current CRL's number."""
+        try:
+            previous = crl_number(x509.load_pem_x509_crl(self.crl_path.read_bytes())) or 0
+        except (OSError, ValueError):
+            previous = 0
+        return max(previous + 1, time.time_ns() // 1_000_000)
 
     # --- queries -------------------------------------------------------------------------
     def records(self) -> list[CertRecord]:
@@ -363,6 +420,18 @@ class Pki:
             if rec is not None:
                 out[rec.subject] = flower_public_key_header(parse_node_public_key(line))
         return out
+
+
+def _validity(settings: dict) -> dt.timedelta:
+    if settings.get("crl_seconds"):
+        return dt.timedelta(seconds=int(settings["crl_seconds"]))
+    return dt.timedelta(days=int(settings.get("crl_days", 3)))
+
+
+def _positive_seconds(seconds: int) -> int:
+    if int(seconds) < 1:
+        raise EnrollmentError(f"CRL validity {seconds!r} s: must be at least 1 second")
+    return int(seconds)
 
 
 def _pem(cert: x509.Certificate) -> str:

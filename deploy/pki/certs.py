@@ -22,6 +22,7 @@ from xsilo.files import atomic_write
 
 __all__ = [
     "CertifiedKey",
+    "crl_number",
     "fingerprint",
     "flower_public_key_header",
     "issue_leaf",
@@ -195,21 +196,35 @@ def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str, *,
 
 
 def make_crl(ca: CertifiedKey, revoked: list[tuple[int, dt.datetime]], *,
-             days: int = 3) -> x509.CertificateRevocationList:
-    """A CRL listing ``(serial, revocation time)`` pairs; ``nextUpdate`` is ``days`` ahead.
+             days: int = 3, validity: dt.timedelta | None = None, number: int | None = None,
+             ) -> x509.CertificateRevocationList:
+    """A CRL listing ``(serial, revocation time)`` pairs; ``nextUpdate`` is ``validity``
+    (default ``days``) ahead, ``lastUpdate`` 5 minutes back (peers' clocks may lag);
+    ``number`` (RFC 5280 CRL number, increasing) orders CRLs issued in the same second.
 
-    A CRL past its ``nextUpdate`` makes OpenSSL (and so nginx) refuse every client: re-issue
-    it well before then (``xsilo pki crl`` or any PKI change does).
+    A CRL past its ``nextUpdate`` makes OpenSSL (and so nginx) refuse every peer: re-issue
+    it well before then (a running coordinator does, ``xsilo pki crl`` or any PKI change).
     """
     now = _now()
     builder = (x509.CertificateRevocationListBuilder()
                .issuer_name(ca.cert.subject)
                .last_update(now - dt.timedelta(minutes=5))
-               .next_update(now + dt.timedelta(days=days)))
+               .next_update(now + (validity if validity is not None
+                                   else dt.timedelta(days=days))))
+    if number is not None:
+        builder = builder.add_extension(x509.CRLNumber(number), critical=False)
     for serial, when in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
     return builder.sign(ca.key, hashes.SHA256())
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    """The CRL's number (RFC 5280, section 5.2.3), None if it has none."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return None
 
 
 def public_key_fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:

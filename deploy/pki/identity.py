@@ -14,18 +14,24 @@ __all__ = ["coordinator_fingerprint"]
 
 def coordinator_fingerprint(site_dir: Path, superlink: str | None,
                             root_certificates: Path | None) -> str:
-    """SHA-256 (hex) of the coordinator's certificate.
+    """SHA-256 (hex) of the certificate the coordinator presents **now**.
 
-    In a member kit (``kit.toml`` next to ``silo.toml``) it is the fingerprint recorded at
-    enrollment: the SuperNode talks to the local gateway, which verifies the coordinator's
-    CA and server name on every connection but cannot pin a fingerprint (nginx has no
-    upstream pinning). Otherwise it is read from the TLS peer at ``superlink``, verified
-    against ``root_certificates``.
+    In a member kit (``kit.toml`` next to ``silo.toml``) the SuperNode talks to the local
+    gateway, which verifies the coordinator's CA, name and CRL but cannot pin a fingerprint
+    (nginx has no upstream pinning); so the silo dials the kit's coordinator address itself
+    (:mod:`deploy.pki.link`: its client certificate presented, the peer verified against
+    the consortium CA and the kit's server name) and hashes the certificate it gets — not
+    the one recorded at enrollment, which a re-issued or substituted certificate would not
+    change. Otherwise it is read from the TLS peer at ``superlink``, verified against
+    ``root_certificates``. Either way an unreachable or unverifiable peer is a
+    :class:`DeploymentError`.
     """
     if (Path(site_dir) / "kit.toml").is_file():
+        from deploy.pki.certs import fingerprint
         from deploy.pki.kit import load_kit
+        from deploy.pki.link import peer_certificate
 
-        return load_kit(Path(site_dir)).coordinator_sha256
+        return fingerprint(peer_certificate(load_kit(Path(site_dir))))
     if not superlink or not root_certificates:
         raise DeploymentError("cannot determine the coordinator's certificate: silo.toml has "
                               "no superlink/root_certificates")

@@ -108,6 +108,10 @@ POLICY_STUB = """\
 # roster = { "hospital-b" = "sha256:AB:CD:..." }  # secure aggregation only with these members
 # share_metrics = "aggregate"                 # metrics leave only inside secure sums
 # weight_bucket = 50                          # example counts leave rounded up to this
+# allow_unapproved_code = true                # UNSAFE: lets executor = "flower" start, which
+#                                             # runs any app a run carries (docs/security.md)
+# allowed_compression = ["none", "q8"]         # how clear updates may travel (none, q8, q4,
+#                                             # topk, prune; docs/running.md)
 """
 
 

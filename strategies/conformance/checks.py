@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from strategies.aggregate import SumAccumulator, aggregate_updates
+from strategies.aggregate import SumAccumulator, aggregate_updates, update_statistics
 from strategies.api import KINDS, NDArrays, PerUpdateStrategy, RoundPlan, Strategy, SumStrategy, Update
 from strategies.params import describe_params
 from xsilo.errors import UpdateRejected
+from xsilo.terms import SILO_STATISTICS
 
 __all__ = ["NotApplicable", "CHECKS", "model", "updates"]
 
@@ -72,6 +73,10 @@ def check_declaration(cls: type[Strategy], params: object = None) -> None:
     assert dataclasses.is_dataclass(defaults) and defaults.__dataclass_params__.frozen, \
         "Params must be a frozen dataclass"
     describe_params(cls.Params)
+    asked = getattr(cls, "statistics", ())
+    assert cls.kind == "sum" or not asked, "only sum strategies may ask silos for statistics"
+    assert set(asked) <= set(SILO_STATISTICS) and len(set(asked)) == len(asked), \
+        f"statistics {asked!r} must be distinct names from {SILO_STATISTICS}"
 
 
 def check_configure_round(cls: type[Strategy], params: object = None) -> None:
@@ -232,7 +237,10 @@ def check_sum_decomposable(cls: type[Strategy], params: object = None) -> None:
     delta_sum = {k: parts[0][0][k] + parts[1][0][k] for k in start}
     strategy = cls(params)
     assert isinstance(strategy, SumStrategy)
-    from_sum = strategy.step(start, delta_sum, parts[0][1] + parts[1][1], 1)
+    total = parts[0][1] + parts[1][1]
+    from_sum = (strategy.step_with_statistics(start, delta_sum, total, 1,
+                                              update_statistics(ups, strategy.statistics))
+                if strategy.statistics else strategy.step(start, delta_sum, total, 1))
     _close(from_sum, aggregate_updates(cls(params), start, ups, 1), "sum vs individual updates")
 
 

@@ -65,7 +65,7 @@ def test_too_few_silos_fail_the_run_before_any_round(tmp_path: Path, make_silos)
     with pytest.raises(DeploymentError, match="only 2 silo"):
         run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), configs)
     summary = RunStore(run_dir).summary()
-    assert summary["status"] == "failed" and "min_silos is 3" in summary["error"]
+    assert summary["status"] == "failed" and "min_silos is 3" in summary["error"]["message"]
     assert not (run_dir / "model.npz").exists()
 
 
@@ -115,7 +115,7 @@ def test_different_architectures_name_the_tensor_before_any_training(
     with pytest.raises(ModelError, match=message + "; every silo must build the same model"):
         run_in_process(run_dir, RunConfig(num_rounds=1, min_silos=3), configs)
     summary = RunStore(run_dir).summary()
-    assert summary["status"] == "failed" and "model architectures differ" in summary["error"]
+    assert summary["status"] == "failed" and "model architectures differ" in summary["error"]["message"]
     assert _rounds(run_dir) == [] and not list((run_dir / "checkpoints").glob("*"))
     assert not (run_dir / "model.npz").exists()
     for c in configs:  # no silo was sent a train message: each sent its join reply only

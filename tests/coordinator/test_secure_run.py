@@ -237,7 +237,8 @@ def test_a_silo_that_missed_the_setup_is_left_out_and_retried_with_back_off(
                        secagg_threshold=2, round_timeout=0.5)
     assert run_in_process(run_dir, config, federation, drop=drop)["status"] == "completed"
     setup = next(e for e in RunStore(run_dir).events() if e["event"] == "secure_aggregation_setup")
-    assert setup["not_keyed"] == {"hospital-c": "no reply to the key setup"}
+    assert setup["not_keyed"] == {
+        "hospital-c": "no reply to the key setup within round_timeout (0.5 s)"}
     rows = _rows(run_dir)
     assert all(rows[r]["contributors"] == NAMES[:2] for r in range(1, 5))
     # Setup failed (round 0): tried in round 1, failed again, next in round 1 + 2 = 3,

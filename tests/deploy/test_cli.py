@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -25,7 +26,7 @@ def _silo_app() -> typer.Typer:
 def test_operator_and_silo_flow(tmp_path: Path) -> None:
     pki, kit = ["--pki-dir", str(tmp_path / "pki")], tmp_path / "kit"
     silo = _silo_app()
-    res = runner.invoke(pki_app, ["init", *pki, "--organization", "Consortium"])
+    res = runner.invoke(pki_app, ["init", *pki, "--organization", "Consortium", "--no-encrypt"])
     assert res.exit_code == 0, res.output
     fp = next(line.strip() for line in res.output.splitlines() if line.count(":") == 31)
     assert runner.invoke(pki_app, ["issue-coordinator", *pki, "--host", "localhost",
@@ -59,3 +60,58 @@ def test_errors_surface_as_xsilo_errors(tmp_path: Path) -> None:
     res = runner.invoke(pki_app, ["status", "--pki-dir", str(tmp_path / "none")])
     assert isinstance(res.exception, EnrollmentError)
     assert "xsilo pki init" in str(res.exception)
+
+
+def test_fingerprints_are_never_cut_in_a_narrow_terminal(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 40 columns every fingerprint a command prints is there whole, on one line: the
+    operator reads it out by phone and compares it character by character (issue 18)."""
+    import deploy.pki.cli as pki_cli
+    import silo_client.apps_cli as apps_cli
+    from deploy.pki.authority import Pki
+    from deploy.pki.messages import read_request
+    from federation.demo_data import demo_schema
+    from silo_client.cli import app as silo_cli
+    from silo_client.config import write_silo_config
+
+    monkeypatch.setenv("COLUMNS", "40")
+    for console in (pki_cli._out, apps_cli.console):
+        # a console made while another test's CliRunner had COLUMNS set keeps that width
+        monkeypatch.setattr(console, "_width", None)
+    assert pki_cli._out.width == 40 and apps_cli.console.width == 40  # the test is real
+    narrow = CliRunner(env={"COLUMNS": "40"})
+    pki, kit = ["--pki-dir", str(tmp_path / "pki")], tmp_path / "kit"
+
+    def run(app: typer.Typer, *args: str) -> list[str]:
+        res = narrow.invoke(app, list(args))
+        assert res.exit_code == 0, res.output
+        return res.output.splitlines()
+
+    def whole(fp: str, lines: list[str]) -> None:
+        assert any(fp in line for line in lines), (fp, lines)
+
+    created = run(pki_app, "init", *pki, "--no-encrypt")
+    ca = Pki(tmp_path / "pki")
+    run(pki_app, "issue-coordinator", *pki, "--host", "coordinator.consortium.example")
+    whole(ca.ca_fingerprint, created)
+    enrolled = run(_silo_app(), "enroll", "hospital-a", "--kit", str(kit), "--email", "a@b.c")
+    req = read_request(kit / "request.json")
+    approved = run(pki_app, "approve", str(kit / "request.json"), *pki, "--yes")
+    for fp in (req.tls_key_fingerprint, req.node_key_fingerprint):
+        assert len(fp) > 40
+        whole(fp, enrolled)
+        whole(fp, approved)
+    node_key = ca.records()[-1].node_key_sha256
+    assert node_key
+    whole(node_key, run(pki_app, "list", *pki))
+    status = run(pki_app, "status", *pki)
+    whole(node_key, status)
+    whole(ca.ca_fingerprint, status)
+
+    site = write_silo_config(tmp_path / "silo" / "silo.toml", name="hospital-a",
+                             train=Path("train.csv"), schema=demo_schema(),
+                             model="sklearn:LogisticRegression")
+    digest = "ab" * 32
+    whole(digest, run(silo_cli, "approve-app", "--hash", digest, "--note", "board #12",
+                      "--config", str(site)))
+    whole(digest, run(silo_cli, "apps", "--config", str(site)))

@@ -217,6 +217,9 @@ def test_coordinator_name_mismatch_is_refused(fed: Fed) -> None:
             res = client.post(f"https://{gw.address}{FLEET}", content=b"")
         assert res.status_code == 502  # Flower retries 502; the silo log says why
         _log_after(gw, 'upstream SSL certificate does not match "wrong.example"')
+        said = gw.upstream_problems()  # what `xsilo silo start` tells its operator
+        assert len(said) == 1 and "does not carry the name 'wrong.example'" in said[0], said
+        assert "xsilo pki issue-coordinator --host wrong.example" in said[0]
 
 
 def test_revocation_takes_effect_on_reload_others_continue(fed: Fed) -> None:

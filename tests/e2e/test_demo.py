@@ -58,6 +58,7 @@ def test_a_removed_work_directory_leaves_its_report_behind(tmp_path: Path, monke
     (root / "run").mkdir(parents=True)
     (root / "run" / "report.html").write_text("<html>the report</html>")
     monkeypatch.setattr(demo, "KEPT_REPORT", kept)
+    monkeypatch.setattr(demo.console, "_width", 1000)  # the long temporary path on one line
     with demo.console.capture() as captured:
         demo._leave(root, root / "run" / "report.html", kept=False)
     out = captured.get()

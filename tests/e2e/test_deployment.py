@@ -15,13 +15,16 @@ from xsilo.errors import DataValidationError, DeploymentError
 from tests.deploy.conftest import private_key_leaks
 from federation.deployment import LocalFederation
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~60 s alone
 
 
 @pytest.mark.parametrize("executor", ["warm", "flower"])
 def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> None:
-    """Both ways a silo runs ClientApps: xsilo's warm SuperExec (the default) and Flower's."""
-    fed = LocalFederation(tmp_path, executor=executor).setup()
+    """Both ways a silo runs ClientApps: xsilo's warm SuperExec (the default) and Flower's
+    (which runs any app a run carries, so a silo starts it only when its site policy opts out
+    of approved code only: tests/e2e/test_approved_apps.py)."""
+    fed = LocalFederation(tmp_path, executor=executor,
+                          allow_unapproved_code=executor == "flower").setup()
     with fed:
         fed.start()
         for silo in fed.silos:

@@ -33,7 +33,7 @@ from deploy.launch.processes import free_port
 from deploy.pki.certs import make_node_auth_key
 from tests.deploy.conftest import make_pki
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~60 s alone
 OTHER = "nobody"
 # `env` execs the program as that account (setpriv itself may reach paths that account cannot)
 SETPRIV = ["setpriv", f"--reuid={OTHER}", "--regid=nogroup", "--clear-groups", "env"]

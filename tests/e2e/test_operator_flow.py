@@ -22,7 +22,7 @@ from deploy.pki.authority import Pki
 from silo_client.config import write_silo_config
 from federation.demo_data import demo_schema, write_demo_data
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~60 s alone
 XSILO = str(Path(sys.executable).parent / "xsilo")
 
 
@@ -63,7 +63,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_documented_operator_flow_trains_over_mtls(tmp_path: Path) -> None:
     pki_dir, home = tmp_path / "pki", tmp_path / "coordinator"
     gw_port, sl_port = free_port(), free_port()
-    _xsilo("pki", "init", "--pki-dir", str(pki_dir), "--organization", "Test Consortium")
+    _xsilo("pki", "init", "--pki-dir", str(pki_dir), "--organization", "Test Consortium",
+           "--no-encrypt")
     _xsilo("pki", "issue-coordinator", "--pki-dir", str(pki_dir), "--host", "localhost",
            "--ip", "127.0.0.1", "--address", f"127.0.0.1:{gw_port}")
     ca_fp = Pki(pki_dir).ca_fingerprint  # read to the silos out of band

@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
+from xsilo.terms import AGGREGATED_METRICS, UPDATE_SQ_NORM
 
 # Not 90 s: the run alone may take its 85 s budget (two round trips per round on 2 cores,
 # measured > 90 s for the whole test under load), plus set-up and start. The restart test
@@ -19,12 +20,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 
 def test_secure_aggregation_over_mtls_completes_and_improves(tmp_path: Path) -> None:
+    """With FedExP: its server step comes from the silos' update norms, which leave each
+    silo only inside the masked sum."""
     fed = LocalFederation(tmp_path, mtls=True).setup()
     with fed:
         fed.start()
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
-                                    secure_aggregation=True, round_timeout=40.0,
-                                    join_timeout=45.0, name="secure"), timeout=85)
+                                    strategy="fedexp", secure_aggregation=True,
+                                    round_timeout=40.0, join_timeout=45.0, name="secure"),
+                          timeout=85)
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []
     events = outcome.store.events()
@@ -36,12 +40,18 @@ def test_secure_aggregation_over_mtls_completes_and_improves(tmp_path: Path) -> 
     assert all(r["contributors"] == ["hospital-a", "hospital-b", "hospital-c"] and
                r["secure_aggregation"]["total_weight"] == 426 for r in rows[1:])
     assert rows[-1]["global_accuracy"] > rows[0]["global_accuracy"] + 0.2
+    for r in rows[1:]:  # FedExP stepped from the summed norms (η ≥ 1, FedAvg at η = 1)
+        assert r["statistics"]["update_sq_norm"] > 0 and r["server_step_size"] >= 1.0
     for silo in fed.silos:  # what left each site: masked vectors only, never a clear update
         entries = [json.loads(line) for line in
                    (silo.workspace / "egress.jsonl").read_text().splitlines()]
         trains = [e for e in entries if e["message_type"] == "train"]
         assert len(trains) == 2 and all(e["masked"] and list(e["tensors"]) == ["masked"]
                                         for e in trains)
+        # the norm went into the masked sum (count, count · ‖Δ‖²), never in the clear
+        slot = 2 * [m for m, _ in AGGREGATED_METRICS].index("update_sq_norm") + 1
+        assert all(e["extra"]["aggregated"][slot] > 0 and UPDATE_SQ_NORM not in e["metrics"]
+                   for e in trains)
 
 
 def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from deploy.pki.authority import Pki
 from federation.deployment import LocalFederation
 from xsilo.errors import DeploymentError
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~60 s alone
 OUTAGE = 5.0  # s without the coordinator gateway
 
 

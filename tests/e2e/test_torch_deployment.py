@@ -15,7 +15,7 @@ import pytest
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~60 s alone
 
 # Tiny on purpose: every ClientApp message is a fresh process that imports torch.
 SITE_MODEL = '''

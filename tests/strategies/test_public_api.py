@@ -27,7 +27,7 @@ def test_error_classes_are_xsilos_own() -> None:
 
 def test_builtin_and_conformance_all_are_pinned() -> None:
     assert sorted(strategies.builtin.__all__) == [
-        "BUILTINS", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
+        "BUILTINS", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedExP", "FedMedian", "FedProx",
         "FedTrimmedAvg", "FedYogi", "Krum", "MultiKrum"]
     assert sorted(strategies.conformance.__all__) == [
         "CHECKS", "NotApplicable", "check_strategy", "load_target", "run_check"]

@@ -1,0 +1,201 @@
+"""Scale: the real xsilo round loop with 100 and 1,000 silos on Flower's Ray simulation,
+against Flower's own FedAvg (and SecAgg+) in the same invocation.
+
+    .venv/bin/python benchmarks/scale.py                      # the default grid, writes results
+    .venv/bin/python benchmarks/scale.py --grid xsilo-sim:100:clear flower-sim:100:clear
+
+Every silo holds one float32 tensor of ``--params`` values (default 100,000); "training" adds
+a fixed seeded step (benchmark data, nothing secret), so the figures are the protocol and
+the engine, not a model (the synthetic model of ``benchmarks/secagg.py``). Both stacks run
+on ``flwr.simulation.run_simulation`` with two ClientApp actors (one CPU each, the
+machine's two cores); the ServerApp runs in the driver process.
+
+Per case (a fresh subprocess each): the median round time over rounds 2..R, and peak
+resident memory (VmHWM from ``/proc``, sampled every 0.2 s) of the **coordinator** (the
+driver process: the ServerApp and Ray's driver) and of **a silo** (the largest ClientApp
+actor process, ``ray::…``; each actor serves many virtual silos one message at a time).
+xsilo secure uses t = ⌈2n/3⌉ (``secagg_threshold`` = ``min_silos``); Flower SecAgg+
+``num_shares = n``, ``reconstruction_threshold = ⌈2n/3⌉`` (as in ``benchmarks/secagg.py``).
+
+Results: ``benchmarks/out/scale.json`` and the section "## Scale: 100 and 1,000 silos" of
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SECTION = "## Scale: 100 and 1,000 silos"
+ROUNDS = 3
+DEFAULT_GRID = ["xsilo-sim:100:clear", "flower-sim:100:clear", "xsilo-sim:100:secure",
+                "flower-sim:100:secure", "xsilo-sim:1000:clear", "flower-sim:1000:clear"]
+
+
+def _hwm_kib(pid: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+class PeakMemory:
+    """Peak RSS of this process and of the largest Ray actor process, sampled from /proc."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.coordinator_kib = 0
+        self.silo_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.coordinator_kib = max(self.coordinator_kib, _hwm_kib(str(os.getpid())))
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _cmdline(entry.name).startswith("ray::"):
+                self.silo_kib = max(self.silo_kib, _hwm_kib(entry.name))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _child(engine: str, silos: int, params: int, secure: bool) -> dict:
+    sys.path[:0] = [str(ROOT), str(HERE)]
+    import secagg as bench  # benchmarks/secagg.py: the synthetic model and Flower's app
+
+    bench.LOCAL_ROUNDS = ROUNDS
+    os.environ[bench.PARAMS_ENV] = str(params)
+    with PeakMemory() as memory:
+        result = (bench.case_simulation if engine == "xsilo-sim" else bench.case_flower_sim)(
+            silos, params, secure)
+    return {**result, "coordinator_peak_mib": round(memory.coordinator_kib / 1024, 1),
+            "silo_peak_mib": round(memory.silo_kib / 1024, 1)}
+
+
+def _run_case(spec: str, params: int, timeout: float) -> dict:
+    engine, silos, mode = spec.split(":")
+    secure = mode == "secure"
+    method = {("xsilo-sim", False): "xsilo FedAvg", ("xsilo-sim", True): "xsilo secure",
+              ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+"}
+    row = {"engine": engine, "silos": int(silos), "params": params,
+           "method": method[(engine, secure)]}
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "RAY_DEDUP_LOGS": "0", "XSILO_BENCH_PARAMS": str(params),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
+    argv = [sys.executable, __file__, "--child", spec, "--params", str(params)]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "error": f"over the {timeout:.0f} s limit"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return {**row, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return {**row, **json.loads(lines[-1][7:]), "case_s": round(time.perf_counter() - started, 1)}
+
+
+def _table(rows: list[dict]) -> str:
+    out = ["| silos | method | round s | vs Flower FedAvg | coordinator peak MiB | "
+           "silo (actor) peak MiB |", "|---|---|---|---|---|---|"]
+    flower = {r["silos"]: r.get("round_s") for r in rows if r["method"] == "Flower FedAvg"}
+    for r in sorted(rows, key=lambda r: (r["silos"], r["method"])):
+        if "error" in r:
+            out.append(f"| {r['silos']:,} | {r['method']} | – | – | – | – ({r['error']}) |")
+            continue
+        base = flower.get(r["silos"])
+        ratio = f"{r['round_s'] / base:.2f}×" if base else "–"
+        out.append(f"| {r['silos']:,} | {r['method']} | {r['round_s']:.2f} | {ratio} | "
+                   f"{r['coordinator_peak_mib']:.0f} | {r['silo_peak_mib']:.0f} |")
+    return "\n".join(out)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _write_results(rows: list[dict], argv: list[str]) -> None:
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    meta = {"commit": _commit(), "argv": argv, "python": platform.python_version(),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    (out / "scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    section = (f"{SECTION}\n\n`.venv/bin/python benchmarks/scale.py {' '.join(argv)}`".rstrip()
+               + f"\n({meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs; raw rows in "
+               "`benchmarks/out/scale.json`). Ray simulation, two ClientApp actors, "
+               f"{rows[0]['params']:,} float32 parameters per silo, {ROUNDS} rounds, median of "
+               "rounds 2..R; peak memory is VmHWM (see the script's docstring).\n\n"
+               + _table(rows) + "\n")
+    results = HERE / "RESULTS.md"
+    text = results.read_text()
+    if SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section
+    results.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID,
+                        help="cases ENGINE:SILOS:clear|secure (engines xsilo-sim, flower-sim)")
+    parser.add_argument("--params", type=int, default=100_000)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        engine, silos, mode = args.child.split(":")
+        print("RESULT " + json.dumps(_child(engine, int(silos), args.params, mode == "secure")),
+              flush=True)
+        return
+    rows = []
+    for spec in args.grid:
+        row = _run_case(spec, args.params, args.timeout)
+        rows.append(row)
+        shown = (f"{row['round_s']:.2f} s/round, coordinator {row['coordinator_peak_mib']} MiB, "
+                 f"silo {row['silo_peak_mib']} MiB" if "error" not in row else row["error"])
+        print(f"{spec}: {shown}", flush=True)
+    print(_table(rows))
+    if not args.no_write:
+        _write_results(rows, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""A consortium across four hosts: Linux network namespaces this test creates, one for the
+coordinator and one per silo, each with its own address in a private benchmark range
+(198.18.0.0/15, assigned only inside them), the coordinator reached by its host name (each
+namespace's own hosts file: ``ip netns exec`` bind-mounts ``/etc/netns/NAME/hosts``), and a
+firewall in the coordinator's namespace that admits the gateway port only.
+
+PKI and enrollment follow the documented flow (``tests/e2e/test_operator_flow.py`` runs the
+same steps command by command): the CA and coordinator certificate, each silo's keys made
+in its own kit, approved, the bundle imported against the CA fingerprint, the site's
+``[data]``, ``[data.schema]`` and ``[model]`` added. Then, with the real CLI inside the
+namespaces: ``xsilo coordinator start``; a silo whose host cannot resolve the coordinator's
+name is refused with cause and fix; ``xsilo silo start --kit`` at each silo; a clear run
+during which one silo's link is cut and restored (that round goes on without it; it is
+summed again later); and a secure run (masked updates, their sum unmasked). Every namespace, hosts file and process is removed
+at the end, pass or fail. Round times are printed (``-s``) for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import RunConfig, write_run_config
+from coordinator.home import write_gateway_home
+from deploy.pki.authority import Pki
+from deploy.pki.enrollment import enroll, import_bundle
+from federation.demo_data import demo_schema, write_demo_data
+from silo_client.config import write_silo_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # ~85 s alone; more beside other tests
+XSILO = str(Path(sys.executable).parent / "xsilo")
+COORDINATOR = "coord.xsilo.test"  # .test: reserved, never a real name (RFC 2606)
+GATEWAY_PORT, SUPERLINK_PORT = 8443, 9092
+CUT = 2  # the silo whose link is cut (hospital-c)
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, f"ip {' '.join(args)}: {res.stderr}"
+
+
+NFT_RULES = f"""table inet xsilo_test {{
+    chain input {{
+        type filter hook input priority 0; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+        tcp dport {GATEWAY_PORT} accept
+    }}
+}}
+"""
+
+
+def _firewall_argv(rules: Path | None = None) -> list[list[str]] | None:
+    """Commands that leave the coordinator's host open on the gateway port only (``rules``:
+    where nft's rule file goes)."""
+    if shutil.which("nft"):
+        if rules is not None:
+            rules.write_text(NFT_RULES)
+        return [["nft", "-f", str(rules)]]
+    if shutil.which("iptables"):
+        return [["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+                ["iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate",
+                 "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+                ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(GATEWAY_PORT), "-j",
+                 "ACCEPT"],
+                ["iptables", "-P", "INPUT", "DROP"]]
+    return None
+
+
+class Hosts:
+    """The namespaces ("hosts"): ``coord`` and ``silos[i]``, linked pairwise by veth."""
+
+    def __init__(self) -> None:
+        tag = f"xs{os.getpid() % 100000}"
+        self.coord = f"{tag}-c"
+        self.silos = [f"{tag}-s{i}" for i in range(3)]
+        self.made: list[str] = []
+
+    def create(self) -> None:
+        for ns in (self.coord, *self.silos):
+            _ip("netns", "add", ns)
+            self.made.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            self.write_etc(ns, hosts=ns != self.coord)
+        for i, ns in enumerate(self.silos):
+            _ip("link", "add", f"vc{i}", "netns", self.coord, "type", "veth", "peer", "name",
+                "uplink", "netns", ns)
+            _ip("-n", self.coord, "addr", "add", f"198.18.{i}.1/30", "dev", f"vc{i}")
+            _ip("-n", ns, "addr", "add", f"198.18.{i}.2/30", "dev", "uplink")
+            _ip("-n", self.coord, "link", "set", f"vc{i}", "up")
+            _ip("-n", ns, "link", "set", "uplink", "up")
+
+    def write_etc(self, ns: str, *, hosts: bool) -> None:
+        """This host's own name service: a hosts file, and no DNS (answers at once)."""
+        etc = Path("/etc/netns") / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        i = self.silos.index(ns) if ns in self.silos else None
+        known = f"198.18.{i}.1 {COORDINATOR}\n" if hosts and i is not None else ""
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{known}")
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+
+    def run(self, ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "COLUMNS": "200"})
+
+    def spawn(self, ns: str, *argv: str, log: Path) -> subprocess.Popen:
+        with open(log, "wb") as fh:
+            return subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=fh,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+
+    def link(self, i: int, state: str) -> None:
+        _ip("-n", self.coord, "link", "set", f"vc{i}", state)
+
+    def remove(self) -> None:
+        for ns in reversed(self.made):
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:  # only what this test started runs there
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    for tool in ("ip", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs `{tool}` (iproute2 / util-linux)")
+    if _firewall_argv() is None:
+        pytest.skip("needs nft or iptables for the coordinator's firewall "
+                    "(apt-get install nftables)")
+    probe = subprocess.run(["ip", "netns", "add", f"xs{os.getpid() % 100000}-probe"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create network namespaces here: {probe.stderr.strip()}")
+    _ip("netns", "del", f"xs{os.getpid() % 100000}-probe")
+    made = Hosts()
+    try:
+        made.create()
+        yield made
+    finally:
+        made.remove()
+    assert not any(ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                        text=True).stdout for ns in made.made)
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # each CLI stops its own children, then exits
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait(predicate, timeout: float, what: str, logs: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(
+            f"--- {log}\n{log.read_text()[-2500:]}" for log in logs if log.exists())
+        time.sleep(0.2)
+
+
+def _events(run_dir: Path, event: str) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [r for r in rows if r.get("event") == event]
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    """The round rows (round ``r``: the silos whose round-``r`` update was summed)."""
+    return [r for r in _events(run_dir, "round") if r["round"] >= 1]
+
+
+def _asked(run_dir: Path, server_round: int) -> bool:
+    """Whether round ``server_round``'s messages are out (its first ``awaiting`` event)."""
+    return any(e["round"] >= server_round for e in _events(run_dir, "awaiting"))
+
+
+def _consortium(tmp_path: Path) -> tuple[Pki, Path, list[Path]]:
+    """CA, coordinator certificate and home; every silo enrolled into its own kit."""
+    pki = Pki.init(tmp_path / "pki", organization="Multi-host Consortium")
+    pki.issue_coordinator(hosts=[COORDINATOR], port=GATEWAY_PORT)
+    home = tmp_path / "coordinator"
+    write_gateway_home(home, pki_dir=pki.root, public_host="0.0.0.0",
+                       gateway_port=GATEWAY_PORT, superlink_port=SUPERLINK_PORT)
+    kits = []
+    for silo in write_demo_data(tmp_path / "data"):
+        kit = tmp_path / "sites" / silo.name / "kit"
+        request = enroll(silo.name, kit, email=f"it@{silo.name}.example")  # keys made here
+        import_bundle(pki.approve(request), kit, pki.ca_fingerprint)  # CA checked out of band
+        stub = tomllib.loads((kit / "silo.toml").read_text())  # the site adds data and model
+        site = stub["silo"]
+        write_silo_config(kit / "silo.toml", name=silo.name, train=silo.train.resolve(),
+                          test=silo.test.resolve(), schema=demo_schema(),
+                          model="sklearn:LogisticRegression", superlink=site["superlink"],
+                          root_certificates=site["root_certificates"], auth_key=site["auth_key"],
+                          policy_file=stub["policy"]["file"],
+                          identity={k: Path(v) for k, v in stub["identity"].items()})
+        kits.append(kit)
+    return pki, home, kits
+
+
+def test_a_consortium_across_hosts_trains_clear_and_secure_through_a_cut_link(
+        tmp_path: Path, hosts: Hosts) -> None:
+    started = time.monotonic()
+    _pki, home, kits = _consortium(tmp_path)
+    firewall = _firewall_argv(tmp_path / "firewall.nft")
+    assert firewall is not None
+    for argv in firewall:
+        res = hosts.run(hosts.coord, *argv)
+        assert res.returncode == 0, res.stderr
+    logs = [tmp_path / "coordinator.log", *(tmp_path / f"{k.parent.name}.log" for k in kits)]
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(hosts.spawn(hosts.coord, XSILO, "coordinator", "start", "--home", str(home),
+                                 log=logs[0]))
+        # meanwhile, a silo host that cannot resolve the coordinator's name: refused at once,
+        # cause and fix named
+        (Path("/etc/netns") / hosts.silos[0] / "hosts").write_text("127.0.0.1 localhost\n")
+        res = hosts.run(hosts.silos[0], XSILO, "silo", "start", "--kit", str(kits[0]),
+                        timeout=60)
+        said = " ".join((res.stdout + res.stderr).split())
+        assert res.returncode != 0 and f"cannot resolve the coordinator's name '{COORDINATOR}'" \
+            in said and "/etc/hosts" in said, said
+        hosts.write_etc(hosts.silos[0], hosts=True)
+        _wait(lambda: "coordinator up" in logs[0].read_text(), 40, "the coordinator", logs)
+
+        for ns, kit, log in zip(hosts.silos, kits, logs[1:]):
+            procs.append(hosts.spawn(ns, XSILO, "silo", "start", "--kit", str(kit), log=log))
+        supernodes = [k / "workspace" / "supernode.log" for k in kits]
+        _wait(lambda: all(p.exists() and "SuperNode ID" in p.read_text() for p in supernodes),
+              40, "every SuperNode", logs)
+        for log in logs[1:]:
+            assert "SuperNode in a private network namespace" in log.read_text(), log.read_text()
+        # the firewall: nothing but the gateway port answers on the coordinator's host
+        probe = ("import socket; s = socket.socket(); s.settimeout(1.5)\n"
+                 "try:\n    s.connect(('198.18.0.1', %d)); print('open')\n"
+                 "except socket.timeout:\n    print('dropped')\n"
+                 "except OSError as e:\n    print(type(e).__name__)\n")
+        assert hosts.run(hosts.silos[0], sys.executable, "-c", probe % SUPERLINK_PORT
+                         ).stdout.strip() == "dropped"
+        assert hosts.run(hosts.silos[0], sys.executable, "-c", probe % GATEWAY_PORT
+                         ).stdout.strip() == "open"
+        ready = time.monotonic()
+
+        # clear: silo c's link is cut while round 2 is out, restored when round 3 starts
+        clear_cfg = tmp_path / "clear.toml"
+        write_run_config(clear_cfg, RunConfig(num_rounds=4, min_silos=2, expected_silos=3,
+                                              round_timeout=10.0, join_timeout=40.0,
+                                              name="clear"))
+        run_log = tmp_path / "clear.log"
+        clear = hosts.spawn(hosts.coord, XSILO, "coordinator", "run", "--home", str(home),
+                            "--config", str(clear_cfg), "--name", "clear", log=run_log)
+        procs.append(clear)
+        clear_dir = home / "runs" / "clear"
+        _wait(lambda: _asked(clear_dir, 2), 40, "round 2", [run_log, *logs])
+        hosts.link(CUT, "down")
+        cut_at = time.monotonic()
+        _wait(lambda: _asked(clear_dir, 3), 30, "round 2 to end without hospital-c",
+              [run_log, *logs])
+        hosts.link(CUT, "up")
+        cut_for = time.monotonic() - cut_at
+        assert clear.wait(timeout=60) == 0, run_log.read_text()
+
+        secure = hosts.run(hosts.coord, XSILO, "coordinator", "run", "--home", str(home),
+                           "--name", "secure", "--rounds", "1", "--min-silos", "3",
+                           "--expected-silos", "3", "--secure-aggregation", timeout=80)
+        assert secure.returncode == 0, secure.stdout + secure.stderr
+    finally:
+        _stop(*procs[1:])  # the silos (and a run still following) first
+        _stop(*procs[:1])
+    assert all(p.poll() is not None for p in procs)
+
+    clear_rows, secure_rows = _rounds(clear_dir), _rounds(home / "runs" / "secure")
+    names = sorted(k.parent.name for k in kits)
+    cut = names[CUT]
+    assert [r["round"] for r in clear_rows] == [1, 2, 3, 4], clear_rows
+    assert clear_rows[0]["contributors"] == names, clear_rows[0]
+    # the cut round went on without it (dropped at the round timeout), the model updated
+    assert clear_rows[1]["status"] != "failed", clear_rows[1]
+    assert clear_rows[1]["contributors"] == sorted(set(names) - {cut}), clear_rows[1]
+    assert "round_timeout" in clear_rows[1]["rejected"][cut], clear_rows[1]
+    assert any(cut in r["contributors"] for r in clear_rows[2:]), clear_rows  # summed again
+    assert [r["contributors"] for r in secure_rows] == [names], secure_rows
+    assert all(r["status"] != "failed" for r in secure_rows), secure_rows
+    print(f"\nmulti-host (4 namespaces, {COORDINATOR}, firewall, mTLS): set-up "
+          f"{ready - started:.1f} s; clear round seconds "
+          f"{[r['round_seconds'] for r in clear_rows]} (round 2: hospital-c cut for "
+          f"{cut_for:.1f} s); secure round seconds {[r['round_seconds'] for r in secure_rows]}")

@@ -165,7 +165,8 @@ def test_a_coordinator_without_the_ca_key_warns_at_start(tmp_path: Path, monkeyp
     proc = _background("coordinator", "start", "--home", str(fed.home_dir), log=log)
     try:
         # the warnings follow the "coordinator up" line: stopping at that line would race them
-        _wait(lambda: "coordinator up" in log.read_text() and "re-issue it by itself" in
+        # (the same words are logged before it, as "WARNING deploy.pki.freshness: …")
+        _wait(lambda: "coordinator up" in log.read_text() and "warning: the CRL lapses in" in
               " ".join(log.read_text().split()), 40, "the coordinator's warning", [proc], [log])
     finally:
         _stop(proc)

@@ -115,7 +115,7 @@ http {{
     log_format xsilo '$time_iso8601 $remote_addr "$request" status=$status '
                      'bytes=$body_bytes_sent verify=$ssl_client_verify '
                      'dn="$ssl_client_s_dn" serial=$ssl_client_serial '
-                     'upstream=$upstream_status rt=$request_time';
+                     'upstream=$upstream_status rt=$request_time msec=$msec';
     access_log {_q(prefix / 'logs' / 'access.log')} xsilo;
     server_tokens off;
 

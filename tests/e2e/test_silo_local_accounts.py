@@ -95,7 +95,7 @@ def _runtime_port(uplink_pid: int) -> int:
     children = Path(f"/proc/{uplink_pid}/task/{uplink_pid}/children").read_text().split()
     for child in children:
         argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
-        if any(a.endswith("flower-supernode") for a in argv):
+        if any(a.endswith("flower-supernode") or a == "deploy.launch.supernode" for a in argv):
             return int(argv[argv.index("--port") + 1])
     raise AssertionError(f"no flower-supernode among the children of {uplink_pid}")
 

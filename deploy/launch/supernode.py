@@ -1,0 +1,110 @@
+"""``python -m deploy.launch.supernode ARGS`` — Flower's ``flower-supernode ARGS``, with the
+idle poll of :mod:`deploy.launch.poll` instead of a fixed 3 s.
+
+Flower 1.42 has no seam for it: its SuperNode loop (``flwr.supernode.start_client_internal``)
+calls ``time.sleep(3)`` after an empty look and ``time.sleep(0.5)`` while it waits for the
+local reply to push. This launcher gives that module its own ``time`` whose ``sleep`` turns
+the first into :meth:`AdaptivePoll.next_wait` and the second into 0.05 s (a look at local
+state, no network), and marks each push as an answer. Everything else is Flower's.
+
+The adjustment is pinned to what it relies on: :func:`check_seam` refuses to start (a
+:class:`~xsilo.errors.DeploymentError` naming the Flower version) unless the installed Flower
+is 1.42 and those calls are where this module expects them; ``tests/deploy/test_poll.py``
+fails the same way on a Flower upgrade. ``XSILO_FAST_POLL=0`` runs Flower's loop unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import time
+from types import ModuleType
+from typing import Any
+
+from deploy.launch.poll import AdaptivePoll
+from xsilo.errors import DeploymentError
+
+__all__ = ["FLOWER_SERIES", "check_seam", "install", "main"]
+
+FLOWER_SERIES = "1.42."
+IDLE_SLEEP, PUSH_SLEEP, FAST_PUSH_SLEEP = 3, 0.5, 0.05
+
+
+class _Time:
+    """The ``time`` module as the SuperNode loop sees it: its two sleeps adjusted."""
+
+    def __init__(self, poll: AdaptivePoll) -> None:
+        self._poll = poll
+
+    def sleep(self, seconds: float) -> None:
+        if seconds == IDLE_SLEEP:
+            seconds = self._poll.next_wait()
+        elif seconds == PUSH_SLEEP:
+            seconds = FAST_PUSH_SLEEP
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def check_seam(module: ModuleType | None = None) -> ModuleType:
+    """The Flower module the adjustment patches, after checking it is the one it was
+    written against."""
+    import flwr
+
+    if module is None:
+        import flwr.supernode.start_client_internal as module  # type: ignore[no-redef]
+    assert module is not None
+    version = getattr(flwr, "__version__", "?")
+    problems = []
+    if not version.startswith(FLOWER_SERIES):
+        problems.append(f"Flower is {version}, not {FLOWER_SERIES}x")
+    loop = inspect.getsource(module.start_client_internal)
+    if f"time.sleep({IDLE_SLEEP})" not in loop or "_push_messages(" not in loop:
+        problems.append("start_client_internal no longer sleeps 3 s after an empty look and "
+                        "then calls _push_messages")
+    if f"time.sleep({PUSH_SLEEP})" not in inspect.getsource(inspect.unwrap(
+            module._push_messages)):
+        problems.append("_push_messages no longer waits for the reply in 0.5 s sleeps")
+    if not isinstance(getattr(module, "time", None), (ModuleType, _Time)):
+        problems.append("the module no longer imports `time`")
+    if problems:
+        raise DeploymentError(
+            "xsilo's SuperNode poll adjustment (deploy/launch/supernode.py) does not fit this "
+            f"Flower: {'; '.join(problems)}. Install the Flower xsilo pins (flwr==1.42.*), "
+            "or run with XSILO_FAST_POLL=0 (Flower's fixed 3 s polls) until xsilo supports it")
+    return module
+
+
+def install(poll: AdaptivePoll | None = None) -> AdaptivePoll:
+    """Adjust the SuperNode loop of this process (see the module docstring)."""
+    module = check_seam()
+    if isinstance(module.time, _Time):  # installed already
+        return module.time._poll
+    poll = poll or AdaptivePoll()
+    push = module._push_messages
+
+    def push_then_mark(*args: Any, **kwargs: Any) -> None:
+        try:
+            push(*args, **kwargs)
+        finally:
+            poll.answered()
+
+    push_then_mark.__wrapped__ = push  # type: ignore[attr-defined]
+    module._push_messages = push_then_mark
+    module.time = _Time(poll)
+    return poll
+
+
+def main() -> None:
+    if os.environ.get("XSILO_FAST_POLL", "1") != "0":
+        install()
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    sys.exit(flower_supernode())
+
+
+if __name__ == "__main__":
+    main()

@@ -286,11 +286,13 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None,
             cli, home.nodes, home.flwr_home, database_path(home.root))
         if not running.node_ids:
             log.warning("no node keys in %s: no silo can connect until one is enrolled", home.nodes)
+        # before the gateway lets silos in: no SuperNode may take an orphaned run's message
+        running.notices = _stop_orphaned_runs(cli, home.runs)
         if home.gateway is not None:
             from deploy.gateway.nginx import CoordinatorGateway
 
             running.crl_keeper = _crl_keeper(home.gateway, passphrase_file)
-            running.notices = running.keep_crl()  # a due CRL is renewed before nginx loads it
+            running.notices += running.keep_crl()  # a due CRL is renewed before nginx loads it
             running.gateway = CoordinatorGateway.start(
                 pki_dir=home.gateway.pki, port=home.gateway.port,
                 superlink=bridge.upstream if bridge else home.address,
@@ -300,6 +302,16 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None,
         running.stop()
         raise
     return running
+
+
+def _stop_orphaned_runs(cli: FlowerCLI, runs: Path) -> list[str]:
+    from coordinator.runs import stop_orphaned_runs
+
+    try:
+        return stop_orphaned_runs(cli, runs)
+    except DeploymentError as exc:  # the coordinator still starts; say what it could not do
+        return [f"warning: could not stop the runs whose ServerApp is gone ({exc}); a silo "
+                "may stay silent in their resumed run until its SuperNode restarts"]
 
 
 def _crl_keeper(gateway: GatewaySettings, passphrase_file: Path | None) -> object:

@@ -22,7 +22,8 @@ from deploy.launch.fab import XSILO_APP
 from deploy.launch.processes import FlowerCLI
 from xsilo.errors import ConfigError, DeploymentError, XsiloError
 
-__all__ = ["APP_DIR", "new_run_dir", "prepare_run", "resume_run", "submit_run"]
+__all__ = ["APP_DIR", "new_run_dir", "prepare_run", "resume_run", "stop_orphaned_runs",
+           "submit_run"]
 
 # The thin app `flwr run` ships: its components are the installed coordinator and silo.
 # It lives in deploy/ because the silos build it too: by default they run no other app.
@@ -127,6 +128,33 @@ def resume_run(cli: FlowerCLI, run_dir: Path) -> tuple[int, RunStore]:
     except DeploymentError:
         (store.path / RESUME_FILE).unlink(missing_ok=True)
         raise
+
+
+def stop_orphaned_runs(cli: FlowerCLI, runs_root: Path) -> list[str]:
+    """Stop each Flower run that the SuperLink's database still counts as running although
+    its ServerApp is gone (the coordinator crashed or was stopped mid-run); return what was
+    done, one line per run, for the operator.
+
+    Called at coordinator start before silos can reach the SuperLink: its database still
+    holds that run's undelivered instructions, and a SuperNode that takes one while the run
+    is running, then sees the run stop before it confirmed receipt, keeps the ClientApp's
+    answer and sends it in place of its next reply (Flower 1.42, ``flwr.supernode``), so it
+    stays silent in the resumed run. Once the run is stopped such an instruction is refused
+    before its content is sent. The run itself continues with ``--resume``.
+    """
+    done = []
+    for run_dir in sorted(p for p in Path(runs_root).glob("*") if p.is_dir()):
+        store = RunStore(run_dir)
+        if not store.started or store.summary() is not None or store.owner() is not None:
+            continue
+        flower_run = _last_flower_run(store)
+        if flower_run is None or cli.status(flower_run) != "running":
+            continue
+        cli.stop_run(flower_run)
+        done.append(f"run {run_dir.name} stopped when its ServerApp did (Flower run "
+                    f"{flower_run} stopped now); continue it with `xsilo coordinator run "
+                    f"--resume {run_dir.name}`")
+    return done
 
 
 def _last_flower_run(store: RunStore) -> int | None:

@@ -109,17 +109,23 @@ class PrivateNet:
     def enter_argv(self) -> list[str]:
         """The ``nsenter`` prefix that runs a command inside (a DeploymentError if the
         namespace is gone: the coordinator is not running)."""
+        gone = DeploymentError(
+            f"the coordinator's SuperLink (pid {self.pid}) is not running: start it with "
+            "`xsilo coordinator start --home HOME`")
         if _start_time(self.pid) != self.start_time:
-            raise DeploymentError(
-                f"the coordinator's SuperLink (pid {self.pid}) is not running: start it with "
-                "`xsilo coordinator start --home HOME`")
+            raise gone
         try:
             os.close(os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY))
         except PermissionError:
-            owner = Path(f"/proc/{self.pid}").stat().st_uid
+            try:
+                owner = Path(f"/proc/{self.pid}").stat().st_uid
+            except OSError:
+                raise gone from None
             raise DeploymentError(
                 f"the coordinator's SuperLink runs in a network namespace that only its own "
                 f"account (uid {owner}) and root may enter; run this as that account") from None
+        except OSError:  # it ended between the two looks (the coordinator just stopped)
+            raise gone from None
         nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
         argv = [nsenter, "--target", str(self.pid), "--net"]
         if self.user_ns and _user_ns():  # root may enter the network namespace directly

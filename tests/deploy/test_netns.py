@@ -120,6 +120,16 @@ def test_a_stale_record_says_the_coordinator_is_not_running(tmp_path: Path) -> N
         record.enter_argv()
 
 
+def test_a_superlink_that_ends_while_it_is_looked_at_is_not_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # alive at the first look (its start time matched), gone at the second
+    monkeypatch.setattr(netns, "_start_time", lambda pid: 7)
+    with pytest.raises(DeploymentError, match="is not running: start it with"):
+        netns.PrivateNet(dead.pid, 7, False).enter_argv()
+
+
 def test_without_namespaces_the_coordinator_falls_back_loudly(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pki = make_pki(tmp_path / "pki")

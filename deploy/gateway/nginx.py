@@ -46,6 +46,7 @@ from pathlib import Path
 from deploy.pki.crl_sync import crl_path, lapse_warning
 from deploy.pki.kit import MemberKit, load_kit
 from deploy.gateway.conf import coordinator_conf, silo_conf
+from deploy.gateway.reload import hup_and_wait
 from deploy.gateway.upstream import UpstreamWatch, unresolved_upstream
 from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
@@ -168,31 +169,17 @@ def _unix_open(path: Path) -> bool:
         return False
 
 
-def _hup_and_wait(prefix: Path, pid: int, timeout: float) -> None:
-    """SIGHUP, then wait until the old worker stopped accepting: before that it may still
-    take a new connection with the old CRL and certificates."""
-    error_log = Path(prefix) / "logs" / "error.log"
-    marker = "gracefully shutting down"
-    before = error_log.read_text(errors="replace").count(marker)
-    os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + timeout
-    while error_log.read_text(errors="replace").count(marker) <= before:
-        if time.monotonic() > deadline:
-            raise DeploymentError(f"nginx in {prefix} did not reload within {timeout:.0f} s; "
-                                  f"see {error_log}")
-        time.sleep(0.05)
-
-
 def reload_running(prefix: Path, timeout: float = 10.0) -> bool:
-    """Reload the nginx whose pid file is under ``prefix`` and wait for it; False if none
-    runs there."""
+    """Reload the nginx whose pid file is under ``prefix`` (after ``nginx -t``) and return
+    once the new configuration is in force (new connections get it); False if none runs
+    there."""
     try:
         pid = int((Path(prefix) / "logs" / "nginx.pid").read_text().strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
         return False
     _test_conf(find_nginx(), Path(prefix))
-    _hup_and_wait(Path(prefix), pid, timeout)
+    hup_and_wait(Path(prefix), pid, timeout)
     return True
 
 
@@ -264,7 +251,8 @@ class GatewayHandle:
 
     def reload(self, timeout: float = 10.0) -> None:
         """Re-render the config (new CRL, certificates, node-key bindings) and reload
-        gracefully; open connections finish on the old workers."""
+        gracefully; returns once every new connection gets the new config (requests begun
+        before finish on the old workers)."""
         if self.proc is None or self.proc.poll() is not None:
             raise DeploymentError(f"{self.name} gateway is not running; start it first")
         conf = self.prefix / "conf" / "nginx.conf"
@@ -275,7 +263,7 @@ class GatewayHandle:
         except DeploymentError:
             atomic_write(conf, old)
             raise
-        _hup_and_wait(self.prefix, self.proc.pid, timeout)
+        hup_and_wait(self.prefix, self.proc.pid, timeout)
         log.info("%s gateway reloaded", self.name)
 
     def stop(self, grace: float = 5.0) -> None:

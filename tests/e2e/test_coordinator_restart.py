@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,44 +31,11 @@ from coordinator.run_record import unique_rounds
 from coordinator.run_store import RunStore
 from deploy.gateway.netns import Pinned, read_record
 from federation.deployment import LocalFederation
+from tests.e2e._cli import background, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~70 s alone
-XSILO = str(Path(sys.executable).parent / "xsilo")
 ROUNDS = 4
 NAME = "crash"
-
-
-def _background(*args: str, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as fh:
-        return subprocess.Popen([XSILO, *args], stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "COLUMNS": "400"})
-
-
-def _stop(*procs: subprocess.Popen) -> None:
-    """SIGTERM to each CLI at once (each stops its own children, then exits), then wait."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait(predicate, timeout: float, what: str, silos: list[subprocess.Popen],  # type: ignore[no-untyped-def]
-          logs: list[Path]) -> None:
-    """Until ``predicate()``; every silo CLI must stay up meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        for proc in silos:
-            assert proc.poll() is None, f"a silo exited (code {proc.returncode}):\n" + \
-                "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs)
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(
-            f"--- {log}\n{log.read_text()[-3000:]}" for log in logs if log.exists())
-        time.sleep(0.2)
 
 
 def _awaiting(store: RunStore, server_round: int) -> bool:
@@ -168,58 +134,60 @@ def test_silos_survive_a_coordinator_crash_and_the_resumed_run_includes_them_all
     debris: list[Path] = []
     started = time.monotonic()
     try:
-        coordinators.append(_background("coordinator", "start", "--home", str(home),
-                                        log=logs["coordinator"]))
-        _wait(lambda: "coordinator up" in logs["coordinator"].read_text(), 40,
-              "the coordinator", silos, [logs["coordinator"]])
+        coordinators.append(background("coordinator", "start", "--home", str(home),
+                                       log=logs["coordinator"]))
+        wait_for(lambda: "coordinator up" in logs["coordinator"].read_text(), 40,
+                 "the coordinator", alive=silos, logs=[logs["coordinator"]])
         for name in names:
-            silos.append(_background("silo", "start", "--kit",
-                                     str(fed.silo_root / name / "kit"), log=logs[name]))
+            silos.append(background("silo", "start", "--kit",
+                                    str(fed.silo_root / name / "kit"), log=logs[name]))
         supernode_logs = [fed.silo_root / n / "workspace" / "supernode.log" for n in names]
-        _wait(lambda: all(p.exists() and "SuperNode ID" in p.read_text()
-                          for p in supernode_logs), 40, "every SuperNode", silos, silo_logs)
+        wait_for(lambda: all(p.exists() and "SuperNode ID" in p.read_text()
+                             for p in supernode_logs), 40, "every SuperNode", alive=silos,
+                 logs=silo_logs)
         registered = _node_ids(home)
         assert sorted(registered) == names
 
-        runs.append(_background("coordinator", "run", "--home", str(home), "--config",
-                                str(config), "--name", NAME, "--timeout", "120",
-                                log=logs["run"]))
-        _wait(lambda: _awaiting(store, 2), 60, "round 2", silos, [logs["run"], *silo_logs])
+        runs.append(background("coordinator", "run", "--home", str(home), "--config",
+                               str(config), "--name", NAME, "--timeout", "120",
+                               log=logs["run"]))
+        wait_for(lambda: _awaiting(store, 2), 60, "round 2", alive=silos,
+                 logs=[logs["run"], *silo_logs])
         debris = _crash_debris(home)
         seen = [p.stat().st_size for p in supernode_logs]
         _crash_coordinator(home, coordinators[0])
         crashed = time.monotonic()
         assert store.summary() is None  # a crash leaves only what was written
         # the operator's `coordinator run` says the run stopped, and how to continue it
-        _wait(lambda: runs[0].poll() is not None, 30, "`coordinator run` to give up", silos,
-              [logs["run"]])
+        wait_for(lambda: runs[0].poll() is not None, 30, "`coordinator run` to give up",
+                 alive=silos, logs=[logs["run"]])
         said = " ".join(logs["run"].read_text().split())
         assert runs[0].returncode != 0 and f"--resume {NAME}" in said, said
         # every silo saw the coordinator gone: its SuperNode retries, nobody restarts it
-        _wait(lambda: all(b"Connection attempt failed" in p.read_bytes()[n:]
-                          for p, n in zip(supernode_logs, seen)), 30,
-              "every SuperNode to lose its connection", silos, silo_logs)
+        wait_for(lambda: all(b"Connection attempt failed" in p.read_bytes()[n:]
+                             for p, n in zip(supernode_logs, seen)), 30,
+                 "every SuperNode to lose its connection", alive=silos, logs=silo_logs)
 
-        coordinators.append(_background("coordinator", "start", "--home", str(home),
-                                        log=logs["restarted"]))
-        _wait(lambda: "coordinator up" in logs["restarted"].read_text(), 40,
-              "the restarted coordinator", silos, [logs["restarted"]])
+        coordinators.append(background("coordinator", "start", "--home", str(home),
+                                       log=logs["restarted"]))
+        wait_for(lambda: "coordinator up" in logs["restarted"].read_text(), 40,
+                 "the restarted coordinator", alive=silos, logs=[logs["restarted"]])
         assert _node_ids(home) == registered  # the SuperLink's database kept them
         # the crashed run's Flower run is stopped before any silo is let in (a SuperNode
         # would otherwise take its stale round-2 message and fall one reply behind)
         restarted = " ".join(logs["restarted"].read_text().split())
         assert f"run {NAME} stopped when its ServerApp did" in restarted, restarted
-        runs.append(_background("coordinator", "run", "--home", str(home), "--resume", NAME,
-                                "--timeout", "100", log=logs["resume"]))
-        _wait(lambda: runs[1].poll() is not None, 100, "the resumed run", silos,
-              [logs["resume"], logs["restarted"], *silo_logs])
+        runs.append(background("coordinator", "run", "--home", str(home), "--resume", NAME,
+                               "--timeout", "100", log=logs["resume"]))
+        wait_for(lambda: runs[1].poll() is not None, 100, "the resumed run", alive=silos,
+                 logs=[logs["resume"], logs["restarted"], *silo_logs])
         resumed = time.monotonic()
         assert runs[1].returncode == 0, logs["resume"].read_text()
         assert all(proc.poll() is None for proc in silos)  # never exited, not once
     finally:
-        _stop(*runs)
-        _stop(*silos)  # the silos first: they say goodbye to the coordinator
-        _stop(*coordinators)
+        stop(*runs)
+        stop(*silos)  # the silos first: they say goodbye to the coordinator
+        stop(*coordinators)
         for path in debris:
             shutil.rmtree(path, ignore_errors=True)
     assert all(p.poll() is not None for p in [*runs, *silos, *coordinators])

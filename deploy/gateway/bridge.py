@@ -38,6 +38,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from xsilo.procfs import parent_pid
+
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _CHUNK = 1 << 16
 
@@ -54,17 +56,12 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | _IFF_UP))
 
 
-def _stat_fields(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def peer_allowed(peer_pid: int, gateway_pid_file: Path) -> bool:
     """Whether ``peer_pid`` is a worker of our gateway: its parent is the nginx master
     named in the pid file, and that master runs as this account."""
     try:
         master = int(gateway_pid_file.read_text().strip())
-        parent = int(_stat_fields(peer_pid)[1])
-        return parent == master and os.stat(f"/proc/{master}").st_uid == os.getuid()
+        return parent_pid(peer_pid) == master and os.stat(f"/proc/{master}").st_uid == os.getuid()
     except (OSError, ValueError, IndexError):
         return False
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
+from xsilo.procfs import is_finished, start_time
 
 __all__ = ["RECORD", "Bridge", "Pinned", "PrivateNet", "Uplink", "create_argv", "end_namespace",
            "read_record", "unavailable"]
@@ -83,14 +84,6 @@ def unavailable() -> str | None:
     return f"`unshare --net` failed ({why})"
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
-
-
 @dataclass(frozen=True)
 class PrivateNet:
     """A process holding the private namespace, identified by pid and start time."""
@@ -101,7 +94,7 @@ class PrivateNet:
 
     @classmethod
     def of(cls, pid: int) -> PrivateNet:
-        start = _start_time(pid)
+        start = start_time(pid)
         if start is None:
             raise DeploymentError(f"process {pid} (the SuperLink's namespace) is gone")
         return cls(pid, start, _user_ns())
@@ -112,7 +105,7 @@ class PrivateNet:
         gone = DeploymentError(
             f"the coordinator's SuperLink (pid {self.pid}) is not running: start it with "
             "`xsilo coordinator start --home HOME`")
-        if _start_time(self.pid) != self.start_time:
+        if start_time(self.pid) != self.start_time:
             raise gone
         try:
             os.close(os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY))
@@ -175,7 +168,7 @@ class Pinned:
 def _members(ns: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and not _zombie(int(entry.name)):
+        if entry.name.isdigit() and not is_finished(int(entry.name)):
             try:
                 if os.readlink(entry / "ns" / "net") == ns:
                     found.append(int(entry.name))
@@ -203,13 +196,6 @@ def end_namespace(pinned: Pinned, grace: float = 3.0) -> None:
                 return
     finally:
         pinned.close()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def read_record(flwr_home: Path) -> PrivateNet | None:

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xsilo.errors import DeploymentError
+from xsilo.procfs import PROC, is_finished, stat_fields
 
 __all__ = ["Worker", "alive", "hup_and_wait", "listening_inodes", "pending", "workers"]
 
-PROC = Path("/proc")
 _SOCKET = re.compile(r"^socket:\[(\d+)\]$")
 _TCP_LISTEN = "0A"
 _UNIX_ACCEPTCON = 0x10000  # __SO_ACCEPTCON: a listening unix socket
@@ -97,15 +97,6 @@ def listening_inodes(master: int, proc: Path = PROC) -> frozenset[int]:
     return frozenset(listening & _socket_inodes(master, proc))
 
 
-def _stat_fields(pid: str | int, proc: Path) -> list[str] | None:
-    """/proc/PID/stat after the name (state first); None if it is gone."""
-    try:
-        text = (proc / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-
-
 def workers(master: int, proc: Path = PROC) -> frozenset[Worker]:
     """The master's children now, each with whether it holds one of its listening sockets.
     Reading another account's fds needs root or the same account (as signalling it does)."""
@@ -114,7 +105,7 @@ def workers(master: int, proc: Path = PROC) -> frozenset[Worker]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        stat = _stat_fields(entry.name, proc)
+        stat = stat_fields(entry.name, proc)
         if stat is None or int(stat[1]) != master:
             continue
         holds = bool(sockets & _socket_inodes(int(entry.name), proc))
@@ -124,8 +115,7 @@ def workers(master: int, proc: Path = PROC) -> frozenset[Worker]:
 
 def alive(master: int, proc: Path = PROC) -> bool:
     """Whether the master still runs (a zombie, not yet reaped by its parent, does not)."""
-    stat = _stat_fields(master, proc)
-    return stat is not None and stat[0] not in ("Z", "X")
+    return not is_finished(master, proc)
 
 
 def _refusals(error_log: Path, offset: int) -> list[str]:

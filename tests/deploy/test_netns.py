@@ -125,7 +125,7 @@ def test_a_superlink_that_ends_while_it_is_looked_at_is_not_running(
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     # alive at the first look (its start time matched), gone at the second
-    monkeypatch.setattr(netns, "_start_time", lambda pid: 7)
+    monkeypatch.setattr(netns, "start_time", lambda pid: 7)
     with pytest.raises(DeploymentError, match="is not running: start it with"):
         netns.PrivateNet(dead.pid, 7, False).enter_argv()
 

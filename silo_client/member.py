@@ -29,6 +29,7 @@ from deploy.launch.processes import ManagedProcess
 from silo_client.config import SiloConfig
 from silo_client.launch import start_silo
 from silo_client.ledger import LEDGER_FILE
+from xsilo.tail import Tail
 
 __all__ = ["RefusalWatch", "RunningSilo", "start_member"]
 
@@ -40,7 +41,7 @@ class RefusalWatch:
 
     def __init__(self, ledger: Path, silo: str, *, interval: float = 1.0) -> None:
         self.ledger, self.silo, self.interval = Path(ledger), silo, interval
-        self._offset = self.ledger.stat().st_size if self.ledger.exists() else 0
+        self._tail = Tail(self.ledger)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"refusals-{silo}", daemon=True)
 
@@ -60,18 +61,8 @@ class RefusalWatch:
 
     def poll(self) -> list[dict[str, Any]]:
         """Log and return the refusals appended since the last call (complete lines only)."""
-        try:
-            with self.ledger.open("rb") as fh:
-                if fh.seek(0, 2) < self._offset:  # replaced by a shorter file: start over
-                    self._offset = 0
-                fh.seek(self._offset)
-                data = fh.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self._offset += end
         refusals = []
-        for raw in data[:end].splitlines():
+        for raw in self._tail.lines():
             try:
                 entry = json.loads(raw)
             except ValueError:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from xsilo.tail import Tail
+
 __all__ = ["UpstreamWatch", "explain_upstream", "unresolved_upstream"]
 
 _HOST_NOT_FOUND = re.compile(r'host not found in upstream "([^"]+)"')
@@ -115,23 +117,13 @@ class UpstreamWatch:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.error_log, self.coordinator, self.server_name = error_log, coordinator, server_name
         self.repeat_after, self.clock = repeat_after, clock
-        self._offset = error_log.stat().st_size if error_log.exists() else 0
+        self._tail = Tail(error_log)
         self._said: dict[str, float] = {}
         self.last: str | None = None  # the latest cause seen, said or not
 
     def poll(self) -> list[str]:
-        try:
-            with self.error_log.open("rb") as fh:
-                if fh.seek(0, 2) < self._offset:  # a new file: start over
-                    self._offset = 0
-                fh.seek(self._offset)
-                data = fh.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self._offset += end
         out = []
-        for line in data[:end].decode(errors="replace").splitlines():
+        for line in (raw.decode(errors="replace") for raw in self._tail.lines()):
             found = explain_upstream(line, coordinator=self.coordinator,
                                      server_name=self.server_name)
             if found is None:

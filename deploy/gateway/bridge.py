@@ -148,21 +148,28 @@ async def serve(args: argparse.Namespace, child: subprocess.Popen) -> int:
     server = await asyncio.start_unix_server(forwarder.handle,
                                              sock=bind(Path(args.socket), args.group))
     say(f"serving {args.socket} → 127.0.0.1:{args.port}")
+    async with server:
+        await child_or_signal(child)
+    Path(args.socket).unlink(missing_ok=True)
+    return end_child(child)
+
+
+async def child_or_signal(child: subprocess.Popen) -> None:
+    """Return when ``child`` exits or this process gets SIGTERM or SIGINT (the wrapper's
+    forwarding runs meanwhile in the event loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with server:
-        while child.poll() is None and not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
-    Path(args.socket).unlink(missing_ok=True)
-    return _end(child)
+    while child.poll() is None and not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except asyncio.TimeoutError:
+            pass
 
 
-def _end(child: subprocess.Popen, grace: float = 5.0) -> int:
+def end_child(child: subprocess.Popen, grace: float = 5.0) -> int:
+    """Stop ``child`` (SIGTERM, SIGKILL after ``grace`` s) and return its exit code."""
     if child.poll() is None:
         child.terminate()
         try:
@@ -172,7 +179,9 @@ def _end(child: subprocess.Popen, grace: float = 5.0) -> int:
     return child.wait()
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
+def interrupt(_signum: int, _frame: object) -> None:
+    """A SIGTERM handler for before the event loop runs: unwind (``finally`` stops the
+    child), as Ctrl-C would."""
     raise KeyboardInterrupt
 
 
@@ -190,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(raw[:cut])
     loopback_up()
     # SIGTERM before the event loop runs: stop the SuperLink too, never leave it behind
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     child = subprocess.Popen(raw[cut + 1:], stdin=subprocess.DEVNULL)
     try:
         wait_healthy(args.port, Path(args.ca_cert), child, timeout=60)
         return asyncio.run(serve(args, child))
     finally:
-        _end(child)
+        end_child(child)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy.gateway.bridge import _end, _interrupt, _pump, loopback_up
+from deploy.gateway.bridge import _pump, child_or_signal, end_child, interrupt, loopback_up
 
 _BACKLOG = 128
 
@@ -74,17 +74,9 @@ def listen(port: int) -> socket.socket:
 
 async def serve(sock: socket.socket, socket_path: Path, child: subprocess.Popen) -> int:
     server = await asyncio.start_server(Forwarder(socket_path).handle, sock=sock)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with server:
-        while child.poll() is None and not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
-    return _end(child)
+        await child_or_signal(child)
+    return end_child(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     loopback_up()
     sock = listen(args.port)
     # SIGTERM before the event loop runs: stop the SuperNode too, never leave it behind
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     child = subprocess.Popen(raw[cut + 1:], stdin=subprocess.DEVNULL)
     try:
         Path(args.ready_file).write_text(f"{child.pid}\n")
         say(f"127.0.0.1:{args.port} → {args.socket}")
         return asyncio.run(serve(sock, Path(args.socket), child))
     finally:
-        _end(child)
+        end_child(child)
 
 
 if __name__ == "__main__":

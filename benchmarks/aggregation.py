@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from _bench import replace_section
+
 HERE = Path(__file__).resolve().parent
 SECTION = "## Aggregation memory"
 CONSTANT_MIB = 64  # allowance for chunk buffers, allocator slack and interpreter noise
@@ -283,14 +285,7 @@ def _write_results(path: Path, report: dict) -> None:
             f"({report['cases']['loop']['peak_bytes'] / mib:,.0f} MiB, constant in the number "
             f"of silos). "
             f"Raw numbers: `benchmarks/out/aggregation.json`.\n\n")
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text, encoding="utf-8")
+    replace_section(SECTION, body, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,11 +27,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import child_env, commit, emit, replace_section, run_child
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -122,21 +123,16 @@ def main() -> None:
     if args.child is not None:
         mode, method, settings = CASES[args.child]
         with tempfile.TemporaryDirectory() as tmp:
-            print("RESULT " + json.dumps(_case(Path(tmp), args.rounds, args.seed, settings)),
-                  flush=True)
+            emit(_case(Path(tmp), args.rounds, args.seed, settings))
         return
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = child_env(EXAMPLE)
     rows = []
     for k, (mode, method, _) in enumerate(CASES):
-        proc = subprocess.run([sys.executable, __file__, "--child", str(k), "--rounds",
-                               str(args.rounds), "--seed", str(args.seed)],
-                              env=env, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            raise SystemExit(f"{mode} {method} failed: {proc.stderr.strip()[-2000:]}")
-        row = {"mode": mode, "method": method, **json.loads(lines[-1][7:])}
+        result = run_child([__file__, "--child", str(k), "--rounds", str(args.rounds),
+                            "--seed", str(args.seed)], env=env)
+        if "error" in result:
+            raise SystemExit(f"{mode} {method} failed: {result.get('stderr') or result['error']}")
+        row = {"mode": mode, "method": method, **result}
         rows.append(row)
         print(f"{mode} {method}: {row['bytes_per_round']:,.0f} B/round, accuracy "
               f"{row['final_accuracy']:.4f} ({row['seconds']} s)", flush=True)
@@ -145,28 +141,19 @@ def main() -> None:
     print(table + "\n\n" + goals)
     if args.no_write:
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()
-    meta = {"commit": commit, "argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d"),
+    meta = {"commit": commit(), "argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d"),
             "python": platform.python_version(), "float32_update_bytes": dense}
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "compression.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                                               indent=1))
     section = (f"{SECTION}\n\n`.venv/bin/python benchmarks/compression.py "
-               f"{' '.join(sys.argv[1:])}`".rstrip() + f"\n({meta['date']}, commit {commit}; "
+               f"{' '.join(sys.argv[1:])}`".rstrip()
+               + f"\n({meta['date']}, commit {meta['commit']}; "
                f"the digits CNN, {dense // 4:,} parameters = {dense:,} float32 bytes per "
                f"update, three non-IID silos, {args.rounds} rounds, one process; raw rows with "
                "each round's accuracy in `benchmarks/out/compression.json`).\n\n"
                + table + "\n\nAgainst the goals (computed by the script):\n\n" + goals + "\n")
-    results = HERE / "RESULTS.md"
-    text = results.read_text()
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section
-    results.write_text(text)
+    replace_section(SECTION, section)
 
 
 if __name__ == "__main__":

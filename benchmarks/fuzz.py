@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from _bench import commit as checkout_commit
 from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -388,8 +389,7 @@ def main() -> None:
     for f in failures[:20]:
         print("FAILURE", f)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()
+    commit = checkout_commit()
     OUT.write_text(json.dumps({
         "meta": {"command": " ".join([".venv/bin/python", *sys.argv]), "commit": commit,
                  "seconds": round(seconds, 1)},

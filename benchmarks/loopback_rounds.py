@@ -13,11 +13,12 @@ benchmarks/out/loopback_rounds.json.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,10 +48,8 @@ def main() -> None:
                                        join_timeout=40.0, name="secure"), timeout=120)
         assert clear.completed and secure.completed, (clear.summary, secure.summary)
         clear_s, secure_s = _seconds(clear), _seconds(secure)  # before the directory goes
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
     result = {"set_up_s": round(ready, 1), "clear_round_s": clear_s,
-              "secure_round_s": secure_s, "commit": commit}
+              "secure_round_s": secure_s, "commit": commit()}
     print("| where | set-up (s) | clear round seconds | secure round seconds |")
     print("|---|---|---|---|")
     print(f"| loopback, one host | {result['set_up_s']} | {result['clear_round_s']} | "

@@ -27,12 +27,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from _bench import child_env, commit, emit, replace_section, run_child
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -117,19 +117,13 @@ def _run_case(spec: str, params: int, timeout: float) -> dict:
               ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+"}
     row = {"engine": engine, "silos": silos, "params": params,
            "method": method[(engine, secure)]}
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "RAY_DEDUP_LOGS": "0", "XSILO_BENCH_PARAMS": str(params),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
-    argv = [sys.executable, __file__, "--child", spec, "--params", str(params)]
+    env = child_env(HERE, RAY_DEDUP_LOGS="0", XSILO_BENCH_PARAMS=str(params))
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**row, "error": f"over the {timeout:.0f} s limit"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {**row, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-    return {**row, **json.loads(lines[-1][7:]), "case_s": round(time.perf_counter() - started, 1)}
+    result = run_child([__file__, "--child", spec, "--params", str(params)], env=env,
+                       timeout=timeout)
+    if "error" in result:
+        return {**row, "error": result["error"]}
+    return {**row, **result, "case_s": round(time.perf_counter() - started, 1)}
 
 
 def _table(rows: list[dict]) -> str:
@@ -147,18 +141,10 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _write_results(rows: list[dict], argv: list[str]) -> None:
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    meta = {"commit": _commit(), "argv": argv, "python": platform.python_version(),
+    meta = {"commit": commit(), "argv": argv, "python": platform.python_version(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     (out / "scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     section = (f"{SECTION}\n\n`.venv/bin/python benchmarks/scale.py {' '.join(argv)}`".rstrip()
@@ -168,15 +154,7 @@ def _write_results(rows: list[dict], argv: list[str]) -> None:
                "spec says (`:R`), median of rounds 2..R; peak memory is VmHWM (see the script's "
                "docstring).\n\n"
                + _table(rows) + "\n")
-    results = HERE / "RESULTS.md"
-    text = results.read_text()
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section
-    results.write_text(text)
+    replace_section(SECTION, section)
 
 
 def main() -> None:
@@ -191,8 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         engine, silos, secure, rounds = _parse(args.child)
-        print("RESULT " + json.dumps(_child(engine, silos, args.params, secure, rounds)),
-              flush=True)
+        emit(_child(engine, silos, args.params, secure, rounds))
         return
     rows = []
     for spec in args.grid:

@@ -53,6 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import child_env, commit, emit, run_child
+
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -369,24 +371,17 @@ def _child(args: argparse.Namespace) -> None:
     sys.path[:0] = [str(ROOT), str(HERE)]
     os.environ[PARAMS_ENV] = str(args.params)
     result = CASES[args.engine](args.silos, args.params, args.secure)
-    print("RESULT " + json.dumps(result), flush=True)
+    emit(result)
 
 
 def _run_case(engine: str, silos: int, params: int, secure: bool, timeout: float) -> dict:
-    env = {**os.environ, PARAMS_ENV: str(params), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
-    argv = [sys.executable, __file__, "--child", "--engine", engine, "--silos", str(silos),
+    env = child_env(HERE, RAY_DEDUP_LOGS="0", **{PARAMS_ENV: str(params)})
+    argv = [__file__, "--child", "--engine", engine, "--silos", str(silos),
             "--params", str(params)] + (["--secure"] if secure else [])
     row = {"engine": engine, "method": NAMES[(engine, secure)], "silos": silos, "params": params}
-    try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**row, "error": f"over the {timeout:.0f} s limit"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {**row, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
-    return {**row, **json.loads(lines[-1][7:])}
+    result = run_child(argv, env=env, timeout=timeout)
+    result.pop("stderr", None)
+    return {**row, **result}
 
 
 def _table(rows: list[dict]) -> str:
@@ -441,19 +436,6 @@ def _goals(rows: list[dict]) -> str:
             if a and b:
                 out.append(f"  * both on {what}: Flower SecAgg+ / xsilo secure = {b / a:.2f}x")
     return "\n".join(out)
-
-
-def _commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes): what was measured."""
-    git = ["git", "-C", str(ROOT)]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def main() -> None:
@@ -511,7 +493,7 @@ def main() -> None:
             "python": platform.python_version(),
             "rounds": {"deployment": ROUNDS, "inprocess and simulation": LOCAL_ROUNDS},
             "repeats": {"deployment": 1, "inprocess and simulation": args.repeats},
-            "commit": _commit(), "command": " ".join([".venv/bin/python", *sys.argv])}
+            "commit": commit(), "command": " ".join([".venv/bin/python", *sys.argv])}
     (HERE / "out" / "secagg.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {HERE / 'out' / 'secagg.json'}")
 

@@ -1,0 +1,36 @@
+"""benchmarks/_bench.py: a section of RESULTS.md is replaced up to the next section (or
+appended), and a child case's result or failure comes back as a dict."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _bench  # noqa: E402
+
+
+def test_a_section_is_replaced_up_to_the_next_one_or_appended(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## A\n\nold a\n\n## B\n\nb stays\n")
+    _bench.replace_section("## A", "## A\n\nnew a\n", results)
+    assert results.read_text() == "# Results\n\n## A\n\nnew a\n\n## B\n\nb stays\n"
+    _bench.replace_section("## B", "## B\n\nnew b", results)
+    assert results.read_text().endswith("## A\n\nnew a\n\n## B\n\nnew b\n")
+    _bench.replace_section("## C", "## C\n\nc\n", results)
+    assert results.read_text().endswith("## B\n\nnew b\n\n## C\n\nc\n")
+
+
+def test_a_child_result_or_its_failure(tmp_path: Path) -> None:
+    env = _bench.child_env()
+    ok = tmp_path / "ok.py"
+    ok.write_text("import _bench\nprint('noise')\n_bench.emit({'x': 1})\n")
+    env_ok = {**env, "PYTHONPATH": f"{_bench.HERE}:{env['PYTHONPATH']}"}
+    assert _bench.run_child([str(ok)], env=env_ok) == {"x": 1}
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit('no data here')\n")
+    assert _bench.run_child([str(bad)], env=env)["error"] == "no data here"
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\ntime.sleep(30)\n")
+    assert _bench.run_child([str(slow)], env=env, timeout=0.5) == {
+        "error": "over the 0.5 s limit"}

@@ -78,11 +78,17 @@ def start(
             time.sleep(2)
             for change in running.reconcile():
                 _show_change(change)
-        raise DeploymentError(f"the SuperLink exited; log tail:\n{running.superlink.log_tail()}")
+        code = running.superlink.popen.returncode
+        raise DeploymentError(
+            f"the SuperLink exited (code {code}), so the coordinator stops; the runs it was "
+            "running stop too: start the coordinator again (a service restarts by itself), "
+            "then continue each with `xsilo coordinator run --resume NAME`. SuperLink log "
+            f"{running.superlink.log_path} ends with:\n{running.superlink.log_tail()}")
     except KeyboardInterrupt:
         console.print("stopping coordinator")
     finally:
-        running.stop()
+        for line in running.stop():
+            _show_change(f"warning: {line}")
 
 
 def _show_change(change: str) -> None:

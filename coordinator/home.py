@@ -184,7 +184,13 @@ class RunningCoordinator:
     crl_keeper: object | None = None  # deploy.pki.freshness.CrlKeeper, with a gateway
     notices: list[str] = field(default_factory=list)  # what start-up has to tell the operator
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stop the gateway and the SuperLink, and every ServerApp that would outlive them
+        (:func:`coordinator.runs.live_serverapps`); return one line per run this
+        interrupted, saying how to continue it."""
+        from coordinator.runs import end_serverapps, live_serverapps
+
+        in_flight = live_serverapps(self.home.runs)
         inside = read_record(self.home.flwr_home) if self.bridge is not None else None
         ns = inside.pin() if inside is not None else None
         try:
@@ -196,6 +202,8 @@ class RunningCoordinator:
                 end_namespace(ns)  # what is left inside: a ServerApp winding down
             if self.bridge is not None:
                 self.bridge.remove()
+        # without a namespace, Flower's own ServerApp may hang on the gone SuperLink
+        return end_serverapps(self.home.runs, in_flight)
 
     def _pki_state(self) -> tuple:
         files = sorted(self.home.nodes.glob("*.pub"))
@@ -266,6 +274,7 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None,
     kept fresh (``passphrase_file``, else ``[gateway] passphrase_file``, else
     ``$XSILO_CA_PASSPHRASE`` unlocks an encrypted CA key)."""
     log_dir = log_dir or home.root / "logs"
+    _end_strays(home.runs)  # before a SuperLink is up for them to talk to
     bridge, exposed = _bridge(home)
     try:
         superlink = start_superlink(flwr_home=home.flwr_home, log_path=log_dir / "superlink.log",
@@ -302,6 +311,15 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None,
         running.stop()
         raise
     return running
+
+
+def _end_strays(runs: Path) -> None:
+    """End the ServerApps a previous SuperLink left running (their SuperExec is gone): they
+    would claim their runs and send stale messages to this one (the notice that says to
+    resume them comes from :func:`_stop_orphaned_runs`)."""
+    from coordinator.runs import end_serverapps, live_serverapps
+
+    end_serverapps(runs, live_serverapps(runs, orphans_only=True))
 
 
 def _stop_orphaned_runs(cli: FlowerCLI, runs: Path) -> list[str]:

@@ -217,6 +217,7 @@ class RoundLoop:
         and the loop (None: none, the run starts over at round 1 with the same run token)."""
         if not self.resume:
             return None
+        discarded = self.store.discard_temporaries()  # e.g. a checkpoint cut off by a kill
         resumed = restore(self.store.load_checkpoint(), self.strategy, self.privacy)
         token = resumed.run_token if resumed is not None else None
         if token is None:  # no checkpoint (or an old one): the token the silos already know
@@ -230,7 +231,8 @@ class RoundLoop:
             self.failed_rounds = list(resumed.failed_rounds)
         self.store.append_event({
             "event": "resume", "from_round": resumed.server_round if resumed else 0,
-            "skipped_checkpoints": self.store.verify_checkpoints()})
+            "skipped_checkpoints": self.store.verify_checkpoints(),
+            "discarded_temporaries": discarded})
         log.info("resuming after round %d", resumed.server_round if resumed else 0)
         return resumed
 

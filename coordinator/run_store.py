@@ -14,7 +14,8 @@ Layout::
                               taking it up
 
 Every file that replaces an earlier version is written to a temporary name, fsync-ed and
-renamed, so a crash leaves either the old or the new file, never a torn one. A checkpoint
+renamed, so a crash leaves either the old or the new file, never a torn one (the torn
+temporary, ``.NAME.*.tmp``, is never read; a resume removes it). A checkpoint
 also carries the SHA-256 of its own arrays (``__sha256__``): one that was damaged anyway (a
 copy cut short, a bad disk) is detected on load and skipped for the one before it.
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write
+from xsilo.procfs import stat_fields
 
 __all__ = ["Checkpoint", "RunStore", "arrays_digest", "load_npz"]
 
@@ -110,9 +112,8 @@ def _read_checkpoint(path: Path) -> Checkpoint:
 
 def _process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot), None if there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -120,7 +121,6 @@ def _process_start(pid: int) -> str | None:
         except PermissionError:
             return "?"
         return "?"  # no /proc: alive, start time unknown
-    fields = stat.rpartition(")")[2].split()
     if fields and fields[0] == "Z":
         return None  # a zombie has finished
     return fields[19] if len(fields) > 19 else "?"
@@ -174,6 +174,19 @@ class RunStore:
         if now is None or (start not in (None, "?") and now not in ("?", start)):
             return None  # gone, or the pid now belongs to another process
         return pid
+
+    def orphaned_owner(self) -> int | None:
+        """The pid of this run's ServerApp when it still lives although the Flower process
+        that started it (its ``--parent-pid``, a SuperExec) is gone; None otherwise."""
+        pid = self.owner()
+        if pid is None:
+            return None
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            parent = int(argv[argv.index(b"--parent-pid") + 1])
+        except (OSError, ValueError, IndexError):
+            return None  # not started by a SuperExec (or no /proc): not ours to judge
+        return pid if _process_start(parent) is None else None
 
     def recorded_owner_record(self) -> str | None:
         """``serverapp.json`` as it stands (None: never claimed); it changes when another
@@ -229,7 +242,7 @@ class RunStore:
         arrays[_META] = np.asarray(json.dumps(dict(meta or {}), sort_keys=True, default=_plain))
         arrays[_DIGEST] = np.asarray(arrays_digest(arrays))
         path = self.checkpoints / f"round-{server_round:04d}.npz"
-        atomic_write(path, _npz_bytes(arrays))
+        atomic_write(path, _npz_bytes(arrays), failpoint="checkpoint-write")
         return path
 
     def load_checkpoint(self) -> Checkpoint | None:
@@ -245,6 +258,20 @@ class RunStore:
                 continue
             return Checkpoint(found.server_round, found.model, found.state, found.meta, skipped)
         return None
+
+    def discard_temporaries(self) -> list[str]:
+        """Remove what a writer killed mid-write left (the temporary files of atomic writes,
+        ``.NAME.*.tmp``, in the run directory and ``checkpoints/``; nothing reads them) and
+        return their names. Only while no process runs the run (a resume, before it starts)."""
+        found = []
+        for folder in (self.path, self.checkpoints):
+            for tmp in sorted(folder.glob(".*.tmp")):
+                tmp.unlink(missing_ok=True)
+                found.append(str(tmp.relative_to(self.path)))
+        if found:
+            log.warning("removed %d file(s) a killed writer left half-written: %s",
+                        len(found), ", ".join(found))
+        return found
 
     def verify_checkpoints(self) -> dict[str, str]:
         """Every checkpoint file that does not verify → why (empty: all are sound)."""

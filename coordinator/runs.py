@@ -8,7 +8,10 @@ directory the next attempt under the same name may use (:func:`new_run_dir`).
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +25,10 @@ from deploy.launch.fab import XSILO_APP
 from deploy.launch.processes import FlowerCLI
 from xsilo.errors import ConfigError, DeploymentError, XsiloError
 
-__all__ = ["APP_DIR", "new_run_dir", "prepare_run", "resume_run", "stop_orphaned_runs",
-           "submit_run"]
+__all__ = ["APP_DIR", "end_serverapps", "live_serverapps", "new_run_dir", "prepare_run",
+           "resume_run", "stop_orphaned_runs", "submit_run"]
+
+log = logging.getLogger(__name__)
 
 # The thin app `flwr run` ships: its components are the installed coordinator and silo.
 # It lives in deploy/ because the silos build it too: by default they run no other app.
@@ -155,6 +160,53 @@ def stop_orphaned_runs(cli: FlowerCLI, runs_root: Path) -> list[str]:
                     f"{flower_run} stopped now); continue it with `xsilo coordinator run "
                     f"--resume {run_dir.name}`")
     return done
+
+
+def live_serverapps(runs_root: Path, *, orphans_only: bool = False) -> dict[str, int]:
+    """Run name → pid of the ServerApp that runs it, for every run under ``runs_root`` whose
+    ServerApp lives; ``orphans_only``: only those whose SuperExec is gone.
+
+    Flower means a ServerApp to end when its SuperExec does, and that when its SuperLink
+    does, but the ServerApp's watchdog signals its own thread (Flower 1.42,
+    ``start_parent_process_monitor``): one whose main thread waits on a request to the gone
+    SuperLink — Flower retries those until the SuperLink is back — never ends. It keeps its
+    run claimed (``--resume`` is refused) and sends that run's stale messages as soon as a
+    SuperLink answers on the same address again.
+    """
+    found = {}
+    for run_dir in sorted(p for p in Path(runs_root).glob("*") if p.is_dir()):
+        store = RunStore(run_dir)
+        pid = store.orphaned_owner() if orphans_only else store.owner()
+        if pid is not None and pid != os.getpid():
+            found[run_dir.name] = pid
+    return found
+
+
+def end_serverapps(runs_root: Path, serverapps: Mapping[str, int], *,
+                   timeout: float = 5.0) -> list[str]:
+    """SIGKILL each of ``serverapps`` (:func:`live_serverapps`) that still runs its run —
+    what a crash would do: every checkpoint is whole or absent, and the run resumes from
+    the last — and wait until it is gone; return one line per run left without an end
+    (no ``summary.json``), for the operator."""
+    lines = []
+    for name, pid in sorted(serverapps.items()):
+        store = RunStore(Path(runs_root) / name)
+        if store.owner() == pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            deadline = time.monotonic() + timeout
+            while store.owner() == pid and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if store.summary() is not None:  # it ended by itself meanwhile
+            continue
+        log.warning("run %s interrupted: its ServerApp (process %d) ended with the SuperLink",
+                    name, pid)
+        lines.append(f"run {name} interrupted: its ServerApp (process {pid}) ended with the "
+                     f"SuperLink; once the coordinator is up, continue it with `xsilo "
+                     f"coordinator run --resume {name}`")
+    return lines
 
 
 def _last_flower_run(store: RunStore) -> int | None:

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 
 from coordinator.messages import Patience, Payload, Reply, SiloError
 from xsilo.errors import DeploymentError, ProtocolError
+from xsilo.failpoints import reach
 from strategies.compression import Compressed
 from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, METRICS,
                             SECAGG, SECAGG_ARRAYS, SILO)
@@ -189,6 +190,7 @@ class GridTransport:
                     reply = _to_reply(node, msg, keep_wire=self.recorder is not None)
                     del msg  # the Flower message (and its record bytes) can go now
                     replies[node] = on_reply(node, reply) if on_reply is not None else reply
+                    reach(f"reply:{message_type}")  # a kill test's stop (xsilo.failpoints)
                 done = until is not None and until(replies)
                 if done:
                     break

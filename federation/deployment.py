@@ -188,6 +188,24 @@ class LocalFederation:
         self.supernodes[name] = member.supernode
         self.processes.append(member.supernode)
 
+    def restart_coordinator(self) -> list[str]:
+        """What the coordinator host does when its SuperLink ends (killed, crashed): `xsilo
+        coordinator start` stops what is left of the coordinator (gateway, SuperLink, the
+        ServerApps that would outlive them) and exits, and its service manager (or the
+        operator) starts it again on the same home, whose SuperLink database keeps the node
+        registrations and the runs. The silos are left alone. Returns what the operator is
+        told: the stop's lines, then the restarted coordinator's notices."""
+        if self.coordinator is None:
+            raise DeploymentError("this federation's coordinator was never started")
+        said = self.coordinator.stop()
+        self.running.remove(self.coordinator)
+        self.gateways.pop("coordinator", None)
+        self.coordinator = start_coordinator(self.home)
+        self.running.insert(0, self.coordinator)  # stopped last, as before
+        if self.coordinator.gateway is not None:
+            self.gateways["coordinator"] = self.coordinator.gateway
+        return [*said, *self.coordinator.notices]
+
     def stop(self) -> None:
         """Stop everything this federation started (idempotent): silos (SuperNode, then
         gateway), then the coordinator (gateway, then SuperLink)."""

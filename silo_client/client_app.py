@@ -222,7 +222,8 @@ class _Handlers:
         _seal(context, silo, _SECAGG_STATE, outcome.state)
         metrics = policy.shared_metrics(result.metrics.merged(outcome.metrics),
                                         secure=True).to_record()
-        return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated)
+        return self._masked_reply(msg, silo, terms.server_round, outcome, metrics, aggregated,
+                                  privacy=result.privacy)
 
     def _compressed_reply(self, msg: Message, silo: Silo, terms: TrainTerms, result: Any,
                           params: dict[str, np.ndarray], metrics: dict[str, float]) -> Message:
@@ -240,13 +241,15 @@ class _Handlers:
 
     def _masked_reply(self, msg: Message, silo: Silo, server_round: int,
                       outcome: secure.MaskOutcome, metrics: dict[str, float],
-                      aggregated: list[float]) -> Message:
+                      aggregated: list[float], *,
+                      privacy: dict[str, float | None] | None = None) -> Message:
         """Record what leaves (the clear metrics; the masked vector by its digest; the
-        statistics it sums, in this ledger only) and reply."""
+        statistics it sums, in this ledger only; under DP its clip norm, σ and this run's
+        ε, as for a clear update) and reply."""
         silo.record_egress(run_id=_run_id(msg), server_round=server_round,
                            message_type=msg.metadata.message_type,
                            arrays={"masked": outcome.reply["masked"]},
-                           metrics=metrics, masked=True,
+                           metrics=metrics, masked=True, privacy=privacy,
                            extra={"secagg": outcome.reply["kind"], "aggregated": aggregated,
                                   # the masked vector is in payload_sha256: hash it once
                                   "record_sha256": secure.record_digest(

@@ -5,7 +5,9 @@ same directory (created 0600 by ``mkstemp``, then given ``mode``), written, flus
 fsync-ed, renamed over the target with ``os.replace``, and the directory fsync-ed so the
 rename itself survives a crash. A reader sees the old file or the new one, never half of
 one; a failure removes the temporary file and leaves the target as it was. ``durable=False``
-skips both fsyncs, for files whose loss costs time, not correctness.
+skips both fsyncs, for files whose loss costs time, not correctness. ``failpoint`` names a
+:mod:`xsilo.failpoints` point reached with half of the data in the temporary file (tests
+kill a writer there: the target must stay as it was).
 
 :func:`read_toml` reads a TOML file into a dict; a missing or malformed file is a
 :class:`~xsilo.errors.ConfigError` that names the file, what it is and the fix.
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from xsilo.errors import ConfigError
+from xsilo.failpoints import reach
 
 __all__ = ["atomic_write", "read_toml"]
 
 
 def atomic_write(path: str | Path, data: str | bytes, *, mode: int = 0o644,
-                 durable: bool = True) -> None:
+                 durable: bool = True, failpoint: str | None = None) -> None:
     """Replace ``path`` with ``data`` atomically (see the module docstring).
 
     ``mode`` is the new file's permission bits (0600 for anything secret: the file never
@@ -38,7 +41,13 @@ def atomic_write(path: str | Path, data: str | bytes, *, mode: int = 0o644,
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
-            fh.write(payload)
+            view = memoryview(payload)  # slices without copies
+            half = len(view) // 2 if failpoint is not None else len(view)
+            fh.write(view[:half])
+            if failpoint is not None:
+                fh.flush()
+                reach(failpoint)  # inert unless a test armed it
+            fh.write(view[half:])
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())

@@ -1,11 +1,21 @@
 """``python -m deploy.launch.supernode ARGS`` — Flower's ``flower-supernode ARGS``, with the
-idle poll of :mod:`deploy.launch.poll` instead of a fixed 3 s.
+idle poll of :mod:`deploy.launch.poll` instead of a fixed 3 s, and every reply it owes sent.
 
 Flower 1.42 has no seam for it: its SuperNode loop (``flwr.supernode.start_client_internal``)
 calls ``time.sleep(3)`` after an empty look and ``time.sleep(0.5)`` while it waits for the
 local reply to push. This launcher gives that module its own ``time`` whose ``sleep`` turns
 the first into :meth:`AdaptivePoll.next_wait` and the second into 0.05 s (a look at local
-state, no network), and marks each push as an answer. Everything else is Flower's.
+state, no network), and marks each push as an answer.
+
+It also mends how that loop loses a reply. The loop takes one message, then pushes the
+replies its ClientApps have left and goes back to taking. A message whose run stopped while
+the SuperNode was confirming its receipt (the SuperLink went down meanwhile and came back
+with the run stopped: a coordinator crash) is ignored but not removed, so its ClientApp
+still answers it, and that stale reply is what the next push sends (the SuperLink drops
+it): the reply to the message just taken — a resumed run's join, say — stays behind,
+unsent, until another message comes, and the silo is silent in that run. Here the push step
+keeps pushing until the reply to every message confirmed for a running run is out
+(:func:`owe_replies`). Everything else is Flower's.
 
 The adjustment is pinned to what it relies on: :func:`check_seam` refuses to start (a
 :class:`~xsilo.errors.DeploymentError` naming the Flower version) unless the installed Flower
@@ -25,7 +35,7 @@ from typing import Any
 from deploy.launch.poll import AdaptivePoll
 from xsilo.errors import DeploymentError
 
-__all__ = ["FLOWER_SERIES", "check_seam", "install", "main"]
+__all__ = ["FLOWER_SERIES", "check_seam", "install", "main", "owe_replies"]
 
 FLOWER_SERIES = "1.42."
 IDLE_SLEEP, PUSH_SLEEP, FAST_PUSH_SLEEP = 3, 0.5, 0.05
@@ -69,6 +79,12 @@ def check_seam(module: ModuleType | None = None) -> ModuleType:
         problems.append("_push_messages no longer waits for the reply in 0.5 s sleeps")
     if not isinstance(getattr(module, "time", None), (ModuleType, _Time)):
         problems.append("the module no longer imports `time`")
+    if ("confirm_message_received=confirm_message_received" not in loop
+            or "send=send" not in loop or "except RunNotRunningException" not in
+            inspect.getsource(inspect.unwrap(module._pull_and_store_message))):
+        problems.append("the loop no longer hands _pull_and_store_message its receipt "
+                        "confirmation and _push_messages its send by keyword, or no longer "
+                        "ignores a message whose run stopped while it was received")
     if problems:
         raise DeploymentError(
             "xsilo's SuperNode poll adjustment (deploy/launch/supernode.py) does not fit this "
@@ -83,6 +99,7 @@ def install(poll: AdaptivePoll | None = None) -> AdaptivePoll:
     if isinstance(module.time, _Time):  # installed already
         return module.time._poll
     poll = poll or AdaptivePoll()
+    owe_replies(module)
     push = module._push_messages
 
     def push_then_mark(*args: Any, **kwargs: Any) -> None:
@@ -95,6 +112,39 @@ def install(poll: AdaptivePoll | None = None) -> AdaptivePoll:
     module._push_messages = push_then_mark
     module.time = _Time(poll)
     return poll
+
+
+def owe_replies(module: Any) -> None:
+    """Make the loop's push step in ``module`` (checked by :func:`check_seam`) push until
+    the reply to every message it confirmed for a running run is out, not only until some
+    reply is (see the module docstring)."""
+    from flwr.supercore.run import RunNotRunningException
+
+    owed: set[str] = set()  # ids of messages confirmed for a running run, reply not sent
+    pull, push = module._pull_and_store_message, module._push_messages
+
+    def pull_owing(*args: Any, confirm_message_received: Any, **kwargs: Any) -> Any:
+        def confirm(run_id: int, message_id: str) -> None:
+            try:
+                confirm_message_received(run_id, message_id)
+            except RunNotRunningException:
+                raise  # ignored by Flower, answered all the same: its reply is owed nobody
+            owed.add(message_id)
+
+        return pull(*args, confirm_message_received=confirm, **kwargs)
+
+    def push_owed(*args: Any, send: Any, **kwargs: Any) -> None:
+        def sending(message: Any, *rest: Any) -> Any:
+            owed.discard(message.metadata.reply_to_message_id)
+            return send(message, *rest)
+
+        push(*args, send=sending, **kwargs)
+        while owed:  # a stale reply went first: the one the last message owes is still due
+            push(*args, send=sending, **kwargs)
+
+    pull_owing.__wrapped__ = pull  # type: ignore[attr-defined]
+    push_owed.__wrapped__ = push  # type: ignore[attr-defined]
+    module._pull_and_store_message, module._push_messages = pull_owing, push_owed
 
 
 def main() -> None:

@@ -97,6 +97,11 @@ def test_central_dp_under_secure_aggregation(tmp_path: Path, federation: list[Pa
     for silo in federation:  # each silo's own accountant reached the same ε
         ws = load_silo_config(silo).workspace
         assert PrivacyTally(ws / TALLY_FILE).total() == pytest.approx(expected[-1], rel=1e-9)
+        # its ledger records each masked update's ε and clip norm, as for a clear one
+        train = [json.loads(line) for line in (ws / "egress.jsonl").read_text().splitlines()
+                 if '"train"' in line]
+        assert [e["epsilon"] for e in train] == pytest.approx(expected, rel=1e-9)
+        assert all(e["masked"] and e["clip_norm"] == 0.5 for e in train)
 
 
 def test_distributed_dp_under_secure_aggregation(tmp_path: Path, federation: list[Path],
@@ -128,6 +133,7 @@ def test_distributed_dp_under_secure_aggregation(tmp_path: Path, federation: lis
         train = [json.loads(line) for line in (ws / "egress.jsonl").read_text().splitlines()
                  if '"train"' in line]
         assert all(e["masked"] and list(e["tensors"]) == ["masked"] for e in train)
+        assert [e["epsilon"] for e in train] == pytest.approx(expected, rel=1e-9)
 
 
 def _model_size(federation: list[Path]) -> int:

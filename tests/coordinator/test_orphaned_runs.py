@@ -1,16 +1,22 @@
 """At coordinator start, a run whose ServerApp is gone but which Flower's database still
-counts as running is stopped (before silos reconnect); nothing else is touched."""
+counts as running is stopped (before silos reconnect); nothing else is touched. A ServerApp
+that outlived its SuperLink is found and ended; what a killed writer left half-written is
+removed when the run resumes."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+from coordinator.home import RunningCoordinator
 from coordinator.run_store import RunStore
-from coordinator.runs import stop_orphaned_runs
+from coordinator.runs import end_serverapps, live_serverapps, stop_orphaned_runs
+from deploy.launch.processes import ManagedProcess
 
 
 class FakeCLI:
@@ -55,3 +61,69 @@ def test_only_a_running_flower_run_whose_serverapp_is_gone_is_stopped(tmp_path: 
     assert cli.stopped == [1]
     assert len(said) == 1 and "--resume crashed" in said[0]
     assert stop_orphaned_runs(FakeCLI({}), tmp_path / "no-runs-yet") == []  # type: ignore[arg-type]
+
+
+def _serverapp(parent: int) -> subprocess.Popen:
+    """A stand-in ServerApp: the argument Flower's SuperExec starts one with."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "--parent-pid", str(parent)])
+
+
+def test_serverapps_that_outlive_their_superlink_are_found_and_ended(tmp_path: Path) -> None:
+    orphan = _serverapp(_dead_pid())  # its SuperExec is gone: it can only hang
+    supervised = _serverapp(os.getpid())  # its SuperExec lives
+    plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name, proc in (("orphan", orphan), ("supervised", supervised), ("plain", plain)):
+            _run(tmp_path, name, 1, owner=proc.pid)
+        _run(tmp_path, "gone", 2, owner=_dead_pid())
+        assert live_serverapps(tmp_path, orphans_only=True) == {"orphan": orphan.pid}
+        assert live_serverapps(tmp_path) == {
+            "orphan": orphan.pid, "supervised": supervised.pid, "plain": plain.pid}
+        said = end_serverapps(tmp_path, {"orphan": orphan.pid})
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert len(said) == 1 and "run orphan interrupted" in said[0]
+        assert "--resume orphan" in said[0]
+        assert RunStore(tmp_path / "orphan").owner() is None
+        assert supervised.poll() is None and plain.poll() is None  # nothing else touched
+        RunStore(tmp_path / "plain").write_summary({"status": "completed"})  # ended by itself
+        assert end_serverapps(tmp_path, {"plain": plain.pid}) == []
+    finally:
+        for proc in (orphan, supervised, plain):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_resume_removes_what_a_killed_writer_left_half_written(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    (store.checkpoints / ".round-0002.npz.abc123.tmp").write_bytes(b"PK\x03\x04half")
+    (store.path / ".summary.json.x1.tmp").write_text("{")
+    (store.checkpoints / "round-0001.npz").write_bytes(b"kept")
+    assert store.discard_temporaries() == [".summary.json.x1.tmp",
+                                           "checkpoints/.round-0002.npz.abc123.tmp"]
+    assert sorted(p.name for p in store.checkpoints.iterdir()) == ["round-0001.npz"]
+    assert store.discard_temporaries() == []
+
+
+def test_a_stopping_coordinator_ends_the_serverapps_of_its_runs(tmp_path: Path) -> None:
+    """Without a private namespace nothing else would: Flower's ServerApp can hang on its
+    gone SuperLink for good, claiming its run (``--resume`` refused)."""
+    superlink = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 start_new_session=True)
+    serverapp = _serverapp(superlink.pid)
+    try:
+        runs = tmp_path / "runs"
+        _run(runs, "trial", 1, owner=serverapp.pid)
+        _run(runs, "done", 2, owner=_dead_pid(), summary=True)
+        home = SimpleNamespace(runs=runs, gateway=None, flwr_home=tmp_path / "flwr-home")
+        link = ManagedProcess("flower-superlink", superlink, tmp_path / "superlink.log")
+        running = RunningCoordinator(home, superlink=link, node_ids={})  # type: ignore[arg-type]
+        said = running.stop()
+        assert superlink.poll() is not None and serverapp.wait(timeout=10) == -signal.SIGKILL
+        assert len(said) == 1 and "run trial interrupted" in said[0], said
+        assert "xsilo coordinator run --resume trial" in said[0]
+    finally:
+        for proc in (superlink, serverapp):
+            proc.kill()
+            proc.wait()

@@ -1,10 +1,10 @@
-"""SuperLink kills on real processes: the SuperLink alone SIGKILLed during a clear round and
-during a secure round's unmasking (the ServerApp held there by an :mod:`xsilo.failpoints`
-point), then the coordinator restarted as `xsilo coordinator start` and its service manager
-do (:meth:`LocalFederation.restart_coordinator`). A ServerApp cannot go on without its
-SuperLink: the restarted coordinator says which run to resume, and `--resume` completes it
-with every silo. The clear run is also killed (its ServerApp) with a checkpoint half written,
-and still ends at the uninterrupted run's model."""
+"""A SuperLink kill in a deterministic clear run on real processes: the SuperLink alone
+SIGKILLed during round 2, then the coordinator restarted as `xsilo coordinator start` and
+its service manager do (:meth:`LocalFederation.restart_coordinator`). A ServerApp cannot go
+on without its SuperLink: the restarted coordinator says which run to resume, and `--resume`
+completes it with every silo. The same run's ServerApp is first killed with a checkpoint half
+written (an :mod:`xsilo.failpoints` point), and the run still ends at the uninterrupted
+run's model. The secure-round phases are in ``test_superlink_kill_phases.py``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from coordinator.run_store import load_npz
 from coordinator.runs import resume_run
 from federation.deployment import LocalFederation
 from federation.local import run_in_process
-from xsilo.failpoints import wait_reached
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: 60-90 s alone
 
@@ -75,33 +74,3 @@ def test_a_clear_run_survives_a_torn_checkpoint_and_a_superlink_kill_to_the_same
     assert list(got) == list(want)
     for k in want:  # equal up to the order the silos' float64 updates were summed in
         np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
-
-
-def test_a_secure_run_whose_superlink_is_killed_during_unmasking_resumes_with_every_silo(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SuperLink alone SIGKILLed while the ServerApp unmasks round 1 (one share in).
-    The ServerApp cannot go on without it; the restarted coordinator says which run to
-    resume, and the resumed run is keyed afresh and sums every silo."""
-    config = RunConfig(num_rounds=1, min_silos=3, expected_silos=3, secure_aggregation=True,
-                       round_timeout=40.0, join_timeout=45.0, name="secure-link")
-    fed = LocalFederation(tmp_path / "fed", mtls=True).setup()
-    with fed:
-        markers = kills.start(fed, monkeypatch, "reply:train.unmask")
-        _, store = fed.submit(config)
-        serverapp = wait_reached("reply:train.unmask", markers, timeout=60)
-        assert store.owner() == serverapp
-        os.kill(kills.superlink_pid(fed), signal.SIGKILL)
-        said = fed.restart_coordinator()
-        assert store.owner() is None  # the ServerApp did not outlive its SuperLink
-        assert any("--resume secure-link" in line for line in said), said
-        outcome = fed.resume("secure-link", timeout=90)
-        kills.silos_up(fed)
-    assert outcome.completed, (outcome.status, outcome.summary)
-    assert outcome.summary["rounds_requested"] == 1 and outcome.summary["rounds_failed"] == []
-    assert store.verify_checkpoints() == {}
-    events = store.events()
-    assert [e["from_round"] for e in events if e["event"] == "resume"] == [0]
-    setups = [e for e in events if e["event"] == "secure_aggregation_setup"]
-    assert len(setups) == 2 and setups[-1]["not_keyed"] == {}
-    rows = unique_rounds(events)[0]
-    assert [r["round"] for r in rows] == [0, 1] and rows[1]["contributors"] == kills.SILOS

@@ -105,7 +105,7 @@ def one_size(n: int, length: int, stepped: int, full: bool) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| silos n | t | a silo's masked input, ms | of which dealing, ms | share bytes "
+    lines = ["| silos n | t | a silo's masked input, ms | the same without the model (the dealing), ms | share bytes "
              "per masked input | share MB through the coordinator per round | coordinator "
              "unmasking, ms (1 dropped) |", "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -53,6 +53,7 @@ from strategies.secagg import (
     receive_masked, receive_unmask, request_more_unmask, request_rekey, request_unmask,
     start_run)
 from strategies.secagg.config import make_encoded_config
+from strategies.secagg.masking import share_bytes
 from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
 from xsilo.terms import (AGGREGATED_METRICS, EvaluateTerms, KeySetupTerms, SiloMetrics,
@@ -69,6 +70,10 @@ AUX_LENGTH = 2 * len(AGGREGATED_METRICS)
 REKEY_BACKOFF_CAP = 16
 """A silo left without keys is re-keyed at the start of a round: the round after it reports
 that it lost them, else 1, 2, 4, … (at most this many) rounds after the last failed try."""
+
+SHARE_WARNING_BYTES = 1 << 30
+"""Above this many bytes of share bundles held per round (about 275 silos) the coordinator
+warns at the start of a secure run: the protocol's dealing grows as n³."""
 
 UNMASK_SPARES = 1
 """Survivors asked to unmask beyond the ``t`` needed: so many can be lost during unmasking
@@ -168,6 +173,13 @@ class SecureAggregation:
                 privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length,
                                     quant_step=self.config.quant.step)
         self.state: CoordinatorState | None = None
+        self.share_bytes_held = share_bytes(n)[1]
+        if self.share_bytes_held > SHARE_WARNING_BYTES:
+            log.warning(
+                "secure aggregation with %d silos: the coordinator will hold about %.1f GB of "
+                "share bundles each round, and each silo deal %d² shares (the cost grows as "
+                "n³; docs/secure-aggregation.md, 'How far it scales')", n,
+                self.share_bytes_held / 1e9, n)
         # Joined silos without keys (missed the setup, restarted): node → the first round
         # to re-key it in, and how many attempts in a row failed (for the back-off).
         self._rekey_at: dict[int, int] = {}
@@ -184,6 +196,7 @@ class SecureAggregation:
                      if advert.certificate)
         out: dict[str, Any] = {
             "threshold": self.threshold, "silos": len(self.nodes), "signed_adverts": signed,
+            "share_bytes_held_per_round": self.share_bytes_held,
             "length": self.config.length, "clip": q.clip, "bits": q.bits,
             "max_weight": q.max_weight, "modulus_bits": q.modulus_bits, "step": q.step}
         if self.privacy is not None and self.privacy.calibration is not None:

@@ -25,11 +25,12 @@ import hashlib
 import struct
 from collections.abc import Sequence
 
-from strategies.secagg.crypto import associated_data, set_digest
+from strategies.secagg.crypto import NONCE_BYTES, associated_data, set_digest
 from strategies.secagg.messages import COMMITMENT_BYTES
 from strategies.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
 from xsilo.errors import ProtocolError
 
+SEAL_OVERHEAD = NONCE_BYTES + 16  # AES-GCM: the nonce and the tag around a sealed bundle
 SELF_LABEL = b"self"
 PAIR_LABEL = b"pair"
 BUNDLE_KIND = "round-shares"
@@ -61,6 +62,16 @@ def unpack_bundle(data: bytes, *, num_peers: int, sender: int) -> tuple[int, lis
                             f"{SHARE_BYTES * (1 + num_peers)}")
     values = [share_from_bytes(data[k:k + SHARE_BYTES]) for k in range(0, len(data), SHARE_BYTES)]
     return values[0], values[1:]
+
+
+def share_bytes(active: int) -> tuple[int, int]:
+    """``(bytes of one masked input's bundles and commitments, bytes the coordinator holds
+    for a round)`` with ``active`` silos: ``active`` bundles of ``active`` shares, each
+    sealed (nonce and tag), and a commitment per share; the coordinator keeps every
+    survivor's until unmasking. It grows as ``active²`` and ``active³``
+    (docs/secure-aggregation.md, *How far it scales*)."""
+    per_input = active * (SHARE_BYTES * active + SEAL_OVERHEAD) + COMMITMENT_BYTES * active ** 2
+    return per_input, active * per_input
 
 
 def share_commitment(share: bytes, *, run_id: str, round_: int, dealer: int, holder: int,

@@ -77,3 +77,18 @@ def test_a_site_can_demand_a_larger_threshold(tmp_path: Path, federation: list[P
     why = setup["not_keyed"]["hospital-a"]
     assert "t=2 of n=3 silos is not more than 0.7 of them" in why, why
     assert summary["status"] == "completed"  # the others go on (t = 2 of them keyed)
+
+
+def test_a_secure_run_states_its_share_traffic_and_warns_when_it_is_large(caplog) -> None:
+    """Dealing grows as n³ (docs/secure-aggregation.md, 'How far it scales'): the run's
+    setup event states what the coordinator will hold, and a large roster is warned of."""
+    config = RunConfig(min_silos=2, expected_silos=2, secure_aggregation=True)
+    small = SecureAggregation(config, transport=None, nodes=list(range(10)),  # type: ignore[arg-type]
+                              template={"w": np.zeros(3)})
+    assert small.settings()["share_bytes_held_per_round"] == 10 * (10 * (33 * 10 + 28)
+                                                                   + 16 * 10 * 10)
+    assert "How far it scales" not in caplog.text
+    big = SecureAggregation(config, transport=None, nodes=list(range(300)),  # type: ignore[arg-type]
+                            template={"w": np.zeros(3)})
+    assert big.settings()["share_bytes_held_per_round"] > 1 << 30
+    assert "secure aggregation with 300 silos: the coordinator will hold about 1.3 GB" in caplog.text

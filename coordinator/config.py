@@ -49,6 +49,9 @@ class RunConfig:
     secagg_bits : quantization bits per value (step ``2·clip/(2^bits − 1)``).
     secagg_max_weight : largest integer weight (example count) a silo masks; larger counts
         are capped and reported in the round row.
+    secagg_round_keys : ``"auto"`` (default), ``"on"`` or ``"off"``: each round first deals
+        fresh round keys (one more round trip; a silo's dealing O(n·t) instead of O(n²·t)),
+        ``auto`` from 200 silos on (docs/secure-aggregation.md, *Round keys*).
     exports : any of ``tensorboard``, ``mlflow``, ``prometheus`` (:mod:`coordinator.exports`).
     prometheus_host, prometheus_port : where the Prometheus endpoint listens (port 0: any
         free port, recorded in ``metrics.jsonl``).
@@ -80,6 +83,7 @@ class RunConfig:
     secagg_clip: float = 10.0
     secagg_bits: int = 16
     secagg_max_weight: int = 1000
+    secagg_round_keys: str = "auto"
     dp: DPConfig | None = None
     name: str = "run"
     exports: tuple[str, ...] = ()
@@ -117,6 +121,9 @@ class RunConfig:
             raise ConfigError(f"strategy must be a strategy name, got {self.strategy!r}")
         if not isinstance(self.strategy_params, Mapping):
             raise ConfigError("strategy_params must be a table of parameter = value")
+        if self.secagg_round_keys not in ("auto", "on", "off"):
+            raise ConfigError(f"secagg_round_keys must be \"auto\", \"on\" or \"off\", got "
+                              f"{self.secagg_round_keys!r}")
         if self.secure_aggregation:
             self._check_secagg()
         self._check_compression()

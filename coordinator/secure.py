@@ -11,6 +11,10 @@ It runs the protocol of :mod:`strategies.secagg` over the loop's :class:`Transpo
   only: a KeyRequest with a higher epoch); one that missed the setup or a re-key is tried
   again after 1, 2, 4, … rounds (at most ``REKEY_BACKOFF_CAP``), so a dead silo costs a
   wait only now and then;
+* **round keys** (``secagg_round_keys``, :func:`use_round_keys`): a round first deals
+  (``train.secagg_setup`` carrying a DealRequest: every active silo shares a fresh round
+  key and its self-mask seed; the silos whose dealing arrived are the round's active set),
+  then goes on as below; three round trips, with dealing O(n·t) instead of O(n²·t) per silo;
 * **every round**, two round trips: (1) ``train`` carries the global model, the train
   config and the silo's MaskRequest; the reply carries the silo's metrics in the clear
   (evaluation of the incoming model, train loss, example count) and its masked vector;
@@ -52,6 +56,8 @@ from strategies.secagg import (
     abort_round, begin_round, finish_round, make_config, message_from_record, receive_advert,
     receive_masked, receive_unmask, request_more_unmask, request_rekey, request_unmask,
     start_run)
+from strategies.secagg.coordinator import CoordinatorStage, begin_masking, receive_dealt
+from strategies.secagg.messages import Dealt, DealRequest
 from strategies.secagg.config import make_encoded_config
 from strategies.secagg.masking import share_bytes
 from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
@@ -59,8 +65,8 @@ from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_
 from xsilo.terms import (AGGREGATED_METRICS, EvaluateTerms, KeySetupTerms, SiloMetrics,
                          TrainTerms, UnmaskTerms, from_aggregate)
 
-__all__ = ["REKEY_BACKOFF_CAP", "UNMASK_SPARES", "SecureAggregation", "SecureRound",
-           "default_threshold", "run_threshold"]
+__all__ = ["REKEY_BACKOFF_CAP", "ROUND_KEYS_FROM", "UNMASK_SPARES", "SecureAggregation",
+           "SecureRound", "default_threshold", "run_threshold", "use_round_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,18 @@ warns at the start of a secure run: the protocol's dealing grows as n³."""
 UNMASK_SPARES = 1
 """Survivors asked to unmask beyond the ``t`` needed: so many can be lost during unmasking
 without any wait, and the rest of the survivors are spared a message per round."""
+
+
+ROUND_KEYS_FROM = 200
+"""``secagg_round_keys = "auto"`` deals round keys from this many silos on: there a silo's
+pair-seed dealing (O(n²·t), about 0.7 s at 200 silos on the benchmark machine) costs about
+as much as the extra round trip round keys take (docs/secure-aggregation.md, *Round keys*)."""
+
+
+def use_round_keys(setting: str, num_silos: int) -> bool:
+    """Whether a secure run with ``num_silos`` silos deals round keys: ``"on"``, ``"off"``,
+    or ``"auto"`` (from :data:`ROUND_KEYS_FROM` silos)."""
+    return setting == "on" or (setting == "auto" and num_silos >= ROUND_KEYS_FROM)
 
 
 def default_threshold(num_silos: int, min_silos: int) -> int:
@@ -159,26 +177,29 @@ class SecureAggregation:
         self.privacy = privacy
         ddg = (privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length)
                if privacy is not None and privacy.dp.mechanism == "distributed" else None)
+        round_keys = use_round_keys(config.secagg_round_keys, n)
         if ddg is not None:  # silos mask their own KLS encodings (noise included), mod 2^b
             self.config = make_encoded_config(
                 run_id=run_id, roster=list(range(n)), threshold=threshold,
                 length=ddg.calibrate().padded_dim, modulus_bits=ddg.modulus_bits,
-                aux_length=AUX_LENGTH)
+                aux_length=AUX_LENGTH, round_keys=round_keys)
         else:
             self.config = make_config(
                 run_id=run_id, roster=list(range(n)), threshold=threshold, length=length,
                 clip=config.secagg_clip, bits=config.secagg_bits,
-                max_weight=config.secagg_max_weight, aux_length=AUX_LENGTH)
+                max_weight=config.secagg_max_weight, aux_length=AUX_LENGTH,
+                round_keys=round_keys)
             if privacy is not None:  # central: silos clip before masking
                 privacy.bind_secure(num_silos=n, threshold=threshold, dimension=length,
                                     quant_step=self.config.quant.step)
         self.state: CoordinatorState | None = None
-        self.share_bytes_held = share_bytes(n)[1]
+        self.share_bytes_held = share_bytes(n, round_keys=round_keys)[1]
         if self.share_bytes_held > SHARE_WARNING_BYTES:
             log.warning(
                 "secure aggregation with %d silos: the coordinator will hold about %.1f GB of "
                 "share bundles each round, and each silo deal %d² shares (the cost grows as "
-                "n³; docs/secure-aggregation.md, 'How far it scales')", n,
+                "n³; docs/secure-aggregation.md, 'How far it scales'); secagg_round_keys = "
+                "\"on\" (or \"auto\") deals two secrets per silo instead", n,
                 self.share_bytes_held / 1e9, n)
         # Joined silos without keys (missed the setup, restarted): node → the first round
         # to re-key it in, and how many attempts in a row failed (for the back-off).
@@ -196,6 +217,7 @@ class SecureAggregation:
                      if advert.certificate)
         out: dict[str, Any] = {
             "threshold": self.threshold, "silos": len(self.nodes), "signed_adverts": signed,
+            "round_keys": self.config.round_keys,
             "share_bytes_held_per_round": self.share_bytes_held,
             "length": self.config.length, "clip": q.clip, "bits": q.bits,
             "max_weight": q.max_weight, "modulus_bits": q.modulus_bits, "step": q.step}
@@ -314,6 +336,14 @@ class SecureAggregation:
             out.report = self._round_report(out, None)
             return out
         node_of = {i: node for node, i in self.index.items()}
+        if state.stage is CoordinatorStage.DEALING:  # round keys: round trip 0
+            try:
+                state, requests = self._deal(state, server_round, requests, out, node_of)
+            except ProtocolError as exc:  # too few dealt: the round fails, the model stays
+                self.state = abort_round(state)
+                out.trained, out.failure = False, str(exc)
+                out.report = self._round_report(out, None)
+                return out
         arrived: list[int] = []  # silos whose masked input was accepted, in arrival order
 
         def fold(node: int, reply: Reply) -> Reply:
@@ -363,6 +393,39 @@ class SecureAggregation:
         out.contributors = [node_of[i] for i in result.contributors]
         out.report = self._round_report(out, result)
         return out
+
+    def _deal(self, state: CoordinatorState, server_round: int,
+              requests: Mapping[int, DealRequest], out: SecureRound,
+              node_of: Mapping[int, int]) -> tuple[CoordinatorState, dict[int, Any]]:
+        """Round-keys mode, round trip 0: every active silo deals its round key and self-mask
+        seed; the MaskRequests go to those whose dealing arrived."""
+        started = time.monotonic()
+
+        def take(node: int, reply: Reply) -> Reply:
+            nonlocal state
+            try:
+                if reply.error is not None:
+                    self._note_error(node, reply, server_round)
+                    raise ProtocolError(str(reply.error))
+                state = receive_dealt(state, self._from_node(node, reply, Dealt))
+            except ProtocolError as exc:
+                out.problems[node] = f"dealing: {_reason(reply, exc)}"
+            reply.secagg = None
+            return reply
+
+        patience = Patience(lambda _: len(state.dealt) >= self.threshold, self.run_config.grace)
+        replies = self.transport.exchange(
+            SECAGG_SETUP, {node_of[i]: Payload(KeySetupTerms(silo=i, server_round=server_round),
+                                               secagg=req.to_record())
+                           for i, req in requests.items()},
+            timeout=self.run_config.round_timeout, group=f"{server_round}-deal", on_reply=take,
+            patience=patience)
+        for i in requests:
+            if node_of[i] not in replies:
+                out.problems[node_of[i]] = "dealing: " + patience.missing_reason(
+                    what="dealing", timeout=self.run_config.round_timeout)
+        out.seconds["dealing"] = round(time.monotonic() - started, 3)
+        return begin_masking(state)  # SecureAggregationError: too few dealt
 
     def _unmask(self, state: CoordinatorState, server_round: int, out: SecureRound,
                 node_of: Mapping[int, int], arrived: Sequence[int]) -> CoordinatorState:

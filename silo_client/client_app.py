@@ -259,19 +259,28 @@ class _Handlers:
 
     def secagg_setup(self, msg: Message, context: Context) -> Message:
         """Secure-aggregation key setup (once per run, again after a restart): fresh keys,
-        public halves to the coordinator."""
+        public halves to the coordinator. In a round-keys run the same message type carries
+        each round's dealing: a fresh round key and sealed shares."""
         terms = KeySetupTerms.from_config(_config(msg))
         silo = self.silo(context)
-        state, reply = secure.setup(_stored(context, silo), _secagg_record(msg),
-                                    silo_index=terms.silo, limits=silo.policy.secagg_limits(),
-                                    identity=site_identity(silo.config, silo.policy))
+        request = _secagg_record(msg)
+        extra: dict[str, Any] = {}
+        if secure.is_deal(request):
+            state, reply = secure.deal(_stored(context, silo), request,
+                                       limits=silo.policy.secagg_limits(),
+                                       identity=site_identity(silo.config, silo.policy))
+            extra["dealt_to"] = len(reply["recipients"])
+        else:
+            state, reply = secure.setup(_stored(context, silo), request, silo_index=terms.silo,
+                                        limits=silo.policy.secagg_limits(),
+                                        identity=site_identity(silo.config, silo.policy))
         _seal(context, silo, _SECAGG_STATE, state)
         if _opened(context, silo, _RUN_STATE) is None:  # re-keyed after a restart: the
             # join terms were lost with the state, and a key request comes only in a secure run
             _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: True})
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,  # 0: setup
                            message_type=msg.metadata.message_type, arrays={}, metrics={},
-                           extra={"secagg": reply["kind"],
+                           extra={"secagg": reply["kind"], **extra,
                                   "record_sha256": secure.record_digest(reply)})
         return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
 
@@ -286,6 +295,7 @@ class _Handlers:
                            message_type=msg.metadata.message_type, arrays={}, metrics={},
                            extra={"secagg": reply["kind"], "self_shares": len(reply["self_shares"]),
                                   "pair_shares": len(reply["pair_shares"]),
+                                  "key_shares": len(reply["key_shares"]),
                                   "record_sha256": secure.record_digest(reply)})
         return Message(RecordDict(_secagg_content(reply)), reply_to=msg)
 

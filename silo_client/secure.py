@@ -5,6 +5,8 @@ around :func:`strategies.secagg.silo_step`; ``silo_client.client_app`` keeps the
 Flower's ``context.state`` and moves the records in and out of ``RecordDict``s:
 
 * :func:`setup` — ``train.secagg_setup``: KeyRequest → KeyAdvert (fresh X25519 keys);
+* :func:`deal` — ``train.secagg_setup`` in a round-keys run: DealRequest → Dealt (a fresh
+  round key; sealed shares of it and of the round's self-mask seed);
 * :func:`mask` — inside ``train``: the local update (``delta``, flattened in the global
   model's tensor order, see :func:`xsilo.protocol.flatten_update`) is clipped, quantized,
   weighted and masked → MaskedInput; the plain update never leaves this function;
@@ -29,6 +31,7 @@ import numpy as np
 from strategies.secagg import (
     KeyRequest, MaskRequest, Message, SiloIdentity, SiloLimits, UnmaskRequest,
     message_from_record, new_silo, silo_state_from_record, silo_state_to_record, silo_step)
+from strategies.secagg.messages import DealRequest
 from strategies.secagg.quantize import count_clipped
 from silo_client.ledger import raw_bytes
 from silo_client.privacy import parse_dp, secure_update
@@ -36,8 +39,8 @@ from xsilo.errors import KeysMissing, ProtocolError
 from xsilo.protocol import flatten_update
 from xsilo.terms import SiloMetrics, TrainTerms
 
-__all__ = ["MaskOutcome", "mask", "mask_evaluation", "record_digest", "setup", "unmask",
-           "weight_for"]
+__all__ = ["MaskOutcome", "deal", "is_deal", "mask", "mask_evaluation", "record_digest",
+           "setup", "unmask", "weight_for"]
 
 
 def _expect(record: Mapping[str, Any] | None, expected: type[Message], step: str) -> Message:
@@ -77,6 +80,22 @@ def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *
         raise ProtocolError(f"key setup names this silo {silo_index}, but its keys are for "
                             f"silo {state.silo} of the run")
     state, reply = silo_step(state, message, limits=limits, identity=identity)
+    return silo_state_to_record(state), reply.to_record()
+
+
+def is_deal(request: Mapping[str, Any] | None) -> bool:
+    """Whether a ``train.secagg_setup`` record is a round's dealing (not a key request)."""
+    return isinstance(request, Mapping) and request.get("kind") == DealRequest.KIND
+
+
+def deal(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
+         limits: SiloLimits = SiloLimits(),
+         identity: SiloIdentity | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DealRequest → (state, Dealt record): the round's fresh key and self-mask seed,
+    Shamir-shared among the round's silos (each checked first, as for masking)."""
+    message = _expect(request, DealRequest, "dealing")
+    state, reply = silo_step(_state(stored, "dealing"), message, limits=limits,
+                             identity=identity)
     return silo_state_to_record(state), reply.to_record()
 
 

@@ -32,6 +32,10 @@ class SecAggConfig:
     quant: QuantParams
     encoded: bool = False  # pre-encoded mode (strategies.secagg.encoded): mask given integers
     aux_length: int = 0  # statistics summed beside the update (strategies.secagg.aux)
+    # Round keys (docs/secure-aggregation.md, *Round keys*): each round starts with a
+    # dealing round trip in which every silo shares a fresh masking key and its self-mask
+    # seed; its dealing is O(n·t) instead of O(n²·t), for one more round trip.
+    round_keys: bool = False
 
     def x_of(self, silo: int) -> int:
         return self.roster.index(silo) + 1
@@ -39,7 +43,8 @@ class SecAggConfig:
 
 def make_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int, length: int,
                 clip: float, bits: int, max_weight: int,
-                modulus_bits: int | None = None, aux_length: int = 0) -> SecAggConfig:
+                modulus_bits: int | None = None, aux_length: int = 0,
+                round_keys: bool = False) -> SecAggConfig:
     """Validate and build a :class:`SecAggConfig` (ConfigError names the bad value and the fix)."""
     ids = sorted(roster)
     if len(set(ids)) != len(ids) or any(not isinstance(s, int) or not 0 <= s <= _MAX_ID for s in ids):
@@ -61,11 +66,12 @@ def make_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: 
     quant = make_quant_params(num_silos=len(ids), clip=clip, bits=bits, max_weight=max_weight,
                               modulus_bits=modulus_bits)
     return SecAggConfig(run_id=run_id, roster=tuple(ids), threshold=threshold, length=length,
-                        quant=quant, aux_length=aux_length)
+                        quant=quant, aux_length=aux_length, round_keys=bool(round_keys))
 
 
 def make_encoded_config(*, run_id: str, roster: list[int] | tuple[int, ...], threshold: int,
-                        length: int, modulus_bits: int, aux_length: int = 0) -> SecAggConfig:
+                        length: int, modulus_bits: int, aux_length: int = 0,
+                        round_keys: bool = False) -> SecAggConfig:
     """A run that masks pre-encoded ``length``-word vectors modulo ``2^modulus_bits``.
 
     Raises
@@ -81,7 +87,8 @@ def make_encoded_config(*, run_id: str, roster: list[int] | tuple[int, ...], thr
                           "modulus (e.g. dp.modulus_bits)")
     # Roster, threshold and length are validated exactly as on the float path.
     base = make_config(run_id=run_id, roster=roster, threshold=threshold, length=length,
-                       clip=1.0, bits=1, max_weight=1, aux_length=aux_length)
+                       clip=1.0, bits=1, max_weight=1, aux_length=aux_length,
+                       round_keys=round_keys)
     n = len(base.roster)
     if n >= 1 << modulus_bits:
         raise ConfigError(f"modulus 2^{modulus_bits} cannot count {n} silos in the weight word; "

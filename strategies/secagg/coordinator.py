@@ -20,6 +20,12 @@ MASKING/UNMASK.  abort_round            give the round up (the model is not upda
 IDLE             request_rekey          forget silos' keys; KeyRequest with epoch+1 IDLE
 ===============  =====================  ==========================================  ==========
 
+In round-keys mode (``config.round_keys``) :func:`begin_round` sends DealRequests instead
+(stage DEALING); :func:`receive_dealt` stores each silo's round key and sealed shares, and
+:func:`begin_masking` sends the MaskRequests to the silos whose dealing arrived (stage
+MASKING). A dropped silo ``j`` is then unmasked with its reconstructed round key:
+``s_kj,r = HKDF(X25519(rk_j,r, rpk_k,r))`` for each survivor ``k``.
+
 Unmasking (over ``M = 2^k``): ``Σ_{i∈S} x̂_i = Σ_{i∈S} y_i − Σ_{k∈S} PRG(b_k,r)
 − Σ_{k∈S, j∈D} sign(k, j) · PRG(s_kj,r)``; pair masks between two survivors cancel, and
 pair masks of a dropped silo ``j`` are removed with the seeds its survivor peers dealt.
@@ -40,14 +46,14 @@ import numpy as np
 
 from strategies.secagg import shamir
 from strategies.secagg.aux import PAIR_AUX_LABEL, SELF_AUX_LABEL, decode_aux
-from strategies.secagg.crypto import check_public_key
+from strategies.secagg.crypto import check_public_key, round_key_seed
 from strategies.secagg.encoded import encoded_sum
 from strategies.secagg.masking import (
     PAIR_LABEL, SELF_LABEL, committed, pair_sign, peers_of, share_commitment)
 from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
-    KeyAdvert, KeyRequest, MaskedInput, MaskRequest, UnmaskRequest, UnmaskResponse,
-    check_protocol)
+    DealRequest, Dealt, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, UnmaskRequest,
+    UnmaskResponse, check_protocol)
 from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import ErrorReport, decode_sum, error_report
 from xsilo.errors import ProtocolError, SecureAggregationError
@@ -57,9 +63,11 @@ __all__ = [
     "CoordinatorState",
     "RoundResult",
     "abort_round",
+    "begin_masking",
     "begin_round",
     "finish_round",
     "receive_advert",
+    "receive_dealt",
     "receive_masked",
     "receive_unmask",
     "request_more_unmask",
@@ -74,6 +82,7 @@ _EMPTY: Mapping = MappingProxyType({})
 class CoordinatorStage(str, enum.Enum):
     KEYS = "keys"
     IDLE = "idle"
+    DEALING = "dealing"
     MASKING = "masking"
     UNMASKING = "unmasking"
 
@@ -96,6 +105,9 @@ class CoordinatorState:
     dropped: tuple[int, ...] = ()
     asked: tuple[int, ...] = ()
     responses: Mapping[int, UnmaskResponse] = field(default_factory=lambda: _EMPTY)
+    # Round-keys mode: the set dealt to, and each dealer's Dealt (round key, bundles).
+    dealt_active: tuple[int, ...] = ()
+    dealt: Mapping[int, Dealt] = field(default_factory=lambda: _EMPTY)
 
     def __repr__(self) -> str:
         return (f"CoordinatorState(stage={self.stage.value}, round={self.round}, "
@@ -167,18 +179,66 @@ def begin_round(state: CoordinatorState, *, round_: int, available: Iterable[int
         raise SecureAggregationError(
             f"round {round_}: only {len(active)} silos have keys and are available "
             f"({list(active)}); at least threshold={state.config.threshold} are needed")
+    if state.config.round_keys:  # round trip 0: every active silo deals its round key
+        request = DealRequest(**_directory(state, round_, active))
+        new = replace(state, stage=CoordinatorStage.DEALING, round=round_, active=active,
+                      dealt_active=active, dealt=_EMPTY, acc=None, aux_acc=None,
+                      bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)
+        return new, {s: request for s in active}
+    request = MaskRequest(**_directory(state, round_, active))
+    return _masking(state, round_, active), {s: request for s in active}
+
+
+def _directory(state: CoordinatorState, round_: int, active: tuple[int, ...]) -> dict:
     d = state.directory
-    request = MaskRequest(run_id=state.config.run_id, round=round_, active=active,
-                          dir_silos=active, dir_epochs=tuple(d[s].epoch for s in active),
-                          dir_enc_pks=tuple(d[s].enc_pk for s in active),
-                          dir_mask_pks=tuple(d[s].mask_pk for s in active),
-                          dir_certificates=tuple(d[s].certificate for s in active),
-                          dir_signatures=tuple(d[s].signature for s in active))
-    new = replace(state, stage=CoordinatorStage.MASKING, round=round_, active=active,
-                  acc=np.zeros(state.config.length + 1, dtype=state.config.quant.dtype),
-                  aux_acc=np.zeros(state.config.aux_length, dtype=np.uint64),
-                  bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)
-    return new, {s: request for s in active}
+    return dict(run_id=state.config.run_id, round=round_, active=active,
+                dir_silos=active, dir_epochs=tuple(d[s].epoch for s in active),
+                dir_enc_pks=tuple(d[s].enc_pk for s in active),
+                dir_mask_pks=tuple(d[s].mask_pk for s in active),
+                dir_certificates=tuple(d[s].certificate for s in active),
+                dir_signatures=tuple(d[s].signature for s in active))
+
+
+def _masking(state: CoordinatorState, round_: int, active: tuple[int, ...]) -> CoordinatorState:
+    return replace(state, stage=CoordinatorStage.MASKING, round=round_, active=active,
+                   acc=np.zeros(state.config.length + 1, dtype=state.config.quant.dtype),
+                   aux_acc=np.zeros(state.config.aux_length, dtype=np.uint64),
+                   bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)
+
+
+def receive_dealt(state: CoordinatorState, msg: Dealt) -> CoordinatorState:
+    """Round-keys mode: store one silo's round key and its sealed shares for the round."""
+    _expect(state, CoordinatorStage.DEALING, action="accept a dealing")
+    who = f"dealing from silo {msg.silo} for round {msg.round}"
+    if msg.run_id != state.config.run_id or msg.round != state.round:
+        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
+    if msg.silo not in state.dealt_active or msg.silo in state.dealt:
+        raise ProtocolError(f"{who}: silo is not active this round or already dealt")
+    if msg.recipients != state.dealt_active:
+        raise ProtocolError(f"{who}: share bundles must address exactly "
+                            f"{list(state.dealt_active)}")
+    msg.check()
+    if bool(msg.signature) != bool(state.directory[msg.silo].certificate):
+        raise ProtocolError(f"{who}: its round key must be signed exactly when its key advert "
+                            "was (with the same enrollment certificate)")
+    check_public_key(msg.round_pk, owner=f"silo {msg.silo} (round key)")
+    return replace(state, dealt=_frozen({**state.dealt, msg.silo: msg}))
+
+
+def begin_masking(state: CoordinatorState) -> tuple[CoordinatorState, dict[int, MaskRequest]]:
+    """Round-keys mode, round trip 1: MaskRequests to the silos whose dealing arrived, with
+    their round keys (the others are not in the round)."""
+    _expect(state, CoordinatorStage.DEALING, action="begin masking")
+    active = tuple(sorted(state.dealt))
+    if len(active) < state.config.threshold:
+        raise SecureAggregationError(
+            f"round {state.round}: {len(active)} silos dealt their round keys "
+            f"({list(active)}), fewer than threshold={state.config.threshold}; the round "
+            "fails and the model is not updated")
+    request = MaskRequest(**_directory(state, state.round, active),
+                          round_pks=tuple(state.dealt[s].round_pk for s in active),
+                          round_signatures=tuple(state.dealt[s].signature for s in active))
+    return _masking(state, state.round, active), {s: request for s in active}
 
 
 def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorState:
@@ -189,7 +249,11 @@ def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorStat
         raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
     if msg.silo not in state.active or msg.silo in state.bundles:
         raise ProtocolError(f"{who}: silo is not active this round or already sent its input")
-    if (msg.recipients != state.active or len(msg.bundles) != len(state.active)
+    if state.config.round_keys:
+        if msg.recipients or msg.bundles or msg.commitments:
+            raise ProtocolError(f"{who}: carries share bundles, but this run's shares were "
+                                "dealt in the round's dealing")
+    elif (msg.recipients != state.active or len(msg.bundles) != len(state.active)
             or len(msg.commitments) != len(state.active)):
         raise ProtocolError(f"{who}: share bundles and their commitments must address exactly "
                             f"{list(state.active)}")
@@ -247,6 +311,12 @@ def request_more_unmask(state: CoordinatorState
 
 
 def _unmask_request(state: CoordinatorState, i: int) -> UnmaskRequest:
+    if state.config.round_keys:  # every active silo's bundle: a dropped one's round key too
+        pos = state.dealt_active.index(i)
+        return UnmaskRequest(
+            run_id=state.config.run_id, round=state.round, survivors=state.survivors,
+            dropped=state.dropped, senders=state.active,
+            bundles=tuple(state.dealt[k].bundles[pos] for k in state.active))
     pos = state.active.index(i)
     return UnmaskRequest(
         run_id=state.config.run_id, round=state.round, survivors=state.survivors,
@@ -263,11 +333,14 @@ def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorS
     if msg.silo not in state.asked or msg.silo in state.responses:
         raise ProtocolError(f"{who}: not a survivor asked to unmask this round, or a "
                             "duplicate response")
-    pairs = [(k, j) for k in state.survivors for j in state.dropped]
+    pairs = [] if state.config.round_keys else [
+        (k, j) for k in state.survivors for j in state.dropped]
+    keys = state.dropped if state.config.round_keys else ()
     msg.check()  # parallel lists of one length: zip below truncates nothing
     if (msg.self_owners != state.survivors or len(msg.self_shares) != len(state.survivors)
             or list(zip(msg.pair_owners, msg.pair_peers)) != pairs
-            or len(msg.pair_shares) != len(pairs)):
+            or len(msg.pair_shares) != len(pairs)
+            or msg.key_owners != keys or len(msg.key_shares) != len(keys)):
         raise ProtocolError(f"{who}: shares do not match the survivors {list(state.survivors)} "
                             f"and dropped silos {list(state.dropped)} of this round")
     _check_commitments(state, msg, who)
@@ -276,16 +349,24 @@ def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorS
 
 def _check_commitments(state: CoordinatorState, msg: UnmaskResponse, who: str) -> None:
     """Every revealed share must be the one its dealer committed to for this holder."""
-    holder = state.active.index(msg.silo)
-    revealed = [(k, 0, share) for k, share in zip(msg.self_owners, msg.self_shares)]
-    revealed += [(k, 1 + peers_of(k, state.active).index(j), share)
-                 for k, j, share in zip(msg.pair_owners, msg.pair_peers, msg.pair_shares)]
+    if state.config.round_keys:
+        holder = state.dealt_active.index(msg.silo)
+        revealed = [(k, 0, share) for k, share in zip(msg.self_owners, msg.self_shares)]
+        revealed += [(j, 1, share) for j, share in zip(msg.key_owners, msg.key_shares)]
+        commitments = {k: m.commitments for k, m in state.dealt.items()}
+    else:
+        holder = state.active.index(msg.silo)
+        revealed = [(k, 0, share) for k, share in zip(msg.self_owners, msg.self_shares)]
+        revealed += [(k, 1 + peers_of(k, state.active).index(j), share)
+                     for k, j, share in zip(msg.pair_owners, msg.pair_peers, msg.pair_shares)]
+        commitments = {k: m.commitments for k, m in state.bundles.items()}
     for dealer, position, share in revealed:
-        expected = committed(state.bundles[dealer].commitments[holder], position)
+        expected = committed(commitments[dealer][holder], position)
         got = share_commitment(share, run_id=state.config.run_id, round_=state.round,
                                dealer=dealer, holder=msg.silo, position=position)
         if got != expected:
-            what = "self-mask seed" if position == 0 else "pair seed"
+            what = ("self-mask seed" if position == 0 else "round key"
+                    if state.config.round_keys else "pair seed")
             raise ProtocolError(
                 f"{who}: the share of silo {dealer}'s {what} it revealed does not match the "
                 f"commitment silo {dealer} sent with its masked input; the response is "
@@ -317,11 +398,20 @@ def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult
                             f"silo {k}'s self-mask seed")
         add_mask(total, seed, label=SELF_LABEL, sign=-1)
         add_mask(aux, seed, label=SELF_AUX_LABEL, sign=-1)
-    for n, (k, j) in enumerate((k, j) for k in state.survivors for j in state.dropped):
+    for n, (k, j) in enumerate((k, j) for k in state.survivors for j in state.dropped
+                               if not cfg.round_keys):
         seed = _reconstruct(state, [(i, state.responses[i].pair_shares[n]) for i in responders],
                             f"the seed silo {k} shares with dropped silo {j}")
         add_mask(total, seed, label=PAIR_LABEL, sign=-pair_sign(k, j))
         add_mask(aux, seed, label=PAIR_AUX_LABEL, sign=-pair_sign(k, j))
+    for n, j in enumerate(state.dropped if cfg.round_keys else ()):
+        round_sk = _reconstruct(state, [(i, state.responses[i].key_shares[n])
+                                        for i in responders], f"dropped silo {j}'s round key")
+        for k in state.survivors:  # the masks survivor k added for j
+            seed = round_key_seed(private=round_sk, peer_public=state.dealt[k].round_pk,
+                                  run_id=cfg.run_id, round_=state.round, me=j, peer=k)
+            add_mask(total, seed, label=PAIR_LABEL, sign=-pair_sign(k, j))
+            add_mask(aux, seed, label=PAIR_AUX_LABEL, sign=-pair_sign(k, j))
     if cfg.encoded:  # pre-encoded: the modular sum as uint64 and the count of inputs
         weighted_sum, total_weight = encoded_sum(total, config=cfg,
                                                  expected_count=len(state.survivors))
@@ -337,12 +427,13 @@ def finish_round(state: CoordinatorState) -> tuple[CoordinatorState, RoundResult
 def _closed(state: CoordinatorState) -> CoordinatorState:
     return replace(state, stage=CoordinatorStage.IDLE, last_round=state.round, active=(),
                    acc=None, aux_acc=None, bundles=_EMPTY, survivors=(), dropped=(), asked=(),
-                   responses=_EMPTY)
+                   responses=_EMPTY, dealt_active=(), dealt=_EMPTY)
 
 
 def abort_round(state: CoordinatorState) -> CoordinatorState:
     """Give up the open round after a SecureAggregationError; its number is never reused."""
-    _expect(state, CoordinatorStage.MASKING, CoordinatorStage.UNMASKING, action="abort a round")
+    _expect(state, CoordinatorStage.DEALING, CoordinatorStage.MASKING,
+            CoordinatorStage.UNMASKING, action="abort a round")
     return _closed(state)
 
 

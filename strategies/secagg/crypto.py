@@ -35,6 +35,7 @@ __all__ = [
     "check_public_key",
     "derive_pair_key",
     "derive_round_seed",
+    "round_key_seed",
     "generate_keypair",
     "open_sealed",
     "seal",
@@ -117,6 +118,21 @@ def derive_round_seed(pair_key: bytes, *, run_id: str, round_: int, a: int, b: i
     One-way: revealing ``s_ab,r`` discloses neither ``K_ab`` nor any other round's seed.
     """
     return _hkdf(pair_key, _info("round-seed", run_id, round_, min(a, b), max(a, b)))
+
+
+def round_key_seed(*, private: bytes, peer_public: bytes, run_id: str, round_: int, me: int,
+                   peer: int) -> bytes:
+    """Round-keys mode: the pair seed ``s_ij,r = HKDF(X25519(rk_i,r, rpk_j,r), info =
+    "round-key-seed" ‖ run ‖ r ‖ min ‖ max)`` from this round's fresh key pairs. Either end's
+    private round key gives it: the silos compute it with their own, the coordinator with a
+    dropped silo's reconstructed one (that key was used for this round only)."""
+    try:
+        shared = X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:  # wrong length or a low-order point (all-zero shared secret)
+        raise ProtocolError(f"silo {peer}'s round key is invalid ({exc}); it must deal again "
+                            "with a fresh X25519 key") from exc
+    return _hkdf(shared, _info("round-key-seed", run_id, round_, min(me, peer), max(me, peer)))
 
 
 def set_digest(silos: Sequence[int]) -> bytes:

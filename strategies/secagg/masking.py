@@ -64,13 +64,15 @@ def unpack_bundle(data: bytes, *, num_peers: int, sender: int) -> tuple[int, lis
     return values[0], values[1:]
 
 
-def share_bytes(active: int) -> tuple[int, int]:
-    """``(bytes of one masked input's bundles and commitments, bytes the coordinator holds
-    for a round)`` with ``active`` silos: ``active`` bundles of ``active`` shares, each
-    sealed (nonce and tag), and a commitment per share; the coordinator keeps every
-    survivor's until unmasking. It grows as ``active²`` and ``active³``
-    (docs/secure-aggregation.md, *How far it scales*)."""
-    per_input = active * (SHARE_BYTES * active + SEAL_OVERHEAD) + COMMITMENT_BYTES * active ** 2
+def share_bytes(active: int, *, round_keys: bool = False) -> tuple[int, int]:
+    """``(bytes of one silo's sealed bundles and commitments a round, bytes the coordinator
+    holds for a round)`` with ``active`` silos: ``active`` bundles, each sealed (nonce and
+    tag) and with a commitment per share, of ``active`` shares (pair seeds, in its masked
+    input) or of 2 (round keys, in its dealing); the coordinator keeps every silo's until
+    unmasking. It grows as ``active²`` and ``active³``, or as ``active`` and ``active²``
+    with round keys (docs/secure-aggregation.md, *How far it scales*)."""
+    shares = 2 if round_keys else active
+    per_input = active * (shares * (SHARE_BYTES + COMMITMENT_BYTES) + SEAL_OVERHEAD)
     return per_input, active * per_input
 
 

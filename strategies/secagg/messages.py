@@ -15,6 +15,9 @@ message            direction              when
 =================  =====================  =======================================
 KeyRequest         coordinator → silo     setup (once per run), re-key
 KeyAdvert          silo → coordinator     reply to KeyRequest
+DealRequest        coordinator → silo     round-keys mode: round trip 0 of a round
+Dealt              silo → coordinator     reply: a fresh round key, sealed shares of it
+                                          and of the self-mask seed, commitments
 MaskRequest        coordinator → silo     round trip 1 of every round
 MaskedInput        silo → coordinator     reply: masked vector + encrypted shares
                                           + commitments to the shares
@@ -38,6 +41,8 @@ from strategies.secagg.shamir import SHARE_BYTES
 from xsilo.errors import ConfigError, ProtocolError
 
 __all__ = [
+    "DealRequest",
+    "Dealt",
     "KeyAdvert",
     "KeyRequest",
     "MaskRequest",
@@ -49,11 +54,13 @@ __all__ = [
     "advert_payload",
     "check_protocol",
     "message_from_record",
+    "round_key_payload",
 ]
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The protocol revision, in every KeyRequest and KeyAdvert: peers that differ would compute
-different masks or messages (4: the auxiliary sum and signed adverts; 3: share commitments in every masked input; 2: the GCTR mask
+different masks or messages (5: the round-keys mode and its dealing round trip; 4: the
+auxiliary sum and signed adverts; 3: share commitments in every masked input; 2: the GCTR mask
 keystream; 1: releases before it, which sent no version), so the key setup refuses a
 mismatch. Bump it with any change to what either side computes or sends."""
 
@@ -75,7 +82,8 @@ _MAX_TEXT = 256
 _MAX_BLOB = 1 << 26  # one bundle or commitment list (64 MiB: far above any real one)
 _MAX_IDENTITY = 1 << 14  # a certificate or a signature (16 KiB)
 _MAX_WORDS = 1 << 34  # words in one masked vector (a 64 GiB keystream is the PRG's limit)
-_IDENTITY_FIELDS = frozenset({"certificate", "signature", "dir_certificates", "dir_signatures"})
+_IDENTITY_FIELDS = frozenset({"certificate", "signature", "dir_certificates", "dir_signatures",
+                              "round_signatures"})
 
 
 class Message:
@@ -191,6 +199,7 @@ class KeyRequest(Message):
     encoded: int = 0  # 1: the run masks pre-encoded vectors (clip, bits, max_weight unused)
     protocol: int = 1  # PROTOCOL_VERSION of the sender; absent (1) from older releases
     aux_length: int = 0  # statistics summed beside the update (strategies.secagg.aux)
+    round_keys: int = 0  # 1: every round deals fresh round keys first (SecAggConfig)
 
     @classmethod
     def for_config(cls, config: SecAggConfig, *, epoch: int) -> KeyRequest:
@@ -199,7 +208,7 @@ class KeyRequest(Message):
                    threshold=config.threshold, length=config.length, clip=q.clip, bits=q.bits,
                    max_weight=q.max_weight, modulus_bits=q.modulus_bits,
                    encoded=int(config.encoded), protocol=PROTOCOL_VERSION,
-                   aux_length=config.aux_length)
+                   aux_length=config.aux_length, round_keys=int(config.round_keys))
 
     def config(self) -> SecAggConfig:
         try:
@@ -207,11 +216,12 @@ class KeyRequest(Message):
                 return make_encoded_config(run_id=self.run_id, roster=self.roster,
                                            threshold=self.threshold, length=self.length,
                                            modulus_bits=self.modulus_bits,
-                                           aux_length=self.aux_length)
+                                           aux_length=self.aux_length,
+                                           round_keys=bool(self.round_keys))
             return make_config(run_id=self.run_id, roster=self.roster, threshold=self.threshold,
                                length=self.length, clip=self.clip, bits=self.bits,
                                max_weight=self.max_weight, modulus_bits=self.modulus_bits,
-                               aux_length=self.aux_length)
+                               aux_length=self.aux_length, round_keys=bool(self.round_keys))
         except ConfigError as exc:
             raise ProtocolError(f"key request carries an invalid configuration: {exc}") from exc
 
@@ -248,13 +258,24 @@ def advert_payload(advert: KeyAdvert) -> bytes:
             + advert.enc_pk + advert.mask_pk)
 
 
-@dataclass(frozen=True)
-class MaskRequest(Message):
-    """Round trip 1: mask your update for ``round`` among ``active``; ``dir_*`` is the key directory."""
+def round_key_payload(*, run_id: str, silo: int, epoch: int, round_: int,
+                      round_pk: bytes) -> bytes:
+    """What a silo signs for a round key (round-keys mode): run, roster index, key epoch,
+    round and the key. Binding the round means a round key the coordinator learned (a
+    dropped silo's, at unmasking) cannot be shown to peers in another round."""
+    run = run_id.encode()
+    return (b"xsilo-secagg/round-key/v1" + len(run).to_bytes(4, "big") + run
+            + silo.to_bytes(8, "big") + epoch.to_bytes(8, "big") + round_.to_bytes(8, "big")
+            + round_pk)
 
-    KIND: ClassVar[str] = "secagg/mask_request"
+
+@dataclass(frozen=True)
+class _DirectoryRequest(Message):
+    """A request for ``round`` among ``active`` with the key directory ``dir_*``."""
+
     SIZES: ClassVar[dict[str, int]] = {"dir_enc_pks": PUBLIC_KEY_BYTES,
-                                       "dir_mask_pks": PUBLIC_KEY_BYTES}
+                                       "dir_mask_pks": PUBLIC_KEY_BYTES,
+                                       "round_pks": PUBLIC_KEY_BYTES}
     run_id: str
     round: int
     active: tuple[int, ...]
@@ -264,10 +285,18 @@ class MaskRequest(Message):
     dir_mask_pks: tuple[bytes, ...]
     dir_certificates: tuple[bytes, ...] = ()  # each silo's advert certificate and signature
     dir_signatures: tuple[bytes, ...] = ()  # (empty items: unsigned adverts)
+    round_pks: tuple[bytes, ...] = ()  # round-keys mode only
+    round_signatures: tuple[bytes, ...] = ()
 
     def check(self) -> None:
         self._same_length("dir_silos", "dir_epochs", "dir_enc_pks", "dir_mask_pks",
                           "dir_certificates", "dir_signatures")
+        if self.round_pks or self.round_signatures:
+            self._same_length("dir_silos", "round_pks", "round_signatures")
+
+    def round_keys(self) -> dict[int, tuple[bytes, bytes]]:
+        """``{silo: (round key, its signature)}`` (round-keys mode)."""
+        return dict(zip(self.dir_silos, zip(self.round_pks, self.round_signatures)))
 
     def directory(self) -> dict[int, KeyAdvert]:
         self.check()
@@ -277,6 +306,53 @@ class MaskRequest(Message):
                 for s, e, c, m, cert, sig in zip(
                     self.dir_silos, self.dir_epochs, self.dir_enc_pks, self.dir_mask_pks,
                     self.dir_certificates, self.dir_signatures)}
+
+
+@dataclass(frozen=True)
+class MaskRequest(_DirectoryRequest):
+    """Round trip 1: mask your update for ``round`` among ``active``; ``dir_*`` is the key
+    directory. In round-keys mode ``active`` is the silos whose dealing arrived, and
+    ``round_pks``/``round_signatures`` their round keys (same order as ``dir_silos``)."""
+
+    KIND: ClassVar[str] = "secagg/mask_request"
+
+
+@dataclass(frozen=True)
+class DealRequest(_DirectoryRequest):
+    """Round-keys mode, round trip 0: deal this round's key and self-mask seed among
+    ``active`` (the same fields as a MaskRequest, without round keys)."""
+
+    KIND: ClassVar[str] = "secagg/deal_request"
+
+    def check(self) -> None:
+        super().check()
+        if self.round_pks or self.round_signatures:
+            raise ProtocolError(f"{self.KIND} message: carries round keys before any were dealt")
+
+
+@dataclass(frozen=True)
+class Dealt(Message):
+    """Reply to round trip 0 (round-keys mode): the silo's fresh X25519 round key
+    ``round_pk`` (with its signature over :func:`round_key_payload` when it has an
+    identity), and one sealed bundle per silo of ``recipients`` holding that silo's shares
+    of the self-mask seed and the private round key, with the commitments to both."""
+
+    KIND: ClassVar[str] = "secagg/dealt"
+    SIZES: ClassVar[dict[str, int]] = {"round_pk": PUBLIC_KEY_BYTES}
+    run_id: str
+    round: int
+    silo: int
+    round_pk: bytes
+    recipients: tuple[int, ...]
+    bundles: tuple[bytes, ...]
+    commitments: tuple[bytes, ...]
+    signature: bytes = b""
+
+    def check(self) -> None:
+        self._same_length("recipients", "bundles", "commitments")
+        if any(len(c) != 2 * COMMITMENT_BYTES for c in self.commitments):
+            raise ProtocolError(f"{self.KIND} message: each bundle's commitments must be "
+                                f"{2 * COMMITMENT_BYTES} bytes (2 shares of {COMMITMENT_BYTES})")
 
 
 @dataclass(frozen=True)
@@ -348,10 +424,12 @@ class UnmaskRequest(Message):
 
 @dataclass(frozen=True)
 class UnmaskResponse(Message):
-    """Reply to round trip 2: shares of ``b_k,r`` for survivors ``k`` and of ``s_kj,r`` for dropped ``j``."""
+    """Reply to round trip 2: shares of ``b_k,r`` for survivors ``k`` and of ``s_kj,r`` for
+    dropped ``j`` — in round-keys mode of dropped ``j``'s round key instead (``key_*``)."""
 
     KIND: ClassVar[str] = "secagg/unmask_response"
-    SIZES: ClassVar[dict[str, int]] = {"self_shares": SHARE_BYTES, "pair_shares": SHARE_BYTES}
+    SIZES: ClassVar[dict[str, int]] = {"self_shares": SHARE_BYTES, "pair_shares": SHARE_BYTES,
+                                       "key_shares": SHARE_BYTES}
     run_id: str
     round: int
     silo: int
@@ -360,15 +438,18 @@ class UnmaskResponse(Message):
     pair_owners: tuple[int, ...]
     pair_peers: tuple[int, ...]
     pair_shares: tuple[bytes, ...]
+    key_owners: tuple[int, ...] = ()
+    key_shares: tuple[bytes, ...] = ()
 
     def check(self) -> None:
         self._same_length("self_owners", "self_shares")
         self._same_length("pair_owners", "pair_peers", "pair_shares")
+        self._same_length("key_owners", "key_shares")
 
 
 _KINDS: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (KeyRequest, KeyAdvert, MaskRequest, MaskedInput, UnmaskRequest,
-                              UnmaskResponse)
+    cls.KIND: cls for cls in (KeyRequest, KeyAdvert, MaskRequest, DealRequest, Dealt,
+                              MaskedInput, UnmaskRequest, UnmaskResponse)
 }
 
 

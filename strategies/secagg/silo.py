@@ -13,6 +13,19 @@ MASKED     MaskRequest      (a later round: not asked, or dropped, in the unmask
 MASKED     UnmaskRequest    (same round, once) reveal shares, UnmaskResponse         READY
 =========  ===============  ======================================================  =========
 
+In round-keys mode (``config.round_keys``) a round starts with a dealing round trip:
+
+=========  ===============  ======================================================  =========
+READY      DealRequest      (round > last) fresh round key + self-mask seed, deal   DEALT
+MASKED     DealRequest      shares of both among the active set, reply Dealt        DEALT
+DEALT      DealRequest      (a later round: this round's mask request never came)   DEALT
+DEALT      MaskRequest      (the dealt round) encode + mask with the round keys     MASKED
+DEALT      KeyRequest       (re-key) fresh key pairs                                READY
+=========  ===============  ======================================================  =========
+
+and an unmask reveals, for a dropped silo, the share of its round key (used for that
+round only) instead of shares of the pair seeds.
+
 Anything else raises :class:`~xsilo.errors.ProtocolError` and leaves the state as it was.
 
 What the silo enforces whatever the coordinator asks (the privacy rules):
@@ -52,8 +65,8 @@ from strategies.secagg.masking import (
     unpack_bundle)
 from strategies.secagg.config import SecAggConfig
 from strategies.secagg.messages import (
-    PROTOCOL_VERSION, KeyAdvert, KeyRequest, MaskedInput, MaskRequest, Message, UnmaskRequest,
-    UnmaskResponse, advert_payload, check_protocol)
+    PROTOCOL_VERSION, DealRequest, Dealt, KeyAdvert, KeyRequest, MaskedInput, MaskRequest,
+    Message, UnmaskRequest, UnmaskResponse, advert_payload, check_protocol, round_key_payload)
 from strategies.secagg.prg import add_mask
 from strategies.secagg.quantize import encode
 from xsilo.errors import (ConfigError, KeysMissing, PolicyRefusal, ProtocolError,
@@ -110,6 +123,7 @@ class SiloIdentity(Protocol):
 class SiloStage(str, enum.Enum):
     NEW = "new"
     READY = "ready"
+    DEALT = "dealt"
     MASKED = "masked"
 
 
@@ -129,6 +143,13 @@ class SiloState:
     # Pair keys derived from this silo's current private keys: (purpose, peer, peer public
     # key, key). As secret as enc_sk/mask_sk and kept with them; a re-key clears it.
     pair_keys: tuple[tuple[str, int, bytes, bytes], ...] = ()
+    # Round-keys mode, between dealing and masking: this round's private round key and
+    # self-mask seed (cleared once masked), and the set dealt to with its encryption keys
+    # (kept until the unmask: the bundles' associated data names that set).
+    round_sk: bytes = b""
+    round_seed: bytes = b""
+    dealt: tuple[int, ...] = ()
+    dealt_enc_pks: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:  # keys stay out of logs
         return f"SiloState(silo={self.silo}, stage={self.stage.value}, last_round={self.last_round})"
@@ -140,6 +161,9 @@ def silo_state_to_record(state: SiloState) -> dict[str, Any]:
                            "enc_sk": state.enc_sk, "mask_sk": state.mask_sk,
                            "last_round": state.last_round, "active": list(state.active),
                            "active_enc_pks": list(state.active_enc_pks)}
+    if state.dealt:
+        out.update({"round_sk": state.round_sk, "round_seed": state.round_seed,
+                    "dealt": list(state.dealt), "dealt_enc_pks": list(state.dealt_enc_pks)})
     if state.pair_keys:
         out.update({"pair_key_purposes": [p for p, _, _, _ in state.pair_keys],
                     "pair_key_peers": [j for _, j, _, _ in state.pair_keys],
@@ -163,6 +187,10 @@ def silo_state_from_record(record: dict[str, Any]) -> SiloState:
                      mask_sk=bytes(record["mask_sk"]), last_round=int(record["last_round"]),
                      active=tuple(record["active"]),
                      active_enc_pks=tuple(bytes(b) for b in record["active_enc_pks"]),
+                     round_sk=bytes(record.get("round_sk", b"")),
+                     round_seed=bytes(record.get("round_seed", b"")),
+                     dealt=tuple(int(s) for s in record.get("dealt", ())),
+                     dealt_enc_pks=tuple(bytes(b) for b in record.get("dealt_enc_pks", ())),
                      pair_keys=tuple(zip(
                          (str(p) for p in record.get("pair_key_purposes", ())),
                          (int(j) for j in record.get("pair_key_peers", ())),
@@ -197,9 +225,14 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
         (SiloStage.NEW, KeyRequest): _on_key_request,
         (SiloStage.READY, KeyRequest): _on_key_request,
         (SiloStage.MASKED, KeyRequest): _on_key_request,
+        (SiloStage.DEALT, KeyRequest): _on_key_request,
         (SiloStage.READY, MaskRequest): _on_mask_request,
         (SiloStage.MASKED, MaskRequest): _on_mask_request,
+        (SiloStage.DEALT, MaskRequest): _on_mask_request,
         (SiloStage.MASKED, UnmaskRequest): _on_unmask_request,
+        (SiloStage.READY, DealRequest): _on_deal_request,
+        (SiloStage.MASKED, DealRequest): _on_deal_request,
+        (SiloStage.DEALT, DealRequest): _on_deal_request,
     }
     handler = allowed.get((state.stage, type(message)))
     if handler is None:
@@ -225,7 +258,8 @@ def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource, limit
         raise ProtocolError(f"silo {state.silo} is not in the roster {list(config.roster)}")
     enc, mask = crypto.generate_keypair(rng=rng), crypto.generate_keypair(rng=rng)
     new = replace(state, stage=SiloStage.READY, config=config, epoch=msg.epoch,
-                  enc_sk=enc.private, mask_sk=mask.private, pair_keys=())
+                  enc_sk=enc.private, mask_sk=mask.private, pair_keys=(), round_sk=b"",
+                  round_seed=b"", dealt=(), dealt_enc_pks=())
     advert = KeyAdvert(run_id=config.run_id, silo=state.silo, epoch=msg.epoch,
                        enc_pk=enc.public, mask_pk=mask.public, protocol=PROTOCOL_VERSION)
     if identity is not None:
@@ -267,7 +301,7 @@ class _PairKeys:
         return tuple((p, j, pk, k) for (p, j), (pk, k) in sorted(self.keys.items()))
 
 
-def _check_mask_request(state: SiloState, msg: MaskRequest, limits: SiloLimits,
+def _check_mask_request(state: SiloState, msg: MaskRequest | DealRequest, limits: SiloLimits,
                         identity: SiloIdentity | None) -> dict[int, KeyAdvert]:
     config = state.config
     assert config is not None
@@ -309,7 +343,48 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
                      identity: SiloIdentity | None = None,
                      encoded: np.ndarray | None = None,
                      aux: np.ndarray | None = None) -> tuple[SiloState, MaskedInput]:
+    config = state.config
+    assert config is not None
+    if config.round_keys:
+        return _mask_with_round_keys(state, msg, update=update, weight=weight, rng=rng,
+                                     limits=limits, identity=identity, encoded=encoded, aux=aux)
+    if msg.round_pks:
+        raise ProtocolError(f"silo {state.silo}: round {msg.round}'s mask request carries round "
+                            "keys, but this run masks with pair seeds (no round keys)")
     directory = _check_mask_request(state, msg, limits, identity)
+    pre = _unmasked_vector(state, msg, update=update, weight=weight, rng=rng, encoded=encoded)
+    me, run, r = state.silo, config.run_id, msg.round
+    peers = peers_of(me, msg.active)
+    self_seed = rng.read(shamir.SECRET_BYTES)
+    keys = _PairKeys(state)
+    pair_seeds = [crypto.derive_round_seed(keys.get("mask", j, directory[j].mask_pk),
+                                           run_id=run, round_=r, a=me, b=j) for j in peers]
+    masked = _masked(config, pre, self_seed, pair_seeds, peers, me)
+    aux_words = _masked_aux(config, aux, self_seed, pair_seeds, peers, me, rng)
+    bundles, commitments = _deal(state, msg, directory, [self_seed, *pair_seeds], keys=keys,
+                                 rng=rng)
+    new = replace(state, stage=SiloStage.MASKED, last_round=r, active=msg.active,
+                  active_enc_pks=tuple(directory[s].enc_pk for s in msg.active),
+                  pair_keys=keys.stored())
+    return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
+                            bundles=bundles, masked=masked, commitments=commitments,
+                            aux=aux_words, bits=config.quant.modulus_bits)
+
+
+def _masked(config: SecAggConfig, vector: np.ndarray, self_seed: bytes,
+            pair_seeds: list[bytes], peers: list[int], me: int) -> np.ndarray:
+    """``vector + PRG(b) + Σ ±PRG(s_j)`` reduced mod ``2^k`` (in place on ``vector``)."""
+    add_mask(vector, self_seed, label=SELF_LABEL)
+    for j, seed in zip(peers, pair_seeds):
+        add_mask(vector, seed, label=PAIR_LABEL, sign=pair_sign(me, j))
+    np.bitwise_and(vector, vector.dtype.type((1 << config.quant.modulus_bits) - 1), out=vector)
+    return vector
+
+
+def _unmasked_vector(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
+                     weight: int | None, rng: ByteSource,
+                     encoded: np.ndarray | None) -> np.ndarray:
+    """The silo's integer vector before masking: its encoded update (or its pre-encoded one)."""
     config = state.config
     assert config is not None
     if config.encoded:
@@ -324,27 +399,89 @@ def _on_mask_request(state: SiloState, msg: MaskRequest, *, update: np.ndarray |
     elif np.asarray(update).size != config.length:
         raise ProtocolError(f"silo {state.silo}: update has {np.asarray(update).size} values, "
                             f"the run declared length={config.length}")
-    me, run, r = state.silo, config.run_id, msg.round
-    peers = peers_of(me, msg.active)
-    self_seed = rng.read(shamir.SECRET_BYTES)
+    return pre if config.encoded else encode(update, weight=weight, params=config.quant,
+                                             rng=_rounding_source(rng))
+
+
+def _on_deal_request(state: SiloState, msg: DealRequest, *, rng: ByteSource,
+                     limits: SiloLimits, identity: SiloIdentity | None = None,
+                     **_: object) -> tuple[SiloState, Dealt]:
+    """Round-keys mode, round trip 0: a fresh round key pair and self-mask seed; both
+    Shamir-shared t-of-|U_r| among the active set (every peer checked first)."""
+    config = state.config
+    assert config is not None
+    if not config.round_keys:
+        raise ProtocolError(f"silo {state.silo}: a deal request, but this run masks with pair "
+                            "seeds (no round keys)")
+    directory = _check_mask_request(state, msg, limits, identity)
+    round_key, self_seed = crypto.generate_keypair(rng=rng), rng.read(shamir.SECRET_BYTES)
     keys = _PairKeys(state)
-    pair_seeds = [crypto.derive_round_seed(keys.get("mask", j, directory[j].mask_pk),
-                                           run_id=run, round_=r, a=me, b=j) for j in peers]
-    masked = pre if config.encoded else encode(update, weight=weight, params=config.quant,
-                                               rng=_rounding_source(rng))
-    add_mask(masked, self_seed, label=SELF_LABEL)
-    for j, seed in zip(peers, pair_seeds):
-        add_mask(masked, seed, label=PAIR_LABEL, sign=pair_sign(me, j))
-    np.bitwise_and(masked, masked.dtype.type((1 << config.quant.modulus_bits) - 1), out=masked)
-    aux_words = _masked_aux(config, aux, self_seed, pair_seeds, peers, me, rng)
-    bundles, commitments = _deal(state, msg, directory, [self_seed, *pair_seeds], keys=keys,
-                                 rng=rng)
-    new = replace(state, stage=SiloStage.MASKED, last_round=r, active=msg.active,
-                  active_enc_pks=tuple(directory[s].enc_pk for s in msg.active),
-                  pair_keys=keys.stored())
-    return new, MaskedInput(run_id=run, round=r, silo=me, recipients=msg.active,
-                            bundles=bundles, masked=masked, commitments=commitments,
-                            aux=aux_words, bits=config.quant.modulus_bits)
+    bundles, commitments = _deal(state, msg, directory, [self_seed, round_key.private],
+                                 keys=keys, rng=rng)
+    signature = b""
+    if identity is not None:
+        _, signature = identity.sign(round_key_payload(
+            run_id=config.run_id, silo=state.silo, epoch=state.epoch, round_=msg.round,
+            round_pk=round_key.public))
+    new = replace(state, stage=SiloStage.DEALT, last_round=msg.round, pair_keys=keys.stored(),
+                  round_sk=round_key.private, round_seed=self_seed, dealt=msg.active,
+                  dealt_enc_pks=tuple(directory[s].enc_pk for s in msg.active))
+    return new, Dealt(run_id=config.run_id, round=msg.round, silo=state.silo,
+                      round_pk=round_key.public, recipients=msg.active, bundles=bundles,
+                      commitments=commitments, signature=signature)
+
+
+def _mask_with_round_keys(state: SiloState, msg: MaskRequest, *, update: np.ndarray | None,
+                          weight: int | None, rng: ByteSource, limits: SiloLimits,
+                          identity: SiloIdentity | None, encoded: np.ndarray | None,
+                          aux: np.ndarray | None) -> tuple[SiloState, MaskedInput]:
+    """Round-keys mode, round trip 1: mask with the seed and round key dealt for this round,
+    among the silos whose dealing arrived (a subset of those dealt to)."""
+    config = state.config
+    assert config is not None
+    me, r, active = state.silo, msg.round, msg.active
+    if state.stage is not SiloStage.DEALT or r != state.last_round:
+        raise ProtocolError(f"silo {me}: mask request for round {r}, but this silo dealt round "
+                            f"keys for round {state.last_round if state.dealt else 'none'}; "
+                            "in a round-keys run a round's dealing comes first")
+    if list(active) != sorted(set(active)) or not set(active) <= set(state.dealt):
+        raise ProtocolError(f"silo {me}: active set {list(active)} is not a sorted subset of the "
+                            f"silos it dealt to {list(state.dealt)}")
+    if me not in active:
+        raise ProtocolError(f"silo {me} was sent a mask request but is not in the active set")
+    if len(active) < config.threshold:
+        raise SecureAggregationError(f"round {r}: {len(active)} active silos < threshold "
+                                     f"{config.threshold}; refusing to mask")
+    if len(active) < limits.min_active:
+        raise PolicyRefusal("min_silos_per_round", (
+            f"silo {me}: round {r} would mask with {len(active)} silo(s) ({list(active)}), "
+            f"fewer than this site's minimum {limits.min_active}; no update sent"))
+    round_keys = msg.round_keys()
+    missing = [s for s in active if s not in round_keys]
+    if missing:
+        raise ProtocolError(f"silo {me}: no round keys in the mask request for silos {missing}")
+    if round_keys[me][0] != _public(state.round_sk):
+        raise ProtocolError(f"silo {me}: the mask request lists another round key for this "
+                            f"silo than the one it dealt for round {r} (substituted?); refusing")
+    if identity is not None:  # every peer's round key is signed by an admitted member
+        directory = msg.directory()
+        for peer in active:
+            if peer != me:
+                pk, signature = round_keys[peer]
+                entry = replace(directory[peer], signature=signature)
+                identity.check_peer(entry, round_key_payload(
+                    run_id=config.run_id, silo=peer, epoch=entry.epoch, round_=r, round_pk=pk))
+    pre = _unmasked_vector(state, msg, update=update, weight=weight, rng=rng, encoded=encoded)
+    peers = peers_of(me, active)
+    pair_seeds = [crypto.round_key_seed(private=state.round_sk, peer_public=round_keys[j][0],
+                                        run_id=config.run_id, round_=r, me=me, peer=j)
+                  for j in peers]
+    masked = _masked(config, pre, state.round_seed, pair_seeds, peers, me)
+    aux_words = _masked_aux(config, aux, state.round_seed, pair_seeds, peers, me, rng)
+    new = replace(state, stage=SiloStage.MASKED, active=active, round_sk=b"", round_seed=b"")
+    return new, MaskedInput(run_id=config.run_id, round=r, silo=me, recipients=(), bundles=(),
+                            masked=masked, commitments=(), aux=aux_words,
+                            bits=config.quant.modulus_bits)
 
 
 def _masked_aux(config: SecAggConfig, aux: np.ndarray | None, self_seed: bytes,
@@ -370,7 +507,7 @@ def _rounding_source(rng: ByteSource) -> ByteSource:
     return KeystreamSource(rng.read(32), label=b"rounding")
 
 
-def _deal(state: SiloState, msg: MaskRequest, directory: dict[int, KeyAdvert],
+def _deal(state: SiloState, msg: MaskRequest | DealRequest, directory: dict[int, KeyAdvert],
           secrets: list[bytes], *, keys: _PairKeys, rng: ByteSource
           ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """Shamir-share each secret t-of-|U_r| and seal one bundle per active silo (self
@@ -420,9 +557,13 @@ def _check_unmask_request(state: SiloState, msg: UnmaskRequest, limits: SiloLimi
             f"silo {me}: round {r} has {len(msg.survivors)} survivor(s), fewer than this site's "
             f"minimum {limits.min_active}; revealing shares would unmask a sum over too few "
             "silos"))
-    if sorted(msg.senders) != sorted(msg.survivors) or len(msg.bundles) != len(msg.senders):
+    # Pair-seed mode: the survivors' bundles (their pair seeds with the dropped); round-keys
+    # mode: every active silo's (a dropped silo's round key was dealt before it dropped).
+    dealers = list(state.active) if config.round_keys else sorted(msg.survivors)
+    what = "active set" if config.round_keys else "survivors"
+    if sorted(msg.senders) != dealers or len(msg.bundles) != len(msg.senders):
         raise ProtocolError(f"silo {me}: round {r} bundles come from {sorted(msg.senders)}, "
-                            f"expected exactly the survivors {sorted(msg.survivors)}")
+                            f"expected exactly the {what} {dealers}")
 
 
 def _on_unmask_request(state: SiloState, msg: UnmaskRequest, *, limits: SiloLimits,
@@ -431,16 +572,26 @@ def _on_unmask_request(state: SiloState, msg: UnmaskRequest, *, limits: SiloLimi
     config = state.config
     assert config is not None
     me, r = state.silo, msg.round
-    enc_pk = dict(zip(state.active, state.active_enc_pks))
+    dealt = state.dealt if config.round_keys else state.active  # the set the bundles name
+    enc_pk = dict(zip(dealt, state.dealt_enc_pks if config.round_keys else state.active_enc_pks))
     opened: dict[int, tuple[int, list[int]]] = {}
     keys = _PairKeys(state)
     for sender, blob in zip(msg.senders, msg.bundles):
         key = keys.get("enc", sender, enc_pk[sender])
         ad = bundle_ad(run_id=config.run_id, round_=r, sender=sender, recipient=me,
-                       active=state.active)
+                       active=dealt)
         plain = crypto.open_sealed(key, blob, ad=ad, sender=sender, recipient=me)
-        opened[sender] = unpack_bundle(plain, num_peers=len(state.active) - 1, sender=sender)
+        opened[sender] = unpack_bundle(plain, num_peers=1 if config.round_keys
+                                       else len(state.active) - 1, sender=sender)
     survivors, dropped = sorted(msg.survivors), sorted(msg.dropped)
+    if config.round_keys:  # a dropped silo's round key, never a survivor's
+        reply = UnmaskResponse(
+            run_id=config.run_id, round=r, silo=me, self_owners=tuple(survivors),
+            self_shares=tuple(shamir.share_to_bytes(opened[k][0]) for k in survivors),
+            pair_owners=(), pair_peers=(), pair_shares=(), key_owners=tuple(dropped),
+            key_shares=tuple(shamir.share_to_bytes(opened[j][1][0]) for j in dropped))
+        return replace(state, stage=SiloStage.READY, active=(), active_enc_pks=(), dealt=(),
+                       dealt_enc_pks=(), pair_keys=keys.stored()), reply
     pair_owners, pair_peers, pair_shares = [], [], []
     for k in survivors:
         order = peers_of(k, state.active)

@@ -82,8 +82,10 @@ class LocalFederation:
     def run_round(self, round_: int, updates: Mapping[int, np.ndarray],
                   weights: Mapping[int, int], *, drop_before_input: Iterable[int] = (),
                   drop_before_unmask: Iterable[int] = (), late_input: Iterable[int] = (),
-                  aux: Mapping[int, np.ndarray] | None = None) -> co.RoundResult:
-        """One round, two round trips. Silos in ``drop_before_input`` never send a masked
+                  aux: Mapping[int, np.ndarray] | None = None,
+                  drop_before_deal: Iterable[int] = ()) -> co.RoundResult:
+        """One round, two round trips (three in round-keys mode, whose dealing silos in
+        ``drop_before_deal`` never answer). Silos in ``drop_before_input`` never send a masked
         input; silos in ``drop_before_unmask`` send it but never answer the unmask request;
         silos in ``late_input`` send it too late: it reaches the coordinator process (and its
         view) after the survivors were fixed, so they count as dropped. ``aux`` gives each
@@ -98,6 +100,14 @@ class LocalFederation:
         state, requests = co.begin_round(self.coordinator, round_=round_)
         late: list[Message] = []
         try:
+            if state.stage is co.CoordinatorStage.DEALING:  # round-keys mode: trip 0
+                for s, request in requests.items():
+                    if s in set(drop_before_deal):
+                        continue
+                    self.silos[s], dealt = silo_step(self.silos[s], _wire(request),
+                                                     rng=self._rng(s, f"d{round_}"))
+                    state = co.receive_dealt(state, self._to_coordinator(dealt))  # type: ignore[arg-type]
+                state, requests = co.begin_masking(state)
             for s, request in requests.items():
                 if s in set(drop_before_input):
                     continue
@@ -119,6 +129,7 @@ class LocalFederation:
             self.coordinator, result = co.finish_round(state)
         except SecureAggregationError:
             self.coordinator = co.abort_round(state) if state.stage in (
-                co.CoordinatorStage.MASKING, co.CoordinatorStage.UNMASKING) else state
+                co.CoordinatorStage.DEALING, co.CoordinatorStage.MASKING,
+                co.CoordinatorStage.UNMASKING) else state
             raise
         return result

@@ -137,3 +137,40 @@ def test_a_pinned_roster_needs_an_identity(tmp_path: Path, federation: list[Path
     _pin(federation[0], {"hospital-b": "sha256:" + "ab" * 32})
     summary, rows = _run(tmp_path, federation)
     assert "needs this silo's [identity]" in rows[0]["rejected"]["hospital-a"]
+
+
+ROUND_KEYS = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_round_keys="on", name="round-keys")
+
+
+def test_signed_round_keys_are_checked_and_the_run_completes(tmp_path: Path, enrolled) -> None:
+    silos, _, roster = enrolled
+    for silo in silos:
+        _pin(silo, roster)
+    view: list[Message] = []
+    summary, rows = _run(tmp_path, silos, config=ROUND_KEYS, view=view)
+    assert summary["status"] == "completed" and rows[0]["contributors"] == sorted(roster)
+    dealt = [m.content.config_records[SECAGG] for m in view
+             if m.metadata.message_type == SECAGG_SETUP
+             and m.content.config_records[SECAGG]["kind"] == "secagg/dealt"]
+    assert len(dealt) == 2 * 3  # round 1 and the final evaluation, three silos each
+    assert all(len(d["signature"]) > 60 for d in dealt)
+
+
+def test_a_substituted_round_key_fails_its_signature(tmp_path: Path, enrolled) -> None:
+    """A coordinator swapping hospital-b's round key in hospital-a's mask request (to sit
+    between them) is caught: the key is not the one hospital-b signed for this round."""
+    silos, _, _ = enrolled
+
+    def swap(msg: Message, context: Context) -> None:
+        if msg.metadata.message_type == "train" and context.node_id == 1:
+            record = dict(msg.content.config_records[SECAGG])
+            keys = list(record["round_pks"])
+            keys[1] = bytes(range(1, 33))  # a key of the coordinator's choosing
+            record["round_pks"] = keys
+            msg.content[SECAGG] = ConfigRecord(record)
+
+    summary, rows = _run(tmp_path, silos, config=ROUND_KEYS, rewrite=swap)
+    refusal = rows[0]["rejected"]["hospital-a"]
+    assert "silo 1 (hospital-b): the signature over its secure-aggregation keys does not " \
+           "verify" in refusal, refusal

@@ -88,7 +88,15 @@ def test_a_secure_run_states_its_share_traffic_and_warns_when_it_is_large(caplog
     assert small.settings()["share_bytes_held_per_round"] == 10 * (10 * (33 * 10 + 28)
                                                                    + 16 * 10 * 10)
     assert "How far it scales" not in caplog.text
-    big = SecureAggregation(config, transport=None, nodes=list(range(300)),  # type: ignore[arg-type]
+    auto = SecureAggregation(config, transport=None, nodes=list(range(300)),  # type: ignore[arg-type]
+                             template={"w": np.zeros(3)})
+    assert auto.settings()["round_keys"] is True  # "auto" from 200 silos: two secrets each
+    assert auto.settings()["share_bytes_held_per_round"] == 300 * 300 * (2 * (33 + 16) + 28)
+    assert "How far it scales" not in caplog.text
+    off = RunConfig(min_silos=2, expected_silos=2, secure_aggregation=True,
+                    secagg_round_keys="off")
+    big = SecureAggregation(off, transport=None, nodes=list(range(300)),  # type: ignore[arg-type]
                             template={"w": np.zeros(3)})
     assert big.settings()["share_bytes_held_per_round"] > 1 << 30
     assert "secure aggregation with 300 silos: the coordinator will hold about 1.3 GB" in caplog.text
+    assert 'secagg_round_keys = "on"' in caplog.text

@@ -98,3 +98,33 @@ def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(tmp_path: 
     assert refused and rekeyed == [refused[0] + 1], (refused, rekeyed)
     assert rows[rekeyed[0] - 1]["secure_aggregation"]["rekeyed"] == {"asked": 1, "keyed": 1}
     assert rows[-1]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
+
+
+def test_a_round_keys_run_deals_every_round_on_real_processes(tmp_path: Path) -> None:
+    """secagg_round_keys = "on": each round first deals fresh, signed round keys over
+    train.secagg_setup, then masks and unmasks; what the silos send is in their ledgers."""
+    fed = LocalFederation(tmp_path, mtls=True).setup()
+    with fed:
+        fed.start()
+        outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
+                                    secure_aggregation=True, secagg_round_keys="on",
+                                    round_timeout=40.0, join_timeout=45.0, name="round-keys"),
+                          timeout=85)
+    assert outcome.status == "finished:completed", outcome.summary
+    assert outcome.summary["rounds_failed"] == []
+    events = outcome.store.events()
+    setup = next(e for e in events if e["event"] == "secure_aggregation_setup")
+    assert setup["round_keys"] is True and setup["signed_adverts"] == 3
+    rows = [e for e in events if e["event"] == "round"][1:]
+    assert all(r["contributors"] == ["hospital-a", "hospital-b", "hospital-c"] for r in rows)
+    for r in rows:  # three round trips, each timed
+        assert set(r["secure_aggregation"]["seconds"]) == {"dealing", "masked_input",
+                                                            "unmasking"}
+    for silo in fed.silos:
+        entries = [json.loads(line) for line in
+                   (silo.workspace / "egress.jsonl").read_text().splitlines()]
+        dealt = [e for e in entries if e["extra"].get("secagg") == "secagg/dealt"]
+        assert sorted(e["server_round"] for e in dealt) == [1, 2, 3]  # + the final evaluation
+        assert all(e["extra"]["dealt_to"] == 3 for e in dealt)
+        trains = [e for e in entries if e["message_type"] == "train"]
+        assert len(trains) == 2 and all(e["masked"] for e in trains)

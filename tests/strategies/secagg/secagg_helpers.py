@@ -27,9 +27,9 @@ def seeded(tag: str) -> KeystreamSource:
 
 
 def small_federation(n: int = 5, *, threshold: int = 3, length: int = 6, seed: bytes = b"fed",
-                     run_id: str = "run-1") -> LocalFederation:
+                     run_id: str = "run-1", round_keys: bool = False) -> LocalFederation:
     config = make_config(run_id=run_id, roster=list(range(10, 10 + n)), threshold=threshold,
-                         length=length, clip=1.0, bits=16, max_weight=50)
+                         length=length, clip=1.0, bits=16, max_weight=50, round_keys=round_keys)
     fed = LocalFederation(config, seed=seed)
     fed.setup()
     return fed

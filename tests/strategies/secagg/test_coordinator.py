@@ -25,9 +25,19 @@ def _states():
     return fed, {S.KEYS: keys, S.IDLE: idle, S.MASKING: masking}
 
 
+def _dealing():
+    """A round-keys run's coordinator in its dealing stage, and one silo's Dealt."""
+    fed = small_federation(round_keys=True)
+    dealing, requests = co.begin_round(fed.coordinator, round_=1)
+    _, dealt = silo_step(fed.silos[10], requests[10], rng=seeded("d10"))
+    return dealing, dealt
+
+
 CALLS = {
     "begin_round": lambda st, m: co.begin_round(st, round_=5),
     "receive_advert": lambda st, m: co.receive_advert(st, m["advert"]),
+    "receive_dealt": lambda st, m: co.receive_dealt(st, m["dealt"]),
+    "begin_masking": lambda st, m: co.begin_masking(st),
     "receive_masked": lambda st, m: co.receive_masked(st, m["masked"]),
     "request_unmask": lambda st, m: co.request_unmask(st),
     "request_more_unmask": lambda st, m: co.request_more_unmask(st),
@@ -42,7 +52,8 @@ ALLOWED = {(S.KEYS, "receive_advert"), (S.KEYS, "request_rekey"),
            (S.MASKING, "receive_masked"), (S.MASKING, "request_unmask"), (S.MASKING, "abort_round"),
            (S.UNMASKING, "receive_unmask"), (S.UNMASKING, "finish_round"),
            (S.UNMASKING, "request_more_unmask"),
-           (S.UNMASKING, "abort_round")}
+           (S.UNMASKING, "abort_round"),
+           (S.DEALING, "receive_dealt"), (S.DEALING, "begin_masking"), (S.DEALING, "abort_round")}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +70,9 @@ def table():
     states[S.UNMASKING] = unmasking
     _, response = silo_step(fed.silos[10], unmask_requests[10])
     advert = fed.coordinator_view[0]
-    return states, {"advert": message_from_record(advert), "masked": masked, "response": response}
+    states[S.DEALING], dealt = _dealing()
+    return states, {"advert": message_from_record(advert), "masked": masked, "response": response,
+                    "dealt": dealt}
 
 
 @pytest.mark.parametrize("stage,call", list(itertools.product(S, CALLS)))

@@ -12,10 +12,12 @@ and hands them to the code that receives them:
 * **silo side** — the ClientApp (``silo_client.client_app``) on the coordinator's join, train
   (clear and masked), evaluate, key-setup and unmask messages, each with the silo's node state
   as it was when the original arrived; and ``silo_step`` on KeyRequest, MaskRequest and
+  UnmaskRequest records, and in a round-keys run on DealRequest, MaskRequest and
   UnmaskRequest records;
 * **coordinator side** — the transport's parse of every reply (``coordinator.transport``),
   then what the round loop does with it (the clear round's collector, the join's identity),
-  and the coordinator's state machine on KeyAdvert, MaskedInput and UnmaskResponse records.
+  and the coordinator's state machine on KeyAdvert, MaskedInput and UnmaskResponse records,
+  and in a round-keys run on Dealt, MaskedInput and UnmaskResponse records.
 
 An outcome is ``accepted`` (the mutation was harmless) or the class of the error raised (the
 ClientApp reports it as its error reply's type). Anything outside xsilo's error tree is a bug,
@@ -314,6 +316,50 @@ def _protocol_targets() -> list[Target]:
         machine("coordinator", "receive_masked", inputs[3].to_record(),
                 lambda m: co.receive_masked(masking, m)),
         machine("coordinator", "receive_unmask", responses[1].to_record(),
+                lambda m: co.receive_unmask(unmasking, m)),
+        *_round_key_targets(machine, updates),
+    ]
+
+
+def _round_key_targets(machine: Callable[..., Target], updates: dict) -> list[Target]:
+    """The round-keys run's messages, each at the stage that receives it (silo 0 dropped
+    after its dealing, so the unmask carries a round-key share)."""
+    from strategies.secagg import coordinator as co
+    from strategies.secagg import make_config, silo_step
+    from strategies.secagg.simulate import LocalFederation
+
+    config = make_config(run_id="fuzz-rk", roster=[0, 1, 2, 3], threshold=3, length=8,
+                         clip=1.0, bits=16, max_weight=100, round_keys=True)
+    fed = LocalFederation(config, seed=b"fuzz-rk")
+    fed.setup()
+    keyed_silos, keyed = dict(fed.silos), fed.coordinator
+    assert keyed is not None
+    dealing, deal_requests = co.begin_round(keyed, round_=1)
+    dealt_silos, dealt = {}, {}
+    for s, req in deal_requests.items():
+        dealt_silos[s], dealt[s] = silo_step(keyed_silos[s], req)
+        dealing = co.receive_dealt(dealing, dealt[s])
+    masking, mask_requests = co.begin_masking(dealing)
+    masked_silos, inputs, state = {}, {}, masking
+    for s, req in mask_requests.items():
+        masked_silos[s], inputs[s] = silo_step(dealt_silos[s], req, update=updates[s], weight=10)
+        if s != 0:
+            state = co.receive_masked(state, inputs[s])
+    unmasking, unmask_requests = co.request_unmask(state)
+    responses = {s: silo_step(masked_silos[s], req)[1] for s, req in unmask_requests.items()}
+    before_dealt = co.begin_round(keyed, round_=1)[0]
+    return [
+        machine("silo", "silo_step DealRequest", deal_requests[0].to_record(),
+                lambda m: silo_step(keyed_silos[0], m)),
+        machine("silo", "silo_step MaskRequest (round keys)", mask_requests[1].to_record(),
+                lambda m: silo_step(dealt_silos[1], m, update=updates[1], weight=10)),
+        machine("silo", "silo_step UnmaskRequest (round keys)", unmask_requests[2].to_record(),
+                lambda m: silo_step(masked_silos[2], m)),
+        machine("coordinator", "receive_dealt", dealt[2].to_record(),
+                lambda m: co.receive_dealt(before_dealt, m)),
+        machine("coordinator", "receive_masked (round keys)", inputs[3].to_record(),
+                lambda m: co.receive_masked(masking, m)),
+        machine("coordinator", "receive_unmask (round keys)", responses[1].to_record(),
                 lambda m: co.receive_unmask(unmasking, m)),
     ]
 

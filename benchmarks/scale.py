@@ -14,7 +14,8 @@ Per case (a fresh subprocess each): the median round time over rounds 2..R, and 
 resident memory (VmHWM from ``/proc``, sampled every 0.2 s) of the **coordinator** (the
 driver process: the ServerApp and Ray's driver) and of **a silo** (the largest ClientApp
 actor process, ``ray::…``; each actor serves many virtual silos one message at a time).
-xsilo secure uses t = ⌈2n/3⌉ (``secagg_threshold`` = ``min_silos``); Flower SecAgg+
+xsilo secure uses t = ⌈2n/3⌉ (``secagg_threshold`` = ``min_silos``), in the pair-seed mode
+(``secure``) or with round keys (``secure-rk``: ``secagg_round_keys = "on"``); Flower SecAgg+
 ``num_shares = n``, ``reconstruction_threshold = ⌈2n/3⌉`` (as in ``benchmarks/secagg.py``).
 
 Results: ``benchmarks/out/scale.json`` and the section "## Scale: 100 and 1,000 silos" of
@@ -41,7 +42,8 @@ ROUNDS = 3
 # ENGINE:SILOS:MODE[:ROUNDS]. Flower SecAgg+ at 100 silos takes ~10 minutes a round on two
 # cores, so it runs 2 rounds (its time is round 2's alone).
 DEFAULT_GRID = ["xsilo-sim:100:clear", "flower-sim:100:clear", "xsilo-sim:100:secure",
-                "flower-sim:100:secure:2", "xsilo-sim:1000:clear", "flower-sim:1000:clear"]
+                "xsilo-sim:100:secure-rk", "flower-sim:100:secure:2", "xsilo-sim:1000:clear",
+                "flower-sim:1000:clear", "xsilo-sim:1000:secure-rk:2"]
 
 
 def _hwm_kib(pid: str) -> int:
@@ -92,31 +94,41 @@ class PeakMemory:
         self._sample()
 
 
-def _parse(spec: str) -> tuple[str, int, bool, int]:
+MODES = {"clear": (False, "off"), "secure": (True, "off"), "secure-rk": (True, "on")}
+"""A case's mode: (secure, secagg_round_keys). ``secure`` is the pair-seed mode (two round
+trips), ``secure-rk`` round keys (a dealing round trip first); Flower has ``secure`` only."""
+
+
+def _parse(spec: str) -> tuple[str, int, str, int]:
     engine, silos, mode, *rounds = spec.split(":")
-    return engine, int(silos), mode == "secure", int(rounds[0]) if rounds else ROUNDS
+    if mode not in MODES or (engine == "flower-sim" and mode == "secure-rk"):
+        raise SystemExit(f"case {spec!r}: mode must be one of {sorted(MODES)} "
+                         "(secure-rk for xsilo-sim only)")
+    return engine, int(silos), mode, int(rounds[0]) if rounds else ROUNDS
 
 
-def _child(engine: str, silos: int, params: int, secure: bool, rounds: int) -> dict:
+def _child(engine: str, silos: int, params: int, mode: str, rounds: int) -> dict:
     sys.path[:0] = [str(ROOT), str(HERE)]
     import secagg as bench  # benchmarks/secagg.py: the synthetic model and Flower's app
 
     bench.LOCAL_ROUNDS = rounds
     os.environ[bench.PARAMS_ENV] = str(params)
+    secure, round_keys = MODES[mode]
     with PeakMemory() as memory:
-        result = (bench.case_simulation if engine == "xsilo-sim" else bench.case_flower_sim)(
-            silos, params, secure)
+        result = (bench.case_simulation(silos, params, secure, round_keys)
+                  if engine == "xsilo-sim" else bench.case_flower_sim(silos, params, secure))
     return {**result, "rounds": rounds,
             "coordinator_peak_mib": round(memory.coordinator_kib / 1024, 1),
             "silo_peak_mib": round(memory.silo_kib / 1024, 1)}
 
 
 def _run_case(spec: str, params: int, timeout: float) -> dict:
-    engine, silos, secure, _ = _parse(spec)
-    method = {("xsilo-sim", False): "xsilo FedAvg", ("xsilo-sim", True): "xsilo secure",
-              ("flower-sim", False): "Flower FedAvg", ("flower-sim", True): "Flower SecAgg+"}
+    engine, silos, mode, _ = _parse(spec)
+    method = {("xsilo-sim", "clear"): "xsilo FedAvg", ("xsilo-sim", "secure"): "xsilo secure",
+              ("xsilo-sim", "secure-rk"): "xsilo secure, round keys",
+              ("flower-sim", "clear"): "Flower FedAvg", ("flower-sim", "secure"): "Flower SecAgg+"}
     row = {"engine": engine, "silos": silos, "params": params,
-           "method": method[(engine, secure)]}
+           "method": method[(engine, mode)]}
     env = child_env(HERE, RAY_DEDUP_LOGS="0", XSILO_BENCH_PARAMS=str(params))
     started = time.perf_counter()
     result = run_child([__file__, "--child", spec, "--params", str(params)], env=env,
@@ -160,7 +172,7 @@ def _write_results(rows: list[dict], argv: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID,
-                        help="cases ENGINE:SILOS:clear|secure[:ROUNDS] (engines xsilo-sim, "
+                        help="cases ENGINE:SILOS:clear|secure|secure-rk[:ROUNDS] (engines xsilo-sim, "
                              f"flower-sim; {ROUNDS} rounds unless given)")
     parser.add_argument("--params", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
@@ -168,8 +180,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        engine, silos, secure, rounds = _parse(args.child)
-        emit(_child(engine, silos, args.params, secure, rounds))
+        engine, silos, mode, rounds = _parse(args.child)
+        emit(_child(engine, silos, args.params, mode, rounds))
         return
     rows = []
     for spec in args.grid:

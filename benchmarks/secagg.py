@@ -155,24 +155,26 @@ def threshold(silos: int) -> int:
     return default_threshold(silos, min_silos=2)
 
 
-def _config(silos: int, secure: bool, rounds: int = ROUNDS):
+def _config(silos: int, secure: bool, rounds: int = ROUNDS, round_keys: str = "auto"):
     from coordinator.config import RunConfig
 
     # Every silo joins and trains (expected_silos = n); a round needs t of them (min_silos,
     # secagg_threshold = t), as Flower's SecAgg+ below is configured.
     return RunConfig(num_rounds=rounds, min_silos=threshold(silos), expected_silos=silos,
                      secagg_threshold=threshold(silos),
-                     secure_aggregation=secure, round_timeout=600.0, join_timeout=120.0,
-                     name="bench")
+                     secure_aggregation=secure, secagg_round_keys=round_keys,
+                     round_timeout=600.0, join_timeout=120.0, name="bench")
 
 
-def _local_case(run, silos: int, secure: bool) -> dict:  # noqa: ANN001 - a federation.local runner
+def _local_case(run, silos: int, secure: bool,  # noqa: ANN001 - a federation.local runner
+                round_keys: str = "auto") -> dict:
     from coordinator.run_store import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
         configs = _silo_configs(Path(tmp), silos)
         started = time.perf_counter()
-        summary = run(Path(tmp) / "run", _config(silos, secure, LOCAL_ROUNDS), configs)
+        summary = run(Path(tmp) / "run", _config(silos, secure, LOCAL_ROUNDS, round_keys),
+                      configs)
         assert summary["status"] == "completed", summary
         return {**_timings(RunStore(Path(tmp) / "run").events()),
                 "total_s": time.perf_counter() - started}
@@ -184,10 +186,10 @@ def case_inprocess(silos: int, params: int, secure: bool) -> dict:
     return _local_case(run_in_process, silos, secure)
 
 
-def case_simulation(silos: int, params: int, secure: bool) -> dict:
+def case_simulation(silos: int, params: int, secure: bool, round_keys: str = "auto") -> dict:
     from federation.local import run_in_simulation
 
-    return _local_case(run_in_simulation, silos, secure)
+    return _local_case(run_in_simulation, silos, secure, round_keys)
 
 
 def _federation(root: Path, silos: int, executor: str = "warm"):

@@ -168,7 +168,7 @@ def main() -> None:
             f"{HEADING}\n\n`.venv/bin/python {command}` ({meta['date']}, commit "
             f"{meta['commit']}; the pure protocol in one process, no transport, no Flower; "
             f"{args.length:,} parameters, t = ⌈2n/3⌉; times are the median of "
-            f"{args.stepped} silos' steps, or of every silo's dealing; raw rows in `benchmarks/out/secagg_growth.json`)."
+            f"{args.stepped} silos' steps (for pair seeds the dealing column is the step with a 16-parameter model: dealing and pair seeds alone); raw rows in `benchmarks/out/secagg_growth.json`)."
             "\n\n" + table(rows) + "\n\nReading, and what it means for large consortia: "
             "[docs/secure-aggregation.md](../docs/secure-aggregation.md#how-far-it-scales).\n"))
 

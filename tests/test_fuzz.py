@@ -35,8 +35,10 @@ def test_every_message_type_of_both_sides_is_a_target(targets: list) -> None:
     assert {"ClientApp query", "ClientApp train", "ClientApp evaluate",
             "ClientApp train.secagg_setup+mask", "ClientApp train+mask",
             "ClientApp train.unmask+mask", "silo_step KeyRequest", "silo_step MaskRequest",
-            "silo_step UnmaskRequest"} <= silo
-    assert {"receive_advert", "receive_masked", "receive_unmask"} <= coordinator
+            "silo_step UnmaskRequest", "silo_step DealRequest",
+            "silo_step MaskRequest (round keys)", "silo_step UnmaskRequest (round keys)"} <= silo
+    assert {"receive_advert", "receive_masked", "receive_unmask", "receive_dealt",
+            "receive_masked (round keys)", "receive_unmask (round keys)"} <= coordinator
     assert len([n for n in coordinator if n.startswith("transport reply")]) == 5
 
 

@@ -105,3 +105,27 @@ def test_auto_deals_round_keys_from_the_documented_size_and_bad_settings_are_nam
     with pytest.raises(ConfigError, match='secagg_round_keys must be "auto", "on" or "off"'):
         RunConfig(secure_aggregation=True, secagg_round_keys="yes")
     assert np.isfinite(ROUND_KEYS_FROM)
+
+
+def test_too_few_dealings_fail_the_round_the_model_stays_and_the_run_goes_on(
+        tmp_path: Path, federation: list[Path]) -> None:
+    run_dir = tmp_path / "run"
+    config = RunConfig(num_rounds=2, min_silos=3, expected_silos=3, seed=0, name="rk",
+                       secure_aggregation=True, secagg_round_keys="on", straggler_grace=0,
+                       round_timeout=5)
+    setups: dict[int, int] = {}
+
+    def drop(node: int, message_type: str) -> bool:  # hospital-c: key setup yes, dealing 1 no
+        if message_type == SECAGG_SETUP:
+            setups[node] = setups.get(node, 0) + 1
+            return node == 3 and setups[node] == 2
+        return False
+
+    summary = run_in_process(run_dir, config, federation, drop=drop)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == [1]
+    rows = _rows(run_dir)
+    assert "2 silos dealt their round keys" in rows[1]["reason"]
+    assert "fewer than threshold=3" in rows[1]["reason"]
+    assert rows[1]["rejected"]["hospital-c"].startswith("dealing: ")
+    assert rows[1]["global_accuracy"] is not None  # the silos still evaluated the model
+    assert rows[2]["status"] == "ok" and rows[2]["contributors"] == NAMES

@@ -351,10 +351,8 @@ class SecureAggregation:
             # coordinator holds one masked vector at a time, not one per silo.
             nonlocal state
             try:
-                if reply.error is not None:
-                    self._note_error(node, reply, server_round)
-                    raise ProtocolError(str(reply.error))
-                state = receive_masked(state, self._from_node(node, reply, MaskedInput))
+                state = receive_masked(state, self._reply_message(node, reply, MaskedInput,
+                                                                  server_round))
                 arrived.append(self.index[node])
             except ProtocolError as exc:
                 out.problems[node] = _reason(reply, exc)
@@ -404,10 +402,8 @@ class SecureAggregation:
         def take(node: int, reply: Reply) -> Reply:
             nonlocal state
             try:
-                if reply.error is not None:
-                    self._note_error(node, reply, server_round)
-                    raise ProtocolError(str(reply.error))
-                state = receive_dealt(state, self._from_node(node, reply, Dealt))
+                state = receive_dealt(state, self._reply_message(node, reply, Dealt,
+                                                                 server_round))
             except ProtocolError as exc:
                 out.problems[node] = f"dealing: {_reason(reply, exc)}"
             reply.secagg = None
@@ -438,10 +434,8 @@ class SecureAggregation:
         def take(node: int, reply: Reply) -> Reply:
             nonlocal state
             try:
-                if reply.error is not None:
-                    self._note_error(node, reply, server_round)
-                    raise ProtocolError(str(reply.error))
-                state = receive_unmask(state, self._from_node(node, reply, UnmaskResponse))
+                state = receive_unmask(state, self._reply_message(node, reply, UnmaskResponse,
+                                                                  server_round))
             except ProtocolError as exc:
                 out.problems[node] = f"unmasking: {_reason(reply, exc)}"
             reply.secagg = None
@@ -466,6 +460,14 @@ class SecureAggregation:
         out.seconds["unmasking"] = round(time.monotonic() - started, 3)
         out.unmasking = {"asked": asked, "answered": len(state.responses)}
         return state
+
+    def _reply_message(self, node: int, reply: Reply, expected: type[M], server_round: int) -> M:
+        """A round's reply as its protocol message; a silo's own refusal is raised as a
+        ProtocolError with its reason (and a silo that lost its keys is re-keyed)."""
+        if reply.error is not None:
+            self._note_error(node, reply, server_round)
+            raise ProtocolError(str(reply.error))
+        return self._from_node(node, reply, expected)
 
     def _note_error(self, node: int, reply: Reply, server_round: int) -> None:
         """A silo that answered :class:`KeysMissing` restarted: re-key it next round."""

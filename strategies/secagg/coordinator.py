@@ -206,14 +206,21 @@ def _masking(state: CoordinatorState, round_: int, active: tuple[int, ...]) -> C
                    bundles=_EMPTY, survivors=(), dropped=(), asked=(), responses=_EMPTY)
 
 
+def _check_sender(state: CoordinatorState, msg: Dealt | MaskedInput | UnmaskResponse, who: str,
+                  *, among: tuple[int, ...], seen: Mapping[int, object], refusal: str) -> None:
+    """A silo's reply is for this run and round, from one of ``among``, and its first."""
+    if msg.run_id != state.config.run_id or msg.round != state.round:
+        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
+    if msg.silo not in among or msg.silo in seen:
+        raise ProtocolError(f"{who}: {refusal}")
+
+
 def receive_dealt(state: CoordinatorState, msg: Dealt) -> CoordinatorState:
     """Round-keys mode: store one silo's round key and its sealed shares for the round."""
     _expect(state, CoordinatorStage.DEALING, action="accept a dealing")
     who = f"dealing from silo {msg.silo} for round {msg.round}"
-    if msg.run_id != state.config.run_id or msg.round != state.round:
-        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
-    if msg.silo not in state.dealt_active or msg.silo in state.dealt:
-        raise ProtocolError(f"{who}: silo is not active this round or already dealt")
+    _check_sender(state, msg, who, among=state.dealt_active, seen=state.dealt,
+                  refusal="silo is not active this round or already dealt")
     if msg.recipients != state.dealt_active:
         raise ProtocolError(f"{who}: share bundles must address exactly "
                             f"{list(state.dealt_active)}")
@@ -245,10 +252,8 @@ def receive_masked(state: CoordinatorState, msg: MaskedInput) -> CoordinatorStat
     """Fold one masked input into the running sum (memory stays O(model size))."""
     _expect(state, CoordinatorStage.MASKING, action="accept a masked input")
     who = f"masked input from silo {msg.silo} for round {msg.round}"
-    if msg.run_id != state.config.run_id or msg.round != state.round:
-        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
-    if msg.silo not in state.active or msg.silo in state.bundles:
-        raise ProtocolError(f"{who}: silo is not active this round or already sent its input")
+    _check_sender(state, msg, who, among=state.active, seen=state.bundles,
+                  refusal="silo is not active this round or already sent its input")
     if state.config.round_keys:
         if msg.recipients or msg.bundles or msg.commitments:
             raise ProtocolError(f"{who}: carries share bundles, but this run's shares were "
@@ -328,11 +333,8 @@ def receive_unmask(state: CoordinatorState, msg: UnmaskResponse) -> CoordinatorS
     """Store one survivor's revealed shares after checking they are exactly the ones asked for."""
     _expect(state, CoordinatorStage.UNMASKING, action="accept unmask shares")
     who = f"unmask response from silo {msg.silo} for round {msg.round}"
-    if msg.run_id != state.config.run_id or msg.round != state.round:
-        raise ProtocolError(f"{who}: expected run {state.config.run_id!r} round {state.round}")
-    if msg.silo not in state.asked or msg.silo in state.responses:
-        raise ProtocolError(f"{who}: not a survivor asked to unmask this round, or a "
-                            "duplicate response")
+    _check_sender(state, msg, who, among=state.asked, seen=state.responses,
+                  refusal="not a survivor asked to unmask this round, or a duplicate response")
     pairs = [] if state.config.round_keys else [
         (k, j) for k in state.survivors for j in state.dropped]
     keys = state.dropped if state.config.round_keys else ()

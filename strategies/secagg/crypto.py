@@ -97,18 +97,23 @@ def check_public_key(public: bytes, *, owner: str) -> None:
                             "re-advertise a freshly generated key") from None
 
 
+def _exchange(private: bytes, peer_public: bytes, what: str, fix: str) -> bytes:
+    """``X25519(private, peer_public)``; a malformed or low-order key is a ProtocolError."""
+    try:
+        return X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:  # wrong length or a low-order point (all-zero shared secret)
+        raise ProtocolError(f"{what} is invalid ({exc}); {fix}") from exc
+
+
 def derive_pair_key(*, private: bytes, peer_public: bytes, purpose: str, run_id: str,
                     me: int, peer: int) -> bytes:
     """``HKDF(X25519(sk_me, pk_peer), info = purpose ‖ run ‖ min ‖ max)`` — the same on both ends.
 
     ``purpose`` is ``"mask"`` (pairwise mask key) or ``"enc"`` (share-encryption key).
     """
-    try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError as exc:  # wrong length or a low-order point (all-zero shared secret)
-        raise ProtocolError(f"silo {peer}'s {purpose} public key is invalid ({exc}); "
-                            "it must re-advertise a fresh X25519 key") from exc
+    shared = _exchange(private, peer_public, f"silo {peer}'s {purpose} public key",
+                       "it must re-advertise a fresh X25519 key")
     return _hkdf(shared, _info(purpose, run_id, min(me, peer), max(me, peer)))
 
 
@@ -126,12 +131,8 @@ def round_key_seed(*, private: bytes, peer_public: bytes, run_id: str, round_: i
     "round-key-seed" ‖ run ‖ r ‖ min ‖ max)`` from this round's fresh key pairs. Either end's
     private round key gives it: the silos compute it with their own, the coordinator with a
     dropped silo's reconstructed one (that key was used for this round only)."""
-    try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError as exc:  # wrong length or a low-order point (all-zero shared secret)
-        raise ProtocolError(f"silo {peer}'s round key is invalid ({exc}); it must deal again "
-                            "with a fresh X25519 key") from exc
+    shared = _exchange(private, peer_public, f"silo {peer}'s round key",
+                       "it must deal again with a fresh X25519 key")
     return _hkdf(shared, _info("round-key-seed", run_id, round_, min(me, peer), max(me, peer)))
 
 

@@ -301,6 +301,28 @@ class _PairKeys:
         return tuple((p, j, pk, k) for (p, j), (pk, k) in sorted(self.keys.items()))
 
 
+def _check_active(state: SiloState, round_: int, active: tuple[int, ...], *,
+                  within: tuple[int, ...], what: str, limits: SiloLimits) -> None:
+    """The round's active set: sorted, within ``within``, this silo in it, and at least
+    the run's threshold and this site's minimum."""
+    config = state.config
+    assert config is not None
+    me = state.silo
+    if list(active) != sorted(set(active)) or not set(active) <= set(within):
+        raise ProtocolError(f"silo {me}: active set {list(active)} is not a sorted subset of "
+                            f"{what}")
+    if me not in active:
+        raise ProtocolError(f"silo {me} was sent a mask request but is not in the active set")
+    if len(active) < config.threshold:
+        raise SecureAggregationError(f"round {round_}: {len(active)} active silos < threshold "
+                                     f"{config.threshold}; refusing to mask")
+    if len(active) < limits.min_active:
+        raise PolicyRefusal("min_silos_per_round", (
+            f"silo {me}: round {round_} would mask with {len(active)} silo(s) "
+            f"({list(active)}), fewer than this site's minimum {limits.min_active}; no update "
+            "sent"))
+
+
 def _check_mask_request(state: SiloState, msg: MaskRequest | DealRequest, limits: SiloLimits,
                         identity: SiloIdentity | None) -> dict[int, KeyAdvert]:
     config = state.config
@@ -310,18 +332,8 @@ def _check_mask_request(state: SiloState, msg: MaskRequest | DealRequest, limits
         raise ProtocolError(f"silo {me}: mask request for round {msg.round}, but round "
                             f"{state.last_round} was already masked (rounds never repeat)")
     active = msg.active
-    if list(active) != sorted(set(active)) or not set(active) <= set(config.roster):
-        raise ProtocolError(f"silo {me}: active set {list(active)} is not a sorted subset of the roster")
-    if me not in active:
-        raise ProtocolError(f"silo {me} was sent a mask request but is not in the active set")
-    if len(active) < config.threshold:
-        raise SecureAggregationError(f"round {msg.round}: {len(active)} active silos < threshold "
-                                     f"{config.threshold}; refusing to mask")
-    if len(active) < limits.min_active:
-        raise PolicyRefusal("min_silos_per_round", (
-            f"silo {me}: round {msg.round} would mask with {len(active)} silo(s) "
-            f"({list(active)}), fewer than this site's minimum {limits.min_active}; no update "
-            "sent"))
+    _check_active(state, msg.round, active, within=config.roster, what="the roster",
+                  limits=limits)
     directory = msg.directory()
     missing = [s for s in active if s not in directory]
     if missing:
@@ -444,18 +456,8 @@ def _mask_with_round_keys(state: SiloState, msg: MaskRequest, *, update: np.ndar
         raise ProtocolError(f"silo {me}: mask request for round {r}, but this silo dealt round "
                             f"keys for round {state.last_round if state.dealt else 'none'}; "
                             "in a round-keys run a round's dealing comes first")
-    if list(active) != sorted(set(active)) or not set(active) <= set(state.dealt):
-        raise ProtocolError(f"silo {me}: active set {list(active)} is not a sorted subset of the "
-                            f"silos it dealt to {list(state.dealt)}")
-    if me not in active:
-        raise ProtocolError(f"silo {me} was sent a mask request but is not in the active set")
-    if len(active) < config.threshold:
-        raise SecureAggregationError(f"round {r}: {len(active)} active silos < threshold "
-                                     f"{config.threshold}; refusing to mask")
-    if len(active) < limits.min_active:
-        raise PolicyRefusal("min_silos_per_round", (
-            f"silo {me}: round {r} would mask with {len(active)} silo(s) ({list(active)}), "
-            f"fewer than this site's minimum {limits.min_active}; no update sent"))
+    _check_active(state, r, active, within=state.dealt,
+                  what=f"the silos it dealt to {list(state.dealt)}", limits=limits)
     round_keys = msg.round_keys()
     missing = [s for s in active if s not in round_keys]
     if missing:

@@ -26,6 +26,16 @@ def seeded(tag: str) -> KeystreamSource:
     return KeystreamSource(tag.encode().ljust(32, b"\0")[:32])
 
 
+def lax_limits():
+    """Silo limits without the majority rule: only to show an equivocation attack is real
+    when the rule is missing."""
+    from strategies.secagg.silo import SiloLimits
+
+    limits = SiloLimits()
+    object.__setattr__(limits, "threshold_fraction", 0.0)
+    return limits
+
+
 def small_federation(n: int = 5, *, threshold: int = 3, length: int = 6, seed: bytes = b"fed",
                      run_id: str = "run-1", round_keys: bool = False) -> LocalFederation:
     config = make_config(run_id=run_id, roster=list(range(10, 10 + n)), threshold=threshold,

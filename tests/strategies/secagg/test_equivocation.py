@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from secagg_helpers import lax_limits
 
 from strategies.secagg import coordinator as co
 from strategies.secagg import make_config, silo_step
@@ -27,13 +28,6 @@ from strategies.secagg.simulate import LocalFederation
 from xsilo.errors import ProtocolError
 
 TARGET = 0
-
-
-def _lax() -> SiloLimits:
-    """Limits without the majority rule: only to show the attack is real when it is missing."""
-    limits = SiloLimits()
-    object.__setattr__(limits, "threshold_fraction", 0.0)
-    return limits
 
 
 def _masked_round(n: int, t: int, limits: SiloLimits):
@@ -93,8 +87,8 @@ def _attack(config, fed, inputs, group_a: list[int], group_b: list[int], limits)
 
 def test_the_attack_is_real_when_the_threshold_is_a_minority() -> None:
     n, t = 6, 3
-    config, fed, inputs, x0 = _masked_round(n, t, _lax())
-    recovered = _attack(config, fed, inputs, [0, 1, 2], [3, 4, 5], _lax())
+    config, fed, inputs, x0 = _masked_round(n, t, lax_limits())
+    recovered = _attack(config, fed, inputs, [0, 1, 2], [3, 4, 5], lax_limits())
     assert np.max(np.abs(recovered - x0)) <= config.quant.step  # silo 0's update, alone
 
 

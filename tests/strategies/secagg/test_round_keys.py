@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from secagg_helpers import seeded
+from secagg_helpers import lax_limits, seeded
 
 from strategies.secagg import coordinator as co
 from strategies.secagg import make_config, message_from_record, new_silo, silo_step
@@ -222,12 +222,6 @@ def test_a_corrupted_round_key_share_is_caught_by_its_commitment() -> None:
 TARGET = 0
 
 
-def _lax() -> SiloLimits:
-    limits = SiloLimits()
-    object.__setattr__(limits, "threshold_fraction", 0.0)
-    return limits
-
-
 def _round(n: int, t: int, limits: SiloLimits):
     config = make_config(run_id=f"rk-eq-{n}-{t}", roster=list(range(n)), threshold=t, length=4,
                          clip=1.0, bits=12, max_weight=10, round_keys=True)
@@ -289,8 +283,8 @@ def _attack(config, fed, dealt, inputs, group_a, group_b, limits):
 
 
 def test_the_attack_is_real_when_the_threshold_is_a_minority() -> None:
-    config, fed, dealt, inputs, x0 = _round(6, 3, _lax())
-    recovered = _attack(config, fed, dealt, inputs, [0, 1, 2], [3, 4, 5], _lax())
+    config, fed, dealt, inputs, x0 = _round(6, 3, lax_limits())
+    recovered = _attack(config, fed, dealt, inputs, [0, 1, 2], [3, 4, 5], lax_limits())
     assert np.max(np.abs(recovered - x0)) <= config.quant.step  # silo 0's update, alone
 
 

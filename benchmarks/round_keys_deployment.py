@@ -95,7 +95,7 @@ def main() -> None:
             f"{args.rounds} rounds a run, {args.repeats} runs per mode alternating, medians "
             "over rounds 2..R of all runs; raw rows in "
             "`benchmarks/out/round_keys_deployment.json`).\n\n" + table(result) + "\n\n"
-            "Reading: docs/secure-aggregation.md, *How far it scales*.\n"))
+            "Reading: docs/secure-aggregation.md, *Round keys*.\n"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def save_raw(out: Path, script: str, **data: Any) -> dict[str, str]:
+    """Write ``{"meta": …, **data}`` to ``out`` (a benchmark's raw rows) and return the
+    meta: commit, date, and the command that ran (``.venv/bin/python script args``)."""
+    meta = {"commit": commit(), "argv": sys.argv[1:],
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "command": " ".join([".venv/bin/python", script, *sys.argv[1:]])}
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, **data}, indent=1) + "\n")
+    return meta
 
 
 def replace_section(heading: str, body: str, path: Path = RESULTS) -> None:

@@ -22,13 +22,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from _bench import commit, replace_section  # noqa: E402
+from _bench import replace_section, save_raw  # noqa: E402
 from coordinator.config import RunConfig  # noqa: E402
 from federation.deployment import LocalFederation  # noqa: E402
 
@@ -83,14 +82,10 @@ def main() -> None:
             print(mode, json.dumps(rows), flush=True)
     result = {mode: summary(rows) for mode, rows in runs.items()}
     print(table(result))
-    meta = {"commit": commit(), "argv": sys.argv[1:],
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"meta": meta, "runs": runs, "result": result}, indent=1) + "\n")
+    meta = save_raw(OUT, "benchmarks/round_keys_deployment.py", runs=runs, result=result)
     if not args.no_results:
-        command = " ".join(["benchmarks/round_keys_deployment.py", *sys.argv[1:]])
         replace_section(HEADING, (
-            f"{HEADING}\n\n`.venv/bin/python {command}` ({meta['date']}, commit "
+            f"{HEADING}\n\n`{meta['command']}` ({meta['date']}, commit "
             f"{meta['commit']}; 3 silos on the real deployment engine with mTLS gateways, "
             f"{args.rounds} rounds a run, {args.repeats} runs per mode alternating, medians "
             "over rounds 2..R of all runs; raw rows in "

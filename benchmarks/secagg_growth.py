@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _bench import commit, replace_section  # noqa: E402
+from _bench import replace_section, save_raw  # noqa: E402
 from strategies.secagg import coordinator as co  # noqa: E402
 from strategies.secagg import make_config, new_silo, silo_step  # noqa: E402
 from strategies.secagg.messages import Dealt, MaskedInput  # noqa: E402
@@ -157,15 +157,11 @@ def main() -> None:
             row = one_size(n, args.length, args.stepped, n <= args.full, round_keys)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"commit": commit(), "argv": sys.argv[1:],
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    meta = save_raw(OUT, "benchmarks/secagg_growth.py", rows=rows)
     print(table(rows))
     if not args.no_results:
-        command = " ".join(["benchmarks/secagg_growth.py", *sys.argv[1:]])
         replace_section(HEADING, (
-            f"{HEADING}\n\n`.venv/bin/python {command}` ({meta['date']}, commit "
+            f"{HEADING}\n\n`{meta['command']}` ({meta['date']}, commit "
             f"{meta['commit']}; the pure protocol in one process, no transport, no Flower; "
             f"{args.length:,} parameters, t = ⌈2n/3⌉; times are the median of "
             f"{args.stepped} silos' steps (for pair seeds the dealing column is the step with a 16-parameter model: dealing and pair seeds alone); raw rows in `benchmarks/out/secagg_growth.json`)."

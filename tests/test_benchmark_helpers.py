@@ -34,3 +34,14 @@ def test_a_child_result_or_its_failure(tmp_path: Path) -> None:
     slow.write_text("import time\ntime.sleep(30)\n")
     assert _bench.run_child([str(slow)], env=env, timeout=0.5) == {
         "error": "over the 0.5 s limit"}
+
+
+def test_raw_rows_are_saved_with_the_commit_date_and_command(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["x.py", "--silos", "5"])
+    out = tmp_path / "out" / "raw.json"
+    meta = _bench.save_raw(out, "benchmarks/x.py", rows=[{"a": 1}])
+    assert meta["command"] == ".venv/bin/python benchmarks/x.py --silos 5"
+    assert meta["commit"] and len(meta["date"]) == 10
+    import json
+    assert json.loads(out.read_text()) == {"meta": meta, "rows": [{"a": 1}]}

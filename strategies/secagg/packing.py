@@ -5,8 +5,9 @@ largest sum needs, ``⌈log2(n · W · (2^b − 1) + 1)⌉``), but it lives in a
 ``uint64``. :func:`pack_bits` keeps the low ``k`` bits of each word, concatenated
 little-endian (bit ``j`` of word ``i`` is bit ``i·k + j`` of the stream), in groups of 8
 words = ``k`` bytes (the last group zero-padded); :func:`unpack_bits` is its inverse. A run
-with ``k = 21`` sends 21/32 of the bytes. Both are a few vector operations per byte of a
-group, in chunks, so no temporary grows with the model.
+with ``k = 21`` sends 21/32 of the bytes. Both place each word of a group into the group's
+64-bit lanes (one or two shifts per word, then one byte view), in chunks, so no temporary
+grows with the model.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ def packed_size(count: int, bits: int) -> int:
     return -(-count // 8) * bits
 
 
-def _spans(bits: int) -> list[list[tuple[int, int]]]:
-    """For each byte of a group: ``(word, shift)`` pairs whose bits it holds; a positive
-    shift takes the word's bits from there, a negative one moves them up."""
-    out = []
-    for b in range(bits):
-        lo, hi = 8 * b, 8 * b + 8
-        out.append([(j, lo - j * bits) for j in range(8)
-                    if j * bits < hi and (j + 1) * bits > lo])
-    return out
+def _mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)
+
+
+def _places(bits: int) -> list[tuple[int, int, bool]]:
+    """Where word ``j`` of a group sits in the group's little-endian 64-bit lanes:
+    ``(lane, shift, spills into the next lane)``."""
+    return [(j * bits // 64, j * bits % 64, j * bits % 64 + bits > 64) for j in range(8)]
 
 
 def pack_bits(words: np.ndarray, bits: int) -> np.ndarray:
@@ -43,20 +43,23 @@ def pack_bits(words: np.ndarray, bits: int) -> np.ndarray:
     if w.dtype not in (np.uint32, np.uint64) or w.ndim != 1 or not 1 <= bits <= width:
         raise ValueError(f"pack_bits needs a 1-D uint32/uint64 vector and 1..{width} bits")
     groups = -(-w.size // 8)
-    padded = np.zeros(groups * 8, dtype=np.uint64)
-    padded[:w.size] = w
-    padded &= np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(~0 & (2**64 - 1))
-    grid = padded.reshape(groups, 8)
+    lanes = -(-bits // 8)  # 8 words of `bits` bits fill `bits` bytes: this many 64-bit lanes
     out = np.empty((groups, bits), dtype=np.uint8)
-    spans = _spans(bits)
+    mask, places = _mask(bits), _places(bits)
     for start in range(0, groups, _GROUPS):
-        g, o = grid[start:start + _GROUPS], out[start:start + _GROUPS]
-        for b, parts in enumerate(spans):
-            acc = np.zeros(len(g), dtype=np.uint64)
-            for j, shift in parts:
-                acc |= (g[:, j] >> np.uint64(shift)) if shift >= 0 else (
-                    g[:, j] << np.uint64(-shift))
-            o[:, b] = acc.astype(np.uint8)  # the low byte
+        stop = min(groups, start + _GROUPS)
+        chunk = w[8 * start:8 * stop]
+        if chunk.size < 8 * (stop - start):  # the last group, zero-padded
+            chunk = np.concatenate([chunk, np.zeros(8 * (stop - start) - chunk.size, w.dtype)])
+        grid = chunk.reshape(-1, 8)
+        acc = np.zeros((lanes, len(grid)), dtype=np.uint64)
+        for j, (lane, shift, spills) in enumerate(places):
+            x = grid[:, j].astype(np.uint64) & mask
+            acc[lane] |= x << np.uint64(shift)
+            if spills:
+                acc[lane + 1] |= x >> np.uint64(64 - shift)
+        out[start:stop] = acc.T.astype("<u8", order="C").view(np.uint8).reshape(len(grid), 8 * lanes)[
+            :, :bits]
     return out.reshape(-1)
 
 
@@ -71,20 +74,18 @@ def unpack_bits(packed: np.ndarray, *, bits: int, count: int, dtype: np.dtype) -
         raise ProtocolError(f"a packed vector of {count} {bits}-bit words must be "
                             f"{packed_size(count, bits)} bytes, got {p.dtype}[{p.size}]")
     groups = -(-count // 8)
+    lanes = -(-bits // 8)
     grid = p.reshape(groups, bits)
-    words = np.empty((groups, 8), dtype=np.uint64)
-    mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
-    owners: list[list[tuple[int, int]]] = [[] for _ in range(8)]
-    for b, parts in enumerate(_spans(bits)):
-        for j, shift in parts:
-            owners[j].append((b, shift))
+    words = np.empty((groups, 8), dtype=dtype)
+    mask, places = _mask(bits), _places(bits)
     for start in range(0, groups, _GROUPS):
-        g, o = grid[start:start + _GROUPS], words[start:start + _GROUPS]
-        for j, parts in enumerate(owners):
-            acc = np.zeros(len(g), dtype=np.uint64)
-            for b, shift in parts:  # byte b holds this word's bits from `shift` on
-                byte = g[:, b].astype(np.uint64)
-                acc |= (byte << np.uint64(shift)) if shift >= 0 else (
-                    byte >> np.uint64(-shift))
-            o[:, j] = acc & mask
-    return words.reshape(-1)[:count].astype(dtype)
+        stop = min(groups, start + _GROUPS)
+        raw = np.zeros((stop - start, 8 * lanes), dtype=np.uint8)
+        raw[:, :bits] = grid[start:stop]
+        acc = raw.view("<u8").T.astype(np.uint64, order="C")  # lane-major: one contiguous row per lane
+        for j, (lane, shift, spills) in enumerate(places):
+            x = acc[lane] >> np.uint64(shift)
+            if spills:
+                x |= acc[lane + 1] << np.uint64(64 - shift)
+            words[start:stop, j] = x & mask
+    return words.reshape(-1)[:count]

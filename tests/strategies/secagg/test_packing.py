@@ -27,6 +27,23 @@ def test_pack_then_unpack_is_exact(bits: int, count: int, seed: int) -> None:
     np.testing.assert_array_equal(unpack_bits(packed, bits=bits, count=count, dtype=dtype), words)
 
 
+@prop_settings(100)
+@given(bits=st.integers(1, 64), count=st.integers(1, 100), seed=st.integers(0, 2**32 - 1))
+def test_the_wire_format_is_the_little_endian_bit_stream(bits: int, count: int,
+                                                         seed: int) -> None:
+    """Bit j of word i is bit i·k + j of the stream (a peer's release packs it so): checked
+    against the stream built bit by bit, high bits of each word ignored."""
+    dtype = np.uint32 if bits <= 32 else np.uint64
+    gen = np.random.default_rng(seed)  # test data only
+    words = gen.integers(0, 2**63, count, dtype=np.uint64, endpoint=True).astype(dtype)
+    as_bits = np.unpackbits(words.astype("<u8").view(np.uint8).reshape(count, 8), axis=1,
+                            bitorder="little")[:, :bits].reshape(-1)
+    stream = np.zeros(packed_size(count, bits) * 8, dtype=np.uint8)
+    stream[:as_bits.size] = as_bits
+    np.testing.assert_array_equal(pack_bits(words, bits),
+                                  np.packbits(stream, bitorder="little"))
+
+
 def test_a_packed_vector_of_the_wrong_size_is_a_protocol_error() -> None:
     packed = pack_bits(np.arange(10, dtype=np.uint32), 5)
     with pytest.raises(ProtocolError, match="10 5-bit words must be 10 bytes"):

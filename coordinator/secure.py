@@ -61,6 +61,7 @@ from strategies.secagg.messages import Dealt, DealRequest
 from strategies.secagg.config import make_encoded_config
 from strategies.secagg.masking import share_bytes
 from xsilo.errors import KeysMissing, ProtocolError, SecureAggregationError
+from xsilo.failpoints import reach
 from xsilo.protocol import SECAGG_SETUP, SECAGG_UNMASK, model_length, unflatten_update
 from xsilo.terms import (AGGREGATED_METRICS, EvaluateTerms, KeySetupTerms, SiloMetrics,
                          TrainTerms, UnmaskTerms, from_aggregate)
@@ -422,6 +423,7 @@ class SecureAggregation:
                 out.problems[node_of[i]] = "dealing: " + patience.missing_reason(
                     what="dealing", timeout=self.run_config.round_timeout)
         out.seconds["dealing"] = round(time.monotonic() - started, 3)
+        reach("dealt")  # a test's stop between the trips (xsilo.failpoints); inert otherwise
         return begin_masking(state)  # SecureAggregationError: too few dealt
 
     def _unmask(self, state: CoordinatorState, server_round: int, out: SecureRound,

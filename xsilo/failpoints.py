@@ -11,8 +11,10 @@ to each ``flwr-serverapp``), so a test arms it before it starts the coordinator:
     XSILO_FAILPOINT_DIR=/tmp/…/failpoints                        where their markers go
 
 The first process that reaches an armed point creates ``<dir>/<point>.pid`` (exclusively,
-with its pid in it) and blocks there until it is killed. Every later pass, in that process
-or any other, goes on: a resumed run, which inherits the same environment, passes the point
+with its pid in it) and blocks there until it is killed, or until the test lets it go on
+(:func:`release`: it creates ``<dir>/<point>.go``), having done what it wanted done while
+the process stood still there (restart a silo, say). Every later pass, in that process or
+any other, goes on: a resumed run, which inherits the same environment, passes the point
 its predecessor was killed at. Without both variables nothing happens and nothing is read
 but the environment.
 
@@ -23,9 +25,12 @@ Points in the code:
 * ``reply:<message type>`` — the coordinator's transport, right after it took in the
   first reply of that type (``reply:train.secagg_setup``: during the key setup;
   ``reply:train``: during masked-input collection; ``reply:train.unmask``: during
-  unmasking).
+  unmasking);
+* ``dealt`` — :meth:`coordinator.secure.SecureAggregation._deal`, in a round-keys run: the
+  round's dealings are in, its mask requests not yet sent.
 
-Waiting for one (the test's side): :func:`wait_reached` returns the pid that blocked there.
+The test's side: :func:`wait_reached` returns the pid that blocked there; :func:`release`
+lets it go on.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import re
 import time
 from pathlib import Path
 
-__all__ = ["ENV", "ENV_DIR", "armed", "marker", "reach", "wait_reached"]
+__all__ = ["ENV", "ENV_DIR", "armed", "marker", "reach", "release", "wait_reached"]
 
 ENV = "XSILO_FAILPOINT"
 ENV_DIR = "XSILO_FAILPOINT_DIR"
@@ -68,8 +73,18 @@ def reach(point: str) -> None:
         return
     finally:
         tmp.unlink(missing_ok=True)
-    while True:  # short sleeps: a signal still ends the process (Flower's stop, SIGTERM)
+    go = _go(path)
+    while not go.exists():  # short sleeps: a signal still ends the process (SIGTERM, SIGKILL)
         time.sleep(0.05)
+
+
+def release(point: str, directory: str | Path) -> None:
+    """Let the process blocked at ``point`` (in ``directory``) go on."""
+    _go(marker(point, directory)).touch()
+
+
+def _go(path: Path) -> Path:
+    return path.with_suffix(".go")
 
 
 def wait_reached(point: str, directory: str | Path, *, timeout: float) -> int:

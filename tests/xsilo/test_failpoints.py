@@ -1,5 +1,5 @@
 """xsilo.failpoints: inert unless armed; armed, it stops the first process that gets there
-(and only that one), and a writer stopped inside atomic_write leaves the target as it was."""
+(and only that one) until it is killed or released, and a writer stopped inside atomic_write leaves the target as it was."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xsilo.failpoints import ENV, ENV_DIR, armed, marker, reach, wait_reached
+from xsilo.failpoints import ENV, ENV_DIR, armed, marker, reach, release, wait_reached
 from xsilo.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,29 @@ def test_the_first_process_stops_there_and_the_next_goes_on(tmp_path: Path) -> N
     assert marker("reply:train.unmask", tmp_path).name == "reply_train.unmask.pid"
     with pytest.raises(TimeoutError, match="'other'"):
         wait_reached("other", tmp_path, timeout=0.1)
+
+
+def test_a_released_process_goes_on_from_where_it_stood(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {ENV: "dealt", ENV_DIR: str(tmp_path)}
+    code = ("from xsilo.failpoints import reach; print('before', flush=True); reach('dealt'); "
+            "print('after')")
+    blocked = _child(code, env)
+    try:
+        assert wait_reached("dealt", tmp_path, timeout=30) == blocked.pid
+        assert blocked.stdout is not None and blocked.stdout.readline().strip() == "before"
+        with pytest.raises(subprocess.TimeoutExpired):
+            blocked.wait(timeout=0.5)  # still standing there
+        release("dealt", tmp_path)
+        out, _ = blocked.communicate(timeout=30)
+    finally:
+        if blocked.poll() is None:
+            _kill(blocked)
+    assert blocked.returncode == 0 and out.strip() == "after"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert not armed("dealt")  # reached once: every later pass goes on
+    reach("dealt")
 
 
 def test_a_writer_killed_at_the_checkpoint_failpoint_leaves_the_old_file(tmp_path: Path) -> None:

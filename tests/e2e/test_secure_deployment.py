@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import tests.e2e._kills as kills
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
+from xsilo.failpoints import release, wait_reached
+from xsilo.protocol import SECAGG_SETUP
 from xsilo.terms import AGGREGATED_METRICS, UPDATE_SQ_NORM
 
 # Not 90 s: the run alone may take its 85 s budget (two round trips per round on 2 cores,
@@ -100,26 +103,46 @@ def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(tmp_path: 
     assert rows[-1]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
 
 
-def test_a_round_keys_run_deals_every_round_on_real_processes(tmp_path: Path) -> None:
+def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_dealing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """secagg_round_keys = "on": each round first deals fresh, signed round keys over
-    train.secagg_setup, then masks and unmasks; what the silos send is in their ledgers."""
+    train.secagg_setup, then masks and unmasks. In round 1 hospital-c's SuperNode restarts
+    between its dealing and the mask requests (the coordinator stands at the ``dealt``
+    failpoint meanwhile, so no timing decides it): it lost its round key and refuses to mask
+    (KeysMissing), and the round is summed from the other two, hospital-c's round key
+    rebuilt from their shares. Round 2 re-keys it and sums all three. What each silo sent is
+    in its ledger."""
     fed = LocalFederation(tmp_path, mtls=True).setup()
     with fed:
-        fed.start()
-        outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
-                                    secure_aggregation=True, secagg_round_keys="on",
-                                    round_timeout=40.0, join_timeout=45.0, name="round-keys"),
-                          timeout=85)
+        markers = kills.start(fed, monkeypatch, "dealt")
+        old_pid = fed.supernodes["hospital-c"].pid
+        run_id, store = fed.submit(RunConfig(
+            num_rounds=2, min_silos=2, expected_silos=3, secure_aggregation=True,
+            secagg_threshold=2, secagg_round_keys="on", round_timeout=40.0, join_timeout=45.0,
+            name="round-keys"))
+        wait_reached("dealt", markers, timeout=60)  # round 1: every dealing is in
+        dealt_before = kills.sent(fed, SECAGG_SETUP, 1)
+        fed.restart_silo("hospital-c")
+        release("dealt", markers)
+        outcome = fed.wait(run_id, store, timeout=100)
+        assert fed.supernodes["hospital-c"].pid != old_pid
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["rounds_failed"] == []
+    assert all(any(e["extra"].get("secagg") == "secagg/dealt" for e in dealt_before[name])
+               for name in kills.SILOS), dealt_before  # all three dealt before the restart
     events = outcome.store.events()
     setup = next(e for e in events if e["event"] == "secure_aggregation_setup")
     assert setup["round_keys"] is True and setup["signed_adverts"] == 3
-    rows = [e for e in events if e["event"] == "round"][1:]
-    assert all(r["contributors"] == ["hospital-a", "hospital-b", "hospital-c"] for r in rows)
-    for r in rows:  # three round trips, each timed
-        assert set(r["secure_aggregation"]["seconds"]) == {"dealing", "masked_input",
-                                                            "unmasking"}
+    lost, rekeyed = [e for e in events if e["event"] == "round"][1:]
+    for r in (lost, rekeyed):  # three round trips, each timed
+        assert {"dealing", "masked_input", "unmasking"} <= set(r["secure_aggregation"]["seconds"])
+    assert lost["contributors"] == ["hospital-a", "hospital-b"], lost
+    assert "KeysMissing" in lost["rejected"]["hospital-c"], lost["rejected"]
+    assert lost["secure_aggregation"]["dropped"] == 1  # unmasked with its rebuilt round key
+    assert rekeyed["secure_aggregation"]["rekeyed"] == {"asked": 1, "keyed": 1}
+    assert rekeyed["contributors"] == kills.SILOS
+    total = rekeyed["secure_aggregation"]["total_weight"]
+    assert total == 426 and 0 < lost["secure_aggregation"]["total_weight"] < total
     for silo in fed.silos:
         entries = [json.loads(line) for line in
                    (silo.workspace / "egress.jsonl").read_text().splitlines()]
@@ -127,4 +150,9 @@ def test_a_round_keys_run_deals_every_round_on_real_processes(tmp_path: Path) ->
         assert sorted(e["server_round"] for e in dealt) == [1, 2, 3]  # + the final evaluation
         assert all(e["extra"]["dealt_to"] == 3 for e in dealt)
         trains = [e for e in entries if e["message_type"] == "train"]
-        assert len(trains) == 2 and all(e["masked"] for e in trains)
+        assert all(e["masked"] for e in trains)
+        assert [e["server_round"] for e in trains] == ([2] if silo.name == "hospital-c"
+                                                       else [1, 2])
+        refusals = [e for e in entries if e["message_type"] == "train.refusal"]
+        assert [(e["server_round"], "KeysMissing" in e["extra"]["reason"]) for e in refusals] == (
+            [(1, True)] if silo.name == "hospital-c" else [])  # its refusal left it too

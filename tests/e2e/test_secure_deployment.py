@@ -123,6 +123,12 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
         wait_reached("dealt", markers, timeout=60)  # round 1: every dealing is in
         dealt_before = kills.sent(fed, SECAGG_SETUP, 1)
         fed.restart_silo("hospital-c")
+        # the old SuperNode signed off: a mask request pulled for it now would come back
+        # "node unavailable" from the SuperLink, not reach the restarted silo
+        assert fed.coordinator is not None
+        node_c, cli = fed.coordinator.node_ids["hospital-c"], fed.home.cli()
+        kills.until(lambda: any(int(n["node-id"]) == node_c and n.get("status") == "online"
+                                for n in cli.list_nodes()), 60, "hospital-c back online")
         release("dealt", markers)
         outcome = fed.wait(run_id, store, timeout=100)
         assert fed.supernodes["hospital-c"].pid != old_pid

@@ -404,26 +404,44 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+SIM_GOAL, DEPLOY_GOAL, GAP_GOAL = 1.15, 1.2, 0.5  # issue 20's goals at 10 silos x 1M
+
+
+def _ratio_lines(t: dict, rows: list[dict], engine: str, goal: float, where: str) -> list[str]:
+    """secure / plain at 10 silos x 1M on ``engine`` against ``goal``, run by run where the
+    case was repeated, and the two round trips' shares of the plain round."""
+    sec, plain = (t.get((engine, 10, 1_000_000, m)) for m in ("xsilo secure", "plain FedAvg"))
+    if not (sec and plain):
+        return []
+    out = [f"* {where}, 10 silos x 1M: xsilo secure / plain = {sec / plain:.2f}x "
+           f"(goal <= {goal}x: {'met' if sec / plain <= goal else 'not met'})"]
+    pick = {r["method"]: r for r in rows if r["engine"] == engine
+            and r["silos"] == 10 and r["params"] == 1_000_000}
+    runs = [pick[m].get("runs_round_s") for m in ("xsilo secure", "plain FedAvg")]
+    if runs[0] and runs[1] and len(runs[0]) > 1:
+        each = ", ".join(f"{a / b:.2f}x" for a, b in zip(*runs))
+        out.append(f"  * run by run (plain and secure interleaved): {each}")
+    trips = pick.get("xsilo secure", {}).get("trips_s")
+    if trips and "unmasking" in trips:
+        out.append(f"  * of which the unmasking round trip alone: {trips['unmasking']:.3f} s = "
+                   f"{trips['unmasking'] / plain:.0%} of the plain round; the masked-input "
+                   f"round trip: {trips['masked_input']:.3f} s = "
+                   f"{trips['masked_input'] / plain:.2f}x the plain round")
+    return out
+
+
 def _goals(rows: list[dict]) -> str:
-    """The issue's goals, computed from this run's rows."""
+    """Issue 20's goals (and the SecAgg+ comparison), computed from this run's rows."""
     t = {(r["engine"], r["silos"], r["params"], r["method"]): r.get("round_s") for r in rows}
-    out = []
-    sec, plain = (t.get(("xsilo-sim", 10, 1_000_000, m)) for m in ("xsilo secure", "plain FedAvg"))
-    if sec and plain:
-        out.append(f"* simulation, 10 silos x 1M: xsilo secure / plain = {sec / plain:.2f}x "
-                   f"(goal <= 1.3x: {'met' if sec / plain <= 1.3 else 'not met'})")
-        pick = {r["method"]: r for r in rows if r["engine"] == "xsilo-sim"
-                and r["silos"] == 10 and r["params"] == 1_000_000}
-        runs = [pick[m].get("runs_round_s") for m in ("xsilo secure", "plain FedAvg")]
-        if runs[0] and runs[1] and len(runs[0]) > 1:
-            each = ", ".join(f"{a / b:.2f}x" for a, b in zip(*runs))
-            out.append(f"  * run by run (plain and secure interleaved): {each}")
-        trips = pick.get("xsilo secure", {}).get("trips_s")
-        if trips and "unmasking" in trips:
-            out.append(f"  * of which the unmasking round trip alone: {trips['unmasking']:.3f} s = "
-                       f"{trips['unmasking'] / plain:.0%} of the plain round; the masked-input "
-                       f"round trip: {trips['masked_input']:.3f} s = "
-                       f"{trips['masked_input'] / plain:.2f}x the plain round")
+    out = [*_ratio_lines(t, rows, "xsilo-sim", SIM_GOAL, "simulation"),
+           *_ratio_lines(t, rows, "xsilo-deployment", DEPLOY_GOAL, "deployment")]
+    for (engine, silos, params, method), deployed in sorted(t.items()):
+        local = t.get(("xsilo-inprocess", silos, params, method))
+        if engine == "xsilo-deployment" and deployed and local:
+            gap = deployed - local
+            out.append(f"* deployed vs in process, {silos} silos x {params:,}, {method}: "
+                       f"{deployed:.2f} s vs {local:.2f} s, {gap:+.2f} s (goal <= "
+                       f"{GAP_GOAL} s: {'met' if gap <= GAP_GOAL else 'not met'})")
     for (engine, silos, params, method), mine in sorted(t.items()):
         if engine != "xsilo-deployment" or method != "xsilo secure" or not mine:
             continue

@@ -228,8 +228,10 @@ def case_deployment(silos: int, params: int, secure: bool, executor: str = "warm
             fed.start()
             started = time.perf_counter()
             outcome = fed.run(_config(silos, secure), timeout=CASE_LIMIT)
-            assert outcome.completed, outcome.summary
-            return {**_timings(outcome.store.events()), "total_s": time.perf_counter() - started}
+            total = time.perf_counter() - started
+        assert outcome.completed, outcome.summary
+        _no_refusals(fed)
+        return {**_timings(outcome.store.events()), "total_s": total}
 
 
 OUT_ENV = "XSILO_BENCH_FLOWER_OUT"
@@ -301,6 +303,18 @@ def _flower_app(root: Path, silos: int, params: int, secure: bool, rounds: int =
     return app
 
 
+def _no_refusals(fed) -> None:  # noqa: ANN001 - a LocalFederation
+    """A run its silos refused is no measurement (Flower's legacy FedAvg takes failures and
+    goes on, fast): raise when any silo's ledger records a refusal."""
+    for silo in fed.silos:
+        ledger = silo.workspace / "egress.jsonl"
+        refused = [line for line in (ledger.read_text().splitlines() if ledger.exists() else [])
+                   if '.refusal"' in line]
+        if refused:
+            raise RuntimeError(f"silo {silo.name} refused {len(refused)} message(s), e.g. "
+                               f"{refused[0][:300]}")
+
+
 def _flower_times(out: Path, rounds: int = ROUNDS) -> list[float]:
     times = json.loads(out.read_text()) if out.exists() else []
     assert len(times) == rounds, f"Flower finished {len(times)} of {rounds} rounds"
@@ -336,6 +350,13 @@ def case_flower_deployment(silos: int, params: int, secure: bool,
         app = _flower_app(Path(tmp), silos, params, secure)
         out = Path(tmp) / "times.json"
         fed = _federation(Path(tmp) / "fed", silos, executor)
+        if executor != "flower":  # xsilo's executor runs approved apps only: approve this one
+            from silo_client.apps import approve, fab_of
+
+            fab_hash, app_id, source = fab_of(app)
+            for silo in fed.silos:
+                approve(silo, fab_hash, note="benchmarks/secagg.py: Flower's own app",
+                        source=source, app=app_id)
         with fed:
             fed.start()
             cli = fed.home.cli()
@@ -348,8 +369,10 @@ def case_flower_deployment(silos: int, params: int, secure: bool,
                 time.sleep(1)
             assert status == "finished:completed", status
             times = _flower_times(out)
-            return {"round_s": statistics.median(times[1:]), "rounds_s": times[1:],
-                    "total_s": time.perf_counter() - started}
+            total = time.perf_counter() - started
+        _no_refusals(fed)
+        return {"round_s": statistics.median(times[1:]), "rounds_s": times[1:],
+                "total_s": total}
 
 
 CASES = {"xsilo-inprocess": case_inprocess, "xsilo-sim": case_simulation,

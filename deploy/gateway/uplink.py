@@ -14,7 +14,9 @@ flower-supernode …`` (started by :func:`deploy.launch.processes.start_supernod
 3. writes ``FILE`` (the caller then starts the silo's SuperExec in the same namespace with
    ``nsenter``) and starts the SuperNode command, whose Runtime API port is then on this
    namespace's loopback only;
-4. exits with the SuperNode's exit code when it ends, and stops it on SIGTERM/SIGINT.
+4. exits with the SuperNode's exit code when it ends, and stops it on SIGTERM/SIGINT,
+   forwarding until it has exited: on its way out the SuperNode signs off at the
+   coordinator through this uplink, so that a restarted one is let in at once.
 
 Nothing else runs in the namespace, so nothing checks who connects: only the silo's own
 processes (and root) are inside.
@@ -72,11 +74,29 @@ def listen(port: int) -> socket.socket:
     return sock
 
 
-async def serve(sock: socket.socket, socket_path: Path, child: subprocess.Popen) -> int:
+async def serve(sock: socket.socket, socket_path: Path, child: subprocess.Popen, *,
+                grace: float = 5.0) -> int:
     server = await asyncio.start_server(Forwarder(socket_path).handle, sock=sock)
     async with server:
         await child_or_signal(child)
+        # Stopped: the SuperNode signs off at the coordinator on its way out (Flower's
+        # DeactivateNode), through this forwarder, so keep forwarding until it has exited.
+        # Without the sign-off the SuperLink counts it as connected for up to a minute and
+        # refuses a restarted SuperNode of this silo ("Failed to activate SuperNode"). A
+        # silo's stop signals the whole process group, so the SuperNode has its SIGTERM
+        # already; a second one would end it mid-sign-off (Flower restores the default
+        # handler after the first), so it is told here only if still running after `grace`.
+        if not await _exits_within(child, grace):
+            child.terminate()
+            await _exits_within(child, grace)
     return end_child(child)
+
+
+async def _exits_within(child: subprocess.Popen, seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while child.poll() is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return child.poll() is not None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,9 +217,12 @@ _REFUSED_NODE_KEY = (
     "then restart the silo")
 
 _DIAGNOSES = (
-    ("Failed to activate SuperNode", "this silo's node key is not registered at the coordinator: "
-     "the coordinator operator must register/approve its node.pub (xsilo pki approve), then "
-     "restart the silo"),
+    ("Failed to activate SuperNode", "the coordinator did not let this SuperNode in: either "
+     "an earlier SuperNode of this silo still counts as connected there (one that ended "
+     "without signing off, killed or cut off, counts for up to a minute: `xsilo silo start` "
+     "tries again by itself), or this silo's node key is not registered at the coordinator "
+     "(then the coordinator operator must register/approve its node.pub, xsilo pki approve, "
+     "and the silo be restarted)"),
     ("401 Unauthorized", _REFUSED_NODE_KEY),
     ("All SuperNodes must be registered", "the coordinator requires node authentication but "
      "this SuperNode has no auth key: set auth_key in silo.toml"),

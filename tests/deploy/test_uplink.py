@@ -4,14 +4,16 @@ network namespace, reaching its silo gateway through a unix socket.
 The uplink runs for real here, inside ``unshare``, with a stand-in for the SuperNode (a
 child that dials 127.0.0.1:PORT inside the namespace) and for the silo gateway (a unix
 socket server in this process). It must bring loopback up, write its ready file, forward
-bytes both ways, keep its port off this side, and exit with its child's exit code. The
-fallback when namespaces are unavailable must be loud.
+bytes both ways, keep its port off this side, exit with its child's exit code, and keep
+forwarding while its child signs off after a stop. The fallback when namespaces are
+unavailable must be loud.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -38,6 +40,23 @@ CHILD = textwrap.dedent("""
         sock.sendall(b"ping")
         print(sock.recv(100).decode(), flush=True)
     sys.exit(3)
+""")
+
+
+# The stand-in SuperNode stopped with its silo: on SIGTERM it signs off through the uplink
+# (Flower's DeactivateNode), a moment after the signal, as Flower's exit handlers do.
+SIGNING_OFF = textwrap.dedent("""
+    import signal, socket, sys, time
+    def sign_off(*_):
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) as sock:
+            sock.sendall(b"bye")
+            print(sock.recv(100).decode(), flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, sign_off)
+    print("supernode ready", flush=True)
+    while True:
+        time.sleep(0.05)
 """)
 
 
@@ -105,6 +124,36 @@ def test_the_uplink_forwards_from_inside_its_namespace(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        server.close()
+        uplink.remove()
+
+
+def test_a_stopped_silo_s_supernode_still_signs_off_through_the_uplink(tmp_path: Path) -> None:
+    """``ManagedProcess.stop`` signals the uplink's whole process group: the SuperNode's
+    sign-off after SIGTERM must still reach the gateway (else the coordinator counts the
+    node as connected for a minute and refuses the restarted SuperNode)."""
+    if (reason := netns.unavailable()) is not None:
+        pytest.skip(f"no private network namespace here: {reason}")
+    uplink = netns.Uplink.create()
+    server = _echo_server(uplink.socket)
+    port = free_port()
+    log = tmp_path / "uplink.log"
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([*netns.create_argv(), *uplink.argv(port=port),
+                                     sys.executable, "-c", SIGNING_OFF, str(port)],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while "supernode ready" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGTERM)  # as a silo's stop does
+        assert proc.wait(timeout=20) == 0, log.read_text()
+        assert "gateway saw bye" in log.read_text(), log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         server.close()
         uplink.remove()

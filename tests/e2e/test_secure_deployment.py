@@ -122,13 +122,25 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
             name="round-keys"))
         wait_reached("dealt", markers, timeout=60)  # round 1: every dealing is in
         dealt_before = kills.sent(fed, SECAGG_SETUP, 1)
-        fed.restart_silo("hospital-c")
-        # the old SuperNode signed off: a mask request pulled for it now would come back
-        # "node unavailable" from the SuperLink, not reach the restarted silo
         assert fed.coordinator is not None
         node_c, cli = fed.coordinator.node_ids["hospital-c"], fed.home.cli()
-        kills.until(lambda: any(int(n["node-id"]) == node_c and n.get("status") == "online"
-                                for n in cli.list_nodes()), 60, "hospital-c back online")
+
+        def node_c_info() -> dict:
+            return next(n for n in cli.list_nodes() if int(n["node-id"]) == node_c)
+
+        first_online = node_c_info()["online-at"]
+        fed.restart_silo("hospital-c")
+
+        def reactivated() -> bool:
+            fed.supernodes["hospital-c"].raise_if_exited()  # refused: says why
+            info = node_c_info()
+            return info["status"] == "online" and info["online-at"] != first_online
+
+        # The old SuperNode signed off through its uplink as it stopped, so the SuperLink let
+        # the new one in at once (else: "Failed to activate SuperNode" for up to a minute).
+        # Only then may the mask requests go: one pulled while hospital-c is offline comes
+        # back "node unavailable" from the SuperLink instead of reaching the restarted silo.
+        kills.until(reactivated, 60, "hospital-c's restarted SuperNode to be let in")
         release("dealt", markers)
         outcome = fed.wait(run_id, store, timeout=100)
         assert fed.supernodes["hospital-c"].pid != old_pid

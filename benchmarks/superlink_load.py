@@ -89,6 +89,8 @@ def drive(receivers: list, rate: float, seconds: float) -> dict:
 
     def node(i: int) -> None:
         for at in schedules[i]:
+            if time.monotonic() > start + seconds:  # behind: the looks left are not sent
+                return
             wait = start + at - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -107,7 +109,8 @@ def drive(receivers: list, rate: float, seconds: float) -> dict:
         t.join()
     wall = time.monotonic() - start
     flat = sorted(x for per in latencies for x in per)
-    return {"looks": len(flat), "wall_s": wall,
+    scheduled = sum(len(s) for s in schedules)
+    return {"looks": len(flat), "wall_s": wall, "unsent": scheduled - len(flat),
             "p50_ms": 1e3 * statistics.median(flat),
             "p99_ms": 1e3 * flat[min(len(flat) - 1, int(0.99 * len(flat)))],
             "late_share": len(lateness) / max(len(flat), 1)}

@@ -1,8 +1,8 @@
 """What the silos' looks cost a real SuperLink: CPU per look, and latency, at the look
 rates of 100 and 1,000 silos.
 
-    .venv/bin/python benchmarks/superlink_load.py [--nodes 50] [--seconds 30]
-        [--rates 33 207 423 2071] [--no-results]
+    .venv/bin/python benchmarks/superlink_load.py [--nodes 50] [--seconds 20]
+        [--rates 10 33 100 207 423] [--no-results]
 
 ``benchmarks/poll_load.py`` counts the looks (pull-messages requests) a consortium's
 SuperNodes send, with Flower's 3 s loop and with xsilo's quick look after an answer; this
@@ -191,8 +191,8 @@ def projection(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rates", type=float, nargs="+", default=[33, 207, 423, 2071])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rates", type=float, nargs="+", default=[10, 33, 100, 207, 423])
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     result = measure(args.nodes, args.rates, args.seconds)

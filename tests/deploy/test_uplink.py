@@ -11,6 +11,7 @@ unavailable must be loud.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,7 +102,11 @@ def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path,
     assert list(deep.iterdir()) == []
 
 
-def test_the_uplink_forwards_from_inside_its_namespace(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _uplink_running(tmp_path: Path, child: str, until: Callable[[netns.Uplink, Path], bool]
+                    ) -> Iterator[tuple[subprocess.Popen, Path, int]]:
+    """The uplink in its own namespace and process group with ``child`` as its SuperNode,
+    a stand-in gateway on its socket; yields once ``until(uplink, log)``; ends all of it."""
     if (reason := netns.unavailable()) is not None:
         pytest.skip(f"no private network namespace here: {reason}")
     uplink = netns.Uplink.create()
@@ -110,53 +116,40 @@ def test_the_uplink_forwards_from_inside_its_namespace(tmp_path: Path) -> None:
     try:
         with open(log, "wb") as out:
             proc = subprocess.Popen([*netns.create_argv(), *uplink.argv(port=port),
-                                     sys.executable, "-c", CHILD, str(port)],
+                                     sys.executable, "-c", child, str(port)],
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 20
-        while not uplink.ready_file.exists():
+        while not until(uplink, log):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
-        assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-        assert proc.wait(timeout=20) == 3  # the child's exit code, passed on
-        assert "gateway saw ping" in log.read_text(), log.read_text()
-        with pytest.raises(OSError):  # its port is not on this side
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        server.close()
-        uplink.remove()
-
-
-def test_a_stopped_silo_s_supernode_still_signs_off_through_the_uplink(tmp_path: Path) -> None:
-    """``ManagedProcess.stop`` signals the uplink's whole process group: the SuperNode's
-    sign-off after SIGTERM must still reach the gateway (else the coordinator counts the
-    node as connected for a minute and refuses the restarted SuperNode)."""
-    if (reason := netns.unavailable()) is not None:
-        pytest.skip(f"no private network namespace here: {reason}")
-    uplink = netns.Uplink.create()
-    server = _echo_server(uplink.socket)
-    port = free_port()
-    log = tmp_path / "uplink.log"
-    try:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([*netns.create_argv(), *uplink.argv(port=port),
-                                     sys.executable, "-c", SIGNING_OFF, str(port)],
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while "supernode ready" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGTERM)  # as a silo's stop does
-        assert proc.wait(timeout=20) == 0, log.read_text()
-        assert "gateway saw bye" in log.read_text(), log.read_text()
+        yield proc, log, port
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         server.close()
         uplink.remove()
+
+
+def test_the_uplink_forwards_from_inside_its_namespace(tmp_path: Path) -> None:
+    with _uplink_running(tmp_path, CHILD, lambda up, _: up.ready_file.exists()) as (
+            proc, log, port):
+        assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert proc.wait(timeout=20) == 3  # the child's exit code, passed on
+        assert "gateway saw ping" in log.read_text(), log.read_text()
+        with pytest.raises(OSError):  # its port is not on this side
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_stopped_silo_s_supernode_still_signs_off_through_the_uplink(tmp_path: Path) -> None:
+    """``ManagedProcess.stop`` signals the uplink's whole process group: the SuperNode's
+    sign-off after SIGTERM must still reach the gateway (else the coordinator counts the
+    node as connected for a minute and refuses the restarted SuperNode)."""
+    with _uplink_running(tmp_path, SIGNING_OFF,
+                         lambda _, log: "supernode ready" in log.read_text()) as (proc, log, _):
+        os.killpg(proc.pid, signal.SIGTERM)  # as a silo's stop does
+        assert proc.wait(timeout=20) == 0, log.read_text()
+        assert "gateway saw bye" in log.read_text(), log.read_text()
 
 
 def test_without_namespaces_a_silo_falls_back_loudly(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,21 @@ Client error '400 Bad Request' for url 'https://127.0.0.1:40000/v1/fleet/activat
 INFO :      SuperNode terminated gracefully."""
 
 
+# flower-supernode 1.42 refused on activate-node (HTTP 412): the SuperLink still counted an
+# earlier SuperNode of this silo as connected (tests/e2e/test_deployment.py)
+REFUSED_412 = """INFO :      Starting Flower SuperNode
+ERROR :     Exit Code: 305
+Failed to initialize the connection to the SuperLink.
+[code: 2004] Failed to activate SuperNode.
+The SuperNode could not establish a connection to the SuperLink."""
+
+
+def test_a_refused_activation_names_both_causes_the_wait_first() -> None:
+    reason = diagnose(REFUSED_412)
+    assert reason.index("still counts as connected") < reason.index("not registered")
+    assert "up to a minute" in reason and "xsilo pki approve" in reason
+
+
 def test_http_401_names_the_node_key_and_the_fix() -> None:
     for text in (REFUSED_401, "httpx.HTTPStatusError: Client error '401 Unauthorized' for url"):
         reason = diagnose(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -103,6 +105,42 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
         time.sleep(0.2)
 
 
+def test_a_silo_killed_and_restarted_at_once_is_told_why_the_coordinator_waits(
+        tmp_path: Path) -> None:
+    """A kit silo killed outright (no sign-off: a crash, kill -9) still counts as connected
+    at the coordinator for up to a minute; a SuperNode restarted meanwhile is refused (HTTP
+    412 on activate-node) and the operator reads both possible causes, the wait first. A
+    stopped silo signs off, so its restart is let in at once (test_secure_deployment.py)."""
+    fed = LocalFederation(tmp_path, mtls=True).setup()
+    with fed:
+        fed.start()
+        assert fed.coordinator is not None
+        node_c, cli = fed.coordinator.node_ids["hospital-c"], fed.home.cli()
+        _wait_for(lambda: any(int(n["node-id"]) == node_c and n["status"] == "online"
+                              for n in cli.list_nodes()), 40, "hospital-c to be connected")
+        old = fed.supernodes["hospital-c"]
+        os.killpg(old.pid, signal.SIGKILL)  # the uplink and the SuperNode, no sign-off
+        _wait_for(lambda: not old.alive(), 10, "hospital-c's SuperNode to die")
+        fed.restart_silo("hospital-c")
+        refused, access = _refused_activation(
+            fed, "hospital-c", 412, r"still counts as connected there.*"
+            r"`xsilo silo start` tries again by itself.*xsilo pki approve")
+    assert refused and all('CN=hospital-c"' in line for line in refused), access
+
+
+def _refused_activation(fed: LocalFederation, name: str, status: int,
+                        reason: str) -> tuple[list[str], str]:
+    """Silo ``name``'s SuperNode exits with ``reason`` (a regex) for its operator; the
+    coordinator gateway's access-log lines of its refused activations, and the whole log."""
+    proc = fed.supernodes[name]
+    _wait_for(lambda: not proc.alive(), 40, f"{name}'s SuperNode to be refused")
+    with pytest.raises(DeploymentError, match=reason):
+        proc.raise_if_exited()
+    access = fed.gateways["coordinator"].logs()["access"]
+    return [line for line in access.splitlines() if "/v1/fleet/activate-node" in line
+            and f"status={status}" in line], access
+
+
 def test_mtls_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Path) -> None:
     """Behind the gateways, a silo whose node key the coordinator does not hold gets a 401
     from the coordinator gateway; its SuperNode exits saying so, the gateway logs it."""
@@ -110,15 +148,10 @@ def test_mtls_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Pat
     (fed.home_dir / "pki" / "nodes" / "hospital-c.pub").unlink()  # enrolled key withdrawn
     with fed:
         fed.start()
-        proc = fed.supernodes["hospital-c"]
-        _wait_for(lambda: not proc.alive(), 40, "hospital-c's SuperNode to exit")
-        with pytest.raises(DeploymentError, match=r"refused this silo's node key \(HTTP 401\)"
-                           r".*xsilo pki approve"):
-            proc.raise_if_exited()
-        access = fed.gateways["coordinator"].logs()["access"]
+        refused, access = _refused_activation(
+            fed, "hospital-c", 401,
+            r"refused this silo's node key \(HTTP 401\).*xsilo pki approve")
         assert fed.supernodes["hospital-a"].alive()
-    refused = [line for line in access.splitlines() if "/v1/fleet/activate-node" in line
-               and "status=401" in line]
     assert refused and all('CN=hospital-c"' in line and "verify=SUCCESS" in line
                            and "upstream=-" in line for line in refused), access
     assert "CN=hospital-a\" serial" in access or 'CN=hospital-a"' in access

@@ -45,6 +45,18 @@ def run_child(argv: list[str], *, env: dict[str, str], timeout: float | None = N
     return json.loads(lines[-1][len(_TAG):])
 
 
+def proc_status_kib(pid: int | str, field: str) -> int:
+    """A ``kB`` field of ``/proc/PID/status`` (``VmHWM``: peak resident memory, ``VmRSS``:
+    resident now); 0 when the process is gone or has no such field."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def commit() -> str:
     """The checkout's commit (``+dirty`` with uncommitted changes to tracked files): what
     was measured."""

@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from _bench import child_env, commit, emit, replace_section, run_child
+from _bench import child_env, commit, emit, proc_status_kib, replace_section, run_child
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -44,16 +44,6 @@ ROUNDS = 3
 DEFAULT_GRID = ["xsilo-sim:100:clear", "flower-sim:100:clear", "xsilo-sim:100:secure",
                 "xsilo-sim:100:secure-rk", "flower-sim:100:secure:2", "xsilo-sim:1000:clear",
                 "flower-sim:1000:clear", "xsilo-sim:1000:secure-rk:2"]
-
-
-def _hwm_kib(pid: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def _cmdline(pid: str) -> str:
@@ -75,10 +65,10 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        self.coordinator_kib = max(self.coordinator_kib, _hwm_kib(str(os.getpid())))
+        self.coordinator_kib = max(self.coordinator_kib, proc_status_kib(os.getpid(), "VmHWM"))
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and _cmdline(entry.name).startswith("ray::"):
-                self.silo_kib = max(self.silo_kib, _hwm_kib(entry.name))
+                self.silo_kib = max(self.silo_kib, proc_status_kib(entry.name, "VmHWM"))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -306,13 +306,16 @@ def _flower_app(root: Path, silos: int, params: int, secure: bool, rounds: int =
 def _no_refusals(fed) -> None:  # noqa: ANN001 - a LocalFederation
     """A run its silos refused is no measurement (Flower's legacy FedAvg takes failures and
     goes on, fast): raise when any silo's ledger records a refusal."""
+    from silo_client.ledger import LEDGER_FILE, summarize
+
     for silo in fed.silos:
-        ledger = silo.workspace / "egress.jsonl"
-        refused = [line for line in (ledger.read_text().splitlines() if ledger.exists() else [])
-                   if '.refusal"' in line]
+        ledger = silo.workspace / LEDGER_FILE
+        refused = [r for r in (summarize(ledger) if ledger.exists() else [])
+                   if str(r["type"]).endswith(".refusal")]
         if refused:
-            raise RuntimeError(f"silo {silo.name} refused {len(refused)} message(s), e.g. "
-                               f"{refused[0][:300]}")
+            raise RuntimeError(f"silo {silo.name} refused {len(refused)} message(s), the first "
+                               f"a {refused[0]['type']} in round {refused[0]['round']} (its "
+                               f"ledger: {ledger})")
 
 
 def _flower_times(out: Path, rounds: int = ROUNDS) -> list[float]:

@@ -42,7 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from _bench import replace_section, save_raw  # noqa: E402
+from _bench import proc_status_kib, replace_section, save_raw  # noqa: E402
 
 OUT = HERE / "out" / "superlink_load.json"
 HEADING = "## The SuperNode's poll: what the looks cost the SuperLink"
@@ -58,13 +58,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (not its children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime: fields 14, 15
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def spread(n: int, rate: float, seconds: float) -> list[list[float]]:
@@ -158,7 +151,7 @@ def measure(nodes: int, rates: list[float], seconds: float) -> dict:
                     rows.append(row)
                     print({k: round(v, 3) if isinstance(v, float) else v
                            for k, v in row.items()}, flush=True)
-                rss = rss_mib(pid)
+                rss = proc_status_kib(pid, "VmRSS") / 1024
         finally:
             coordinator.stop()
     return {"nodes": nodes, "seconds": seconds, "register_s": registered_s,

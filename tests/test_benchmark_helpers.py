@@ -45,3 +45,15 @@ def test_raw_rows_are_saved_with_the_commit_date_and_command(tmp_path: Path,
     assert meta["commit"] and len(meta["date"]) == 10
     import json
     assert json.loads(out.read_text()) == {"meta": meta, "rows": [{"a": 1}]}
+
+
+def test_a_process_memory_field_is_read_from_proc_and_zero_once_it_is_gone() -> None:
+    import os
+    import subprocess
+
+    peak, now = (_bench.proc_status_kib(os.getpid(), f) for f in ("VmHWM", "VmRSS"))
+    assert peak >= now > 1024  # this Python holds more than 1 MiB
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its /proc entry is gone
+    assert _bench.proc_status_kib(child.pid, "VmRSS") == 0
+    assert _bench.proc_status_kib(os.getpid(), "NoSuchField") == 0

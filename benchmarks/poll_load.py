@@ -1,6 +1,7 @@
 """What the SuperNodes' polling costs the SuperLink: requests per second at 10, 100 and
 1,000 silos, idle and in rounds, with Flower's fixed 3 s poll and with xsilo's (quick after
-an answer, back to 3 s: deploy/launch/poll.py, the same AdaptivePoll the launcher runs).
+an answer, back to 3 s, no quicker than the federation's share of the look budget:
+deploy/launch/poll.py, the same AdaptivePoll the launcher runs, with its default budget).
 
 A discrete-event count, not a load test: each silo's loop as Flower 1.42 runs it (look;
 nothing → sleep; a message → answer after `compute` seconds, push, look again at once),
@@ -28,17 +29,17 @@ HORIZON = 600.0  # seconds simulated per case
 
 
 def _silo_looks(arrivals: list[float], compute: float, adaptive: bool,
-                rng: random.Random) -> tuple[int, list[float]]:
-    """Looks one silo makes over HORIZON, and how long each message waited to be seen."""
+                rng: random.Random, silos: int) -> tuple[list[float], list[float]]:
+    """When one silo looks over HORIZON, and how long each message waited to be seen."""
     poll = AdaptivePoll() if adaptive else None
-    t, looks, waited, pending = rng.uniform(0, 3.0), 0, [], sorted(arrivals)
+    t, looks, waited, pending = rng.uniform(0, 3.0), [], [], sorted(arrivals)
     while t < HORIZON:
-        looks += 1
+        looks.append(t)
         if pending and pending[0] <= t:
             waited.append(t - pending.pop(0))
             t += compute  # the ClientApp runs, the reply is pushed, then a look at once
             if poll is not None:
-                poll.answered()
+                poll.answered(silos)  # the run named the federation's size
             continue
         t += poll.next_wait() if poll is not None else 3.0
     return looks, waited
@@ -54,26 +55,31 @@ def _case(n: int, active: bool, adaptive: bool, *, round_gap: float = 2.0,
     while active and t < HORIZON:
         arrivals += [t, t + compute + 3.0]
         t += 2 * (compute + 3.0) + round_gap
-    looks, waits = 0, []
+    per_second = [0] * (int(HORIZON) + 1)  # looks at the SuperLink in each second
+    waits: list[float] = []
     for _ in range(n):
-        k, w = _silo_looks(arrivals, compute, adaptive, rng)
-        looks, waits = looks + k, waits + w
+        k, w = _silo_looks(arrivals, compute, adaptive, rng, n)
+        for at in k:
+            per_second[int(at)] += 1
+        waits += w
     return {"silos": n, "active": active, "poll": "xsilo" if adaptive else "flower",
-            "requests_per_s": round(looks / HORIZON, 1),
+            "requests_per_s": round(sum(per_second) / HORIZON, 1),
+            "peak_per_s": max(per_second),
             "mean_wait_s": round(sum(waits) / len(waits), 3) if waits else None}
 
 
 def main() -> None:
     rows = [_case(n, active, adaptive) for n in (10, 100, 1000) for active in (False, True)
             for adaptive in (False, True)]
-    print("| silos | state | Flower 3 s: looks/s at the SuperLink | xsilo: looks/s | "
-          "mean wait for a message, Flower → xsilo |")
+    print("| silos | state | Flower 3 s: looks/s at the SuperLink, mean / busiest second | "
+          "xsilo: looks/s, mean / busiest second | mean wait for a message, Flower → xsilo |")
     print("|---|---|---|---|---|")
     for flower, xsilo in zip(rows[::2], rows[1::2]):
         wait = ("—" if flower["mean_wait_s"] is None else
                 f"{flower['mean_wait_s']:.2f} s → {xsilo['mean_wait_s']:.2f} s")
         print(f"| {flower['silos']} | {'in rounds' if flower['active'] else 'idle'} | "
-              f"{flower['requests_per_s']} | {xsilo['requests_per_s']} | {wait} |")
+              f"{flower['requests_per_s']} / {flower['peak_per_s']} | "
+              f"{xsilo['requests_per_s']} / {xsilo['peak_per_s']} | {wait} |")
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "poll_load.json").write_text(json.dumps(rows, indent=2) + "\n")

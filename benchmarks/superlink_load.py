@@ -2,7 +2,7 @@
 rates of 100 and 1,000 silos.
 
     .venv/bin/python benchmarks/superlink_load.py [--nodes 50] [--seconds 20]
-        [--rates 10 33 100 207 423] [--no-results]
+        [--rates 10 33 72 100 207 423] [--no-results]
 
 ``benchmarks/poll_load.py`` counts the looks (pull-messages requests) a consortium's
 SuperNodes send, with Flower's 3 s loop and with xsilo's quick look after an answer; this
@@ -47,10 +47,15 @@ from _bench import proc_status_kib, replace_section, save_raw  # noqa: E402
 OUT = HERE / "out" / "superlink_load.json"
 HEADING = "## The SuperNode's poll: what the looks cost the SuperLink"
 # poll_load.py's counts (looks/s at the SuperLink): which consortium each rate stands for
+# (mean looks/s; "busiest": its busiest second; "unbudgeted": xsilo's quick look before it
+# kept within its budget, deploy/launch/poll.py)
 RATE_LABELS = {33: "100 silos idle (either loop)", 42: "100 silos in rounds, Flower's 3 s",
-               207: "100 silos in rounds, xsilo", 333: "1,000 silos idle (either loop)",
-               423: "1,000 silos in rounds, Flower's 3 s",
-               2071: "1,000 silos in rounds, xsilo"}
+               72: "100 silos in rounds, xsilo",
+               100: "100 silos in rounds, xsilo's busiest second: its budget",
+               207: "100 silos in rounds, xsilo unbudgeted",
+               333: "1,000 silos idle (either loop)", 423: "1,000 silos in rounds (either loop)",
+               546: "100 silos in rounds, xsilo unbudgeted, busiest second",
+               2071: "1,000 silos in rounds, xsilo unbudgeted"}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -185,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--rates", type=float, nargs="+", default=[10, 33, 100, 207, 423])
+    parser.add_argument("--rates", type=float, nargs="+", default=[10, 33, 72, 100, 207, 423])
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     result = measure(args.nodes, args.rates, args.seconds)

@@ -28,6 +28,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from deploy.launch.poll import note_federation
 from silo_client import secure
 from silo_client.compress import compress_update
 from silo_client.sealed import KEY_FILE, SealBroken, seal, state_key, unseal
@@ -182,6 +183,7 @@ class _Handlers:
     def join(self, msg: Message, context: Context) -> Message:
         """Validate data and run terms; answer with identity, fingerprint and initial model."""
         terms = JoinTerms.from_config(_config(msg))
+        note_federation(terms.num_silos)  # paces this silo's SuperNode (deploy.launch.poll)
         silo = self.silo(context)
         info, params = silo.join(terms)
         _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: terms.secure_aggregation})
@@ -194,6 +196,7 @@ class _Handlers:
     def train(self, msg: Message, context: Context) -> Message:
         """Evaluate the incoming global model, train locally, reply with the update."""
         terms = TrainTerms.from_config(_config(msg))
+        note_federation(terms.participants)
         params = _model(msg)
         silo = self.silo(context)
         request = _secagg_record(msg)

@@ -32,7 +32,7 @@ def test_the_projection_uses_only_the_rates_the_client_kept_up_with() -> None:
             {"target": 2071, "achieved": 600.0, "cpu_ms_per_look": 9.0}]
     text = load.projection({"rows": rows})
     assert text.startswith("At 2.00 CPU ms per look")
-    assert "1,000 silos in rounds, xsilo: 4.14 cores" in text  # 2071 × 2 ms
+    assert "1,000 silos in rounds, xsilo unbudgeted: 4.14 cores" in text  # 2071 × 2 ms
     assert "100 silos idle (either loop): 0.07 cores" in text
     assert load.projection({"rows": rows[2:]}) == "No rate was kept up with; no projection."
 
@@ -41,4 +41,5 @@ def test_the_table_names_what_each_rate_stands_for() -> None:
     row = {"target": 207.0, "achieved": 205.2, "cpu_share": 0.41, "cpu_ms_per_look": 1.93,
            "p50_ms": 4.04, "p99_ms": 20.5}
     text = load.table({"rows": [row]})
-    assert "| 207 (100 silos in rounds, xsilo) | 205 | 41 % | 1.93 | 4.0 / 20.5 |" in text
+    assert ("| 207 (100 silos in rounds, xsilo unbudgeted) | 205 | 41 % | 1.93 | 4.0 / 20.5 |"
+            in text)

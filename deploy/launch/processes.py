@@ -27,6 +27,8 @@ from typing import Mapping, Sequence
 from deploy import EXECUTORS
 from deploy.gateway.netns import (RECORD, Bridge, Pinned, PrivateNet, Uplink, create_argv,
                                   end_namespace)
+from deploy.launch.poll import HINT_ENV
+from deploy.launch.supernode import budget_from_env
 from deploy.pki.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import atomic_write
@@ -419,7 +421,10 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
         secret = Path(flwr_home) / "superexec-auth.secret"
         write_private_bytes(secret, os.urandom(32))
         argv += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
-    env = flower_env(flwr_home)
+    budget_from_env()  # a bad XSILO_POLL_BUDGET is refused here, not in the child's log
+    # the silo's ClientApps note the federation's size here; the SuperNode paces its quick
+    # looks by it (deploy.launch.poll)
+    env = flower_env(flwr_home, {HINT_ENV: str(Path(flwr_home).resolve() / "poll-hint")})
     inside: list[str] = []
     if uplink is not None:
         argv = [*create_argv(), *uplink.argv(port=_loopback_port(superlink)), *argv]

@@ -5,7 +5,10 @@ Flower 1.42 has no seam for it: its SuperNode loop (``flwr.supernode.start_clien
 calls ``time.sleep(3)`` after an empty look and ``time.sleep(0.5)`` while it waits for the
 local reply to push. This launcher gives that module its own ``time`` whose ``sleep`` turns
 the first into :meth:`AdaptivePoll.next_wait` and the second into 0.05 s (a look at local
-state, no network), and marks each push as an answer.
+state, no network), and marks each push as an answer, with the federation's size its
+ClientApp last noted (``XSILO_POLL_HINT``, a file the launcher names; the quick look's
+total is kept within ``XSILO_POLL_BUDGET`` looks/s, 100 by default: see
+:mod:`deploy.launch.poll`).
 
 It also mends how that loop loses a reply. The loop takes one message, then pushes the
 replies its ClientApps have left and goes back to taking. A message whose run stopped while
@@ -26,16 +29,18 @@ fails the same way on a Flower upgrade. ``XSILO_FAST_POLL=0`` runs Flower's loop
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from deploy.launch.poll import AdaptivePoll
+from deploy.launch.poll import BUDGET_ENV, HINT_ENV, AdaptivePoll, read_hint
 from xsilo.errors import DeploymentError
 
-__all__ = ["FLOWER_SERIES", "check_seam", "install", "main", "owe_replies"]
+__all__ = ["FLOWER_SERIES", "budget_from_env", "check_seam", "install", "main", "owe_replies"]
 
 FLOWER_SERIES = "1.42."
 IDLE_SLEEP, PUSH_SLEEP, FAST_PUSH_SLEEP = 3, 0.5, 0.05
@@ -93,8 +98,9 @@ def check_seam(module: ModuleType | None = None) -> ModuleType:
     return module
 
 
-def install(poll: AdaptivePoll | None = None) -> AdaptivePoll:
-    """Adjust the SuperNode loop of this process (see the module docstring)."""
+def install(poll: AdaptivePoll | None = None, *, hint: Path | None = None) -> AdaptivePoll:
+    """Adjust the SuperNode loop of this process (see the module docstring); ``hint``: the
+    file the silo's ClientApp notes the federation's size in."""
     module = check_seam()
     if isinstance(module.time, _Time):  # installed already
         return module.time._poll
@@ -106,7 +112,7 @@ def install(poll: AdaptivePoll | None = None) -> AdaptivePoll:
         try:
             push(*args, **kwargs)
         finally:
-            poll.answered()
+            poll.answered(read_hint(hint))
 
     push_then_mark.__wrapped__ = push  # type: ignore[attr-defined]
     module._push_messages = push_then_mark
@@ -147,9 +153,26 @@ def owe_replies(module: Any) -> None:
     module._pull_and_store_message, module._push_messages = pull_owing, push_owed
 
 
+def budget_from_env() -> float:
+    """``XSILO_POLL_BUDGET``: looks/s all of a federation's quick looks may make (100)."""
+    text = os.environ.get(BUDGET_ENV, "").strip()
+    if not text:
+        return AdaptivePoll.budget
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = math.nan
+    if not math.isfinite(budget) or budget <= 0:
+        raise DeploymentError(f"{BUDGET_ENV}={text!r} is not a number of looks per second "
+                              "above 0: set it to what the coordinator's SuperLink may spend "
+                              "on the silos' quick looks (e.g. 100), or unset it")
+    return budget
+
+
 def main() -> None:
     if os.environ.get("XSILO_FAST_POLL", "1") != "0":
-        install()
+        hint = os.environ.get(HINT_ENV)
+        install(AdaptivePoll(budget=budget_from_env()), hint=Path(hint) if hint else None)
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy.launch.poll import AdaptivePoll
-from deploy.launch.supernode import _Time, check_seam, install, owe_replies
+from deploy.launch.poll import (BUDGET_ENV, HINT_ENV, MAX_SILOS, AdaptivePoll, note_federation,
+                                read_hint)
+from deploy.launch.supernode import _Time, budget_from_env, check_seam, install, owe_replies
 from xsilo.errors import DeploymentError
 
 
@@ -38,7 +39,78 @@ def test_the_extra_load_per_answer_is_bounded() -> None:
     assert looks - int(spent / 3.0) == poll.extra_polls() <= 16
 
 
-@pytest.mark.parametrize("kwargs", [dict(fast=0), dict(fast=4), dict(growth=1.0)])
+def _looks_per_second(poll: AdaptivePoll, seconds: float = 60.0) -> float:
+    """A silo that answers at once whatever it finds: its quickest sustained rate."""
+    t, looks = 0.0, 0
+    while t < seconds:
+        poll.answered()
+        t, looks = t + poll.next_wait(), looks + 1
+    return looks / t
+
+
+@pytest.mark.parametrize("silos", [1, 2, 5, 10, 11, 25, 50, 100, 299, 300, 1000, 5000])
+def test_a_whole_federation_looks_within_its_budget(silos: int) -> None:
+    """All its silos looking as fast as they ever do, answering all the time: the
+    SuperLink sees at most the budget, or Flower's own rate where that is more."""
+    poll = AdaptivePoll()
+    poll.answered(silos)
+    total = silos * _looks_per_second(poll)
+    assert total <= max(poll.budget, silos / poll.idle) * 1.01, total
+    if silos <= 10:  # a small federation keeps the quick look it had
+        assert poll.quickest() == pytest.approx(0.1)
+    if silos >= 300:  # a large one is at Flower's rate
+        assert poll.quickest() == 3.0
+
+
+def test_the_pace_follows_the_federation_the_run_names() -> None:
+    poll = AdaptivePoll(budget=50)
+    poll.answered(100)
+    first = poll.next_wait()
+    assert first == pytest.approx(2.0) and poll.next_wait() == pytest.approx(2.5)
+    assert poll.extra_polls() <= 1  # two quick looks, where Flower's loop made one
+    poll.answered()  # an answer that names no size: the last one still holds
+    assert poll.next_wait() == pytest.approx(2.0)
+    for nonsense in (0, -3, MAX_SILOS + 1):  # ignored, not believed
+        poll.answered(nonsense)
+        assert poll.next_wait() == pytest.approx(2.0)
+    poll.answered(2)
+    assert poll.next_wait() == pytest.approx(0.1)
+
+
+def test_the_clientapp_tells_its_supernode_the_size_through_a_file(tmp_path, monkeypatch) -> None:
+    hint = tmp_path / "flwr-home" / "poll-hint"
+    monkeypatch.delenv(HINT_ENV, raising=False)
+    note_federation(7)  # no xsilo launcher (simulation, in process): nothing written
+    assert read_hint(hint) is None and not hint.parent.exists()
+    monkeypatch.setenv(HINT_ENV, str(hint))
+    note_federation(7)
+    assert read_hint(hint) == 7
+    note_federation(0)  # not a size: the last one stays
+    assert read_hint(hint) == 7 and [p.name for p in hint.parent.iterdir()] == ["poll-hint"]
+    assert read_hint(None) is None
+    for junk in (b"", b"seven", b"-4", b"\xff\xfe", str(MAX_SILOS + 1).encode(), b"9" * 64):
+        hint.write_bytes(junk)
+        assert read_hint(hint) is None, junk
+    blocked = tmp_path / "a-file"  # a home that cannot hold the hint: the reply goes on
+    blocked.write_text("not a directory")
+    monkeypatch.setenv(HINT_ENV, str(blocked / "poll-hint"))
+    note_federation(9)
+    assert blocked.read_text() == "not a directory"
+
+
+def test_the_budget_is_read_from_the_environment_or_refused(monkeypatch) -> None:
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    assert budget_from_env() == 100.0
+    monkeypatch.setenv(BUDGET_ENV, " 250 ")
+    assert budget_from_env() == 250.0
+    for bad in ("0", "-1", "nan", "inf", "lots"):
+        monkeypatch.setenv(BUDGET_ENV, bad)
+        with pytest.raises(DeploymentError, match=f"{BUDGET_ENV}='{bad}' is not a number"):
+            budget_from_env()
+
+
+@pytest.mark.parametrize("kwargs", [dict(fast=0), dict(fast=4), dict(growth=1.0),
+                                    dict(budget=0)])
 def test_nonsense_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AdaptivePoll(**kwargs)
@@ -62,7 +134,7 @@ def test_a_changed_flower_loop_is_refused_with_the_fix(tmp_path, monkeypatch) ->
     assert check_seam(real) is real
 
 
-def test_install_adjusts_only_the_two_sleeps_and_marks_each_push(monkeypatch) -> None:
+def test_install_adjusts_only_the_two_sleeps_and_marks_each_push(tmp_path, monkeypatch) -> None:
     import flwr.supernode.start_client_internal as module
 
     slept: list[float] = []
@@ -71,7 +143,8 @@ def test_install_adjusts_only_the_two_sleeps_and_marks_each_push(monkeypatch) ->
     monkeypatch.setattr(module, "_push_messages", lambda *a, **k: None)
     monkeypatch.setattr("deploy.launch.supernode.check_seam", lambda: module)  # tested above
     monkeypatch.setattr("deploy.launch.supernode.time.sleep", slept.append)
-    poll = install(AdaptivePoll())
+    hint = tmp_path / "poll-hint"
+    poll = install(AdaptivePoll(), hint=hint)
     assert isinstance(module.time, _Time) and install() is poll  # once per process
     module.time.sleep(3)  # idle: no answer yet
     module._push_messages(send=None)
@@ -79,6 +152,10 @@ def test_install_adjusts_only_the_two_sleeps_and_marks_each_push(monkeypatch) ->
     module.time.sleep(0.5)  # waiting for the local reply
     module.time.sleep(1.7)  # anything else: as asked
     assert slept == [3.0, pytest.approx(0.1), 0.05, 1.7]
+    hint.write_text("200\n")  # the ClientApp of a 200-silo run noted its size
+    module._push_messages(send=None)
+    module.time.sleep(3)
+    assert slept[-1] == pytest.approx(2.0)  # 200 silos / 100 looks/s
     assert module.time.monotonic() > 0  # the rest of `time` is the real one
 
 

@@ -1,7 +1,9 @@
 """The SuperNode's poll on real processes, as the SuperLink's gateway sees it: right after a
 silo answered it asks quickly (the next message is likely close), and once idle it asks at
 Flower's own 3 s again. Each Fleet request a silo makes is in the coordinator gateway's
-access log with its certificate subject and the time to the millisecond."""
+access log with its certificate subject and the time to the millisecond. With a budget too
+small for the federation (``XSILO_POLL_BUDGET``), a silo that knows its federation's size
+looks no quicker than its share of it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from coordinator.config import RunConfig
 from federation.demo_data import write_demo_data
+from deploy.launch.poll import BUDGET_ENV, read_hint
 from federation.deployment import LocalFederation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -26,7 +29,8 @@ def _requests(access_log: Path) -> list[tuple[str, str, float]]:
             map(LINE.search, access_log.read_text().splitlines()) if m]
 
 
-def test_quick_after_an_answer_and_back_to_flowers_rate_when_idle(tmp_path: Path) -> None:
+def _run(tmp_path: Path, idle: float) -> tuple[LocalFederation, float, list]:
+    """Two silos through mTLS gateways, two rounds, then ``idle`` seconds of silence."""
     fed = LocalFederation(tmp_path, mtls=True,
                           write_data=lambda root: write_demo_data(root)[:2]).setup()
     with fed:
@@ -35,11 +39,20 @@ def test_quick_after_an_answer_and_back_to_flowers_rate_when_idle(tmp_path: Path
                                     round_timeout=30.0, join_timeout=40.0, name="poll"),
                           timeout=80)
         ended = time.time()
-        time.sleep(IDLE)
+        time.sleep(idle)
         requests = _requests(fed.home_dir / "gateway" / "logs" / "access.log")
     assert outcome.completed, outcome.summary
+    # each silo's ClientApp told its SuperNode the federation's size
+    assert [read_hint(c.workspace / "flwr-home" / "poll-hint") for c in fed.silos] == [2, 2]
+    assert len({silo for silo, _, _ in requests}) == 2, requests
+    return fed, ended, requests
+
+
+def test_quick_after_an_answer_and_back_to_flowers_rate_when_idle(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.delenv(BUDGET_ENV, raising=False)  # the default: 2 silos look quickly
+    fed, ended, requests = _run(tmp_path, IDLE)
     silos = sorted({silo for silo, _, _ in requests})
-    assert len(silos) == 2, silos
     for silo in silos:
         pulls = [at for s, call, at in requests if s == silo and call == "pull-messages"]
         pushes = [at for s, call, at in requests if s == silo and call == "push-messages"]
@@ -56,3 +69,20 @@ def test_quick_after_an_answer_and_back_to_flowers_rate_when_idle(tmp_path: Path
         assert all(gap >= 2.5 for gap in gaps), (silo, gaps)
         window = [at for at in pulls if last + 15.0 <= at <= last + IDLE]
         assert len(window) <= 3, (silo, window)  # ≤ one per 3 s over those seconds
+
+
+def test_a_federation_past_its_budget_looks_at_its_share(tmp_path: Path, monkeypatch) -> None:
+    """0.8 looks/s for two silos: each looks no quicker than every 2.5 s, answer or not."""
+    monkeypatch.setenv(BUDGET_ENV, "0.8")
+    _, _, requests = _run(tmp_path, 0.0)
+    for silo in sorted({silo for silo, _, _ in requests}):
+        pulls = [at for s, call, at in requests if s == silo and call == "pull-messages"]
+        pushes = [at for s, call, at in requests if s == silo and call == "push-messages"]
+        assert len(pushes) >= 4, pushes
+        # Flower's loop looks once at once after it answered; then it waits its pace
+        soon = [sum(pushed < at <= pushed + 2.0 for at in pulls) for pushed in pushes]
+        assert max(soon) <= 1, (silo, soon)
+        # between two looks with no answer in between: its pace, 2.5 s (then longer)
+        empty = [b - a for a, b in zip(pulls, pulls[1:])
+                 if not any(a < pushed <= b for pushed in pushes)]
+        assert len(empty) >= 4 and min(empty) >= 2.3, (silo, sorted(empty)[:5])

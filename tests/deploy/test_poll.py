@@ -109,6 +109,17 @@ def test_the_budget_is_read_from_the_environment_or_refused(monkeypatch) -> None
             budget_from_env()
 
 
+def test_a_bad_budget_is_refused_before_the_silo_starts(tmp_path, monkeypatch) -> None:
+    from deploy.launch.processes import free_port, start_supernode
+
+    monkeypatch.setenv(BUDGET_ENV, "fast")
+    with pytest.raises(DeploymentError, match=f"{BUDGET_ENV}='fast'"):
+        start_supernode(flwr_home=tmp_path, log_path=tmp_path / "n.log", superlink="x:1",
+                        root_cert=tmp_path / "ca", auth_key=None, silo_config=tmp_path / "s",
+                        clientappio_port=free_port(), app_gate="silo_client.apps:admit")
+    assert not (tmp_path / "n.log").exists()  # nothing started
+
+
 @pytest.mark.parametrize("kwargs", [dict(fast=0), dict(fast=4), dict(growth=1.0),
                                     dict(budget=0)])
 def test_nonsense_settings_are_refused(kwargs: dict) -> None:

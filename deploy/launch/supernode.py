@@ -5,7 +5,8 @@ Flower 1.42 has no seam for it: its SuperNode loop (``flwr.supernode.start_clien
 calls ``time.sleep(3)`` after an empty look and ``time.sleep(0.5)`` while it waits for the
 local reply to push. This launcher gives that module its own ``time`` whose ``sleep`` turns
 the first into :meth:`AdaptivePoll.next_wait` and the second into 0.05 s (a look at local
-state, no network), and marks each push as an answer, with the federation's size its
+state, no network), retries a message's missing objects at the poll's pace instead of after
+1 s (:mod:`deploy.launch.pulls`), and marks each push as an answer, with the federation's size its
 ClientApp last noted (``XSILO_POLL_HINT``, a file the launcher names; the quick look's
 total is kept within ``XSILO_POLL_BUDGET`` looks/s, 100 by default: see
 :mod:`deploy.launch.poll`).
@@ -38,6 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from deploy.launch.poll import BUDGET_ENV, HINT_ENV, AdaptivePoll, read_hint
+from deploy.launch.pulls import quicken
 from xsilo.errors import DeploymentError
 
 __all__ = ["FLOWER_SERIES", "budget_from_env", "check_seam", "install", "main", "owe_replies"]
@@ -105,6 +107,8 @@ def install(poll: AdaptivePoll | None = None, *, hint: Path | None = None) -> Ad
     if isinstance(module.time, _Time):  # installed already
         return module.time._poll
     poll = poll or AdaptivePoll()
+    # a message's objects still on their way: ask again at the poll's pace, not after 1 s
+    quicken(module, "pull_objects", "_pull_and_store_message", poll.quickest)
     owe_replies(module)
     push = module._push_messages
 

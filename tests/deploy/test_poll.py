@@ -151,6 +151,7 @@ def test_install_adjusts_only_the_two_sleeps_and_marks_each_push(tmp_path, monke
     slept: list[float] = []
     monkeypatch.setattr(module, "time", module.time)  # restored after the test
     monkeypatch.setattr(module, "_pull_and_store_message", module._pull_and_store_message)
+    monkeypatch.setattr(module, "pull_objects", module.pull_objects)
     monkeypatch.setattr(module, "_push_messages", lambda *a, **k: None)
     monkeypatch.setattr("deploy.launch.supernode.check_seam", lambda: module)  # tested above
     monkeypatch.setattr("deploy.launch.supernode.time.sleep", slept.append)

@@ -1,0 +1,81 @@
+"""Quick retries for a message whose objects are not there yet (Flower 1.42's object pulls).
+
+Flower 1.42 moves a message in two steps: the message, then the objects of its content. A
+receiver that finds the message but not yet an object of it waits
+``PULL_INITIAL_BACKOFF`` = 1 s before it asks again, then 2 s, 4 s … (``pull_objects`` in
+``flwr.supercore.inflatable.inflatable_utils``). Every message of a round meets this on one
+of three hops, each a separate process:
+
+* a silo's SuperNode pulls the coordinator's message from the SuperLink
+  (``flwr.supernode.start_client_internal``), while the ServerApp may still be pushing its
+  objects;
+* the ClientApp pulls it from its SuperNode (``flwr.supernode.runtime.run_clientapp``):
+  the SuperNode creates the task *before* it has pulled the objects, so a ClientApp that
+  starts at once finds them missing;
+* the ServerApp pulls a silo's reply from the SuperLink (``flwr.superlink.grid.http_grid``)
+  while the SuperNode may still be pushing its objects.
+
+Measured on a 5 silos × 1M secure deployment (``benchmarks/RESULTS.md``, *A deployed round
+trip, step by step*): the ClientApp's pull took 1.0–1.2 s or 3.0–3.2 s, Flower's first or
+second back-off, for about half of all messages, where it takes 20–70 ms otherwise.
+
+:func:`quicken` makes the first retry come after ``first`` seconds instead (doubling up to
+Flower's own 10 s cap, the same tries and time limits): 0.05 s on a process's own loopback
+(ClientApp ← SuperNode, ServerApp ← SuperLink on the coordinator host), and the SuperNode's
+quickest look (:meth:`deploy.launch.poll.AdaptivePoll.quickest`) where a silo asks the
+shared SuperLink, so the retries stay within the federation's look budget. Per object that
+is at most ``log2(1 s / first)`` more requests than Flower's, and only while the object is
+missing. Like the poll, the adjustment is pinned: it refuses (a
+:class:`~xsilo.errors.DeploymentError`) unless the function it wraps is Flower's, with the
+parameters it sets, and the caller still calls it by that name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from xsilo.errors import DeploymentError
+
+__all__ = ["LOOPBACK_FIRST", "quicken"]
+
+LOOPBACK_FIRST = 0.05  # s before the first retry on a process's own host
+_FLOWER = "flwr.supercore.inflatable.inflatable_utils"
+_PARAMETERS = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"}
+
+
+def quicken(module: ModuleType | Any, name: str, caller: str,
+            first: float | Callable[[], float] = LOOPBACK_FIRST) -> None:
+    """Make ``module.name`` (Flower's object pull, called by ``module.caller``, a function
+    or ``Class.method``) retry a
+missing object after ``first`` seconds (a number, or asked at each call) instead of 1 s.
+    Once per module: a second call leaves the first in place."""
+    current = getattr(module, name, None)
+    if getattr(current, "_xsilo_quick", False):
+        return
+    problems = []
+    pull = inspect.unwrap(current) if callable(current) else None
+    if pull is None or getattr(pull, "__module__", "") != _FLOWER:
+        problems.append(f"{module.__name__}.{name} is not Flower's ({_FLOWER})")
+    elif not _PARAMETERS <= set(inspect.signature(pull).parameters):
+        problems.append(f"{_FLOWER}.{name} no longer takes {', '.join(sorted(_PARAMETERS))}")
+    calling: Any = module
+    for part in caller.split("."):  # a function of the module, or a class's method
+        calling = getattr(calling, part, None)
+    if calling is None or f"{name}(" not in inspect.getsource(inspect.unwrap(calling)):
+        problems.append(f"{module.__name__}.{caller} no longer calls {name}")
+    if problems:
+        raise DeploymentError(
+            "xsilo's quick object pulls (deploy/launch/pulls.py) do not fit this Flower: "
+            f"{'; '.join(problems)}. Install the Flower xsilo pins (flwr==1.42.*)")
+    assert pull is not None
+
+    def quick(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("initial_backoff", first() if callable(first) else first)
+        return pull(*args, **kwargs)
+
+    quick.__wrapped__ = pull  # type: ignore[attr-defined]
+    quick._xsilo_quick = True  # type: ignore[attr-defined]
+    setattr(module, name, quick)

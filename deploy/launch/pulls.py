@@ -23,7 +23,8 @@ second back-off, for about half of all messages, where it takes 20–70 ms other
 Flower's own 10 s cap, the same tries and time limits): 0.05 s on a process's own loopback
 (ClientApp ← SuperNode, ServerApp ← SuperLink on the coordinator host), and the SuperNode's
 quickest look (:meth:`deploy.launch.poll.AdaptivePoll.quickest`) where a silo asks the
-shared SuperLink, so the retries stay within the federation's look budget. Per object that
+shared SuperLink, so the retries stay within the federation's look budget (never later than
+Flower's 1 s: a large federation retries as Flower does). Per object that
 is at most ``log2(1 s / first)`` more requests than Flower's, and only while the object is
 missing. Like the poll, the adjustment is pinned: it refuses (a
 :class:`~xsilo.errors.DeploymentError`) unless the function it wraps is Flower's, with the
@@ -49,9 +50,9 @@ _PARAMETERS = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_obje
 def quicken(module: ModuleType | Any, name: str, caller: str,
             first: float | Callable[[], float] = LOOPBACK_FIRST) -> None:
     """Make ``module.name`` (Flower's object pull, called by ``module.caller``, a function
-    or ``Class.method``) retry a
-missing object after ``first`` seconds (a number, or asked at each call) instead of 1 s.
-    Once per module: a second call leaves the first in place."""
+    or ``Class.method``) retry a missing object after ``first`` seconds (a number, or asked
+    at each call), never later than Flower's own 1 s. Once per module: a second call leaves
+    the first in place."""
     current = getattr(module, name, None)
     if getattr(current, "_xsilo_quick", False):
         return
@@ -71,9 +72,11 @@ missing object after ``first`` seconds (a number, or asked at each call) instead
             "xsilo's quick object pulls (deploy/launch/pulls.py) do not fit this Flower: "
             f"{'; '.join(problems)}. Install the Flower xsilo pins (flwr==1.42.*)")
     assert pull is not None
+    flowers = inspect.signature(pull).parameters["initial_backoff"].default  # never slower
 
     def quick(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("initial_backoff", first() if callable(first) else first)
+        kwargs.setdefault("initial_backoff",
+                          min(flowers, first() if callable(first) else first))
         return pull(*args, **kwargs)
 
     quick.__wrapped__ = pull  # type: ignore[attr-defined]

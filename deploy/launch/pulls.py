@@ -28,21 +28,25 @@ Flower's 1 s: a large federation retries as Flower does). Per object that
 is at most ``log2(1 s / first)`` more requests than Flower's, and only while the object is
 missing. Like the poll, the adjustment is pinned: it refuses (a
 :class:`~xsilo.errors.DeploymentError`) unless the function it wraps is Flower's, with the
-parameters it sets, and the caller still calls it by that name.
+parameters it sets, and the caller still calls it by that name. ``XSILO_QUICK_PULLS=0`` in
+a process's environment leaves Flower's back-off as it is (``benchmarks/round_trip.py``
+compares the two).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from xsilo.errors import DeploymentError
 
-__all__ = ["LOOPBACK_FIRST", "quicken"]
+__all__ = ["LOOPBACK_FIRST", "QUICK_ENV", "quicken"]
 
 LOOPBACK_FIRST = 0.05  # s before the first retry on a process's own host
+QUICK_ENV = "XSILO_QUICK_PULLS"  # "0": Flower's own back-off, unchanged
 _FLOWER = "flwr.supercore.inflatable.inflatable_utils"
 _PARAMETERS = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"}
 
@@ -54,7 +58,7 @@ def quicken(module: ModuleType | Any, name: str, caller: str,
     at each call), never later than Flower's own 1 s. Once per module: a second call leaves
     the first in place."""
     current = getattr(module, name, None)
-    if getattr(current, "_xsilo_quick", False):
+    if getattr(current, "_xsilo_quick", False) or os.environ.get(QUICK_ENV, "1") == "0":
         return
     problems = []
     pull = inspect.unwrap(current) if callable(current) else None

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
 
-from deploy.launch.pulls import LOOPBACK_FIRST, quicken
+from deploy.launch.pulls import LOOPBACK_FIRST, QUICK_ENV, quicken
 from xsilo.errors import DeploymentError
 
 # (module, the pull it calls, the caller): the SuperNode from the SuperLink, the ClientApp
@@ -75,6 +75,14 @@ def test_the_first_retry_can_follow_the_poll() -> None:
         pull, asks = _late(missing=1)
         module.pull_objects(["a"], pull)
         assert least <= asks[1] - asks[0] < most
+
+
+def test_an_operator_can_keep_flowers_back_off(monkeypatch) -> None:
+    monkeypatch.setenv(QUICK_ENV, "0")
+    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
+                             caller=lambda: pull_objects([], None))
+    quicken(module, "pull_objects", "caller")
+    assert module.pull_objects is pull_objects
 
 
 def test_a_changed_flower_is_refused_with_the_fix() -> None:

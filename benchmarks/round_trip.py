@@ -1,12 +1,13 @@
-"""Where a deployed round trip's seconds go, hop by hop: with xsilo's quick object pulls, and
-with Flower 1.42's own back-off.
+"""Where a deployed round trip's seconds go, hop by hop: clear and secure rounds with xsilo's
+quick object pulls, and secure ones with Flower 1.42's own back-off.
 
     .venv/bin/python benchmarks/round_trip.py [--silos 5] [--params 1000000] [--no-results]
 
-Runs the ``xsilo-deployment`` secure case of ``benchmarks/secagg.py`` (``flower-superlink``
-and one ``flower-supernode`` per silo, TLS and node authentication on loopback, xsilo's warm
-SuperExec, 3 rounds) twice: as it ships, then with ``XSILO_QUICK_PULLS=0`` in every process
-(``deploy/launch/pulls.py`` off: a missing object is asked for again after 1 s, 2 s, …).
+Runs the ``xsilo-deployment`` case of ``benchmarks/secagg.py`` (``flower-superlink`` and
+one ``flower-supernode`` per silo, TLS and node authentication on loopback, xsilo's warm
+SuperExec, 3 rounds) three times: clear and secure as it ships, then secure with
+``XSILO_QUICK_PULLS=0`` in every process (``deploy/launch/pulls.py`` off: a missing object is
+asked for again after 1 s, 2 s, …).
 Every process of the deployment runs ``benchmarks/_trace_site/sitecustomize.py``, which
 appends a timestamped line at each hop of each message; the hops of one message, from the
 coordinator's push to its pull of the reply, are joined by message id:
@@ -47,7 +48,7 @@ OUT = HERE / "out" / "round_trip.json"
 HEADING = "## A deployed round trip, step by step"
 TRACE_SITE = HERE / "_trace_site"
 HOPS = ("push", "look", "to the ClientApp", "handle", "reply", "coordinator pull", "trip")
-MODES = {"quick": "xsilo's quick object pulls", "flower": "Flower's 1 s back-off"}
+CASES = ((False, True), (True, True), (True, False))  # (secure, quick pulls), in run order
 
 
 def trips(events: list[dict]) -> list[dict]:
@@ -97,8 +98,8 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_case(silos: int, params: int, quick: bool) -> dict:
-    """One secure deployment, traced; its hops and round times."""
+def run_case(silos: int, params: int, secure: bool, quick: bool) -> dict:
+    """One deployment, traced; its hops and round times."""
     import secagg
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +115,7 @@ def run_case(silos: int, params: int, quick: bool) -> dict:
             fed = secagg._federation(Path(tmp) / "fed", silos)
             with fed:
                 fed.start()
-                outcome = fed.run(secagg._config(silos, True), timeout=secagg.CASE_LIMIT)
+                outcome = fed.run(secagg._config(silos, secure), timeout=secagg.CASE_LIMIT)
             assert outcome.completed, outcome.summary
             timings = secagg._timings(outcome.store.events())
         finally:
@@ -122,15 +123,21 @@ def run_case(silos: int, params: int, quick: bool) -> dict:
             os.environ.update(saved)
         events = [json.loads(line) for line in trace.read_text().splitlines()]
     rows = trips(events)
-    return {"quick": quick, "round_s": timings["round_s"], "trips_s": timings["trips_s"],
+    return {"secure": secure, "quick": quick, "round_s": timings["round_s"],
+            "trips_s": timings["trips_s"],
             "hops": summarize(rows), "messages": rows}
 
 
+def label(case: dict) -> str:
+    return (f"{'secure' if case['secure'] else 'clear'}, "
+            f"{'quick pulls' if case['quick'] else 'Flower 1 s back-off'}")
+
+
 def table(cases: list[dict]) -> str:
-    lines = ["| object pulls | message | messages | " + " | ".join(HOPS) + " |",
+    lines = ["| round, object pulls | message | messages | " + " | ".join(HOPS) + " |",
              "|---|---|---|" + "---|" * len(HOPS)]
     for case in cases:
-        mode = MODES["quick" if case["quick"] else "flower"]
+        mode = label(case)
         for kind, hops in case["hops"].items():
             lines.append(f"| {mode} | {kind} | {hops['messages']:.0f} | "
                          + " | ".join(f"{hops[h]:.2f}" for h in HOPS) + " |")
@@ -141,9 +148,9 @@ def rounds(cases: list[dict]) -> str:
     parts = []
     for case in cases:
         trips_s = ", ".join(f"{k} {v:.2f} s" for k, v in case["trips_s"].items())
-        parts.append(f"{MODES['quick' if case['quick'] else 'flower']}: a secure round "
-                     f"{case['round_s']:.2f} s ({trips_s})")
-    return "Median of rounds 2–3: " + "; ".join(parts) + "."
+        parts.append(f"{label(case)}: {case['round_s']:.2f} s"
+                     + (f" ({trips_s})" if trips_s else ""))
+    return "Round time, median of rounds 2–3: " + "; ".join(parts) + "."
 
 
 def main() -> None:
@@ -153,7 +160,7 @@ def main() -> None:
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     started = time.time()
-    cases = [run_case(args.silos, args.params, quick) for quick in (True, False)]
+    cases = [run_case(args.silos, args.params, secure, quick) for secure, quick in CASES]
     print(table(cases))
     print(rounds(cases))
     meta = save_raw(OUT, "benchmarks/round_trip.py", silos=args.silos, params=args.params,
@@ -161,7 +168,7 @@ def main() -> None:
     if not args.no_results:
         replace_section(HEADING, (
             f"{HEADING}\n\n`{meta['command']}` ({meta['date']}, commit {meta['commit']}; "
-            f"{args.silos} silos × {args.params:,} parameters, secure, the `xsilo-deployment` "
+            f"{args.silos} silos × {args.params:,} parameters, the `xsilo-deployment` "
             "case of `benchmarks/secagg.py` traced by `benchmarks/_trace_site/sitecustomize.py`; "
             "seconds, the median over the run's messages of each type; raw rows in "
             "`benchmarks/out/round_trip.json`).\n\n" + table(cases) + "\n\n" + rounds(cases)

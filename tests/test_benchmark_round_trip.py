@@ -46,8 +46,8 @@ def test_each_message_is_followed_from_the_push_to_the_reply() -> None:
     assert rows[1]["look"] == pytest.approx(1.3)  # pushed at 10.2, taken at 11.5
     summary = round_trip.summarize(rows)
     assert summary["train"]["messages"] == 1 and summary["train.unmask"]["trip"] > 2
-    assert "| xsilo's quick object pulls | train | 1 | 0.20 | 0.30 |" in round_trip.table(
-        [{"quick": True, "hops": summary}])
+    assert "| secure, quick pulls | train | 1 | 0.20 | 0.30 |" in round_trip.table(
+        [{"secure": True, "quick": True, "hops": summary}])
 
 
 def test_the_tracer_leaves_xsilos_flower_adjustments_working(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ appends a timestamped line at each hop of each message; the hops of one message,
 coordinator's push to its pull of the reply, are joined by message id:
 
 * **push**: the coordinator's push of the batch the message is in (the message, then its
-  objects, to the SuperLink);
-* **look**: from the end of that push to the silo's SuperNode taking the message;
+  objects, to the SuperLink); the next hops overlap it, since a silo can take the message
+  before its objects are all there;
+* **taken**: from the start of that push to the silo's SuperNode taking the message (its
+  look);
 * **to the ClientApp**: from there to the ClientApp holding the whole message (the
   SuperNode pulls its objects from the SuperLink, the SuperExec's task poll forks a
   ClientApp, which pulls the message from its SuperNode);
@@ -23,7 +25,8 @@ coordinator's push to its pull of the reply, are joined by message id:
   SuperNode's push to the SuperLink;
 * **coordinator pull**: from the SuperNode's push to the coordinator holding the reply.
 
-Each cell is the median over the run's messages of that type. Writes
+**trip** (push start to the coordinator holding the reply) is the sum of all hops but
+**push**. Each cell is the median over the run's messages of that type. Writes
 ``benchmarks/out/round_trip.json`` and, unless ``--no-results``, the section "A deployed
 round trip, step by step" of ``benchmarks/RESULTS.md``.
 """
@@ -47,7 +50,7 @@ from _bench import replace_section, save_raw  # noqa: E402
 OUT = HERE / "out" / "round_trip.json"
 HEADING = "## A deployed round trip, step by step"
 TRACE_SITE = HERE / "_trace_site"
-HOPS = ("push", "look", "to the ClientApp", "handle", "reply", "coordinator pull", "trip")
+HOPS = ("push", "taken", "to the ClientApp", "handle", "reply", "coordinator pull", "trip")
 CASES = ((False, True), (True, True), (True, False))  # (secure, quick pulls), in run order
 
 
@@ -79,7 +82,7 @@ def trips(events: list[dict]) -> list[dict]:
             continue
         rows.append({"type": message["type"], "group": message["group"],
                      "push": push["end"] - push["start"],
-                     "look": got[m] - push["end"],
+                     "taken": got[m] - push["start"],
                      "to the ClientApp": app_pull[m]["end"] - got[m],
                      "handle": app_push[m]["start"] - app_pull[m]["end"],
                      "reply": pushed[m] - app_push[m]["start"],

@@ -38,15 +38,15 @@ def test_each_message_is_followed_from_the_push_to_the_reply() -> None:
     rows = round_trip.trips(events)
     assert [r["type"] for r in rows] == ["train", "train.unmask"]
     a = rows[0]
-    assert a["push"] == pytest.approx(0.2) and a["look"] == pytest.approx(0.3)
+    assert a["push"] == pytest.approx(0.2) and a["taken"] == pytest.approx(0.5)
     assert a["to the ClientApp"] == pytest.approx(0.4) and a["handle"] == pytest.approx(0.5)
     assert a["reply"] == pytest.approx(0.2) and a["coordinator pull"] == pytest.approx(0.2)
-    hops = ("push", "look", "to the ClientApp", "handle", "reply", "coordinator pull")
+    hops = ("taken", "to the ClientApp", "handle", "reply", "coordinator pull")
     assert a["trip"] == pytest.approx(sum(a[h] for h in hops)) == pytest.approx(1.8)
-    assert rows[1]["look"] == pytest.approx(1.3)  # pushed at 10.2, taken at 11.5
+    assert rows[1]["taken"] == pytest.approx(1.5)  # pushed from 10.0, taken at 11.5
     summary = round_trip.summarize(rows)
     assert summary["train"]["messages"] == 1 and summary["train.unmask"]["trip"] > 2
-    assert "| secure, quick pulls | train | 1 | 0.20 | 0.30 |" in round_trip.table(
+    assert "| secure, quick pulls | train | 1 | 0.20 | 0.50 |" in round_trip.table(
         [{"secure": True, "quick": True, "hops": summary}])
 
 

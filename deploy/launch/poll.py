@@ -10,10 +10,10 @@ each further empty look waits ``growth`` times longer, up to Flower's own ``idle
 What it costs the SuperLink is bounded, per answer and in total. Per answer: at most
 :meth:`AdaptivePoll.extra_polls` looks more than Flower's (about 16 with the defaults: 0.1 s,
 ×1.25); an idle silo asks every 3 s as before. In total: one SuperLink serves all the silos
-of a federation (about 140 looks/s per core, ``benchmarks/superlink_load.py``), so a silo
+of a federation (140–170 looks/s, one core, ``benchmarks/superlink_load.py``), so a silo
 that knows the federation's size ``n`` never looks quicker than every ``n / budget``
 seconds: all its silos together then look at most ``max(budget, n / idle)`` times a second
-(``budget`` = 100 by default, about 70 % of a core there), however many are in a round.
+(``budget`` = 100 by default, half to 70 % of a core there), however many are in a round.
 Up to ``budget · fast`` = 10 silos that changes nothing; from ``budget · idle`` = 300 silos
 on it is Flower's own loop.
 

@@ -1,13 +1,14 @@
-"""Where a deployed round trip's seconds go, hop by hop: clear and secure rounds with xsilo's
-quick object pulls, and secure ones with Flower 1.42's own back-off.
+"""Where a deployed round trip's seconds go, hop by hop: clear and secure rounds as xsilo
+ships them, and secure ones with Flower 1.42's own object back-off or its own 3 s poll.
 
     .venv/bin/python benchmarks/round_trip.py [--silos 5] [--params 1000000] [--no-results]
 
 Runs the ``xsilo-deployment`` case of ``benchmarks/secagg.py`` (``flower-superlink`` and
 one ``flower-supernode`` per silo, TLS and node authentication on loopback, xsilo's warm
-SuperExec, 3 rounds) three times: clear and secure as it ships, then secure with
+SuperExec, 3 rounds) four times: clear and secure as it ships, then secure with
 ``XSILO_QUICK_PULLS=0`` in every process (``deploy/launch/pulls.py`` off: a missing object is
-asked for again after 1 s, 2 s, …).
+asked for again after 1 s, 2 s, …), then secure with ``XSILO_FAST_POLL=0`` (the SuperNodes'
+quick look off: Flower's 3 s).
 Every process of the deployment runs ``benchmarks/_trace_site/sitecustomize.py``, which
 appends a timestamped line at each hop of each message; the hops of one message, from the
 coordinator's push to its pull of the reply, are joined by message id:
@@ -51,7 +52,8 @@ OUT = HERE / "out" / "round_trip.json"
 HEADING = "## A deployed round trip, step by step"
 TRACE_SITE = HERE / "_trace_site"
 HOPS = ("push", "taken", "to the ClientApp", "handle", "reply", "coordinator pull", "trip")
-CASES = ((False, True), (True, True), (True, False))  # (secure, quick pulls), in run order
+# (secure, quick object pulls, quick look), in run order
+CASES = ((False, True, True), (True, True, True), (True, False, True), (True, True, False))
 
 
 def trips(events: list[dict]) -> list[dict]:
@@ -101,7 +103,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_case(silos: int, params: int, secure: bool, quick: bool) -> dict:
+def run_case(silos: int, params: int, secure: bool, quick: bool, fast_poll: bool = True) -> dict:
     """One deployment, traced; its hops and round times."""
     import secagg
 
@@ -111,6 +113,7 @@ def run_case(silos: int, params: int, secure: bool, quick: bool) -> dict:
         os.environ.update({
             "XSILO_TRACE_FILE": str(trace), secagg.PARAMS_ENV: str(params),
             "XSILO_QUICK_PULLS": "1" if quick else "0",
+            "XSILO_FAST_POLL": "1" if fast_poll else "0",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TRACE_SITE), str(HERE),
                                                         str(HERE.parent),
                                                         saved.get("PYTHONPATH")]))})
@@ -126,18 +129,20 @@ def run_case(silos: int, params: int, secure: bool, quick: bool) -> dict:
             os.environ.update(saved)
         events = [json.loads(line) for line in trace.read_text().splitlines()]
     rows = trips(events)
-    return {"secure": secure, "quick": quick, "round_s": timings["round_s"],
+    return {"secure": secure, "quick": quick, "fast_poll": fast_poll,
+            "round_s": timings["round_s"],
             "trips_s": timings["trips_s"],
             "hops": summarize(rows), "messages": rows}
 
 
 def label(case: dict) -> str:
-    return (f"{'secure' if case['secure'] else 'clear'}, "
-            f"{'quick pulls' if case['quick'] else 'Flower 1 s back-off'}")
+    changed = [*([] if case["quick"] else ["Flower's 1 s object back-off"]),
+               *([] if case.get("fast_poll", True) else ["Flower's 3 s poll"])]
+    return f"{'secure' if case['secure'] else 'clear'}, {' + '.join(changed) or 'as shipped'}"
 
 
 def table(cases: list[dict]) -> str:
-    lines = ["| round, object pulls | message | messages | " + " | ".join(HOPS) + " |",
+    lines = ["| round, as run | message | messages | " + " | ".join(HOPS) + " |",
              "|---|---|---|" + "---|" * len(HOPS)]
     for case in cases:
         mode = label(case)
@@ -163,7 +168,7 @@ def main() -> None:
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     started = time.time()
-    cases = [run_case(args.silos, args.params, secure, quick) for secure, quick in CASES]
+    cases = [run_case(args.silos, args.params, *case) for case in CASES]
     print(table(cases))
     print(rounds(cases))
     meta = save_raw(OUT, "benchmarks/round_trip.py", silos=args.silos, params=args.params,

@@ -46,8 +46,11 @@ def test_each_message_is_followed_from_the_push_to_the_reply() -> None:
     assert rows[1]["taken"] == pytest.approx(1.5)  # pushed from 10.0, taken at 11.5
     summary = round_trip.summarize(rows)
     assert summary["train"]["messages"] == 1 and summary["train.unmask"]["trip"] > 2
-    assert "| secure, quick pulls | train | 1 | 0.20 | 0.50 |" in round_trip.table(
-        [{"secure": True, "quick": True, "hops": summary}])
+    assert "| secure, as shipped | train | 1 | 0.20 | 0.50 |" in round_trip.table(
+        [{"secure": True, "quick": True, "fast_poll": True, "hops": summary}])
+    both = {"secure": True, "quick": False, "fast_poll": False, "hops": summary}
+    assert "| secure, Flower's 1 s object back-off + Flower's 3 s poll | train |" in (
+        round_trip.table([both]))
 
 
 def test_the_tracer_leaves_xsilos_flower_adjustments_working(tmp_path: Path) -> None:

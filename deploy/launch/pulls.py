@@ -74,7 +74,8 @@ def quicken(module: ModuleType | Any, name: str, caller: str,
     if problems:
         raise DeploymentError(
             "xsilo's quick object pulls (deploy/launch/pulls.py) do not fit this Flower: "
-            f"{'; '.join(problems)}. Install the Flower xsilo pins (flwr==1.42.*)")
+            f"{'; '.join(problems)}. Install the Flower xsilo pins (flwr==1.42.*), or set "
+            f"{QUICK_ENV}=0 (Flower's own 1 s back-off) until xsilo supports it")
     assert pull is not None
     flowers = inspect.signature(pull).parameters["initial_backoff"].default  # never slower
 

@@ -98,7 +98,8 @@ def test_a_changed_flower_is_refused_with_the_fix() -> None:
         (SimpleNamespace(__name__="m", pull_objects=pull_objects), r"no longer calls"),
     ]
     for module, problem in cases:
-        with pytest.raises(DeploymentError, match=problem + r".*flwr==1\.42"):
+        with pytest.raises(DeploymentError,
+                           match=problem + r".*flwr==1\.42.*XSILO_QUICK_PULLS=0"):
             quicken(module, "pull_objects", "caller")
         assert not getattr(module.pull_objects, "_xsilo_quick", False)
 

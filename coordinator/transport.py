@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.messages import Patience, Payload, Reply, SiloError
+from deploy.launch.pulls import within
 from xsilo.errors import DeploymentError, ProtocolError
 from xsilo.failpoints import reach
 from strategies.compression import Compressed
@@ -179,7 +180,8 @@ class GridTransport:
         while pending and not done and time.monotonic() < deadline:
             asked = list(pending)
             for start in range(0, len(asked), batch):
-                pulled = list(self.grid.pull_messages(asked[start:start + batch]))
+                with within(deadline):  # a reply whose content never comes ends on time
+                    pulled = list(self.grid.pull_messages(asked[start:start + batch]))
                 while pulled:
                     msg = pulled.pop(0)
                     node = pending.pop(msg.metadata.reply_to_message_id, None)

@@ -35,20 +35,40 @@ compares the two).
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 from xsilo.errors import DeploymentError
 
-__all__ = ["LOOPBACK_FIRST", "QUICK_ENV", "quicken"]
+__all__ = ["LOOPBACK_FIRST", "QUICK_ENV", "quicken", "within"]
 
 LOOPBACK_FIRST = 0.05  # s before the first retry on a process's own host
 QUICK_ENV = "XSILO_QUICK_PULLS"  # "0": Flower's own back-off, unchanged
 _FLOWER = "flwr.supercore.inflatable.inflatable_utils"
 _PARAMETERS = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"}
+# time.monotonic() by which a pull in this context gives up on a missing object (None: Flower's)
+_UNTIL: contextvars.ContextVar[float | None] = contextvars.ContextVar("xsilo_pull_until",
+                                                                      default=None)
+
+
+@contextmanager
+def within(deadline: float) -> Iterator[None]:
+    """Pulls made in this block give up on an object still missing at ``deadline`` (a
+    ``time.monotonic()`` value) instead of retrying for Flower's two hours: a silo cut off
+    between pushing its reply and pushing the reply's objects leaves a reply whose objects
+    never come, and the coordinator's round must still end on time (Flower then hands the
+    reply over as an error, "Reply message objects are unavailable")."""
+    token = _UNTIL.set(deadline)
+    try:
+        yield
+    finally:
+        _UNTIL.reset(token)
 
 
 def quicken(module: ModuleType | Any, name: str, caller: str,
@@ -58,8 +78,9 @@ def quicken(module: ModuleType | Any, name: str, caller: str,
     at each call), never later than Flower's own 1 s. Once per module: a second call leaves
     the first in place."""
     current = getattr(module, name, None)
-    if getattr(current, "_xsilo_quick", False) or os.environ.get(QUICK_ENV, "1") == "0":
+    if getattr(current, "_xsilo_quick", False):
         return
+    keep_flowers = os.environ.get(QUICK_ENV, "1") == "0"  # back-off as Flower's; deadlines kept
     problems = []
     pull = inspect.unwrap(current) if callable(current) else None
     if pull is None or getattr(pull, "__module__", "") != _FLOWER:
@@ -80,8 +101,12 @@ def quicken(module: ModuleType | Any, name: str, caller: str,
     flowers = inspect.signature(pull).parameters["initial_backoff"].default  # never slower
 
     def quick(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("initial_backoff",
-                          min(flowers, first() if callable(first) else first))
+        if not keep_flowers:
+            kwargs.setdefault("initial_backoff",
+                              min(flowers, first() if callable(first) else first))
+        until = _UNTIL.get()
+        if until is not None:
+            kwargs.setdefault("max_time", max(0.0, until - time.monotonic()))
         return pull(*args, **kwargs)
 
     quick.__wrapped__ = pull  # type: ignore[attr-defined]

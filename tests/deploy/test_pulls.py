@@ -11,9 +11,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
+from flwr.supercore.inflatable.inflatable_utils import (ObjectPullError, ObjectUnavailableError,
+                                                         pull_objects)
 
-from deploy.launch.pulls import LOOPBACK_FIRST, QUICK_ENV, quicken
+from deploy.launch.pulls import LOOPBACK_FIRST, QUICK_ENV, quicken, within
 from xsilo.errors import DeploymentError
 
 # (module, the pull it calls, the caller): the SuperNode from the SuperLink, the ClientApp
@@ -82,7 +83,24 @@ def test_an_operator_can_keep_flowers_back_off(monkeypatch) -> None:
     module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
                              caller=lambda: pull_objects([], None))
     quicken(module, "pull_objects", "caller")
-    assert module.pull_objects is pull_objects
+    pull, asks = _late(missing=1)
+    module.pull_objects(["a"], pull)
+    assert asks[1] - asks[0] >= 0.75  # Flower's own first retry: 1 s ± 20 %
+
+
+def test_a_reply_whose_content_never_comes_is_given_up_on_by_the_deadline() -> None:
+    """A silo cut off between pushing its reply and the reply's objects: the coordinator's
+    pull stops at its round's deadline, not after Flower's two hours."""
+    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
+                             caller=lambda: pull_objects([], None))
+    quicken(module, "pull_objects", "caller")
+    pull, asks = _late(missing=10**9)
+    started = time.monotonic()
+    with within(started + 0.5), pytest.raises(ObjectPullError):
+        module.pull_objects(["a"], pull)
+    assert 0.4 < time.monotonic() - started < 2.0 and len(asks) >= 3
+    pull, asks = _late(missing=2)  # outside the block: no deadline
+    assert module.pull_objects(["a"], pull) == {"a": b"content"}
 
 
 def test_a_changed_flower_is_refused_with_the_fix() -> None:

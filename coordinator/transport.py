@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from coordinator.messages import Patience, Payload, Reply, SiloError
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PULL_BUDGET = 256 * 1024 * 1024
 """Bytes of replies one pull may bring in (the batch of ids asked is sized from the model)."""
+CONTENT_MISSING = "Reply message objects are unavailable"  # Flower 1.42's HTTP grid
+LAST_LOOK = 1.0
+"""Seconds the look after a deadline waits for the content of a reply already there."""
 
 
 def _parse_error(msg: Message) -> SiloError:
@@ -43,7 +47,12 @@ def _parse_error(msg: Message) -> SiloError:
         return SiloError(str(data["type"]), str(data["reason"]), str(data["message"]),
                          silo=silo if isinstance(silo, str) and silo else None)
     except (ValueError, KeyError, TypeError, AttributeError):
-        return SiloError("FlowerError", f"code-{msg.error.code}", reason)
+        pass
+    if msg.error.code == ErrorCode.MESSAGE_UNAVAILABLE and reason.startswith(CONTENT_MISSING):
+        return SiloError(DeploymentError.__name__, "reply-content-missing",
+                         "its reply came, its content did not by the round's deadline (its "
+                         f"link cut mid-upload?); Flower: {reason}")
+    return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 
 
 def _take_arrays(record: Any, *, keep: bool) -> dict[str, np.ndarray]:
@@ -177,10 +186,15 @@ class GridTransport:
         deadline = time.monotonic() + timeout
         quorum_at: float | None = None
         done = False
-        while pending and not done and time.monotonic() < deadline:
+
+        def pull(by: float) -> bool:
+            """Pull what has arrived of ``pending``; True once ``until(replies)`` holds. A
+            pull waits for a reply's content at most to ``by``: a silo cut off between
+            pushing its reply and the reply's objects leaves a reply whose content never
+            comes (Flower would retry for two hours), and the round must end on time."""
             asked = list(pending)
             for start in range(0, len(asked), batch):
-                with within(deadline):  # a reply whose content never comes ends on time
+                with within(by):
                     pulled = list(self.grid.pull_messages(asked[start:start + batch]))
                 while pulled:
                     msg = pulled.pop(0)
@@ -193,9 +207,12 @@ class GridTransport:
                     del msg  # the Flower message (and its record bytes) can go now
                     replies[node] = on_reply(node, reply) if on_reply is not None else reply
                     reach(f"reply:{message_type}")  # a kill test's stop (xsilo.failpoints)
-                done = until is not None and until(replies)
-                if done:
-                    break
+                if until is not None and until(replies):
+                    return True
+            return False
+
+        while pending and not done and time.monotonic() < deadline:
+            done = pull(deadline)
             if patience is not None and quorum_at is None and pending and patience.quorum(replies):
                 quorum_at = time.monotonic()
                 deadline = min(deadline, quorum_at + patience.grace)
@@ -204,6 +221,10 @@ class GridTransport:
                                        time.time() + (deadline - time.monotonic()))
             if pending and not done:
                 time.sleep(self.poll_interval)
+        if pending and not done:
+            # The replies that arrived by the deadline, whose pull may have waited behind a
+            # reply whose content never came: one last look, waiting little for content.
+            done = pull(time.monotonic() + LAST_LOOK)
         if done:
             return replies
         if patience is not None and pending:

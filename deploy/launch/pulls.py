@@ -49,6 +49,7 @@ from xsilo.errors import DeploymentError
 __all__ = ["LOOPBACK_FIRST", "QUICK_ENV", "quicken", "within"]
 
 LOOPBACK_FIRST = 0.05  # s before the first retry on a process's own host
+DEADLINE_STEP = 1.0  # s between retries at most under a deadline: it is kept within that
 QUICK_ENV = "XSILO_QUICK_PULLS"  # "0": Flower's own back-off, unchanged
 _FLOWER = "flwr.supercore.inflatable.inflatable_utils"
 _PARAMETERS = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"}
@@ -63,7 +64,9 @@ def within(deadline: float) -> Iterator[None]:
     ``time.monotonic()`` value) instead of retrying for Flower's two hours: a silo cut off
     between pushing its reply and pushing the reply's objects leaves a reply whose objects
     never come, and the coordinator's round must still end on time (Flower then hands the
-    reply over as an error, "Reply message objects are unavailable")."""
+    reply over as an error, "Reply message objects are unavailable"). Flower looks at the
+    time only after a try, and then waits up to 10 s for the next: under a deadline the
+    retries come at least every :data:`DEADLINE_STEP` s, so the pull ends within that of it."""
     token = _UNTIL.set(deadline)
     try:
         yield
@@ -99,14 +102,16 @@ def quicken(module: ModuleType | Any, name: str, caller: str,
             f"{QUICK_ENV}=0 (Flower's own 1 s back-off) until xsilo supports it")
     assert pull is not None
     flowers = inspect.signature(pull).parameters["initial_backoff"].default  # never slower
+    cap = inspect.signature(pull).parameters["backoff_cap"].default
 
     def quick(*args: Any, **kwargs: Any) -> Any:
         if not keep_flowers:
             kwargs.setdefault("initial_backoff",
                               min(flowers, first() if callable(first) else first))
         until = _UNTIL.get()
-        if until is not None:
+        if until is not None:  # Flower checks the time after a try: try often enough
             kwargs.setdefault("max_time", max(0.0, until - time.monotonic()))
+            kwargs["backoff_cap"] = min(kwargs.get("backoff_cap", cap), DEADLINE_STEP)
         return pull(*args, **kwargs)
 
     quick.__wrapped__ = pull  # type: ignore[attr-defined]

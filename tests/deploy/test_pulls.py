@@ -14,7 +14,7 @@ import pytest
 from flwr.supercore.inflatable.inflatable_utils import (ObjectPullError, ObjectUnavailableError,
                                                          pull_objects)
 
-from deploy.launch.pulls import LOOPBACK_FIRST, QUICK_ENV, quicken, within
+from deploy.launch.pulls import DEADLINE_STEP, LOOPBACK_FIRST, QUICK_ENV, quicken, within
 from xsilo.errors import DeploymentError
 
 # (module, the pull it calls, the caller): the SuperNode from the SuperLink, the ClientApp
@@ -101,6 +101,22 @@ def test_a_reply_whose_content_never_comes_is_given_up_on_by_the_deadline() -> N
     assert 0.4 < time.monotonic() - started < 2.0 and len(asks) >= 3
     pull, asks = _late(missing=2)  # outside the block: no deadline
     assert module.pull_objects(["a"], pull) == {"a": b"content"}
+
+
+def test_a_pull_under_a_deadline_ends_close_to_it() -> None:
+    """Flower looks at the time only after a try, and may then wait 10 s for the next one:
+    under a deadline the tries come at least every DEADLINE_STEP s (here, unadjusted, the
+    try after 3.15 s would come at about 6.3 s)."""
+    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
+                             caller=lambda: pull_objects([], None))
+    quicken(module, "pull_objects", "caller")
+    pull, asks = _late(missing=10**9)
+    started = time.monotonic()
+    with within(started + 3.3), pytest.raises(ObjectPullError):
+        module.pull_objects(["a"], pull)
+    assert 3.3 <= time.monotonic() - started < 3.3 + 1.2 * DEADLINE_STEP + 0.3
+    gaps = [b - a for a, b in zip(asks, asks[1:])]
+    assert max(gaps) <= 1.2 * DEADLINE_STEP + 0.1, gaps
 
 
 def test_a_changed_flower_is_refused_with_the_fix() -> None:

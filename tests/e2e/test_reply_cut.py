@@ -14,6 +14,7 @@ any silo answers round 1, and lifted once round 1 is over.
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
+from silo_client.ledger import verify_ledger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -113,3 +115,8 @@ def test_a_silo_cut_between_its_reply_and_its_content_ends_the_round_on_time(
     # the link back, hospital-c trains again
     assert rows[2]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"], rows[2]
     assert "push-object" in access
+    # hospital-c's ledger holds both train replies: the cut one left in part (its message)
+    ledger = next(c.workspace for c in fed.silos if c.name == "hospital-c") / "egress.jsonl"
+    assert verify_ledger(ledger).ok
+    sent = [json.loads(line)["message_type"] for line in ledger.read_text().splitlines()]
+    assert sent.count("train") == 2, sent

@@ -26,6 +26,7 @@ from typing import Any
 
 from deploy.gateway.netns import Uplink, unavailable
 from deploy.launch.processes import ManagedProcess
+from deploy.launch.supernode import budget_from_env
 from silo_client.config import SiloConfig
 from silo_client.launch import start_silo
 from silo_client.ledger import LEDGER_FILE
@@ -138,6 +139,7 @@ def start_member(config: SiloConfig, *, log_path: Path | None = None,
                  private: bool = True) -> RunningSilo:
     """Start the silo gateway (inside a member kit) and the SuperNode; ``private``: in a
     private network namespace where the host allows it (else with a warning)."""
+    budget_from_env()  # the silo's settings first: a bad XSILO_POLL_BUDGET starts nothing
     kit_dir = config.path.parent
     gateway = uplink = None
     if (kit_dir / "kit.toml").is_file():

@@ -3,11 +3,14 @@ silo answered it asks quickly (the next message is likely close), and once idle 
 Flower's own 3 s again. Each Fleet request a silo makes is in the coordinator gateway's
 access log with its certificate subject and the time to the millisecond. With a budget too
 small for the federation (``XSILO_POLL_BUDGET``), a silo that knows its federation's size
-looks no quicker than its share of it."""
+looks no quicker than its share of it; a budget that is not a rate is refused by `xsilo
+silo start` before anything starts."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from coordinator.config import RunConfig
 from federation.demo_data import write_demo_data
 from deploy.launch.poll import BUDGET_ENV, read_hint
 from federation.deployment import LocalFederation
+from tests.e2e._cli import XSILO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 LINE = re.compile(r'"POST /v1/fleet/(?P<call>[a-z-]+) .* dn="[^"]*CN=(?P<silo>[^,"]+)'
@@ -88,3 +92,24 @@ def test_a_federation_past_its_budget_looks_at_its_share(tmp_path: Path, monkeyp
         empty = [b - a for a, b in zip(pulls, pulls[1:])
                  if not any(a < pushed <= b for pushed in pushes)]
         assert len(empty) >= 4 and min(empty) >= 2.3, (silo, sorted(empty)[:5])
+
+
+def test_a_bad_budget_is_refused_by_silo_start_before_anything_starts(tmp_path: Path) -> None:
+    """`xsilo silo start --kit` with a budget that is not a rate: one line naming the setting
+    and the fix, at once (no CRL fetch, no gateway, no SuperNode)."""
+    fed = LocalFederation(tmp_path, mtls=True,
+                          write_data=lambda root: write_demo_data(root)[:2]).setup()
+    kit = fed.kits["hospital-a"]
+    started = time.monotonic()
+    res = subprocess.run([XSILO, "silo", "start", "--kit", str(kit.root)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, BUDGET_ENV: "fast", "COLUMNS": "400"})
+    said = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, said
+    assert f"{BUDGET_ENV}='fast' is not a number of looks per second" in said, said
+    assert "or unset it" in said and "Traceback" not in said, said
+    assert time.monotonic() - started < 20  # no 5 s wait for the coordinator's CRL first
+    assert "CRL" not in said, said
+    workspace = next(c.workspace for c in fed.silos if c.name == "hospital-a")
+    assert not (workspace / "supernode.log").exists()
+    assert not list(kit.gateway_prefix.rglob("*.pid")), list(kit.gateway_prefix.rglob("*"))

@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 
 PULL_BUDGET = 256 * 1024 * 1024
 """Bytes of replies one pull may bring in (the batch of ids asked is sized from the model)."""
-CONTENT_MISSING = "Reply message objects are unavailable"  # Flower 1.42's HTTP grid
+CONTENT_MISSING = "Reply message objects are unavailable"
+"""How Flower 1.42's HTTP grid begins the error it hands over for a reply whose content did
+not come (its ``MESSAGE_UNAVAILABLE``)."""
 LAST_LOOK = 1.0
-"""Seconds the look after a deadline waits for the content of a reply already there."""
+"""Seconds the look after a deadline waits for the content of a reply there by then."""
 
 
 def _parse_error(msg: Message) -> SiloError:
@@ -50,8 +52,9 @@ def _parse_error(msg: Message) -> SiloError:
         pass
     if msg.error.code == ErrorCode.MESSAGE_UNAVAILABLE and reason.startswith(CONTENT_MISSING):
         return SiloError(DeploymentError.__name__, "reply-content-missing",
-                         "its reply came, its content did not by the round's deadline (its "
-                         f"link cut mid-upload?); Flower: {reason}")
+                         "its reply came, its content was not complete by the round's "
+                         "deadline (still uploading, or its link cut mid-upload); "
+                         f"Flower: {reason}")
     return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 
 
@@ -222,8 +225,8 @@ class GridTransport:
             if pending and not done:
                 time.sleep(self.poll_interval)
         if pending and not done:
-            # The replies that arrived by the deadline, whose pull may have waited behind a
-            # reply whose content never came: one last look, waiting little for content.
+            # The replies at the SuperLink by now, whose pull may have waited behind a reply
+            # whose content never came: one last look, waiting little for content.
             done = pull(time.monotonic() + LAST_LOOK)
         if done:
             return replies

@@ -20,7 +20,8 @@ trip, step by step*): the ClientApp's pull took 1.0–1.2 s or 3.0–3.2 s, Flow
 second back-off, for about half of all messages, where it takes 20–70 ms otherwise.
 
 :func:`quicken` makes the first retry come after ``first`` seconds instead (doubling up to
-Flower's own 10 s cap, the same tries and time limits): 0.05 s on a process's own loopback
+Flower's own 10 s cap, 1 s under a deadline (:func:`within`); the same tries and time
+limits): 0.05 s on a process's own loopback
 (ClientApp ← SuperNode, ServerApp ← SuperLink on the coordinator host), and the SuperNode's
 quickest look (:meth:`deploy.launch.poll.AdaptivePoll.quickest`) where a silo asks the
 shared SuperLink, so the retries stay within the federation's look budget (never later than
@@ -46,10 +47,10 @@ from typing import Any
 
 from xsilo.errors import DeploymentError
 
-__all__ = ["LOOPBACK_FIRST", "QUICK_ENV", "quicken", "within"]
+__all__ = ["DEADLINE_STEP", "LOOPBACK_FIRST", "QUICK_ENV", "quicken", "within"]
 
 LOOPBACK_FIRST = 0.05  # s before the first retry on a process's own host
-DEADLINE_STEP = 1.0  # s between retries at most under a deadline: it is kept within that
+DEADLINE_STEP = 1.0  # s between retries (±20 %) at most under a deadline, kept within that
 QUICK_ENV = "XSILO_QUICK_PULLS"  # "0": Flower's own back-off, unchanged
 _FLOWER = "flwr.supercore.inflatable.inflatable_utils"
 _PARAMETERS = {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"}
@@ -66,7 +67,8 @@ def within(deadline: float) -> Iterator[None]:
     never come, and the coordinator's round must still end on time (Flower then hands the
     reply over as an error, "Reply message objects are unavailable"). Flower looks at the
     time only after a try, and then waits up to 10 s for the next: under a deadline the
-    retries come at least every :data:`DEADLINE_STEP` s, so the pull ends within that of it."""
+    retries come about every :data:`DEADLINE_STEP` s at most (Flower's ±20 % jitter), with
+    ``XSILO_QUICK_PULLS=0`` too, so the pull ends within about that of the deadline."""
     token = _UNTIL.set(deadline)
     try:
         yield
@@ -111,6 +113,7 @@ def quicken(module: ModuleType | Any, name: str, caller: str,
         until = _UNTIL.get()
         if until is not None:  # Flower checks the time after a try: try often enough
             kwargs.setdefault("max_time", max(0.0, until - time.monotonic()))
+            # never longer than a caller's own cap; the deadline is the caller's too
             kwargs["backoff_cap"] = min(kwargs.get("backoff_cap", cap), DEADLINE_STEP)
         return pull(*args, **kwargs)
 

@@ -8,7 +8,8 @@ updates and the reason at the operator's console; once the link is back the silo
 
 Deterministic: every silo's model blocks in its first ``fit`` until the test opens a gate,
 so the cut (hospital-c's gateway refusing ``push-object``, nothing else) is in place before
-any silo answers round 1, and lifted once round 1 is over.
+any silo answers round 1; it is lifted once hospital-c's SuperNode gave that reply up
+(Flower does not retry a refused object), well before round 2.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def test_a_silo_cut_between_its_reply_and_its_content_ends_the_round_on_time(
     with fed:
         fed.start()
         cut = fed.gateways["hospital-c"]
+        silo_c = next(c for c in fed.silos if c.name == "hospital-c")
         render = cut.render
         marker = "        location /v1/fleet/ {"
         assert marker in render(cut.scratch)  # where the cut goes: before the Fleet location
@@ -95,28 +97,33 @@ def test_a_silo_cut_between_its_reply_and_its_content_ends_the_round_on_time(
         _wait_for(lambda: any("push-object" in line and "status=400" in line
                               for line in cut.logs()["access"].splitlines()),
                   30, "hospital-c's gateway to refuse its reply's content")
-        # round 1's exchange is over once round 2 awaits its silos (its row is written
-        # once its model is scored, by round 2's replies)
-        _wait_for(lambda: any(e["event"] == "awaiting" and e["round"] == 2
-                              for e in store.events()), ROUND_TIMEOUT + 15, "round 1 to end")
-        cut.render = render  # the link is back
+        # Flower's SuperNode gives the reply up at the first refusal (it does not retry a
+        # 400): once it says so, the link is back, long before round 2
+        supernode_log = silo_c.workspace / "supernode.log"
+        _wait_for(lambda: "Failed to send message" in supernode_log.read_text(), 30,
+                  "hospital-c's SuperNode to give its reply up")
+        cut.render = render
         cut.reload()
         outcome = fed.wait(run_id, store, console=Console(file=out, width=200), timeout=80)
-        access = cut.logs()["access"]
+        access = cut.logs()["access"].splitlines()
     assert outcome.status == "finished:completed", outcome.summary
     rows = {e["round"]: e for e in outcome.store.events() if e["event"] == "round"}
     # round 1: the reply whose content never came did not stall it past its deadline
     assert rows[1]["contributors"] == ["hospital-a", "hospital-b"], rows[1]
     assert rows[1]["round_seconds"] <= ROUND_TIMEOUT + 5, rows[1]
     reason = rows[1]["rejected"]["hospital-c"]
-    assert "unavailable" in reason, reason
+    assert reason.startswith("DeploymentError[reply-content-missing]: its reply came, its "
+                             "content was not complete by the round's deadline"), reason
     # the operator saw why in the run's one line for the round
-    assert "hospital-c: " in out.getvalue(), out.getvalue()
-    # the link back, hospital-c trains again
+    assert "hospital-c: DeploymentError[reply-content-missing]" in out.getvalue(), \
+        out.getvalue()
+    # the link back, hospital-c trains again: its content goes through the same gateway
     assert rows[2]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"], rows[2]
-    assert "push-object" in access
+    refused = max(i for i, line in enumerate(access) if "push-object" in line
+                  and "status=400" in line)
+    assert any("push-object" in line and "status=200" in line for line in access[refused:])
     # hospital-c's ledger holds both train replies: the cut one left in part (its message)
-    ledger = next(c.workspace for c in fed.silos if c.name == "hospital-c") / "egress.jsonl"
+    ledger = silo_c.workspace / "egress.jsonl"
     assert verify_ledger(ledger).ok
     sent = [json.loads(line)["message_type"] for line in ledger.read_text().splitlines()]
     assert sent.count("train") == 2, sent

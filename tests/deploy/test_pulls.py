@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import (ObjectPullError, ObjectUnavailableError,
@@ -38,6 +39,14 @@ def _late(missing: int):
     return pull, asks
 
 
+def _hop(first: Any = LOOPBACK_FIRST) -> SimpleNamespace:
+    """A module whose caller calls Flower's object pull, quickened with ``first``."""
+    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
+                             caller=lambda: pull_objects([], None))
+    quicken(module, "pull_objects", "caller", first=first)
+    return module
+
+
 @pytest.mark.parametrize("module_name, name, caller", HOPS)
 def test_each_hop_of_a_round_is_where_xsilo_expects_it(monkeypatch, module_name: str,
                                                         name: str, caller: str) -> None:
@@ -52,9 +61,7 @@ def test_each_hop_of_a_round_is_where_xsilo_expects_it(monkeypatch, module_name:
 
 
 def test_a_missing_object_is_asked_for_again_quickly() -> None:
-    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
-                             caller=lambda: pull_objects([], None))
-    quicken(module, "pull_objects", "caller", first=0.01)
+    module = _hop(first=0.01)
     pull, asks = _late(missing=3)
     started = time.monotonic()
     assert module.pull_objects(["a"], pull) == {"a": b"content"}
@@ -68,9 +75,7 @@ def test_a_missing_object_is_asked_for_again_quickly() -> None:
 
 def test_the_first_retry_can_follow_the_poll() -> None:
     paces = iter([0.01, 0.2, 3.0])  # the last: a federation of 300 silos or more
-    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
-                             caller=lambda: pull_objects([], None))
-    quicken(module, "pull_objects", "caller", first=lambda: next(paces))
+    module = _hop(first=lambda: next(paces))
     # asked at each call; never later than Flower's own first retry (1 s ± 20 %)
     for least, most in ((0.0, 0.1), (0.15, 0.5), (0.75, 1.5)):
         pull, asks = _late(missing=1)
@@ -80,9 +85,7 @@ def test_the_first_retry_can_follow_the_poll() -> None:
 
 def test_an_operator_can_keep_flowers_back_off(monkeypatch) -> None:
     monkeypatch.setenv(QUICK_ENV, "0")
-    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
-                             caller=lambda: pull_objects([], None))
-    quicken(module, "pull_objects", "caller")
+    module = _hop()
     pull, asks = _late(missing=1)
     module.pull_objects(["a"], pull)
     assert asks[1] - asks[0] >= 0.75  # Flower's own first retry: 1 s ± 20 %
@@ -91,9 +94,7 @@ def test_an_operator_can_keep_flowers_back_off(monkeypatch) -> None:
 def test_a_reply_whose_content_never_comes_is_given_up_on_by_the_deadline() -> None:
     """A silo cut off between pushing its reply and the reply's objects: the coordinator's
     pull stops at its round's deadline, not after Flower's two hours."""
-    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
-                             caller=lambda: pull_objects([], None))
-    quicken(module, "pull_objects", "caller")
+    module = _hop()
     pull, asks = _late(missing=10**9)
     started = time.monotonic()
     with within(started + 0.5), pytest.raises(ObjectPullError):
@@ -107,9 +108,7 @@ def test_a_pull_under_a_deadline_ends_close_to_it() -> None:
     """Flower looks at the time only after a try, and may then wait 10 s for the next one:
     under a deadline the tries come at least every DEADLINE_STEP s (here, unadjusted, the
     try after 3.15 s would come at about 6.3 s)."""
-    module = SimpleNamespace(__name__="hop", pull_objects=pull_objects,
-                             caller=lambda: pull_objects([], None))
-    quicken(module, "pull_objects", "caller")
+    module = _hop()
     pull, asks = _late(missing=10**9)
     started = time.monotonic()
     with within(started + 3.3), pytest.raises(ObjectPullError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from rich.console import Console
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
 from silo_client.ledger import verify_ledger
+from tests.e2e._cli import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -62,13 +62,6 @@ CUT = "        location = /v1/fleet/push-object { return 400; }  # the test's cu
 ROUND_TIMEOUT = 20.0
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_silo_cut_between_its_reply_and_its_content_ends_the_round_on_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site, gate = tmp_path / "site-models", tmp_path / "gate"
@@ -91,16 +84,16 @@ def test_a_silo_cut_between_its_reply_and_its_content_ends_the_round_on_time(
             num_rounds=2, min_silos=2, expected_silos=3, round_timeout=ROUND_TIMEOUT,
             join_timeout=45.0, straggler_grace=ROUND_TIMEOUT, name="cut"))
         # all three silos are in round 1's fit, none has answered: cut hospital-c's content
-        _wait_for(lambda: len(list(gate.glob("in-fit-*"))) >= 3, 60, "three silos in fit")
+        wait_for(lambda: len(list(gate.glob("in-fit-*"))) >= 3, 60, "three silos in fit")
         cut.reload()
         (gate / "open").touch()
-        _wait_for(lambda: any("push-object" in line and "status=400" in line
+        wait_for(lambda: any("push-object" in line and "status=400" in line
                               for line in cut.logs()["access"].splitlines()),
                   30, "hospital-c's gateway to refuse its reply's content")
         # Flower's SuperNode gives the reply up at the first refusal (it does not retry a
         # 400): once it says so, the link is back, long before round 2
         supernode_log = silo_c.workspace / "supernode.log"
-        _wait_for(lambda: "Failed to send message" in supernode_log.read_text(), 30,
+        wait_for(lambda: "Failed to send message" in supernode_log.read_text(), 30,
                   "hospital-c's SuperNode to give its reply up")
         cut.render = render
         cut.reload()

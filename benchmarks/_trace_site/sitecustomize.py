@@ -1,11 +1,13 @@
-"""Hop timestamps of a deployed round, for ``benchmarks/round_trip.py`` (not part of xsilo).
+"""Hop timestamps of a deployed round, for ``benchmarks/round_trip.py`` and
+``benchmarks/round_cpu.py`` (not part of xsilo).
 
 Put on ``PYTHONPATH`` with ``XSILO_TRACE_FILE`` set, Python runs this at the start of every
 process of a local deployment (SuperLink, ServerApp, SuperNodes, the silos' warm ClientApp
 servers, whose forks inherit it). As each Flower 1.42 module below is imported, the
-functions a message passes through are wrapped to append one JSON line per event to the
-file (one ``write`` of a short line on an ``O_APPEND`` file: lines of concurrent processes
-do not interleave). Nothing changes what the functions do.
+functions a message passes through (and the HTTP servers, for each request) are
+wrapped to append one JSON line per event to the file (one ``write`` of a short line on an
+``O_APPEND`` file: lines of concurrent processes do not interleave). Nothing changes what
+the functions do.
 """
 
 from __future__ import annotations
@@ -110,9 +112,22 @@ def _clientapp(module) -> None:  # flwr.supernode.runtime.run_clientapp
     module.pull_task_input, module.push_message = traced_pull, traced_push
 
 
+def _http_server(module) -> None:  # uvicorn.protocols.http.httptools_impl: the HTTP server of
+    cycle = module.RequestResponseCycle.__init__  # the SuperLink and of each SuperNode's
+    # Runtime API (the pid tells them apart), one cycle per request
+
+    def traced_init(self, scope, *args, **kwargs):
+        _emit("http.request", at=time.time(), path=scope.get("path", "?"))
+        cycle(self, scope, *args, **kwargs)
+
+    traced_init.__wrapped__ = cycle
+    module.RequestResponseCycle.__init__ = traced_init
+
+
 _PATCHES = {"flwr.superlink.grid.http_grid": _grid,
             "flwr.supernode.start_client_internal": _supernode,
-            "flwr.supernode.runtime.run_clientapp": _clientapp}
+            "flwr.supernode.runtime.run_clientapp": _clientapp,
+            "uvicorn.protocols.http.httptools_impl": _http_server}
 
 
 class _Loader(importlib.abc.Loader):

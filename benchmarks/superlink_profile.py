@@ -9,7 +9,7 @@ case of ``benchmarks/secagg.py`` (4 rounds) with ``py-spy record --gil`` attache
 ``flower-superlink`` at 200 samples/s: only samples of the thread holding the GIL, that
 is the SuperLink's Python work (its SQLite and TLS calls count where they hold it). Each
 sample goes to the Fleet or Runtime API handler on its stack (:func:`by_handler`), to node
-authentication (the Fleet API's, on every silo request), or to "HTTP server and
+authentication (the Fleet API's, on every silo request), or to "HTTP server, TLS and
 framework": uvicorn, Starlette/FastAPI middleware, the thread pool that runs handlers, the
 event loop. Writes ``benchmarks/out/superlink_profile.json`` (the raw stacks' shares) and,
 unless ``--no-results``, the section "The SuperLink's Python, by request" of
@@ -35,7 +35,7 @@ from _bench import child_env, replace_section, save_raw  # noqa: E402
 
 OUT = HERE / "out" / "superlink_profile.json"
 HEADING = "## The SuperLink's Python, by request"
-FRAMEWORK = "HTTP server and framework"
+FRAMEWORK = "HTTP server, TLS and framework"
 AUTH = "node authentication"
 ROUNDS = 4
 

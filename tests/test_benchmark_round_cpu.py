@@ -106,8 +106,8 @@ def test_the_superlinks_samples_go_to_the_handler_on_their_stack() -> None:
         "run (x.py:1);acquire_task (flwr/supercore/routers/runtime/router.py:122) 10",
         "py-spy noise without a count"])
     samples = superlink_profile.by_handler(raw)
-    assert samples == {"HTTP server and framework": 40, "fleet: fleet_pull_object": 30,
+    assert samples == {"HTTP server, TLS and framework": 40, "fleet: fleet_pull_object": 30,
                        "node authentication": 20, "runtime: acquire_task": 10}
     text = superlink_profile.table(samples, top=2)
-    assert "| HTTP server and framework | 40.0% |" in text
+    assert "| HTTP server, TLS and framework | 40.0% |" in text
     assert text.endswith("| everything else | 30.0% |")

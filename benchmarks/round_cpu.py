@@ -5,7 +5,8 @@ Flower's FedAvg and SecAgg+ on the same deployment.
 
 Runs the ``xsilo-deployment`` and ``flower-deployment`` cases of ``benchmarks/secagg.py``
 (``flower-superlink`` and one ``flower-supernode`` per silo, TLS and node authentication on
-loopback, every process on this machine's cores; 3 rounds; each stack as it ships) while a
+loopback, every process on this machine's cores; 3 rounds; each stack as it ships, and
+xsilo's clear round once more with its updates sent 8-bit, ``compression = "q8"``) while a
 thread of this process reads ``/proc`` every 0.05 s: the machine's busy CPU
 (``/proc/stat``) and each process's own user + system time (``/proc/PID/stat``). Each
 process is given a role by its command line and its parents' (:func:`classify`). For each
@@ -50,9 +51,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("SuperLink", "coordinator", "SuperNodes", "SuperExecs", "ClientApps", "flwr CLI",
          "benchmark")
 REQUESTS = ("looks", "objects", "other Fleet", "coordinator's")
-# (label, secure, engine), in run order
-CASES = (("xsilo clear", False, "xsilo"), ("xsilo secure", True, "xsilo"),
-         ("Flower FedAvg", False, "flower"), ("Flower SecAgg+", True, "flower"))
+# (label, secure, engine, how xsilo's clear updates travel), in run order
+CASES = (("xsilo clear", False, "xsilo", "none"),
+         ("xsilo clear, q8 updates", False, "xsilo", "q8"),
+         ("xsilo secure", True, "xsilo", "none"),
+         ("Flower FedAvg", False, "flower", "none"),
+         ("Flower SecAgg+", True, "flower", "none"))
 
 
 def classify(chain: list[str]) -> str | None:
@@ -221,15 +225,18 @@ class Sampler(threading.Thread):
         return cpu
 
 
-def _xsilo(silos: int, secure: bool) -> list[tuple[float, float]]:
+def _xsilo(silos: int, secure: bool, compression: str = "none") -> list[tuple[float, float]]:
     """A deployed xsilo run; (start, end) epoch s of its rounds from round 2 on."""
+    import dataclasses
+
     import secagg
 
+    config = dataclasses.replace(secagg._config(silos, secure), compression=compression)
     with tempfile.TemporaryDirectory() as tmp:
         fed = secagg._federation(Path(tmp), silos)
         with fed:
             fed.start()
-            outcome = fed.run(secagg._config(silos, secure), timeout=secagg.CASE_LIMIT)
+            outcome = fed.run(config, timeout=secagg.CASE_LIMIT)
         assert outcome.completed, outcome.summary
         events = outcome.store.events()
     # A round starts where it names the silos it waits for ("awaiting"); its row is written
@@ -250,7 +257,8 @@ def _flower(silos: int, params: int, secure: bool) -> list[tuple[float, float]]:
     return [tuple(s) for s in spans[1:]]
 
 
-def run_case(silos: int, params: int, label: str, secure: bool, engine: str) -> dict:
+def run_case(silos: int, params: int, label: str, secure: bool, engine: str,
+             compression: str = "none") -> dict:
     """One deployment sampled; per round from round 2 on: wall time and CPU by role."""
     import secagg
 
@@ -262,7 +270,7 @@ def run_case(silos: int, params: int, label: str, secure: bool, engine: str) -> 
         sampler = Sampler()
         sampler.start()
         try:
-            spans = (_xsilo(silos, secure) if engine == "xsilo"
+            spans = (_xsilo(silos, secure, compression) if engine == "xsilo"
                      else _flower(silos, params, secure))
         finally:
             sampler.stop()
@@ -273,7 +281,8 @@ def run_case(silos: int, params: int, label: str, secure: bool, engine: str) -> 
     rounds = [{"round_s": end - start, **sampler.account(start, end),
                "requests": requests(events, start, end, link),
                "paths": paths(events, start, end, link)} for start, end in spans]
-    return {"case": label, "secure": secure, "engine": engine, "rounds": rounds,
+    return {"case": label, "secure": secure, "engine": engine, "compression": compression,
+            "rounds": rounds,
             "round_s": statistics.median(r["round_s"] for r in rounds),
             "cpu_s": {k: statistics.mean(r[k] for r in rounds)
                       for k in (*ROLES, "rest", "machine")},

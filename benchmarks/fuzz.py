@@ -247,14 +247,19 @@ def _from_record_dict(content: Any) -> dict[str, Any]:
         flat.update({f"config:{name}/{k}": v for k, v in record.items()})
     for name, record in content.metric_records.items():
         flat.update({f"metric:{name}/{k}": v for k, v in record.items()})
-    for name, record in content.array_records.items():
-        flat.update({f"array:{name}/{k}": record[k].numpy() for k in record.keys()})
+    from xsilo.records import record_to_arrays
+
+    for name, record in content.array_records.items():  # packed or not: tensor by tensor
+        arrays = record_to_arrays(record)
+        flat.update({f"array:{name}/{k}": np.array(v) for k, v in arrays.items()})
     return flat
 
 
 def _to_record_dict(flat: dict[str, Any]) -> Any:
     """Inverse of :func:`_from_record_dict`; a key without ``kind:record/`` lands in config."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from xsilo.records import arrays_to_record
 
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for key, value in flat.items():
@@ -266,7 +271,7 @@ def _to_record_dict(flat: dict[str, Any]) -> Any:
     content = RecordDict()
     for (kind, name), values in groups.items():
         if kind == "array":
-            content[name] = ArrayRecord({k: Array(np.asarray(v)) for k, v in values.items()})
+            content[name] = arrays_to_record({k: np.asarray(v) for k, v in values.items()})
         elif kind == "metric":
             content[name] = MetricRecord(values)
         else:

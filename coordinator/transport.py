@@ -25,7 +25,7 @@ from xsilo.failpoints import reach
 from strategies.compression import Compressed
 from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, METRICS,
                             SECAGG, SECAGG_ARRAYS, SILO)
-from xsilo.records import arrays_to_record
+from xsilo.records import PACKED, arrays_to_record, record_to_arrays
 from xsilo.terms import SILO_NAME, CompressedHeader, SiloInfo, SiloMetrics
 
 __all__ = ["GridTransport"]
@@ -60,7 +60,13 @@ def _parse_error(msg: Message) -> SiloError:
 
 def _take_arrays(record: Any, *, keep: bool) -> dict[str, np.ndarray]:
     """Decode an ArrayRecord tensor by tensor; unless ``keep``, each tensor's wire bytes are
-    dropped as soon as it is decoded, so a reply is never held twice (wire + decoded)."""
+    dropped as soon as it is decoded, so a reply is never held twice (wire + decoded). Packed
+    arrays (:mod:`xsilo.records`) decode to views of their wire bytes: held once."""
+    if PACKED in record.keys():
+        out = record_to_arrays(record)
+        if not keep:
+            del record[PACKED]  # the views keep the bytes; the record no longer does
+        return out
     out: dict[str, np.ndarray] = {}
     for name in list(record.keys()):
         try:

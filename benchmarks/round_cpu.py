@@ -5,8 +5,10 @@ Flower's FedAvg and SecAgg+ on the same deployment.
 
 Runs the ``xsilo-deployment`` and ``flower-deployment`` cases of ``benchmarks/secagg.py``
 (``flower-superlink`` and one ``flower-supernode`` per silo, TLS and node authentication on
-loopback, every process on this machine's cores; 3 rounds; each stack as it ships, and
-xsilo's clear round once more with its updates sent 8-bit, ``compression = "q8"``) while a
+loopback, every process on this machine's cores; 3 rounds; each stack as it ships; xsilo's
+clear round once more with its updates sent 8-bit, ``compression = "q8"``; and the clear
+rounds with the same parameters cut into 60 tensors, as a real model's layers, xsilo's
+also with ``XSILO_PACK_ARRAYS=0``, one Flower ``Array`` per tensor) while a
 thread of this process reads ``/proc`` every 0.05 s: the machine's busy CPU
 (``/proc/stat``) and each process's own user + system time (``/proc/PID/stat``). Each
 process is given a role by its command line and its parents' (:func:`classify`). For each
@@ -38,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
@@ -51,13 +54,26 @@ TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("SuperLink", "coordinator", "SuperNodes", "SuperExecs", "ClientApps", "flwr CLI",
          "benchmark")
 REQUESTS = ("looks", "objects", "other Fleet", "coordinator's")
-# (label, secure, engine, how xsilo's clear updates travel), in run order
-CASES = (("xsilo clear", False, "xsilo", "none"),
-         ("xsilo clear, q8 updates", False, "xsilo", "q8"),
-         ("xsilo secure", True, "xsilo", "none"),
-         ("Flower FedAvg", False, "flower", "none"),
-         ("Flower SecAgg+", True, "flower", "none"))
 
+
+class Case(NamedTuple):
+    label: str
+    secure: bool
+    engine: str  # "xsilo" or "flower"
+    compression: str = "none"  # how xsilo's clear updates travel
+    tensors: int = 1  # the model's parameters cut into this many tensors
+    pack: bool = True  # xsilo sends several arrays as one Flower Array (xsilo.records)
+
+
+# in run order
+CASES = (Case("xsilo clear", False, "xsilo"),
+         Case("xsilo clear, q8 updates", False, "xsilo", "q8"),
+         Case("xsilo secure", True, "xsilo"),
+         Case("Flower FedAvg", False, "flower"),
+         Case("Flower SecAgg+", True, "flower"),
+         Case("xsilo clear, 60 tensors", False, "xsilo", tensors=60),
+         Case("xsilo clear, 60 tensors, unpacked", False, "xsilo", tensors=60, pack=False),
+         Case("Flower FedAvg, 60 tensors", False, "flower", tensors=60))
 
 def classify(chain: list[str]) -> str | None:
     """The role of a process from its command line and its parents' (``chain``: its own
@@ -257,16 +273,19 @@ def _flower(silos: int, params: int, secure: bool) -> list[tuple[float, float]]:
     return [tuple(s) for s in spans[1:]]
 
 
-def run_case(silos: int, params: int, label: str, secure: bool, engine: str,
-             compression: str = "none") -> dict:
+def run_case(silos: int, params: int, case: Case) -> dict:
     """One deployment sampled; per round from round 2 on: wall time and CPU by role."""
     import secagg
 
+    from xsilo.records import PACK_ENV
+
+    label, secure, engine, compression = case.label, case.secure, case.engine, case.compression
     saved = dict(os.environ)  # the deployment's processes import the synthetic model
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.jsonl"
-        os.environ.update(child_env(TRACE_SITE, HERE, XSILO_TRACE_FILE=str(trace),
-                                    **{secagg.PARAMS_ENV: str(params)}))
+        os.environ.update(child_env(TRACE_SITE, HERE, XSILO_TRACE_FILE=str(trace), **{
+            secagg.PARAMS_ENV: str(params), secagg.TENSORS_ENV: str(case.tensors),
+            PACK_ENV: "1" if case.pack else "0"}))
         sampler = Sampler()
         sampler.start()
         try:
@@ -282,7 +301,7 @@ def run_case(silos: int, params: int, label: str, secure: bool, engine: str,
                "requests": requests(events, start, end, link),
                "paths": paths(events, start, end, link)} for start, end in spans]
     return {"case": label, "secure": secure, "engine": engine, "compression": compression,
-            "rounds": rounds,
+            "tensors": case.tensors, "pack": case.pack, "rounds": rounds,
             "round_s": statistics.median(r["round_s"] for r in rounds),
             "cpu_s": {k: statistics.mean(r[k] for r in rounds)
                       for k in (*ROLES, "rest", "machine")},
@@ -323,7 +342,7 @@ def main() -> None:
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     started = time.time()
-    cases = [run_case(args.silos, args.params, *case) for case in CASES]
+    cases = [run_case(args.silos, args.params, case) for case in CASES]
     print(table(cases, args.silos))
     print(request_table(cases))
     meta = save_raw(OUT, "benchmarks/round_cpu.py", silos=args.silos, params=args.params,

@@ -61,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECTION = "## Secure aggregation: round time"
 PARAMS_ENV = "XSILO_BENCH_PARAMS"
+TENSORS_ENV = "XSILO_BENCH_TENSORS"
 ROUNDS = 3  # deployment rounds (a 10 x 10M SecAgg+ round takes minutes)
 LOCAL_ROUNDS = 6  # in-process and simulation rounds: cheap, and their round times are noisier
 CASE_LIMIT = 1500  # seconds one deployment run may take inside its case (10 x 10M SecAgg+)
@@ -68,32 +69,45 @@ CASE_LIMIT = 1500  # seconds one deployment run may take inside its case (10 x 1
 
 # ----------------------------------------------------------------- synthetic model
 class SyntheticModel:
-    """A ModelAdapter with one float32 tensor; fit adds a fixed seeded step (not a secret)."""
+    """A ModelAdapter with float32 tensors of ``size`` values in all (one tensor ``w``, or
+    ``tensors`` of them, ``w0``…, as a real model's layers); fit adds a fixed seeded step
+    (not a secret)."""
 
     task = "classification"
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.w = np.zeros(size, dtype=np.float32)
+    def __init__(self, size: int, seed: int, tensors: int = 1) -> None:
+        cuts = np.linspace(0, size, tensors + 1).astype(int)
+        names = ["w"] if tensors == 1 else [f"w{i}" for i in range(tensors)]
+        self.w = {n: np.zeros(b - a, dtype=np.float32)
+                  for n, a, b in zip(names, cuts[:-1], cuts[1:])}
         self.size = size
 
     def get_parameters(self) -> dict[str, np.ndarray]:
-        return {"w": self.w.copy()}
+        return {n: w.copy() for n, w in self.w.items()}
 
     def set_parameters(self, params: dict[str, np.ndarray]) -> None:
-        self.w = np.asarray(params["w"], dtype=np.float32).copy()
+        self.w = {n: np.asarray(params[n], dtype=np.float32).copy() for n in self.w}
 
     def fit(self, train, *, epochs: int, config) -> dict[str, float]:
         step = np.random.default_rng(len(train)).standard_normal(self.size, dtype=np.float32)
-        self.w += 1e-3 * step
-        return {"train_loss": float(np.abs(self.w[:1000]).mean())}
+        at = 0
+        for w in self.w.values():
+            w += 1e-3 * step[at:at + w.size]
+            at += w.size
+        return {"train_loss": self._loss()}
+
+    def _loss(self) -> float:
+        return float(np.abs(np.concatenate([w[:1000] for w in self.w.values()])[:1000]).mean())
 
     def evaluate(self, test) -> dict[str, float]:
-        return {"loss": float(np.abs(self.w[:1000]).mean()), "accuracy": 0.5}
+        return {"loss": self._loss(), "accuracy": 0.5}
 
 
 def build(seed: int = 0) -> SyntheticModel:
-    """Model spec ``secagg:build`` (benchmarks/ on PYTHONPATH, size from $XSILO_BENCH_PARAMS)."""
-    return SyntheticModel(int(os.environ[PARAMS_ENV]), seed)
+    """Model spec ``secagg:build`` (benchmarks/ on PYTHONPATH, size from $XSILO_BENCH_PARAMS,
+    tensors from $XSILO_BENCH_TENSORS, 1 if unset)."""
+    return SyntheticModel(int(os.environ[PARAMS_ENV]), seed,
+                          int(os.environ.get(TENSORS_ENV, "1")))
 
 
 def _silo_configs(root: Path, silos: int, **kwargs) -> list[Path]:
@@ -248,13 +262,16 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 PARAMS, SILOS, SECURE, ROUNDS, THRESHOLD = {params}, {silos}, {secure}, {rounds}, {threshold}
+TENSORS = {tensors}
 OUT_ENV = "{out_env}"
+CUTS = np.linspace(0, PARAMS, TENSORS + 1).astype(int)
 
 
 class Client(NumPyClient):
     def fit(self, parameters, config):
         step = np.random.default_rng(192).standard_normal(PARAMS, dtype=np.float32)
-        return [parameters[0] + 1e-3 * step], 192, {{}}
+        cuts = zip(parameters, CUTS[:-1], CUTS[1:])
+        return [p + 1e-3 * step[a:b] for p, a, b in cuts], 192, {{}}
 
 
 client = ClientApp(client_fn=lambda context: Client().to_client(),
@@ -266,7 +283,8 @@ server = ServerApp()
 def main(grid, context: Context) -> None:
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=SILOS,
                       min_available_clients=SILOS,
-                      initial_parameters=ndarrays_to_parameters([np.zeros(PARAMS, np.float32)]))
+                      initial_parameters=ndarrays_to_parameters(
+                          [np.zeros(b - a, np.float32) for a, b in zip(CUTS[:-1], CUTS[1:])]))
     ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS),
                         strategy=strategy)
     inner = (SecAggPlusWorkflow(num_shares=SILOS,
@@ -288,12 +306,13 @@ def main(grid, context: Context) -> None:
 
 def _flower_app(root: Path, silos: int, params: int, secure: bool, rounds: int = ROUNDS) -> Path:
     """Write Flower's own FedAvg / SecAgg+ app (legacy strategy + workflows, NumPyClient with
-    ``secaggplus_mod``) as an app directory; both Flower engines run this same code."""
+    ``secaggplus_mod``) as an app directory; both Flower engines run this same code. Its model
+    has as many tensors as xsilo's synthetic one ($XSILO_BENCH_TENSORS, 1 if unset)."""
     app = root / "flower-bench-app"
     app.mkdir()
     (app / "flower_bench_app.py").write_text(FLOWER_APP.format(
         params=params, silos=silos, secure=secure, rounds=rounds, threshold=threshold(silos),
-        out_env=OUT_ENV))
+        tensors=int(os.environ.get(TENSORS_ENV, "1")), out_env=OUT_ENV))
     (app / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
         '[project]\nname = "flower-bench-app"\nversion = "1.0.0"\ndescription = "bench"\n'

@@ -63,7 +63,7 @@ def _take_arrays(record: Any, *, keep: bool) -> dict[str, np.ndarray]:
     dropped as soon as it is decoded, so a reply is never held twice (wire + decoded). Packed
     arrays (:mod:`xsilo.records`) decode to views of their wire bytes: held once."""
     if PACKED in record.keys():
-        out = record_to_arrays(record)
+        out = record_to_arrays(record, views=True)
         if not keep:
             del record[PACKED]  # the views keep the bytes; the record no longer does
         return out

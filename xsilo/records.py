@@ -12,8 +12,8 @@ one ``Array`` under the key :data:`PACKED`, its bytes
 
 and a single array travels as Flower's own ``Array``. :func:`record_to_arrays` reads both
 and treats the packed header as hostile: any size, offset, dtype or name that does not fit
-is a :class:`~xsilo.errors.ProtocolError` naming it. Decoded arrays are read-only views of
-the record's bytes, not copies. ``XSILO_PACK_ARRAYS=0`` in a sender's environment sends one
+is a :class:`~xsilo.errors.ProtocolError` naming it. The coordinator decodes them as
+read-only views of the record's bytes (no copy); a silo gets writable arrays of its own. ``XSILO_PACK_ARRAYS=0`` in a sender's environment sends one
 Flower ``Array`` per array, as Flower does (a benchmark's comparison; every receiver reads
 both).
 """
@@ -146,14 +146,17 @@ def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
                                       data=data)})
 
 
-def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """``ArrayRecord`` → named numpy arrays (order preserved), packed or not; a packed
-    record is unpacked into read-only views (:func:`unpack`)."""
+def record_to_arrays(record: ArrayRecord, *, views: bool = False) -> dict[str, np.ndarray]:
+    """``ArrayRecord`` → named numpy arrays (order preserved), packed or not: writable arrays
+    of their own, as Flower's ``Array.numpy()`` gives (a silo's model code may change them
+    in place), or with ``views`` the packed arrays as read-only views of the record's bytes
+    (:func:`unpack`: the coordinator holds each reply once)."""
     if PACKED in record.keys():
         if len(record.keys()) != 1:
             raise ProtocolError(f"packed arrays beside others: {sorted(record.keys())}")
         array = record[PACKED]
         if array.stype != PACKED or not isinstance(array.data, bytes):
             raise ProtocolError(f"packed arrays with stype {array.stype!r:.40}")
-        return unpack(array.data)
+        arrays = unpack(array.data)
+        return arrays if views else {name: a.copy() for name, a in arrays.items()}
     return {name: record[name].numpy() for name in record.keys()}

@@ -36,9 +36,13 @@ def test_several_arrays_travel_as_one_flower_array_and_come_back_as_they_were() 
     assert record[PACKED].stype == PACKED and record[PACKED].dtype == "uint8"
     out = record_to_arrays(record)
     _same(out, ODD)
-    assert not out["w"].flags.writeable  # views of the wire bytes, not copies
-    data = record[PACKED].data
-    assert all(np.shares_memory(out[n], np.frombuffer(data, np.uint8)) for n in ("w", "b"))
+    out["w"] += 1  # a silo's own arrays: its model code may change them in place
+    wire = np.frombuffer(record[PACKED].data, np.uint8)
+    assert not np.shares_memory(out["w"], wire)
+    seen = record_to_arrays(record, views=True)  # the coordinator's: the wire bytes, once
+    _same(seen, ODD)
+    assert not seen["w"].flags.writeable
+    assert all(np.shares_memory(seen[n], wire) for n in ("w", "b"))
 
 
 def test_one_array_travels_as_flowers_own_array() -> None:

@@ -3,8 +3,9 @@
 Flower 1.42 moves every ``Array`` of a message as objects of their own (the array and at
 least one chunk), each a separate request to and from the SuperLink, and a request costs
 the SuperLink about as much as megabytes of payload (``benchmarks/RESULTS.md``, *A
-deployed round's CPU, process by process*: the same 1M parameters as 20 tensors made a
-deployed round four times as long as one tensor). So several arrays travel **packed**:
+deployed round's CPU, process by process*: the same 1M parameters as 60 tensors, one
+``Array`` each, made a deployed round 12 times as long as packed). So several arrays
+travel **packed**:
 one ``Array`` under the key :data:`PACKED`, its bytes
 
     u32 little-endian H | H bytes of JSON: {"arrays": [[name, dtype, shape, offset], …]}
@@ -13,9 +14,9 @@ one ``Array`` under the key :data:`PACKED`, its bytes
 and a single array travels as Flower's own ``Array``. :func:`record_to_arrays` reads both
 and treats the packed header as hostile: any size, offset, dtype or name that does not fit
 is a :class:`~xsilo.errors.ProtocolError` naming it. The coordinator decodes them as
-read-only views of the record's bytes (no copy); a silo gets writable arrays of its own. ``XSILO_PACK_ARRAYS=0`` in a sender's environment sends one
-Flower ``Array`` per array, as Flower does (a benchmark's comparison; every receiver reads
-both).
+read-only views of the record's bytes (no copy); a silo gets writable arrays of its own.
+``XSILO_PACK_ARRAYS=0`` in a sender's environment sends one Flower ``Array`` per array, as
+Flower does (a benchmark's comparison; every receiver reads both).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def unpack(buffer: bytes) -> dict[str, np.ndarray]:
         raise ProtocolError(f"packed arrays: a {size}-byte header in {len(buffer)} bytes")
     try:
         entries = json.loads(bytes(buffer[4:4 + size]).decode("utf-8"))["arrays"]
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as exc:
         raise ProtocolError(f"packed arrays: header is not the expected JSON ({exc})") from None
     if not isinstance(entries, list):
         raise ProtocolError("packed arrays: the header's arrays is not a list")
@@ -112,7 +113,7 @@ def _entry(entry: object, buffer: bytes, end: int) -> tuple[str, np.ndarray, int
         raise ProtocolError(f"packed arrays: name {name!r:.40} is not a string")
     try:
         dtype = np.dtype(dtype_str) if isinstance(dtype_str, str) else None
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy parses comma strings as code-like
         dtype = None
     if dtype is None or dtype.kind not in _DTYPE_KINDS or dtype.itemsize > 8:
         raise ProtocolError(f"packed arrays: {name!r} has dtype {dtype_str!r:.40}, not a "

@@ -2,7 +2,7 @@
 rates of 100 and 1,000 silos.
 
     .venv/bin/python benchmarks/superlink_load.py [--nodes 50] [--seconds 20]
-        [--rates 10 33 72 100 207 423] [--no-results]
+        [--rates 10 33 72 100 207 423] [--compare-memory] [--no-results]
 
 ``benchmarks/poll_load.py`` counts the looks (pull-messages requests) a consortium's
 SuperNodes send, with Flower's 3 s loop and with xsilo's quick look after an answer; this
@@ -16,6 +16,11 @@ spread their looks evenly over ``--seconds``, with nothing waiting for them (wha
 silo's look finds most of the time). Measured: the looks per second achieved, the
 SuperLink process's CPU (user + system, from ``/proc``; its SuperExec, a child, not
 counted) less what it spends with no looks at all, and each look's latency at the node.
+
+With ``--compare-memory`` the same rates are measured again on a SuperLink that keeps its
+state in memory (Flower's ``InMemoryLinkState``: no ``--database``), the state xsilo does
+not use: the coordinator keeps runs and node registrations in SQLite so that they survive a
+restart. The difference is what that durable state costs per look.
 
 The looks come from one client process whose threads share the same cores: where the
 achieved rate falls short of the target, that process (signing every request, Python
@@ -114,13 +119,32 @@ def drive(receivers: list, rate: float, seconds: float) -> dict:
             "late_share": len(lateness) / max(len(flat), 1)}
 
 
-def measure(nodes: int, rates: list[float], seconds: float) -> dict:
+@contextlib.contextmanager
+def _state_in_memory():
+    """While open, the coordinator starts its SuperLink without ``--database`` (Flower's
+    in-memory state), everything else as it ships."""
+    import coordinator.home as home
+
+    shipped = home.start_superlink
+
+    def start_superlink(**kwargs):
+        return shipped(**{**kwargs, "database": None})
+
+    home.start_superlink = start_superlink
+    try:
+        yield
+    finally:
+        home.start_superlink = shipped
+
+
+def measure(nodes: int, rates: list[float], seconds: float, *, durable: bool = True) -> dict:
     from coordinator.home import start_coordinator
     from deploy.pki.certs import load_private_key, make_node_auth_key
     from federation.deployment import LocalFederation
     from flwr.supernode.fleet_http_connection import http_request_response
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, \
+            (contextlib.nullcontext() if durable else _state_in_memory()):
         fed = LocalFederation(Path(tmp)).setup()  # the demo's coordinator home and CA
         keys = []
         for i in range(nodes):
@@ -129,6 +153,10 @@ def measure(nodes: int, rates: list[float], seconds: float) -> dict:
             keys.append(load_private_key(key))
         started = time.monotonic()
         coordinator = start_coordinator(fed.home)
+        argv = Path(f"/proc/{coordinator.superlink.pid}/cmdline").read_bytes().split(b"\0")
+        if (b"--database" in argv) != durable:
+            coordinator.stop()
+            raise RuntimeError(f"the SuperLink's state is not the one asked for: {argv}")
         registered_s = time.monotonic() - started
         try:
             pid = coordinator.superlink.pid
@@ -160,6 +188,7 @@ def measure(nodes: int, rates: list[float], seconds: float) -> dict:
         finally:
             coordinator.stop()
     return {"nodes": nodes, "seconds": seconds, "register_s": registered_s,
+            "state": "SQLite file" if durable else "in memory",
             "idle_cpu_share": idle_cpu_s, "superlink_rss_mib": rss, "rows": rows}
 
 
@@ -186,28 +215,66 @@ def projection(result: dict) -> str:
             "the looks alone would take the SuperLink " + "; ".join(parts) + ".")
 
 
+def state_cost(result: dict) -> str:
+    """What the durable state costs per look: the median CPU ms per look of the rates both
+    runs kept up with, SQLite file against in memory."""
+    memory = result.get("memory")
+    if not memory:
+        return ""
+    pairs = [(d["cpu_ms_per_look"], m["cpu_ms_per_look"])
+             for d, m in zip(result["rows"], memory["rows"])
+             if d["achieved"] >= 0.9 * d["target"] and m["achieved"] >= 0.9 * m["target"]]
+    if not pairs:
+        return "No rate was kept up with in both runs; no comparison."
+    durable = statistics.median(d for d, _ in pairs)
+    in_memory = statistics.median(m for _, m in pairs)
+    return (f"Over the {len(pairs)} rate{'s' * (len(pairs) != 1)} both runs kept up with, a look costs the SuperLink "
+            f"{durable:.2f} CPU ms with its state in the SQLite file and {in_memory:.2f} ms "
+            f"with Flower's in-memory state: the durable state is "
+            f"{100 * (durable - in_memory) / durable:.0f} % of a look's cost.")
+
+
+def memory_text(result: dict) -> str:
+    """The ``--compare-memory`` part of the section (empty without it)."""
+    if not result.get("memory"):
+        return ""
+    return ("\nThe same looks on a SuperLink that keeps its state in memory (Flower's "
+            "in-memory state, no `--database`: not what xsilo runs, whose coordinator keeps "
+            "runs and node registrations in SQLite across restarts; "
+            f"{100 * result['memory']['idle_cpu_share']:.1f} % of a core with no looks):\n\n"
+            + table(result["memory"]) + "\n\n" + state_cost(result) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rates", type=float, nargs="+", default=[10, 33, 72, 100, 207, 423])
+    parser.add_argument("--compare-memory", action="store_true",
+                        help="measure the rates again with the SuperLink's state in memory")
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     result = measure(args.nodes, args.rates, args.seconds)
+    if args.compare_memory:
+        result["memory"] = measure(args.nodes, args.rates, args.seconds, durable=False)
     print(table(result))
     print(projection(result))
+    if args.compare_memory:
+        print(table(result["memory"]))
+        print(state_cost(result))
     meta = save_raw(OUT, "benchmarks/superlink_load.py", **result)
     if not args.no_results:
         replace_section(HEADING, (
             f"{HEADING}\n\n`{meta['command']}` ({meta['date']}, commit {meta['commit']}; "
-            f"a real SuperLink with TLS and SuperNode authentication, {result['nodes']} "
+            "a real SuperLink with TLS and SuperNode authentication, its state in its SQLite "
+            f"file as the coordinator starts it, {result['nodes']} "
             "registered nodes looking through Flower 1.42's own SuperNode connection, "
             f"{result['seconds']:g} s per rate; with the nodes connected and not looking it "
             f"used {100 * result['idle_cpu_share']:.1f} % of a core; "
             f"{result['superlink_rss_mib']:.0f} MiB resident at the end; raw rows in "
             "`benchmarks/out/superlink_load.json`; what each rate stands for: "
             "`benchmarks/poll_load.py`, section *The SuperNode's poll*).\n\n"
-            + table(result) + "\n\n" + projection(result) + "\n"))
+            + table(result) + "\n\n" + projection(result) + "\n" + memory_text(result)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,17 @@ def _join_notes(events: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _rejection_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Each silo's reason in full (the status column has room for its start only), once per
+    silo and reason, with the rounds it came in."""
+    rounds: dict[tuple[str, str], list[str]] = {}
+    for e in rows:
+        for silo, why in sorted((e.get("rejected") or {}).items()):
+            rounds.setdefault((silo, str(why)), []).append(str(e.get("round")))
+    return [f"rejected in round{'s' * (len(at) > 1)} {', '.join(at)}: {silo}: {why}"[:200]
+            for (silo, why), at in rounds.items()]
+
+
 def _awaited(events: list[dict[str, Any]]) -> str | None:
     """The silos the round in progress still waits for (its latest ``awaiting`` event, if no
     row or end came after it)."""
@@ -61,7 +72,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
 
     The caption explains the columns, marks (``*``) global scores that leave some of the
     run's silos out (a partial population: the row's ``unscored``), lists the silos refused
-    (with their reason) or silent at join, and says who the round in progress awaits.
+    (with their reason) or silent at join and each silo's reason for a rejection in a round,
+    and says who the round in progress awaits.
     """
     events = list(events)
     rows = [e for e in events if e.get("event") == "round"]
@@ -97,6 +109,7 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     # Reasons read like "PolicyRefusal[max_rounds]: …": escaped, or rich takes [..] as markup.
     awaited = _awaited(events)
     table.caption = "\n".join([table.caption, *map(escape, _join_notes(events)),
+                               *map(escape, _rejection_notes(rows)),
                                *([escape(awaited)] if awaited else [])])
     for e in rows:
         per = e.get("silos", {})

@@ -43,3 +43,20 @@ def test_the_table_names_what_each_rate_stands_for() -> None:
     text = load.table({"rows": [row]})
     assert ("| 207 (100 silos in rounds, xsilo unbudgeted) | 205 | 41 % | 1.93 | 4.0 / 20.5 |"
             in text)
+
+
+def test_the_state_comparison_uses_the_rates_both_runs_kept_up_with() -> None:
+    def rows(*ms: tuple[float, float, float]) -> list[dict]:
+        return [{"target": t, "achieved": a, "cpu_ms_per_look": c} for t, a, c in ms]
+
+    result = {"rows": rows((10, 10, 9.0), (100, 99, 8.0), (423, 160, 30.0)),
+              "memory": {"rows": rows((10, 10, 5.0), (100, 80, 1.0), (423, 150, 1.0))}}
+    text = load.state_cost(result)
+    # only the 10 looks/s rate was kept up with by both: 9 ms against 5 ms
+    assert text.startswith("Over the 1 rate both runs kept up with")
+    assert "9.00 CPU ms with its state in the SQLite file and 5.00 ms" in text
+    assert "the durable state is 44 % of a look's cost" in text
+    assert load.state_cost({"rows": result["rows"]}) == ""
+    result["memory"]["rows"][0]["achieved"] = 5
+    assert load.state_cost(result) == "No rate was kept up with in both runs; no comparison."
+    assert load.memory_text({"rows": []}) == ""

@@ -1,13 +1,20 @@
 """On real SuperLink/SuperNode processes: one silo that sends garbage does not end the run.
 
-hospital-a runs hostile code of its own (its model module, preloaded by its warm SuperExec,
-rewrites every masked input it sends so that the message kind is a list — the record Flower
-carries is well formed, what is inside it is not). The coordinator refuses that silo's input
-each round with a ProtocolError naming it, and the run completes on the other two.
+hospital-a runs hostile code of its own (its model module, preloaded by its warm SuperExec).
+In the first test it rewrites every masked input it sends so that the message kind is a list
+— the record Flower carries is well formed, what is inside it is not. In the second it
+forges the packed ``Array`` that carries its clear update (``xsilo/records.py``): one byte
+short, so that its header names more bytes than the buffer holds. Each time the coordinator
+refuses that silo's input each round with a ProtocolError naming it, the operator reads the
+reason in ``xsilo coordinator status`` (a real process), and the run completes on the other
+two.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,11 +51,44 @@ def build():
 '''
 
 
-def test_a_silo_sending_garbage_does_not_end_a_deployed_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+FORGED_PACK = '''
+"""A silo whose clear update is a forged packed Array: one byte short, so that the header's
+last array runs past the buffer (test double for a hostile or broken peer)."""
+import sys
+
+from flwr.app import Array, ArrayRecord
+from sklearn.linear_model import LogisticRegression
+
+import silo_client.client_app as client_app
+from xsilo.records import PACKED
+
+_honest = client_app.arrays_to_record
+
+
+def _forged(arrays):
+    record = _honest(arrays)
+    if sys._getframe(1).f_code.co_name != "train":  # only the update; its join is honest
+        return record
+    forged = record[PACKED].data[:-1]
+    return ArrayRecord({PACKED: Array(dtype="uint8", shape=(len(forged),), stype=PACKED,
+                                      data=forged)})
+
+
+client_app.arrays_to_record = _forged
+
+
+def build():
+    return LogisticRegression(max_iter=20)
+'''
+
+
+def _hostile_federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        module: str) -> LocalFederation:
+    """A local federation whose hospital-a builds its model from ``module`` (its source),
+    which its warm SuperExec imports, and with it the hostile change."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "hostile_model.py").write_text(HOSTILE)
+    (site / "hostile_model.py").write_text(module)
     monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
     fed = LocalFederation(tmp_path / "fed").setup()
     config_path = fed.silos[0].path
@@ -57,12 +97,29 @@ def test_a_silo_sending_garbage_does_not_end_a_deployed_run(
         'spec = "sklearn:LogisticRegression"', 'spec = "hostile_model:build"'))
     fed.silos[0] = load_silo_config(config_path)
     assert fed.silos[0].model == "hostile_model:build"
+    return fed
+
+
+def _status(fed: LocalFederation, name: str) -> str:
+    """What the operator reads: ``xsilo coordinator status`` of the run (a real process)."""
+    shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
+                            "status", str(fed.home_dir / "runs" / name)],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "COLUMNS": "400"})
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return shown.stdout
+
+
+def test_a_silo_sending_garbage_does_not_end_a_deployed_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fed = _hostile_federation(tmp_path, monkeypatch, HOSTILE)
     with fed:
         fed.start()
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
                                     secure_aggregation=True, secagg_threshold=2,
                                     round_timeout=30.0, join_timeout=45.0, name="hostile"),
                           timeout=85)
+        shown = _status(fed, "hostile")
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []
     rows = [e for e in outcome.store.events() if e["event"] == "round"][1:]
@@ -71,3 +128,32 @@ def test_a_silo_sending_garbage_does_not_end_a_deployed_run(
         refusal = row["rejected"]["hospital-a"]
         assert refusal.startswith("ProtocolError") and "not a secure-aggregation message" in refusal
         assert row["contributors"] == ["hospital-b", "hospital-c"] and row["status"] == "ok"
+    squeezed = "".join(shown.split())  # the caption gives the reason (its first 200 chars)
+    note = f"rejected in rounds 1, 2: hospital-a: {rows[0]['rejected']['hospital-a']}"[:200]
+    assert "".join(note.split()) in squeezed, shown
+
+
+def test_a_forged_packed_update_is_refused_and_the_operator_sees_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fed = _hostile_federation(tmp_path, monkeypatch, FORGED_PACK)
+    with fed:
+        fed.start()
+        outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
+                                    round_timeout=30.0, join_timeout=45.0, name="forged"),
+                          timeout=85)
+        shown = _status(fed, "forged")
+    assert outcome.status == "finished:completed", outcome.summary
+    assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []
+    rows = [e for e in outcome.store.events() if e["event"] == "round"][1:]
+    assert len(rows) == 2
+    for row in rows:
+        refusal = row["rejected"]["hospital-a"]
+        assert refusal.startswith("ProtocolError[malformed-reply]: packed arrays: "), refusal
+        assert "runs past the buffer" in refusal, refusal
+        assert row["contributors"] == ["hospital-b", "hospital-c"] and row["status"] == "ok"
+    # the operator's console: each round's row names the silo, the caption gives the reason
+    squeezed = "".join(shown.split())
+    assert squeezed.count("ProtocolError[malformed-reply") == 3, shown  # 2 rows, 1 caption
+    assert "".join(f"rejected in rounds 1, 2: hospital-a: {refusal}".split()) in squeezed, shown
+    log = (fed.home_dir / "runs" / "forged" / "coordinator.log").read_text()
+    assert "sent a malformed reply: packed arrays" in log

@@ -100,60 +100,51 @@ def _hostile_federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return fed
 
 
-def _status(fed: LocalFederation, name: str) -> str:
-    """What the operator reads: ``xsilo coordinator status`` of the run (a real process)."""
-    shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
-                            "status", str(fed.home_dir / "runs" / name)],
-                           capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "COLUMNS": "400"})
+def _run_with_hostile_silo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str,
+                           name: str, **terms) -> tuple[list[dict], str, LocalFederation]:
+    """Two rounds with hospital-a on ``module``: the run must complete on the other two.
+    Its round rows, what ``xsilo coordinator status`` (a real process) shows the operator,
+    and the federation."""
+    fed = _hostile_federation(tmp_path, monkeypatch, module)
+    with fed:
+        fed.start()
+        outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
+                                    round_timeout=30.0, join_timeout=45.0, name=name, **terms),
+                          timeout=85)
+        shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
+                                "status", str(fed.home_dir / "runs" / name)],
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "COLUMNS": "400"})
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    return shown.stdout
+    assert outcome.status == "finished:completed", outcome.summary
+    assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []
+    rows = [e for e in outcome.store.events() if e["event"] == "round"][1:]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["contributors"] == ["hospital-b", "hospital-c"] and row["status"] == "ok"
+    # the caption of the operator's table gives the reason (its first 200 characters)
+    note = f"rejected in rounds 1, 2: hospital-a: {rows[0]['rejected']['hospital-a']}"[:200]
+    assert "".join(note.split()) in "".join(shown.stdout.split()), shown.stdout
+    return rows, shown.stdout, fed
 
 
 def test_a_silo_sending_garbage_does_not_end_a_deployed_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fed = _hostile_federation(tmp_path, monkeypatch, HOSTILE)
-    with fed:
-        fed.start()
-        outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
-                                    secure_aggregation=True, secagg_threshold=2,
-                                    round_timeout=30.0, join_timeout=45.0, name="hostile"),
-                          timeout=85)
-        shown = _status(fed, "hostile")
-    assert outcome.status == "finished:completed", outcome.summary
-    assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []
-    rows = [e for e in outcome.store.events() if e["event"] == "round"][1:]
-    assert len(rows) == 2
+    rows, _, _ = _run_with_hostile_silo(tmp_path, monkeypatch, HOSTILE, "hostile",
+                                        secure_aggregation=True, secagg_threshold=2)
     for row in rows:
         refusal = row["rejected"]["hospital-a"]
         assert refusal.startswith("ProtocolError") and "not a secure-aggregation message" in refusal
-        assert row["contributors"] == ["hospital-b", "hospital-c"] and row["status"] == "ok"
-    squeezed = "".join(shown.split())  # the caption gives the reason (its first 200 chars)
-    note = f"rejected in rounds 1, 2: hospital-a: {rows[0]['rejected']['hospital-a']}"[:200]
-    assert "".join(note.split()) in squeezed, shown
 
 
 def test_a_forged_packed_update_is_refused_and_the_operator_sees_why(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fed = _hostile_federation(tmp_path, monkeypatch, FORGED_PACK)
-    with fed:
-        fed.start()
-        outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
-                                    round_timeout=30.0, join_timeout=45.0, name="forged"),
-                          timeout=85)
-        shown = _status(fed, "forged")
-    assert outcome.status == "finished:completed", outcome.summary
-    assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []
-    rows = [e for e in outcome.store.events() if e["event"] == "round"][1:]
-    assert len(rows) == 2
+    rows, shown, fed = _run_with_hostile_silo(tmp_path, monkeypatch, FORGED_PACK, "forged")
     for row in rows:
         refusal = row["rejected"]["hospital-a"]
         assert refusal.startswith("ProtocolError[malformed-reply]: packed arrays: "), refusal
         assert "runs past the buffer" in refusal, refusal
-        assert row["contributors"] == ["hospital-b", "hospital-c"] and row["status"] == "ok"
-    # the operator's console: each round's row names the silo, the caption gives the reason
-    squeezed = "".join(shown.split())
-    assert squeezed.count("ProtocolError[malformed-reply") == 3, shown  # 2 rows, 1 caption
-    assert "".join(f"rejected in rounds 1, 2: hospital-a: {refusal}".split()) in squeezed, shown
+    # each round's row names the silo and the start of the reason; the caption all of it
+    assert "".join(shown.split()).count("ProtocolError[malformed-reply") == 3, shown
     log = (fed.home_dir / "runs" / "forged" / "coordinator.log").read_text()
     assert "sent a malformed reply: packed arrays" in log

@@ -250,8 +250,7 @@ def _from_record_dict(content: Any) -> dict[str, Any]:
     from xsilo.records import record_to_arrays
 
     for name, record in content.array_records.items():  # packed or not: tensor by tensor
-        arrays = record_to_arrays(record)
-        flat.update({f"array:{name}/{k}": np.array(v) for k, v in arrays.items()})
+        flat.update({f"array:{name}/{k}": v for k, v in record_to_arrays(record).items()})
     return flat
 
 

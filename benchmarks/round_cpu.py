@@ -75,6 +75,7 @@ CASES = (Case("xsilo clear", False, "xsilo"),
          Case("xsilo clear, 60 tensors, unpacked", False, "xsilo", tensors=60, pack=False),
          Case("Flower FedAvg, 60 tensors", False, "flower", tensors=60))
 
+
 def classify(chain: list[str]) -> str | None:
     """The role of a process from its command line and its parents' (``chain``: its own
     first, then its parent's, …): which part of the deployment spends what it spends.

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
@@ -119,32 +120,19 @@ def drive(receivers: list, rate: float, seconds: float) -> dict:
             "late_share": len(lateness) / max(len(flat), 1)}
 
 
-@contextlib.contextmanager
-def _state_in_memory():
-    """While open, the coordinator starts its SuperLink without ``--database`` (Flower's
-    in-memory state), everything else as it ships."""
-    import coordinator.home as home
-
-    shipped = home.start_superlink
-
-    def start_superlink(**kwargs):
-        return shipped(**{**kwargs, "database": None})
-
-    home.start_superlink = start_superlink
-    try:
-        yield
-    finally:
-        home.start_superlink = shipped
-
-
 def measure(nodes: int, rates: list[float], seconds: float, *, durable: bool = True) -> dict:
+    """The looks at each rate; unless ``durable``, the coordinator's SuperLink starts without
+    ``--database`` (Flower's in-memory state), everything else as it ships."""
+    import coordinator.home
     from coordinator.home import start_coordinator
     from deploy.pki.certs import load_private_key, make_node_auth_key
     from federation.deployment import LocalFederation
     from flwr.supernode.fleet_http_connection import http_request_response
 
-    with tempfile.TemporaryDirectory() as tmp, \
-            (contextlib.nullcontext() if durable else _state_in_memory()):
+    shipped = coordinator.home.start_superlink
+    in_memory = mock.patch.object(coordinator.home, "start_superlink",
+                                  lambda **kw: shipped(**{**kw, "database": None}))
+    with tempfile.TemporaryDirectory() as tmp, (contextlib.nullcontext() if durable else in_memory):
         fed = LocalFederation(Path(tmp)).setup()  # the demo's coordinator home and CA
         keys = []
         for i in range(nodes):
@@ -152,14 +140,13 @@ def measure(nodes: int, rates: list[float], seconds: float, *, durable: bool = T
             make_node_auth_key(key, fed.home.nodes / f"load-{i:04d}.pub")
             keys.append(load_private_key(key))
         started = time.monotonic()
-        coordinator = start_coordinator(fed.home)
-        argv = Path(f"/proc/{coordinator.superlink.pid}/cmdline").read_bytes().split(b"\0")
-        if (b"--database" in argv) != durable:
-            coordinator.stop()
-            raise RuntimeError(f"the SuperLink's state is not the one asked for: {argv}")
+        running = start_coordinator(fed.home)
         registered_s = time.monotonic() - started
         try:
-            pid = coordinator.superlink.pid
+            pid = running.superlink.pid
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if (b"--database" in argv) != durable:
+                raise RuntimeError(f"the SuperLink's state is not the one asked for: {argv}")
             address = f"127.0.0.1:{fed.port}"
             ca = str(fed.home_dir / "pki" / "ca.crt")
             with contextlib.ExitStack() as stack:
@@ -186,7 +173,7 @@ def measure(nodes: int, rates: list[float], seconds: float, *, durable: bool = T
                            for k, v in row.items()}, flush=True)
                 rss = proc_status_kib(pid, "VmRSS") / 1024
         finally:
-            coordinator.stop()
+            running.stop()
     return {"nodes": nodes, "seconds": seconds, "register_s": registered_s,
             "state": "SQLite file" if durable else "in memory",
             "idle_cpu_share": idle_cpu_s, "superlink_rss_mib": rss, "rows": rows}
@@ -228,9 +215,9 @@ def state_cost(result: dict) -> str:
         return "No rate was kept up with in both runs; no comparison."
     durable = statistics.median(d for d, _ in pairs)
     in_memory = statistics.median(m for _, m in pairs)
-    return (f"Over the {len(pairs)} rate{'s' * (len(pairs) != 1)} both runs kept up with, a look costs the SuperLink "
-            f"{durable:.2f} CPU ms with its state in the SQLite file and {in_memory:.2f} ms "
-            f"with Flower's in-memory state: the durable state is "
+    return (f"Over the {len(pairs)} rate{'s' * (len(pairs) != 1)} both runs kept up with, a "
+            f"look costs the SuperLink {durable:.2f} CPU ms with its state in the SQLite file "
+            f"and {in_memory:.2f} ms with Flower's in-memory state: the durable state is "
             f"{100 * (durable - in_memory) / durable:.0f} % of a look's cost.")
 
 

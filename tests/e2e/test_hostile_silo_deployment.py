@@ -12,7 +12,6 @@ two.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,8 +112,7 @@ def _run_with_hostile_silo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modu
                           timeout=85)
         shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
                                 "status", str(fed.home_dir / "runs" / name)],
-                               capture_output=True, text=True, timeout=60,
-                               env={**os.environ, "COLUMNS": "400"})
+                               capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["status"] == "completed" and outcome.summary["rounds_failed"] == []

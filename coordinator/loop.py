@@ -53,6 +53,7 @@ from coordinator.secure import SecureAggregation, run_threshold
 from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
 from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
                           StrategyError)
+from xsilo.failpoints import reach
 from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics,
                          TrainTerms)
 
@@ -306,6 +307,7 @@ class RoundLoop:
 
     def _round(self, server_round: int, current: dict[str, np.ndarray],
                pending: PendingRow) -> tuple[dict[str, np.ndarray], PendingRow]:
+        reach(f"round:{server_round}")  # a test's stop between rounds (xsilo.failpoints)
         t0 = time.monotonic()
         mark = (self.transport.sent, self.transport.received)
         per_silo = self.transport.per_node()

@@ -26,6 +26,9 @@ Points in the code:
   first reply of that type (``reply:train.secagg_setup``: during the key setup;
   ``reply:train``: during masked-input collection; ``reply:train.unmask``: during
   unmasking);
+* ``round:<n>`` — :meth:`coordinator.loop.RoundLoop._round`, before round ``n`` looks
+  at which silos are connected or sends anything: round ``n - 1`` is over and
+  checkpointed (a test changes the federation between two rounds there);
 * ``dealt`` — :meth:`coordinator.secure.SecureAggregation._deal`, in a round-keys run: the
   round's dealings are in, its mask requests not yet sent.
 

@@ -157,35 +157,39 @@ def test_mtls_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Pat
     assert "CN=hospital-a\" serial" in access or 'CN=hospital-a"' in access
 
 
-def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> None:
+def test_training_through_mtls_gateways_then_revoke_mid_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SuperNode → silo nginx → mTLS → coordinator nginx → SuperLink, node auth on top.
     After `revoke`, the revoked silo's next connection is refused at the handshake while the
     others finish; hospital-a renews its certificate mid-run (same key, gateway reloaded, no
     restart) and keeps training on the new one; no private key shows up in the run
-    directory, logs or workspaces."""
+    directory, logs or workspaces.
+
+    The coordinator stands still between rounds 1 and 2 (the ``round:2`` failpoint) while
+    all that happens: round 1 had hospital-c, round 2 must not, however quick rounds are."""
     import threading
 
     from deploy.pki.enrollment import install_renewal
     from deploy.pki.authority import Pki
+    from tests.e2e._kills import start
+    from xsilo.failpoints import release, wait_reached
 
     fed = LocalFederation(tmp_path, mtls=True).setup()
     pki = Pki(fed.home_dir / "pki")
     c_serial = next(r.serial for r in pki.records() if r.name == "hospital-c")
     a_serials: list[str] = []
     with fed:
-        fed.start()
+        markers = start(fed, monkeypatch, "round:2")
         cli = fed.home.cli()
         node_ids = dict(fed.coordinator.node_ids)
         gateway = fed.gateways["coordinator"]
-        metrics = fed.home.runs / "mtls" / "metrics.jsonl"
 
         def refused() -> bool:
             return any(f"serial={c_serial} " in line and "verify=FAILED" in line
                        for line in gateway.logs()["access"].splitlines())
 
         def revoke_after_first_round() -> None:
-            _wait_for(lambda: metrics.exists() and '"round": 0' in metrics.read_text(), 60,
-                      "round 0")
+            wait_reached("round:2", markers, timeout=60)  # round 1 is over, 2 not begun
             # hospital-a renews while training: the coordinator re-signs its key, the silo
             # installs the bundle, its running gateway reloads (SuperNode untouched)
             a_serials.append(next(r.serial for r in pki.records() if r.name == "hospital-a"))
@@ -199,13 +203,23 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(tmp_path: Path) -> N
             _wait_for(refused, 20, "the gateway to refuse hospital-c")
             cli.unregister_node(node_ids["hospital-c"])
 
-        revoker = threading.Thread(target=revoke_after_first_round, daemon=True)
+        def revoker_body() -> None:
+            try:
+                revoke_after_first_round()
+            except BaseException as exc:  # reported below, not lost in the thread
+                problems.append(exc)
+            finally:
+                release("round:2", markers)  # never leaves the run standing still
+
+        problems: list[BaseException] = []
+        revoker = threading.Thread(target=revoker_body, daemon=True)
         revoker.start()
         a_pid = fed.supernodes["hospital-a"].pid
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
                                     round_timeout=40.0, join_timeout=45.0, name="mtls"),
                           timeout=85)
         revoker.join(timeout=5)
+        assert not problems, problems
         gateway_log = gateway.logs()
         assert fed.supernodes["hospital-a"].alive() and fed.supernodes["hospital-a"].pid == a_pid
     assert outcome.status == "finished:completed", outcome.summary

@@ -24,7 +24,7 @@ from coordinator.transport import GridTransport
 from deploy.launch.pulls import quicken
 from xsilo.errors import ConfigError, DeploymentError
 
-__all__ = ["app", "run_coordinator", "run_log", "simulation_app"]
+__all__ = ["app", "console_logging", "run_coordinator", "run_log", "simulation_app"]
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -118,11 +118,28 @@ def provenance(grid: Grid) -> dict[str, Any]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: read the run directory from the run config and run."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()
     quick_reply_pulls(grid)
     summary = run_coordinator(grid, str(context.run_config.get("run-dir", "")))
     log.info("run finished: %s", summary)
+
+
+def console_logging() -> None:
+    """The ServerApp's output, which Flower uploads as the run's log: xsilo's own lines from
+    INFO up, everything else's from WARNING up.
+
+    Not INFO for all: httpx logs every request at INFO, the output goes to the SuperLink in
+    a request every 0.2 s while there is any (``flwr.supercore.logger``), and that request
+    logs a line of its own. A run then uploaded its every request (about 11 uploads a
+    round, a row each in the SuperLink's database) and never stopped uploading, which held
+    up the end of every run by Flower's 3 s flush."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    levels = {**dict.fromkeys(_LOGGERS, logging.INFO), "httpx": logging.WARNING,
+              "httpcore": logging.WARNING}  # the latter also where a root set up at INFO
+    for name, level in levels.items():
+        if logging.getLogger(name).level == logging.NOTSET:  # what someone set, stays
+            logging.getLogger(name).setLevel(level)
 
 
 def quick_reply_pulls(grid: Grid) -> None:

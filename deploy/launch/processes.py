@@ -540,3 +540,17 @@ class FlowerCLI:
 
     def stop_run(self, run_id: int) -> None:
         self._call("stop", str(run_id), self.connection)
+
+    def run_log(self, run_id: int, *, timeout: float = 60.0) -> str:
+        """``flwr log RUN_ID --show``: the run's ServerApp output as the SuperLink keeps it."""
+        argv = [*(self.netns.enter_argv() if self.netns else []), find_binary("flwr"), "log",
+                str(run_id), self.connection, "--show"]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                 env=flower_env(self.flwr_home), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"`flwr log` did not answer within {timeout:.0f} s") from exc
+        if out.returncode != 0:
+            raise DeploymentError(f"`flwr log {run_id}` failed (exit {out.returncode}): "
+                                  f"{(out.stderr or out.stdout).strip()[-800:]}")
+        return out.stdout

@@ -44,6 +44,7 @@ def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> No
                                     round_timeout=60.0, join_timeout=45.0, name="e2e"),
                           timeout=85)
         processes = list(fed.processes)
+        flower_log = fed.home.cli().run_log(outcome.store.events()[0]["flower_run_id"])
     # Flower's own status, not `flwr run`'s exit code
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["status"] == "completed"
@@ -53,6 +54,10 @@ def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> No
     assert rows[-1]["global_loss"] < rows[0]["global_loss"]
     assert (outcome.store.path / "model.npz").is_file()
     assert all(not p.alive() for p in processes)
+    # the run's Flower log has the coordinator's lines, not a line per HTTP request (each of
+    # which Flower uploads in a request of its own: coordinator.server_app.console_logging)
+    assert "coordinator.server_app: run finished" in flower_log, flower_log[-2000:]
+    assert "HTTP Request" not in flower_log, flower_log[-2000:]
 
 
 def test_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Path) -> None:

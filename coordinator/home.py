@@ -39,7 +39,7 @@ import tomli_w
 from deploy.gateway.netns import Bridge, end_namespace, read_record, unavailable
 from coordinator.registrations import database_path, register_enrolled, save_registrations
 from deploy.launch.processes import FlowerCLI, ManagedProcess, start_superlink
-from xsilo.errors import ConfigError, DeploymentError
+from xsilo.errors import ConfigError, DeploymentError, XsiloError
 from xsilo.files import atomic_write, read_toml
 
 __all__ = ["CoordinatorHome", "GatewaySettings", "RunningCoordinator", "start_coordinator",
@@ -257,9 +257,19 @@ class RunningCoordinator:
                 self._seen = ()  # try again at the next look
                 changes.append(f"warning: the gateway did not reload ({exc}); it keeps its "
                                "previous configuration, trying again in a moment")
+            except XsiloError as exc:  # a damaged PKI file: retried at the next PKI change
+                changes.append(f"warning: the gateway did not reload ({exc}); it keeps its "
+                               "previous configuration until the PKI directory is fixed")
             else:
                 changes.append("gateway reloaded (CRL, certificate, node-key bindings)")
+                changes += _gateway_problems(self.gateway)
         return changes
+
+
+def _gateway_problems(gateway: object) -> list[str]:
+    """``warning: …`` for each silo the gateway's last configuration left out (named, with
+    the fix), while it serves every other silo."""
+    return [f"warning: {p}" for p in getattr(gateway, "problems", ())]
 
 
 def _key_digest(pub: Path) -> str:
@@ -306,6 +316,7 @@ def start_coordinator(home: CoordinatorHome, *, log_dir: Path | None = None,
                 pki_dir=home.gateway.pki, port=home.gateway.port,
                 superlink=bridge.upstream if bridge else home.address,
                 prefix=home.root / "gateway", host=home.gateway.host)
+            running.notices += _gateway_problems(running.gateway)
         running._seen = running._pki_state()
     except BaseException:  # Ctrl-C/SIGTERM during start-up too: never leave it running
         running.stop()

@@ -63,8 +63,8 @@ HARDENING: tuple[tuple[str, str], ...] = (
     ("SystemCallArchitectures", "native"),
     ("UMask", "0077"),
 )
-_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_UNIT = re.compile(r"^[A-Za-z0-9:_.\\-]{1,200}$")
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # fullmatch: `$` allows a final "\n"
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}")
 # Flower must not phone home from a service either (federation.cli sets them too; a unit
 # says so where an operator looks).
 _ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -99,10 +99,10 @@ class Service:
     header: str = ""                  # first comment line: who wrote it, from what
 
     def __post_init__(self) -> None:
-        if not _UNIT.match(self.name) or self.name.startswith("-"):
+        if not _UNIT.fullmatch(self.name) or self.name.startswith("-"):
             raise ConfigError(f"unit name {self.name!r}: use letters, digits and -_.: only "
                               "(e.g. xsilo-coordinator)")
-        if not _ACCOUNT.match(self.user):
+        if not _ACCOUNT.fullmatch(self.user):
             raise ConfigError(f"--user {self.user!r} is not a valid account name (lower-case "
                               "letters, digits, - and _, e.g. xsilo)")
         if self.user == "root":
@@ -176,7 +176,7 @@ def render_units(svc: Service) -> dict[str, str]:
         "[Install]", "WantedBy=multi-user.target", ""])}
     for timer in svc.timers:
         base = f"{svc.name}-{timer.job}"
-        if not _UNIT.match(base):
+        if not _UNIT.fullmatch(base):
             raise ConfigError(f"timer job name {timer.job!r}: letters, digits and -_. only")
         units[f"{base}.service"] = "\n".join([
             *head, "[Unit]", f"Description={timer.description}",

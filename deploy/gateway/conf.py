@@ -36,11 +36,12 @@ from pathlib import Path
 from xsilo.errors import ConfigError
 
 __all__ = ["CIPHERS", "CRL_PATH", "HEADER_TIMEOUT", "PER_ADDRESS", "SHUTDOWN_TIMEOUT",
-           "coordinator_conf", "silo_conf"]
+           "check_binding", "coordinator_conf", "silo_conf"]
 
-_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
-_SAFE = re.compile(r"^[^\"\\;{}$\n\r]*$")
-_B64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+# Matched with fullmatch: `$` would also match before a final "\n".
+_HOSTPORT = re.compile(r"[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}")
+_SAFE = re.compile(r"[^\"\\;{}$\n\r]*")
+_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 HEADER_TIMEOUT = 10  # s: TLS handshake + request header
 SHUTDOWN_TIMEOUT = 10  # s: old workers after a reload
@@ -53,8 +54,10 @@ CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
 
 
 def _check_hostport(value: str, what: str) -> str:
-    if not _HOSTPORT.match(value):
-        raise ConfigError(f"{what} {value!r} is not host:port")
+    if (not isinstance(value, str) or not _HOSTPORT.fullmatch(value)
+            or not 0 < int(value.rsplit(":", 1)[1]) < 65536):
+        raise ConfigError(f"{what} {value!r} is not host:port with a port in 1-65535 "
+                          "(e.g. fl.example.org:8443)")
     return value
 
 
@@ -69,7 +72,7 @@ def _check_upstream(value: str, what: str) -> str:
 
 def _q(value: str | Path, what: str = "value") -> str:
     text = str(value)
-    if not _SAFE.match(text):
+    if not _SAFE.fullmatch(text):
         raise ConfigError(f"{what} {text!r} contains characters not allowed in an nginx config")
     return f'"{text}"'
 
@@ -77,7 +80,7 @@ def _q(value: str | Path, what: str = "value") -> str:
 def _check_key(key: str, subject: str) -> str:
     """A bound key must be exactly what Flower sends: base64 of a PEM public key."""
     try:
-        pem = base64.b64decode(key, validate=True) if _B64.match(key) else b""
+        pem = base64.b64decode(key, validate=True) if _B64.fullmatch(key) else b""
     except binascii.Error:
         pem = b""
     if not pem.startswith(b"-----BEGIN PUBLIC KEY-----"):
@@ -159,9 +162,15 @@ _BODY = f"""        ssl_protocols TLSv1.2 TLSv1.3;
 """
 
 
+def check_binding(subject: str, key: str) -> str:
+    """One line of the node-key map; :class:`ConfigError` if the subject or the key cannot
+    be written into the config as they are."""
+    key = _check_key(key, subject)
+    return f"        {_q(subject, 'certificate subject')} {_q(key, 'node key')};"
+
+
 def _binding_map(bindings: Mapping[str, str]) -> str:
-    lines = [f"        {_q(dn, 'certificate subject')} {_q(_check_key(key, dn), 'node key')};"
-             for dn, key in sorted(bindings.items())]
+    lines = [check_binding(dn, key) for dn, key in sorted(bindings.items())]
     return ("    # client certificate subject -> the flwr-public-key it must send\n"
             "    map $ssl_client_s_dn $xsilo_expected_key {\n        default \"\";\n"
             + "\n".join(lines) + "\n    }\n")

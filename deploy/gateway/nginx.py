@@ -42,14 +42,21 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from deploy.pki.certs import flower_public_key_header
 from deploy.pki.crl_sync import crl_path, lapse_warning
 from deploy.pki.kit import MemberKit, load_kit
-from deploy.gateway.conf import coordinator_conf, silo_conf
+from deploy.pki.messages import parse_node_public_key
+from deploy.gateway.conf import check_binding, coordinator_conf, silo_conf
 from deploy.gateway.reload import hup_and_wait
 from deploy.gateway.upstream import UpstreamWatch, unresolved_upstream
-from xsilo.errors import DeploymentError
+from xsilo.errors import ConfigError, DeploymentError, EnrollmentError
 from xsilo.files import atomic_write
+from xsilo.procfs import PROC
+
+if TYPE_CHECKING:
+    from deploy.pki.authority import Pki
 
 __all__ = ["CoordinatorGateway", "GatewayHandle", "SiloGateway", "find_nginx",
            "nginx_version", "reload_running", "worker_account"]
@@ -169,14 +176,40 @@ def _unix_open(path: Path) -> bool:
         return False
 
 
+def _is_master_for(pid: int, prefix: Path, proc: Path = PROC) -> bool:
+    """Whether ``pid`` is an nginx master started by :func:`_nginx_cmd` for ``prefix``: a
+    stale pid file may name any process by now. nginx rewrites its master's command line
+    as ``nginx: master process <argv>``; an unrewritten one is ``<argv>`` with NULs."""
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    argv = raw.rstrip(b"\0").decode(errors="replace")
+    if argv.startswith("nginx: master process "):
+        argv = argv.removeprefix("nginx: master process ")
+    elif "\0" in argv and Path(argv.split("\0", 1)[0]).name == "nginx":
+        argv = argv.replace("\0", " ")
+    else:
+        return False
+    args = f" {argv.partition(' ')[2]}"
+    return any(" " + " ".join(_nginx_cmd("", p)[1:]) in args
+               for p in {Path(prefix), Path(prefix).resolve()})
+
+
 def reload_running(prefix: Path, timeout: float = 10.0) -> bool:
     """Reload the nginx whose pid file is under ``prefix`` (after ``nginx -t``) and return
     once the new configuration is in force (new connections get it); False if none runs
-    there."""
+    there, or the pid file names a process that is not that nginx (it is not signalled)."""
+    pid_file = Path(prefix) / "logs" / "nginx.pid"
     try:
-        pid = int((Path(prefix) / "logs" / "nginx.pid").read_text().strip())
+        pid = int(pid_file.read_text().strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
+        return False
+    if not _is_master_for(pid, Path(prefix)):
+        log.warning("%s names process %d, which is not the nginx gateway of %s (a stale pid "
+                    "file): not signalled; the gateway is taken as not running, its next "
+                    "start uses the new files", pid_file, pid, prefix)
         return False
     _test_conf(find_nginx(), Path(prefix))
     hup_and_wait(Path(prefix), pid, timeout)
@@ -198,6 +231,7 @@ class GatewayHandle:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     socket: Path | None = None  # listens on this unix socket instead of host:port
     upstream: UpstreamWatch | None = None  # a silo gateway: why the coordinator is unreachable
+    problems: list[str] = field(default_factory=list)  # silos the last render left out
 
     @property
     def address(self) -> str:
@@ -336,8 +370,12 @@ class CoordinatorGateway:
         settings = _nginx_settings(nginx)
         _warn_if_shared(settings["worker_user"], "coordinator")  # type: ignore[arg-type]
 
+        problems: list[str] = []
+
         def render(scratch: Path | None) -> str:
-            bindings: Mapping[str, str] | None = pki.node_key_bindings() if bind_node_keys else None
+            bindings: Mapping[str, str] | None = None
+            if bind_node_keys:
+                bindings, problems[:] = _node_key_bindings(pki)
             # The workers serve the CRL nginx loads, from a directory they can read (the
             # PKI's may be closed to them).
             served = (scratch or Path(prefix).resolve() / "tmp") / "crl.pem"
@@ -351,7 +389,26 @@ class CoordinatorGateway:
                 **settings)  # type: ignore[arg-type]
 
         return GatewayHandle("coordinator", Path(prefix).resolve(), host, port, render, nginx,
-                             settings["worker_user"]).start()  # type: ignore[arg-type]
+                             settings["worker_user"],  # type: ignore[arg-type]
+                             problems=problems).start()
+
+
+def _node_key_bindings(pki: Pki) -> tuple[dict[str, str], list[str]]:
+    """The bindings nginx can use, and one line per enrolled silo left out: a subject or
+    node key that cannot be written into the config refuses that silo (no key bound: 401),
+    not the gateway for every silo."""
+    bindings, problems = {}, []
+    for name, (subject, line) in pki.silo_bindings().items():
+        try:
+            key = flower_public_key_header(parse_node_public_key(line))
+            check_binding(subject, key)
+        except (ConfigError, EnrollmentError) as exc:
+            problems.append(f"silo {name} is refused by the gateway (its node-key binding "
+                            f"cannot be used: {exc}); revoke it (`xsilo pki revoke {name}`) "
+                            "and have it enroll again with a valid name and organization")
+            continue
+        bindings[subject] = key
+    return bindings, problems
 
 
 class SiloGateway:

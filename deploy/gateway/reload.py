@@ -34,7 +34,7 @@ from xsilo.procfs import PROC, is_finished, stat_fields
 
 __all__ = ["Worker", "alive", "hup_and_wait", "listening_inodes", "pending", "workers"]
 
-_SOCKET = re.compile(r"^socket:\[(\d+)\]$")
+_SOCKET = re.compile(r"socket:\[(\d+)\]")
 _TCP_LISTEN = "0A"
 _UNIX_ACCEPTCON = 0x10000  # __SO_ACCEPTCON: a listening unix socket
 
@@ -69,7 +69,7 @@ def _socket_inodes(pid: int, proc: Path) -> set[int]:
         return found  # exited
     for entry in entries:
         try:
-            match = _SOCKET.match(str(entry.readlink()))
+            match = _SOCKET.fullmatch(str(entry.readlink()))
         except (FileNotFoundError, ProcessLookupError):
             continue  # closed meanwhile
         if match:

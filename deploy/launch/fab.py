@@ -24,7 +24,7 @@ __all__ = ["XSILO_APP", "build_fab", "fab_app_id", "fab_digest", "normalize_fab_
 # coordinator (ServerApp) and silo (ClientApp).
 XSILO_APP = Path(__file__).parent / "flower_app"
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` allows a final "\n"
 
 
 def fab_digest(content: bytes) -> str:
@@ -35,7 +35,7 @@ def fab_digest(content: bytes) -> str:
 def normalize_fab_hash(value: str) -> str:
     """``"sha256:AB…"`` / ``"ab…"`` → 64 lower-case hex digits; ConfigError otherwise."""
     text = value.strip().lower().removeprefix("sha256:")
-    if not _HEX64.match(text):
+    if not _HEX64.fullmatch(text):
         raise ConfigError(f"app hash {value!r} is not a SHA-256 hash (64 hex digits, as "
                           "`xsilo silo apps` and `flwr build` show it)")
     return text

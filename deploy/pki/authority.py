@@ -28,6 +28,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +39,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.pki.certs import (
-    CertifiedKey, crl_number, flower_public_key_header, fingerprint, issue_leaf, load_certificate,
-    public_key_fingerprint,
-    load_private_key, make_ca, make_crl, write_private_key,
-    write_public_pem, 
+    CertifiedKey, crl_number, flower_public_key_header, fingerprint, issue_leaf,
+    load_private_key, make_ca, make_crl, public_key_fingerprint, read_certificate,
+    write_private_key, write_public_pem,
 )
 from deploy.pki.index import CertRecord, Index
 from deploy.pki.messages import (
@@ -102,7 +102,7 @@ class Pki:
             raise EnrollmentError(f"{self.root} is not an xsilo PKI directory (no pki.json or "
                                   "ca.crt); create one with "
                                   f"`xsilo pki init --pki-dir {self.root}`")
-        self.settings = json.loads((self.root / "pki.json").read_text())
+        self.settings = _read_settings(self.root / "pki.json")
 
     # --- paths -------------------------------------------------------------------------
     ca_cert_path = property(lambda self: self.root / "ca.crt")
@@ -113,7 +113,7 @@ class Pki:
     @property
     def ca_cert(self) -> x509.Certificate:
         """The consortium CA certificate."""
-        return load_certificate(self.ca_cert_path)
+        return self._load_cert(self.ca_cert_path)
 
     @property
     def ca_fingerprint(self) -> str:
@@ -132,8 +132,22 @@ class Pki:
 
     @property
     def ca_key_encrypted(self) -> bool:
-        """Whether unlocking the CA key needs a passphrase."""
-        return b"ENCRYPTED" in self.ca_key_path.read_bytes()
+        """Whether unlocking the CA key needs a passphrase (:class:`EnrollmentError` when
+        the key is not on this host)."""
+        return b"ENCRYPTED" in self._ca_key_bytes()
+
+    def _ca_key_bytes(self) -> bytes:
+        try:
+            return self.ca_key_path.read_bytes()
+        except FileNotFoundError:
+            raise EnrollmentError(
+                f"the CA key {self.ca_key_path} is not on this host (an offline CA: this "
+                "directory was copied by `xsilo pki sync`): sign on the CA host, in the PKI "
+                "directory that holds private/ca.key, then carry the result here with "
+                "`xsilo pki sync`") from None
+        except OSError as exc:
+            raise EnrollmentError(f"cannot read the CA key {self.ca_key_path}: {exc.strerror}; "
+                                  "run as the account that owns the PKI directory") from exc
 
     # --- creation ----------------------------------------------------------------------
     @classmethod
@@ -151,6 +165,11 @@ class Pki:
                                   "To rotate the CA, init a new directory (docs/security.md)")
         if curve not in ("P-256", "P-384"):
             raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
+        check_days(days)
+        if passphrase is not None and not passphrase:
+            raise EnrollmentError("the passphrase for the new CA key is empty, which would "
+                                  "store the key unencrypted: give a non-empty passphrase, or "
+                                  "pass no passphrase at all (`--no-encrypt`) to mean it")
         check_organization(organization)
         ca = make_ca(common_name, curve=curve, days=days, organization=organization)
         root.mkdir(parents=True, exist_ok=True)
@@ -171,12 +190,19 @@ class Pki:
 
     def unlock(self, passphrase: bytes | None = None) -> CertifiedKey:
         """Load the CA key; a missing or wrong passphrase is an :class:`EnrollmentError`."""
+        self._ca_key_bytes()  # not on this host, or unreadable: say so, not "wrong passphrase"
         try:
             key = load_private_key(self.ca_key_path, passphrase)
         except (TypeError, ValueError) as exc:
-            hint = ("the CA key is encrypted: give its passphrase (--passphrase-file or "
-                    "XSILO_CA_PASSPHRASE)" if passphrase is None and self.ca_key_encrypted
-                    else "wrong CA passphrase (nothing was changed)")
+            if self.ca_key_encrypted:
+                hint = ("the CA key is encrypted: give its passphrase (--passphrase-file or "
+                        "XSILO_CA_PASSPHRASE)" if passphrase is None
+                        else "wrong CA passphrase (nothing was changed)")
+            elif passphrase is not None and isinstance(exc, TypeError):
+                hint = ("the CA key is not encrypted: give no passphrase (drop "
+                        "--passphrase-file, unset XSILO_CA_PASSPHRASE)")
+            else:
+                hint = f"it is not a readable private key (damaged?); {_RESTORE}"
             raise EnrollmentError(f"cannot unlock {self.ca_key_path}: {hint}") from exc
         if key.public_key() != self.ca_cert.public_key():
             raise EnrollmentError(f"{self.ca_key_path} does not belong to {self.ca_cert_path}")
@@ -197,8 +223,12 @@ class Pki:
             hosts, address = list(previous["hosts"]), address or previous["address"]
         if not hosts:
             raise EnrollmentError("issue-coordinator needs at least one --host or --ip")
+        hosts = [_check_host(h) for h in hosts]
+        check_days(days)
+        if not 0 < port < 65536:
+            raise EnrollmentError(f"--port {port}: give a port in 1-65535 (e.g. 8443)")
+        address = _check_address(address or f"{hosts[0]}:{port}")
         ca = self.unlock(passphrase)
-        address = address or f"{hosts[0]}:{port}"
         server_name = _server_name(address, hosts)
         out = self.root / "coordinator"
         index = Index(self.index_path)
@@ -240,6 +270,7 @@ class Pki:
         """Sign a silo's request; write and return its bundle. Refuses a name that already
         holds a valid certificate (revoke or renew it instead) and reused keys."""
         req = request if isinstance(request, EnrollmentRequest) else read_request(request)
+        check_days(days)
         if req.name in RESERVED_NAMES:
             raise EnrollmentError(f"silo name {req.name!r} is reserved for the coordinator's own "
                                   "certificates; the silo must enroll under another name")
@@ -254,6 +285,7 @@ class Pki:
             if r.node_key_sha256 == node_fp and (r.name != req.name or r.state == "revoked"):
                 raise EnrollmentError(f"node key {node_fp} was already enrolled for {r.name!r} "
                                       f"(state {r.state}); the silo must generate new keys")
+        self._refuse_certified_tls_key(req, index)
         self.coordinator_files()
         ca = self.unlock(passphrase)
         cert = issue_leaf(ca, req.name, public_key=req.csr.public_key(),  # type: ignore[arg-type]
@@ -263,17 +295,41 @@ class Pki:
         index.add(_record(cert, req.name, "silo", req.node_public_key))
         return self._finish(ca, index, cert, req.name, req.node_public_key, out)
 
+    def _refuse_certified_tls_key(self, req: EnrollmentRequest, index: Index) -> None:
+        """A TLS key is certified once: a revoked (or anyone else's) key never comes back
+        through a new enrollment. The index keeps no key fingerprints: read issued/."""
+        tls_fp = req.tls_key_fingerprint
+        by_serial = {r.serial: r for r in index.records}
+        for path in [self.ca_cert_path, *sorted((self.root / "issued").glob("*.crt"))]:
+            cert = self._load_cert(path)
+            if public_key_fingerprint(cert.public_key()) != tls_fp:  # type: ignore[arg-type]
+                continue
+            rec = by_serial.get(_nginx_serial(cert.serial_number))
+            whose = f"{rec.name!r} (state {rec.state})" if rec else path.name
+            raise EnrollmentError(f"the TLS key {tls_fp} of {req.name!r} was already certified "
+                                  f"for {whose}: a key is enrolled once; the silo must "
+                                  "generate new keys (`xsilo silo enroll` in a new directory)")
+
+    def _load_cert(self, path: Path) -> x509.Certificate:
+        return read_certificate(path, fix=_RESTORE)
+
     def renew(self, name: str, *, days: int = 30, passphrase: bytes | None = None,
               out: Path | None = None, request: Path | None = None) -> Path:
         """Re-sign the current certificate's public key with a fresh validity; return the
         bundle. A silo's ``renew-request.json`` (CSR by the same key), if given, must match."""
+        check_days(days)
         index = Index(self.index_path)
         current = index.current(check_name(name))
         if current is None:
             raise EnrollmentError(f"silo {name!r} has no certificate to renew (never enrolled, "
                                   "or revoked: a revoked silo must enroll with new keys)")
-        old = load_certificate(self.root / "issued" / f"{name}-{current.serial}.crt")
-        node_line = (self.root / "nodes" / f"{name}.pub").read_text().strip()
+        old = self._load_cert(self.root / "issued" / f"{name}-{current.serial}.crt")
+        node_file = self.root / "nodes" / f"{name}.pub"
+        try:
+            node_line = node_file.read_text().strip()
+        except OSError as exc:
+            raise EnrollmentError(f"cannot read {node_file} ({exc.strerror}), the node key of "
+                                  f"{name!r}: {_RESTORE}") from exc
         if request is not None:
             req = read_request(request)
             if (req.name != name or req.csr.public_key() != old.public_key()
@@ -385,7 +441,12 @@ class Pki:
 
     def crl_next_update(self) -> dt.datetime:
         """When the current CRL stops being accepted."""
-        crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise EnrollmentError(f"the CRL {self.crl_path} is missing or not a PEM CRL; "
+                                  "re-issue it with `xsilo pki crl` where the CA key is (then "
+                                  "`xsilo pki sync` to an offline CA's coordinator host)") from exc
         return crl.next_update_utc  # type: ignore[return-value]
 
     def roster(self) -> dict[str, str]:
@@ -397,7 +458,7 @@ class Pki:
         for name, rec in sorted(latest.items()):
             if rec.effective_state() != "valid":  # revoked or expired: not a member
                 continue
-            cert = load_certificate(self.root / "issued" / f"{name}-{rec.serial}.crt")
+            cert = self._load_cert(self.root / "issued" / f"{name}-{rec.serial}.crt")
             out[name] = "sha256:" + public_key_fingerprint(cert.public_key())  # type: ignore[arg-type]
         return out
 
@@ -413,13 +474,72 @@ class Pki:
     def node_key_bindings(self) -> dict[str, str]:
         """``{client certificate subject (as nginx's $ssl_client_s_dn): flwr-public-key
         header}`` for every enrolled silo: binds the Flower node key to the TLS identity."""
+        return {subject: flower_public_key_header(parse_node_public_key(line))
+                for subject, line in self.silo_bindings().values()}
+
+    def silo_bindings(self) -> dict[str, tuple[str, str]]:
+        """``{silo: (current certificate subject, OpenSSH node public key)}`` for every
+        enrolled silo, unchecked: a gateway checks each one and leaves out a silo whose
+        binding it cannot use, instead of failing for all."""
         index = Index(self.index_path)
-        out: dict[str, str] = {}
+        out: dict[str, tuple[str, str]] = {}
         for name, line in self.enrolled_node_keys().items():
             rec = index.current(name)
             if rec is not None:
-                out[rec.subject] = flower_public_key_header(parse_node_public_key(line))
+                out[name] = (rec.subject, line)
         return out
+
+
+_RESTORE = ("restore it from your backup of the PKI directory (an offline CA's coordinator "
+            "host: `xsilo pki sync` from the CA host)")
+MAX_DAYS = 36500  # a certificate's lifetime: beyond ~100 years is a typo, not a plan
+
+
+def _read_settings(path: Path) -> dict:
+    try:
+        settings = json.loads(path.read_text())
+    except OSError as exc:
+        raise EnrollmentError(f"cannot read {path}: {exc.strerror}; {_RESTORE}") from exc
+    except ValueError as exc:
+        raise EnrollmentError(f"{path} is not valid JSON ({exc}); {_RESTORE}") from exc
+    if not isinstance(settings, dict):
+        raise EnrollmentError(f"{path} must hold a JSON object; {_RESTORE}")
+    return settings
+
+
+def check_days(days: int, what: str = "--days") -> int:
+    """A certificate lifetime in days: 1 to :data:`MAX_DAYS`."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise EnrollmentError(f"{what} {days!r} is not a lifetime in days: give 1 to "
+                              f"{MAX_DAYS} (e.g. 365)")
+    return days
+
+
+_HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _check_host(host: str) -> str:
+    if _is_ip(host) or (isinstance(host, str) and len(host) <= 253 and _HOST.fullmatch(host)):
+        return host
+    hint = (f"; write a non-ASCII name in its ASCII form ({host.encode('idna').decode()!r})"
+            if _idna(host) else "")
+    raise EnrollmentError(f"--host {host!r} is not a DNS name or IP address: use letters, "
+                          f"digits, '-' and '.' (e.g. fl.example.org){hint}")
+
+
+def _idna(host: str) -> bool:
+    try:
+        return host.encode("idna") != host.encode()
+    except (UnicodeError, ValueError):
+        return False
+
+
+def _check_address(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        raise EnrollmentError(f"--address {address!r} is not host:port with a port in 1-65535 "
+                              "(e.g. fl.example.org:8443)")
+    return address
 
 
 def _validity(settings: dict) -> dt.timedelta:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from xsilo.errors import EnrollmentError
 from xsilo.files import atomic_write
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "make_node_auth_key",
     "openssh_public_line",
     "public_key_fingerprint",
+    "read_certificate",
+    "read_private_key",
     "write_private_bytes",
     "write_private_key",
     "write_public_pem",
@@ -170,6 +173,35 @@ def make_node_auth_key(private_path: Path, public_path: Path) -> str:
 def load_certificate(path: Path) -> x509.Certificate:
     """Load a PEM certificate."""
     return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def read_certificate(path: Path, *, fix: str) -> x509.Certificate:
+    """:func:`load_certificate`, with an :class:`EnrollmentError` that names the file and
+    ``fix`` (how to restore it) when it is missing, unreadable or not a PEM certificate."""
+    try:
+        return load_certificate(path)
+    except FileNotFoundError:
+        raise EnrollmentError(f"{path} is missing; {fix}") from None
+    except OSError as exc:
+        raise EnrollmentError(f"cannot read {path}: {exc.strerror}; {fix}") from exc
+    except ValueError as exc:
+        raise EnrollmentError(f"{path} is not a PEM certificate (damaged?): {fix}") from exc
+
+
+def read_private_key(path: Path, *, fix: str) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted private key (a kit's), with an :class:`EnrollmentError` that names the
+    file and ``fix`` when it is missing, unreadable or not an EC private key."""
+    try:
+        key = load_private_key(path)
+    except FileNotFoundError:
+        raise EnrollmentError(f"{path} is missing; {fix}") from None
+    except OSError as exc:
+        raise EnrollmentError(f"cannot read {path}: {exc.strerror}; {fix}") from exc
+    except (ValueError, TypeError) as exc:
+        raise EnrollmentError(f"{path} is not a readable private key (damaged?): {fix}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise EnrollmentError(f"{path} is not an ECDSA private key: {fix}")
+    return key
 
 
 def load_private_key(path: Path, passphrase: bytes | None = None) -> ec.EllipticCurvePrivateKey:

@@ -17,6 +17,7 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from deploy.pki.enrollment import enroll, import_bundle, install_renewal, make_renewal_request
 from deploy.pki.messages import read_request
@@ -104,6 +105,12 @@ def init_cmd(
         pw = (_read_passphrase_file(passphrase_file) if passphrase_file
               else os.environ.get("XSILO_CA_PASSPHRASE", "").encode()
               or _ask("New CA key passphrase", confirm=True))
+        if not pw:  # never an unencrypted key where the operator asked for an encrypted one
+            where = f"--passphrase-file {passphrase_file}" if passphrase_file else "it"
+            raise EnrollmentError(
+                f"the CA key passphrase is empty ({where} holds none): put the passphrase on "
+                "the first line of --passphrase-file, or pass --no-encrypt to store the CA "
+                "key unencrypted on purpose")
     pki = Pki.init(pki_dir, common_name=common_name, organization=organization, curve=curve,
                    days=days, passphrase=pw, crl_seconds=_seconds(crl_hours))
     how = ("encrypted with its passphrase" if pw else "[bold yellow]NOT encrypted[/]: whoever "
@@ -136,13 +143,14 @@ def issue_coordinator_cmd(
 
 def _show_request(path: Path) -> None:
     req = read_request(path)
-    table = Table(title=f"enrollment request {path}", show_header=False)
+    # Text, never markup: the values come from the silo's file
+    table = Table(title=Text(f"enrollment request {path}"), show_header=False)
     for key, value in (("kind", req.kind), ("silo", req.name), ("subject", req.subject),
                        ("TLS key SHA-256", req.tls_key_fingerprint),
                        ("node key", req.node_key_fingerprint),
                        *((f"contact.{k}", v) for k, v in req.contact.items()),
                        ("created", req.created)):
-        table.add_row(key, value)
+        table.add_row(Text(key), Text(value))
     print_whole(_out, table)  # the fingerprints are read out by phone: never cut
 
 

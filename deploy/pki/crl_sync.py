@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 
 from deploy.gateway.conf import CRL_PATH
-from deploy.pki.certs import crl_number, load_certificate
+from deploy.pki.certs import crl_number, read_certificate
 from deploy.pki.kit import KIT_FILES, MemberKit
 from deploy.pki.link import get
 from xsilo.errors import DeploymentError, EnrollmentError
@@ -127,7 +127,9 @@ def refresh_crl(kit: MemberKit, *, fetch: Fetch | None = None,
     if current is not None and body.strip() == crl_path(kit).read_bytes().strip():
         return CrlRefresh("current", "the coordinator serves the installed CRL", have)
     try:
-        crl = verify_crl(body, load_certificate(kit.ca_cert), current=current, now=now)
+        ca = read_certificate(kit.ca_cert, fix="restore the member kit's ca.crt from your "
+                              "backup, or import the operator's bundle again")
+        crl = verify_crl(body, ca, current=current, now=now)
     except EnrollmentError as exc:
         log.warning("silo %s: %s", kit.name, exc)
         return CrlRefresh("invalid", str(exc), have)

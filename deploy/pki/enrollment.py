@@ -19,14 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from deploy.pki.certs import (
-    fingerprint, issue_leaf, load_certificate, load_private_key, make_ca, make_csr,
-    openssh_public_line,
-    write_private_key, write_public_pem, 
+    fingerprint, issue_leaf, make_ca, make_csr, openssh_public_line, read_certificate,
+    read_private_key, write_private_key, write_public_pem,
 )
 from deploy.pki.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
 from deploy.pki.messages import (
-    Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
-    read_bundle, read_request,
+    Bundle, EnrollmentRequest, check_contact, check_name, check_organization,
+    node_key_fingerprint, parse_node_public_key, read_bundle, read_request,
 )
 from xsilo.errors import EnrollmentError
 from xsilo.files import atomic_write
@@ -44,16 +43,18 @@ def enroll(name: str, kit_dir: Path, *, email: str, person: str | None = None,
     Returns the request path: send that file (public material only) to the operator.
     Refuses to overwrite existing keys.
     """
+    # every check before the first key is written: a refused enrollment can be retried
     check_name(name)
     check_organization(organization)
+    contact = check_contact({"email": email, "person": person, "phone": phone})
+    curves = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+    if curve not in curves:
+        raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
     kit = Path(kit_dir)
     for f in (KIT_FILES["tls_key"], KIT_FILES["node_key"]):
         if (kit / f).exists():
             raise EnrollmentError(f"{kit / f} already exists: this kit is enrolled or in "
                                   "progress; use a new directory or `xsilo silo renew`")
-    curves = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
-    if curve not in curves:
-        raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
     kit.mkdir(parents=True, exist_ok=True)
     os.chmod(kit, 0o700)
     tls_key = ec.generate_private_key(curves[curve]())
@@ -62,7 +63,6 @@ def enroll(name: str, kit_dir: Path, *, email: str, person: str | None = None,
     write_private_key(kit / KIT_FILES["node_key"], node_key, openssh=True)
     node_line = openssh_public_line(node_key.public_key())
     atomic_write(kit / KIT_FILES["node_pub"], node_line + "\n")
-    contact = {k: v for k, v in (("email", email), ("person", person), ("phone", phone)) if v}
     path = _write_request(kit, name, organization, contact, tls_key, node_key, "enroll")
     read_request(path)  # the operator will run the same checks; fail here first
     log.info("wrote %s (node key %s)", path, node_key_fingerprint(node_line))
@@ -83,6 +83,22 @@ def _write_request(kit: Path, name: str, organization: str | None, contact: dict
     return path
 
 
+_DAMAGED = ("this member kit is damaged: restore the kit directory from your backup (its keys "
+            "cannot be re-made: without one, enroll again with `xsilo silo enroll` in a new "
+            "directory)")
+
+
+def _node_line(path: Path) -> str:
+    try:
+        line = path.read_text().strip()
+        parse_node_public_key(line)
+    except OSError as exc:
+        raise EnrollmentError(f"cannot read {path} ({exc.strerror}): {_DAMAGED}") from exc
+    except EnrollmentError as exc:
+        raise EnrollmentError(f"{path}: {exc}; {_DAMAGED}") from exc
+    return line
+
+
 def _check_bundle_matches_kit(bundle: Bundle, kit: Path) -> None:
     cert = bundle.cert()
     try:
@@ -90,14 +106,14 @@ def _check_bundle_matches_kit(bundle: Bundle, kit: Path) -> None:
     except (ValueError, TypeError) as exc:
         raise EnrollmentError("bundle certificate is not signed by the consortium CA: "
                               f"{exc}") from exc
-    tls_key = load_private_key(kit / KIT_FILES["tls_key"])
+    tls_key = read_private_key(kit / KIT_FILES["tls_key"], fix=_DAMAGED)
     if cert.public_key() != tls_key.public_key():
         raise EnrollmentError(f"bundle certificate is not for this kit's key "
                               f"{kit / KIT_FILES['tls_key']}: wrong bundle or wrong kit")
     cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [bundle.name]:
         raise EnrollmentError(f"bundle certificate CN {cns} does not match name {bundle.name!r}")
-    node_line = (kit / KIT_FILES["node_pub"]).read_text().strip()
+    node_line = _node_line(kit / KIT_FILES["node_pub"])
     if node_key_fingerprint(node_line) != bundle.node_public_key_sha256:
         raise EnrollmentError("bundle was issued for another node key "
                               f"({bundle.node_public_key_sha256}); wrong bundle or wrong kit")
@@ -149,12 +165,13 @@ def _make_local_tls(kit: Path) -> None:
 def make_renewal_request(kit_dir: Path) -> Path:
     """Write ``renew-request.json``: a CSR signed by the *current* TLS key (no new keys)."""
     kit = load_kit(Path(kit_dir))
-    cert = load_certificate(kit.client_cert)
+    cert = read_certificate(kit.client_cert, fix=_DAMAGED)
     org = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     req = read_request(kit.root / "request.json") if (kit.root / "request.json").exists() else None
     contact = req.contact if req else {"email": "unknown@invalid.example"}
     return _write_request(kit.root, kit.name, str(org[0].value) if org else None, contact,
-                          load_private_key(kit.client_key), load_private_key(kit.auth_key),
+                          read_private_key(kit.client_key, fix=_DAMAGED),
+                          read_private_key(kit.auth_key, fix=_DAMAGED),
                           "renew")
 
 
@@ -164,7 +181,7 @@ def install_renewal(bundle_path: Path, kit_dir: Path) -> MemberKit:
     from deploy.gateway.nginx import reload_running  # gateway imports kit; keep this edge lazy
 
     kit = load_kit(Path(kit_dir))
-    expected = fingerprint(load_certificate(kit.ca_cert))
+    expected = fingerprint(read_certificate(kit.ca_cert, fix=_DAMAGED))
     bundle = read_bundle(Path(bundle_path), expected)
     if bundle.name != kit.name:
         raise EnrollmentError(f"bundle is for {bundle.name!r}, this kit is {kit.name!r}")

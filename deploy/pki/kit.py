@@ -167,11 +167,12 @@ node_public_key = {_q(f["node_pub"])}
 
 
 def _port(value: str, where: str) -> int:
-    try:
-        host, port = value.rsplit(":", 1)
-        return int(port)
-    except ValueError as exc:
-        raise ConfigError(f"{where} = {value!r} is not host:port") from exc
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{where} = {value!r} is not "host:port" with a port in 1-65535 '
+                          '(e.g. "127.0.0.1:9443"); fix it, or re-run `xsilo silo '
+                          'import-bundle`')
+    return int(port)
 
 
 def load_kit(kit_dir: Path) -> MemberKit:

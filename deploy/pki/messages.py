@@ -34,6 +34,7 @@ __all__ = [
     "REQUEST_FORMAT",
     "Bundle",
     "EnrollmentRequest",
+    "check_contact",
     "check_name",
     "node_key_fingerprint",
     "parse_node_public_key",
@@ -43,15 +44,18 @@ __all__ = [
 
 REQUEST_FORMAT = "xsilo-enrollment-request/1"
 BUNDLE_FORMAT = "xsilo-bundle/1"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_ORG = re.compile(r"^[A-Za-z0-9 .'()&-]{0,64}$")
-_EMAIL = re.compile(r"^[^@\s\"\\]+@[^@\s\"\\]+\.[^@\s\"\\]+$")
+# Validators match the whole string (fullmatch): `$` would also match before a final "\n".
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_ORG = re.compile(r"(?:[A-Za-z0-9.'()&-](?:[A-Za-z0-9 .'()&-]{0,62}[A-Za-z0-9.'()&-])?)?")
+_EMAIL = re.compile(r"[^@\s\"\\]+@[^@\s\"\\]+\.[^@\s\"\\]+")
+_CONTACT_KEYS = ("email", "person", "phone")
+_CONTACT_MAX = 128  # characters of one contact field
 _PRIVATE_MARKER = re.compile(r"PRIVATE KEY|OPENSSH PRIVATE")
 
 
 def check_name(name: str) -> str:
     """Validate a silo name (it becomes a certificate CN, a file name and an nginx map key)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise EnrollmentError(
             f"silo name {name!r} is invalid: use 1-63 lowercase letters, digits and '-', "
             "starting with a letter or digit (e.g. 'hospital-a')")
@@ -60,11 +64,38 @@ def check_name(name: str) -> str:
 
 def check_organization(org: str | None) -> str | None:
     """Validate an organization name (it goes into the certificate subject)."""
-    if org is not None and not _ORG.match(org):
+    if org is not None and (not isinstance(org, str) or not _ORG.fullmatch(org)):
         raise EnrollmentError(f"organization {org!r} is invalid: use at most 64 letters, "
-                              "digits, spaces and . ' ( ) & - (no commas: nginx must read "
-                              "the subject exactly as written)")
+                              "digits, spaces and . ' ( ) & -, with no space at either end "
+                              "(no commas: nginx must read the subject exactly as written)")
     return org or None
+
+
+def check_contact(contact: object) -> dict[str, str]:
+    """Validate a request's contact fields (the operator reads them beside the fingerprints):
+    ``email`` required, ``person`` and ``phone`` optional, each one printable line."""
+    if not isinstance(contact, dict):
+        raise EnrollmentError("contact must be an object with email, person and phone")
+    unknown = sorted(str(k) for k in contact if k not in _CONTACT_KEYS)
+    if unknown:
+        raise EnrollmentError(f"contact field(s) {', '.join(map(repr, unknown))} are not "
+                              f"accepted; use {', '.join(_CONTACT_KEYS)}")
+    out: dict[str, str] = {}
+    for key in _CONTACT_KEYS:
+        value = contact.get(key)
+        if value is None or value == "":
+            continue
+        if (not isinstance(value, str) or not value.isprintable() or value != value.strip()
+                or not 0 < len(value) <= _CONTACT_MAX):
+            raise EnrollmentError(
+                f"contact.{key} {str(value)[:_CONTACT_MAX]!r} is invalid: give one line of "
+                f"at most {_CONTACT_MAX} printable characters, no control characters and no "
+                "space at either end")
+        out[key] = value
+    if not _EMAIL.fullmatch(out.get("email", "")):
+        raise EnrollmentError(f"contact.email {out.get('email', '')!r} is missing or not an "
+                              "address; give one like it@hospital-a.example")
+    return out
 
 
 def canonical(body: dict[str, Any]) -> bytes:
@@ -179,9 +210,7 @@ def _parse_request(data: dict[str, Any], path: Path, what: str) -> EnrollmentReq
                               f"{REQUEST_FORMAT!r}")
     name = check_name(_field(data, "name", path, what))
     org = check_organization(data.get("organization"))
-    contact = _field(data, "contact", path, what)
-    if not isinstance(contact, dict) or not _EMAIL.match(str(contact.get("email", ""))):
-        raise EnrollmentError(f"{what} {path}: contact.email is missing or not an address")
+    contact = check_contact(_field(data, "contact", path, what))
     try:
         csr = x509.load_pem_x509_csr(str(_field(data, "csr", path, what)).encode())
     except ValueError as exc:
@@ -193,6 +222,12 @@ def _parse_request(data: dict[str, Any], path: Path, what: str) -> EnrollmentReq
     cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if [a.value for a in cns] != [name]:
         raise EnrollmentError(f"{what} {path}: CSR common name does not equal name {name!r}")
+    orgs = csr.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    if (len(csr.subject) != len(cns) + len(orgs)
+            or [a.value for a in orgs] != ([org] if org else [])):
+        raise EnrollmentError(f"{what} {path}: CSR subject {csr.subject.rfc4514_string()!r} "
+                              f"is not CN={name} with organization {org!r}; re-create the "
+                              "request with `xsilo silo enroll`")
     node_line = str(_field(data, "node_public_key", path, what)).strip()
     node_key = parse_node_public_key(node_line)
     try:
@@ -205,8 +240,16 @@ def _parse_request(data: dict[str, Any], path: Path, what: str) -> EnrollmentReq
     kind = data.get("kind", "enroll")
     if kind not in ("enroll", "renew"):
         raise EnrollmentError(f"{what} {path}: kind {kind!r} is not 'enroll' or 'renew'")
-    return EnrollmentRequest(name, org, {str(k): str(v) for k, v in contact.items()}, csr,
-                             node_line, str(data.get("created", "")), kind)
+    created = data.get("created", "")
+    try:
+        if created:
+            dt.datetime.fromisoformat(str(created))
+    except ValueError:
+        created = None
+    if not isinstance(created, str) or len(created) > 40:
+        raise EnrollmentError(f"{what} {path}: created {str(data.get('created'))[:64]!r} is "
+                              "not an ISO 8601 time; re-create the request with xsilo")
+    return EnrollmentRequest(name, org, contact, csr, node_line, created, kind)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ destination matches the source:
   ``revoked/``: the running coordinator then unregisters it);
 * folders are made as in the source (with its permission bits), none is removed;
 * the destination's ``private/`` is never read, written or removed, and a destination
-  that holds a CA key, or another CA's certificate, is refused.
+  that holds a CA key, or another CA's certificate, is refused;
+* a destination that is, or holds, a symbolic link is refused before anything is written
+  (a medium is not trusted: a link would carry writes and permission changes elsewhere),
+  and each path is checked again just before it is written, removed or chmod-ed.
 """
 
 from __future__ import annotations
@@ -84,10 +87,45 @@ def _check(src: Path, dest: Path) -> None:
             "directory instead")
 
 
+def _link_refused(path: Path) -> EnrollmentError:
+    return EnrollmentError(f"{path} is a symbolic link: `xsilo pki sync` writes only into "
+                           "plain directories (a link would carry the PKI's files and "
+                           "permissions elsewhere); remove the link, or sync to another "
+                           "directory")
+
+
+def _no_links_under(dest: Path) -> None:
+    """Refuse ``dest`` if it, or anything under it but ``private/``, is a symbolic link (or
+    anything else that is neither a plain file nor a folder: a FIFO would block a read)."""
+    if dest.is_symlink():
+        raise _link_refused(dest)
+    for dirpath, dirnames, filenames in os.walk(dest):  # never follows links
+        here = Path(dirpath)
+        if here == dest:
+            dirnames[:] = [d for d in dirnames if d != _PRIVATE]
+        for name in (*dirnames, *filenames):
+            info = (here / name).lstat()
+            if stat.S_ISLNK(info.st_mode):
+                raise _link_refused(here / name)
+            if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+                raise EnrollmentError(f"{here / name} is not a regular file: a PKI directory "
+                                      "holds plain files only; remove it and sync again")
+
+
+def _plain(dest: Path, name: str) -> Path:
+    """``dest / name``, once no part of it (from ``dest`` down) is a symbolic link."""
+    parts = Path(name).parts
+    for depth in range(len(parts) + 1):
+        if dest.joinpath(*parts[:depth]).is_symlink():
+            raise _link_refused(dest.joinpath(*parts[:depth]))
+    return dest.joinpath(*parts)
+
+
 def sync_public(src: Path, dest: Path) -> SyncReport:
     """Make ``dest`` hold exactly the files of the PKI directory ``src`` except its CA key
     (module docstring: order, permissions, what is refused)."""
     src, dest = Path(src), Path(dest)
+    _no_links_under(dest)
     _check(src, dest)
     want = _files(src)
     have = _files(dest) if dest.is_dir() else {}
@@ -95,21 +133,20 @@ def sync_public(src: Path, dest: Path) -> SyncReport:
     for name in sorted(want, key=_order):
         data = want[name].read_bytes()
         mode = stat.S_IMODE(want[name].stat().st_mode)
-        target = dest / name
+        target = _plain(dest, name)
         if name in have and target.read_bytes() == data:
             unchanged += 1
-            if stat.S_IMODE(target.stat().st_mode) != mode:
+            if stat.S_IMODE(target.lstat().st_mode) != mode:
                 os.chmod(target, mode)
             continue
         atomic_write(target, data, mode=mode)
         written.append(name)
     removed = sorted(set(have) - set(want))
     for name in removed:
-        (dest / name).unlink()
+        _plain(dest, name).unlink()
     for folder in _folders(src):  # empty ones too (nodes/ before the first approval)
-        target = dest / folder
-        target.mkdir(parents=True, exist_ok=True)
-        os.chmod(target, stat.S_IMODE((src / folder).stat().st_mode))
+        _plain(dest, folder).mkdir(parents=True, exist_ok=True)
+        os.chmod(_plain(dest, folder), stat.S_IMODE((src / folder).stat().st_mode))
     return SyncReport(tuple(written), tuple(removed), unchanged)
 
 

@@ -4,6 +4,7 @@ its key (`xsilo pki sync`)."""
 
 from __future__ import annotations
 
+import shutil
 import stat
 from pathlib import Path
 
@@ -103,3 +104,56 @@ def test_sync_command(tmp_path: Path) -> None:
                                   str(tmp_path / "usb")])
     assert res.exit_code == 0 and "no CA key there" in res.output, res.output
     assert (tmp_path / "usb" / "ca.crt").read_bytes() == ca.ca_cert_path.read_bytes()
+
+
+def test_an_empty_passphrase_never_stores_the_ca_key_in_the_clear(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pass"
+    empty.write_text("\n")
+    res = runner.invoke(pki_app, ["init", "--pki-dir", str(tmp_path / "pki"),
+                                  "--passphrase-file", str(empty)])
+    assert isinstance(res.exception, EnrollmentError), res.output
+    assert "passphrase is empty" in str(res.exception) and "--no-encrypt" in str(res.exception)
+    assert not (tmp_path / "pki" / "private" / "ca.key").exists()
+    with pytest.raises(EnrollmentError, match="passphrase for the new CA key is empty"):
+        Pki.init(tmp_path / "lib", passphrase=b"")
+    assert not (tmp_path / "lib" / "private" / "ca.key").exists()
+
+
+def test_signing_on_a_host_without_the_ca_key_says_where_to_sign(tmp_path: Path) -> None:
+    ca = make_pki(tmp_path / "ca-host" / "pki")
+    enroll_silo(ca, "hospital-a", tmp_path / "kit-a")
+    coord = tmp_path / "coord-host" / "pki"
+    sync_public(ca.root, coord)
+    before = _files(coord)
+    for args in (["crl"], ["revoke", "hospital-a", "--yes"],
+                 ["issue-coordinator", "--host", "localhost"]):
+        res = runner.invoke(pki_app, [*args, "--pki-dir", str(coord)])
+        assert isinstance(res.exception, EnrollmentError), (args, res.output)
+        assert "is not on this host" in str(res.exception), args
+        assert "CA host" in str(res.exception) and "xsilo pki sync" in str(res.exception)
+    with pytest.raises(EnrollmentError, match="is not on this host"):
+        Pki(coord).revoke("hospital-a")
+    assert _files(coord) == before
+
+
+@pytest.mark.parametrize("link", ["nodes", ".", "ca.crt"])
+def test_sync_never_writes_or_chmods_through_a_link(tmp_path: Path, link: str) -> None:
+    """A removable medium is not trusted: a planted link would carry the PKI's files, and
+    their permission bits, to wherever it points."""
+    ca = make_pki(tmp_path / "pki")
+    enroll_silo(ca, "hospital-a", tmp_path / "kit-a")
+    dest, elsewhere = tmp_path / "usb" / "pki", tmp_path / "elsewhere"
+    sync_public(ca.root, dest)
+    elsewhere.mkdir(mode=0o700)
+    (elsewhere / "keep").write_text("mine\n")
+    target = dest if link == "." else dest / link
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(elsewhere / "keep" if link == "ca.crt" else elsewhere)
+    with pytest.raises(EnrollmentError, match="is a symbolic link"):
+        sync_public(ca.root, dest)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep"]
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
+    assert (elsewhere / "keep").read_text() == "mine\n"

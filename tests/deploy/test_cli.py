@@ -115,3 +115,18 @@ def test_fingerprints_are_never_cut_in_a_narrow_terminal(tmp_path: Path,
     whole(digest, run(silo_cli, "approve-app", "--hash", digest, "--note", "board #12",
                       "--config", str(site)))
     whole(digest, run(silo_cli, "apps", "--config", str(site)))
+
+
+def test_request_contents_are_shown_as_written_never_as_markup(tmp_path: Path) -> None:
+    """Contact fields come from the silo's file: `[/]` must not crash `pki approve`, and
+    markup must not restyle or hide what the operator reads beside the fingerprints."""
+    pki, kit = ["--pki-dir", str(tmp_path / "pki")], tmp_path / "kit"
+    assert runner.invoke(pki_app, ["init", *pki, "--no-encrypt"]).exit_code == 0
+    assert runner.invoke(pki_app, ["issue-coordinator", *pki, "--host", "localhost"]).exit_code == 0
+    res = runner.invoke(_silo_app(), ["enroll", "hospital-a", "--kit", str(kit), "--email",
+                                      "a@b.example", "--phone", "[/]",
+                                      "--person", "[on black]Eve[/]"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(pki_app, ["approve", str(kit / "request.json"), *pki, "--yes"])
+    assert res.exit_code == 0, res.output
+    assert "[/]" in res.output and "[on black]Eve[/]" in res.output

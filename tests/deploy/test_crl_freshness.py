@@ -22,7 +22,7 @@ from deploy.pki.cli import pki_app
 from deploy.pki.enrollment import enroll
 from deploy.pki.freshness import CrlKeeper, crl_due, passphrase_source, pki_notices, renewal_margin
 from tests.deploy.conftest import make_pki
-from xsilo.errors import DeploymentError, EnrollmentError
+from xsilo.errors import ConfigError, DeploymentError, EnrollmentError
 
 runner = CliRunner(env={"COLUMNS": "250"})
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -177,6 +177,43 @@ def test_a_failed_reload_is_reported_and_tried_again(tmp_path: Path) -> None:
     assert warning.startswith("warning: the gateway did not reload (nginx rejected")
     assert running.reconcile() == ["gateway reloaded (CRL, certificate, node-key bindings)"]
     assert gateway.reloads == 1 and running.reconcile() == []
+
+
+class _RefusingGateway:
+    """A gateway whose new configuration cannot be rendered, and one that left a silo out."""
+
+    def __init__(self, error: Exception | None = None, problems: tuple[str, ...] = ()) -> None:
+        self.error, self.problems, self.reloads = error, list(problems), 0
+
+    def reload(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.reloads += 1
+
+
+def test_one_silos_binding_is_reported_by_name_not_fatal(tmp_path: Path) -> None:
+    """An approved silo whose subject nginx cannot read must not stop the coordinator: the
+    gateway leaves that silo out and reconcile names it with the fix; an error from the PKI
+    directory keeps the previous configuration, with a warning, instead of ending the loop."""
+    pki = make_pki(tmp_path / "pki")
+    write_gateway_home(tmp_path / "home", pki_dir=pki.root)
+    home = CoordinatorHome.load(tmp_path / "home")
+    left_out = ("silo hospital-a is refused by the gateway (its node-key binding cannot be "
+                "used: …); revoke it (`xsilo pki revoke hospital-a`) and have it enroll again")
+    gateway = _RefusingGateway(problems=(left_out,))
+    running = RunningCoordinator(home, superlink=None, node_ids={},  # type: ignore[arg-type]
+                                 gateway=gateway)
+    running._seen = running._pki_state()
+    pki.publish_crl()
+    assert running.reconcile() == ["gateway reloaded (CRL, certificate, node-key bindings)",
+                                   f"warning: {left_out}"]
+    running.gateway = _RefusingGateway(ConfigError(
+        "certificate subject 'O=Acme\\ ,CN=hospital-a' contains characters not allowed"))
+    pki.publish_crl()
+    (warning,) = running.reconcile()
+    assert warning.startswith("warning: the gateway did not reload (certificate subject")
+    assert "until the PKI directory is fixed" in warning
+    assert running.reconcile() == []  # no warning every 2 s: the next PKI change retries
 
 
 def test_status_warns_for_every_certificate_and_the_crl_with_its_command(tmp_path: Path) -> None:

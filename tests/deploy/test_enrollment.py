@@ -144,3 +144,36 @@ def test_renewal_keeps_the_key_and_swaps_the_cert(pki: Pki, tmp_path: Path) -> N
     with pytest.raises(EnrollmentError, match="not signed by the keys enrolled"):
         pki.renew("hospital-a", request=other)
     assert private_key_leaks([pki.root, kit_dir]) == []
+
+
+@pytest.mark.parametrize("bad", [{"email": "it@a.example\n"}, {"phone": "+1 555\n0100"},
+                                 {"person": "x" * 200}, {"curve": "P-521"}])
+def test_a_refused_enrollment_writes_no_key_and_can_be_retried(tmp_path: Path,
+                                                               bad: dict[str, str]) -> None:
+    kit = tmp_path / "kit"
+    with pytest.raises(EnrollmentError):
+        enroll("hospital-a", kit, **{"email": "it@a.example", **bad})
+    assert not (kit / "silo.key").exists() and not (kit / "node.key").exists()
+    assert enroll("hospital-a", kit, email="it@a.example", phone="+1 555 0100").exists()
+
+
+@pytest.mark.parametrize("damage", ["node.pub", "silo.key", "ca.crt", "kit.toml"])
+def test_a_damaged_kit_file_is_named(pki: Pki, tmp_path: Path, damage: str) -> None:
+    kit = tmp_path / "kit"
+    bundle = pki.approve(enroll("hospital-a", kit, email="it@a.example"))
+    import_bundle(bundle, kit, pki.ca_fingerprint)
+    if damage == "node.pub":
+        (kit / damage).unlink()
+    elif damage == "kit.toml":
+        text = (kit / damage).read_text()
+        (kit / damage).write_text(text.replace('listen = "127.0.0.1:9443"', "listen = 9443"))
+    else:
+        (kit / damage).write_text("junk\n")
+    with pytest.raises((EnrollmentError, ConfigError)) as err:
+        if damage == "ca.crt":
+            install_renewal(pki.renew("hospital-a"), kit)
+        elif damage == "kit.toml":
+            load_kit(kit)
+        else:
+            import_bundle(bundle, kit, pki.ca_fingerprint)
+    assert damage in str(err.value) or "gateway.listen = 9443" in str(err.value)

@@ -161,6 +161,17 @@ def _mutations(tmp_path: Path) -> dict[str, str]:
         "ed25519 node key": {**good, "node_public_key": ed},
         "bad email": {**good, "contact": {"email": "nobody"}},
         "private key inside": {**good, "note": key_pem},
+        "name with a final newline": {**good, "name": "hospital-a\n"},
+        "organization with a final newline": {**good, "organization": "Acme\n"},
+        "organization with a final space": {**good, "organization": "Acme "},
+        "organization not in the CSR": {**good, "organization": "Acme"},
+        "email with a final newline": {**good, "contact": {"email": "it@a.example\n"}},
+        "phone over two lines": {**good, "contact": {"email": "it@a.example",
+                                                     "phone": "1\n| TLS key | AB:CD |"}},
+        "person too long": {**good, "contact": {"email": "it@a.example", "person": "x" * 200}},
+        "contact not text": {**good, "contact": {"email": "it@a.example", "phone": 5550100}},
+        "unknown contact field": {**good, "contact": {"email": "it@a.example", "fax": "1"}},
+        "created over two lines": {**good, "created": "2025-01-01T00:00:00+00:00\nforged"},
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in cases.items()}
 
@@ -184,3 +195,102 @@ def test_serials_are_written_as_nginx_logs_them(serial: int, text: str) -> None:
     from deploy.pki.authority import _nginx_serial
 
     assert _nginx_serial(serial) == text
+
+
+@pytest.mark.parametrize("check, value", [
+    ("name", "hospital-a\n"), ("name", " hospital-a"), ("organization", "Acme\n"),
+    ("organization", " Acme"), ("organization", "Acme "), ("organization", " "),
+    ("organization", "x" * 65)])
+def test_names_and_organizations_are_matched_whole(check: str, value: str) -> None:
+    """`$` also matches before a final newline: a silo named 'hospital-a\\n' would get a
+    certificate and could not be revoked by the name the operator sees."""
+    from deploy.pki.messages import check_name, check_organization
+
+    with pytest.raises(EnrollmentError, match="is invalid"):
+        (check_name if check == "name" else check_organization)(value)
+
+
+def test_organizations_that_nginx_reads_as_written_are_accepted() -> None:
+    from deploy.pki.messages import check_organization
+
+    for org in ("St. Mary's (North) & Co-op", "A", "x" * 64, "", None):
+        assert check_organization(org) == (org or None)
+
+
+def _request_for_keys(path: Path, name: str, tls_key: ec.EllipticCurvePrivateKey) -> Path:
+    """An enrollment request by ``tls_key`` and a fresh node key (what a silo that kept its
+    TLS key, or stole another's, would send)."""
+    from cryptography.hazmat.primitives import hashes
+
+    from deploy.pki.certs import make_csr, openssh_public_line
+    from deploy.pki.messages import EnrollmentRequest
+
+    node_key = ec.generate_private_key(ec.SECP384R1())
+    csr = make_csr(tls_key, name)
+    req = EnrollmentRequest(name, None, {"email": "it@a.example"}, csr,
+                            openssh_public_line(node_key.public_key()),
+                            "2025-01-01T00:00:00+00:00")
+    path.write_text(req.to_json(node_key.sign(csr.public_bytes(serialization.Encoding.DER),
+                                              ec.ECDSA(hashes.SHA256()))))
+    return path
+
+
+def test_a_certified_tls_key_is_never_enrolled_again(pki: Pki, tmp_path: Path) -> None:
+    """Revoked, or another silo's: a TLS key is certified once, like a node key."""
+    from deploy.pki.certs import load_private_key
+
+    pki.approve(enroll("hospital-a", tmp_path / "a", email="it@a.example"))
+    tls_key = load_private_key(tmp_path / "a" / "silo.key")
+    pki.revoke("hospital-a")
+    before = _snapshot(pki.root)
+    for name in ("hospital-a", "hospital-b"):
+        request = _request_for_keys(tmp_path / f"again-{name}.json", name, tls_key)
+        with pytest.raises(EnrollmentError, match="TLS key .* was already certified for "
+                                                  "'hospital-a' \\(state revoked\\)"):
+            pki.approve(request)
+        assert _snapshot(pki.root) == before
+    fresh = _request_for_keys(tmp_path / "fresh.json", "hospital-a",
+                              ec.generate_private_key(ec.SECP256R1()))
+    assert pki.approve(fresh).exists()
+
+
+@pytest.mark.parametrize("damage, command", [
+    ("pki.json", "status"), ("ca.crt", "status"), ("crl.pem", "status"),
+    ("issued", "renew"), ("issued", "roster"), ("nodes", "renew"), ("private/ca.key", "crl")])
+def test_a_damaged_pki_file_is_named_with_how_to_restore_it(pki: Pki, tmp_path: Path,
+                                                            damage: str, command: str) -> None:
+    pki.approve(enroll("hospital-a", tmp_path / "a", email="it@a.example"))
+    if damage in ("issued", "nodes"):
+        (path,) = (pki.root / damage).glob("hospital-a*")
+        path.unlink()
+    else:
+        path = pki.root / damage
+        path.write_text("{bad" if damage.endswith(".json") else "junk\n")
+    with pytest.raises(EnrollmentError) as err:
+        opened = Pki(pki.root)
+        {"status": lambda: (opened.ca_fingerprint, opened.crl_next_update()),
+         "renew": lambda: opened.renew("hospital-a"), "roster": opened.roster,
+         "crl": opened.publish_crl}[command]()
+    fix = "re-issue it with `xsilo pki crl`" if damage == "crl.pem" else "restore it from"
+    assert str(path) in str(err.value) and fix in str(err.value)
+
+
+@pytest.mark.parametrize("kw, refusal", [
+    ({"days": 0}, "--days 0 is not a lifetime"), ({"days": 10**8}, "not a lifetime"),
+    ({"hosts": ["fł.example.org"]}, "xn--"), ({"hosts": ["a b"]}, "not a DNS name"),
+    ({"address": "fl.example.org"}, "not host:port"),
+    ({"address": "fl.example.org:70000"}, "not host:port"), ({"port": 0}, "--port 0")])
+def test_coordinator_certificate_settings_are_checked_first(tmp_path: Path, kw: dict,
+                                                            refusal: str) -> None:
+    pki = Pki.init(tmp_path / "pki")
+    before = _snapshot(pki.root)
+    with pytest.raises(EnrollmentError, match=refusal):
+        pki.issue_coordinator(**{"hosts": ["fl.example.org"], **kw})
+    assert _snapshot(pki.root) == before
+
+
+def test_certificate_lifetimes_are_checked(pki: Pki, tmp_path: Path) -> None:
+    with pytest.raises(EnrollmentError, match="--days -1"):
+        pki.approve(enroll("hospital-a", tmp_path / "a", email="it@a.example"), days=-1)
+    with pytest.raises(EnrollmentError, match="--days 0"):
+        Pki.init(tmp_path / "other", days=0)

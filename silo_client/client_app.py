@@ -30,11 +30,11 @@ from flwr.clientapp import ClientApp
 
 from deploy.launch.poll import note_federation
 from silo_client import secure
-from silo_client.compress import compress_update
+from silo_client.compress import Compressed, compress_update
 from silo_client.sealed import KEY_FILE, SealBroken, seal, state_key, unseal
 from silo_client.identity import site_identity
 from silo_client.silo import Silo
-from xsilo.errors import ConfigError, PolicyRefusal, XsiloError
+from xsilo.errors import ConfigError, PolicyRefusal, ProtocolError, XsiloError
 from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, ERROR_CODES,
                             METRICS, SECAGG, SECAGG_ARRAYS, SILO)
 from xsilo.records import arrays_to_record, record_to_arrays
@@ -49,6 +49,7 @@ _SECAGG_STATE = "xsilo.secagg"  # context.state: protocol state, holds private k
 _RUN_STATE = "xsilo.run"  # context.state: how this silo joined the run
 _SEALED = "sealed"  # each record above holds one blob sealed under the workspace key
 _JOINED_SECURE = "joined-secure"  # … whether it joined under secure aggregation
+_JOINED_DP = "joined-dp"  # … whether it joined under differential privacy
 
 Handler = Callable[[Message, Context], Message]
 
@@ -73,12 +74,20 @@ def _error_reply(msg: Message, exc: Exception, silo: str | None = None) -> Messa
 
 
 def _secagg_record(msg: Message) -> dict[str, Any] | None:
+    """The message's secure-aggregation record: its scalars and its vectors, one key each
+    (a vector may not stand in for a scalar such as ``kind``)."""
     content = msg.content
     if SECAGG not in content.config_records:
         return None
     record = dict(content.config_records[SECAGG])
     if SECAGG_ARRAYS in content.array_records:
-        record.update(record_to_arrays(content.array_records[SECAGG_ARRAYS]))
+        vectors = record_to_arrays(content.array_records[SECAGG_ARRAYS])
+        clash = sorted(set(vectors) & set(record))
+        if clash:
+            raise ProtocolError(f"the {SECAGG_ARRAYS!r} record repeats keys of the {SECAGG!r} "
+                                f"record: {clash}; each field travels once, as a scalar or a "
+                                "vector")
+        record.update(vectors)
     return record
 
 
@@ -92,11 +101,20 @@ def _secagg_content(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model(msg: Message) -> dict[str, np.ndarray]:
+    """The global model a message carries; a non-finite value in it is a ProtocolError (a
+    diverged or hostile model: nothing trained or scored on it could leave as a number)."""
     if ARRAYS not in msg.content.array_records:
         raise ConfigError(f"the {msg.metadata.message_type} message carries no model "
                           f"({ARRAYS!r} record); the coordinator and this silo must run the "
                           "same xsilo release")
-    return record_to_arrays(msg.content.array_records[ARRAYS])
+    params = record_to_arrays(msg.content.array_records[ARRAYS])
+    for name, tensor in params.items():
+        if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
+            raise ProtocolError(f"the {msg.metadata.message_type} message's global model has "
+                                f"non-finite values (NaN or inf) in tensor {name!r}; this silo "
+                                "trains and scores only a finite model (the run diverged, or "
+                                "the coordinator sent a broken one)")
+    return params
 
 
 def _opened(context: Context, silo: Silo, name: str) -> dict[str, Any] | None:
@@ -126,10 +144,11 @@ def _stored(context: Context, silo: Silo) -> dict[str, Any] | None:
     return _opened(context, silo, _SECAGG_STATE)
 
 
-def _joined_secure(context: Context, silo: Silo) -> bool:
-    """Whether this silo joined the run under secure aggregation (its join terms)."""
+def _joined(context: Context, silo: Silo, key: str) -> bool:
+    """Whether this silo joined the run under secure aggregation (``_JOINED_SECURE``) or
+    differential privacy (``_JOINED_DP``): its join terms."""
     state = _opened(context, silo, _RUN_STATE) or {}
-    return bool(state.get(_JOINED_SECURE, False))
+    return bool(state.get(key, False))
 
 
 class _Handlers:
@@ -186,7 +205,8 @@ class _Handlers:
         note_federation(terms.num_silos)  # paces this silo's SuperNode (deploy.launch.poll)
         silo = self.silo(context)
         info, params = silo.join(terms)
-        _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: terms.secure_aggregation})
+        _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: terms.secure_aggregation,
+                                          _JOINED_DP: terms.dp is not None})
         reply = info.to_config()
         silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
                            arrays=params, metrics={}, extra=reply)
@@ -200,28 +220,38 @@ class _Handlers:
         params = _model(msg)
         silo = self.silo(context)
         request = _secagg_record(msg)
+        stored = None
+        if request is not None:  # a mask request that cannot be answered costs nothing
+            stored = _stored(context, silo)
+            secure.check_mask_request(stored, request, terms=terms)
         # The site policy (require_secure_aggregation among its rules) and the run's own
         # terms are checked in Silo.train before any work: a clear round is refused there.
         result = silo.train(params, terms, secure=request is not None,
-                            joined_secure=_joined_secure(context, silo))
+                            joined_secure=_joined(context, silo, _JOINED_SECURE),
+                            joined_dp=_joined(context, silo, _JOINED_DP))
         policy = silo.policy
         if request is None:  # what leaves follows the site's share_metrics (count bucketed)
+            compressed = (None if terms.compression == "none"  # allowed: Silo.train checked it
+                          else compress_update(result.delta, params, terms,
+                                               workspace=silo.config.workspace))
+            result = silo.release(result)  # ε counted as the update is about to leave
             metrics = policy.shared_metrics(result.metrics, secure=False).to_record()
-            if terms.compression != "none":  # allowed by the policy: Silo.train checked it
-                return self._compressed_reply(msg, silo, terms, result, params, metrics)
+            if compressed is not None:
+                return self._compressed_reply(msg, silo, terms, result, compressed, metrics)
             silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
                                message_type="train", arrays=result.delta, metrics=metrics,
                                privacy=result.privacy)
             return Message(RecordDict({DELTA: arrays_to_record(result.delta),
                                        METRICS: MetricRecord(metrics)}), reply_to=msg)
         aggregated = policy.aggregated(result.metrics)
-        outcome = secure.mask(_stored(context, silo), request, delta=result.delta,
+        outcome = secure.mask(stored, request, delta=result.delta,
                               template=params,
                               num_examples=policy.reported_examples(
                                   result.metrics.num_examples or 0.0),
                               terms=terms, on_clipped=self.on_clipped,
                               limits=policy.secagg_limits(),
                               identity=site_identity(silo.config, policy), aux=aggregated)
+        result = silo.release(result)  # masked: ε counted as the masked update leaves
         _seal(context, silo, _SECAGG_STATE, outcome.state)
         metrics = policy.shared_metrics(result.metrics.merged(outcome.metrics),
                                         secure=True).to_record()
@@ -229,11 +259,9 @@ class _Handlers:
                                   privacy=result.privacy)
 
     def _compressed_reply(self, msg: Message, silo: Silo, terms: TrainTerms, result: Any,
-                          params: dict[str, np.ndarray], metrics: dict[str, float]) -> Message:
+                          compressed: Compressed, metrics: dict[str, float]) -> Message:
         """A clear update compressed as the run asks; the ledger records the compressed
         arrays, exactly what leaves."""
-        compressed = compress_update(result.delta, params, terms,
-                                     workspace=silo.config.workspace)
         header = CompressedHeader(compressed.method, compressed.length).to_config()
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,
                            message_type="train", arrays=compressed.arrays, metrics=metrics,

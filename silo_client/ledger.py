@@ -78,7 +78,8 @@ def raw_bytes(arr: np.ndarray) -> memoryview:
 
 def payload_digest(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, object]) -> str:
     """Stable SHA-256 over what is sent: every array (name, dtype, shape, little-endian
-    C-order bytes, in name order) followed by the canonical JSON of ``metrics``.
+    C-order bytes, in name order) followed by the canonical JSON of ``metrics`` as the
+    entry records them (a non-finite value by its name, ``"nan"``, ``"inf"``).
 
     Each field is length-prefixed so no two different payloads share a byte stream.
     """
@@ -96,7 +97,7 @@ def payload_digest(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, objec
         put(_canonical(list(arr.shape)))
         h.update(struct.pack(">Q", arr.nbytes))
         h.update(raw_bytes(arr))  # the array's own buffer, not a copy
-    put(_canonical(dict(metrics)))
+    put(_canonical(_metric_values(metrics)))
     return h.hexdigest()
 
 

@@ -11,8 +11,13 @@ is never used as ε. Per run, the accountant's history lives in
 ``workspace/privacy/<run>.json``; the site-lifetime total in ``workspace/privacy-tally.json``
 (:class:`~silo_client.policy.PrivacyTally`, runs add up). A round whose ε would cross the
 site policy's ``max_epsilon`` is refused with ``PolicyRefusal("max_epsilon")`` before
-anything is sent. The silo counts a round when it sends its update (conservative: the
-coordinator counts only rounds it released).
+anything is sent, and one whose ε would cross the run's own ``max_epsilon`` (the cap the
+silo's join projection took on trust) with ``PrivacyBudgetExceeded``. The silo counts every
+update it releases, just before it leaves: a round the coordinator sends again (a re-run
+after a restart, or a replay) is another release and is counted again (conservative: the
+coordinator counts only rounds it released, and adopts a higher silo tally).
+The coordinator's ``[dp]`` table is checked at the edge: a value of the wrong type, or
+arithmetic on it that fails or gives no ε, is a ``ProtocolError``.
 
 Under secure aggregation :func:`secure_update` clips the update (and, for the distributed
 mechanism, encodes it with this silo's discrete-Gaussian share) before
@@ -21,10 +26,12 @@ mechanism, encodes it with this silo's discrete-Gaussian share) before
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ from silo_client.policy import PrivacyTally, RunTerms, SitePolicy, check_round
 from strategies.dp import (Accountant, ClipResult, DPConfig, GaussianRound, ZCDPRound,
                            clip_update, default_source, encode_update)
 from strategies.secagg import SecAggConfig
-from xsilo.errors import ConfigError, ProtocolError
+from xsilo.errors import ConfigError, PrivacyBudgetExceeded, ProtocolError
 from xsilo.files import atomic_write
 from xsilo.protocol import flatten_update, model_length
 from xsilo.terms import DPTerms, JoinTerms, TrainTerms
@@ -43,12 +50,61 @@ __all__ = ["RoundPrivacy", "SecureDPUpdate", "SiloPrivacy", "ledger_fields", "pa
            "secure_update"]
 
 TALLY_FILE = "privacy-tally.json"
+_LOCK_FILE = "privacy/.lock"  # held while a release is counted (one writer at a time)
+_TEXT_KEYS = frozenset({"mechanism", "clipping", "accounting"})
+_INTEGER_KEYS = frozenset({"modulus_bits"})
+_OPTIONAL_KEYS = frozenset({"clip_norm", "max_epsilon", "clip_count_stddev"})
 
 
 def parse_dp(terms: DPTerms | None) -> DPConfig | None:
-    """The run's DP settings from its stated terms (None: the run uses no DP); an invalid
-    table is a ConfigError naming the setting."""
-    return None if terms is None else DPConfig.from_mapping(dict(terms.table))
+    """The run's DP settings from its stated terms (None: the run uses no DP).
+
+    A value of the wrong type (a string, null or non-finite number where a finite number
+    belongs) is a ProtocolError naming the key; a table that :class:`DPConfig` refuses
+    (a range, a missing or unknown key) a ConfigError naming the setting.
+    """
+    if terms is None:
+        return None
+    table = dict(terms.table)
+    known = {f.name for f in fields(DPConfig)}
+    for key, value in table.items():
+        if key in known:  # an unknown key is DPConfig's to name
+            _check_dp_value(key, value)
+    with _dp_arithmetic("checking the [dp] table"):
+        return DPConfig.from_mapping(table)
+
+
+def _check_dp_value(key: str, value: object) -> None:
+    if key in _TEXT_KEYS:
+        ok, expected = isinstance(value, str), "a string"
+    elif key in _INTEGER_KEYS:
+        ok, expected = type(value) is int, "an integer"
+    else:
+        ok = (value is None and key in _OPTIONAL_KEYS
+              or type(value) is float and math.isfinite(value)
+              or type(value) is int and abs(value) <= 2**53)  # as a float, exactly
+        expected = "a finite number" + (" or nothing" if key in _OPTIONAL_KEYS else "")
+    if not ok:
+        raise ProtocolError(f"DP terms: dp.{key} = {value!r:.40} ({type(value).__name__}); "
+                            f"expected {expected}. The coordinator's [dp] table is malformed")
+
+
+@contextmanager
+def _dp_arithmetic(what: str) -> Iterator[None]:
+    """Accounting over the coordinator's numbers: a failure there is the terms' fault."""
+    try:
+        yield
+    except (ArithmeticError, ValueError) as exc:  # overflow, 1/0, a math domain error
+        raise ProtocolError(f"DP terms: {what} failed on the stated [dp] table "
+                            f"({type(exc).__name__}: {exc}); the coordinator must state "
+                            "numbers its own accountant can use") from None
+
+
+def _epsilon(value: float, what: str) -> float:
+    if math.isnan(value) or value < 0:
+        raise ProtocolError(f"DP terms: {what} gives epsilon {value!r}; the coordinator must "
+                            "state numbers its own accountant can use")
+    return value
 
 
 def _event(dp: DPConfig, *, dimension: int | None, num_silos: int | None,
@@ -138,7 +194,8 @@ class RoundPrivacy:
     noise_sigma: float
     state_path: Path
     accountant: Accountant
-    counted: bool = False  # the round was already counted (a redelivered message)
+    checks: dict[str, Any]  # the round's check_round terms, checked again when counted
+    max_epsilon: float | None = None  # the run's own cap: the lowest its terms ever stated
 
 
 class SiloPrivacy:
@@ -162,33 +219,57 @@ class SiloPrivacy:
         dp = parse_dp(join.dp)
         if dp is None:
             return base
-        event = _event(dp, dimension=dimension, num_silos=join.num_silos,
-                       min_survivors=join.secagg_threshold)
-        acct = dp.accountant()
-        for _ in range(join.num_rounds):
-            acct.compose_round(event)
-        projected = acct.epsilon()
-        if dp.max_epsilon is not None:
+        with _dp_arithmetic("the run's epsilon projection"):
+            event = _event(dp, dimension=dimension, num_silos=join.num_silos,
+                           min_survivors=join.secagg_threshold)
+            acct = dp.accountant()
+            for _ in range(join.num_rounds):
+                acct.compose_round(event)
+            projected = _epsilon(acct.epsilon(), "the run's epsilon projection")
+        if dp.max_epsilon is not None:  # kept: begin_round refuses a round past it
             projected = min(projected, dp.max_epsilon)
         return replace(base, dp_epsilon_total=projected, dp_delta=dp.delta)
 
-    def _load(self, run: str, dp: DPConfig) -> tuple[Path, Accountant, list[int]]:
+    def _load(self, run: str, dp: DPConfig) -> tuple[Path, Accountant, list[int], float | None]:
+        """The run's state file, accountant, releases (rounds) and the cap its joins stated."""
         path = self.workspace / "privacy" / f"{_safe(run)}.json"
-        if not path.exists():
-            return path, dp.accountant(), []
+        return (path, *self._read(path)) if path.exists() else (path, dp.accountant(), [], None)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[Accountant, list[int], float | None]:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-            return path, Accountant.from_state_dict(state["accountant"]), list(state["rounds"])
-        except (ValueError, KeyError, TypeError) as exc:
+            promised = state.get("max_epsilon")
+            return (Accountant.from_state_dict(state["accountant"]), list(state["rounds"]),
+                    None if promised is None else float(promised))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"privacy state {path} is unreadable ({exc}); restore it from "
                               "backup: spent budget must not be forgotten") from exc
 
+    @staticmethod
+    def _write(path: Path, acct: Accountant, rounds: list[int], promised: float | None) -> None:
+        atomic_write(path, json.dumps({"accountant": acct.state_dict(), "rounds": rounds,
+                                       "max_epsilon": promised}, sort_keys=True))
+
+    def promise(self, join: JoinTerms) -> None:
+        """Remember the run's ``max_epsilon`` that the join's projection was capped at (call
+        it once the join is accepted): every later round of the run is held to the lowest
+        cap any of its joins stated, whatever the round's own table says."""
+        dp = parse_dp(join.dp)
+        if dp is None or join.dp is None or dp.max_epsilon is None:
+            return
+        with _exclusive(self.workspace / _LOCK_FILE):
+            path, acct, rounds, promised = self._load(join.dp.run, dp)
+            self._write(path, acct, rounds, _lowest(promised, dp.max_epsilon))
+
     def begin_round(self, terms: TrainTerms, *, dimension: int | None = None,
                     secure: bool | None = None) -> RoundPrivacy | None:
-        """Check this round against the site policy; raise PolicyRefusal before any work.
+        """Check this round against the site policy and the run's own ``max_epsilon``;
+        raise PolicyRefusal (or PrivacyBudgetExceeded) before any work.
 
         ``secure``: whether this round's update will be masked (the train message carries a
         mask request); None reads it from the terms (secure rounds state their weighting).
+        Nothing is counted here: :meth:`commit` counts the release.
         """
         checks = dict(server_round=terms.server_round, participants=terms.participants,
                       strategy=terms.strategy, compression=terms.compression,
@@ -198,35 +279,67 @@ class SiloPrivacy:
             check_round(self.policy, **checks, epsilon_spent=None, epsilon_next=None)
             return None
         run = terms.dp.run
-        path, acct, rounds = self._load(run, dp)
+        path, acct, _, promised = self._load(run, dp)
         if acct.delta != dp.delta or acct.method != dp.accounting_method:
             raise ConfigError(f"run {run}: the coordinator changed delta or the accounting method "
                               "mid-run; the silo refuses mixed accounting")
-        event = _event(dp, dimension=dimension, num_silos=terms.dp.num_silos,
-                       min_survivors=terms.dp.min_survivors)
-        counted = terms.server_round in rounds
-        eps_after = acct.epsilon() if counted else acct.epsilon_if(event)
-        tally = self.tally
-        check_round(self.policy, **checks, epsilon_spent=tally.total(),
-                    epsilon_next=tally.total_after(run, eps_after))
+        with _dp_arithmetic(f"round {terms.server_round}'s accounting"):
+            event = _event(dp, dimension=dimension, num_silos=terms.dp.num_silos,
+                           min_survivors=terms.dp.min_survivors)
         clip = terms.dp.clip_norm if terms.dp.clip_norm is not None else dp.clip_norm
-        return RoundPrivacy(run, terms.server_round, event, eps_after, float(clip or 0.0),
-                            float(terms.dp.noise_stddev or 0.0), path, acct, counted)
+        rp = RoundPrivacy(run, terms.server_round, event, 0.0, float(clip or 0.0),
+                          float(terms.dp.noise_stddev or 0.0), path, acct, checks,
+                          _lowest(promised, dp.max_epsilon))
+        rp.epsilon_after = self._check_spend(rp, acct)
+        return rp
+
+    def _check_spend(self, rp: RoundPrivacy, acct: Accountant) -> float:
+        """ε of the run after one more release on ``acct``, within the site policy and the
+        run's own cap (refused otherwise)."""
+        what = f"round {rp.server_round}'s accounting"
+        with _dp_arithmetic(what):
+            eps_after = _epsilon(acct.epsilon_if(rp.event), what)
+        tally = self.tally
+        check_round(self.policy, **rp.checks, epsilon_spent=tally.total(),
+                    epsilon_next=tally.total_after(rp.run, eps_after))
+        if rp.max_epsilon is not None and eps_after > rp.max_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"run {rp.run}: round {rp.server_round} would raise its epsilon from "
+                f"{acct.epsilon():.4g} to {eps_after:.4g} > the run's own max_epsilon "
+                f"{rp.max_epsilon:g} (the cap this silo's join projection took on trust); "
+                "no update sent")
+        return eps_after
 
     def commit(self, rp: RoundPrivacy) -> float:
-        """Record the round (before the update leaves the site); return the run's ε."""
-        if not rp.counted:
-            rp.accountant.compose_round(rp.event)
-            rounds = [*self._load_rounds(rp.state_path), rp.server_round]
-            atomic_write(rp.state_path, json.dumps(
-                {"accountant": rp.accountant.state_dict(), "rounds": rounds}, sort_keys=True))
-        eps = rp.accountant.epsilon()
-        self.tally.record(rp.run, rp.server_round, eps)
+        """Count one release of the round's update (just before it leaves the site) and
+        return the run's ε. Every release counts, a round sent again included; the run's
+        state is read again under a lock, so a release counted meanwhile (another message
+        of the run) is composed with this one and the caps are checked again."""
+        with _exclusive(self.workspace / _LOCK_FILE):
+            acct, rounds, promised = (self._read(rp.state_path) if rp.state_path.exists()
+                                      else (rp.accountant, [], None))
+            eps = rp.epsilon_after
+            if acct.state_dict() != rp.accountant.state_dict() or (
+                    _lowest(promised, rp.max_epsilon) != rp.max_epsilon):  # changed meanwhile
+                rp.max_epsilon = _lowest(promised, rp.max_epsilon)
+                eps = self._check_spend(rp, acct)
+            acct.compose_round(rp.event)
+            self._write(rp.state_path, acct, [*rounds, rp.server_round], promised)
+            self.tally.record(rp.run, rp.server_round, eps)
         return eps
 
-    @staticmethod
-    def _load_rounds(path: Path) -> list[int]:
-        return list(json.loads(path.read_text())["rounds"]) if path.exists() else []
+
+def _lowest(*caps: float | None) -> float | None:
+    stated = [c for c in caps if c is not None]
+    return min(stated) if stated else None
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def ledger_fields(rp: RoundPrivacy | None, epsilon: float | None) -> dict[str, float | None]:

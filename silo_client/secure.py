@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from strategies.secagg import (
-    KeyRequest, MaskRequest, Message, SiloIdentity, SiloLimits, UnmaskRequest,
+    KeyRequest, MaskRequest, Message, SiloIdentity, SiloLimits, SiloStage, UnmaskRequest,
     message_from_record, new_silo, silo_state_from_record, silo_state_to_record, silo_step)
 from strategies.secagg.messages import DealRequest
 from strategies.secagg.quantize import count_clipped
@@ -39,8 +39,8 @@ from xsilo.errors import KeysMissing, ProtocolError
 from xsilo.protocol import flatten_update
 from xsilo.terms import SiloMetrics, TrainTerms
 
-__all__ = ["MaskOutcome", "deal", "is_deal", "mask", "mask_evaluation", "record_digest",
-           "setup", "unmask", "weight_for"]
+__all__ = ["MaskOutcome", "check_mask_request", "deal", "is_deal", "mask", "mask_evaluation",
+           "record_digest", "setup", "unmask", "weight_for"]
 
 
 def _expect(record: Mapping[str, Any] | None, expected: type[Message], step: str) -> Message:
@@ -85,7 +85,8 @@ def setup(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *
 
 def is_deal(request: Mapping[str, Any] | None) -> bool:
     """Whether a ``train.secagg_setup`` record is a round's dealing (not a key request)."""
-    return isinstance(request, Mapping) and request.get("kind") == DealRequest.KIND
+    kind = request.get("kind") if isinstance(request, Mapping) else None
+    return isinstance(kind, str) and kind == DealRequest.KIND
 
 
 def deal(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
@@ -116,6 +117,36 @@ class MaskOutcome:
     metrics: SiloMetrics
 
 
+def check_mask_request(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None,
+                       *, terms: TrainTerms) -> MaskRequest:
+    """A train message's mask request, checked before any training and before any ε is
+    counted: a MaskRequest, for this silo's secure-aggregation run (its keys present), in a
+    stage that accepts it, for the round of the train ``terms`` and one not masked yet.
+    ProtocolError (KeysMissing without keys) otherwise; :func:`mask` checks the rest."""
+    message = _expect(request, MaskRequest, "masked input")
+    if terms.secagg_weighted is None:
+        raise ProtocolError("masked input: the round's terms carry a mask request but do not "
+                            "say how updates are weighted (secure rounds state it)")
+    state = _state(stored, "masked input")
+    if state.config is None or message.run_id != state.config.run_id:
+        raise ProtocolError(f"masked input: the mask request is for secure-aggregation run "
+                            f"{message.run_id!r}, this silo's keys are not; refusing")
+    if message.round != terms.server_round:
+        raise ProtocolError(f"masked input: the mask request is for round {message.round}, the "
+                            f"train message for round {terms.server_round}; refusing (the "
+                            "round masked must be the round accounted)")
+    if state.config.round_keys:
+        ready = state.stage is SiloStage.DEALT and message.round == state.last_round
+    else:
+        ready = state.stage in (SiloStage.READY, SiloStage.MASKED) and (
+            message.round > state.last_round)
+    if not ready:
+        raise ProtocolError(f"masked input: silo {state.silo} in stage {state.stage.value!r} "
+                            f"(last round {state.last_round}) cannot mask round {message.round} "
+                            "(out of order, replayed, or its dealing missing); refusing")
+    return message
+
+
 def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
          delta: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray],
          num_examples: float, terms: TrainTerms,
@@ -131,12 +162,9 @@ def mask(stored: Mapping[str, Any] | None, request: Mapping[str, Any] | None, *,
     ``aux``: the statistics summed beside the update (the silo's metrics as sums,
     :meth:`~silo_client.policy.SitePolicy.aggregated`).
     """
-    message = _expect(request, MaskRequest, "masked input")
+    message = check_mask_request(stored, request, terms=terms)
     vector = None if aux is None else np.asarray(aux, dtype=np.float64)
-    if terms.secagg_weighted is None:
-        raise ProtocolError("masked input: the round's terms carry a mask request but do not "
-                            "say how updates are weighted (secure rounds state it)")
-    weighted = terms.secagg_weighted
+    weighted = bool(terms.secagg_weighted)
     state = _state(stored, "masked input")
     assert state.config is not None
     dp = parse_dp(terms.dp)

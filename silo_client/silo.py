@@ -26,7 +26,7 @@ from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
 from silo_client.dpsgd import attach_dpsgd
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
-from silo_client.privacy import SiloPrivacy, ledger_fields, parse_dp
+from silo_client.privacy import RoundPrivacy, SiloPrivacy, ledger_fields, parse_dp
 from strategies.aggregate import squared_norm
 from xsilo.errors import ProtocolError
 from xsilo.protocol import model_length
@@ -48,6 +48,7 @@ class TrainResult:
     delta: dict[str, np.ndarray]
     metrics: SiloMetrics
     privacy: dict[str, float | None] | None = None  # clip norm, σ, this run's ε (ledger)
+    pending: RoundPrivacy | None = None  # the round's ε, checked; Silo.release counts it
 
 
 def _load_cached(path: Path, config: SiloConfig) -> LocalDataset:
@@ -129,6 +130,7 @@ class Silo:
             _ = self.test_data
         fingerprint = schema_fingerprint(self.config.schema, len(train))
         params = self.model(terms.seed).get_parameters()
+        self.privacy.promise(terms)  # the projection took the run's max_epsilon on trust
         return SiloInfo(self.config.name, fingerprint), params
 
     def _coordinator_fingerprint(self) -> str | None:
@@ -157,14 +159,17 @@ class Silo:
                            eval_mse=float(scores["loss"]) if regression else None)
 
     def train(self, global_params: Mapping[str, np.ndarray], terms: TrainTerms, *,
-              secure: bool | None = None, joined_secure: bool = False) -> TrainResult:
+              secure: bool | None = None, joined_secure: bool = False,
+              joined_dp: bool = False) -> TrainResult:
         """Evaluate the incoming model, train locally, return the update and metrics.
 
         ``secure``: whether the update will be masked (the message carries a mask request);
         None reads it from the terms. Every site-policy rule that applies to a
         round is re-checked first (:func:`~silo_client.policy.check_round`); then a silo
         that joined the run under secure aggregation (``joined_secure``) refuses a clear
-        round with a ProtocolError.
+        round, and one that joined it under DP (``joined_dp``) a round without DP terms,
+        with a ProtocolError. The round's ε is checked, not counted: :meth:`release`
+        counts it when the update is about to leave.
         """
         started = time.perf_counter()
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
@@ -174,6 +179,10 @@ class Silo:
             raise ProtocolError("this silo joined the run with secure aggregation but the "
                                 "train message has no mask request; refusing to send the "
                                 "update in the clear")
+        if joined_dp and terms.dp is None:
+            raise ProtocolError(f"this silo joined the run under differential privacy but "
+                                f"round {terms.server_round}'s terms carry no DP terms; "
+                                "refusing to send an update without its clipping and accounting")
         settings = FitSettings.from_terms(terms)
         model = self.model(terms.seed, settings)
         dpsgd = None
@@ -195,12 +204,18 @@ class Silo:
             extra={k: float(v) for k, v in fit.items() if k not in TERM_KEYS})
         if terms.statistics:  # what the round's strategy asks of every silo (a fixed list)
             metrics = replace(metrics, **self._statistics(terms, delta, len(train)))
-        ledger = None
-        if round_privacy is not None:  # counted before the update leaves the site
-            spent = self.privacy.commit(round_privacy)
-            ledger = ledger_fields(round_privacy, spent)
-            metrics = replace(metrics, dp_epsilon_tally=spent)  # the coordinator compares
-        return TrainResult(delta, metrics, ledger)
+        return TrainResult(delta, metrics, pending=round_privacy)
+
+    def release(self, result: TrainResult) -> TrainResult:
+        """Count the update's ε as it is about to leave the site (every release, a round sent
+        again included; PolicyRefusal or PrivacyBudgetExceeded if a release counted
+        meanwhile leaves no room): the result with this run's ε tally in its metrics (the
+        coordinator compares) and the ledger's DP fields."""
+        if result.pending is None:
+            return result
+        spent = self.privacy.commit(result.pending)
+        return replace(result, metrics=replace(result.metrics, dp_epsilon_tally=spent),
+                       privacy=ledger_fields(result.pending, spent), pending=None)
 
     @staticmethod
     def _statistics(terms: TrainTerms, delta: Mapping[str, np.ndarray],

@@ -12,8 +12,9 @@ one ``Array`` under the key :data:`PACKED`, its bytes
     | each array's bytes at its offset (a multiple of :data:`ALIGN`, ascending, no overlap)
 
 and a single array travels as Flower's own ``Array``. :func:`record_to_arrays` reads both
-and treats the packed header as hostile: any size, offset, dtype or name that does not fit
-is a :class:`~xsilo.errors.ProtocolError` naming it. The coordinator decodes them as
+as hostile: any size, offset, dtype, shape or name in a packed header, and any ``.npy``
+header or metadata of a single ``Array``, that does not fit is a
+:class:`~xsilo.errors.ProtocolError` naming it. The coordinator decodes them as
 read-only views of the record's bytes (no copy); a silo gets writable arrays of its own.
 ``XSILO_PACK_ARRAYS=0`` in a sender's environment sends one Flower ``Array`` per array, as
 Flower does (a benchmark's comparison; every receiver reads both).
@@ -21,14 +22,16 @@ Flower does (a benchmark's comparison; every receiver reads both).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import struct
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from numpy.lib import format as npy_format
 
 from xsilo.errors import ProtocolError
 
@@ -41,6 +44,8 @@ PACK_ENV = "XSILO_PACK_ARRAYS"  # "0": one Flower Array per array, as Flower sen
 ALIGN = 64  # bytes: every array starts at a multiple of this in the packed buffer
 _DTYPE_KINDS = "biuf"  # bool, signed and unsigned integers, floats: what xsilo sends
 _HEADER_LIMIT = 64 * 1024 * 1024  # a header longer than this is not one xsilo wrote
+_MAX_ELEMENTS = 2**40  # an empty array's, zeros counted as 1 (numpy's limit: near 2**60)
+_NUMPY_STYPE = "numpy.ndarray"  # Flower's Array of one numpy array: .npy bytes
 
 
 def _padded(n: int) -> int:
@@ -118,9 +123,9 @@ def _entry(entry: object, buffer: bytes, end: int) -> tuple[str, np.ndarray, int
     if dtype is None or dtype.kind not in _DTYPE_KINDS or dtype.itemsize > 8:
         raise ProtocolError(f"packed arrays: {name!r} has dtype {dtype_str!r:.40}, not a "
                             "bool, integer or float type")
-    if not (isinstance(shape, list) and len(shape) <= 32 and all(
-            type(d) is int and d >= 0 for d in shape)):
-        raise ProtocolError(f"packed arrays: {name!r} has shape {shape!r:.80}")
+    if not (isinstance(shape, list) and _sane(shape)):
+        raise ProtocolError(f"packed arrays: {name!r} has shape {shape!r:.80} (at most 32 "
+                            f"dimensions; empty: {_MAX_ELEMENTS} elements, zeros counted as 1)")
     if type(offset) is not int or offset < end or offset % ALIGN:
         raise ProtocolError(f"packed arrays: {name!r} at offset {offset!r:.40}, expected an "
                             f"aligned offset from {end} on")
@@ -160,4 +165,50 @@ def record_to_arrays(record: ArrayRecord, *, views: bool = False) -> dict[str, n
             raise ProtocolError(f"packed arrays with stype {array.stype!r:.40}")
         arrays = unpack(array.data)
         return arrays if views else {name: a.copy() for name, a in arrays.items()}
-    return {name: record[name].numpy() for name in record.keys()}
+    return {name: _single(name, record[name]) for name in record.keys()}
+
+
+def _single(name: str, array: Array) -> np.ndarray:
+    """One Flower ``Array`` (``.npy`` bytes) → a writable array of its own; ProtocolError
+    for anything but a bool, integer or float array whose ``.npy`` header agrees with the
+    ``Array``'s dtype and shape and whose bytes are exactly its data. The header is read
+    here, not by ``np.load``: that allocates whatever size a header claims."""
+    if array.stype != _NUMPY_STYPE or not isinstance(array.data, bytes):
+        raise ProtocolError(f"array {name!r} has stype {array.stype!r:.40}, expected "
+                            f"{_NUMPY_STYPE!r} (or a packed record)")
+    stream = io.BytesIO(array.data)
+    try:
+        version = npy_format.read_magic(stream)
+        read = {(1, 0): npy_format.read_array_header_1_0,
+                (2, 0): npy_format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f".npy format version {version}, expected 1.0 or 2.0")
+        shape, fortran, dtype = read(stream)
+    except (ValueError, TypeError, SyntaxError, RecursionError, OverflowError) as exc:
+        raise ProtocolError(f"array {name!r}: its bytes are not a .npy array ({exc})") from None
+    if dtype.kind not in _DTYPE_KINDS or dtype.itemsize > 8:
+        raise ProtocolError(f"array {name!r} has dtype {str(dtype)!r:.40}, not a bool, integer "
+                            "or float type")
+    if not _sane(list(shape)):
+        raise ProtocolError(f"array {name!r} has shape {tuple(shape)!r:.80} (at most 32 "
+                            f"dimensions; empty: {_MAX_ELEMENTS} elements, zeros counted as 1)")
+    if str(dtype) != array.dtype or list(shape) != list(array.shape):
+        raise ProtocolError(f"array {name!r}: its data is {str(dtype)!r:.40} {tuple(shape)!r:.80}"
+                            f" but the Array says {array.dtype!r:.40} {tuple(array.shape)!r:.80}")
+    count, start = math.prod(shape), stream.tell()
+    if start + count * dtype.itemsize != len(array.data):
+        raise ProtocolError(f"array {name!r}: {tuple(shape)!r:.80} of {str(dtype)!r} needs "
+                            f"{count * dtype.itemsize} bytes after its {start}-byte header, the "
+                            f"data has {len(array.data) - start}")
+    if not count:  # numpy refuses an empty view at the buffer's very end
+        return np.empty(shape, dtype=dtype)
+    flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=start)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+
+
+def _sane(shape: list[Any]) -> bool:
+    """Whether ``shape`` is one numpy can hold: at most 32 non-negative int dimensions and,
+    for an empty array (whose other dimensions no byte count bounds), at most
+    :data:`_MAX_ELEMENTS` elements were its zero dimensions 1."""
+    return len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape) and (
+        0 not in shape or math.prod(d for d in shape if d) <= _MAX_ELEMENTS)

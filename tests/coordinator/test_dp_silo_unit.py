@@ -32,7 +32,7 @@ def _round_config(priv: RunPrivacy, r: int, **extra) -> TrainTerms:
     return TrainTerms.from_config({**terms.to_config(), **extra})
 
 
-def test_silo_tally_matches_the_coordinator_and_ignores_redelivery(tmp_path: Path) -> None:
+def test_silo_tally_matches_the_coordinator_and_counts_a_round_sent_again(tmp_path: Path) -> None:
     priv = _coordinator()
     silo = SiloPrivacy(tmp_path / "ws", SitePolicy())
     for r in (1, 2, 3):
@@ -41,10 +41,13 @@ def test_silo_tally_matches_the_coordinator_and_ignores_redelivery(tmp_path: Pat
         priv.commit_round()
         assert eps == pytest.approx(priv.accountant.epsilon(), rel=1e-9)
         assert rp.clip_norm == 1.0 and rp.noise_sigma == pytest.approx(1.5)
-    again = silo.begin_round(_round_config(priv, 3))  # the same round delivered twice
-    assert silo.commit(again) == pytest.approx(eps)
+    # the same round sent twice: a second update leaves, and is a second release
+    again = silo.begin_round(_round_config(priv, 3))
+    priv.commit_round()
+    eps_again = silo.commit(again)
+    assert eps_again > eps and eps_again == pytest.approx(priv.accountant.epsilon(), rel=1e-9)
     tally = json.loads((tmp_path / "ws" / TALLY_FILE).read_text())
-    assert tally["total_epsilon"] == pytest.approx(eps)
+    assert tally["total_epsilon"] == pytest.approx(eps_again)
 
 
 def test_silo_ignores_an_epsilon_the_coordinator_claims(tmp_path: Path) -> None:

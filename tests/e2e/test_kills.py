@@ -31,7 +31,8 @@ def test_a_secure_dp_run_killed_in_key_setup_then_in_unmasking_completes_with_th
     (a key advert is in, the run is not keyed), the second during round 1's unmasking (the
     silos' masked updates left — each silo counted its ε — and one unmask share is in). The
     resumed run is keyed afresh each time and reports the ε each silo recorded itself:
-    round 1 counted once, not once per attempt."""
+    round 1's update left twice, so each silo counted two releases (it cannot tell a restart
+    from a replay), and the coordinator adopts that tally."""
     dp = DPConfig(mechanism="central", noise_multiplier=2.0, clip_norm=1.0, accounting="rdp")
     config = RunConfig(num_rounds=1, min_silos=3, expected_silos=3, secure_aggregation=True,
                        round_timeout=40.0, join_timeout=45.0, name="secure-dp", dp=dp)
@@ -77,7 +78,7 @@ def test_a_secure_dp_run_killed_in_key_setup_then_in_unmasking_completes_with_th
         silo = next(s for s in fed.silos if s.name == name)
         tally = PrivacyTally(silo.workspace / TALLY_FILE).runs[token]
         assert tally["epsilon"] == pytest.approx(summary["epsilon"], rel=1e-9), name
-        # round 1's update left twice (the unmasking kill, then the resumed run): the same ε
-        assert len(sent) == 2 and sent[0]["epsilon"] == sent[1]["epsilon"] == tally["epsilon"]
+        # round 1's update left twice (the unmasking kill, then the resumed run): two releases
+        assert len(sent) == 2 and sent[0]["epsilon"] < sent[1]["epsilon"] == tally["epsilon"]
         state = json.loads(next((silo.workspace / "privacy").glob("*.json")).read_text())
-        assert state["rounds"] == [1], (name, state["rounds"])  # composed once
+        assert state["rounds"] == [1, 1], (name, state["rounds"])  # composed twice

@@ -318,3 +318,16 @@ def test_record_digest_hashes_vectors_by_their_bytes() -> None:
     changed[7] += 1
     assert record_digest({"kind": "masked", "masked": changed}) != base
     assert record_digest({"kind": "masked", "masked": vec[::2]}) != base
+
+
+def test_a_non_finite_metric_is_digested_and_recorded_by_its_name(tmp_path: Path) -> None:
+    """A diverged model's loss is NaN: the entry and its payload digest hold it as "nan"."""
+    nan, inf = payload_digest({}, {"loss": float("nan")}), payload_digest({}, {"loss": float("inf")})
+    assert nan != inf
+    assert payload_digest(ARRAYS, {"loss": 0.5}) == _reference_payload_digest(ARRAYS, {"loss": 0.5})
+    entry = EgressLedger(tmp_path / "egress.jsonl").append(
+        run_id="r", server_round=1, message_type="evaluate", tensors={}, payload_sha256=nan,
+        masked=False, clip_norm=None, noise_sigma=None, epsilon=None,
+        metrics={"loss": float("nan")})
+    assert entry["metrics"] == {"loss": "nan"}
+    assert verify_ledger(tmp_path / "egress.jsonl").ok

@@ -138,3 +138,56 @@ def test_a_packed_record_that_is_not_only_that_is_refused() -> None:
     other = Array(dtype="uint8", shape=(len(data),), stype="numpy.ndarray", data=data)
     with pytest.raises(ProtocolError, match="stype"):
         record_to_arrays(ArrayRecord({PACKED: other}))
+
+
+@pytest.mark.parametrize("shape", [[0, 10**30], [0, 2**62, 2**62], [2**40, 0, 2**20]])
+def test_an_empty_array_of_absurd_dimensions_is_a_protocol_error(shape: list[int]) -> None:
+    with pytest.raises(ProtocolError, match="has shape"):
+        unpack(_buffer([["w", "<f8", shape, 128]]))
+    assert unpack(_buffer([["w", "<f8", [0, 2**20], 128]]))["w"].shape == (0, 2**20)
+
+
+def _npy(header: dict, body: bytes) -> bytes:
+    """``.npy`` bytes with any header (``np.save`` writes only true ones)."""
+    import io
+
+    from numpy.lib import format as npy_format
+
+    out = io.BytesIO()
+    npy_format.write_array_header_1_0(out, header)
+    return out.getvalue() + body
+
+
+def _one(data: bytes, dtype: str = "float64", shape: tuple = (2,),
+         stype: str = "numpy.ndarray") -> ArrayRecord:
+    return ArrayRecord({"w": Array(dtype=dtype, shape=shape, stype=stype, data=data)})
+
+
+HEADER = {"descr": "<f8", "fortran_order": False, "shape": (2,)}
+
+
+@pytest.mark.parametrize(("record", "says"), [
+    (_one(b"\x93NUMPY garbage"), "not a .npy array"),
+    (_one(b"not npy at all"), "not a .npy array"),
+    (_one(_npy({**HEADER, "shape": "(2,"}, b"\0" * 16)), "not a .npy array"),
+    (_one(b"\0" * 16, stype="torch.raw"), "stype 'torch.raw'"),
+    (_one(_npy({**HEADER, "descr": "|O"}, b"\0" * 16)), "not a .npy array|not a bool"),
+    (_one(_npy({**HEADER, "descr": "<c16"}, b"\0" * 32)), "not a bool, integer or float"),
+    (_one(_npy(HEADER, b"\0" * 16), dtype="float32"), "the Array says 'float32'"),
+    (_one(_npy(HEADER, b"\0" * 16), shape=(1, 2)), r"the Array says 'float64' \(1, 2\)"),
+    (_one(_npy(HEADER, b"\0" * 8)), "needs 16 bytes"),
+    (_one(_npy(HEADER, b"\0" * 24)), "needs 16 bytes"),
+    (_one(_npy({**HEADER, "shape": (10**12,)}, b"\0" * 16), shape=(10**12,)), "needs 8000000"),
+    (_one(_npy({**HEADER, "shape": (0, 10**30)}, b""), shape=(0, 10**30)), "has shape"),
+])
+def test_a_malformed_single_array_is_a_protocol_error(record: ArrayRecord, says: str) -> None:
+    with pytest.raises(ProtocolError, match=says):
+        record_to_arrays(record)
+
+
+def test_a_single_array_is_read_as_numpy_wrote_it() -> None:
+    for a in (np.arange(6, dtype=">i4").reshape(2, 3), np.asfortranarray(np.ones((3, 2))),
+              np.zeros((0, 4), np.uint8), np.array([True, False])):
+        got = record_to_arrays(ArrayRecord({"w": Array(a)}))["w"]
+        assert got.dtype == a.dtype and got.shape == a.shape and got.flags.writeable
+        np.testing.assert_array_equal(got, a)

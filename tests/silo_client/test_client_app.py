@@ -1,0 +1,167 @@
+"""silo_client.client_app: what the coordinator sends is parsed before any work, and the
+site's ε is counted for every update that leaves and for nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from silo_client import secure as glue
+from silo_client.client_app import _Handlers
+from silo_client.config import load_silo_config
+from silo_client.privacy import TALLY_FILE
+from strategies.secagg import make_config
+from strategies.secagg.messages import KeyRequest, MaskRequest
+from xsilo import terms as T
+from xsilo.errors import ProtocolError
+from xsilo.protocol import ARRAYS, CONFIG, METRICS, SECAGG, SECAGG_ARRAYS
+from xsilo.records import arrays_to_record, record_to_arrays
+from xsilo.terms import DPTerms, JoinTerms, KeySetupTerms, TrainTerms
+
+TABLE = {"mechanism": "central", "noise_multiplier": 2.0, "clip_norm": 1.0}
+JOIN = JoinTerms(run_name="run", strategy="fedavg", num_rounds=3, seed=0, min_silos=2,
+                 num_silos=3)
+ROUND = TrainTerms(server_round=1, num_rounds=3, local_epochs=1, learning_rate=0.1,
+                   batch_size=32, seed=0, strategy="fedavg", run_token="t", participants=3)
+DP_ROUND = dataclasses.replace(ROUND, dp=DPTerms(table=TABLE, run="run-1", clip_norm=1.0,
+                                                 noise_stddev=2.0))
+SECAGG_RUN = make_config(run_id="sa-1", roster=[0, 1, 2], threshold=2, length=31, clip=1.0,
+                         bits=8, max_weight=10)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    """Messages outside a Flower runtime take their ids from TaskIdentity: run 7 here, and
+    as it was afterwards."""
+    saved = {a: getattr(TaskIdentity, f"_{a}") for a in ("run_id", "node_id", "task_id")}
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    for attr, value in saved.items():
+        setattr(TaskIdentity, attr, value)
+
+
+def _message(message_type: str, content: dict) -> Message:
+    return Message(content=RecordDict(content), dst_node_id=1, message_type=message_type)
+
+
+def _context(silo: Path) -> Context:
+    return Context(run_id=7, node_id=1, node_config={"silo-config": str(silo)},
+                   state=RecordDict(), run_config={})
+
+
+def _join(handlers: _Handlers, context: Context, terms: JoinTerms = JOIN) -> dict:
+    reply = handlers.join(_message("query", {CONFIG: ConfigRecord(terms.to_config())}), context)
+    return record_to_arrays(reply.content.array_records[ARRAYS])
+
+
+def _train(handlers: _Handlers, context: Context, params: dict, terms: TrainTerms = ROUND,
+           **extra: object) -> Message:
+    return handlers.train(_message("train", {CONFIG: ConfigRecord(terms.to_config()),
+                                             ARRAYS: arrays_to_record(params), **extra}),
+                          context)
+
+
+def _workspace(silo: Path) -> Path:
+    return load_silo_config(silo).workspace
+
+
+def _keyed(handlers: _Handlers, context: Context) -> None:
+    request = KeyRequest.for_config(SECAGG_RUN, epoch=1).to_record()
+    handlers.secagg_setup(_message("train.secagg_setup", {
+        CONFIG: ConfigRecord(KeySetupTerms(silo=0).to_config()),
+        SECAGG: ConfigRecord(request)}), context)
+
+
+def test_a_vector_cannot_stand_in_for_a_secagg_scalar(federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    request = KeyRequest.for_config(SECAGG_RUN, epoch=1).to_record()
+    for key, vector in (("kind", np.array([1, 2], np.uint32)), ("threshold", np.array([2]))):
+        msg = _message("train.secagg_setup", {
+            CONFIG: ConfigRecord(KeySetupTerms(silo=0).to_config()),
+            SECAGG: ConfigRecord(request), SECAGG_ARRAYS: arrays_to_record({key: vector})})
+        with pytest.raises(ProtocolError, match=f"repeats keys of the 'secagg' record: .'{key}'"):
+            handlers.secagg_setup(msg, context)
+    assert not glue.is_deal({"kind": np.array([1, 2])})
+    assert glue.is_deal({"kind": "secagg/deal_request"}) and not glue.is_deal(None)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_global_model_is_refused_at_the_edge(federation: list[Path],
+                                                          bad: float) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context)
+    broken = {**params, "coef": np.full_like(params["coef"], bad)}
+    with pytest.raises(ProtocolError, match="non-finite values .* in tensor 'coef'"):
+        _train(handlers, context, broken)
+    evaluate = _message("evaluate", {CONFIG: ConfigRecord({T.SERVER_ROUND: 1}),
+                                     ARRAYS: arrays_to_record(broken)})
+    reply = handlers.guarded(handlers.evaluate)(evaluate, context)
+    assert json.loads(reply.error.reason)["type"] == "ProtocolError"
+
+
+def test_a_round_sent_again_is_counted_again_and_reported(federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1")))
+    reported = [_train(handlers, context, params, DP_ROUND).content.metric_records[METRICS][
+        T.DP_EPSILON_TALLY] for _ in range(3)]
+    assert reported[0] < reported[1] < reported[2]
+    tally = json.loads((_workspace(federation[0]) / TALLY_FILE).read_text())
+    assert tally["total_epsilon"] == pytest.approx(reported[-1])
+
+
+def test_a_silo_that_joined_under_dp_refuses_a_round_without_it(federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1")))
+    with pytest.raises(ProtocolError, match="joined the run under differential privacy"):
+        _train(handlers, context, params, ROUND)
+
+
+def _mask_request(server_round: int, run_id: str = "sa-1") -> ConfigRecord:
+    return ConfigRecord(MaskRequest(run_id=run_id, round=server_round, active=(0, 1, 2),
+                                    dir_silos=(), dir_epochs=(), dir_enc_pks=(),
+                                    dir_mask_pks=()).to_record())
+
+
+@pytest.mark.parametrize(("request_record", "says"), [
+    (ConfigRecord({"kind": "bogus"}), "not a secure-aggregation message"),
+    (_mask_request(2), "mask request is for round 2, the train message for round 1"),
+    (_mask_request(1, run_id="another"), "secure-aggregation run 'another'"),
+])
+def test_a_mask_request_is_checked_before_training_or_any_epsilon(
+        federation: list[Path], request_record: ConfigRecord, says: str) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    join = dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1"), secure_aggregation=True,
+                               secagg_threshold=2)
+    params = _join(handlers, context, join)
+    _keyed(handlers, context)
+    secure_round = dataclasses.replace(DP_ROUND, secagg_weighted=True)
+    for _ in range(3):
+        with pytest.raises(ProtocolError, match=says):
+            _train(handlers, context, params, secure_round, **{SECAGG: request_record})
+    assert not (_workspace(federation[0]) / TALLY_FILE).exists()  # nothing left, nothing spent
+
+
+def test_the_secure_path_needs_keys_before_it_trains(federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1")))
+    with pytest.raises(ProtocolError, match="no secure-aggregation keys"):
+        _train(handlers, context, params, dataclasses.replace(DP_ROUND, secagg_weighted=True),
+               **{SECAGG: _mask_request(1)})
+    assert not (_workspace(federation[0]) / TALLY_FILE).exists()
+
+
+def test_an_array_record_is_refused_as_hostile_input(federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    _join(handlers, context)
+    garbage = ArrayRecord({"coef": Array(dtype="<f8", shape=(1, 30), stype="numpy.ndarray",
+                                         data=b"\x93NUMPY garbage")})
+    msg = _message("train", {CONFIG: ConfigRecord(ROUND.to_config()), ARRAYS: garbage})
+    reply = handlers.guarded(handlers.train)(msg, context)
+    assert json.loads(reply.error.reason)["type"] == "ProtocolError"

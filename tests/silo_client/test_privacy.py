@@ -1,0 +1,128 @@
+"""silo_client.privacy: the coordinator's [dp] table parsed as hostile input, every release
+counted, and the run's own max_epsilon enforced once the join projection relied on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from silo_client.policy import PrivacyTally, SitePolicy
+from silo_client.privacy import TALLY_FILE, SiloPrivacy, parse_dp
+from strategies.dp import DPConfig
+from xsilo.errors import ConfigError, PolicyRefusal, PrivacyBudgetExceeded, ProtocolError
+from xsilo.terms import DPTerms, JoinTerms, TrainTerms
+
+TABLE = {"mechanism": "central", "noise_multiplier": 2.0, "clip_norm": 1.0}
+DISTRIBUTED = {"mechanism": "distributed", "noise_multiplier": 1.0, "clip_norm": 1.0}
+
+
+def _join(table: dict, **kw) -> JoinTerms:
+    return JoinTerms(run_name="r", strategy="fedavg", num_rounds=kw.pop("num_rounds", 5),
+                     seed=0, min_silos=2, num_silos=3, dp=DPTerms(table=table, run="run-1"),
+                     **kw)
+
+
+def _round(server_round: int, table: dict = TABLE) -> TrainTerms:
+    terms = TrainTerms(server_round=server_round, num_rounds=50, local_epochs=1,
+                       learning_rate=0.1, batch_size=32, seed=0, strategy="fedavg",
+                       run_token="t", participants=3,
+                       dp=DPTerms(table=table, run="run-1", clip_norm=1.0, noise_stddev=1.0))
+    return TrainTerms.from_config(terms.to_config())  # as the silo parses it from the wire
+
+
+def _expected(table: dict, releases: int) -> float:
+    dp = DPConfig.from_mapping(table)
+    acct = dp.accountant()
+    for _ in range(releases):
+        acct.compose_round(dp.round_event())
+    return acct.epsilon()
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("noise_multiplier", "1.0", "a finite number"),
+    ("noise_multiplier", None, "a finite number"),
+    ("noise_multiplier", True, "a finite number"),
+    ("delta", "x", "a finite number"),
+    ("sampling_probability", [0.5], "a finite number"),
+    ("max_weight", 2**60, "a finite number"),  # not exactly a float
+    ("max_epsilon", "x", "a finite number or nothing"),
+    ("k_stddevs", "x", "a finite number"),
+    ("modulus_bits", 1.5, "an integer"),
+    ("mechanism", 3, "a string"),
+])
+def test_a_dp_value_of_the_wrong_type_is_a_protocol_error(key: str, value: object,
+                                                          expected: str) -> None:
+    with pytest.raises(ProtocolError, match=f"dp.{key} = .*; expected {expected}"):
+        parse_dp(DPTerms(table={**TABLE, key: value}, run="r"))
+    with pytest.raises(ConfigError, match="unknown key"):  # DPConfig's to name
+        parse_dp(DPTerms(table={**TABLE, "no_such_key": "x"}, run="r"))
+
+
+@pytest.mark.parametrize("table", [
+    {**TABLE, "noise_multiplier": 1e308},
+    {**DISTRIBUTED, "k_stddevs": 1e308},
+    {**DISTRIBUTED, "noise_multiplier": 1e-300},
+])
+def test_accounting_that_fails_on_the_stated_numbers_is_a_protocol_error(
+        tmp_path: Path, table: dict) -> None:
+    join = _join(table, secure_aggregation=True, secagg_threshold=2)
+    with pytest.raises(ProtocolError, match="DP terms: the run's epsilon projection failed"):
+        SiloPrivacy(tmp_path, SitePolicy()).run_terms(join, dimension=31)
+
+
+def test_every_release_is_counted_a_round_sent_again_included(tmp_path: Path) -> None:
+    """A coordinator may re-run a round (after a restart) or replay it: each update that
+    leaves is a release, counted in the run's ε and the site's lifetime tally."""
+    silo = SiloPrivacy(tmp_path, SitePolicy())
+    spent = [silo.commit(silo.begin_round(_round(1))) for _ in range(3)]
+    assert spent == pytest.approx([_expected(TABLE, n) for n in (1, 2, 3)], rel=1e-9)
+    tally = json.loads((tmp_path / TALLY_FILE).read_text())
+    assert tally["total_epsilon"] == pytest.approx(spent[-1])
+    assert tally["runs"]["run-1"]["epsilon"] == pytest.approx(spent[-1])
+
+
+def test_a_release_counted_meanwhile_is_composed_and_checked_again(tmp_path: Path) -> None:
+    """Two messages of the run checked at once: both releases count, and the second is
+    refused when the first took the room the site's cap left."""
+    silo = SiloPrivacy(tmp_path, SitePolicy())
+    first, second = silo.begin_round(_round(1)), silo.begin_round(_round(2))
+    silo.commit(first)
+    assert silo.commit(second) == pytest.approx(_expected(TABLE, 2), rel=1e-9)
+    capped = SiloPrivacy(tmp_path / "capped", SitePolicy(max_epsilon=_expected(TABLE, 1) * 1.01))
+    first, second = capped.begin_round(_round(1)), capped.begin_round(_round(2))
+    capped.commit(first)
+    with pytest.raises(PolicyRefusal, match="max_epsilon"):
+        capped.commit(second)
+    assert PrivacyTally(tmp_path / "capped" / TALLY_FILE).total() == pytest.approx(
+        _expected(TABLE, 1))
+
+
+def test_the_runs_own_max_epsilon_is_enforced_once_the_join_relied_on_it(
+        tmp_path: Path) -> None:
+    """The join projection is capped at the run's max_epsilon (50 rounds pass a site cap of
+    10); so a round that would take the run past it is refused, before any work."""
+    promised = {**TABLE, "max_epsilon": 0.01}
+    silo = SiloPrivacy(tmp_path, SitePolicy(max_epsilon=10.0))
+    assert silo.run_terms(_join(promised, num_rounds=50)).dp_epsilon_total == 0.01
+    with pytest.raises(PrivacyBudgetExceeded, match=r"round 1 .* run's own max_epsilon 0\.01"):
+        silo.begin_round(_round(1, promised))
+    assert not (tmp_path / TALLY_FILE).exists()
+    roomy = {**TABLE, "max_epsilon": _expected(TABLE, 1) * 1.01}
+    silo.commit(silo.begin_round(_round(1, roomy)))
+    with pytest.raises(PrivacyBudgetExceeded, match="round 2"):
+        silo.begin_round(_round(2, roomy))
+
+
+def test_the_cap_a_join_stated_holds_whatever_the_rounds_later_say(tmp_path: Path) -> None:
+    """A coordinator cannot state max_epsilon = 0.01 at join and drop it from its rounds:
+    the silo holds the run to the lowest cap any of its joins stated."""
+    silo = SiloPrivacy(tmp_path, SitePolicy())
+    silo.promise(_join({**TABLE, "max_epsilon": 5.0}))
+    silo.promise(_join({**TABLE, "max_epsilon": 0.01}))
+    silo.promise(_join(TABLE))  # a later join without a cap lifts nothing
+    for table in (TABLE, {**TABLE, "max_epsilon": 100.0}):
+        with pytest.raises(PrivacyBudgetExceeded, match="run's own max_epsilon 0.01"):
+            silo.begin_round(_round(1, table))
+    assert not (tmp_path / TALLY_FILE).exists()

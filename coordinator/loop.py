@@ -6,8 +6,10 @@ round trip each (silos evaluate the incoming global model and train in the same 
 → a final evaluation of the last model. Every round's global metrics are therefore known
 one round later; the loop emits the row for round *r* as soon as model *r* was evaluated.
 
-A failed round (too few usable updates) keeps the previous model and is reported, never
-hidden; an exception fails the run and is recorded in ``summary.json``.
+A failed round (too few usable updates, or a new model that is not finite) keeps the
+previous model and is reported, never hidden; an exception fails the run and is recorded in
+``summary.json``. At join, a silo whose initial model is not numeric and finite is refused,
+and so are all nodes that claim one silo name.
 
 With ``secure_aggregation`` the rounds run through :mod:`coordinator.secure` (a key setup
 after join, then two round trips per round); the strategy then sees only ``Σ w·delta`` and
@@ -32,7 +34,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -40,7 +42,7 @@ from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
 from coordinator.evaluation import Evaluator, load_evaluator, validation_fields
 from coordinator.exports import RunExports
-from coordinator.messages import Observers, Patience, Payload, Reply, Transport
+from coordinator.messages import Observers, Patience, Payload, Reply, SiloError, Transport
 from coordinator.metering import MeteredTransport
 from coordinator.outcome import failure
 from coordinator.privacy import RunPrivacy
@@ -50,9 +52,10 @@ from coordinator.rows import (NOT_CONNECTED, PendingRow, clip_report, losses, no
                               note_fit, round_event, tallies, weighted_mean)
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation, run_threshold
+from strategies.aggregate import check_result
 from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
 from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
-                          StrategyError)
+                          ProtocolError, StrategyError)
 from xsilo.failpoints import reach
 from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics,
                          TrainTerms)
@@ -73,6 +76,40 @@ def _reported(collector: RoundCollector, name: str) -> list[tuple[float, float]]
     """(value, example count) of a silo statistic, from the contributors that sent it."""
     return [(float(getattr(m, name)), m.num_examples or 0.0)
             for m in collector.metrics.values() if getattr(m, name) is not None]
+
+
+def _refusal(reason: str, message: str) -> str:
+    """A join refusal the coordinator makes itself, written like a silo's own."""
+    return str(SiloError(ProtocolError.__name__, reason, message))
+
+
+def _refuse(refused: dict[str, str], name: str, node: int, why: str) -> None:
+    key = name if name not in refused else f"{name} (node {node})"
+    refused[key] = why
+    log.warning("silo %s (node %d) refused: %s", name, node, why)
+
+
+def _claimed_twice(admitted: Mapping[int, Reply]) -> dict[str, list[int]]:
+    """Silo name → the nodes that claim it, for every name more than one node claims."""
+    by_name: dict[str, list[int]] = {}
+    for node, reply in sorted(admitted.items()):
+        assert reply.info is not None
+        by_name.setdefault(reply.info.name, []).append(node)
+    return {name: nodes for name, nodes in by_name.items() if len(nodes) > 1}
+
+
+def _model_problem(name: str, model: Mapping[str, np.ndarray]) -> str | None:
+    """Why a silo's initial model cannot start the run (None: it can): every tensor must be
+    numeric and finite, or a silo that joins first could make the run's model NaN."""
+    for key, value in model.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf":
+            kind = getattr(value, "dtype", type(value).__name__)
+            return _refusal("unusable-model", f"silo {name}'s initial model: tensor {key!r} is "
+                            f"{kind}, not numeric; every silo must build the same numeric model")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return _refusal("unusable-model", f"silo {name}'s initial model: tensor {key!r} "
+                            "holds NaN or Inf; check the silo's model code and its init")
+    return None
 
 
 class RoundLoop:
@@ -121,16 +158,30 @@ class RoundLoop:
         replies = self.transport.exchange(
             "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
             group="join", patience=Patience(lambda r: len(r) >= cfg.wait_for, cfg.grace))
-        refused = {}
-        initial: dict[str, dict[str, np.ndarray]] = {}
+        refused: dict[str, str] = {}
+        admitted: dict[int, Reply] = {}
         for node, reply in sorted(replies.items()):
             name = reply.name or f"node-{node}"
             if reply.error is not None or reply.info is None:
-                refused[name] = str(reply.error or "the join reply carries no silo identity")
-                log.warning("silo %s refused the run: %s", name, refused[name])
+                why = str(reply.error or "the join reply carries no silo identity")
+            else:
+                why = _model_problem(name, reply.arrays)
+            if why is not None:
+                _refuse(refused, name, node, why)
                 continue
-            self.members[node] = _Member(node, name, dict(reply.info.fingerprint))
-            initial[name] = reply.arrays
+            admitted[node] = reply
+        for name, claimants in _claimed_twice(admitted).items():
+            _refuse(refused, name, claimants[0], _refusal("duplicate-name", (
+                f"nodes {', '.join(map(str, claimants))} all join as silo {name!r}; none of "
+                "them is admitted under that name (one is not who it says it is): check "
+                f"which node holds {name}'s enrolled key and revoke the other")))
+            for node in claimants:
+                del admitted[node]
+        initial: dict[str, dict[str, np.ndarray]] = {}
+        for node, reply in admitted.items():
+            assert reply.info is not None
+            self.members[node] = _Member(node, reply.info.name, dict(reply.info.fingerprint))
+            initial[reply.info.name] = reply.arrays
         silent = sorted(set(nodes) - set(replies))
         self.store.append_event({
             "event": "join",
@@ -452,7 +503,9 @@ class RoundLoop:
                                            name: weighted_mean(_reported(collector, name))
                                            for name in self._statistics()})
         assert isinstance(self.strategy, PerUpdateStrategy)
-        return self.strategy.aggregate(current, collector.updates, row.server_round)
+        strategy = self.strategy
+        return self._adopt(current, row, lambda: strategy.aggregate(
+            current, collector.updates, row.server_round))
 
     def _statistics(self) -> tuple[str, ...]:
         """The silo-side statistics the strategy asks for (none for most)."""
@@ -464,16 +517,33 @@ class RoundLoop:
                        ) -> dict[str, np.ndarray]:
         """The one place a weighted sum of deltas (clear or unmasked) becomes the next model;
         a strategy that asked for silo statistics gets them (recorded in the row)."""
-        assert isinstance(self.strategy, SumStrategy)
-        if not self.strategy.statistics:
-            return self.strategy.step(current, dict(delta_sum), total_weight, row.server_round)
-        stats = {name: (statistics or {}).get(name) for name in self.strategy.statistics}
+        strategy = self.strategy
+        assert isinstance(strategy, SumStrategy)
+        if not strategy.statistics:
+            return self._adopt(current, row, lambda: strategy.step(
+                current, dict(delta_sum), total_weight, row.server_round))
+        stats = {name: (statistics or {}).get(name) for name in strategy.statistics}
         row.extra["statistics"] = stats
-        new = self.strategy.step_with_statistics(current, dict(delta_sum), total_weight,
-                                                 row.server_round, stats)
-        step_size = getattr(self.strategy, "last_step_size", None)
+        new = self._adopt(current, row, lambda: strategy.step_with_statistics(
+            current, dict(delta_sum), total_weight, row.server_round, stats))
+        step_size = getattr(strategy, "last_step_size", None)
         if isinstance(step_size, float):
             row.extra["server_step_size"] = step_size
+        return new
+
+    def _adopt(self, current: dict[str, np.ndarray], row: PendingRow,
+               make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The strategy's next model (``make()``), checked: one that is not finite or not
+        shaped like ``current`` fails the round, and the previous model and the strategy's
+        state are kept (a non-finite model is never checkpointed or saved)."""
+        before = {k: np.array(v, copy=True) for k, v in self.strategy.state_dict().items()}
+        new = make()
+        try:
+            check_result(self.strategy, current, new)
+        except StrategyError as exc:
+            self.strategy.load_state_dict(before)
+            self._fail(row, str(exc))
+            return current
         return new
 
     def _evaluate(self, current: dict[str, np.ndarray], nodes: Any, server_round: int,

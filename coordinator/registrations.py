@@ -44,11 +44,19 @@ def _digest(pub: Path) -> str:
 
 
 def _load(flwr_home: Path) -> dict[str, dict[str, object]]:
+    """The recorded registrations; none when the record is missing or unreadable (every
+    key is then registered afresh: :func:`register_enrolled` names the fix if the
+    SuperLink's database still holds one)."""
+    path = Path(flwr_home) / RECORD
     try:
-        data = json.loads((Path(flwr_home) / RECORD).read_text())
+        data = json.loads(path.read_text())
         return {str(k): {"node_id": int(v["node_id"]), "key": str(v["key"])}
                 for k, v in data.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        log.warning("%s is unreadable (%s: %s); every enrolled silo is registered afresh",
+                    path, type(exc).__name__, exc)
         return {}
 
 

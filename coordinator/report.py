@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.outcome import error_line
-from coordinator.run_record import (RunRecord, load_run, provenance, time_split,
+from coordinator.run_record import (RunRecord, load_run, number, provenance, time_split,
                                     unique_rounds, utc)
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write
@@ -107,13 +107,14 @@ def _join_notes(run: RunRecord) -> list[str]:
 
 def _metric_series(rows: Sequence[Mapping[str, Any]], silos: Sequence[str], glob: str,
                    per: str, validation: str | None) -> list[Series]:
-    series = [Series("global", [(r["round"], r.get(glob)) for r in rows], color="#000000")]
+    series = [Series("global", [(r["round"], number(r.get(glob))) for r in rows],
+                     color="#000000")]
     if validation is not None and any(r.get("validation") for r in rows):
         series.append(Series("validation",
-                             [(r["round"], (r.get("validation") or {}).get(validation))
+                             [(r["round"], number((r.get("validation") or {}).get(validation)))
                               for r in rows], dashed=True, color="#6a3d9a"))
-    series += [Series(s, [(r["round"], r.get("silos", {}).get(s, {}).get(per)) for r in rows])
-               for s in silos]
+    series += [Series(s, [(r["round"], number(r.get("silos", {}).get(s, {}).get(per)))
+                          for r in rows]) for s in silos]
     return series
 
 
@@ -135,7 +136,7 @@ def _quality_plots(run: RunRecord) -> str:
                  line_chart("loss per round",
                             _metric_series(rows, silos, "global_loss", "loss", "loss"),
                             y_label="loss")]
-    train = [(r["round"], r.get("train_loss")) for r in rows if r.get("round", 0) >= 1]
+    train = [(r["round"], number(r.get("train_loss"))) for r in rows if r.get("round", 0) >= 1]
     plots.append(line_chart("training loss (contributors, weighted)",
                             [Series("train loss", train)], y_label="loss"))
     return note + '<div class="plots">' + "\n".join(plots) + "</div>" + _round_table(rows, silos)
@@ -182,10 +183,10 @@ def _privacy(run: RunRecord) -> str:
     if dp:
         # Model 0 (before any round) has spent nothing.
         points = [(r["round"], 0.0 if r["round"] == 0 and r.get("epsilon") is None
-                   else r.get("epsilon")) for r in rows]
+                   else number(r.get("epsilon"))) for r in rows]
         series.append(Series(f"ε (run, δ={delta:g})" if isinstance(delta, float) else "ε (run)",
                              points, color="#6a3d9a"))
-    series += [Series(f"DP-SGD {s}", [(r["round"], r.get("dpsgd_epsilon", {}).get(s))
+    series += [Series(f"DP-SGD {s}", [(r["round"], number(r.get("dpsgd_epsilon", {}).get(s)))
                                       for r in rows], dashed=True) for s in dpsgd]
     hlines = [(float(budget), f"budget ε={budget:g}")] if isinstance(budget, int | float) else []
     parts.append('<div class="plots">' + line_chart("privacy spent (ε) per round", series,

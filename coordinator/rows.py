@@ -17,6 +17,7 @@ population.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,13 @@ def tallies(replies: Iterable[Reply], names: Mapping[int, str]) -> dict[str, flo
 
 
 def weighted_mean(values: list[tuple[float, float]]) -> float | None:
+    """``Σ v·w / Σ w``; None when there is no weight or the result is not finite (absurd
+    values that overflow: a row holds no mean rather than Infinity)."""
     total = sum(w for _, w in values)
-    return sum(v * w for v, w in values) / total if total > 0 else None
+    if not total > 0:
+        return None
+    mean = sum(v * w for v, w in values) / total
+    return mean if math.isfinite(mean) else None
 
 
 def clip_report(metrics: Mapping[str, SiloMetrics]) -> dict[str, Any]:

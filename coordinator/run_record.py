@@ -10,6 +10,7 @@ time went. Nothing here renders HTML (:mod:`coordinator.report` does).
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,8 @@ from coordinator.run_store import RunStore
 from xsilo.errors import ConfigError
 from xsilo.files import read_toml
 
-__all__ = ["RunRecord", "load_run", "provenance", "time_split", "unique_rounds", "utc"]
+__all__ = ["RunRecord", "load_run", "number", "provenance", "time_split", "unique_rounds",
+           "utc"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ def load_run(run_dir: Path) -> RunRecord:
             settings = {}  # the report still shows the rows; the hash names the file
     try:
         summary = store.summary()
-    except (ValueError, OSError):
-        summary = None
+    except ConfigError:
+        summary = None  # the report shows the rows; `xsilo coordinator status` names the file
     return RunRecord(run_dir, text, settings, store.events(), summary)
 
 
@@ -77,8 +79,29 @@ def unique_rounds(events: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
             continue
         if e["round"] in latest:
             repeated.add(e["round"])
-        latest[e["round"]] = dict(e)
+        latest[e["round"]] = _readable(e)
     return [latest[r] for r in sorted(latest)], sorted(repeated)
+
+
+_TABLES = ("silos", "validation", "dpsgd_epsilon", "bytes", "rejected", "secure_aggregation",
+           "fit_seconds")
+_LISTS = ("contributors", "asked", "scored_by", "unscored")
+
+
+def _readable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with the shape the report reads (a table where it expects one, a list, text
+    status), whatever a damaged or hand-edited line holds; numbers go through :func:`number`."""
+    out = dict(row)
+    for key in _TABLES:
+        if key in out and not isinstance(out[key], Mapping):
+            out[key] = {}
+    if "silos" in out:
+        out["silos"] = {k: v for k, v in out["silos"].items() if isinstance(v, Mapping)}
+    for key in _LISTS:
+        if key in out and not isinstance(out[key], list):
+            out[key] = []
+    out["status"] = str(out.get("status", ""))
+    return out
 
 
 def utc(ts: Any) -> str | None:
@@ -120,16 +143,33 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, None when it is anything else (rows are read as written,
+    and a hand-edited or damaged one must not stop the report)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _table(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def time_split(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
     xs, compute, secagg, waiting = [], [], [], []
     for r in rows:
-        if r.get("round", 0) < 1 or r.get("round_seconds") is None:
+        total = number(r.get("round_seconds"))
+        if r.get("round", 0) < 1 or total is None:
             continue
-        total = float(r["round_seconds"])
-        fits = [v for v in (r.get("fit_seconds") or {}).values() if isinstance(v, int | float)]
+        fits = [v for v in map(number, _table(r.get("fit_seconds")).values()) if v is not None]
         slowest = min(max(fits), total) if fits else 0.0
-        sec = (r.get("secure_aggregation") or {}).get("seconds") or {}
-        extra = min(sum(float(sec.get(k, 0.0)) for k in ("unmasking", "rekey")), total - slowest)
+        sec = _table(_table(r.get("secure_aggregation")).get("seconds"))
+        extra = min(sum(number(sec.get(k)) or 0.0 for k in ("unmasking", "rekey")),
+                    total - slowest)
         xs.append(r["round"])
         compute.append(slowest)
         secagg.append(extra)

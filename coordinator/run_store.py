@@ -17,7 +17,9 @@ Every file that replaces an earlier version is written to a temporary name, fsyn
 renamed, so a crash leaves either the old or the new file, never a torn one (the torn
 temporary, ``.NAME.*.tmp``, is never read; a resume removes it). A checkpoint
 also carries the SHA-256 of its own arrays (``__sha256__``): one that was damaged anyway (a
-copy cut short, a bad disk) is detected on load and skipped for the one before it.
+copy cut short, a bad disk, a hand edit: a round, loop state or model that no run writes) is
+detected on load and skipped for the one before it. A line of ``metrics.jsonl`` torn by a
+crash is skipped, and the next event starts on a line of its own.
 
 A run directory *holds a run* once ``metrics.jsonl`` exists (the ServerApp started it);
 one that holds only a refused or failed start (``config.toml``, ``summary.json``) can be
@@ -30,12 +32,13 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -43,7 +46,7 @@ from xsilo.errors import ConfigError
 from xsilo.files import atomic_write
 from xsilo.procfs import stat_fields
 
-__all__ = ["Checkpoint", "RunStore", "arrays_digest", "load_npz"]
+__all__ = ["Checkpoint", "RunStore", "arrays_digest", "load_npz", "strict_json"]
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +106,62 @@ def _read_checkpoint(path: Path) -> Checkpoint:
         raise ValueError("its SHA-256 does not match its arrays (damaged after it was written)")
     if _ROUND not in arrays:
         raise ValueError("it names no round (__round__ is missing)")
-    server_round = int(arrays.pop(_ROUND))
-    meta = json.loads(str(arrays.pop(_META))) if _META in arrays else {}
+    server_round = arrays.pop(_ROUND)
+    if server_round.shape != () or server_round.dtype.kind not in "iu" or server_round < 0:
+        raise ValueError(f"__round__ is {server_round.dtype} of shape {server_round.shape}, "
+                         "not a round number")
+    meta = _read_meta(arrays.pop(_META)) if _META in arrays else {}
     state = {k[len(_STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(_STATE_PREFIX)}
     model = {k: v for k, v in arrays.items() if not k.startswith(_STATE_PREFIX)}
-    return Checkpoint(server_round, model, state, meta)
+    for key, value in model.items():
+        if value.dtype.kind not in "iuf" or (value.dtype.kind == "f"
+                                             and not np.isfinite(value).all()):
+            raise ValueError(f"model tensor {key!r} is not numeric and finite")
+    return Checkpoint(int(server_round), model, state, meta)
+
+
+_PENDING_FIELDS: dict[str, Callable[[Any], bool]] = {  # coordinator.rows.PendingRow, as JSON
+    "server_round": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "status": lambda v: isinstance(v, str),
+    "seconds": lambda v: _is_number(v),
+    "train_loss": lambda v: v is None or _is_number(v),
+    "contributors": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "rejected": lambda v: isinstance(v, dict),
+    "reason": lambda v: v is None or isinstance(v, str),
+    "extra": lambda v: isinstance(v, dict),
+    "tallies": lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _read_meta(raw: np.ndarray) -> dict[str, Any]:
+    """The round loop's state in a checkpoint (``coordinator.resume.checkpoint_meta``),
+    checked field by field; ValueError naming the first field that is wrong."""
+    try:
+        meta = json.loads(str(raw)) if raw.shape == () else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ValueError("__meta__ is not a JSON object")
+    failed = meta.get("failed_rounds", [])
+    if not isinstance(failed, list) or not all(
+            isinstance(r, int) and not isinstance(r, bool) for r in failed):
+        raise ValueError("__meta__ failed_rounds is not a list of round numbers")
+    if not isinstance(meta.get("run_token"), str | None):
+        raise ValueError("__meta__ run_token is not text")
+    pending = meta.get("pending")
+    if pending is not None:
+        if not isinstance(pending, dict) or set(pending) - set(_PENDING_FIELDS) or any(
+                key not in pending for key in ("server_round", "status", "seconds")):
+            raise ValueError("__meta__ pending is not a round row (unknown or missing fields)")
+        wrong = [key for key, value in pending.items() if not _PENDING_FIELDS[key](value)]
+        if wrong:
+            raise ValueError(f"__meta__ pending.{wrong[0]} = {pending[wrong[0]]!r:.60} has the "
+                             "wrong type")
+    return meta
 
 
 def _process_start(pid: int) -> str | None:
@@ -132,6 +186,7 @@ class RunStore:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir)
         self.checkpoints = self.path / "checkpoints"
+        self.skipped_lines = 0  # lines of metrics.jsonl that events() could not read
 
     @property
     def metrics_path(self) -> Path:
@@ -212,23 +267,39 @@ class RunStore:
         return request if isinstance(request, dict) else {}
 
     def append_event(self, event: Mapping[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (flushed and fsync-ed)."""
-        record = {"time": time.time(), **event}
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        """Append one JSON line to ``metrics.jsonl`` (flushed and fsync-ed); a non-finite
+        number is written as null (the file stays strict JSON)."""
+        line = json.dumps(strict_json({"time": time.time(), **event}), sort_keys=True,
+                          allow_nan=False) + "\n"
+        with open(self.metrics_path, "ab+") as fh:
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":  # a line torn by a crash: never glue onto it
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
 
     def events(self) -> list[dict[str, Any]]:
-        """All complete events written so far (a partially written last line is skipped)."""
+        """Every event written so far, in order; a line that is not a JSON object (torn by
+        a crash mid-write, or edited) is skipped and counted in :attr:`skipped_lines`."""
         if not self.metrics_path.exists():
             return []
-        out = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+        out, skipped = [], 0
+        with open(self.metrics_path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    event = json.loads(line) if line.strip() else None
+                except ValueError:
+                    event = None
+                if isinstance(event, dict):
+                    out.append(event)
+                elif line.strip():
+                    skipped += 1
+        if skipped and skipped != self.skipped_lines:  # once per change, not per poll
+            log.warning("%s: %d line(s) skipped that are not a JSON object (torn by a crash "
+                        "mid-write, or edited by hand)", self.metrics_path, skipped)
+        self.skipped_lines = skipped
         return out
 
     def save_checkpoint(self, server_round: int, model: Mapping[str, np.ndarray],
@@ -295,18 +366,41 @@ class RunStore:
         return path
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        """Write ``summary.json`` atomically."""
-        atomic_write(self.path / "summary.json",
-                           json.dumps(summary, indent=2, sort_keys=True).encode())
+        """Write ``summary.json`` atomically (strict JSON: a non-finite number is null)."""
+        atomic_write(self.path / "summary.json", json.dumps(
+            strict_json(summary), indent=2, sort_keys=True, allow_nan=False).encode())
 
     def summary(self) -> dict[str, Any] | None:
+        """``summary.json`` (None: the run has none yet); ConfigError when it is damaged."""
         path = self.path / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); it is "
+                              "written whole or not at all, so it was damaged afterwards: "
+                              "restore it from a backup, or remove it") from None
+        if not isinstance(summary, dict):
+            raise ConfigError(f"{path} holds a JSON {type(summary).__name__}, not the object "
+                              "a run writes; restore it from a backup, or remove it")
+        return summary
 
     def clear_summary(self) -> None:
         """Drop ``summary.json`` (a resumed run writes its own; its end events stay in
         ``metrics.jsonl``)."""
         (self.path / "summary.json").unlink(missing_ok=True)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Inf)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

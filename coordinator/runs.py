@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 # The thin app `flwr run` ships: its components are the installed coordinator and silo.
 # It lives in deploy/ because the silos build it too: by default they run no other app.
 APP_DIR = XSILO_APP
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def new_run_dir(runs_root: Path, name: str | None) -> Path:
     """A run directory under ``runs_root`` (``<name>`` or a timestamp) for a new run: fresh,
     or one left by a start that never ran (its ``summary.json`` says why), which is reused."""
     name = name or time.strftime("run-%Y%m%d-%H%M%S")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"run name {name!r} must be 1–64 letters, digits, '.', '_' or '-'")
     path = Path(runs_root) / name
     store = RunStore(path)
@@ -150,7 +150,13 @@ def stop_orphaned_runs(cli: FlowerCLI, runs_root: Path) -> list[str]:
     done = []
     for run_dir in sorted(p for p in Path(runs_root).glob("*") if p.is_dir()):
         store = RunStore(run_dir)
-        if not store.started or store.summary() is not None or store.owner() is not None:
+        if not store.started or store.owner() is not None:
+            continue
+        try:
+            if store.summary() is not None:
+                continue
+        except ConfigError as exc:  # one damaged run never keeps the coordinator down
+            done.append(f"run {run_dir.name} skipped: {exc}")
             continue
         flower_run = _last_flower_run(store)
         if flower_run is None or cli.status(flower_run) != "running":
@@ -199,7 +205,11 @@ def end_serverapps(runs_root: Path, serverapps: Mapping[str, int], *,
             deadline = time.monotonic() + timeout
             while store.owner() == pid and time.monotonic() < deadline:
                 time.sleep(0.05)
-        if store.summary() is not None:  # it ended by itself meanwhile
+        try:
+            if store.summary() is not None:  # it ended by itself meanwhile
+                continue
+        except ConfigError as exc:
+            lines.append(f"run {name}: its ServerApp (process {pid}) was ended, but {exc}")
             continue
         log.warning("run %s interrupted: its ServerApp (process %d) ended with the SuperLink",
                     name, pid)

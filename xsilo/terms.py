@@ -539,8 +539,15 @@ class SiloInfo:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SiloInfo:
         r = _Reader(config, cls.WHAT)
-        return cls(name=r.text(SILO_NAME, default=_REQUIRED),
-                   fingerprint=r.json_object(SCHEMA_FINGERPRINT, default=_REQUIRED))
+        name = r.text(SILO_NAME, default=_REQUIRED)
+        fingerprint = r.json_object(SCHEMA_FINGERPRINT, default=_REQUIRED)
+        digest = fingerprint.get("digest")
+        if not isinstance(digest, str) or not 0 < len(digest) <= _MAX_NAME:
+            raise r._bad(f"{SCHEMA_FINGERPRINT}.digest", digest,
+                         f"the schema's digest, a non-empty string of at most {_MAX_NAME} "
+                         "characters (the coordinator and this silo must run the same xsilo "
+                         "release)")
+        return cls(name=name, fingerprint=fingerprint)
 
 
 _METRIC_FIELDS = {  # attribute -> key; every value a finite number
@@ -553,6 +560,10 @@ _METRIC_FIELDS = {  # attribute -> key; every value a finite number
     "update_sq_norm": UPDATE_SQ_NORM, "local_steps": LOCAL_STEPS,
     "dp_epsilon_tally": DP_EPSILON_TALLY,
 }
+
+
+_COUNTS = ("num_examples", "eval_examples", "dpsgd_steps", "local_steps")
+_MAX_COUNT = float(1 << 53)  # counts beyond any data set; every count still exact in a float
 
 
 @dataclass(frozen=True)
@@ -618,6 +629,11 @@ class SiloMetrics:
                      "eval_mse", "dp_epsilon_tally"):
             if values.get(attr, 0.0) < 0:
                 raise r._bad(_METRIC_FIELDS[attr], values[attr], "a finite number ≥ 0")
+        for attr in _COUNTS:  # a weight of 1e308 would overflow the round's sums
+            if values.get(attr, 0.0) > _MAX_COUNT:
+                raise r._bad(_METRIC_FIELDS[attr], values[attr], "a count ≤ 2**53")
+        if not 0.0 <= values.get("eval_accuracy", 0.0) <= 1.0:
+            raise r._bad(EVAL_ACCURACY, values["eval_accuracy"], "a fraction in [0, 1]")
         return cls(**values, extra=extra)
 
     def merged(self, other: SiloMetrics) -> SiloMetrics:

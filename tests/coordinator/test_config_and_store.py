@@ -67,6 +67,112 @@ def test_a_torn_last_metrics_line_is_ignored(tmp_path: Path) -> None:
     assert [e["round"] for e in store.events()] == [0]
 
 
+def test_events_after_a_torn_line_are_read_and_never_glued_onto_it(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.append_event({"event": "round", "round": 0})
+    with open(store.metrics_path, "a") as fh:
+        fh.write('{"event": "round", "ro')  # the coordinator crashed mid-write
+    store.append_event({"event": "resume", "from_round": 0})  # the resumed run goes on
+    store.append_event({"event": "round", "round": 1})
+    assert [e["event"] for e in store.events()] == ["round", "resume", "round"]
+    assert store.skipped_lines == 1
+
+
+@pytest.mark.parametrize("line", [b"42", b'"text"', b"[1, 2]", b"null", b"{trunc", b"\x00\xff"])
+def test_a_metrics_line_that_is_not_an_object_is_skipped(tmp_path: Path, line: bytes) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.append_event({"event": "start"})
+    with open(store.metrics_path, "ab") as fh:
+        fh.write(line + b"\n")
+    store.append_event({"event": "end"})
+    assert [e["event"] for e in store.events()] == ["start", "end"]
+    assert store.skipped_lines == 1
+
+
+def test_summary_and_events_are_strict_json(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.write_summary({"final_accuracy": float("inf"), "seconds": [float("nan"), 1.5]})
+    store.append_event({"event": "round", "global_loss": float("-inf")})
+    assert store.summary() == {"final_accuracy": None, "seconds": [None, 1.5]}
+    assert "Infinity" not in store.metrics_path.read_text()
+    assert store.events()[0]["global_loss"] is None
+
+
+@pytest.mark.parametrize("text, needle", [
+    (b"{trunc", "is unreadable"), (b'"completed"', "holds a JSON str"),
+    (b"[1, 2]", "holds a JSON list"), (b"\xff\xfe", "is unreadable"),
+])
+def test_a_damaged_summary_is_a_config_error_naming_the_file(tmp_path: Path, text: bytes,
+                                                             needle: str) -> None:
+    from coordinator.cli import _run_status
+
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.append_event({"event": "start"})
+    (store.path / "summary.json").write_bytes(text)
+    with pytest.raises(ConfigError, match=f"summary.json {needle}"):
+        store.summary()
+    with pytest.raises(ConfigError, match="summary.json"):
+        _run_status(store)  # `xsilo coordinator status`: one red line, no traceback
+
+
+def _hand_edited(store: RunStore, server_round: int, meta: str,
+                 round_array: np.ndarray | None = None, w: np.ndarray | None = None) -> None:
+    """A checkpoint whose SHA-256 matches (it was edited, then re-hashed)."""
+    from coordinator.run_store import _npz_bytes, arrays_digest
+
+    arrays = {"w": np.zeros(3, np.float32) if w is None else w,
+              "__round__": np.asarray(server_round) if round_array is None else round_array,
+              "__meta__": np.asarray(meta)}
+    arrays["__sha256__"] = np.asarray(arrays_digest(arrays))
+    (store.checkpoints / f"round-{server_round:04d}.npz").write_bytes(_npz_bytes(arrays))
+
+
+@pytest.mark.parametrize("meta, round_array, w, why", [
+    ("[]", None, None, "__meta__ is not a JSON object"),
+    ('{"failed_rounds": ["x"]}', None, None, "failed_rounds is not a list of round numbers"),
+    ('{"failed_rounds": 3}', None, None, "failed_rounds is not a list of round numbers"),
+    ('{"run_token": 7}', None, None, "run_token is not text"),
+    ('{"pending": {"server_round": 2, "status": "ok", "seconds": 1, "bogus": 1}}', None, None,
+     "pending is not a round row"),
+    ('{"pending": {"server_round": 2, "status": "ok", "seconds": "x"}}', None, None,
+     "pending.seconds"),
+    ('{"pending": {"server_round": 2, "status": "ok", "seconds": 1, "extra": []}}', None, None,
+     "pending.extra"),
+    ("{}", np.arange(3), None, "__round__ is int64 of shape (3,)"),
+    ("{}", np.asarray("two"), None, "not a round number"),
+    ("{}", np.asarray(-2), None, "not a round number"),
+    ("{}", None, np.full(3, np.nan, np.float32), "model tensor 'w' is not numeric and finite"),
+])
+def test_a_hand_edited_checkpoint_is_skipped_for_the_one_before(
+        tmp_path: Path, meta: str, round_array: np.ndarray | None, w: np.ndarray | None,
+        why: str) -> None:
+    from coordinator.resume import restore
+    from strategies.builtin.fedavg import FedAvg
+
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.save_checkpoint(1, {"w": np.ones(3, np.float32)}, {}, {"failed_rounds": []})
+    _hand_edited(store, 2, meta, round_array, w)
+    found = store.load_checkpoint()
+    assert found is not None and found.server_round == 1
+    assert why in found.skipped["round-0002.npz"]
+    assert why in store.verify_checkpoints()["round-0002.npz"]
+    assert restore(found, FedAvg(), None).server_round == 1
+
+
+def test_the_checkpoint_reader_knows_every_field_of_a_round_row() -> None:
+    from dataclasses import fields
+
+    from coordinator.rows import PendingRow
+    from coordinator.run_store import _PENDING_FIELDS
+
+    assert set(_PENDING_FIELDS) == {f.name for f in fields(PendingRow)}
+
+
 def test_final_model_is_written_atomically(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     store.save_model({"w": np.ones(2)})

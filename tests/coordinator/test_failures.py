@@ -54,6 +54,13 @@ def test_a_directory_that_holds_a_run_is_never_reused(tmp_path: Path,
         new_run_dir(tmp_path / "runs", "done")
 
 
+@pytest.mark.parametrize("name", ["trial\n", "../trial", "", "-trial", "t" * 65])
+def test_a_run_name_is_matched_whole(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="run name"):
+        new_run_dir(tmp_path / "runs", name or "\n")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def _refusing(config: Path) -> None:
     (config.parent / "policy.toml").write_text("max_rounds = 1\n")
     write_silo_config(config, name=config.parent.name, train=config.parent / "data/train.csv",

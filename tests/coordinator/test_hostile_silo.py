@@ -75,6 +75,11 @@ def test_a_secure_run_goes_on_without_a_silo_that_sends_garbage(
     ({"train": _set(METRICS, T.NUM_EXAMPLES, float("inf"))}, "silo metrics"),
     ({"train": _set(METRICS, T.TRAIN_LOSS, -1e400)}, "silo metrics"),
     ({"query": _set(SILO, T.SCHEMA_FINGERPRINT, "[not an object]")}, "join reply"),
+    ({"query": _set(SILO, T.SCHEMA_FINGERPRINT, '{"digest": ["x"]}')}, "digest"),
+    ({"query": _set(SILO, T.SCHEMA_FINGERPRINT, '{"digest": {}}')}, "digest"),
+    ({"train": _set(METRICS, T.NUM_EXAMPLES, 1e308)}, "a count ≤ 2**53"),
+    ({"train": _set(METRICS, T.EVAL_ACCURACY, 1e308)}, "a fraction in [0, 1]"),
+    ({"train": _set(METRICS, T.EVAL_EXAMPLES, 1e308)}, "a count ≤ 2**53"),
 ])
 def test_a_clear_run_goes_on_without_a_silo_that_sends_garbage(
         tmp_path: Path, federation: list[Path], rewrite: dict[str, Rewrite], why: str) -> None:

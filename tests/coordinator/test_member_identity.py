@@ -91,6 +91,8 @@ def test_a_minted_member_is_refused_by_every_silo_that_pins_the_roster(
     """The coordinator runs the CA: it mints "hospital-x" and puts it in the round."""
     silos, ca, roster = enrolled
     minted = make_silos(tmp_path / "minted")[0]
+    # Its own name: two nodes joining as one silo are both refused at join.
+    minted.write_text(minted.read_text().replace('name = "hospital-a"', 'name = "hospital-x"'))
     _enroll(minted, ca, "hospital-x")
     for silo in silos:
         _pin(silo, roster)

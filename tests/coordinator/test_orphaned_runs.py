@@ -127,3 +127,19 @@ def test_a_stopping_coordinator_ends_the_serverapps_of_its_runs(tmp_path: Path) 
         for proc in (superlink, serverapp):
             proc.kill()
             proc.wait()
+
+
+def test_a_run_with_a_damaged_summary_is_skipped_with_a_notice(tmp_path: Path) -> None:
+    """One damaged run directory never keeps the coordinator from starting or stopping."""
+    dead = _dead_pid()
+    _run(tmp_path, "a-damaged", 1, owner=dead)
+    (tmp_path / "a-damaged" / "summary.json").write_text("{trunc")
+    _run(tmp_path, "crashed", 2, owner=dead)
+    cli = FakeCLI({1: "running", 2: "running"})
+    said = stop_orphaned_runs(cli, tmp_path)  # type: ignore[arg-type]
+    assert cli.stopped == [2] and len(said) == 2
+    assert said[0].startswith("run a-damaged skipped: ") and "summary.json is unreadable" in said[0]
+    assert "--resume crashed" in said[1]
+    said = end_serverapps(tmp_path, {"a-damaged": dead, "crashed": dead}, timeout=0.1)
+    assert len(said) == 2 and "summary.json is unreadable" in said[0]
+    assert "run crashed interrupted" in said[1]

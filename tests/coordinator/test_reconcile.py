@@ -109,3 +109,15 @@ def test_a_restarted_coordinator_keeps_the_node_ids_its_database_holds(tmp_path:
     (home / "registrations.json").unlink()
     with pytest.raises(DeploymentError, match="move .* away and start it again"):
         register_enrolled(cli, nodes, home)
+
+
+def test_an_unreadable_registration_record_registers_every_key_afresh(tmp_path: Path) -> None:
+    from coordinator.registrations import register_enrolled
+
+    nodes, home = tmp_path / "nodes", tmp_path / "flwr-home"
+    nodes.mkdir()
+    home.mkdir()
+    (nodes / "a.pub").write_text("ecdsa-sha2-nistp384 a")
+    (home / "registrations.json").write_text('{"a": {"node_id": 1e400, "key": "k"}}')
+    ids, _ = register_enrolled(_ListingCLI(), nodes, home)
+    assert list(ids) == ["a"]

@@ -214,3 +214,22 @@ def test_report_of_a_run_without_summary_says_so(tmp_path: Path) -> None:
     assert "not yet (no end event)" in html
     first = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
     assert json.loads(first)["round"] == 0
+
+
+@pytest.mark.parametrize("summary, line", [
+    ('"completed"', None), ("{trunc", None), ("[]", None),
+    (None, "42"), (None, json.dumps(_row(2, 0.6, round_seconds="x", train_loss="y",
+                                         global_accuracy=[1], silos={"a": "z"}))),
+])
+def test_a_damaged_run_directory_still_has_a_report(tmp_path: Path, summary: str | None,
+                                                   line: str | None) -> None:
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, RunConfig(num_rounds=2), [_row(0, 0.3), _row(1, 0.4)],
+               {"status": "completed"})
+    if summary is not None:
+        (run_dir / "summary.json").write_text(summary)
+    if line is not None:
+        with open(run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(line + "\n")
+    html = render_report(run_dir)
+    assert plots_by_title(html)["accuracy per round"]["series"]

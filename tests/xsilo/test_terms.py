@@ -75,6 +75,8 @@ metric_values = st.floats(min_value=0, max_value=1e12, allow_nan=False)
 def silo_metrics(draw: st.DrawFn) -> SiloMetrics:
     fields = [f.name for f in dataclasses.fields(SiloMetrics) if f.name != "extra"]
     values = {f: draw(st.none() | metric_values) for f in fields}
+    if values["eval_accuracy"] is not None:  # a fraction (SiloMetrics.from_record checks)
+        values["eval_accuracy"] = min(values["eval_accuracy"], 1.0)
     extra = draw(st.dictionaries(names.filter(lambda k: k not in T.TERM_KEYS), metric_values,
                                  max_size=3))
     return SiloMetrics(**values, extra=extra)
@@ -86,7 +88,8 @@ def silo_metrics(draw: st.DrawFn) -> SiloMetrics:
     st.builds(EvaluateTerms, server_round=rounds, final=st.booleans()),
     st.builds(KeySetupTerms, silo=st.integers(0, INT64), server_round=rounds),
     st.builds(UnmaskTerms, server_round=rounds),
-    st.builds(SiloInfo, name=names, fingerprint=st.dictionaries(names, json_values, max_size=4)),
+    st.builds(SiloInfo, name=names, fingerprint=st.dictionaries(names, json_values, max_size=4)
+              .map(lambda fp: {**fp, "digest": "ab" * 32})),
 ))
 def test_every_terms_type_round_trips(terms: object) -> None:
     wire = terms.to_config()  # type: ignore[attr-defined]

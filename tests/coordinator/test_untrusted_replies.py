@@ -1,0 +1,161 @@
+"""The round loop with silos whose replies parse but lie: a name another node holds, a NaN
+initial model, a weight that overflows the sum, scores that overflow the means. Only the
+liar is refused, no round or file ever holds a non-finite number.
+
+The real RoundLoop over an in-memory transport (each node's replies come from a function),
+so a reply can be what no parser would let through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.config import RunConfig
+from coordinator.loop import RoundLoop
+from coordinator.messages import Payload, Reply
+from coordinator.preflight import check_run
+from coordinator.rows import weighted_mean
+from coordinator.run_store import RunStore, load_npz
+from xsilo.errors import DeploymentError
+from xsilo.terms import SiloInfo, SiloMetrics
+
+MODEL = {"w": np.zeros(4, np.float32), "b": np.zeros(1, np.float32)}
+Answer = Callable[[str], Reply | None]
+
+
+def honest(node: int, name: str, *, model: Mapping[str, np.ndarray] = MODEL,
+           metrics: SiloMetrics | None = None) -> Answer:
+    """A silo that joins as ``name`` with ``model`` and trains to a delta of 0.1."""
+    def answer(kind: str) -> Reply:
+        if kind == "query":
+            return Reply(node, arrays={k: v.copy() for k, v in model.items()},
+                         info=SiloInfo(name, {"digest": "d"}))
+        scores = metrics or SiloMetrics(num_examples=10, train_loss=0.5, eval_loss=0.4,
+                                        eval_accuracy=0.8, eval_examples=5)
+        if kind == "train":
+            return Reply(node, arrays={k: np.full_like(v, 0.1) for k, v in MODEL.items()},
+                         metrics=scores)
+        return Reply(node, metrics=SiloMetrics(eval_loss=scores.eval_loss,
+                                               eval_accuracy=scores.eval_accuracy,
+                                               eval_examples=scores.eval_examples))
+    return answer
+
+
+class Silos:
+    """A Transport whose nodes answer at once, in node order."""
+
+    def __init__(self, answers: Mapping[int, Answer]) -> None:
+        self.answers = dict(answers)
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.answers)
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
+        return self.node_ids()
+
+    def exchange(self, message_type: str, payloads: Mapping[int, Payload], *, timeout: float,
+                 group: str, on_reply=None, until=None, patience=None) -> dict[int, Reply]:
+        out: dict[int, Reply] = {}
+        for node in sorted(payloads):
+            reply = self.answers[node](message_type)
+            if reply is not None:
+                out[node] = on_reply(node, reply) if on_reply else reply
+        return out
+
+
+def _run(tmp: Path, answers: Mapping[int, Answer], **settings: object) -> tuple[dict, RunStore]:
+    config = RunConfig(**{"num_rounds": 2, "min_silos": 2, "name": "liars", **settings})
+    store = RunStore(tmp / "run")
+    store.prepare()
+    loop = RoundLoop(config, Silos(answers), store, check_run(config, evaluator=False))
+    return loop.run(), store
+
+
+def _join(store: RunStore) -> dict:
+    return next(e for e in store.events() if e["event"] == "join")
+
+
+def _rows(store: RunStore) -> list[dict]:
+    return [e for e in store.events() if e["event"] == "round"][1:]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian"])
+def test_two_nodes_joining_under_one_name_are_both_refused(tmp_path: Path,
+                                                            strategy: str) -> None:
+    summary, store = _run(tmp_path, {1: honest(1, "a"), 2: honest(2, "b"), 3: honest(3, "c"),
+                                     4: honest(4, "a")}, strategy=strategy)
+    assert summary["status"] == "completed" and summary["silos"] == ["b", "c"]
+    refusal = _join(store)["refused"]["a"]
+    assert refusal.startswith("ProtocolError[duplicate-name]") and "nodes 1, 4" in refusal
+    assert all(r["contributors"] == ["b", "c"] for r in _rows(store))
+
+
+def test_a_duplicate_name_that_leaves_too_few_silos_fails_the_run_naming_it(
+        tmp_path: Path) -> None:
+    with pytest.raises(DeploymentError, match="only 1 silo.*nodes 1, 3 all join as silo 'a'"):
+        _run(tmp_path, {1: honest(1, "a"), 2: honest(2, "b"), 3: honest(3, "a")})
+    assert RunStore(tmp_path / "run").summary()["error"]["silo"] == "a"
+
+
+@pytest.mark.parametrize("tensor, why", [
+    (np.full(4, np.nan, np.float32), "holds NaN or Inf"),
+    (np.full(4, np.inf, np.float64), "holds NaN or Inf"),
+    (np.array(["x"] * 4), "not numeric"),
+])
+def test_an_unusable_initial_model_refuses_its_silo_and_another_silo_gives_the_model(
+        tmp_path: Path, tensor: np.ndarray, why: str) -> None:
+    poisoned = {"w": tensor, "b": np.zeros(1, np.float32)}  # "a" sorts first: its model would win
+    summary, store = _run(tmp_path, {1: honest(1, "a", model=poisoned), 2: honest(2, "b"),
+                                     3: honest(3, "c")})
+    assert summary["status"] == "completed" and summary["silos"] == ["b", "c"]
+    assert why in _join(store)["refused"]["a"]
+    assert np.allclose(load_npz(store.path / "model.npz")["w"], 0.2)
+
+
+def test_a_non_finite_new_model_fails_the_round_and_is_never_saved(tmp_path: Path) -> None:
+    """A weight the parser would refuse (1e308), here past it: the sum overflows."""
+    huge = SiloMetrics(num_examples=1e308, train_loss=0.5)
+    liar = honest(1, "a", metrics=huge)
+
+    def answer(kind: str) -> Reply | None:
+        reply = liar(kind)
+        if reply is not None and kind == "train":
+            reply.arrays = {k: np.full_like(v, 10.0) for k, v in MODEL.items()}
+        return reply
+
+    summary, store = _run(tmp_path, {1: answer, 2: honest(2, "b"), 3: honest(3, "c")})
+    assert summary["status"] == "completed" and summary["rounds_failed"] == [1, 2]
+    for row in _rows(store):
+        assert row["status"] == "failed" and "produced an unusable tensor" in row["reason"]
+    assert not list(store.checkpoints.glob("round-*.npz"))  # only rounds that worked are kept
+    final = load_npz(store.path / "model.npz")
+    assert all(np.array_equal(final[k], MODEL[k]) for k in MODEL)
+
+
+def test_scores_that_overflow_leave_no_mean_and_the_summary_is_strict_json(
+        tmp_path: Path) -> None:
+    absurd = SiloMetrics(num_examples=10, train_loss=0.5, eval_loss=1e308,
+                         eval_accuracy=1e308, eval_examples=1e308)
+    summary, store = _run(tmp_path, {1: honest(1, "a", metrics=absurd), 2: honest(2, "b"),
+                                     3: honest(3, "c")})
+    assert summary["status"] == "completed"
+    assert summary["final_accuracy"] is None and summary["final_loss"] is None
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in a file that must be JSON")
+
+    json.loads((store.path / "summary.json").read_text(), parse_constant=refuse)
+    for line in store.metrics_path.read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
+
+
+def test_weighted_mean_is_none_when_it_is_not_finite() -> None:
+    assert weighted_mean([(1e308, 1e308), (0.5, 1.0)]) is None
+    assert weighted_mean([(1.0, 1e308), (1.0, 1e308)]) is None  # the total weight overflows
+    assert weighted_mean([(0.5, 2.0), (1.0, 2.0)]) == 0.75
+    assert weighted_mean([]) is None

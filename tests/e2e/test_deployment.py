@@ -44,6 +44,9 @@ def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> No
                                     round_timeout=60.0, join_timeout=45.0, name="e2e"),
                           timeout=85)
         processes = list(fed.processes)
+        # the SuperLink's own SuperExec asks it for a task at Flower's 1 s, not quicker
+        superexec = _superexec_of(fed.coordinator.superlink.pid)
+        assert b"FLWR_SUPEREXEC_TASK_POLL_INTERVAL=1.0" in _environ(superexec)
         flower_log = fed.home.cli().run_log(outcome.store.events()[0]["flower_run_id"])
     # Flower's own status, not `flwr run`'s exit code
     assert outcome.status == "finished:completed", outcome.summary
@@ -101,6 +104,34 @@ def test_flwr_not_found_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DeploymentError, match="not found.*pip install xsilo"):
         find_binary("flwr")
+
+
+def _environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+def _superexec_of(superlink: int) -> int:
+    """The SuperExec process the SuperLink ``superlink`` (or a process under it) started."""
+    from xsilo.procfs import parent_pid
+
+    def under(pid: int) -> bool:
+        while pid > 1:
+            if pid == superlink:
+                return True
+            pid = parent_pid(pid) or 0
+        return False
+
+    found = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+             and b"superexec" in _cmdline(p) and under(int(p.name))]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

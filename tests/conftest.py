@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,19 @@ def make_federation(root: Path, *, model: str = "sklearn:LogisticRegression",
             root / silo.name / "silo.toml", name=silo.name, train=silo.train, test=silo.test,
             schema=demo_schema(), model=model))
     return configs
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """Messages built outside a Flower runtime take their ids from TaskIdentity: run 7,
+    node 1 while the test runs, and as they were afterwards (``usefixtures`` it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = {a: getattr(TaskIdentity, f"_{a}") for a in ("run_id", "node_id", "task_id")}
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    for attr, value in saved.items():
+        setattr(TaskIdentity, attr, value)
 
 
 @pytest.fixture

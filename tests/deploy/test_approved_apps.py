@@ -10,14 +10,12 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.fab import Fab
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
 from deploy.launch.fab import (XSILO_APP, build_fab, fab_app_id, fab_digest, normalize_fab_hash,
@@ -210,14 +208,8 @@ def test_cli_approve_app_needs_a_note(silo: SiloConfig) -> None:
 
 # ----------------------------------------------------------------------------- the gate
 @pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Messages outside a Flower runtime take their ids from TaskIdentity: run 7 here, and
-    as it was afterwards."""
-    saved = {a: getattr(TaskIdentity, f"_{a}") for a in ("run_id", "node_id", "task_id")}
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    for attr, value in saved.items():
-        setattr(TaskIdentity, attr, value)
+def _task_identity(task_identity: None) -> None:
+    """Every test here builds messages outside a Flower runtime (tests/conftest.py)."""
 
 
 def _task(silo: SiloConfig | None, content: bytes, *, claimed: str | None = None,

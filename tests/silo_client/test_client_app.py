@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from silo_client import secure as glue
 from silo_client.client_app import _Handlers
@@ -37,14 +35,8 @@ SECAGG_RUN = make_config(run_id="sa-1", roster=[0, 1, 2], threshold=2, length=31
 
 
 @pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Messages outside a Flower runtime take their ids from TaskIdentity: run 7 here, and
-    as it was afterwards."""
-    saved = {a: getattr(TaskIdentity, f"_{a}") for a in ("run_id", "node_id", "task_id")}
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    for attr, value in saved.items():
-        setattr(TaskIdentity, attr, value)
+def _task_identity(task_identity: None) -> None:
+    """Every test here builds messages outside a Flower runtime (tests/conftest.py)."""
 
 
 def _message(message_type: str, content: dict) -> Message:

@@ -9,7 +9,8 @@ one round later; the loop emits the row for round *r* as soon as model *r* was e
 A failed round (too few usable updates, or a new model that is not finite) keeps the
 previous model and is reported, never hidden; an exception fails the run and is recorded in
 ``summary.json``. At join, a silo whose initial model is not numeric and finite is refused,
-and so are all nodes that claim one silo name.
+and so are all nodes that claim one silo name, and a node that joins under another name
+than the one the coordinator home enrolled it with (``enrolled.json``).
 
 With ``secure_aggregation`` the rounds run through :mod:`coordinator.secure` (a key setup
 after join, then two round trips per round); the strategy then sees only ``Σ w·delta`` and
@@ -98,6 +99,24 @@ def _claimed_twice(admitted: Mapping[int, Reply]) -> dict[str, list[int]]:
     return {name: nodes for name, nodes in by_name.items() if len(nodes) > 1}
 
 
+def _identity_problem(name: str, node: int, enrolled: Mapping[str, int]) -> str | None:
+    """Why ``node`` may not join as silo ``name`` (None: it may): the coordinator home
+    enrolled that name with another node's key, or this node's key under another name. A
+    node it knows nothing of (no enrolment record) is left to the other checks."""
+    owner = enrolled.get(name)
+    if owner is not None and owner != node:
+        return _refusal("identity", (
+            f"node {node} joins as silo {name!r}, whose enrolled key is node {owner}'s; a silo "
+            f"joins only under the name it enrolled with (find which silo runs node {node}: "
+            "`flwr supernode list`, and revoke it if it is not who it says)"))
+    own = sorted(n for n, i in enrolled.items() if i == node and n != name)
+    if own:
+        return _refusal("identity", (
+            f"node {node} was enrolled as silo {own[0]!r} but joins as {name!r}; a silo joins "
+            f"under the name it enrolled with: set name = {own[0]!r} in its silo.toml"))
+    return None
+
+
 def _model_problem(name: str, model: Mapping[str, np.ndarray]) -> str | None:
     """Why a silo's initial model cannot start the run (None: it can): every tensor must be
     numeric and finite, or a silo that joins first could make the run's model NaN."""
@@ -118,10 +137,12 @@ class RoundLoop:
     def __init__(self, config: RunConfig, transport: Transport, store: RunStore,
                  strategy: Strategy, *, observers: Observers | None = None,
                  evaluator: Evaluator | None = None, exports: RunExports | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, enrolled: Mapping[str, int] | None = None) -> None:
         """``evaluator`` and ``exports`` default to what ``config`` names (built when the run
         starts); pass them to inject others (tests, embedding). ``resume``: continue from the
-        run directory's last verified checkpoint (:mod:`coordinator.resume`)."""
+        run directory's last verified checkpoint (:mod:`coordinator.resume`). ``enrolled``:
+        each enrolled silo's node id (the run directory's ``enrolled.json``): a node that
+        joins under another name than its own is refused."""
         self.config = config
         self.transport = MeteredTransport(transport)
         self.store = store
@@ -130,6 +151,7 @@ class RoundLoop:
         self.strategy = strategy
         self.observers = observers or Observers()
         self.members: dict[int, _Member] = {}
+        self.enrolled = dict(enrolled or {})
         self.failed_rounds: list[int] = []
         self.secure: SecureAggregation | None = None
         self.privacy = (RunPrivacy(config.dp, num_silos=config.wait_for,
@@ -176,6 +198,12 @@ class RoundLoop:
                 "them is admitted under that name (one is not who it says it is): check "
                 f"which node holds {name}'s enrolled key and revoke the other")))
             for node in claimants:
+                del admitted[node]
+        for node, reply in sorted(admitted.items()):
+            assert reply.info is not None
+            why = _identity_problem(reply.info.name, node, self.enrolled)
+            if why is not None:
+                _refuse(refused, reply.info.name, node, why)
                 del admitted[node]
         initial: dict[str, dict[str, np.ndarray]] = {}
         for node, reply in admitted.items():

@@ -22,7 +22,8 @@ from deploy.launch.processes import FlowerCLI
 from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
 
-__all__ = ["DATABASE", "RECORD", "database_path", "register_enrolled", "save_registrations"]
+__all__ = ["DATABASE", "RECORD", "database_path", "enrolled_node_ids", "register_enrolled",
+           "save_registrations"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ def _load(flwr_home: Path) -> dict[str, dict[str, object]]:
         log.warning("%s is unreadable (%s: %s); every enrolled silo is registered afresh",
                     path, type(exc).__name__, exc)
         return {}
+
+
+def enrolled_node_ids(flwr_home: Path) -> dict[str, int]:
+    """Enrolled silo name → its node id, as this coordinator home registered them (empty
+    where it keeps no record: a SuperLink whose nodes xsilo did not register)."""
+    return {name: int(entry["node_id"]) for name, entry in _load(flwr_home).items()}  # type: ignore[call-overload]
 
 
 def save_registrations(flwr_home: Path, node_ids: Mapping[str, int],

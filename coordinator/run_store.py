@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 _STATE_PREFIX = "strategy/"
 _ROUND, _META, _DIGEST = "__round__", "__meta__", "__sha256__"
 OWNER_FILE = "serverapp.json"
+ENROLLED_FILE = "enrolled.json"
 RESUME_FILE = "resume.json"
 LOG_FILE = "coordinator.log"
 
@@ -385,6 +386,36 @@ class RunStore:
             raise ConfigError(f"{path} holds a JSON {type(summary).__name__}, not the object "
                               "a run writes; restore it from a backup, or remove it")
         return summary
+
+    def write_enrolled(self, node_ids: Mapping[str, int]) -> None:
+        """``enrolled.json``: the node id of each silo the coordinator home enrolled, as the
+        run is started or resumed (none: the file is removed). The round loop refuses a node
+        that joins under another name than the one it was enrolled with."""
+        path = self.path / ENROLLED_FILE
+        if not node_ids:
+            path.unlink(missing_ok=True)
+            return
+        atomic_write(path, json.dumps({str(n): int(i) for n, i in sorted(node_ids.items())},
+                                      indent=2).encode())
+
+    def enrolled(self) -> dict[str, int] | None:
+        """``enrolled.json`` (None: no enrolment is known, e.g. an in-process run);
+        ConfigError when it is damaged."""
+        path = self.path / ENROLLED_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); resume "
+                              "the run (`xsilo coordinator run --resume`), which writes it "
+                              "again from the coordinator home") from None
+        if not isinstance(data, dict) or not all(
+                isinstance(k, str) and type(v) is int for k, v in data.items()):
+            raise ConfigError(f"{path} is not a JSON object of silo name → node id; resume "
+                              "the run (`xsilo coordinator run --resume`), which writes it "
+                              "again from the coordinator home")
+        return data
 
     def clear_summary(self) -> None:
         """Drop ``summary.json`` (a resumed run writes its own; its end events stay in

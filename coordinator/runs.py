@@ -20,6 +20,7 @@ from typing import Any
 from coordinator.config import RunConfig, load_run_config, write_run_config
 from coordinator.outcome import start_summary
 from coordinator.preflight import check_run
+from coordinator.registrations import enrolled_node_ids
 from coordinator.run_store import RESUME_FILE, RunStore
 from deploy.launch.fab import XSILO_APP
 from deploy.launch.processes import FlowerCLI
@@ -79,6 +80,7 @@ def submit_run(cli: FlowerCLI, run_dir: Path, config: RunConfig) -> tuple[int, R
 
 
 def _submit(cli: FlowerCLI, store: RunStore, config: RunConfig) -> tuple[int, RunStore]:
+    store.write_enrolled(enrolled_node_ids(cli.flwr_home))  # who may join under which name
     try:
         run_id = cli.submit(APP_DIR, {"run-dir": str(store.path.resolve())})
     except DeploymentError as exc:

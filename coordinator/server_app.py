@@ -51,6 +51,7 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
                 raise DeploymentError(
                     f"run {store.path.name} is still being run by process {owner}; wait for "
                     f"it to end (or stop it: `flwr stop`), then resume")
+            enrolled = store.enrolled()
             store.prepare(resume=resume is not None)
         except Exception as exc:
             log.exception("the run could not start")
@@ -65,7 +66,7 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
         observers = observers or Observers()
         transport = GridTransport(grid, poll_interval=poll_interval, recorder=observers.reply)
         return RoundLoop(config, transport, store, strategy, observers=observers,
-                         resume=resume is not None).run()
+                         resume=resume is not None, enrolled=enrolled).run()
 
 
 _LOGGERS = ("coordinator", "strategies", "xsilo")

@@ -21,7 +21,7 @@ from coordinator.messages import Payload, Reply
 from coordinator.preflight import check_run
 from coordinator.rows import weighted_mean
 from coordinator.run_store import RunStore, load_npz
-from xsilo.errors import DeploymentError
+from xsilo.errors import ConfigError, DeploymentError
 from xsilo.terms import SiloInfo, SiloMetrics
 
 MODEL = {"w": np.zeros(4, np.float32), "b": np.zeros(1, np.float32)}
@@ -68,11 +68,13 @@ class Silos:
         return out
 
 
-def _run(tmp: Path, answers: Mapping[int, Answer], **settings: object) -> tuple[dict, RunStore]:
+def _run(tmp: Path, answers: Mapping[int, Answer], *, enrolled: Mapping[str, int] | None = None,
+         **settings: object) -> tuple[dict, RunStore]:
     config = RunConfig(**{"num_rounds": 2, "min_silos": 2, "name": "liars", **settings})
     store = RunStore(tmp / "run")
     store.prepare()
-    loop = RoundLoop(config, Silos(answers), store, check_run(config, evaluator=False))
+    loop = RoundLoop(config, Silos(answers), store, check_run(config, evaluator=False),
+                     enrolled=enrolled)
     return loop.run(), store
 
 
@@ -93,6 +95,50 @@ def test_two_nodes_joining_under_one_name_are_both_refused(tmp_path: Path,
     refusal = _join(store)["refused"]["a"]
     assert refusal.startswith("ProtocolError[duplicate-name]") and "nodes 1, 4" in refusal
     assert all(r["contributors"] == ["b", "c"] for r in _rows(store))
+
+
+def test_a_node_joining_under_another_silos_enrolled_name_is_refused(tmp_path: Path) -> None:
+    """hospital "a" is offline; node 3, enrolled as "c", joins as "a": refused, not counted
+    as "a" (no duplicate gives it away)."""
+    enrolled = {"a": 1, "b": 2, "c": 3, "d": 4}
+    summary, store = _run(tmp_path, {2: honest(2, "b"), 3: honest(3, "a"), 4: honest(4, "d")},
+                          enrolled=enrolled)
+    assert summary["status"] == "completed" and summary["silos"] == ["b", "d"]
+    refusal = _join(store)["refused"]["a"]
+    assert refusal.startswith("ProtocolError[identity]"), refusal
+    assert "node 3 joins as silo 'a', whose enrolled key is node 1's" in refusal
+    assert all(r["contributors"] == ["b", "d"] for r in _rows(store))
+
+
+def test_a_node_joining_under_a_name_nobody_enrolled_is_refused_naming_its_own(
+        tmp_path: Path) -> None:
+    summary, store = _run(tmp_path, {1: honest(1, "a"), 2: honest(2, "b"), 3: honest(3, "z")},
+                          enrolled={"a": 1, "b": 2, "c": 3})
+    assert summary["silos"] == ["a", "b"]
+    refusal = _join(store)["refused"]["z"]
+    assert "node 3 was enrolled as silo 'c' but joins as 'z'" in refusal
+    assert "name = 'c'" in refusal
+
+
+def test_without_an_enrolment_record_names_are_not_checked(tmp_path: Path) -> None:
+    """In process (or a SuperLink whose nodes xsilo did not register) there is no record."""
+    summary, _ = _run(tmp_path, {1: honest(1, "a"), 2: honest(2, "b"), 3: honest(3, "z")},
+                      enrolled={})
+    assert summary["silos"] == ["a", "b", "z"]
+
+
+def test_the_enrolment_record_is_written_whole_and_read_back_as_parsed(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.path.mkdir()
+    assert store.enrolled() is None
+    store.write_enrolled({"b": 2, "a": 1})
+    assert store.enrolled() == {"a": 1, "b": 2}
+    store.write_enrolled({})  # none known at this start: no stale record stays
+    assert store.enrolled() is None
+    for damaged in ('{"a": "1"}', "[1, 2]", "{trunc", '{"a": 1.0}'):
+        (store.path / "enrolled.json").write_text(damaged)
+        with pytest.raises(ConfigError, match="enrolled.json.*--resume"):
+            store.enrolled()
 
 
 def test_a_duplicate_name_that_leaves_too_few_silos_fails_the_run_naming_it(

@@ -63,6 +63,39 @@ def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> No
     assert "HTTP Request" not in flower_log, flower_log[-2000:]
 
 
+def test_a_silo_joining_under_another_name_than_it_enrolled_with_is_refused(
+        tmp_path: Path) -> None:
+    """hospital-c's node key is enrolled as hospital-c; its silo.toml says hospital-a (whose
+    own SuperNode is down, so no duplicate gives it away): the coordinator refuses it at join
+    by the enrolment the run started with (``enrolled.json``), the run goes on without it,
+    and the operator reads why in `xsilo coordinator status`."""
+    import subprocess
+    import sys
+
+    fed = LocalFederation(tmp_path).setup()
+    c = next(s for s in fed.silos if s.name == "hospital-c")
+    c.path.write_text(c.path.read_text().replace('name = "hospital-c"', 'name = "hospital-a"'))
+    with fed:
+        fed.start()
+        fed.supernodes["hospital-a"].stop()
+        node_c = fed.coordinator.node_ids["hospital-c"]
+        outcome = fed.run(RunConfig(num_rounds=1, min_silos=1, expected_silos=2,
+                                    round_timeout=40.0, join_timeout=30.0, name="identity"),
+                          timeout=85)
+    assert outcome.status == "finished:completed", outcome.summary
+    assert outcome.store.enrolled() == fed.coordinator.node_ids
+    join = next(e for e in outcome.store.events() if e["event"] == "join")
+    refusal = join["refused"]["hospital-a"]
+    assert refusal.startswith("ProtocolError[identity]"), refusal
+    assert f"node {node_c} joins as silo 'hospital-a'" in refusal
+    assert outcome.summary["silos"] == ["hospital-b"]
+    status = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
+                             "status", str(outcome.store.path)], capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "identity" in status.stdout and "hospital-a" in status.stdout, status.stdout
+
+
 def test_unregistered_node_key_is_refused_with_a_clear_reason(tmp_path: Path) -> None:
     fed = LocalFederation(tmp_path).setup()
     (fed.home_dir / "nodes" / "hospital-c.pub").unlink()  # never approved

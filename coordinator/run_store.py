@@ -373,19 +373,9 @@ class RunStore:
 
     def summary(self) -> dict[str, Any] | None:
         """``summary.json`` (None: the run has none yet); ConfigError when it is damaged."""
-        path = self.path / "summary.json"
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); it is "
-                              "written whole or not at all, so it was damaged afterwards: "
-                              "restore it from a backup, or remove it") from None
-        if not isinstance(summary, dict):
-            raise ConfigError(f"{path} holds a JSON {type(summary).__name__}, not the object "
-                              "a run writes; restore it from a backup, or remove it")
-        return summary
+        return _json_object(self.path / "summary.json", "it is written whole or not at all, "
+                            "so it was damaged afterwards: restore it from a backup, or "
+                            "remove it")
 
     def write_enrolled(self, node_ids: Mapping[str, int]) -> None:
         """``enrolled.json``: the node id of each silo the coordinator home enrolled, as the
@@ -402,25 +392,31 @@ class RunStore:
         """``enrolled.json`` (None: no enrolment is known, e.g. an in-process run);
         ConfigError when it is damaged."""
         path = self.path / ENROLLED_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); resume "
-                              "the run (`xsilo coordinator run --resume`), which writes it "
-                              "again from the coordinator home") from None
-        if not isinstance(data, dict) or not all(
-                isinstance(k, str) and type(v) is int for k, v in data.items()):
-            raise ConfigError(f"{path} is not a JSON object of silo name → node id; resume "
-                              "the run (`xsilo coordinator run --resume`), which writes it "
-                              "again from the coordinator home")
+        fix = "resume the run (`xsilo coordinator run --resume`), which writes it again"
+        data = _json_object(path, fix)
+        if data is not None and not all(type(v) is int for v in data.values()):
+            raise ConfigError(f"{path} is not a JSON object of silo name → node id; {fix}")
         return data
 
     def clear_summary(self) -> None:
         """Drop ``summary.json`` (a resumed run writes its own; its end events stay in
         ``metrics.jsonl``)."""
         (self.path / "summary.json").unlink(missing_ok=True)
+
+
+def _json_object(path: Path, fix: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None: no such file); ConfigError naming the file and
+    ``fix`` when it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not the object a run "
+                          f"writes; {fix}")
+    return data
 
 
 def strict_json(value: Any) -> Any:

@@ -89,12 +89,15 @@ class SumAccumulator:
     """Running weighted sum of deltas in float64, O(model size) memory.
 
     ``add`` validates an update and folds ``w·Δ`` into the sums in place, in chunks, keeping
-    no reference to the update. A rejected update leaves the sums untouched.
+    no reference to the update. A rejected update leaves the sums untouched; so does one
+    whose ``w·max|Δ|`` would take the sums past float64 (it alone is rejected: the round
+    goes on without it).
     """
 
     def __init__(self, reference: NDArrays) -> None:
         self._shapes = {k: tuple(v.shape) for k, v in reference.items()}
         self._sums: NDArrays | None = None
+        self._bound = 0.0  # Σ w·max|Δ| so far: no element of the sums is larger
         self.count = 0
         self.total_weight = 0.0
         self.silos: list[str] = []
@@ -107,14 +110,20 @@ class SumAccumulator:
         _check_weight(update.silo, update.weight)
         if update.silo in self.silos:
             raise _reject(update.silo, "a second update from the same silo in one round")
+        w = float(update.weight)
+        reach = w * max((_largest(update.delta[k]) for k in self._shapes), default=0.0)
+        if not (math.isfinite(self._bound + reach) and math.isfinite(self.total_weight + w)):
+            raise _reject(update.silo, f"its weight {w:g} times its largest value "
+                          f"({reach:g} in all) would make the round's weighted sum overflow "
+                          "float64; a count or an update this far out of range is not usable")
         if self._sums is None:
             self._sums = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
-        w = float(update.weight)
         scratch = np.empty(min(CHUNK, max((v.size for v in self._sums.values()), default=0)))
         for key, acc in self._sums.items():
             _fold(_flat(acc), _flat(update.delta[key]), w, scratch)
         self.count += 1
         self.total_weight += w
+        self._bound += reach
         self.silos.append(update.silo)
 
     def result(self) -> NDArrays:
@@ -128,6 +137,11 @@ class SumAccumulator:
             view.flags.writeable = False
             out[key] = view
         return out
+
+
+def _largest(a: np.ndarray) -> float:
+    """max |a| as a float, with no temporary array (two reductions)."""
+    return max(float(a.max()), -float(a.min())) if a.size else 0.0
 
 
 def _fold(acc: np.ndarray, delta: np.ndarray, w: float, scratch: np.ndarray) -> None:

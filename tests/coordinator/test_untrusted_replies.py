@@ -163,18 +163,37 @@ def test_an_unusable_initial_model_refuses_its_silo_and_another_silo_gives_the_m
     assert np.allclose(load_npz(store.path / "model.npz")["w"], 0.2)
 
 
-def test_a_non_finite_new_model_fails_the_round_and_is_never_saved(tmp_path: Path) -> None:
-    """A weight the parser would refuse (1e308), here past it: the sum overflows."""
-    huge = SiloMetrics(num_examples=1e308, train_loss=0.5)
-    liar = honest(1, "a", metrics=huge)
+def _overflowing(node: int, name: str) -> Answer:
+    """A weight the parser would refuse (1e308), here past it, on an update of 10s."""
+    liar = honest(node, name, metrics=SiloMetrics(num_examples=1e308, train_loss=0.5))
 
     def answer(kind: str) -> Reply | None:
         reply = liar(kind)
         if reply is not None and kind == "train":
             reply.arrays = {k: np.full_like(v, 10.0) for k, v in MODEL.items()}
         return reply
+    return answer
 
-    summary, store = _run(tmp_path, {1: answer, 2: honest(2, "b"), 3: honest(3, "c")})
+
+def test_an_update_whose_weight_overflows_the_sum_is_rejected_alone(tmp_path: Path) -> None:
+    summary, store = _run(tmp_path, {1: _overflowing(1, "a"), 2: honest(2, "b"),
+                                     3: honest(3, "c")})
+    assert summary["status"] == "completed" and summary["rounds_failed"] == []
+    for row in _rows(store):
+        assert row["contributors"] == ["b", "c"] and "overflow float64" in row["rejected"]["a"]
+    assert np.allclose(load_npz(store.path / "model.npz")["w"], 0.2)
+
+
+def test_a_non_finite_new_model_fails_the_round_and_is_never_saved(tmp_path: Path) -> None:
+    """A strategy whose step gives Inf (a plugin's bug, or sums no bound caught)."""
+    config = RunConfig(num_rounds=2, min_silos=2, name="liars")
+    strategy = check_run(config, evaluator=False)
+    strategy.step = lambda current, *_a, **_k: {  # type: ignore[method-assign]
+        k: np.full_like(v, np.inf) for k, v in current.items()}
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    silos = Silos({1: honest(1, "a"), 2: honest(2, "b"), 3: honest(3, "c")})
+    summary = RoundLoop(config, silos, store, strategy).run()
     assert summary["status"] == "completed" and summary["rounds_failed"] == [1, 2]
     for row in _rows(store):
         assert row["status"] == "failed" and "produced an unusable tensor" in row["reason"]

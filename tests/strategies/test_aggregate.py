@@ -65,6 +65,22 @@ def test_rejected_update_leaves_sums_untouched() -> None:
     np.testing.assert_array_equal(acc.result()["b"], np.full(2, 2.0))
 
 
+@pytest.mark.parametrize("weight, value", [
+    (1e308, 10.0),   # one update's w·Δ overflows by itself
+    (9e307, 1.0),    # each is finite, the second would take the sums (and Σw) past float64
+    (1e300, -1e10),  # negative values count by their size
+])
+def test_an_update_that_would_overflow_the_sums_is_rejected_alone(weight: float,
+                                                                  value: float) -> None:
+    acc = SumAccumulator(REF)
+    acc.add(Update("a", _delta(1.0), 9e307 if value == 1.0 else 2.0))
+    with pytest.raises(UpdateRejected, match="overflow float64"):
+        acc.add(Update("b", _delta(value), weight))
+    acc.add(Update("c", _delta(1.0), 1.0))  # the round goes on with the others
+    assert acc.silos == ["a", "c"]
+    assert all(np.isfinite(v).all() for v in acc.result().values())
+
+
 def test_result_is_float64_read_only_and_empty_round_refused() -> None:
     acc = SumAccumulator(REF)
     with pytest.raises(StrategyError, match="no update"):

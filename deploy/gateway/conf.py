@@ -36,7 +36,7 @@ from pathlib import Path
 from xsilo.errors import ConfigError
 
 __all__ = ["CIPHERS", "CRL_PATH", "HEADER_TIMEOUT", "PER_ADDRESS", "SHUTDOWN_TIMEOUT",
-           "check_binding", "coordinator_conf", "silo_conf"]
+           "check_binding", "check_hostport", "coordinator_conf", "silo_conf"]
 
 # Matched with fullmatch: `$` would also match before a final "\n".
 _HOSTPORT = re.compile(r"[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}")
@@ -53,7 +53,8 @@ CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
            "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
 
 
-def _check_hostport(value: str, what: str) -> str:
+def check_hostport(value: str, what: str) -> str:
+    """``host:port`` (or ``[v6]:port``) with a port in 1-65535; ConfigError otherwise."""
     if (not isinstance(value, str) or not _HOSTPORT.fullmatch(value)
             or not 0 < int(value.rsplit(":", 1)[1]) < 65536):
         raise ConfigError(f"{what} {value!r} is not host:port with a port in 1-65535 "
@@ -67,7 +68,7 @@ def _check_upstream(value: str, what: str) -> str:
         if not value[5:].startswith("/"):
             raise ConfigError(f"{what} {value!r}: a unix socket path must be absolute")
         return _q(value, what)
-    return _check_hostport(value, what)
+    return check_hostport(value, what)
 
 
 def _q(value: str | Path, what: str = "value") -> str:
@@ -224,7 +225,7 @@ def coordinator_conf(*, prefix: Path, listen: str, server_cert: Path, server_key
     }}
 
     server {{
-        listen {_check_hostport(listen, 'listen address')} ssl;
+        listen {check_hostport(listen, 'listen address')} ssl;
         ssl_certificate {_q(server_cert)};
         ssl_certificate_key {_q(server_key)};
         ssl_client_certificate {_q(ca_cert)};
@@ -260,7 +261,7 @@ def silo_conf(*, prefix: Path, listen: str, local_cert: Path, local_key: Path, c
     through :mod:`deploy.gateway.uplink`)."""
     return _head(prefix, worker_user, worker_connections, nginx_version, scratch) + f"""
     upstream xsilo_coordinator {{
-        server {_check_hostport(upstream, 'coordinator address')};
+        server {check_hostport(upstream, 'coordinator address')};
         keepalive 16;
     }}
 

@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from deploy.gateway.conf import check_hostport
 from deploy.pki.certs import (
     CertifiedKey, crl_number, flower_public_key_header, fingerprint, issue_leaf,
     load_private_key, make_ca, make_crl, public_key_fingerprint, read_certificate,
@@ -48,7 +49,7 @@ from deploy.pki.messages import (
     Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
     parse_node_public_key, read_request,
 )
-from xsilo.errors import EnrollmentError
+from xsilo.errors import ConfigError, EnrollmentError
 from xsilo.files import atomic_write
 
 __all__ = ["DEFAULT_PKI_DIR", "RESERVED_NAMES", "CoordinatorFiles", "Pki", "RevokeHook"]
@@ -535,11 +536,11 @@ def _idna(host: str) -> bool:
 
 
 def _check_address(address: str) -> str:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise EnrollmentError(f"--address {address!r} is not host:port with a port in 1-65535 "
-                              "(e.g. fl.example.org:8443)")
-    return address
+    """The address silos' gateways will dial: what their config accepts, checked here."""
+    try:
+        return check_hostport(address, "--address")
+    except ConfigError as exc:
+        raise EnrollmentError(str(exc)) from None
 
 
 def _validity(settings: dict) -> dt.timedelta:

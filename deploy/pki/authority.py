@@ -17,18 +17,16 @@ Layout::
       revoked/<name>.pub       node keys of revoked silos (unregister these)
       bundles/<name>.json      the last bundle for each silo (public; send it back)
 
-Nothing is changed until every check passed and the CA key was unlocked: a malformed
-request or a wrong passphrase leaves the directory as it was.
+Nothing is changed until every check passed (:mod:`deploy.pki.checks`) and the CA key was
+unlocked: a malformed request or a wrong passphrase leaves the directory as it was.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,18 +36,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.gateway.conf import check_hostport
 from deploy.pki.certs import (
     CertifiedKey, crl_number, flower_public_key_header, fingerprint, issue_leaf,
     load_private_key, make_ca, make_crl, public_key_fingerprint, read_certificate,
     write_private_key, write_public_pem,
 )
+from deploy.pki.checks import (
+    check_address, check_crl_seconds, check_curve, check_days, check_hosts, check_name,
+    check_new_passphrase, check_organization, check_port, coordinator_server_name,
+)
 from deploy.pki.index import CertRecord, Index
 from deploy.pki.messages import (
-    Bundle, EnrollmentRequest, check_name, check_organization, node_key_fingerprint,
-    parse_node_public_key, read_request,
+    Bundle, EnrollmentRequest, node_key_fingerprint, parse_node_public_key, read_request,
 )
-from xsilo.errors import ConfigError, EnrollmentError
+from xsilo.errors import EnrollmentError
 from xsilo.files import atomic_write
 
 __all__ = ["DEFAULT_PKI_DIR", "RESERVED_NAMES", "CoordinatorFiles", "Pki", "RevokeHook"]
@@ -164,13 +164,9 @@ class Pki:
         if (root / "pki.json").exists() or (root / "private" / "ca.key").exists():
             raise EnrollmentError(f"{root} already holds a PKI; refusing to overwrite its CA. "
                                   "To rotate the CA, init a new directory (docs/security.md)")
-        if curve not in ("P-256", "P-384"):
-            raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
+        check_curve(curve)
         check_days(days)
-        if passphrase is not None and not passphrase:
-            raise EnrollmentError("the passphrase for the new CA key is empty, which would "
-                                  "store the key unencrypted: give a non-empty passphrase, or "
-                                  "pass no passphrase at all (`--no-encrypt`) to mean it")
+        check_new_passphrase(passphrase)
         check_organization(organization)
         ca = make_ca(common_name, curve=curve, days=days, organization=organization)
         root.mkdir(parents=True, exist_ok=True)
@@ -180,7 +176,7 @@ class Pki:
         settings = {"format": "xsilo-pki/1", "organization": organization, "curve": curve,
                     "crl_days": crl_days, "coordinator": None}
         if crl_seconds is not None:
-            settings["crl_seconds"] = _positive_seconds(crl_seconds)
+            settings["crl_seconds"] = check_crl_seconds(crl_seconds)
         Index(root / "index.json").save()
         atomic_write(root / "crl.pem", make_crl(
             ca, [], validity=_validity(settings), number=time.time_ns() // 1_000_000,
@@ -222,15 +218,12 @@ class Pki:
         previous = self.settings.get("coordinator") or {}
         if not hosts and previous.get("hosts"):
             hosts, address = list(previous["hosts"]), address or previous["address"]
-        if not hosts:
-            raise EnrollmentError("issue-coordinator needs at least one --host or --ip")
-        hosts = [_check_host(h) for h in hosts]
+        hosts = check_hosts(hosts)
         check_days(days)
-        if not 0 < port < 65536:
-            raise EnrollmentError(f"--port {port}: give a port in 1-65535 (e.g. 8443)")
-        address = _check_address(address or f"{hosts[0]}:{port}")
+        check_port(port)
+        address = check_address(address or f"{hosts[0]}:{port}")
         ca = self.unlock(passphrase)
-        server_name = _server_name(address, hosts)
+        server_name = coordinator_server_name(address, hosts)
         out = self.root / "coordinator"
         index = Index(self.index_path)
         for kind, sans in (("coordinator", hosts), ("superlink", ["localhost", "127.0.0.1"])):
@@ -408,7 +401,7 @@ class Pki:
         every later CRL of this PKI."""
         ca = self.unlock(passphrase)
         if validity_seconds is not None:
-            self.settings["crl_seconds"] = _positive_seconds(validity_seconds)
+            self.settings["crl_seconds"] = check_crl_seconds(validity_seconds)
             atomic_write(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
         self._write_crl(ca, Index(self.index_path))
         return self.crl_path
@@ -493,7 +486,6 @@ class Pki:
 
 _RESTORE = ("restore it from your backup of the PKI directory (an offline CA's coordinator "
             "host: `xsilo pki sync` from the CA host)")
-MAX_DAYS = 36500  # a certificate's lifetime: beyond ~100 years is a typo, not a plan
 
 
 def _read_settings(path: Path) -> dict:
@@ -508,74 +500,11 @@ def _read_settings(path: Path) -> dict:
     return settings
 
 
-def check_days(days: int, what: str = "--days") -> int:
-    """A certificate lifetime in days: 1 to :data:`MAX_DAYS`."""
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
-        raise EnrollmentError(f"{what} {days!r} is not a lifetime in days: give 1 to "
-                              f"{MAX_DAYS} (e.g. 365)")
-    return days
-
-
-_HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
-
-
-def _check_host(host: str) -> str:
-    if _is_ip(host) or (isinstance(host, str) and len(host) <= 253 and _HOST.fullmatch(host)):
-        return host
-    hint = (f"; write a non-ASCII name in its ASCII form ({host.encode('idna').decode()!r})"
-            if _idna(host) else "")
-    raise EnrollmentError(f"--host {host!r} is not a DNS name or IP address: use letters, "
-                          f"digits, '-' and '.' (e.g. fl.example.org){hint}")
-
-
-def _idna(host: str) -> bool:
-    try:
-        return host.encode("idna") != host.encode()
-    except (UnicodeError, ValueError):
-        return False
-
-
-def _check_address(address: str) -> str:
-    """The address silos' gateways will dial: what their config accepts, checked here."""
-    try:
-        return check_hostport(address, "--address")
-    except ConfigError as exc:
-        raise EnrollmentError(str(exc)) from None
-
-
 def _validity(settings: dict) -> dt.timedelta:
     if settings.get("crl_seconds"):
         return dt.timedelta(seconds=int(settings["crl_seconds"]))
     return dt.timedelta(days=int(settings.get("crl_days", 3)))
 
 
-def _positive_seconds(seconds: int) -> int:
-    if int(seconds) < 1:
-        raise EnrollmentError(f"CRL validity {seconds!r} s: must be at least 1 second")
-    return int(seconds)
-
-
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _server_name(address: str, hosts: list[str]) -> str:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host not in hosts:
-        raise EnrollmentError(f"address host {host!r} is not among the certificate names {hosts}")
-    if not _is_ip(host):
-        return host
-    names = [h for h in hosts if not _is_ip(h)]
-    if not names:
-        raise EnrollmentError("add a DNS name with --host: gateways verify the coordinator by "
-                              "name (nginx does not match IP SANs)")
-    return names[0]
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-

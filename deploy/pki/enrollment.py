@@ -22,10 +22,11 @@ from deploy.pki.certs import (
     fingerprint, issue_leaf, make_ca, make_csr, openssh_public_line, read_certificate,
     read_private_key, write_private_key, write_public_pem,
 )
+from deploy.pki.checks import check_contact, check_curve, check_name, check_organization
 from deploy.pki.kit import KIT_FILES, MemberKit, load_kit, write_kit_toml, write_silo_stub
 from deploy.pki.messages import (
-    Bundle, EnrollmentRequest, check_contact, check_name, check_organization,
-    node_key_fingerprint, parse_node_public_key, read_bundle, read_request,
+    Bundle, EnrollmentRequest, node_key_fingerprint, parse_node_public_key, read_bundle,
+    read_request,
 )
 from xsilo.errors import EnrollmentError
 from xsilo.files import atomic_write
@@ -47,9 +48,8 @@ def enroll(name: str, kit_dir: Path, *, email: str, person: str | None = None,
     check_name(name)
     check_organization(organization)
     contact = check_contact({"email": email, "person": person, "phone": phone})
+    check_curve(curve)
     curves = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
-    if curve not in curves:
-        raise EnrollmentError(f"curve {curve!r} is not supported: use P-256 or P-384")
     kit = Path(kit_dir)
     for f in (KIT_FILES["tls_key"], KIT_FILES["node_key"]):
         if (kit / f).exists():

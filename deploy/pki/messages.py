@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.pki.certs import fingerprint, public_key_fingerprint
+from deploy.pki.checks import check_contact, check_name, check_organization
 from xsilo.errors import EnrollmentError
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "REQUEST_FORMAT",
     "Bundle",
     "EnrollmentRequest",
-    "check_contact",
-    "check_name",
     "node_key_fingerprint",
     "parse_node_public_key",
     "read_bundle",
@@ -44,58 +43,7 @@ __all__ = [
 
 REQUEST_FORMAT = "xsilo-enrollment-request/1"
 BUNDLE_FORMAT = "xsilo-bundle/1"
-# Validators match the whole string (fullmatch): `$` would also match before a final "\n".
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_ORG = re.compile(r"(?:[A-Za-z0-9.'()&-](?:[A-Za-z0-9 .'()&-]{0,62}[A-Za-z0-9.'()&-])?)?")
-_EMAIL = re.compile(r"[^@\s\"\\]+@[^@\s\"\\]+\.[^@\s\"\\]+")
-_CONTACT_KEYS = ("email", "person", "phone")
-_CONTACT_MAX = 128  # characters of one contact field
 _PRIVATE_MARKER = re.compile(r"PRIVATE KEY|OPENSSH PRIVATE")
-
-
-def check_name(name: str) -> str:
-    """Validate a silo name (it becomes a certificate CN, a file name and an nginx map key)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise EnrollmentError(
-            f"silo name {name!r} is invalid: use 1-63 lowercase letters, digits and '-', "
-            "starting with a letter or digit (e.g. 'hospital-a')")
-    return name
-
-
-def check_organization(org: str | None) -> str | None:
-    """Validate an organization name (it goes into the certificate subject)."""
-    if org is not None and (not isinstance(org, str) or not _ORG.fullmatch(org)):
-        raise EnrollmentError(f"organization {org!r} is invalid: use at most 64 letters, "
-                              "digits, spaces and . ' ( ) & -, with no space at either end "
-                              "(no commas: nginx must read the subject exactly as written)")
-    return org or None
-
-
-def check_contact(contact: object) -> dict[str, str]:
-    """Validate a request's contact fields (the operator reads them beside the fingerprints):
-    ``email`` required, ``person`` and ``phone`` optional, each one printable line."""
-    if not isinstance(contact, dict):
-        raise EnrollmentError("contact must be an object with email, person and phone")
-    unknown = sorted(str(k) for k in contact if k not in _CONTACT_KEYS)
-    if unknown:
-        raise EnrollmentError(f"contact field(s) {', '.join(map(repr, unknown))} are not "
-                              f"accepted; use {', '.join(_CONTACT_KEYS)}")
-    out: dict[str, str] = {}
-    for key in _CONTACT_KEYS:
-        value = contact.get(key)
-        if value is None or value == "":
-            continue
-        if (not isinstance(value, str) or not value.isprintable() or value != value.strip()
-                or not 0 < len(value) <= _CONTACT_MAX):
-            raise EnrollmentError(
-                f"contact.{key} {str(value)[:_CONTACT_MAX]!r} is invalid: give one line of "
-                f"at most {_CONTACT_MAX} printable characters, no control characters and no "
-                "space at either end")
-        out[key] = value
-    if not _EMAIL.fullmatch(out.get("email", "")):
-        raise EnrollmentError(f"contact.email {out.get('email', '')!r} is missing or not an "
-                              "address; give one like it@hospital-a.example")
-    return out
 
 
 def canonical(body: dict[str, Any]) -> bytes:

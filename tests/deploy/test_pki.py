@@ -204,14 +204,14 @@ def test_serials_are_written_as_nginx_logs_them(serial: int, text: str) -> None:
 def test_names_and_organizations_are_matched_whole(check: str, value: str) -> None:
     """`$` also matches before a final newline: a silo named 'hospital-a\\n' would get a
     certificate and could not be revoked by the name the operator sees."""
-    from deploy.pki.messages import check_name, check_organization
+    from deploy.pki.checks import check_name, check_organization
 
     with pytest.raises(EnrollmentError, match="is invalid"):
         (check_name if check == "name" else check_organization)(value)
 
 
 def test_organizations_that_nginx_reads_as_written_are_accepted() -> None:
-    from deploy.pki.messages import check_organization
+    from deploy.pki.checks import check_organization
 
     for org in ("St. Mary's (North) & Co-op", "A", "x" * 64, "", None):
         assert check_organization(org) == (org or None)

@@ -174,7 +174,8 @@ class RoundLoop:
             secure_aggregation=cfg.secure_aggregation,
             secagg_threshold=run_threshold(cfg, len(nodes)) if cfg.secure_aggregation else None,
             dp=self.privacy.join_terms() if self.privacy is not None else None,
-            compression=cfg.compression, compression_fraction=cfg.compression_fraction)
+            compression=cfg.compression, compression_fraction=cfg.compression_fraction,
+            run_token=self.run_token)
         # Once the silos the run waits for have answered, a node still silent (a stale
         # registration, a silo gone) costs the grace period, not the round timeout.
         replies = self.transport.exchange(

@@ -13,7 +13,8 @@ Secure aggregation (``silo_client.secure``): ``train.secagg_setup`` once per run
 MaskRequest inside ``train``, ``train.unmask`` after it. The protocol state (private keys)
 lives in Flower's node-local ``context.state`` only, sealed under a key in the silo's
 workspace (``silo_client.sealed``). A silo that joined a secure run, or
-whose site policy requires secure aggregation, never sends an update in the clear.
+whose site policy requires secure aggregation, never sends an update in the clear; what it
+agreed to at join is kept in its workspace (``silo_client.joins``) and outlives a restart.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from deploy.launch.poll import note_federation
-from silo_client import secure
+from silo_client import joins, secure
 from silo_client.compress import Compressed, compress_update
 from silo_client.sealed import KEY_FILE, SealBroken, seal, state_key, unseal
 from silo_client.identity import site_identity
@@ -46,10 +47,7 @@ __all__ = ["app", "build_app", "simulation_app"]
 log = logging.getLogger(__name__)
 
 _SECAGG_STATE = "xsilo.secagg"  # context.state: protocol state, holds private keys
-_RUN_STATE = "xsilo.run"  # context.state: how this silo joined the run
-_SEALED = "sealed"  # each record above holds one blob sealed under the workspace key
-_JOINED_SECURE = "joined-secure"  # … whether it joined under secure aggregation
-_JOINED_DP = "joined-dp"  # … whether it joined under differential privacy
+_SEALED = "sealed"  # the record above holds one blob sealed under the workspace key
 
 Handler = Callable[[Message, Context], Message]
 
@@ -144,13 +142,6 @@ def _stored(context: Context, silo: Silo) -> dict[str, Any] | None:
     return _opened(context, silo, _SECAGG_STATE)
 
 
-def _joined(context: Context, silo: Silo, key: str) -> bool:
-    """Whether this silo joined the run under secure aggregation (``_JOINED_SECURE``) or
-    differential privacy (``_JOINED_DP``): its join terms."""
-    state = _opened(context, silo, _RUN_STATE) or {}
-    return bool(state.get(key, False))
-
-
 class _Handlers:
     """The silo's message handlers, over plain :class:`Silo` calls; ``on_clipped`` (tests,
     audits) sees every DP clip before masking."""
@@ -205,8 +196,9 @@ class _Handlers:
         note_federation(terms.num_silos)  # paces this silo's SuperNode (deploy.launch.poll)
         silo = self.silo(context)
         info, params = silo.join(terms)
-        _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: terms.secure_aggregation,
-                                          _JOINED_DP: terms.dp is not None})
+        joins.remember_join(silo.config.workspace, _run_id(msg), run_token=terms.run_token,
+                            secure_aggregation=terms.secure_aggregation,
+                            dp_table=None if terms.dp is None else dict(terms.dp.table))
         reply = info.to_config()
         silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
                            arrays=params, metrics={}, extra=reply)
@@ -227,8 +219,7 @@ class _Handlers:
         # The site policy (require_secure_aggregation among its rules) and the run's own
         # terms are checked in Silo.train before any work: a clear round is refused there.
         result = silo.train(params, terms, secure=request is not None,
-                            joined_secure=_joined(context, silo, _JOINED_SECURE),
-                            joined_dp=_joined(context, silo, _JOINED_DP))
+                            joined=joins.joined(silo.config.workspace, _run_id(msg)))
         policy = silo.policy
         if request is None:  # what leaves follows the site's share_metrics (count bucketed)
             compressed = (None if terms.compression == "none"  # allowed: Silo.train checked it
@@ -306,9 +297,7 @@ class _Handlers:
                                         limits=silo.policy.secagg_limits(),
                                         identity=site_identity(silo.config, silo.policy))
         _seal(context, silo, _SECAGG_STATE, state)
-        if _opened(context, silo, _RUN_STATE) is None:  # re-keyed after a restart: the
-            # join terms were lost with the state, and a key request comes only in a secure run
-            _seal(context, silo, _RUN_STATE, {_JOINED_SECURE: True})
+        joins.remember_secure(silo.config.workspace, _run_id(msg))  # a secure run, whatever
         silo.record_egress(run_id=_run_id(msg), server_round=terms.server_round,  # 0: setup
                            message_type=msg.metadata.message_type, arrays={}, metrics={},
                            extra={"secagg": reply["kind"], **extra,

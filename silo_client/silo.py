@@ -24,6 +24,7 @@ from silo_client.adapters.build import build_model
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
 from silo_client.dpsgd import attach_dpsgd
+from silo_client.joins import Joined, check_joined
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import SitePolicy, check_run
 from silo_client.privacy import RoundPrivacy, SiloPrivacy, ledger_fields, parse_dp
@@ -159,30 +160,22 @@ class Silo:
                            eval_mse=float(scores["loss"]) if regression else None)
 
     def train(self, global_params: Mapping[str, np.ndarray], terms: TrainTerms, *,
-              secure: bool | None = None, joined_secure: bool = False,
-              joined_dp: bool = False) -> TrainResult:
+              secure: bool | None = None, joined: Joined | None = None) -> TrainResult:
         """Evaluate the incoming model, train locally, return the update and metrics.
 
         ``secure``: whether the update will be masked (the message carries a mask request);
         None reads it from the terms. Every site-policy rule that applies to a
-        round is re-checked first (:func:`~silo_client.policy.check_round`); then a silo
-        that joined the run under secure aggregation (``joined_secure``) refuses a clear
-        round, and one that joined it under DP (``joined_dp``) a round without DP terms,
-        with a ProtocolError. The round's ε is checked, not counted: :meth:`release`
-        counts it when the update is about to leave.
+        round is re-checked first (:func:`~silo_client.policy.check_round`); then the
+        round against the run's ``joined`` record (:func:`~silo_client.joins.check_joined`:
+        a clear round of a secure run, a DP run's round without its DP terms or with other
+        ones, another run token: a ProtocolError). The round's ε is checked, not counted:
+        :meth:`release` counts it when the update is about to leave.
         """
         started = time.perf_counter()
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
         round_privacy = self.privacy.begin_round(terms, dimension=model_length(global_params),
                                                  secure=secure)
-        if joined_secure and secure is False:
-            raise ProtocolError("this silo joined the run with secure aggregation but the "
-                                "train message has no mask request; refusing to send the "
-                                "update in the clear")
-        if joined_dp and terms.dp is None:
-            raise ProtocolError(f"this silo joined the run under differential privacy but "
-                                f"round {terms.server_round}'s terms carry no DP terms; "
-                                "refusing to send an update without its clipping and accounting")
+        check_joined(joined or Joined(), terms, secure=secure)
         settings = FitSettings.from_terms(terms)
         model = self.model(terms.seed, settings)
         dpsgd = None

@@ -320,6 +320,7 @@ class JoinTerms:
     dp: DPTerms | None = None
     compression: str = "none"
     compression_fraction: float = 0.01
+    run_token: str | None = None  # the coordinator's run identity (its train terms repeat it)
 
     WHAT: ClassVar[str] = "join terms"
 
@@ -329,6 +330,7 @@ class JoinTerms:
             SEED: self.seed, MIN_SILOS: self.min_silos, NUM_SILOS: self.num_silos,
             SECURE_AGGREGATION: self.secure_aggregation}
         _put(out, SECAGG_THRESHOLD, self.secagg_threshold)
+        _put(out, RUN_TOKEN, self.run_token)
         out.update(_compression_config(self.compression, self.compression_fraction))
         if self.dp is not None:
             out.update(self.dp.to_config())
@@ -346,6 +348,7 @@ class JoinTerms:
                     secure_aggregation=r.flag(SECURE_AGGREGATION, default=False),
                     secagg_threshold=r.integer(SECAGG_THRESHOLD, low=2),
                     dp=DPTerms.from_config(config, what=cls.WHAT),
+                    run_token=r.text(RUN_TOKEN),
                     **_read_compression(r))
         if terms.secure_aggregation and terms.secagg_threshold is None:
             raise ProtocolError(f"{cls.WHAT}: {SECAGG_THRESHOLD} is missing in a secure run; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from silo_client.privacy import TALLY_FILE
 from strategies.secagg import make_config
 from strategies.secagg.messages import KeyRequest, MaskRequest
 from xsilo import terms as T
-from xsilo.errors import ProtocolError
-from xsilo.protocol import ARRAYS, CONFIG, METRICS, SECAGG, SECAGG_ARRAYS
+from xsilo.errors import ConfigError, ProtocolError
+from xsilo.protocol import ARRAYS, CONFIG, DELTA, METRICS, SECAGG, SECAGG_ARRAYS
 from xsilo.records import arrays_to_record, record_to_arrays
 from xsilo.terms import DPTerms, JoinTerms, KeySetupTerms, TrainTerms
 
@@ -157,3 +158,63 @@ def test_an_array_record_is_refused_as_hostile_input(federation: list[Path]) -> 
     msg = _message("train", {CONFIG: ConfigRecord(ROUND.to_config()), ARRAYS: garbage})
     reply = handlers.guarded(handlers.train)(msg, context)
     assert json.loads(reply.error.reason)["type"] == "ProtocolError"
+
+
+@pytest.mark.parametrize(("join", "round_terms", "says"), [
+    (dataclasses.replace(JOIN, secure_aggregation=True, secagg_threshold=2, run_token="t"),
+     ROUND, "joined the run with secure aggregation"),
+    (dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1"), run_token="t"), ROUND,
+     "joined the run under differential privacy"),
+])
+def test_what_a_silo_joined_under_outlives_a_restart(
+        federation: list[Path], join: JoinTerms, round_terms: TrainTerms, says: str) -> None:
+    """A SuperNode restart empties the run's context; the join is kept in the workspace, so
+    the next round still has to carry a mask request, or the join's DP terms."""
+    handlers = _Handlers()
+    params = _join(handlers, _context(federation[0]), join)
+    record = _workspace(federation[0]) / "joined" / "7.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    restarted = _context(federation[0])  # the same Flower run, an empty context
+    with pytest.raises(ProtocolError, match=says):
+        _train(handlers, restarted, params, round_terms)
+    assert not (_workspace(federation[0]) / TALLY_FILE).exists()  # nothing left, nothing spent
+
+
+@pytest.mark.parametrize(("table", "says"), [
+    ({**TABLE, "noise_multiplier": 0.5}, r"noise_multiplier: 2.0 → 0.5"),
+    ({**TABLE, "clip_norm": 4.0}, r"clip_norm: 1.0 → 4.0"),
+    ({**TABLE, "max_epsilon": 50.0}, r"max_epsilon: None → 50.0"),
+])
+def test_a_round_under_other_dp_terms_than_the_join_is_refused(
+        federation: list[Path], table: dict, says: str) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1")))
+    weaker = dataclasses.replace(DP_ROUND, dp=dataclasses.replace(DP_ROUND.dp, table=table))
+    with pytest.raises(ProtocolError, match=f"DP table differs .*{says}"):
+        _train(handlers, context, params, weaker)
+    assert not (_workspace(federation[0]) / TALLY_FILE).exists()
+    _train(handlers, context, params, DP_ROUND)  # the join's own table is answered
+    assert (_workspace(federation[0]) / TALLY_FILE).exists()
+
+
+def test_a_round_under_another_run_token_is_refused_and_a_new_run_starts_afresh(
+        federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, secure_aggregation=True,
+                                                          secagg_threshold=2, run_token="t"))
+    with pytest.raises(ProtocolError, match="names run token 'u'.* as run 't'"):
+        _train(handlers, context, params, dataclasses.replace(ROUND, run_token="u"))
+    # the in-process engine numbers every run 1: a join under another token is another run
+    _join(handlers, context, dataclasses.replace(JOIN, run_token="u"))
+    assert record_to_arrays(_train(handlers, context, params, dataclasses.replace(
+        ROUND, run_token="u")).content.array_records[DELTA])
+
+
+def test_a_damaged_join_record_is_a_config_error_naming_it(federation: list[Path]) -> None:
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, run_token="t"))
+    record = _workspace(federation[0]) / "joined" / "7.json"
+    for damaged in ("{", '{"run_token": 3, "secure_aggregation": false, "dp_table": null}'):
+        record.write_text(damaged)
+        with pytest.raises(ConfigError, match=f"join record {record} is unreadable"):
+            _train(handlers, context, params)

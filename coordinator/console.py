@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from coordinator.run_record import number, unique_rounds
 from coordinator.run_store import RunStore
 from xsilo.errors import DeploymentError
 
@@ -24,7 +25,18 @@ def make_console() -> Console:
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
+    """A number as ``spec``; "–" for anything else (rows are read as written, and a
+    hand-edited or damaged one must not stop the operator's table)."""
+    value = number(value)
     return "–" if value is None else format(value, spec)
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _names(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list | dict) else []
 
 
 def _join_notes(events: list[dict[str, Any]]) -> list[str]:
@@ -33,10 +45,10 @@ def _join_notes(events: list[dict[str, Any]]) -> list[str]:
     for e in events:
         if e.get("event") != "join":
             continue
-        for silo, why in sorted(e.get("refused", {}).items()):
+        for silo, why in sorted(_table(e.get("refused")).items()):
             notes.append(f"refused at join: {silo}: {why}"[:200])
-        if e.get("silent_nodes"):
-            notes.append(f"silent at join: node(s) {', '.join(map(str, e['silent_nodes']))}")
+        if _names(e.get("silent_nodes")):
+            notes.append(f"silent at join: node(s) {', '.join(_names(e['silent_nodes']))}")
     return notes
 
 
@@ -61,7 +73,7 @@ def _awaited(events: list[dict[str, Any]]) -> str | None:
             until = e.get("until")
             when = (time.strftime(" (until %H:%M:%S)", time.localtime(until))
                     if isinstance(until, int | float) else "")
-            silos = ", ".join(e.get("silos") or []) or "nobody"
+            silos = ", ".join(_names(e.get("silos"))) or "nobody"
             return f"round {e.get('round')}: awaiting {silos}{when}"
     return None
 
@@ -75,12 +87,12 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     (with their reason) or silent at join and each silo's reason for a rejection in a round,
     and says who the round in progress awaits.
     """
-    events = list(events)
-    rows = [e for e in events if e.get("event") == "round"]
+    events = [e for e in events if isinstance(e, dict)]
+    rows, _ = unique_rounds(events)  # the latest row of each round, each in a readable shape
     silos = sorted({s for e in rows for s in e.get("silos", {})})
     for e in events:
         if e.get("event") == "join":
-            silos = sorted(set(silos) | set(e.get("silos", {})))
+            silos = sorted(set(silos) | set(_names(e.get("silos"))))
     regression = any(e.get("global_mae") is not None for e in rows)
     score, glob = ("mae", "global_mae") if regression else ("accuracy", "global_accuracy")
     table = Table(title=title, title_justify="left", caption_justify="left")
@@ -100,7 +112,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
                      if regression else
                      "acc/loss: global model on all silos' test splits; per silo: accuracy")
     if dp:
-        delta = next((f"{e['delta']:g}" for e in rows if e.get("delta") is not None), "?")
+        delta = next((f"{number(e['delta']):g}" for e in rows if number(e.get("delta")) is not None),
+                     "?")
         table.caption += f"; ε: privacy spent after the round at δ={delta}; C: clip norm used"
     partial = sorted({s for e in rows for s in e.get("unscored") or []})
     if partial:

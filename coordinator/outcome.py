@@ -57,8 +57,8 @@ def error_line(summary: Mapping[str, Any] | None) -> str | None:
         return None
     error = summary["error"]
     status = str(summary.get("status") or "failed")
-    if isinstance(error, str):  # a summary written before the record existed
-        return f"{status}: {error}"
+    if not isinstance(error, Mapping):  # a string: a summary written before the record
+        return f"{status}: {error}"  # existed (anything else: a hand-edited one)
     where = _where(error)
     return (f"{status}{' ' + where if where else ''}: {error.get('type', 'Error')}: "
             f"{error.get('message', '')}")

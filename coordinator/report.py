@@ -61,9 +61,13 @@ def _silos(run: RunRecord, rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _status(run: RunRecord) -> str:
     summary = run.summary or {}
-    status = summary.get("status") or ("running or interrupted (no summary.json)")
-    cls = f"status-{summary.get('status', 'running')}"
+    status = summary.get("status") or (
+        "unknown (summary.json is damaged)" if run.summary_problem
+        else "running or interrupted (no summary.json)")
+    cls = f"status-{summary.get('status', 'unknown' if run.summary_problem else 'running')}"
     parts = [f'<p>Status: <b class="{escape(cls)}">{escape(str(status))}</b>']
+    if run.summary_problem:
+        parts.append(f"<br>Summary: <code>{escape(run.summary_problem)}</code>")
     line = error_line(summary)
     if line is not None:
         parts.append(f"<br>Error: <code>{escape(line)}</code>")

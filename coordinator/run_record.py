@@ -35,6 +35,7 @@ class RunRecord:
     settings: Mapping[str, Any]
     events: list[dict[str, Any]]
     summary: Mapping[str, Any] | None
+    summary_problem: str | None = None  # why summary.json could not be read (it exists)
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
@@ -63,11 +64,12 @@ def load_run(run_dir: Path) -> RunRecord:
             settings = read_toml(config_path, what="run configuration").get("run", {})
         except ConfigError:
             settings = {}  # the report still shows the rows; the hash names the file
+    summary, problem = None, None
     try:
         summary = store.summary()
-    except ConfigError:
-        summary = None  # the report shows the rows; `xsilo coordinator status` names the file
-    return RunRecord(run_dir, text, settings, store.events(), summary)
+    except ConfigError as exc:  # the report still shows the rows, and says why no summary
+        problem = str(exc)
+    return RunRecord(run_dir, text, settings, store.events(), summary, problem)
 
 
 def unique_rounds(events: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -7,7 +7,8 @@ forges the packed ``Array`` that carries its clear update (``xsilo/records.py``)
 short, so that its header names more bytes than the buffer holds. Each time the coordinator
 refuses that silo's input each round with a ProtocolError naming it, the operator reads the
 reason in ``xsilo coordinator status`` (a real process), and the run completes on the other
-two.
+two. In the third it claims the largest count a reply may carry for an update whose
+weighted sum would overflow float64: that update alone is rejected.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coordinator.config import RunConfig
@@ -74,6 +76,40 @@ def _forged(arrays):
 
 
 client_app.arrays_to_record = _forged
+
+
+def build():
+    return LogisticRegression(max_iter=20)
+'''
+
+
+ABSURD_COUNT = '''
+"""A silo that claims 2**53 examples (the most a count may be) for an update of 1e300s:
+weight times update is past float64 (test double for a hostile or broken peer)."""
+import sys
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+import silo_client.client_app as client_app
+from xsilo.terms import NUM_EXAMPLES
+
+_pack, _metrics = client_app.arrays_to_record, client_app.MetricRecord
+
+
+def _huge(arrays):
+    if sys._getframe(1).f_code.co_name == "train":  # the update; its join is honest
+        arrays = {k: np.full_like(v, 1e300) for k, v in arrays.items()}
+    return _pack(arrays)
+
+
+def _claimed(metrics):
+    if sys._getframe(1).f_code.co_name == "train" and NUM_EXAMPLES in metrics:
+        metrics = {**metrics, NUM_EXAMPLES: float(2 ** 53)}
+    return _metrics(metrics)
+
+
+client_app.arrays_to_record, client_app.MetricRecord = _huge, _claimed
 
 
 def build():
@@ -146,3 +182,17 @@ def test_a_forged_packed_update_is_refused_and_the_operator_sees_why(
     assert "".join(shown.split()).count("ProtocolError[malformed-reply") == 3, shown
     log = (fed.home_dir / "runs" / "forged" / "coordinator.log").read_text()
     assert "sent a malformed reply: packed arrays" in log
+
+
+def test_a_silo_whose_weighted_update_would_overflow_the_sums_is_rejected_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts up to 2**53 parse, and so do finite updates; their product need not fit a
+    float64. The accumulator rejects that one update before it touches the sums: the round
+    goes on with the others, the model stays finite."""
+    rows, _, fed = _run_with_hostile_silo(tmp_path, monkeypatch, ABSURD_COUNT, "absurd")
+    for row in rows:
+        refusal = row["rejected"]["hospital-a"]
+        assert refusal.startswith("update from silo 'hospital-a' rejected: its weight 9.0072e+15")
+        assert "overflow float64" in refusal and "the model is not touched" in refusal, refusal
+    model = np.load(fed.home_dir / "runs" / "absurd" / "model.npz")
+    assert all(np.isfinite(model[k]).all() for k in model.files)

@@ -1,0 +1,126 @@
+"""On real SuperLink/SuperNode processes: a coordinator that breaks a run's DP terms after the
+silos joined is refused by every silo, one that restarted in between included.
+
+The coordinator's ServerApp runs hostile code (a ``sitecustomize`` on the Flower processes'
+``PYTHONPATH`` that acts in ``flwr-serverapp`` only): round 1's DP terms are honest, round 2
+carries none, round 3 a DP table with half the noise. Between rounds 1 and 2 (the
+``round:2`` failpoint) hospital-a's SuperNode restarts, which empties the run's Flower
+context: what the silo agreed to at join is kept in its workspace
+(``silo_client/joins.py``), so it refuses as the others do. No silo trains or counts ε for
+rounds 2 and 3; each records its refusal in its ledger, and the operator reads the silos'
+reason in ``xsilo coordinator status``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import RunConfig
+from federation.deployment import LocalFederation
+from strategies.dp import DPConfig
+from tests.e2e._kills import SILOS, ledger, start
+from xsilo.failpoints import release, wait_reached
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+HOSTILE_COORDINATOR = '''
+"""A coordinator that changes a run's DP terms after the join (test double, ServerApp only)."""
+import os
+import sys
+
+if os.path.basename(sys.argv[0]) == "flwr-serverapp":
+    from dataclasses import replace
+
+    from coordinator import privacy
+
+    _honest, _calls = privacy.RunPrivacy.round_terms, []
+
+    def _broken(self):
+        terms = _honest(self)
+        _calls.append(1)
+        if len(_calls) == 2:
+            return None  # round 2: no DP terms at all
+        if len(_calls) >= 3:  # round 3: half the noise the silos joined under
+            table = dict(terms.table)
+            table["noise_multiplier"] = table["noise_multiplier"] / 2
+            return replace(terms, table=table)
+        return terms
+
+    privacy.RunPrivacy.round_terms = _broken
+'''
+
+
+def _online_at(fed: LocalFederation, name: str) -> str | None:
+    """When silo ``name``'s node was last activated, if it is online now."""
+    assert fed.coordinator is not None
+    node = fed.coordinator.node_ids[name]
+    return next((str(n["online-at"]) for n in fed.home.cli().list_nodes()
+                 if int(n["node-id"]) == node and n["status"] == "online"), None)
+
+
+def test_every_silo_refuses_rounds_that_break_the_dp_terms_it_joined_under(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOSTILE_COORDINATOR)
+    monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
+    fed = LocalFederation(tmp_path / "fed").setup()
+    dp = DPConfig(mechanism="central", noise_multiplier=2.0, clip_norm=1.0, accounting="rdp")
+    problems: list[BaseException] = []
+    with fed:
+        markers = start(fed, monkeypatch, "round:2")
+
+        def restart_a_between_rounds_1_and_2() -> None:
+            try:
+                wait_reached("round:2", markers, timeout=60)
+                before = _online_at(fed, "hospital-a")
+                fed.restart_silo("hospital-a")
+                deadline = time.monotonic() + 40
+                while _online_at(fed, "hospital-a") in (None, before):
+                    assert time.monotonic() < deadline, "hospital-a did not come back"
+                    time.sleep(0.3)
+            except BaseException as exc:  # reported below, not lost in the thread
+                problems.append(exc)
+            finally:
+                release("round:2", markers)
+
+        restarter = threading.Thread(target=restart_a_between_rounds_1_and_2, daemon=True)
+        restarter.start()
+        outcome = fed.run(RunConfig(num_rounds=3, min_silos=2, expected_silos=3,
+                                    round_timeout=30.0, join_timeout=45.0, name="hostile",
+                                    dp=dp), timeout=100)
+        restarter.join(timeout=5)
+        assert not problems, problems
+        shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
+                                "status", str(fed.home_dir / "runs" / "hostile")],
+                               capture_output=True, text=True, timeout=60)
+        ledgers = {name: ledger(fed, name) for name in SILOS}
+    rows = {e["round"]: e for e in outcome.store.events() if e["event"] == "round"}
+    assert rows[1]["contributors"] == SILOS, rows[1]
+    said = {2: "joined the run under differential privacy but round 2's terms carry no DP",
+            3: "round 3's DP table differs from the one this silo joined the run under "
+               "(noise_multiplier: 2.0 → 1.0)"}
+    for server_round, reason in said.items():
+        row = rows[server_round]
+        assert row["contributors"] == [] and row["status"] == "failed", row
+        for name in SILOS:  # hospital-a too, restarted with an empty Flower context
+            assert row["rejected"][name].startswith("ProtocolError"), row
+            assert reason in row["rejected"][name], row
+    for name, entries in ledgers.items():  # nothing trained left, each refusal recorded
+        trained = [e["server_round"] for e in entries if e["message_type"] == "train"]
+        refused = [e["server_round"] for e in entries if e["message_type"] == "train.refusal"]
+        assert trained == [1] and refused == [2, 3], (name, entries)
+    for silo in fed.silos:  # ε counted for round 1's release only
+        (history,) = (silo.workspace / "privacy").glob("[!d]*.json")  # not dpsgd-*.json
+        assert json.loads(history.read_text())["rounds"] == [1], (silo.name, history)
+        tally = json.loads((silo.workspace / "privacy-tally.json").read_text())
+        assert [r["round"] for r in tally["runs"].values()] == [1], (silo.name, tally)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "carry no DP terms" in " ".join(shown.stdout.split()), shown.stdout

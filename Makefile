@@ -10,7 +10,7 @@ PYTEST_ARGS ?= -n 3 --dist loadfile
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: demo test venv lock clean wheelhouse
+.PHONY: demo test venv lock clean wheelhouse cli-docs
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docs/cli.md, every command and option, from the CLI itself (tests/test_cli_reference.py
+# fails while it is stale).
+cli-docs: $(STAMP)
+	$(PY) -m federation.cli_reference
 
 # Re-pin requirements.lock from the current venv (run after changing dependencies).
 lock: $(STAMP)

@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 _err = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "registered": False}
 
 
 @app.callback()
@@ -54,7 +54,11 @@ def report(
     Console().print(f"report: {path.resolve()}")
 
 
-def _register() -> None:
+def register() -> None:
+    """Add the command groups (imported only now: ``xsilo --help`` stays fast). Once."""
+    if _state.get("registered"):
+        return
+    _state["registered"] = True
     from coordinator.cli import app as coordinator_app
     from deploy.pki.cli import pki_app
     from silo_client.cli import app as silo_app
@@ -76,7 +80,7 @@ def main() -> None:
     # Institutions must not phone home: no telemetry, no update check, in every child too.
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    _register()
+    register()
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:  # click turns Ctrl-C / Abort into a return value

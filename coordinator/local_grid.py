@@ -9,6 +9,7 @@ Messages are deep-copied on the way in and out, as on a real network.
 from __future__ import annotations
 
 import copy
+import secrets
 from typing import Callable, Iterable, Mapping
 from uuid import uuid4
 
@@ -31,8 +32,11 @@ class LocalGrid(Grid):
     """
 
     def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message],
-                 node_configs: Mapping[int, Mapping[str, object]], *, run_id: int = 1,
+                 node_configs: Mapping[int, Mapping[str, object]], *, run_id: int | None = None,
                  drop: Callable[[int, str], bool] | None = None) -> None:
+        # a fresh run id per grid, as the SuperLink gives every run its own: what a silo
+        # keeps per run (its join record, silo_client/joins.py) never mixes two runs
+        run_id = secrets.randbits(63) if run_id is None else run_id
         self.client_app = client_app
         self.drop = drop
         self._run = Run.create_empty(run_id)

@@ -15,19 +15,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 
-from strategies.api import NDArrays, PerUpdateStrategy, Strategy, SumStrategy, Update
+from strategies.api import (NDArrays, PerUpdateStrategy, Strategy, SumStrategy, Update,
+                            call_strategy, kind_of, strategy_label)
 from xsilo.errors import StrategyError, UpdateRejected
 
 __all__ = ["validate_update", "SumAccumulator", "aggregate_updates", "check_result", "CHUNK",
-           "squared_norm", "update_statistics"]
+           "COMPUTED_STATISTICS", "squared_norm", "update_statistics"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 """Elements processed at a time when folding or checking a tensor (8 MiB of float64)."""
+
+COMPUTED_STATISTICS: tuple[str, ...] = ("update_sq_norm",)
+"""The silo statistics (``xsilo.terms.SILO_STATISTICS``) that whoever holds an update can
+compute from it; the others (``local_steps``) only a silo knows."""
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -89,15 +95,17 @@ class SumAccumulator:
     """Running weighted sum of deltas in float64, O(model size) memory.
 
     ``add`` validates an update and folds ``w·Δ`` into the sums in place, in chunks, keeping
-    no reference to the update. A rejected update leaves the sums untouched; so does one
-    whose ``w·max|Δ|`` would take the sums past float64 (it alone is rejected: the round
-    goes on without it).
+    no reference to the update, and ``‖Δ‖²`` into the weighted mean behind
+    :meth:`statistics`. A rejected update leaves the sums untouched; so does one whose
+    ``w·max|Δ|`` would take the sums past float64 (it alone is rejected: the round goes on
+    without it).
     """
 
     def __init__(self, reference: NDArrays) -> None:
         self._shapes = {k: tuple(v.shape) for k, v in reference.items()}
         self._sums: NDArrays | None = None
         self._bound = 0.0  # Σ w·max|Δ| so far: no element of the sums is larger
+        self._sq_mean = 0.0  # Σ w·‖Δ‖² / Σ w, kept as a running mean: no w·‖Δ‖² overflows
         self.count = 0
         self.total_weight = 0.0
         self.silos: list[str] = []
@@ -124,7 +132,14 @@ class SumAccumulator:
         self.count += 1
         self.total_weight += w
         self._bound += reach
+        self._sq_mean = _running_mean(self._sq_mean, squared_norm(update.delta),
+                                      w / self.total_weight)
         self.silos.append(update.silo)
+
+    def statistics(self, names: Sequence[str]) -> dict[str, float | None]:
+        """The silo statistics ``names`` computed from the updates folded in, as
+        :func:`update_statistics` computes them from a list (None: not computable here)."""
+        return _statistics(names, self._sq_mean if self.count else None)
 
     def result(self) -> NDArrays:
         """The weighted sum (float64, read-only views); StrategyError when nothing was added."""
@@ -152,38 +167,64 @@ def _fold(acc: np.ndarray, delta: np.ndarray, w: float, scratch: np.ndarray) -> 
         part += tmp
 
 
-def check_result(strategy: Strategy, current: NDArrays, new: NDArrays) -> None:
-    """Raise StrategyError unless ``new`` has the keys, shapes, dtypes of ``current`` and is finite."""
+def _result_problem(current: NDArrays, new: object) -> str | None:
+    """What makes ``new`` unusable as the next model after ``current`` (None: nothing)."""
+    if not isinstance(new, Mapping):
+        return (f"it is a {type(new).__name__}, not a mapping of tensor names to numpy "
+                "arrays")
+    problem = _problem({k: v.shape for k, v in current.items()}, new)
+    if problem is not None:
+        return problem
     if list(new) != list(current):
-        raise StrategyError(f"strategy '{strategy.name}' returned tensors {list(new)[:5]}, "
-                            f"expected {list(current)[:5]}; the model is kept unchanged")
-    for key, value in new.items():
-        ref = current[key]
-        if value.shape != ref.shape or value.dtype != ref.dtype or not _all_finite(value):
-            raise StrategyError(
-                f"strategy '{strategy.name}' produced an unusable tensor '{key}' "
-                f"(shape {value.shape}, dtype {value.dtype}, expected {ref.shape} {ref.dtype}, "
-                "finite); the model is kept unchanged")
+        return f"tensors in the order {list(new)[:5]}, expected {list(current)[:5]}"
+    for key, ref in current.items():
+        if new[key].dtype != ref.dtype:
+            return f"tensor '{key}' has dtype {new[key].dtype}, expected {ref.dtype}"
+    return None
+
+
+def check_result(strategy: Strategy, current: NDArrays, new: object) -> None:
+    """Raise StrategyError unless ``new`` is a mapping with the tensor names, order, shapes
+    and dtypes of ``current``, every value a finite numeric numpy array."""
+    problem = _result_problem(current, new)
+    if problem is not None:
+        raise StrategyError(f"{strategy_label(strategy)} produced an unusable model: "
+                            f"{problem}; the model is kept unchanged")
 
 
 def squared_norm(delta: Mapping[str, np.ndarray]) -> float:
-    """``‖Δ‖²`` over every tensor of an update (float64), what a silo reports as
+    """``‖Δ‖²`` over every tensor of an update (float64, in chunks), what a silo reports as
     ``update_sq_norm``."""
-    return float(sum(np.dot(a, a) for a in (np.asarray(v, dtype=np.float64).reshape(-1)
-                                            for v in delta.values())))
+    total = 0.0
+    with np.errstate(over="ignore"):  # an update too large to square is inf, said as such
+        for value in delta.values():
+            flat = _flat(np.asarray(value))
+            for i in range(0, flat.size, CHUNK):
+                part = flat[i:i + CHUNK].astype(np.float64)
+                total += float(np.dot(part, part))
+    return total
+
+
+def _running_mean(mean: float, value: float, share: float) -> float:
+    """``mean + share·(value − mean)``: a weighted mean with one more value of weight share
+    ``w / Σw`` (values ≥ 0, so nothing overflows that is not itself infinite)."""
+    return math.inf if math.isinf(mean) or math.isinf(value) else mean + share * (value - mean)
+
+
+def _statistics(names: Sequence[str], mean_sq_norm: float | None) -> dict[str, float | None]:
+    return {name: mean_sq_norm if name == "update_sq_norm" else None for name in names}
 
 
 def update_statistics(updates: Sequence[Update], names: Sequence[str]
                       ) -> dict[str, float | None]:
     """The statistics a silo would report, as the round loop passes them to a strategy:
     weight-weighted means over ``updates`` of what can be computed from an update here
-    (``update_sq_norm``); None for what only a silo knows (``local_steps``)."""
-    total = sum(u.weight for u in updates)
-    out: dict[str, float | None] = {}
-    for name in names:
-        out[name] = (sum(u.weight * squared_norm(u.delta) for u in updates) / total
-                     if name == "update_sq_norm" and total > 0 else None)
-    return out
+    (:data:`COMPUTED_STATISTICS`); None for what only a silo knows (``local_steps``)."""
+    mean, total = 0.0, 0.0
+    for u in updates:
+        total += u.weight
+        mean = _running_mean(mean, squared_norm(u.delta), u.weight / total)
+    return _statistics(names, mean if total > 0 else None)
 
 
 def aggregate_updates(strategy: Strategy, current: NDArrays, updates: Sequence[Update],
@@ -192,32 +233,43 @@ def aggregate_updates(strategy: Strategy, current: NDArrays, updates: Sequence[U
 
     Sum strategies go through :class:`SumAccumulator` then ``step``; per-update ones get the
     list after every update is validated. Any invalid update raises UpdateRejected before
-    the strategy is called, so neither the model nor the strategy state changes. The
-    result is checked (:func:`check_result`) before it is returned.
+    the strategy is called, so neither the model nor the strategy state changes. An
+    exception in the strategy's own code becomes a StrategyError naming it and the method
+    (:func:`strategies.api.call_strategy`), and the result is checked
+    (:func:`check_result`) before it is returned.
     """
     if not updates:
         raise StrategyError("no updates to aggregate this round")
-    if isinstance(strategy, SumStrategy):
-        acc = SumAccumulator(current)
-        for update in updates:
-            acc.add(update)
-        if strategy.statistics:
-            new = strategy.step_with_statistics(
-                current, acc.result(), acc.total_weight, server_round,
-                update_statistics(updates, strategy.statistics))
-        else:
-            new = strategy.step(current, acc.result(), acc.total_weight, server_round)
-    elif isinstance(strategy, PerUpdateStrategy):
-        seen: set[str] = set()
-        for update in updates:
-            validate_update(current, update.delta, silo=update.silo)
-            _check_weight(update.silo, update.weight)
-            if update.silo in seen:
-                raise _reject(update.silo, "a second update from the same silo in one round")
-            seen.add(update.silo)
-        new = strategy.aggregate(current, list(updates), server_round)
-    else:
-        raise StrategyError(f"{type(strategy).__name__} must subclass SumStrategy or "
-                            "PerUpdateStrategy")
+    kind_of(type(strategy))  # StrategyError unless exactly one of the two kinds
+    new = (_sum_step(strategy, current, updates, server_round)
+           if isinstance(strategy, SumStrategy)
+           else _per_update_step(cast(PerUpdateStrategy, strategy), current, updates,
+                                 server_round))
     check_result(strategy, current, new)
-    return new
+    return cast(NDArrays, new)
+
+
+def _sum_step(strategy: SumStrategy, current: NDArrays, updates: Sequence[Update],
+              server_round: int) -> object:
+    acc = SumAccumulator(current)
+    for update in updates:
+        acc.add(update)
+    if not strategy.statistics:
+        return call_strategy(strategy, "step", lambda: strategy.step(
+            current, acc.result(), acc.total_weight, server_round))
+    stats = acc.statistics(strategy.statistics)
+    return call_strategy(strategy, "step_with_statistics", lambda: strategy.step_with_statistics(
+        current, acc.result(), acc.total_weight, server_round, stats))
+
+
+def _per_update_step(strategy: PerUpdateStrategy, current: NDArrays, updates: Sequence[Update],
+                     server_round: int) -> object:
+    seen: set[str] = set()
+    for update in updates:
+        validate_update(current, update.delta, silo=update.silo)
+        _check_weight(update.silo, update.weight)
+        if update.silo in seen:
+            raise _reject(update.silo, "a second update from the same silo in one round")
+        seen.add(update.silo)
+    return call_strategy(strategy, "aggregate", lambda: strategy.aggregate(
+        current, list(updates), server_round))

@@ -15,9 +15,9 @@ when the strategy is unweighted.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from strategies.params import NoParams, parse_params
 from xsilo.errors import ConfigError, StrategyError
 
 __all__ = ["NDArrays", "RoundPlan", "Update", "Strategy", "SumStrategy", "PerUpdateStrategy",
-           "KINDS"]
+           "KINDS", "call_strategy", "kind_of", "strategy_label"]
 
 NDArrays = dict[str, np.ndarray]
 """Named parameters; insertion order is model order."""
@@ -139,3 +139,38 @@ class PerUpdateStrategy(Strategy):
     def aggregate(self, current: NDArrays, updates: Sequence[Update],
                   server_round: int) -> NDArrays:
         """Return the next global model from validated individual updates."""
+
+
+_T = TypeVar("_T")
+
+
+def strategy_label(strategy: Strategy | type) -> str:
+    """``strategy 'name' (module:Class)``: how every error about a strategy names it (the
+    class path is a plugin's entry-point value)."""
+    cls = strategy if isinstance(strategy, type) else type(strategy)
+    return f"strategy {getattr(cls, 'name', None)!r} ({cls.__module__}:{cls.__qualname__})"
+
+
+def kind_of(cls: type) -> str:
+    """``"sum"`` or ``"per-update"``, from the class hierarchy (never from a ``kind``
+    attribute a plugin could set); StrategyError for a class that is neither, or both."""
+    is_sum = isinstance(cls, type) and issubclass(cls, SumStrategy)
+    is_per_update = isinstance(cls, type) and issubclass(cls, PerUpdateStrategy)
+    if is_sum == is_per_update:
+        raise StrategyError(f"{strategy_label(cls)} must subclass exactly one of "
+                            "strategies.SumStrategy and strategies.PerUpdateStrategy")
+    return "sum" if is_sum else "per-update"
+
+
+def call_strategy(strategy: Strategy | type, method: str, call: Callable[[], _T], *,
+                  passes: tuple[type[Exception], ...] = (StrategyError,)) -> _T:
+    """``call()`` — one call into a strategy's code — with any exception that is not one of
+    ``passes`` turned into a StrategyError naming the strategy, ``method``, and the original
+    exception's type and message (chained), so a plugin's bug reads as one line."""
+    try:
+        return call()
+    except passes:
+        raise
+    except Exception as exc:
+        raise StrategyError(f"{strategy_label(strategy)} raised {type(exc).__name__} in "
+                            f"{method}: {exc}") from exc

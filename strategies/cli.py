@@ -33,9 +33,8 @@ def _params_text(params: list[dict[str, object]]) -> str:
 @app.command("list")
 def list_strategies() -> None:
     """Show every installed strategy: name, kind and parameters."""
-    console = Console()
-    try:
-        found = available_strategies()
+    try:  # a broken plugin is a StrategyError naming it (strategies.registry), never a traceback
+        infos = [describe(cls) for cls in available_strategies().values()]
     except XsiloError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from None
@@ -44,7 +43,6 @@ def list_strategies() -> None:
     table.add_column("kind")
     table.add_column("parameters")
     table.add_column("summary")
-    for cls in found.values():
-        info = describe(cls)
+    for info in infos:
         table.add_row(info["name"], info["kind"], _params_text(info["params"]), info["summary"])
-    console.print(table)
+    Console().print(table)

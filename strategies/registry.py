@@ -7,18 +7,19 @@ The entry-point name must equal the class's ``name``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from strategies.api import KINDS, Strategy
+from strategies.api import Strategy, call_strategy, kind_of, strategy_label
 from strategies.params import describe_params
-from xsilo.errors import StrategyError
+from xsilo.errors import ConfigError, StrategyError
 from xsilo.terms import SILO_STATISTICS
 
 __all__ = ["GROUP", "available_strategies", "get_strategy", "build_strategy",
-           "check_compatible", "describe"]
+           "check_compatible", "declaration_problem", "describe"]
 
 GROUP = "xsilo.strategies"
 
@@ -49,12 +50,65 @@ def _load(name: str, eps: list[EntryPoint]) -> type[Strategy]:
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)) or inspect.isabstract(cls):
         raise StrategyError(f"strategy '{name}' = {_origin(ep)} is not a concrete subclass of "
                             "strategies.SumStrategy or strategies.PerUpdateStrategy")
-    if getattr(cls, "name", None) != name or getattr(cls, "kind", None) not in KINDS:
+    if getattr(cls, "name", None) != name:
         raise StrategyError(f"strategy '{name}' = {_origin(ep)} declares name "
-                            f"{getattr(cls, 'name', None)!r} and kind "
-                            f"{getattr(cls, 'kind', None)!r}; the entry-point name must equal "
-                            f"the class's name and kind must be one of {KINDS}")
+                            f"{getattr(cls, 'name', None)!r}; the entry-point name must equal "
+                            "the class's name")
+    problem = declaration_problem(cls)
+    if problem is not None:
+        raise StrategyError(f"strategy '{name}' = {_origin(ep)}: {problem}")
     return cls
+
+
+def _kind_problem(cls: type[Strategy]) -> str | None:
+    try:
+        kind = kind_of(cls)
+    except StrategyError:
+        return "must subclass exactly one of strategies.SumStrategy and PerUpdateStrategy"
+    declared = getattr(cls, "kind", None)
+    if declared != kind:
+        return (f"declares kind {declared!r} but subclasses "
+                f"{'SumStrategy' if kind == 'sum' else 'PerUpdateStrategy'} (kind {kind!r}); "
+                "the kind follows the base class: remove the kind attribute")
+    return None
+
+
+def _statistics_problem(cls: type[Strategy]) -> str | None:
+    asked = getattr(cls, "statistics", ())
+    if not isinstance(asked, (tuple, list)) or not all(isinstance(n, str) for n in asked):
+        return (f"declares statistics = {asked!r}; it must be a tuple of names from "
+                f"{list(SILO_STATISTICS)} (empty when the strategy needs none)")
+    if len(set(asked)) != len(asked) or not set(asked) <= set(SILO_STATISTICS):
+        return (f"asks silos for statistics {list(asked)}; they must be distinct names from "
+                f"{list(SILO_STATISTICS)}, the statistics a silo computes")
+    if asked and kind_of(cls) != "sum":
+        return (f"asks silos for statistics {list(asked)}, but only a SumStrategy receives "
+                "them; drop statistics or subclass SumStrategy")
+    return None
+
+
+def _params_problem(cls: type[Strategy]) -> str | None:
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+        return (f"has Params = {params!r}, which is not a dataclass; declare it as a frozen "
+                "dataclass deriving from strategies.StrategyParams")
+    try:
+        describe_params(params)
+    except Exception as exc:  # e.g. an annotation that does not resolve
+        return (f"has a Params whose fields cannot be read ({type(exc).__name__}: {exc}); "
+                "give every field a type among int, float, str, bool and a default")
+    return None
+
+
+def declaration_problem(cls: type[Strategy]) -> str | None:
+    """What is wrong with what a strategy class declares — its kind against its base class,
+    its ``statistics``, its ``Params`` — or None; checked when a strategy is loaded and
+    again by :func:`check_compatible`, so a plugin's attribute is never trusted as is."""
+    for check in (_kind_problem, _statistics_problem, _params_problem):
+        problem = check(cls)
+        if problem is not None:
+            return problem
+    return None
 
 
 def available_strategies() -> dict[str, type[Strategy]]:
@@ -74,16 +128,15 @@ def get_strategy(name: str) -> type[Strategy]:
 
 
 def build_strategy(name: str, params: Mapping[str, object]) -> Strategy:
-    """Look up ``name`` and build it from raw parameters (ConfigError on bad ones)."""
-    return get_strategy(name).from_config(params)
+    """Look up ``name`` and build it from raw parameters (ConfigError on bad ones; a plugin
+    whose own code fails while building, e.g. a ValueError in its ``Params``: StrategyError)."""
+    cls = get_strategy(name)
+    return call_strategy(cls, "from_config", lambda: cls.from_config(params),
+                         passes=(ConfigError, StrategyError))
 
 
 def _check_statistics(strategy: Strategy, *, differential_privacy: bool) -> None:
     asked = tuple(getattr(strategy, "statistics", ()))
-    unknown = [n for n in asked if n not in SILO_STATISTICS]
-    if unknown:
-        raise StrategyError(f"strategy '{strategy.name}' asks silos for {unknown}; the "
-                            f"statistics a silo computes are {list(SILO_STATISTICS)}")
     if asked and differential_privacy:
         raise StrategyError(
             f"strategy '{strategy.name}' needs the silos' {list(asked)}, which xsilo's "
@@ -99,10 +152,10 @@ def check_compatible(strategy: Strategy, *, secure_aggregation: bool,
     updates from the coordinator, and xsilo's DP adds noise to the clipped sum. A strategy
     that needs each update cannot run there.
     """
-    if strategy.kind not in KINDS:
-        raise StrategyError(f"strategy '{strategy.name}' has kind {strategy.kind!r}; "
-                            f"expected one of {KINDS}")
-    if strategy.kind == "sum":
+    problem = declaration_problem(type(strategy))
+    if problem is not None:
+        raise StrategyError(f"{strategy_label(strategy)} {problem}")
+    if kind_of(type(strategy)) == "sum":
         _check_statistics(strategy, differential_privacy=differential_privacy)
         return
     layers = [n for n, on in (("secure aggregation", secure_aggregation),
@@ -126,7 +179,7 @@ def _sum_names() -> list[str]:
     names = []
     for name, eps in sorted(_entry_points().items()):
         try:
-            if _load(name, eps).kind == "sum":
+            if kind_of(_load(name, eps)) == "sum":
                 names.append(name)
         except StrategyError:
             continue  # only suggestions; a broken plugin is reported when it is selected
@@ -134,7 +187,12 @@ def _sum_names() -> list[str]:
 
 
 def describe(cls: type[Strategy]) -> dict[str, Any]:
-    """Name, kind, one-line summary and parameters of a strategy class."""
+    """Name, kind, one-line summary and parameters of a strategy class (StrategyError, naming
+    the class, when what it declares is unusable)."""
+    problem = declaration_problem(cls)
+    if problem is not None:
+        raise StrategyError(f"{strategy_label(cls)} {problem}")
     doc = inspect.getdoc(cls) or ""
-    return {"name": cls.name, "kind": cls.kind, "summary": doc.splitlines()[0].replace("``", "") if doc else "",
+    return {"name": cls.name, "kind": kind_of(cls),
+            "summary": doc.splitlines()[0].replace("``", "") if doc else "",
             "params": describe_params(cls.Params)}

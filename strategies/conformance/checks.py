@@ -8,7 +8,6 @@ violation, or :class:`NotApplicable` when the property does not apply to that st
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 from collections.abc import Callable, Sequence
@@ -16,10 +15,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from strategies.aggregate import SumAccumulator, aggregate_updates, update_statistics
-from strategies.api import KINDS, NDArrays, PerUpdateStrategy, RoundPlan, Strategy, SumStrategy, Update
-from strategies.params import describe_params
+from strategies.api import NDArrays, RoundPlan, Strategy, SumStrategy, Update, kind_of
+from strategies.registry import declaration_problem
 from xsilo.errors import UpdateRejected
-from xsilo.terms import SILO_STATISTICS
 
 __all__ = ["NotApplicable", "CHECKS", "model", "updates"]
 
@@ -63,20 +61,15 @@ def _rounds(strategy: Strategy, start: NDArrays, seeds: Sequence[int]) -> NDArra
 
 
 def check_declaration(cls: type[Strategy], params: object = None) -> None:
-    """name is a lowercase identifier, kind is known, Params has defaults and describes itself."""
+    """name is a lowercase identifier; kind, statistics and Params pass the registry's
+    checks (``declaration_problem``); every parameter has a default; Params is frozen."""
     assert re.fullmatch(r"[a-z][a-z0-9_-]*", getattr(cls, "name", "") or ""), \
         f"name {getattr(cls, 'name', None)!r} must be lowercase letters, digits, '-' or '_'"
-    assert cls.kind in KINDS, f"kind {cls.kind!r} must be one of {KINDS}"
-    assert issubclass(cls, (SumStrategy, PerUpdateStrategy)), "subclass SumStrategy or PerUpdateStrategy"
+    problem = declaration_problem(cls)
+    assert problem is None, problem
     defaults = cls.Params()  # every parameter needs a default
     assert cls.from_config({}).params == defaults, "from_config({}) must give the default params"
-    assert dataclasses.is_dataclass(defaults) and defaults.__dataclass_params__.frozen, \
-        "Params must be a frozen dataclass"
-    describe_params(cls.Params)
-    asked = getattr(cls, "statistics", ())
-    assert cls.kind == "sum" or not asked, "only sum strategies may ask silos for statistics"
-    assert set(asked) <= set(SILO_STATISTICS) and len(set(asked)) == len(asked), \
-        f"statistics {asked!r} must be distinct names from {SILO_STATISTICS}"
+    assert defaults.__dataclass_params__.frozen, "Params must be a frozen dataclass"
 
 
 def check_configure_round(cls: type[Strategy], params: object = None) -> None:
@@ -165,7 +158,7 @@ def check_weights_honoured(cls: type[Strategy], params: object = None) -> None:
     design, so no pull is required of it; ``weights_normalised`` covers its weighting.
     """
     strategy, start, ups = cls(params), model(), updates(5)
-    if strategy.kind == "sum":
+    if kind_of(type(strategy)) == "sum":
         unit = _reweighted(ups, [1.0] * len(ups))
         heavy = _reweighted(ups, [1e6] + [1.0] * (len(ups) - 1))
         alone = aggregate_updates(cls(params), start, unit[:1], 1)
@@ -225,7 +218,7 @@ def check_nonfinite_rejected(cls: type[Strategy], params: object = None) -> None
 def check_sum_decomposable(cls: type[Strategy], params: object = None) -> None:
     """Sum kinds: step on a sum formed elsewhere (partial sums added, as secure aggregation
     would) equals aggregating the individual updates."""
-    if cls.kind != "sum":
+    if kind_of(cls) != "sum":
         raise NotApplicable(f"{cls.name} is a per-update strategy")
     ups, start = updates(8), model()
     parts = []

@@ -1,6 +1,8 @@
 """The round loop with silos whose replies parse but lie: a name another node holds, a NaN
-initial model, a weight that overflows the sum, scores that overflow the means. Only the
-liar is refused, no round or file ever holds a non-finite number.
+initial model, a weight that overflows the sum, scores that overflow the means, an update
+norm that would steer FedExP. Only the liar is refused, no round or file ever holds a
+non-finite number. And with strategies whose code is broken (a plugin's bug): the round
+fails with one StrategyError line, the model and the strategy's state are kept.
 
 The real RoundLoop over an in-memory transport (each node's replies come from a function),
 so a reply can be what no parser would let through.
@@ -21,7 +23,8 @@ from coordinator.messages import Payload, Reply
 from coordinator.preflight import check_run
 from coordinator.rows import weighted_mean
 from coordinator.run_store import RunStore, load_npz
-from xsilo.errors import ConfigError, DeploymentError
+from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
+from xsilo.errors import ConfigError, DeploymentError, StrategyError
 from xsilo.terms import SiloInfo, SiloMetrics
 
 MODEL = {"w": np.zeros(4, np.float32), "b": np.zeros(1, np.float32)}
@@ -69,12 +72,13 @@ class Silos:
 
 
 def _run(tmp: Path, answers: Mapping[int, Answer], *, enrolled: Mapping[str, int] | None = None,
-         **settings: object) -> tuple[dict, RunStore]:
+         built: Strategy | None = None, **settings: object) -> tuple[dict, RunStore]:
+    """Run the loop; ``built``: the strategy object itself (default: the configured one)."""
     config = RunConfig(**{"num_rounds": 2, "min_silos": 2, "name": "liars", **settings})
     store = RunStore(tmp / "run")
     store.prepare()
-    loop = RoundLoop(config, Silos(answers), store, check_run(config, evaluator=False),
-                     enrolled=enrolled)
+    loop = RoundLoop(config, Silos(answers), store,
+                     built or check_run(config, evaluator=False), enrolled=enrolled)
     return loop.run(), store
 
 
@@ -196,7 +200,8 @@ def test_a_non_finite_new_model_fails_the_round_and_is_never_saved(tmp_path: Pat
     summary = RoundLoop(config, silos, store, strategy).run()
     assert summary["status"] == "completed" and summary["rounds_failed"] == [1, 2]
     for row in _rows(store):
-        assert row["status"] == "failed" and "produced an unusable tensor" in row["reason"]
+        assert row["status"] == "failed"
+        assert "produced an unusable model: tensor 'w' contains NaN" in row["reason"]
     assert not list(store.checkpoints.glob("round-*.npz"))  # only rounds that worked are kept
     final = load_npz(store.path / "model.npz")
     assert all(np.array_equal(final[k], MODEL[k]) for k in MODEL)
@@ -224,3 +229,110 @@ def test_weighted_mean_is_none_when_it_is_not_finite() -> None:
     assert weighted_mean([(1.0, 1e308), (1.0, 1e308)]) is None  # the total weight overflows
     assert weighted_mean([(0.5, 2.0), (1.0, 2.0)]) == 0.75
     assert weighted_mean([]) is None
+
+
+def _three() -> dict[int, Answer]:
+    return {1: honest(1, "a"), 2: honest(2, "b"), 3: honest(3, "c")}
+
+
+def test_a_silos_own_update_norm_does_not_steer_fedexp_in_the_clear(tmp_path: Path) -> None:
+    """In a clear round the coordinator holds every update: it computes ‖Δ‖² itself. Here the
+    three updates are equal, so FedExP's η is 1 whatever silo "a" claims (1e30 would make
+    it ~1e31)."""
+    inflated = SiloMetrics(num_examples=10, train_loss=0.5, eval_loss=0.4, eval_accuracy=0.8,
+                           eval_examples=5, update_sq_norm=1e30)
+    results = {}
+    for label, first in (("inflated", honest(1, "a", metrics=inflated)),
+                         ("honest", honest(1, "a"))):
+        summary, store = _run(tmp_path / label, {**_three(), 1: first}, strategy="fedexp")
+        assert summary["rounds_failed"] == []
+        rows = _rows(store)
+        assert [r["server_step_size"] for r in rows] == [1.0, 1.0]
+        norm = sum(float(np.float32(0.1)) ** 2 for _ in range(5))  # ‖0.1‖² over 5 elements
+        assert [r["statistics"]["update_sq_norm"] for r in rows] == [pytest.approx(norm)] * 2
+        results[label] = load_npz(store.path / "model.npz")
+    assert all(np.array_equal(results["honest"][k], results["inflated"][k]) for k in MODEL)
+    assert np.allclose(results["inflated"]["w"], 0.2)
+
+
+class _Counting(SumStrategy):
+    """FedAvg with a step counter in its state; its step fails (after counting) in round 2."""
+
+    name = "counting"
+
+    def __init__(self, error: Exception, params=None) -> None:
+        super().__init__(params)
+        self.steps, self.error = 0, error
+
+    def step(self, current, delta_sum, total_weight, server_round):
+        self.steps += 1
+        if server_round == 2:
+            raise self.error
+        return {k: (v + delta_sum[k] / total_weight).astype(v.dtype) for k, v in current.items()}
+
+    def state_dict(self):
+        return {"steps": np.array(self.steps)}
+
+    def load_state_dict(self, state):
+        self.steps = int(state["steps"])
+
+
+class _FailingMedian(PerUpdateStrategy):
+    name = "failing-median"
+
+    def aggregate(self, current, updates, server_round):
+        if server_round == 2:
+            return None
+        return {k: (v + np.median([u.delta[k] for u in updates], axis=0)).astype(v.dtype)
+                for k, v in current.items()}
+
+
+def _label(strategy: Strategy) -> str:
+    cls = type(strategy)
+    return f"strategy '{cls.name}' ({cls.__module__}:{cls.__qualname__})"
+
+
+@pytest.mark.parametrize("strategy, reason", [
+    (_Counting(ZeroDivisionError("division by zero")),
+     "StrategyError: {label} raised ZeroDivisionError in step: division by zero"),
+    (_Counting(StrategyError("counting: no momentum")), "StrategyError: counting: no momentum"),
+    (_FailingMedian(), "StrategyError: {label} produced an unusable model: it is a NoneType"),
+])
+def test_a_strategy_that_fails_fails_its_round_and_keeps_model_and_state(
+        tmp_path: Path, strategy: Strategy, reason: str) -> None:
+    summary, store = _run(tmp_path, _three(), built=strategy, num_rounds=3)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == [2]
+    rows = _rows(store)
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert rows[1]["reason"].startswith(reason.format(label=_label(strategy)))
+    assert sorted(p.name for p in store.checkpoints.glob("round-*.npz")) == [
+        "round-0001.npz", "round-0003.npz"]  # the failed round is never checkpointed
+    assert np.allclose(load_npz(store.path / "model.npz")["w"], 0.2)  # rounds 1 and 3 only
+    if isinstance(strategy, _Counting):  # round 2's count was rolled back with its state
+        assert load_npz(store.checkpoints / "round-0003.npz")["strategy/steps"] == 2
+
+
+class _Neither(Strategy):
+    name = "neither"
+
+
+class _StrayPlan(SumStrategy):
+    name = "stray-plan"
+
+    def configure_round(self, server_round, silos):
+        return RoundPlan(silos=(*silos, 99), config={})
+
+    def step(self, current, delta_sum, total_weight, server_round):
+        return dict(current)
+
+
+@pytest.mark.parametrize("strategy, words", [
+    (_Neither(), "is not a PerUpdateStrategy"),
+    (_StrayPlan(), r"from configure_round; it must return a RoundPlan whose silos are among"),
+])
+def test_a_strategy_object_the_loop_cannot_use_fails_the_run_typed(
+        tmp_path: Path, strategy: Strategy, words: str) -> None:
+    with pytest.raises(StrategyError, match=words):
+        _run(tmp_path, _three(), built=strategy)
+    error = RunStore(tmp_path / "run").summary()["error"]
+    assert error["type"] == "StrategyError" and error["phase"] == "round"

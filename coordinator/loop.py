@@ -12,7 +12,7 @@ previous model and the strategy's state and is reported, never hidden; any other
 fails the run and is recorded in ``summary.json``. At join, a silo whose initial model is
 not numeric and finite is refused, and so are all nodes that claim one silo name, and a
 node that joins under another name than the one the coordinator home enrolled it with
-(``enrolled.json``).
+(``enrolled.json``): :mod:`coordinator.admission`.
 
 With ``secure_aggregation`` the rounds run through :mod:`coordinator.secure` (a key setup
 after join, then two round trips per round); the strategy then sees only ``Σ w·delta`` and
@@ -36,16 +36,17 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
+from coordinator.admission import Member, admit, check_agreement
 from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
 from coordinator.evaluation import Evaluator, load_evaluator, validation_fields
 from coordinator.exports import RunExports
-from coordinator.messages import Observers, Patience, Payload, Reply, SiloError, Transport
+from coordinator.messages import Observers, Patience, Payload, Reply, Transport
 from coordinator.metering import MeteredTransport
 from coordinator.outcome import failure
 from coordinator.privacy import RunPrivacy
@@ -58,8 +59,7 @@ from coordinator.secure import SecureAggregation, run_threshold
 from strategies.aggregate import COMPUTED_STATISTICS, SumAccumulator, check_result
 from strategies.api import (PerUpdateStrategy, RoundPlan, Strategy, SumStrategy, call_strategy,
                             strategy_label)
-from xsilo.errors import (ConfigError, DeploymentError, ModelError, PrivacyBudgetExceeded,
-                          ProtocolError, StrategyError)
+from xsilo.errors import DeploymentError, PrivacyBudgetExceeded, StrategyError
 from xsilo.failpoints import reach
 from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics,
                          TrainTerms)
@@ -71,69 +71,10 @@ log = logging.getLogger(__name__)
 _S = TypeVar("_S", bound=Strategy)
 
 
-@dataclass
-class _Member:
-    node_id: int
-    name: str
-    fingerprint: dict[str, Any]
-
-
 def _reported(collector: RoundCollector, name: str) -> list[tuple[float, float]]:
     """(value, example count) of a silo statistic, from the contributors that sent it."""
     return [(float(getattr(m, name)), m.num_examples or 0.0)
             for m in collector.metrics.values() if getattr(m, name) is not None]
-
-
-def _refusal(reason: str, message: str) -> str:
-    """A join refusal the coordinator makes itself, written like a silo's own."""
-    return str(SiloError(ProtocolError.__name__, reason, message))
-
-
-def _refuse(refused: dict[str, str], name: str, node: int, why: str) -> None:
-    key = name if name not in refused else f"{name} (node {node})"
-    refused[key] = why
-    log.warning("silo %s (node %d) refused: %s", name, node, why)
-
-
-def _claimed_twice(admitted: Mapping[int, Reply]) -> dict[str, list[int]]:
-    """Silo name → the nodes that claim it, for every name more than one node claims."""
-    by_name: dict[str, list[int]] = {}
-    for node, reply in sorted(admitted.items()):
-        assert reply.info is not None
-        by_name.setdefault(reply.info.name, []).append(node)
-    return {name: nodes for name, nodes in by_name.items() if len(nodes) > 1}
-
-
-def _identity_problem(name: str, node: int, enrolled: Mapping[str, int]) -> str | None:
-    """Why ``node`` may not join as silo ``name`` (None: it may): the coordinator home
-    enrolled that name with another node's key, or this node's key under another name. A
-    node it knows nothing of (no enrolment record) is left to the other checks."""
-    owner = enrolled.get(name)
-    if owner is not None and owner != node:
-        return _refusal("identity", (
-            f"node {node} joins as silo {name!r}, whose enrolled key is node {owner}'s; a silo "
-            f"joins only under the name it enrolled with (find which silo runs node {node}: "
-            "`flwr supernode list`, and revoke it if it is not who it says)"))
-    own = sorted(n for n, i in enrolled.items() if i == node and n != name)
-    if own:
-        return _refusal("identity", (
-            f"node {node} was enrolled as silo {own[0]!r} but joins as {name!r}; a silo joins "
-            f"under the name it enrolled with: set name = {own[0]!r} in its silo.toml"))
-    return None
-
-
-def _model_problem(name: str, model: Mapping[str, np.ndarray]) -> str | None:
-    """Why a silo's initial model cannot start the run (None: it can): every tensor must be
-    numeric and finite, or a silo that joins first could make the run's model NaN."""
-    for key, value in model.items():
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf":
-            kind = getattr(value, "dtype", type(value).__name__)
-            return _refusal("unusable-model", f"silo {name}'s initial model: tensor {key!r} is "
-                            f"{kind}, not numeric; every silo must build the same numeric model")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            return _refusal("unusable-model", f"silo {name}'s initial model: tensor {key!r} "
-                            "holds NaN or Inf; check the silo's model code and its init")
-    return None
 
 
 class RoundLoop:
@@ -155,7 +96,7 @@ class RoundLoop:
         self.exports = exports
         self.strategy = strategy
         self.observers = observers or Observers()
-        self.members: dict[int, _Member] = {}
+        self.members: dict[int, Member] = {}
         self.enrolled = dict(enrolled or {})
         self.failed_rounds: list[int] = []
         self.secure: SecureAggregation | None = None
@@ -186,36 +127,7 @@ class RoundLoop:
         replies = self.transport.exchange(
             "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
             group="join", patience=Patience(lambda r: len(r) >= cfg.wait_for, cfg.grace))
-        refused: dict[str, str] = {}
-        admitted: dict[int, Reply] = {}
-        for node, reply in sorted(replies.items()):
-            name = reply.name or f"node-{node}"
-            if reply.error is not None or reply.info is None:
-                why = str(reply.error or "the join reply carries no silo identity")
-            else:
-                why = _model_problem(name, reply.arrays)
-            if why is not None:
-                _refuse(refused, name, node, why)
-                continue
-            admitted[node] = reply
-        for name, claimants in _claimed_twice(admitted).items():
-            _refuse(refused, name, claimants[0], _refusal("duplicate-name", (
-                f"nodes {', '.join(map(str, claimants))} all join as silo {name!r}; none of "
-                "them is admitted under that name (one is not who it says it is): check "
-                f"which node holds {name}'s enrolled key and revoke the other")))
-            for node in claimants:
-                del admitted[node]
-        for node, reply in sorted(admitted.items()):
-            assert reply.info is not None
-            why = _identity_problem(reply.info.name, node, self.enrolled)
-            if why is not None:
-                _refuse(refused, reply.info.name, node, why)
-                del admitted[node]
-        initial: dict[str, dict[str, np.ndarray]] = {}
-        for node, reply in admitted.items():
-            assert reply.info is not None
-            self.members[node] = _Member(node, reply.info.name, dict(reply.info.fingerprint))
-            initial[reply.info.name] = reply.arrays
+        self.members, initial, refused = admit(replies, self.enrolled)
         silent = sorted(set(nodes) - set(replies))
         self.store.append_event({
             "event": "join",
@@ -228,37 +140,9 @@ class RoundLoop:
                 f"({detail}; {len(silent)} silent)")
             error.silo = ", ".join(sorted(refused)) or None
             raise error
-        self._check_agreement(initial)
+        check_agreement(self.members, initial)
         first = sorted(initial)[0]
         return initial[first]
-
-    def _check_agreement(self, initial: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-        digests = {m.name: m.fingerprint.get("digest") for m in self.members.values()}
-        if len(set(digests.values())) > 1:
-            groups: dict[Any, list[str]] = {}
-            for name, d in digests.items():
-                groups.setdefault(d, []).append(name)
-            raise ConfigError(
-                "silos disagree on the data schema (columns, dtypes or label set): "
-                + " vs ".join(",".join(sorted(g)) for g in groups.values())
-                + "; align their [data.schema] tables before starting the run")
-        names = sorted(initial)
-        ref_name, ref = names[0], initial[names[0]]
-        for name in names[1:]:
-            other = initial[name]
-            for tensor in list(ref) + [t for t in other if t not in ref]:
-                a, b = ref.get(tensor), other.get(tensor)
-                if a is None or b is None or a.shape != b.shape:
-                    raise ModelError(
-                        f"model architectures differ: tensor {tensor!r} is "
-                        f"{None if a is None else a.shape} at {ref_name} but "
-                        f"{None if b is None else b.shape} at {name}; every silo must build "
-                        "the same model")
-                if a.dtype != b.dtype:  # else the model silently takes one silo's precision
-                    raise ModelError(
-                        f"model dtypes differ: tensor {tensor!r} is {a.shape} {a.dtype} at "
-                        f"{ref_name} but {b.shape} {b.dtype} at {name}; every silo must build "
-                        "the same model with the same parameter dtypes")
 
     # ----------------------------------------------------------------- rounds
     def run(self) -> dict[str, Any]:

@@ -149,15 +149,13 @@ def test_run_directory_is_never_reused(tmp_path: Path, federation: list[Path]) -
 
 
 def test_different_parameter_dtypes_are_refused_naming_the_tensor() -> None:
-    from coordinator.loop import RoundLoop, _Member
-    from strategies.builtin import FedAvg
+    from coordinator.admission import Member, check_agreement
 
-    loop = RoundLoop(RunConfig(num_rounds=1), None, None, FedAvg())  # type: ignore[arg-type]
-    loop.members = {1: _Member(1, "hospital-a", {"digest": "x"}),
-                    2: _Member(2, "hospital-b", {"digest": "x"})}
+    members = {1: Member(1, "hospital-a", {"digest": "x"}),
+               2: Member(2, "hospital-b", {"digest": "x"})}
     same = {"w": np.zeros((2, 3), np.float64)}
-    loop._check_agreement({"hospital-a": same, "hospital-b": dict(same)})  # agrees: no error
+    check_agreement(members, {"hospital-a": same, "hospital-b": dict(same)})  # agrees
     with pytest.raises(ModelError, match=r"tensor 'w' is \(2, 3\) float64 at hospital-a but "
                                          r"\(2, 3\) float32 at hospital-b"):
-        loop._check_agreement({"hospital-a": same,
-                               "hospital-b": {"w": np.zeros((2, 3), np.float32)}})
+        check_agreement(members, {"hospital-a": same,
+                                  "hospital-b": {"w": np.zeros((2, 3), np.float32)}})

@@ -19,7 +19,7 @@ import numpy as np
 
 from coordinator.messages import Reply
 from strategies.aggregate import SumAccumulator, validate_update
-from strategies.api import Strategy, SumStrategy, Update
+from strategies.api import Strategy, SumStrategy, Update, call_strategy
 from strategies.compression import decode
 from strategies.dp.central import ClipAccumulator
 from xsilo.errors import ProtocolError, UpdateRejected
@@ -57,6 +57,8 @@ class RoundCollector:
         streaming = self.clip is None and isinstance(self.strategy, SumStrategy)
         self.sum: SumAccumulator | None = SumAccumulator(dict(self.current)) if streaming else None
         self._flat_model: np.ndarray | None = None
+        strategy = self.strategy  # read once: a plugin's property may raise (StrategyError)
+        self._weighted = call_strategy(strategy, "weighted", lambda: bool(strategy.weighted))
 
     def _dense(self, name: str, reply: Reply) -> dict[str, np.ndarray]:
         """The update a reply carries: its tensors, or its compressed form decoded against
@@ -92,7 +94,7 @@ class RoundCollector:
             self.rejected[name] = str(reply.error)
             return slim
         n = reply.metrics.num_examples or 0.0
-        weight = n if self.strategy.weighted else 1.0
+        weight = n if self._weighted else 1.0
         try:
             update = Update(silo=name, delta=self._dense(name, reply), weight=weight)
             if weight <= 0:

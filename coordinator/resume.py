@@ -27,7 +27,7 @@ import numpy as np
 from coordinator.privacy import RunPrivacy
 from coordinator.rows import PendingRow
 from coordinator.run_store import Checkpoint
-from strategies.api import Strategy
+from strategies.api import Strategy, call_strategy
 from xsilo.errors import ConfigError, ModelError
 
 __all__ = ["Resumed", "checkpoint_meta", "check_same_model", "restore"]
@@ -64,7 +64,7 @@ def restore(checkpoint: Checkpoint | None, strategy: Strategy,
     elif any(k.startswith("dp/") for k in state):
         raise ConfigError("the checkpoint holds DP state (dp/state) but the run's configuration "
                           "has no [run.dp]; a run resumes with the configuration it started with")
-    strategy.load_state_dict(state)
+    call_strategy(strategy, "load_state_dict", lambda: strategy.load_state_dict(state))
     meta = checkpoint.meta
     pending = meta.get("pending")
     row = (PendingRow(**pending) if isinstance(pending, Mapping)

@@ -315,3 +315,26 @@ def test_the_accumulators_statistics_equal_those_of_the_list_even_for_huge_weigh
                                          "local_steps": None}
         assert update_statistics(ups, names) == acc.statistics(names)
     assert SumAccumulator(REF).statistics(names) == {"update_sq_norm": None, "local_steps": None}
+
+
+def test_a_strategy_that_cannot_take_its_checkpoint_state_or_say_its_weighting_is_named(
+        ) -> None:
+    """Two more calls into a plugin's code: resuming loads its state, collecting reads its
+    ``weighted``; either failing is a StrategyError naming it, not the plugin's exception."""
+    from coordinator.collect import RoundCollector
+    from coordinator.resume import restore
+    from coordinator.run_store import Checkpoint
+
+    class Brittle(FedAvg):
+        def load_state_dict(self, state):  # type: ignore[no-untyped-def]
+            raise KeyError("momentum")
+
+        @property
+        def weighted(self) -> bool:  # type: ignore[override]
+            raise RuntimeError("undecided")
+
+    model = {"w": np.zeros(2)}
+    with pytest.raises(StrategyError, match=r"raised KeyError in load_state_dict: 'momentum'"):
+        restore(Checkpoint(1, model, {}), Brittle(), None)
+    with pytest.raises(StrategyError, match=r"raised RuntimeError in weighted: undecided"):
+        RoundCollector(Brittle(), model, {1: "a"})

@@ -369,9 +369,15 @@ def _round_key_targets(machine: Callable[..., Target], updates: dict) -> list[Ta
 
 
 def build_targets(root: Path) -> list[Target]:
-    """Every target of both sides (records valid; receiving them unmutated is accepted)."""
-    logging.getLogger().setLevel(logging.CRITICAL)
-    targets = _flower_targets(root) + _protocol_targets()
+    """Every target of both sides (records valid; receiving them unmutated is accepted).
+    The runs that record them log quietly; the root logger's level is put back after."""
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.CRITICAL)
+    try:
+        targets = _flower_targets(root) + _protocol_targets()
+    finally:
+        root_logger.setLevel(level)
     for t in targets:  # sanity: the unmutated record goes through
         assert t.receive(dict(t.record), random.Random(0)) == ACCEPTED, t.name
     return targets
@@ -425,6 +431,7 @@ def main() -> None:
     ap.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     started = time.monotonic()
+    logging.getLogger().setLevel(logging.CRITICAL)  # ten thousand refusals, each logged
     with tempfile.TemporaryDirectory() as tmp:
         targets = build_targets(Path(tmp))
         outcomes, failures, slowest = run(targets, mutations=args.mutations, seed=args.seed,

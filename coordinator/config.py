@@ -19,6 +19,7 @@ from coordinator.exports import EXPORTS
 from strategies.dp.config import DPConfig
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write, read_toml
+from xsilo.terms import MAX_ROUNDS, MAX_SILOS
 
 __all__ = ["RunConfig", "load_run_config", "write_run_config"]
 
@@ -96,8 +97,8 @@ class RunConfig:
     compression_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        _positive_int("num_rounds", self.num_rounds)
-        _positive_int("min_silos", self.min_silos)
+        _positive_int("num_rounds", self.num_rounds, MAX_ROUNDS)
+        _positive_int("min_silos", self.min_silos, MAX_SILOS)
         _positive_int("local_epochs", self.local_epochs)
         _positive_int("batch_size", self.batch_size)
         if not isinstance(self.expected_silos, int) or self.expected_silos < 0:
@@ -245,9 +246,12 @@ class RunConfig:
         return out
 
 
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+def _positive_int(name: str, value: object, most: int | None = None) -> None:
+    """An integer ≥ 1 (and ≤ ``most``: the bound every silo holds a join to, xsilo.terms)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (
+            most is not None and value > most):
+        bound = f" and ≤ {most:,}" if most is not None else ""
+        raise ConfigError(f"{name} must be an integer ≥ 1{bound}, got {value!r}")
 
 
 def load_run_config(path: Path) -> RunConfig:

@@ -245,10 +245,7 @@ class RunPrivacy:
 
     def projected_epsilon(self, num_rounds: int) -> float:
         """ε after ``num_rounds`` rounds, or ``max_epsilon`` if the run would stop earlier."""
-        acct = self.dp.accountant()
-        for _ in range(num_rounds):
-            acct.compose_round(self.event())
-        eps = acct.epsilon()
+        eps = self.dp.accountant().epsilon_if(self.event(), rounds=num_rounds)
         return min(eps, self.dp.max_epsilon) if self.dp.max_epsilon is not None else eps
 
     def check_budget(self, server_round: int) -> float | None:

@@ -11,6 +11,8 @@
     secagg_threshold_fraction = 0.67  # secure aggregation: t > this · n (default 0.5: a
                                       # strict majority, the least any silo accepts)
     max_rounds = 50
+    max_silos = 1000             # the largest federation (and secure-aggregation roster) this
+                                 # silo joins; default 1000
     allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]
     roster = { "hospital-b" = "sha256:AB:CD:...", "hospital-c" = "sha256:EF:..." }
     share_metrics = "aggregate"  # "all" (default), "aggregate" (only inside secure sums), "none"
@@ -33,13 +35,18 @@ from pathlib import Path
 
 from strategies.secagg import SiloLimits
 from xsilo.errors import ConfigError, PolicyRefusal
-from xsilo.terms import COMPRESSION_METHODS, SILO_STATISTICS, SiloMetrics, aggregate_slots
+from xsilo.terms import (COMPRESSION_METHODS, SILO_STATISTICS, JoinTerms, SiloMetrics,
+                         aggregate_slots)
 from xsilo.files import atomic_write, read_toml
 
 __all__ = ["SHARE_METRICS", "PrivacyTally", "RunTerms", "SitePolicy", "check_round",
-           "check_run", "normalize_fingerprint"]
+           "check_run", "check_run_rules", "normalize_fingerprint"]
 
 SHARE_METRICS = ("all", "aggregate", "none")
+DEFAULT_MAX_SILOS = 1000
+"""A silo deals secure-aggregation shares to every peer every round: with pair seeds about
+90 s of a silo's CPU a round at 1,000 silos, ``n² · t`` beyond (docs/secure-aggregation.md,
+*How far it scales*). A coordinator may not choose more for a site that did not ask."""
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class SitePolicy:
     min_silos_per_round: int = 1
     secagg_threshold_fraction: float = 0.5
     max_rounds: int | None = None
+    max_silos: int = DEFAULT_MAX_SILOS
     allowed_coordinator_fingerprints: tuple[str, ...] | None = None
     # Secure aggregation: the consortium's members (name → key fingerprint, from `xsilo pki
     # list`, exchanged out of band); a round with any other peer is refused.
@@ -111,6 +119,10 @@ class SitePolicy:
                               "fraction of the silos (0.5 is a strict majority)")
         if self.max_rounds is not None:
             _positive("max_rounds", self.max_rounds, integer=True)
+        _positive("max_silos", self.max_silos, integer=True)
+        if self.max_silos < max(2, self.min_silos_per_round):
+            raise ConfigError(f"policy max_silos = {self.max_silos}: must be at least 2 and at "
+                              f"least min_silos_per_round ({self.min_silos_per_round})")
         if self.allowed_strategies is not None:
             object.__setattr__(self, "allowed_strategies", tuple(
                 s.lower() for s in _strings("allowed_strategies", self.allowed_strategies)))
@@ -188,7 +200,7 @@ class SitePolicy:
     def secagg_limits(self) -> SiloLimits:
         """What this site demands of every secure-aggregation run and round."""
         return SiloLimits(threshold_fraction=float(self.secagg_threshold_fraction),
-                          min_active=max(2, self.min_silos_per_round))
+                          min_active=max(2, self.min_silos_per_round), max_roster=self.max_silos)
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,14 @@ class RunTerms:
     dp_delta: float | None = None
     num_silos: int | None = None
     compression: str = "none"
+
+    @classmethod
+    def of_join(cls, join: JoinTerms, *, coordinator_fingerprint: str | None = None) -> RunTerms:
+        """A join's terms, without ε (:meth:`SiloPrivacy.run_terms` projects it)."""
+        return cls(strategy=join.strategy, num_rounds=join.num_rounds,
+                   secure_aggregation=join.secure_aggregation,
+                   coordinator_fingerprint=coordinator_fingerprint, num_silos=join.num_silos,
+                   compression=join.compression)
 
 
 def _refuse(reason: str, message: str) -> PolicyRefusal:
@@ -236,6 +256,14 @@ def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0
 
     ``epsilon_spent`` is the site's lifetime total so far (:meth:`PrivacyTally.total`).
     """
+    check_run_rules(policy, terms)
+    _check_dp(policy, terms, epsilon_spent)
+
+
+def check_run_rules(policy: SitePolicy, terms: RunTerms) -> None:
+    """The rules of :func:`check_run` that need no ε (secure aggregation, strategy, rounds,
+    silos, compression, coordinator): a silo checks them before it projects a run's ε, so a
+    run they refuse costs it nothing."""
     if policy.require_secure_aggregation and not terms.secure_aggregation:
         raise _refuse("require_secure_aggregation", "site policy requires secure aggregation "
                       "but the run does not use it; enable secure aggregation in the run config")
@@ -249,6 +277,10 @@ def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0
     if terms.num_silos is not None and terms.num_silos < policy.min_silos_per_round:
         raise _refuse("min_silos_per_round", f"the federation has {terms.num_silos} silos, the "
                       f"site policy requires at least {policy.min_silos_per_round} per round")
+    if terms.num_silos is not None and terms.num_silos > policy.max_silos:
+        raise _refuse("max_silos", f"the federation has {terms.num_silos} silos, the site "
+                      f"policy allows at most {policy.max_silos}; raise max_silos in the site "
+                      "policy if the consortium is that large")
     allowed = policy.allowed_coordinator_fingerprints
     if allowed is not None:
         fp = normalize_fingerprint(terms.coordinator_fingerprint or "")
@@ -257,7 +289,6 @@ def check_run(policy: SitePolicy, terms: RunTerms, *, epsilon_spent: float = 0.0
                 f"coordinator certificate fingerprint {terms.coordinator_fingerprint!r} is not "
                 "in the site policy's allowed_coordinator_fingerprints; check you joined the "
                 "right consortium, or add the fingerprint after verifying it out of band"))
-    _check_dp(policy, terms, epsilon_spent)
 
 
 def _check_compression(policy: SitePolicy, method: str, what: str) -> None:

@@ -16,8 +16,10 @@ silo's join projection took on trust) with ``PrivacyBudgetExceeded``. The silo c
 update it releases, just before it leaves: a round the coordinator sends again (a re-run
 after a restart, or a replay) is another release and is counted again (conservative: the
 coordinator counts only rounds it released, and adopts a higher silo tally).
-The coordinator's ``[dp]`` table is checked at the edge: a value of the wrong type, or
-arithmetic on it that fails or gives no ε, is a ``ProtocolError``.
+The coordinator's ``[dp]`` table is checked at the edge: a table :class:`DPConfig` refuses
+(a value of the wrong type or out of range, an unknown key, a ``sampling_probability`` other
+than 1: nothing samples silos), or arithmetic on it that fails or gives no ε, is a
+``ProtocolError``; the silo never accounts with a number it cannot check.
 
 Under secure aggregation :func:`secure_update` clips the update (and, for the distributed
 mechanism, encodes it with this silo's discrete-Gaussian share) before
@@ -31,7 +33,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,50 +53,28 @@ __all__ = ["RoundPrivacy", "SecureDPUpdate", "SiloPrivacy", "ledger_fields", "pa
 
 TALLY_FILE = "privacy-tally.json"
 _LOCK_FILE = "privacy/.lock"  # held while a release is counted (one writer at a time)
-_TEXT_KEYS = frozenset({"mechanism", "clipping", "accounting"})
-_INTEGER_KEYS = frozenset({"modulus_bits"})
-_OPTIONAL_KEYS = frozenset({"clip_norm", "max_epsilon", "clip_count_stddev"})
 
 
 def parse_dp(terms: DPTerms | None) -> DPConfig | None:
     """The run's DP settings from its stated terms (None: the run uses no DP).
 
-    A value of the wrong type (a string, null or non-finite number where a finite number
-    belongs) is a ProtocolError naming the key; a table that :class:`DPConfig` refuses
-    (a range, a missing or unknown key) a ConfigError naming the setting.
+    Whatever :class:`DPConfig` refuses (a value of the wrong type or range, a missing or
+    unknown key, a ``sampling_probability`` other than 1) is a ProtocolError quoting its
+    message, which names the key.
     """
     if terms is None:
         return None
-    table = dict(terms.table)
-    known = {f.name for f in fields(DPConfig)}
-    for key, value in table.items():
-        if key in known:  # an unknown key is DPConfig's to name
-            _check_dp_value(key, value)
-    with _dp_arithmetic("checking the [dp] table"):
-        return DPConfig.from_mapping(table)
-
-
-def _check_dp_value(key: str, value: object) -> None:
-    if key in _TEXT_KEYS:
-        ok, expected = isinstance(value, str), "a string"
-    elif key in _INTEGER_KEYS:
-        ok, expected = type(value) is int, "an integer"
-    else:
-        ok = (value is None and key in _OPTIONAL_KEYS
-              or type(value) is float and math.isfinite(value)
-              or type(value) is int and abs(value) <= 2**53)  # as a float, exactly
-        expected = "a finite number" + (" or nothing" if key in _OPTIONAL_KEYS else "")
-    if not ok:
-        raise ProtocolError(f"DP terms: dp.{key} = {value!r:.40} ({type(value).__name__}); "
-                            f"expected {expected}. The coordinator's [dp] table is malformed")
+    with _stated("validation"):
+        return DPConfig.from_mapping(dict(terms.table))
 
 
 @contextmanager
-def _dp_arithmetic(what: str) -> Iterator[None]:
-    """Accounting over the coordinator's numbers: a failure there is the terms' fault."""
+def _stated(what: str) -> Iterator[None]:
+    """Checks and accounting over the coordinator's numbers: a failure there (a refused
+    setting, an overflow, 1/0, a math domain error) is the terms' fault."""
     try:
         yield
-    except (ArithmeticError, ValueError) as exc:  # overflow, 1/0, a math domain error
+    except (ConfigError, ArithmeticError, ValueError) as exc:
         raise ProtocolError(f"DP terms: {what} failed on the stated [dp] table "
                             f"({type(exc).__name__}: {exc}); the coordinator must state "
                             "numbers its own accountant can use") from None
@@ -113,8 +93,8 @@ def _event(dp: DPConfig, *, dimension: int | None, num_silos: int | None,
     roster size and threshold the coordinator stated (checked by the caller)."""
     if dp.mechanism != "distributed":
         return dp.round_event()
-    if dimension is None:
-        raise ConfigError("the distributed round event needs the model's parameter count")
+    if dimension is None:  # a caller's mistake, not the terms': no ProtocolError
+        raise TypeError("the distributed round event needs the model's parameter count")
     if num_silos is None or min_survivors is None:
         raise ProtocolError("a distributed-DP run's terms must state the number of silos and "
                             "the secure-aggregation threshold; the coordinator sent none")
@@ -212,20 +192,15 @@ class SiloPrivacy:
     def run_terms(self, join: JoinTerms, *, dimension: int | None = None,
                   coordinator_fingerprint: str | None = None) -> RunTerms:
         """:class:`RunTerms` with the run's projected total ε, computed here from its terms."""
-        base = RunTerms(strategy=join.strategy, num_rounds=join.num_rounds,
-                        secure_aggregation=join.secure_aggregation,
-                        coordinator_fingerprint=coordinator_fingerprint,
-                        num_silos=join.num_silos, compression=join.compression)
+        base = RunTerms.of_join(join, coordinator_fingerprint=coordinator_fingerprint)
         dp = parse_dp(join.dp)
         if dp is None:
             return base
-        with _dp_arithmetic("the run's epsilon projection"):
+        with _stated("the run's epsilon projection"):
             event = _event(dp, dimension=dimension, num_silos=join.num_silos,
                            min_survivors=join.secagg_threshold)
-            acct = dp.accountant()
-            for _ in range(join.num_rounds):
-                acct.compose_round(event)
-            projected = _epsilon(acct.epsilon(), "the run's epsilon projection")
+            projected = _epsilon(dp.accountant().epsilon_if(event, rounds=join.num_rounds),
+                                 "the run's epsilon projection")
         if dp.max_epsilon is not None:  # kept: begin_round refuses a round past it
             projected = min(projected, dp.max_epsilon)
         return replace(base, dp_epsilon_total=projected, dp_delta=dp.delta)
@@ -283,7 +258,7 @@ class SiloPrivacy:
         if acct.delta != dp.delta or acct.method != dp.accounting_method:
             raise ConfigError(f"run {run}: the coordinator changed delta or the accounting method "
                               "mid-run; the silo refuses mixed accounting")
-        with _dp_arithmetic(f"round {terms.server_round}'s accounting"):
+        with _stated(f"round {terms.server_round}'s accounting"):
             event = _event(dp, dimension=dimension, num_silos=terms.dp.num_silos,
                            min_survivors=terms.dp.min_survivors)
         clip = terms.dp.clip_norm if terms.dp.clip_norm is not None else dp.clip_norm
@@ -297,7 +272,7 @@ class SiloPrivacy:
         """ε of the run after one more release on ``acct``, within the site policy and the
         run's own cap (refused otherwise)."""
         what = f"round {rp.server_round}'s accounting"
-        with _dp_arithmetic(what):
+        with _stated(what):
             eps_after = _epsilon(acct.epsilon_if(rp.event), what)
         tally = self.tally
         check_round(self.policy, **rp.checks, epsilon_spent=tally.total(),

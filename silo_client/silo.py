@@ -26,7 +26,7 @@ from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
 from silo_client.dpsgd import attach_dpsgd
 from silo_client.joins import Joined, check_joined
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
-from silo_client.policy import SitePolicy, check_run
+from silo_client.policy import RunTerms, SitePolicy, check_run, check_run_rules
 from silo_client.privacy import RoundPrivacy, SiloPrivacy, ledger_fields, parse_dp
 from strategies.aggregate import squared_norm
 from xsilo.errors import ProtocolError
@@ -118,13 +118,19 @@ class Silo:
 
     def join(self, terms: JoinTerms) -> tuple[SiloInfo, dict[str, np.ndarray]]:
         """Check the run against the site policy, validate data, and return
-        (identity + schema fingerprint, initial parameters)."""
-        # The projected ε is computed here from the run's DP terms, never taken as a number.
+        (identity + schema fingerprint, initial parameters).
+
+        The coordinator's DP table is parsed first, then the site's rules that need no ε
+        (rounds, silos, strategy, …), and only then is the run's ε projected (here, from the
+        run's DP terms, never taken as a number) and checked against the site's budget.
+        """
         dp = parse_dp(terms.dp)
+        coordinator = self._coordinator_fingerprint()
+        check_run_rules(self.policy, RunTerms.of_join(terms, coordinator_fingerprint=coordinator))
         dimension = (model_length(self.model(terms.seed).get_parameters())
                      if dp is not None and dp.mechanism == "distributed" else None)
         check_run(self.policy, self.privacy.run_terms(
-            terms, dimension=dimension, coordinator_fingerprint=self._coordinator_fingerprint()),
+            terms, dimension=dimension, coordinator_fingerprint=coordinator),
             epsilon_spent=self.privacy.tally.total())
         train = self.train_data  # raises DataValidationError naming file/column/row
         if self.test_data is not None:

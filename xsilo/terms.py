@@ -36,6 +36,8 @@ from xsilo.errors import ProtocolError
 
 __all__ = [
     "COMPRESSION_METHODS",
+    "MAX_ROUNDS",
+    "MAX_SILOS",
     "SILO_STATISTICS",
     "CompressedHeader",
     "DPTerms",
@@ -55,6 +57,17 @@ Scalar = int | float | str | bool
 
 _MAX_INT = (1 << 63) - 1  # ConfigRecord integers are signed 64-bit
 _MAX_NAME = 256
+_MAX_JSON = 1 << 16  # characters of a JSON term (a DP table, a schema fingerprint)
+_MAX_DEPTH = 16  # nesting of a JSON term (a fingerprint nests 4 deep; 16 is far above any)
+
+MAX_SILOS = 1 << 20
+"""The largest federation a term may state (``num-silos``, ``dp-num-silos``, thresholds): the
+most silos a secure-aggregation key request can list (``strategies.secagg.messages``). A
+silo's work at join (the distributed mechanism's calibration, O(n): 0.5 s at this bound) and
+in the key setup stays bounded by it; its site policy's ``max_silos`` is usually far lower."""
+MAX_ROUNDS = 10**6
+"""The most rounds a run may state (``num-rounds``): far beyond any cross-silo run (a
+round is minutes of every silo's time); a silo projects the run's ε over them at join."""
 
 # ---------------------------------------------------------------------------- keys
 # Join (query) -------------------------------------------------------------------
@@ -200,19 +213,32 @@ class _Reader:
         return value
 
     def json_object(self, key: str, *, default: Any = None) -> Any:
-        form = "a JSON object (text)"
+        form = f"a JSON object (text) nested at most {_MAX_DEPTH} deep"
         value = self._get(key, form, default)
         if value is default and key not in self.record:
             return value
-        if not isinstance(value, str) or len(value) > 1 << 16:
+        if not isinstance(value, str) or len(value) > _MAX_JSON:
             raise self._bad(key, value, form)
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # malformed, or nested past the parser's stack
             raise self._bad(key, value, form) from None
-        if not isinstance(parsed, dict):
+        if not isinstance(parsed, dict) or _depth(parsed) > _MAX_DEPTH:
             raise self._bad(key, value, form)
         return parsed
+
+
+def _depth(value: Any) -> int:
+    """How deep containers nest in parsed JSON (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = (item.values() if isinstance(item, dict)
+                    else item if isinstance(item, list) else None)
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 _REQUIRED = object()
@@ -264,8 +290,8 @@ class DPTerms:
                     run=r.text(DP_RUN, default=_REQUIRED),
                     clip_norm=r.number(DP_CLIP_NORM, positive=True),
                     noise_stddev=r.number(DP_NOISE_STDDEV),
-                    num_silos=r.integer(DP_NUM_SILOS, low=2),
-                    min_survivors=r.integer(DP_MIN_SURVIVORS, low=2),
+                    num_silos=r.integer(DP_NUM_SILOS, low=2, high=MAX_SILOS),
+                    min_survivors=r.integer(DP_MIN_SURVIVORS, low=2, high=MAX_SILOS),
                     rotation_seed=r.blob(DP_ROTATION_SEED, length=32))
         if (terms.num_silos is None) != (terms.min_survivors is None) or (
                 terms.num_silos is not None and terms.min_survivors > terms.num_silos):  # type: ignore[operator]
@@ -341,12 +367,12 @@ class JoinTerms:
         r = _Reader(config, cls.WHAT)
         terms = cls(run_name=r.text(RUN_NAME, default=_REQUIRED),
                     strategy=r.text(STRATEGY, default=_REQUIRED),
-                    num_rounds=r.integer(NUM_ROUNDS, low=1, default=_REQUIRED),
+                    num_rounds=r.integer(NUM_ROUNDS, low=1, high=MAX_ROUNDS, default=_REQUIRED),
                     seed=r.integer(SEED, low=-_MAX_INT, default=_REQUIRED),
-                    min_silos=r.integer(MIN_SILOS, low=1, default=_REQUIRED),
-                    num_silos=r.integer(NUM_SILOS, default=_REQUIRED),
+                    min_silos=r.integer(MIN_SILOS, low=1, high=MAX_SILOS, default=_REQUIRED),
+                    num_silos=r.integer(NUM_SILOS, high=MAX_SILOS, default=_REQUIRED),
                     secure_aggregation=r.flag(SECURE_AGGREGATION, default=False),
-                    secagg_threshold=r.integer(SECAGG_THRESHOLD, low=2),
+                    secagg_threshold=r.integer(SECAGG_THRESHOLD, low=2, high=MAX_SILOS),
                     dp=DPTerms.from_config(config, what=cls.WHAT),
                     run_token=r.text(RUN_TOKEN),
                     **_read_compression(r))
@@ -426,7 +452,7 @@ class TrainTerms:
                 raise r._bad(str(key), value, "a strategy value (a number, text or true/false)")
             extra[key] = value
         return cls(server_round=r.integer(SERVER_ROUND, default=_REQUIRED),
-                   num_rounds=r.integer(NUM_ROUNDS, low=1, default=_REQUIRED),
+                   num_rounds=r.integer(NUM_ROUNDS, low=1, high=MAX_ROUNDS, default=_REQUIRED),
                    local_epochs=r.integer(LOCAL_EPOCHS, low=1, default=_REQUIRED),
                    learning_rate=r.number(LEARNING_RATE, positive=True, default=_REQUIRED),
                    batch_size=r.integer(BATCH_SIZE, low=1, default=_REQUIRED),

@@ -94,8 +94,9 @@ auth_key = {_q(f["node_key"])}
 POLICY_STUB = """\
 # Site policy (silo_client.policy): what this site's ethics board allows. silo.toml points
 # here ([policy] file). Every rule is optional; with all of them commented out the silo
-# accepts any run. A run or round that breaks a rule is refused before anything is sent,
-# and the coordinator's round table shows the reason as PolicyRefusal[<rule>].
+# accepts any run of up to 1000 silos (max_silos). A run or round that breaks a rule is
+# refused before anything is sent, and the coordinator's round table shows the reason as
+# PolicyRefusal[<rule>].
 
 # require_secure_aggregation = true           # never send an update in the clear
 # max_epsilon = 8.0                           # site-lifetime DP budget, summed over runs
@@ -104,6 +105,7 @@ POLICY_STUB = """\
 # min_silos_per_round = 3                     # no update when fewer silos take part
 # secagg_threshold_fraction = 0.67            # secure aggregation: threshold t > 0.67 · n
 # max_rounds = 50
+# max_silos = 200                             # the largest federation joined (default 1000)
 # allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]   # verified out of band
 # roster = { "hospital-b" = "sha256:AB:CD:..." }  # secure aggregation only with these members
 # share_metrics = "aggregate"                 # metrics leave only inside secure sums

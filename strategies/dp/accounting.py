@@ -5,7 +5,8 @@ Events (one per round, silo-level add/remove-one neighbouring):
 * :class:`GaussianRound` ``(noise_multiplier z, sampling_probability q=1)`` — central DP with
   sensitivity C and noise z*C on the sum; adaptive clipping with the *total* z (the update
   and count releases together are exactly a Gaussian with z, Andrew et al. 2021, Thm. 1);
-  DP-SGD steps. ``q < 1`` is Poisson sampling of silos (or of records).
+  DP-SGD steps. ``q < 1`` is Poisson sampling of records (DP-SGD); a silo-level round never
+  samples (xsilo asks every silo every round; :class:`~strategies.dp.DPConfig` refuses it).
   -> ``GaussianDpEvent(z)`` or ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``.
 * :class:`ZCDPRound` ``(rho)`` — the distributed discrete Gaussian, which satisfies
   rho-zCDP, i.e. (alpha, rho*alpha)-RDP for every alpha (Kairouz, Liu & Steinke 2021,
@@ -15,6 +16,13 @@ Methods: ``"pld"`` (privacy loss distributions, ``PLDAccountant``; exact up to i
 discretization for Gaussian rounds without sampling, and tightest in general) and ``"rdp"``
 (``RdpAccountant`` with its default orders). A zCDP bound is an RDP curve, not a PLD, so
 :class:`ZCDPRound` requires ``"rdp"``.
+
+Cost. Rounds of one event compose as one ``SelfComposedDpEvent`` (a run of 10⁶ rounds is
+one event, not 10⁶). Rounds of unsampled Gaussians compose exactly into one Gaussian with
+``z_eff = (Σ_i z_i⁻²)^(−1/2)``; below ``z_eff = 0.25`` (ε above about 24 at δ = 10⁻⁵) the
+PLD's discretization grows with ε to minutes and gigabytes, so ``"pld"`` takes the analytic
+ε(δ) of that Gaussian there (Balle & Wang 2018, Thm. 8: the value the PLD approximates from
+above, to 10⁻³), at the same cost whatever the number of rounds.
 """
 
 from __future__ import annotations
@@ -100,6 +108,34 @@ def _event_from_dict(d: dict[str, Any]) -> Event:
     return _KINDS[d.pop("kind")](**d)
 
 
+PLD_MIN_Z = 0.25
+"""Below this (effective) noise multiplier the PLD discretization explodes (z = 0.1: ~8 s;
+0.001: hundreds of GiB); see the module docstring."""
+
+_Groups = list[tuple[Event, int]]
+
+
+def _grouped(events: list[Event] | tuple[Event, ...], *, then: Event | None = None,
+             times: int = 0) -> _Groups:
+    """Runs of equal events as ``(event, count)``; ``then`` repeated ``times`` more at the end."""
+    groups: list[list[Any]] = []
+    for e, n in [*((e, 1) for e in events), *([(then, times)] if times else [])]:
+        if groups and groups[-1][0] == e:
+            groups[-1][1] += n
+        else:
+            groups.append([e, n])
+    return [(e, n) for e, n in groups]
+
+
+def _composed(groups: _Groups) -> dp_accounting.DpEvent:
+    dp_accounting = _dp()
+    parts = [
+        e.to_dp_event() if n == 1 else dp_accounting.SelfComposedDpEvent(e.to_dp_event(), n)
+        for e, n in groups
+    ]
+    return dp_accounting.ComposedDpEvent(parts)
+
+
 def ledger_event(events: list[Event] | tuple[Event, ...]) -> dp_accounting.DpEvent:
     """The ``dp_accounting`` event for a round history: runs of equal rounds self-composed.
 
@@ -107,18 +143,17 @@ def ledger_event(events: list[Event] | tuple[Event, ...]) -> dp_accounting.DpEve
     Gaussian ``z / sqrt(T)`` (exact), and sampled rounds use one FFT self-composition instead
     of T sequential convolutions.
     """
-    dp_accounting = _dp()
-    groups: list[list[Any]] = []
-    for e in events:
-        if groups and groups[-1][0] == e:
-            groups[-1][1] += 1
-        else:
-            groups.append([e, 1])
-    parts = [
-        e.to_dp_event() if n == 1 else dp_accounting.SelfComposedDpEvent(e.to_dp_event(), n)
-        for e, n in groups
-    ]
-    return dp_accounting.ComposedDpEvent(parts)
+    return _composed(_grouped(events))
+
+
+def _gaussian_z(groups: _Groups) -> float | None:
+    """``z_eff`` of the one Gaussian that unsampled Gaussian rounds compose into; None when
+    the history holds any other event."""
+    if not all(isinstance(e, GaussianRound) and e.sampling_probability == 1.0 for e, _ in groups):
+        return None
+    inverse = [1.0 / e.noise_multiplier for e, _ in groups]  # type: ignore[union-attr]
+    precision = sum(n * i * i for (_, n), i in zip(groups, inverse))  # overflows to inf, no error
+    return math.inf if precision == 0 else precision**-0.5
 
 
 class Accountant:
@@ -139,15 +174,18 @@ class Accountant:
         self._events: list[Event] = []
         self._eps_cache: float | None = 0.0
 
-    def _epsilon_of(self, events: list[Event]) -> float:
-        if not events:
+    def _epsilon_of(self, groups: _Groups) -> float:
+        if not groups:
             return 0.0
         if self.method == "pld":
+            z = _gaussian_z(groups)
+            if z is not None and z < PLD_MIN_Z:  # the PLD would take minutes (see above)
+                return float(_dp().get_epsilon_gaussian(z, self.delta))
             from dp_accounting.pld.pld_privacy_accountant import PLDAccountant as Impl
         else:
             from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant as Impl
         acct = Impl()
-        acct.compose(ledger_event(events))
+        acct.compose(_composed(groups))
         return float(acct.get_epsilon(self.delta))
 
     def _check(self, event: Event) -> None:
@@ -168,7 +206,8 @@ class Accountant:
         return len(self._events)
 
     def ledger(self) -> dp_accounting.DpEvent:
-        """The exact ``dp_accounting`` event this accountant evaluates (for audit and tests)."""
+        """The exact ``dp_accounting`` event this accountant evaluates (for audit and tests;
+        under PLD with ``z_eff`` below :data:`PLD_MIN_Z`, as the one Gaussian it is)."""
         return ledger_event(self._events)
 
     def compose_round(self, event: Event) -> None:
@@ -180,13 +219,16 @@ class Accountant:
     def epsilon(self) -> float:
         """ε spent so far at ``self.delta`` (0.0 before any round)."""
         if self._eps_cache is None:
-            self._eps_cache = self._epsilon_of(self._events)
+            self._eps_cache = self._epsilon_of(_grouped(self._events))
         return self._eps_cache
 
-    def epsilon_if(self, event: Event) -> float:
-        """ε after one more ``event``, without recording it (for the stop *before* a round)."""
+    def epsilon_if(self, event: Event, *, rounds: int = 1) -> float:
+        """ε after ``rounds`` more ``event`` rounds, without recording them (the stop *before*
+        a round; a run's projection): one self-composed event, whatever ``rounds`` is."""
         self._check(event)
-        return self._epsilon_of([*self._events, event])
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+            raise ConfigError(f"rounds must be an integer >= 0, got {rounds!r}")
+        return self._epsilon_of(_grouped(self._events, then=event, times=rounds))
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,11 @@ TOML (``[dp]`` table of the run config)::
     max_epsilon = 8.0            # optional hard stop
     accounting = "auto"          # "pld" | "rdp" | "auto" (pld; rdp for distributed)
     max_weight = 1.0             # cap on aggregation weights (see weighted_sum_sensitivity)
+    modulus_bits = 32            # distributed: the masking modulus 2^b (8..64)
+    k_stddevs = 6.0              # distributed: the wrap margin (2..40)
+
+``sampling_probability`` must stay 1: xsilo asks every silo every round, so a round is never
+a Poisson sample of silos (the key stays so that older run records and terms still parse).
 """
 
 from __future__ import annotations
@@ -20,16 +25,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from strategies.dp.accounting import Accountant, GaussianRound, PrivacyBudget, ZCDPRound
+from strategies.dp.accounting import (PLD_MIN_Z, Accountant, GaussianRound, PrivacyBudget,
+                                      ZCDPRound)
 from strategies.dp.adaptive import AdaptiveClipState, split_noise_multiplier
 from strategies.dp.clipping import weighted_sum_sensitivity
-from strategies.dp.distributed import DDGCalibration, DDGParams
+from strategies.dp.distributed import DDGCalibration, DDGParams, check_encoding
 from xsilo.errors import ConfigError
 
 __all__ = ["DPConfig", "MECHANISMS"]
 
 MECHANISMS = ("central", "distributed")
-_PLD_MIN_Z = 0.25  # PLD cost explodes as z -> 0 (z = 0.1: ~7 s; 0.001: hundreds of GiB)
+
+
+_TYPES = {"str": "a string", "int": "an integer", "float": "a finite number"}
+
+
+def _is(value: object, expected: str) -> bool:
+    if expected == "a string":
+        return isinstance(value, str)
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if expected == "an integer":
+        return integer
+    return (isinstance(value, float) and math.isfinite(value)
+            or integer and abs(value) <= 2**53)  # type: ignore[operator]  # exact as a float
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,6 @@ class DPConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the key, the value and the fix."""
-        if self.mechanism not in MECHANISMS:
-            raise ConfigError(f"dp.mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
         if self.clip_norm is None or not (
             isinstance(self.clip_norm, (int, float)) and math.isfinite(self.clip_norm) and self.clip_norm > 0
         ):
@@ -66,6 +82,9 @@ class DPConfig:
                 "unbounded sensitivity and no guarantee; set dp.clip_norm to a positive number "
                 "(e.g. the median update norm of a non-private run)"
             )
+        self._check_types()
+        if self.mechanism not in MECHANISMS:
+            raise ConfigError(f"dp.mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
             raise ConfigError(f"dp.noise_multiplier must be > 0, got {self.noise_multiplier!r}")
         if self.clipping not in ("fixed", "adaptive"):
@@ -82,12 +101,12 @@ class DPConfig:
                 "dp.accounting='pld' cannot compose the distributed discrete Gaussian's zCDP "
                 "bound; use 'rdp' or 'auto'"
             )
-        if self.accounting_method == "pld" and self.noise_multiplier < _PLD_MIN_Z:
+        if self.accounting_method == "pld" and self.noise_multiplier < PLD_MIN_Z:
             raise ConfigError(
-                f"dp.noise_multiplier={self.noise_multiplier!r} is below {_PLD_MIN_Z} with PLD "
-                "accounting: epsilon is already above 50 per round there and the PLD "
-                "discretisation needs minutes and gigabytes; raise the noise multiplier or set "
-                'dp.accounting = "rdp"'
+                f"dp.noise_multiplier={self.noise_multiplier!r} is below {PLD_MIN_Z} with PLD "
+                "accounting: epsilon is already above 24 per round there (at delta 1e-5), "
+                "where the PLD discretisation needs seconds to hours; raise the noise "
+                'multiplier or set dp.accounting = "rdp"'
             )
         if self.max_epsilon is not None and not self.max_epsilon > 0:
             raise ConfigError(f"dp.max_epsilon must be > 0, got {self.max_epsilon!r}")
@@ -95,9 +114,27 @@ class DPConfig:
             raise ConfigError(f"dp.max_weight must be > 0, got {self.max_weight!r}")
         self._check_nested()
 
+    def _check_types(self) -> None:
+        """Each key's type before any arithmetic on it (its annotation: text, an integer, or
+        a finite number a float holds exactly; ``| None``: or unset)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = kind.endswith(" | None")
+            if value is None and optional:
+                continue
+            expected = _TYPES[kind.removesuffix(" | None")]
+            if not _is(value, expected):
+                raise ConfigError(f"dp.{f.name} = {value!r:.40} ({type(value).__name__}); "
+                                  f"expected {expected}{' or nothing' if optional else ''}")
+
     def _check_nested(self) -> None:
+        if self.sampling_probability != 1:
+            raise ConfigError(
+                f"dp.sampling_probability = {self.sampling_probability!r}: xsilo asks every silo "
+                "every round, so nothing samples silos and a round accounted as a Poisson sample "
+                "would understate epsilon; leave dp.sampling_probability at 1 (or remove it)")
         Accountant(self.delta, self.accounting_method)  # checks delta
-        GaussianRound(self.noise_multiplier, self.sampling_probability)
+        check_encoding(modulus_bits=self.modulus_bits, k_stddevs=self.k_stddevs)
         if self.clipping == "adaptive":
             AdaptiveClipState(
                 clip_norm=float(self.clip_norm),  # type: ignore[arg-type]
@@ -183,4 +220,4 @@ class DPConfig:
             if calibration is None:
                 raise ConfigError("the distributed round event needs the DDG calibration")
             return ZCDPRound(calibration.rho)
-        return GaussianRound(self.noise_multiplier, self.sampling_probability)
+        return GaussianRound(self.noise_multiplier)

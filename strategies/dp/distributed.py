@@ -38,6 +38,7 @@ Wrap-around is post-processing of the private sum: it hurts accuracy, never priv
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from xsilo.errors import ConfigError, ProtocolError, UpdateRejected
 __all__ = [
     "DDGCalibration",
     "DDGParams",
+    "check_encoding",
     "decode_sum",
     "encode_update",
     "fwht",
@@ -62,6 +64,19 @@ __all__ = [
 
 _VAR_DENOMINATOR = 1 << 10  # sigma_loc^2 is rounded *up* to a multiple of 1/1024
 _MAX_INFLATION = 1.25  # refuse configs where rounding inflates the sensitivity by > 25 %
+_MAX_K = 40.0  # 2 exp(-k^2/2) is 0.0 in float64 from k ~ 39: a larger k only coarsens the grid
+
+
+def check_encoding(*, modulus_bits: object, k_stddevs: object) -> None:
+    """``dp.modulus_bits`` an integer in 8..64, ``dp.k_stddevs`` a number in [2, 40]
+    (ConfigError naming the key, the value and the fix)."""
+    if type(modulus_bits) is not int or not 8 <= modulus_bits <= 64:
+        raise ConfigError(f"dp.modulus_bits = {modulus_bits!r}: must be an integer in 8..64 "
+                          "(the masking modulus 2^b; 32 is the default)")
+    if (not isinstance(k_stddevs, int | float) or isinstance(k_stddevs, bool)
+            or not 2 <= k_stddevs <= _MAX_K):
+        raise ConfigError(f"dp.k_stddevs = {k_stddevs!r}: must be a number in [2, {_MAX_K:g}] "
+                          "(the wrap margin in standard deviations; 6 is the default)")
 
 
 def _next_pow2(d: int) -> int:
@@ -121,10 +136,9 @@ class DDGParams:
             )
         if self.dimension < 1:
             raise ConfigError(f"dimension must be >= 1, got {self.dimension!r}")
-        if not 8 <= self.modulus_bits <= 64:
-            raise ConfigError(f"modulus_bits must be in [8, 64], got {self.modulus_bits!r}")
-        if not (self.k_stddevs >= 2 and 0 < self.beta < 1):
-            raise ConfigError(f"k_stddevs must be >= 2 and beta in (0,1), got {self.k_stddevs}, {self.beta}")
+        check_encoding(modulus_bits=self.modulus_bits, k_stddevs=self.k_stddevs)
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"beta must be in (0, 1), got {self.beta!r}")
         half = 2.0 ** (self.modulus_bits - 1)
         if half - self.num_silos <= 0:
             raise ConfigError(f"modulus 2^{self.modulus_bits} is too small for {self.num_silos} silos")
@@ -139,28 +153,39 @@ class DDGParams:
             )
 
     def calibrate(self) -> DDGCalibration:
-        """Granularity, local noise, rounded sensitivity, zCDP rho and wrap bounds."""
-        n, t, z = self.num_silos, self.min_survivors, self.noise_multiplier
-        d = _next_pow2(self.dimension)
-        half = 2.0 ** (self.modulus_bits - 1)
-        scaled_clip = (half - n) / (self.k_stddevs * math.sqrt(n * n / d + n * z * z / t))
-        target_var = (z * scaled_clip) ** 2
-        local_var = Fraction(math.ceil(target_var / t * _VAR_DENOMINATOR), _VAR_DENOMINATOR)
-        l2 = _rounded_l2_bound(scaled_clip, dim=d, beta=self.beta)
-        l1 = min(math.sqrt(d) * l2, l2 * l2)
-        rho = max(_ddg_rho(l2=l2, l1=l1, local_var=float(local_var), m=m, dim=d) for m in range(t, n + 1))
-        per_coord = min(1.0, 2.0 * math.exp(-self.k_stddevs**2 / 2.0))
-        return DDGCalibration(
-            padded_dim=d,
-            granularity=self.clip_norm / scaled_clip,
-            scaled_clip=scaled_clip,
-            local_variance=local_var,
-            l2_bound=l2,
-            l1_bound=l1,
-            rho=rho,
-            wrap_probability_per_coordinate=per_coord,
-            wrap_probability_union=min(1.0, d * per_coord),
-        )
+        """Granularity, local noise, rounded sensitivity, zCDP rho and wrap bounds (computed
+        once per distinct parameters: validation, the round event and the encoder share it)."""
+        return _calibration(self)
+
+
+@functools.lru_cache(maxsize=32)
+def _calibration(p: DDGParams) -> DDGCalibration:
+    n, t, z = p.num_silos, p.min_survivors, p.noise_multiplier
+    d = _next_pow2(p.dimension)
+    half = 2.0 ** (p.modulus_bits - 1)
+    scaled_clip = (half - n) / (p.k_stddevs * math.sqrt(n * n / d + n * z * z / t))
+    target_var = (z * scaled_clip) ** 2
+    if not (0 < target_var < math.inf and scaled_clip > 0):
+        raise ConfigError(
+            f"dp.noise_multiplier={z!r} with {n} silos, threshold {t} and {d} coordinates "
+            f"leaves no usable grid in 2^{p.modulus_bits} (C/gamma = {scaled_clip:.3g}, "
+            f"target variance {target_var:.3g}); use a noise multiplier nearer 1")
+    local_var = Fraction(math.ceil(target_var / t * _VAR_DENOMINATOR), _VAR_DENOMINATOR)
+    l2 = _rounded_l2_bound(scaled_clip, dim=d, beta=p.beta)
+    l1 = min(math.sqrt(d) * l2, l2 * l2)
+    rho = _worst_rho(l2=l2, l1=l1, local_var=float(local_var), survivors=range(t, n + 1), dim=d)
+    per_coord = min(1.0, 2.0 * math.exp(-p.k_stddevs**2 / 2.0))
+    return DDGCalibration(
+        padded_dim=d,
+        granularity=p.clip_norm / scaled_clip,
+        scaled_clip=scaled_clip,
+        local_variance=local_var,
+        l2_bound=l2,
+        l1_bound=l1,
+        rho=rho,
+        wrap_probability_per_coordinate=per_coord,
+        wrap_probability_union=min(1.0, d * per_coord),
+    )
 
 
 def _rounded_l2_bound(scaled_clip: float, *, dim: int, beta: float) -> float:
@@ -172,14 +197,24 @@ def _rounded_l2_bound(scaled_clip: float, *, dim: int, beta: float) -> float:
     return min(deterministic, math.sqrt(sq))
 
 
-def _ddg_rho(*, l2: float, l1: float, local_var: float, m: int, dim: int) -> float:
-    """zCDP rho of the sum of m discrete Gaussian shares (KLS Thm. 1 / Prop. 14)."""
+def _ddg_rho(*, l2: float, l1: float, local_var: float, m: int, tau: float, dim: int) -> float:
+    """zCDP rho of the sum of m discrete Gaussian shares (KLS Thm. 1 / Prop. 14), with
+    ``tau = 10 sum_{k=1}^{m-1} exp(-2 pi^2 sigma_loc^2 k/(k+1))``."""
     s = math.sqrt(m * local_var)
     a, b = l2 / s, l1 / s
-    tau = 10.0 * sum(
-        math.exp(-2.0 * math.pi**2 * local_var * k / (k + 1)) for k in range(1, m)
-    )
     return min((a * a + 2 * b * tau + tau * tau * dim) / 2.0, (a + math.sqrt(dim) * tau) ** 2 / 2.0)
+
+
+def _worst_rho(*, l2: float, l1: float, local_var: float, survivors: range, dim: int) -> float:
+    """The largest :func:`_ddg_rho` over m in ``survivors`` (t..n), in O(n): tau's sum for m
+    is the sum for m - 1 plus one term, added in the same order as summing it afresh."""
+    partial, worst = 0.0, -math.inf
+    for m in range(1, survivors.stop):
+        if m >= survivors.start:
+            rho = _ddg_rho(l2=l2, l1=l1, local_var=local_var, m=m, tau=10.0 * partial, dim=dim)
+            worst = max(worst, rho)
+        partial += math.exp(-2.0 * math.pi**2 * local_var * m / (m + 1))
+    return worst
 
 
 def fwht(x: np.ndarray) -> np.ndarray:

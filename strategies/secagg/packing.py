@@ -68,7 +68,10 @@ def unpack_bits(packed: np.ndarray, *, bits: int, count: int, dtype: np.dtype) -
     is a ProtocolError (it came from a peer)."""
     dtype = np.dtype(dtype)
     width = 8 * dtype.itemsize
-    p = np.asarray(packed)
+    if not isinstance(packed, np.ndarray):  # np.asarray of a peer's ragged list would raise
+        raise ProtocolError(f"a packed vector of {count} {bits}-bit words must be a uint8 "
+                            f"array, got {type(packed).__name__}")
+    p = packed
     if (p.dtype != np.uint8 or p.ndim != 1 or not 1 <= bits <= width
             or p.size != packed_size(count, bits)):
         raise ProtocolError(f"a packed vector of {count} {bits}-bit words must be "

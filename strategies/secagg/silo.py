@@ -84,10 +84,14 @@ class SiloLimits:
     roster size); 0.5 — a strict majority — is the least any silo accepts, because with
     ``t ≤ n/2`` an equivocating coordinator can unmask one silo's update. ``min_active``:
     the fewest silos it masks with, and the fewest survivors it reveals shares for.
+    ``max_roster``: the most silos a run's roster may hold (None: no limit of its own); a
+    silo deals shares to every active peer every round, ``n² · t`` Shamir evaluations with
+    pair seeds, so a larger roster is refused at the key setup, before any work.
     """
 
     threshold_fraction: float = 0.5
     min_active: int = 2
+    max_roster: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.threshold_fraction < 1:
@@ -95,6 +99,16 @@ class SiloLimits:
                               "[0.5, 1) (t > fraction·n; 0.5 is a strict majority)")
         if self.min_active < 2:
             raise ConfigError(f"min_active = {self.min_active!r}: a sum needs at least 2 silos")
+        if self.max_roster is not None and self.max_roster < 2:
+            raise ConfigError(f"max_roster = {self.max_roster!r}: a sum needs at least 2 silos")
+
+    def check_roster(self, roster: int, *, silo: int) -> None:
+        if self.max_roster is not None and roster > self.max_roster:
+            raise PolicyRefusal("max_silos", (
+                f"silo {silo}: the run's secure-aggregation roster holds {roster} silos, more "
+                f"than this site's max_silos {self.max_roster} (a silo deals shares to every "
+                "peer every round); refusing the key setup. Raise max_silos in the site policy "
+                "if the consortium is that large"))
 
     def check_threshold(self, threshold: int, roster: int, *, silo: int) -> None:
         if threshold <= self.threshold_fraction * roster:
@@ -249,6 +263,7 @@ def silo_step(state: SiloState, message: Message, *, update: np.ndarray | None =
 def _on_key_request(state: SiloState, msg: KeyRequest, *, rng: ByteSource, limits: SiloLimits,
                     identity: SiloIdentity | None, **_: object) -> tuple[SiloState, KeyAdvert]:
     check_protocol(msg.protocol, peer="the coordinator")
+    limits.check_roster(len(msg.roster), silo=state.silo)
     config = msg.config()
     limits.check_threshold(config.threshold, len(config.roster), silo=state.silo)
     if state.stage is not SiloStage.NEW and msg.epoch <= state.epoch:

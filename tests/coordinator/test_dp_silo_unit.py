@@ -97,7 +97,7 @@ def test_malformed_terms_and_dpsgd_settings_are_refused() -> None:
     with pytest.raises(ProtocolError, match=f"{T.DP_TABLE} = '{{not json'.*JSON object"):
         DPTerms.from_config({T.DP_TABLE: "{not json", T.DP_RUN: "r"})
     table = json.dumps({"mechanism": "central", "noise_multiplier": 1.0})
-    with pytest.raises(ConfigError, match="clip_norm"):
+    with pytest.raises(ProtocolError, match="clip_norm"):  # the coordinator's table: its fault
         parse_dp(DPTerms.from_config({T.DP_TABLE: table, T.DP_RUN: "r"}))
     with pytest.raises(ConfigError, match="max_grad_norm"):
         DPSGDSettings.from_mapping({"noise_multiplier": 1.0})

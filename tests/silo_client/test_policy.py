@@ -35,6 +35,7 @@ RUN_RULES = [  # (changed terms, epsilon already spent, reason, message fragment
     ({"strategy": "FedAdam"}, 0.0, "allowed_strategies", ["'FedAdam' is not allowed", "fedprox"]),
     ({"num_rounds": 11}, 0.0, "max_rounds", ["11 rounds", "at most 10"]),
     ({"num_silos": 2}, 0.0, "min_silos_per_round", ["has 2 silos", "at least 3"]),
+    ({"num_silos": 1001}, 0.0, "max_silos", ["has 1001 silos", "at most 1000"]),
     ({"coordinator_fingerprint": "ffff"}, 0.0, "allowed_coordinator_fingerprints",
      ["'ffff' is not in", "out of band"]),
     ({"coordinator_fingerprint": None}, 0.0, "allowed_coordinator_fingerprints", ["None"]),
@@ -106,6 +107,8 @@ def test_load_policy_toml(tmp_path: Path) -> None:
     ("require_secure_aggregation = 'yes'\n", "must be true or false"),
     ("allowed_strategies = []\n", "non-empty list of strings"),
     ("max_rounds = \n", "policy.toml is not valid TOML"),
+    ("max_silos = 0\n", "max_silos = 0: must be a positive integer"),
+    ("max_silos = 2\nmin_silos_per_round = 3\n", "at least min_silos_per_round"),
 ])
 def test_bad_policy_files(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "policy.toml"
@@ -152,7 +155,8 @@ def test_public_api_is_pinned() -> None:
     import silo_client.policy as mod
 
     assert sorted(mod.__all__) == ["PrivacyTally", "RunTerms", "SHARE_METRICS", "SitePolicy",
-                                   "check_round", "check_run", "normalize_fingerprint"]
+                                   "check_round", "check_run", "check_run_rules",
+                                   "normalize_fingerprint"]
 
 
 def _kit_with_data(kit: Path) -> Path:
@@ -200,3 +204,30 @@ def test_policy_stub_keeps_an_existing_site_policy(tmp_path: Path) -> None:
     (kit / "policy.toml").write_text("max_rounds = 5\n")
     _kit_with_data(kit)
     assert SitePolicy.load(kit / "policy.toml") == SitePolicy(max_rounds=5)
+
+
+def test_a_roster_above_max_silos_is_refused_before_any_key_is_drawn() -> None:
+    """Without enrollment identities a coordinator could list any roster up to a key
+    request's 2**20 silos and make a silo deal n² · t shares a round; the site's max_silos
+    (1000 by default) reaches the key setup as the secure-aggregation limits, and a larger
+    roster is refused there, before the silo draws a key."""
+    from strategies.secagg import KeyRequest, make_config, new_silo, silo_step
+
+    class Untouched:
+        def read(self, n: int) -> bytes:
+            raise AssertionError("the silo drew randomness for a roster it must refuse")
+
+    assert SitePolicy().secagg_limits().max_roster == 1000
+    def config(n: int):
+        return make_config(run_id="r", roster=list(range(n)), threshold=n // 2 + 1, length=4,
+                           clip=1.0, bits=8, max_weight=10)
+
+    big = config(1001)
+    with pytest.raises(PolicyRefusal) as err:
+        silo_step(new_silo(0), KeyRequest.for_config(big, epoch=1), rng=Untouched(),
+                  limits=SitePolicy().secagg_limits())
+    assert err.value.reason == "max_silos" and "1001 silos" in str(err.value)
+    small = config(5)
+    limits = SitePolicy(max_silos=5).secagg_limits()
+    state, _ = silo_step(new_silo(0), KeyRequest.for_config(small, epoch=1), limits=limits)
+    assert state.config is not None and len(state.config.roster) == 5

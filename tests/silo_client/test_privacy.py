@@ -56,13 +56,41 @@ def test_a_dp_value_of_the_wrong_type_is_a_protocol_error(key: str, value: objec
                                                           expected: str) -> None:
     with pytest.raises(ProtocolError, match=f"dp.{key} = .*; expected {expected}"):
         parse_dp(DPTerms(table={**TABLE, key: value}, run="r"))
-    with pytest.raises(ConfigError, match="unknown key"):  # DPConfig's to name
+    with pytest.raises(ProtocolError, match="unknown key"):  # the coordinator's fault too
         parse_dp(DPTerms(table={**TABLE, "no_such_key": "x"}, run="r"))
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("sampling_probability", 0.01, "xsilo asks every silo every round"),
+    ("sampling_probability", 0.999, "leave dp.sampling_probability at 1"),
+    ("k_stddevs", float("inf"), "expected a finite number"),
+    ("k_stddevs", "6", "expected a finite number"),
+    ("k_stddevs", 1e308, r"must be a number in \[2, 40\]"),
+    ("k_stddevs", 1, r"must be a number in \[2, 40\]"),
+    ("modulus_bits", 32.5, "expected an integer"),
+    ("modulus_bits", "32", "expected an integer"),
+    ("modulus_bits", 100, "must be an integer in 8..64"),
+    ("clip_norm", None, "without clipping"),
+])
+def test_a_table_the_silo_cannot_check_is_a_protocol_error_at_the_edge(
+        tmp_path: Path, key: str, value: object, says: str) -> None:
+    """Whatever DPConfig refuses in the coordinator's [dp] table is refused where it enters,
+    at join and on a round, before any accounting: a silo never accounts a subsampling
+    nobody does, nor arithmetic on a wrap margin or modulus it cannot use."""
+    table = {**DISTRIBUTED, key: value}
+    with pytest.raises(ProtocolError, match=f"dp.{key}.*{says}"):
+        parse_dp(DPTerms(table=table, run="r"))
+    silo = SiloPrivacy(tmp_path, SitePolicy(max_epsilon=5.0))
+    with pytest.raises(ProtocolError, match=f"dp.{key}"):
+        silo.run_terms(_join(table, secure_aggregation=True, secagg_threshold=2), dimension=31)
+    with pytest.raises(ProtocolError, match=f"dp.{key}"):
+        silo.begin_round(_round(1, table), dimension=31)
+    assert not (tmp_path / TALLY_FILE).exists()
 
 
 @pytest.mark.parametrize("table", [
     {**TABLE, "noise_multiplier": 1e308},
-    {**DISTRIBUTED, "k_stddevs": 1e308},
+    {**DISTRIBUTED, "noise_multiplier": 1e300},
     {**DISTRIBUTED, "noise_multiplier": 1e-300},
 ])
 def test_accounting_that_fails_on_the_stated_numbers_is_a_protocol_error(
@@ -126,3 +154,29 @@ def test_the_cap_a_join_stated_holds_whatever_the_rounds_later_say(tmp_path: Pat
         with pytest.raises(PrivacyBudgetExceeded, match="run's own max_epsilon 0.01"):
             silo.begin_round(_round(1, table))
     assert not (tmp_path / TALLY_FILE).exists()
+
+
+@pytest.mark.parametrize(("table", "secure"), [
+    (TABLE, {}), ({**DISTRIBUTED}, {"secure_aggregation": True, "secagg_threshold": 2})])
+def test_the_join_projection_of_the_most_rounds_a_run_may_state_is_one_event(
+        tmp_path: Path, table: dict, secure: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """num-rounds up to 10**6 (xsilo.terms.MAX_ROUNDS): the silo composes them as one
+    self-composed event, not 10**6 compositions, so the join answers in about a second."""
+    import time
+
+    from strategies.dp import Accountant
+    from xsilo.terms import MAX_ROUNDS
+
+    def one_by_one(*_: object) -> None:
+        raise AssertionError("the projection composed rounds one by one")
+
+    join = JoinTerms.from_config(_join(table, num_rounds=MAX_ROUNDS, **secure).to_config())
+    started = time.perf_counter()
+    with monkeypatch.context() as patch:
+        patch.setattr(Accountant, "compose_round", one_by_one)
+        got = SiloPrivacy(tmp_path, SitePolicy()).run_terms(join, dimension=31).dp_epsilon_total
+    assert time.perf_counter() - started < 10.0
+    dp = DPConfig.from_mapping(table)
+    event = (dp.round_event(dp.ddg_params(num_silos=3, min_survivors=2, dimension=31).calibrate())
+             if dp.mechanism == "distributed" else dp.round_event())
+    assert got == dp.accountant().epsilon_if(event, rounds=MAX_ROUNDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,27 @@ def test_train_accepts_a_round_within_the_policy(federation: list[Path],
     result = silo.train(params, _round(round_changes), secure=secure)
     assert built == [0] and result.delta.keys() == params.keys()
     assert result.metrics.num_examples > 0
+
+
+@pytest.mark.parametrize(("policy", "changes", "reason"), [
+    ("max_rounds = 50", {"num_rounds": T.MAX_ROUNDS}, "max_rounds"),
+    ("", {"num_silos": 1001}, "max_silos"),  # the default max_silos: 1000
+    ("max_silos = 3", {"num_silos": 4}, "max_silos"),
+])
+def test_join_checks_the_rules_that_need_no_epsilon_before_projecting_it(
+        federation: list[Path], monkeypatch: pytest.MonkeyPatch, policy: str, changes: dict,
+        reason: str) -> None:
+    """A run the site refuses on its rounds or its size costs the silo no ε projection and no
+    model: the DP table here would fail the projection (a noise multiplier of 1e-300 leaves
+    the distributed mechanism no grid), so reaching it would be a ProtocolError instead."""
+    silo = _silo(federation[0], policy)
+    table = {"mechanism": "distributed", "noise_multiplier": 1e-300, "clip_norm": 1.0}
+    join = JoinTerms.from_config({**dataclasses.replace(JOIN, **changes).to_config(),
+                                  **T.DPTerms(table=table, run="run-1").to_config()})
+    built = _counting_models(silo, monkeypatch)
+    with pytest.raises(PolicyRefusal) as err:
+        silo.join(join)
+    assert err.value.reason == reason, str(err.value)
+    assert built == []
+    with pytest.raises(ProtocolError, match="epsilon projection failed"):  # within the rules
+        silo.join(dataclasses.replace(join, num_rounds=3, num_silos=3))

@@ -4,6 +4,7 @@ a ProtocolError that names the key, the value and the expected form."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -44,7 +45,7 @@ def dp_terms(draw: st.DrawFn, *, per_round: bool) -> DPTerms:
 def join_terms(draw: st.DrawFn) -> JoinTerms:
     secure = draw(st.booleans())
     return JoinTerms(run_name=draw(names), strategy=draw(names),
-                     num_rounds=draw(st.integers(1, INT64)),
+                     num_rounds=draw(st.integers(1, T.MAX_ROUNDS)),
                      seed=draw(st.integers(-INT64, INT64)), min_silos=draw(st.integers(1, 1000)),
                      num_silos=draw(st.integers(0, 1000)), secure_aggregation=secure,
                      secagg_threshold=draw(st.integers(2, 1000)) if secure else None,
@@ -58,7 +59,7 @@ strategy_values = st.one_of(st.booleans(), st.integers(-INT64, INT64), names,
 @st.composite
 def train_terms(draw: st.DrawFn) -> TrainTerms:
     return TrainTerms(
-        server_round=draw(rounds), num_rounds=draw(st.integers(1, INT64)),
+        server_round=draw(rounds), num_rounds=draw(st.integers(1, T.MAX_ROUNDS)),
         local_epochs=draw(st.integers(1, 1000)), learning_rate=draw(positive_floats),
         batch_size=draw(st.integers(1, 10**6)), seed=draw(st.integers(-INT64, INT64)),
         strategy=draw(names), run_token=draw(names), participants=draw(st.integers(0, 10**6)),
@@ -199,3 +200,63 @@ def test_server_round_of_never_raises() -> None:
     assert T.server_round_of({T.SERVER_ROUND: 4}) == 4
     for bad in ({T.SERVER_ROUND: [4]}, {T.SERVER_ROUND: -2}, {T.SERVER_ROUND: True}, {}, None):
         assert T.server_round_of(bad) == 0  # type: ignore[arg-type]
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+JOIN = JoinTerms(run_name="r", strategy="fedavg", num_rounds=2, seed=0, min_silos=2,
+                 num_silos=3, secure_aggregation=True, secagg_threshold=2,
+                 dp=DPTerms(table={"mechanism": "central"}, run="run"))
+INFO = SiloInfo(name="a", fingerprint={"digest": "ab" * 32})
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 60000, '{"a":' * 13000,  # under 64 KiB, past the JSON parser's recursion limit
+    _nested(900),  # parsed, but nested far past what any term holds
+    _nested(17),  # past the terms' own nesting limit (a schema fingerprint nests 4 deep)
+])
+def test_deeply_nested_json_is_a_protocol_error_both_ways(text: str) -> None:
+    """The coordinator's DP table at the silo, and a silo's schema fingerprint at the
+    coordinator: nesting deep enough to exhaust the parser's stack, or any JSON code that
+    later walks it, is refused as malformed, naming the key."""
+    assert len(text) <= 1 << 16
+    with pytest.raises(ProtocolError, match=f"join terms: {T.DP_TABLE} = .*nested at most 16"):
+        JoinTerms.from_config({**JOIN.to_config(), T.DP_TABLE: text})
+    with pytest.raises(ProtocolError,
+                       match=f"join reply: {T.SCHEMA_FINGERPRINT} = .*nested at most 16"):
+        SiloInfo.from_config({**INFO.to_config(), T.SCHEMA_FINGERPRINT: text})
+    nested16 = {"digest": "ab" * 32, "x": json.loads(_nested(15))}
+    assert SiloInfo.from_config(SiloInfo("a", nested16).to_config()).fingerprint == nested16
+
+
+@pytest.mark.parametrize("terms, key, largest", [
+    (JOIN, T.NUM_ROUNDS, T.MAX_ROUNDS), (JOIN, T.NUM_SILOS, T.MAX_SILOS),
+    (JOIN, T.SECAGG_THRESHOLD, T.MAX_SILOS), (JOIN, T.MIN_SILOS, T.MAX_SILOS),
+    (TRAIN, T.NUM_ROUNDS, T.MAX_ROUNDS),
+])
+def test_the_sizes_a_coordinator_states_are_bounded(terms, key: str, largest: int) -> None:
+    """Each size a silo's work at join grows with (the ε projection over the rounds, the
+    distributed mechanism's calibration over the silos) has a protocol maximum: above it the
+    terms do not parse; at it they do."""
+    cls = type(terms)
+    assert cls.from_config({**terms.to_config(), key: largest})
+    with pytest.raises(ProtocolError, match=f"{key} = {largest + 1} .*expected an integer in "
+                                            f".*{largest}"):
+        cls.from_config({**terms.to_config(), key: largest + 1})
+
+
+def test_the_dp_roster_a_round_states_is_bounded() -> None:
+    at = {T.DP_TABLE: "{}", T.DP_RUN: "run", T.DP_NUM_SILOS: T.MAX_SILOS,
+          T.DP_MIN_SURVIVORS: T.MAX_SILOS}
+    assert DPTerms.from_config(at).num_silos == T.MAX_SILOS
+    for key in (T.DP_NUM_SILOS, T.DP_MIN_SURVIVORS):
+        with pytest.raises(ProtocolError, match=f"{key} = {T.MAX_SILOS + 1} "):
+            DPTerms.from_config({**at, key: T.MAX_SILOS + 1})
+
+
+def test_the_largest_federation_is_the_largest_roster_a_key_request_lists() -> None:
+    from strategies.secagg import messages
+
+    assert T.MAX_SILOS == messages._MAX_ITEMS

@@ -157,3 +157,46 @@ def test_config_round_events():
     ev = dcfg.round_event(cal)
     assert isinstance(ev, ZCDPRound) and ev.rho >= 0.5  # >= 1/(2 z^2): rounding costs
     assert dcfg.accountant().method == "rdp"
+
+
+@pytest.mark.parametrize("method,event", [("pld", GaussianRound(2.0)), ("rdp", GaussianRound(1.0)),
+                                          ("rdp", ZCDPRound(0.05))])
+def test_epsilon_if_rounds_is_the_same_as_composing_them(method, event):
+    """A run's projection: n rounds at once equal n rounds composed one by one (the same
+    grouped ledger), on top of the history, and nothing is recorded."""
+    acct = Accountant(1e-5, method)
+    acct.compose_round(event)
+    projected = acct.epsilon_if(event, rounds=4)
+    assert acct.rounds == 1 and acct.epsilon_if(event, rounds=0) == acct.epsilon()
+    for _ in range(4):
+        acct.compose_round(event)
+    assert projected == acct.epsilon()
+    with pytest.raises(ConfigError, match="rounds must be an integer >= 0"):
+        acct.epsilon_if(event, rounds=-1)
+
+
+@pytest.mark.parametrize("method,event", [("pld", GaussianRound(1.0)),
+                                          ("pld", GaussianRound(250.0)),  # z_eff = 0.25: PLD
+                                          ("rdp", GaussianRound(0.25)), ("rdp", ZCDPRound(0.5))])
+def test_a_million_rounds_project_in_about_a_second(method, event):
+    """One self-composed event whatever the number of rounds, and no PLD discretization at an
+    ε in the hundreds of thousands (it would run for hours): a silo's join projection of a
+    run of 10**6 rounds stays bounded."""
+    import time
+
+    started = time.perf_counter()
+    eps = Accountant(1e-5, method).epsilon_if(event, rounds=10**6)
+    assert time.perf_counter() - started < 5.0  # about 1 s here, the PLD case
+    assert eps > 0 and math.isfinite(eps)
+
+
+@pytest.mark.parametrize("z,rounds", [(1.0, 17), (0.26, 1), (1.0, 1000), (3.0, 10**6)])
+def test_pld_below_its_noise_floor_is_the_analytic_gaussian(z, rounds):
+    """Unsampled Gaussian rounds with z_eff = z/sqrt(T) < 0.25 are accounted as the one
+    Gaussian they compose into (Balle & Wang): exactly what the PLD approximates from above,
+    so the value does not jump where the PLD stops (z_eff = 0.2425 and 0.26 below)."""
+    acct = Accountant(1e-5, "pld")
+    eps = acct.epsilon_if(GaussianRound(z), rounds=rounds)
+    z_eff = z / math.sqrt(rounds)
+    assert eps == pytest.approx(dp_accounting.get_epsilon_gaussian(z_eff, 1e-5), rel=1e-3)
+    assert (z_eff < 0.25) == (eps == dp_accounting.get_epsilon_gaussian(z_eff, 1e-5))

@@ -72,6 +72,41 @@ def test_config_refusals_name_the_key(kwargs, match):
         DPConfig(**{**base, **kwargs})
 
 
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("sampling_probability", 0.01, "xsilo asks every silo every round.*leave "
+                                   "dp.sampling_probability at 1"),
+    ("sampling_probability", 0.0, "sampling_probability"),
+    ("sampling_probability", float("nan"), "expected a finite number"),
+    ("k_stddevs", float("inf"), "dp.k_stddevs = inf .*expected a finite number"),
+    ("k_stddevs", "6", "dp.k_stddevs = '6' .*expected a finite number"),
+    ("k_stddevs", 1.5, r"dp.k_stddevs = 1.5: must be a number in \[2, 40\]"),
+    ("k_stddevs", 1e300, r"dp.k_stddevs = 1e\+300: must be a number in \[2, 40\]"),
+    ("modulus_bits", 32.5, "dp.modulus_bits = 32.5 .*expected an integer"),
+    ("modulus_bits", "32", "dp.modulus_bits = '32' .*expected an integer"),
+    ("modulus_bits", True, "dp.modulus_bits = True .*expected an integer"),
+    ("modulus_bits", 7, "dp.modulus_bits = 7: must be an integer in 8..64"),
+    ("modulus_bits", 65, "dp.modulus_bits = 65: must be an integer in 8..64"),
+    ("noise_multiplier", "1", "dp.noise_multiplier = '1' .*expected a finite number"),
+    ("max_epsilon", "8", "dp.max_epsilon = '8' .*expected a finite number or nothing"),
+])
+def test_a_setting_of_the_wrong_type_or_range_is_refused_before_any_arithmetic(key, value, match):
+    """Refused where the table is read, naming the key and the fix, for both mechanisms: never
+    a TypeError or ZeroDivisionError later, in the DDG calibration or the encoder."""
+    for mechanism in ("central", "distributed"):
+        table = {"mechanism": mechanism, "noise_multiplier": 1.0, "clip_norm": 1.0, key: value}
+        with pytest.raises(ConfigError, match=match):
+            DPConfig.from_mapping(table)
+
+
+def test_every_round_is_accounted_without_subsampling():
+    """Every silo is asked every round, so a round is the Gaussian itself; the key stays
+    (at 1) so that run records and terms written with it still parse."""
+    cfg = DPConfig.from_mapping({"mechanism": "central", "noise_multiplier": 1.0,
+                                 "clip_norm": 1.0, "sampling_probability": 1.0})
+    assert cfg.round_event().sampling_probability == 1.0
+    assert DPConfig.from_mapping(cfg.to_mapping()) == cfg
+
+
 def test_unknown_key_refused():
     with pytest.raises(ConfigError, match="unknown"):
         DPConfig.from_mapping({"mechanism": "central", "noise_multiplier": 1, "clip_norm": 1, "sigma": 2})

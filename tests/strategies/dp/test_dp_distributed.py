@@ -148,3 +148,58 @@ def test_contract_with_secagg_word_size(bits):
                             rng=KeystreamSource(bytes(32)))
     word = v.astype(prg.dtype_for_bits(bits))
     assert np.array_equal(word.astype(np.uint64), v)
+
+
+def _rho_afresh(cal, m: int) -> float:
+    """KLS Prop. 14 for m survivors, tau summed afresh (the formula, O(m))."""
+    var, d = float(cal.local_variance), cal.padded_dim
+    s = math.sqrt(m * var)
+    a, b = cal.l2_bound / s, cal.l1_bound / s
+    tau = 10.0 * sum(math.exp(-2.0 * math.pi**2 * var * k / (k + 1)) for k in range(1, m))
+    return min((a * a + 2 * b * tau + tau * tau * d) / 2.0, (a + math.sqrt(d) * tau) ** 2 / 2.0)
+
+
+@pytest.mark.parametrize("n,t,bits,dim", [(6, 4, 32, 3000), (40, 21, 12, 1), (300, 151, 16, 7),
+                                          (200, 101, 32, 10**5)])
+def test_the_worst_case_rho_is_the_formula_at_every_survivor_count(n, t, bits, dim):
+    """The O(n) running sum of tau gives, to the bit, the worst case over m in [t, n] of the
+    formula summed afresh for each m (the O(n²) form), small and large local variances."""
+    cal = params(num_silos=n, min_survivors=t, modulus_bits=bits, dimension=dim).calibrate()
+    assert cal.rho == max(_rho_afresh(cal, m) for m in range(t, n + 1))
+
+
+def test_one_calibration_serves_validation_the_round_event_and_the_encoder(monkeypatch):
+    import strategies.dp.distributed as ddg
+    from strategies.dp.config import DPConfig
+
+    calls = []
+    real = ddg._worst_rho
+    monkeypatch.setattr(ddg, "_worst_rho", lambda **kw: calls.append(kw) or real(**kw))
+    ddg._calibration.cache_clear()
+    dp = DPConfig(mechanism="distributed", noise_multiplier=1.3, clip_norm=1.0)
+    p = dp.ddg_params(num_silos=9, min_survivors=5, dimension=8)  # validates: calibrates
+    dp.round_event(dp.ddg_params(num_silos=9, min_survivors=5, dimension=8).calibrate())
+    encode_update({"w": np.ones(8)}, params=p, rotation_seed=SEED, rng=KeystreamSource(SEED))
+    decode_sum(np.zeros(8, dtype=np.uint64), params=p, rotation_seed=SEED,
+               template={"w": np.zeros(8)})
+    assert len(calls) == 1
+
+
+def test_calibration_at_the_largest_federation_a_term_may_state_is_fast():
+    """O(n) in the roster size: at 2**20 silos (xsilo.terms.MAX_SILOS) about 0.5 s here."""
+    import time
+
+    import strategies.dp.distributed as ddg
+    from xsilo.terms import MAX_SILOS
+
+    ddg._calibration.cache_clear()
+    started = time.perf_counter()
+    DDGParams(clip_norm=1.0, noise_multiplier=1.0, num_silos=MAX_SILOS, min_survivors=2,
+              dimension=10**5)
+    assert time.perf_counter() - started < 5.0
+
+
+@pytest.mark.parametrize("z", [1e-300, 1e300])
+def test_a_noise_multiplier_that_leaves_no_grid_is_a_config_error(z):
+    with pytest.raises(ConfigError, match="leaves no usable grid"):
+        params(noise_multiplier=z)

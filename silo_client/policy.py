@@ -277,10 +277,8 @@ def check_run_rules(policy: SitePolicy, terms: RunTerms) -> None:
     if terms.num_silos is not None and terms.num_silos < policy.min_silos_per_round:
         raise _refuse("min_silos_per_round", f"the federation has {terms.num_silos} silos, the "
                       f"site policy requires at least {policy.min_silos_per_round} per round")
-    if terms.num_silos is not None and terms.num_silos > policy.max_silos:
-        raise _refuse("max_silos", f"the federation has {terms.num_silos} silos, the site "
-                      f"policy allows at most {policy.max_silos}; raise max_silos in the site "
-                      "policy if the consortium is that large")
+    if terms.num_silos is not None:
+        check_silos(policy, terms.num_silos, "the federation")
     allowed = policy.allowed_coordinator_fingerprints
     if allowed is not None:
         fp = normalize_fingerprint(terms.coordinator_fingerprint or "")
@@ -289,6 +287,15 @@ def check_run_rules(policy: SitePolicy, terms: RunTerms) -> None:
                 f"coordinator certificate fingerprint {terms.coordinator_fingerprint!r} is not "
                 "in the site policy's allowed_coordinator_fingerprints; check you joined the "
                 "right consortium, or add the fingerprint after verifying it out of band"))
+
+
+def check_silos(policy: SitePolicy, count: int, what: str) -> None:
+    """Refuse ``what`` (a federation, a round, a DP calibration) of more than the site's
+    ``max_silos`` silos, before any work sized by it."""
+    if count > policy.max_silos:
+        raise _refuse("max_silos", f"{what} has {count} silos, the site policy allows at most "
+                      f"{policy.max_silos}; raise max_silos in the site policy if the "
+                      "consortium is that large")
 
 
 def _check_compression(policy: SitePolicy, method: str, what: str) -> None:
@@ -314,6 +321,7 @@ def check_round(policy: SitePolicy, *, server_round: int, participants: int,
     """
     _check_round_terms(policy, server_round, strategy, secure_aggregation)
     _check_compression(policy, compression, f"round {server_round}")
+    check_silos(policy, participants, f"round {server_round}")
     if policy.max_rounds is not None and server_round > policy.max_rounds:
         raise _refuse("max_rounds", f"round {server_round} exceeds the site policy's "
                       f"max_rounds {policy.max_rounds}; no update sent")

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from silo_client.policy import PrivacyTally, RunTerms, SitePolicy, check_round
+from silo_client.policy import PrivacyTally, RunTerms, SitePolicy, check_round, check_silos
 from strategies.dp import (Accountant, ClipResult, DPConfig, GaussianRound, ZCDPRound,
                            clip_update, default_source, encode_update)
 from strategies.secagg import SecAggConfig
@@ -258,6 +258,9 @@ class SiloPrivacy:
         if acct.delta != dp.delta or acct.method != dp.accounting_method:
             raise ConfigError(f"run {run}: the coordinator changed delta or the accounting method "
                               "mid-run; the silo refuses mixed accounting")
+        if terms.dp.num_silos is not None:  # before a calibration sized by it
+            check_silos(self.policy, terms.dp.num_silos,
+                        f"round {terms.server_round}'s DP calibration")
         with _stated(f"round {terms.server_round}'s accounting"):
             event = _event(dp, dimension=dimension, num_silos=terms.dp.num_silos,
                            min_survivors=terms.dp.min_survivors)

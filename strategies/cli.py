@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from strategies.registry import available_strategies, describe
-from xsilo.errors import XsiloError
+from strategies.registry import strategy_catalogue
 
 __all__ = ["app"]
 
@@ -32,17 +32,19 @@ def _params_text(params: list[dict[str, object]]) -> str:
 
 @app.command("list")
 def list_strategies() -> None:
-    """Show every installed strategy: name, kind and parameters."""
-    try:  # a broken plugin is a StrategyError naming it (strategies.registry), never a traceback
-        infos = [describe(cls) for cls in available_strategies().values()]
-    except XsiloError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from None
+    """Show every installed strategy: name, kind and parameters (a plugin that does not load
+    is named on stderr, one line each, and the command exits 1)."""
+    infos, broken = strategy_catalogue()
     table = Table(title="Installed strategies (entry-point group xsilo.strategies)")
     table.add_column("name", style="bold")
     table.add_column("kind")
     table.add_column("parameters")
     table.add_column("summary")
-    for info in infos:
+    for info in infos.values():
         table.add_row(info["name"], info["kind"], _params_text(info["params"]), info["summary"])
     Console().print(table)
+    errors = Console(stderr=True, soft_wrap=True)  # a StrategyError naming the plugin
+    for why in broken.values():
+        errors.print(f"[red]error:[/red] {escape(why)}", markup=True, highlight=False)
+    if broken:
+        raise typer.Exit(1)

@@ -19,7 +19,7 @@ from xsilo.errors import ConfigError, StrategyError
 from xsilo.terms import SILO_STATISTICS
 
 __all__ = ["GROUP", "available_strategies", "get_strategy", "build_strategy",
-           "check_compatible", "declaration_problem", "describe"]
+           "check_compatible", "declaration_problem", "describe", "strategy_catalogue"]
 
 GROUP = "xsilo.strategies"
 
@@ -114,6 +114,20 @@ def declaration_problem(cls: type[Strategy]) -> str | None:
 def available_strategies() -> dict[str, type[Strategy]]:
     """Every installed strategy by name (sorted); StrategyError names any broken plugin."""
     return {name: _load(name, eps) for name, eps in sorted(_entry_points().items())}
+
+
+def strategy_catalogue() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every installed strategy that loads, described (:func:`describe`), and every one
+    that does not, with why (its StrategyError's message): one broken plugin does not hide
+    the others (``xsilo strategies list``)."""
+    described: dict[str, dict[str, Any]] = {}
+    broken: dict[str, str] = {}
+    for name, eps in sorted(_entry_points().items()):
+        try:
+            described[name] = describe(_load(name, eps))
+        except StrategyError as exc:
+            broken[name] = str(exc)
+    return described, broken
 
 
 def get_strategy(name: str) -> type[Strategy]:

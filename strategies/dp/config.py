@@ -35,6 +35,8 @@ from xsilo.errors import ConfigError
 __all__ = ["DPConfig", "MECHANISMS"]
 
 MECHANISMS = ("central", "distributed")
+MAX_NOISE_MULTIPLIER = 1e6
+"""z beyond this is no model and, squared, past what the accountants compute in floats."""
 
 
 _TYPES = {"str": "a string", "int": "an integer", "float": "a finite number"}
@@ -85,8 +87,10 @@ class DPConfig:
         self._check_types()
         if self.mechanism not in MECHANISMS:
             raise ConfigError(f"dp.mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise ConfigError(f"dp.noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+        if not (0 < self.noise_multiplier <= MAX_NOISE_MULTIPLIER):
+            raise ConfigError(f"dp.noise_multiplier must be > 0 and ≤ {MAX_NOISE_MULTIPLIER:g} "
+                              f"(more noise drowns any model: a typo?), got "
+                              f"{self.noise_multiplier!r}")
         if self.clipping not in ("fixed", "adaptive"):
             raise ConfigError(f"dp.clipping must be 'fixed' or 'adaptive', got {self.clipping!r}")
         if self.clipping == "adaptive" and self.mechanism == "distributed":

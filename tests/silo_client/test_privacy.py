@@ -3,6 +3,7 @@ counted, and the run's own max_epsilon enforced once the join projection relied 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -88,15 +89,15 @@ def test_a_table_the_silo_cannot_check_is_a_protocol_error_at_the_edge(
     assert not (tmp_path / TALLY_FILE).exists()
 
 
-@pytest.mark.parametrize("table", [
-    {**TABLE, "noise_multiplier": 1e308},
-    {**DISTRIBUTED, "noise_multiplier": 1e300},
-    {**DISTRIBUTED, "noise_multiplier": 1e-300},
+@pytest.mark.parametrize(("table", "says"), [
+    ({**TABLE, "noise_multiplier": 1e308}, "validation failed .*noise_multiplier must be > 0 and ≤"),
+    ({**DISTRIBUTED, "noise_multiplier": 1e300}, "validation failed .*noise_multiplier"),
+    ({**DISTRIBUTED, "noise_multiplier": 1e-300}, "the run's epsilon projection failed"),
 ])
 def test_accounting_that_fails_on_the_stated_numbers_is_a_protocol_error(
-        tmp_path: Path, table: dict) -> None:
+        tmp_path: Path, table: dict, says: str) -> None:
     join = _join(table, secure_aggregation=True, secagg_threshold=2)
-    with pytest.raises(ProtocolError, match="DP terms: the run's epsilon projection failed"):
+    with pytest.raises(ProtocolError, match=f"DP terms: {says}"):
         SiloPrivacy(tmp_path, SitePolicy()).run_terms(join, dimension=31)
 
 
@@ -180,3 +181,21 @@ def test_the_join_projection_of_the_most_rounds_a_run_may_state_is_one_event(
     event = (dp.round_event(dp.ddg_params(num_silos=3, min_survivors=2, dimension=31).calibrate())
              if dp.mechanism == "distributed" else dp.round_event())
     assert got == dp.accountant().epsilon_if(event, rounds=MAX_ROUNDS)
+
+
+def test_a_round_larger_than_the_sites_max_silos_is_refused_before_its_calibration(
+        tmp_path: Path) -> None:
+    """A train message may state a roster of up to 2**20 silos for the distributed
+    mechanism, whose calibration is sized by it: the site's max_silos refuses it first, as it
+    refuses a round with more participants than that."""
+    silo = SiloPrivacy(tmp_path, SitePolicy(max_silos=10))
+    huge = dataclasses.replace(_round(1, DISTRIBUTED), dp=dataclasses.replace(
+        _round(1, DISTRIBUTED).dp, num_silos=2**20, min_survivors=2))
+    with pytest.raises(PolicyRefusal, match="round 1's DP calibration has 1048576 silos") as err:
+        silo.begin_round(huge, dimension=31, secure=True)
+    assert err.value.reason == "max_silos"
+    crowded = dataclasses.replace(_round(1), participants=11)
+    with pytest.raises(PolicyRefusal, match="round 1 has 11 silos, the site policy allows at "
+                                            "most 10") as err:
+        silo.begin_round(crowded)
+    assert err.value.reason == "max_silos" and not (tmp_path / TALLY_FILE).exists()

@@ -188,6 +188,7 @@ def test_strategies_list_reports_a_broken_plugin_in_one_line(
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "error:" in result.output and f"'{name}' = {MODULE}" in result.output
     assert "Traceback" not in result.output
+    assert "fedavg" in result.output and "fedadam" in result.output  # the others still listed
 
 
 # ------------------------------------------------------------------- kind by class

@@ -130,3 +130,11 @@ def test_central_noise_calibrated():
     big = add_central_noise({"w": np.zeros(300_000)}, stddev=std, rng=KeystreamSource(bytes(32)))["w"]
     assert abs(big.std() / std - 1) < 5 / math.sqrt(2 * 300_000)
     assert noisy["w"].shape == (1000,)
+
+
+@pytest.mark.parametrize("z", [1e7, 1e308])
+def test_a_noise_multiplier_past_any_use_is_refused_before_the_accountant_overflows(
+        z: float) -> None:
+    with pytest.raises(ConfigError, match=r"dp.noise_multiplier must be > 0 and ≤ 1e\+06"):
+        DPConfig(mechanism="central", noise_multiplier=z, clip_norm=1.0)
+    assert DPConfig(mechanism="central", noise_multiplier=1e6, clip_norm=1.0).accountant()

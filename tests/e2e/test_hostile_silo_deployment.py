@@ -2,13 +2,13 @@
 
 hospital-a runs hostile code of its own (its model module, preloaded by its warm SuperExec).
 In the first test it rewrites every masked input it sends so that the message kind is a list
-— the record Flower carries is well formed, what is inside it is not. In the second it
-forges the packed ``Array`` that carries its clear update (``xsilo/records.py``): one byte
-short, so that its header names more bytes than the buffer holds. Each time the coordinator
-refuses that silo's input each round with a ProtocolError naming it, the operator reads the
-reason in ``xsilo coordinator status`` (a real process), and the run completes on the other
-two. In the third it claims the largest count a reply may carry for an update whose
-weighted sum would overflow float64: that update alone is rejected.
+— the record Flower carries is well formed, what is inside it is not. In the second, in
+round 1 it forges the packed ``Array`` that carries its clear update (``xsilo/records.py``):
+one byte short, so that its header names more bytes than the buffer holds; in round 2 it
+claims the largest count a reply may carry for an update whose weighted sum would overflow
+float64. Each round the coordinator refuses that silo's input alone with a reason naming it,
+the operator reads the reason in ``xsilo coordinator status`` (a real process), and the run
+completes on the other two.
 """
 
 from __future__ import annotations
@@ -52,64 +52,48 @@ def build():
 '''
 
 
-FORGED_PACK = '''
-"""A silo whose clear update is a forged packed Array: one byte short, so that the header's
-last array runs past the buffer (test double for a hostile or broken peer)."""
+FORGED_THEN_ABSURD = '''
+"""A silo whose clear update in round 1 is a forged packed Array (one byte short, so that
+the header's last array runs past the buffer), and which in round 2 claims 2**53 examples
+(the most a count may be) for an update of 1e300s, whose weighted sum is past float64
+(test double for a hostile or broken peer)."""
 import sys
 
+import numpy as np
 from flwr.app import Array, ArrayRecord
 from sklearn.linear_model import LogisticRegression
 
 import silo_client.client_app as client_app
 from xsilo.records import PACKED
+from xsilo.terms import NUM_EXAMPLES
 
-_honest = client_app.arrays_to_record
+_pack, _metrics = client_app.arrays_to_record, client_app.MetricRecord
 
 
-def _forged(arrays):
-    record = _honest(arrays)
-    if sys._getframe(1).f_code.co_name != "train":  # only the update; its join is honest
+def _round(caller):
+    """The train round the calling handler answers (None: not a train reply)."""
+    return caller.f_locals["terms"].server_round if caller.f_code.co_name == "train" else None
+
+
+def _hostile_pack(arrays):
+    server_round = _round(sys._getframe(1))  # the update only; its join is honest
+    if server_round == 2:
+        arrays = {k: np.full_like(v, 1e300) for k, v in arrays.items()}
+    record = _pack(arrays)
+    if server_round != 1:
         return record
     forged = record[PACKED].data[:-1]
     return ArrayRecord({PACKED: Array(dtype="uint8", shape=(len(forged),), stype=PACKED,
                                       data=forged)})
 
 
-client_app.arrays_to_record = _forged
-
-
-def build():
-    return LogisticRegression(max_iter=20)
-'''
-
-
-ABSURD_COUNT = '''
-"""A silo that claims 2**53 examples (the most a count may be) for an update of 1e300s:
-weight times update is past float64 (test double for a hostile or broken peer)."""
-import sys
-
-import numpy as np
-from sklearn.linear_model import LogisticRegression
-
-import silo_client.client_app as client_app
-from xsilo.terms import NUM_EXAMPLES
-
-_pack, _metrics = client_app.arrays_to_record, client_app.MetricRecord
-
-
-def _huge(arrays):
-    if sys._getframe(1).f_code.co_name == "train":  # the update; its join is honest
-        arrays = {k: np.full_like(v, 1e300) for k, v in arrays.items()}
-    return _pack(arrays)
-
-
 def _claimed(metrics):
-    if sys._getframe(1).f_code.co_name == "train" and NUM_EXAMPLES in metrics:
+    if _round(sys._getframe(1)) == 2 and NUM_EXAMPLES in metrics:
         metrics = {**metrics, NUM_EXAMPLES: float(2 ** 53)}
     return _metrics(metrics)
 
 
-client_app.arrays_to_record, client_app.MetricRecord = _huge, _claimed
+client_app.arrays_to_record, client_app.MetricRecord = _hostile_pack, _claimed
 
 
 def build():
@@ -156,9 +140,13 @@ def _run_with_hostile_silo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modu
     assert len(rows) == 2
     for row in rows:
         assert row["contributors"] == ["hospital-b", "hospital-c"] and row["status"] == "ok"
-    # the caption of the operator's table gives the reason (its first 200 characters)
-    note = f"rejected in rounds 1, 2: hospital-a: {rows[0]['rejected']['hospital-a']}"[:200]
-    assert "".join(note.split()) in "".join(shown.stdout.split()), shown.stdout
+    # the caption of the operator's table gives each reason (its first 200 characters)
+    rounds: dict[str, list[str]] = {}
+    for row in rows:
+        rounds.setdefault(row["rejected"]["hospital-a"], []).append(str(row["round"]))
+    for why, at in rounds.items():
+        note = f"rejected in round{'s' * (len(at) > 1)} {', '.join(at)}: hospital-a: {why}"[:200]
+        assert "".join(note.split()) in "".join(shown.stdout.split()), shown.stdout
     return rows, shown.stdout, fed
 
 
@@ -171,28 +159,22 @@ def test_a_silo_sending_garbage_does_not_end_a_deployed_run(
         assert refusal.startswith("ProtocolError") and "not a secure-aggregation message" in refusal
 
 
-def test_a_forged_packed_update_is_refused_and_the_operator_sees_why(
+def test_a_forged_update_then_an_overflowing_one_are_refused_and_the_operator_sees_why(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rows, shown, fed = _run_with_hostile_silo(tmp_path, monkeypatch, FORGED_PACK, "forged")
-    for row in rows:
-        refusal = row["rejected"]["hospital-a"]
-        assert refusal.startswith("ProtocolError[malformed-reply]: packed arrays: "), refusal
-        assert "runs past the buffer" in refusal, refusal
-    # each round's row names the silo and the start of the reason; the caption all of it
-    assert "".join(shown.split()).count("ProtocolError[malformed-reply") == 3, shown
+    """Round 1: a packed update whose header runs past its buffer, a ProtocolError. Round 2:
+    counts up to 2**53 parse, and so do finite updates, but their product need not fit a
+    float64; the accumulator rejects that one update before it touches the sums. Both
+    rounds go on with the others and the model stays finite."""
+    rows, shown, fed = _run_with_hostile_silo(tmp_path, monkeypatch, FORGED_THEN_ABSURD,
+                                              "forged")
+    forged, absurd = (row["rejected"]["hospital-a"] for row in rows)
+    assert forged.startswith("ProtocolError[malformed-reply]: packed arrays: "), forged
+    assert "runs past the buffer" in forged, forged
+    assert absurd.startswith("update from silo 'hospital-a' rejected: its weight 9.0072e+15")
+    assert "overflow float64" in absurd and "the model is not touched" in absurd, absurd
+    # round 1's row names the silo and the start of the reason; the caption all of it
+    assert "".join(shown.split()).count("ProtocolError[malformed-reply") == 2, shown
     log = (fed.home_dir / "runs" / "forged" / "coordinator.log").read_text()
     assert "sent a malformed reply: packed arrays" in log
-
-
-def test_a_silo_whose_weighted_update_would_overflow_the_sums_is_rejected_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Counts up to 2**53 parse, and so do finite updates; their product need not fit a
-    float64. The accumulator rejects that one update before it touches the sums: the round
-    goes on with the others, the model stays finite."""
-    rows, _, fed = _run_with_hostile_silo(tmp_path, monkeypatch, ABSURD_COUNT, "absurd")
-    for row in rows:
-        refusal = row["rejected"]["hospital-a"]
-        assert refusal.startswith("update from silo 'hospital-a' rejected: its weight 9.0072e+15")
-        assert "overflow float64" in refusal and "the model is not touched" in refusal, refusal
-    model = np.load(fed.home_dir / "runs" / "absurd" / "model.npz")
+    model = np.load(fed.home_dir / "runs" / "forged" / "model.npz")
     assert all(np.isfinite(model[k]).all() for k in model.files)

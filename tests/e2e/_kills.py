@@ -89,3 +89,19 @@ def sent(fed: LocalFederation, message_type: str, server_round: int | None = Non
 
 def flower_runs(store: RunStore) -> list[int]:
     return [e["flower_run_id"] for e in store.events() if e["event"] == "start"]
+
+
+def online_at(fed: LocalFederation, name: str) -> str | None:
+    """When silo ``name``'s node was last activated at the SuperLink, if it is online now."""
+    assert fed.coordinator is not None
+    node = fed.coordinator.node_ids[name]
+    return next((str(n["online-at"]) for n in fed.home.cli().list_nodes()
+                 if int(n["node-id"]) == node and n["status"] == "online"), None)
+
+
+def restart_silo_and_wait(fed: LocalFederation, name: str, timeout: float = 40.0) -> None:
+    """Restart silo ``name`` (an empty Flower context: what an operator's restart gives) and
+    wait until the SuperLink counts its new SuperNode as online."""
+    before = online_at(fed, name)
+    fed.restart_silo(name)
+    until(lambda: online_at(fed, name) not in (None, before), timeout, f"{name} back online")

@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
 from strategies.dp import DPConfig
-from tests.e2e._kills import SILOS, ledger, start
+from tests.e2e._kills import SILOS, ledger, restart_silo_and_wait, start
 from xsilo.failpoints import release, wait_reached
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -57,14 +56,6 @@ if os.path.basename(sys.argv[0]) == "flwr-serverapp":
 '''
 
 
-def _online_at(fed: LocalFederation, name: str) -> str | None:
-    """When silo ``name``'s node was last activated, if it is online now."""
-    assert fed.coordinator is not None
-    node = fed.coordinator.node_ids[name]
-    return next((str(n["online-at"]) for n in fed.home.cli().list_nodes()
-                 if int(n["node-id"]) == node and n["status"] == "online"), None)
-
-
 def test_every_silo_refuses_rounds_that_break_the_dp_terms_it_joined_under(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site = tmp_path / "site"
@@ -80,12 +71,7 @@ def test_every_silo_refuses_rounds_that_break_the_dp_terms_it_joined_under(
         def restart_a_between_rounds_1_and_2() -> None:
             try:
                 wait_reached("round:2", markers, timeout=60)
-                before = _online_at(fed, "hospital-a")
-                fed.restart_silo("hospital-a")
-                deadline = time.monotonic() + 40
-                while _online_at(fed, "hospital-a") in (None, before):
-                    assert time.monotonic() < deadline, "hospital-a did not come back"
-                    time.sleep(0.3)
+                restart_silo_and_wait(fed, "hospital-a")
             except BaseException as exc:  # reported below, not lost in the thread
                 problems.append(exc)
             finally:

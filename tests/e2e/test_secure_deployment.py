@@ -57,50 +57,50 @@ def test_secure_aggregation_over_mtls_completes_and_improves(tmp_path: Path) -> 
                    for e in trains)
 
 
-def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(tmp_path: Path) -> None:
+def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restarted SuperNode keeps its node id (node auth) but loses its node-local state,
     secure-aggregation keys included: it refuses to mask (KeysMissing), the next round
-    re-keys it, and it is in the sum again."""
+    re-keys it, and it is in the sum again. The restart happens while the coordinator stands
+    between rounds 1 and 2 (the ``round:2`` failpoint, released once hospital-c is online
+    again), so no timing decides which round meets it."""
     import threading
-    import time
 
     fed = LocalFederation(tmp_path).setup()
-    restarted: list[float] = []
+    problems: list[BaseException] = []
     with fed:
-        fed.start()
+        markers = kills.start(fed, monkeypatch, "round:2")
         old_pid = fed.supernodes["hospital-c"].pid
 
-        def restart_c_after_the_key_setup() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                logs = list(fed.home.runs.glob("*/metrics.jsonl"))
-                if logs and "secure_aggregation_setup" in logs[0].read_text():
-                    fed.restart_silo("hospital-c")
-                    restarted.append(time.monotonic())
-                    return
-                time.sleep(0.2)
+        def restart_c_between_rounds_1_and_2() -> None:
+            try:
+                wait_reached("round:2", markers, timeout=60)  # keyed, round 1 summed
+                kills.restart_silo_and_wait(fed, "hospital-c")
+            except BaseException as exc:  # reported below, not lost in the thread
+                problems.append(exc)
+            finally:
+                release("round:2", markers)
 
-        restarter = threading.Thread(target=restart_c_after_the_key_setup, daemon=True)
+        restarter = threading.Thread(target=restart_c_between_rounds_1_and_2, daemon=True)
         restarter.start()
-        # rounds of a few seconds: the restart (several) lands in round 2, 3 or 4, and the
-        # round after it re-keys hospital-c
-        outcome = fed.run(RunConfig(num_rounds=5, min_silos=2, expected_silos=3,
+        outcome = fed.run(RunConfig(num_rounds=3, min_silos=2, expected_silos=3,
                                     secure_aggregation=True, secagg_threshold=2,
                                     round_timeout=30.0, join_timeout=45.0, name="restart"),
                           timeout=110)
         restarter.join(timeout=5)
+        assert not problems, problems
         assert fed.supernodes["hospital-c"].pid != old_pid
         processes = list(fed.processes)
-    assert restarted, "hospital-c was never restarted"
     assert all(not p.alive() for p in processes)
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["rounds_failed"] == []
     rows = [e for e in outcome.store.events() if e["event"] == "round" and e["round"] >= 1]
     refused = [r["round"] for r in rows if "KeysMissing" in r["rejected"].get("hospital-c", "")]
     rekeyed = [r["round"] for r in rows if r["secure_aggregation"].get("rekeyed")]
-    assert refused and rekeyed == [refused[0] + 1], (refused, rekeyed)
-    assert rows[rekeyed[0] - 1]["secure_aggregation"]["rekeyed"] == {"asked": 1, "keyed": 1}
-    assert rows[-1]["contributors"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert (refused, rekeyed) == ([2], [3]), (refused, rekeyed)
+    assert rows[2]["secure_aggregation"]["rekeyed"] == {"asked": 1, "keyed": 1}
+    assert rows[0]["contributors"] == rows[2]["contributors"] == [
+        "hospital-a", "hospital-b", "hospital-c"]
 
 
 def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_dealing(

@@ -28,6 +28,7 @@ from deploy import EXECUTORS
 from deploy.gateway.netns import (RECORD, Bridge, Pinned, PrivateNet, Uplink, create_argv,
                                   end_namespace)
 from deploy.launch.poll import HINT_ENV
+from deploy.launch.ports import free_port
 from deploy.launch.supernode import budget_from_env
 from deploy.pki.certs import write_private_bytes
 from xsilo.errors import ConfigError, DeploymentError
@@ -84,13 +85,6 @@ def find_binary(name: str) -> str:
         f"`{name}` not found: Flower is not installed in this environment. Install xsilo "
         "with its dependencies (`pip install xsilo`, which pins flwr==1.42.*) or activate "
         "the virtual environment that has it (`make demo` creates .venv)")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def check_port_free(host: str, port: int, *, what: str = "the SuperLink") -> None:

@@ -16,8 +16,8 @@ node that joins under another name than the one the coordinator home enrolled it
 
 With ``secure_aggregation`` the rounds run through :mod:`coordinator.secure` (a key setup
 after join, then two round trips per round); the strategy then sees only ``Σ w·delta`` and
-``Σ w``. Both paths end in :meth:`RoundLoop._step_from_sum`, the one place a sum becomes
-the next model.
+``Σ w``. Both paths end in :meth:`coordinator.stepping.Stepper.step_from_sum`, the one place a
+sum becomes the next model.
 
 With ``dp`` (:mod:`coordinator.privacy`) every round is checked against the privacy budget
 *before* it is sent (a round that would exceed ``max_epsilon`` is not run: the run stops
@@ -37,7 +37,7 @@ import logging
 import secrets
 import time
 from dataclasses import replace
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -56,9 +56,8 @@ from coordinator.rows import (NOT_CONNECTED, PendingRow, clip_report, losses, no
                               note_fit, round_event, tallies, weighted_mean)
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation, run_threshold
-from strategies.aggregate import COMPUTED_STATISTICS, SumAccumulator, check_result
-from strategies.api import (PerUpdateStrategy, RoundPlan, Strategy, SumStrategy, call_strategy,
-                            strategy_label)
+from coordinator.stepping import Stepper
+from strategies.api import RoundPlan, Strategy
 from xsilo.errors import DeploymentError, PrivacyBudgetExceeded, StrategyError
 from xsilo.failpoints import reach
 from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics,
@@ -67,14 +66,6 @@ from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloM
 __all__ = ["RoundLoop"]
 
 log = logging.getLogger(__name__)
-
-_S = TypeVar("_S", bound=Strategy)
-
-
-def _reported(collector: RoundCollector, name: str) -> list[tuple[float, float]]:
-    """(value, example count) of a silo statistic, from the contributors that sent it."""
-    return [(float(getattr(m, name)), m.num_examples or 0.0)
-            for m in collector.metrics.values() if getattr(m, name) is not None]
 
 
 class RoundLoop:
@@ -95,6 +86,7 @@ class RoundLoop:
         self.evaluator = evaluator
         self.exports = exports
         self.strategy = strategy
+        self.stepper = Stepper(strategy, self._fail)
         self.observers = observers or Observers()
         self.members: dict[int, Member] = {}
         self.enrolled = dict(enrolled or {})
@@ -243,20 +235,6 @@ class RoundLoop:
             return True
         return False
 
-    def _plan(self, server_round: int, offered: list[int]) -> RoundPlan:
-        """The strategy's plan for the round, checked (a StrategyError fails the run: the
-        round cannot even be asked for)."""
-        strategy = self.strategy
-        plan = call_strategy(strategy, "configure_round",
-                             lambda: strategy.configure_round(server_round, list(offered)))
-        if not (isinstance(plan, RoundPlan) and isinstance(plan.silos, tuple | list)
-                and all(n in offered for n in plan.silos) and isinstance(plan.config, Mapping)):
-            raise StrategyError(
-                f"{strategy_label(strategy)} returned {plan!r:.200} from configure_round; it "
-                f"must return a RoundPlan whose silos are among the ones offered ({offered}) "
-                "and whose config is a mapping")
-        return plan
-
     def _train_terms(self, server_round: int, plan: RoundPlan) -> TrainTerms:
         cfg = self.config
         extra = {k: v for k, v in plan.config.items() if k != PROXIMAL_MU}
@@ -276,7 +254,7 @@ class RoundLoop:
             proximal_mu=float(mu),
             dp=self.privacy.round_terms() if self.privacy is not None else None,
             strategy_config=extra, compression=cfg.compression,
-            compression_fraction=cfg.compression_fraction, statistics=self._statistics())
+            compression_fraction=cfg.compression_fraction, statistics=self.stepper.statistics)
 
     def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
         """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""
@@ -298,7 +276,7 @@ class RoundLoop:
             self.exports.round_started(server_round)
         # Silos the SuperLink no longer knows (unregistered, e.g. revoked) are not waited for.
         connected = set(self.transport.node_ids())
-        plan = self._plan(server_round, sorted(n for n in self.members if n in connected))
+        plan = self.stepper.plan(server_round, sorted(n for n in self.members if n in connected))
         terms = self._train_terms(server_round, plan)
         row = PendingRow(server_round, "ok", 0.0)
         row.extra["asked"] = sorted(self.members[n].name for n in plan.silos)
@@ -321,8 +299,7 @@ class RoundLoop:
             if n in self.members}
         row.seconds = time.monotonic() - t0
         if row.status == "ok":
-            state = call_strategy(self.strategy, "state_dict",
-                                  lambda: dict(self.strategy.state_dict()))
+            state = self.stepper.state()
             if self.privacy is not None:
                 state.update(self.privacy.state_arrays())
             self.store.save_checkpoint(server_round, current, state, checkpoint_meta(
@@ -389,9 +366,9 @@ class RoundLoop:
                                                    contributors=len(outcome.contributors))
             row.extra.update(self.privacy.commit_round(released))
             delta_sum, total = released.delta_sum, released.total_weight
-        return self._step_from_sum(current, delta_sum, total, row, statistics={
+        return self.stepper.step_from_sum(current, delta_sum, total, row, statistics={
             name: getattr(summed, name) if summed is not None else None
-            for name in self._statistics()})
+            for name in self.stepper.statistics})
 
     def _clear_round(self, current: dict[str, np.ndarray], pending: PendingRow,
                      row: PendingRow, silos: tuple[int, ...],
@@ -428,76 +405,14 @@ class RoundLoop:
             assert self.privacy is not None  # central DP: noise and the public denominator
             result = self.privacy.release(collector.clip.result(), participants=len(silos))
             row.extra.update(self.privacy.commit_round(result))
-            return self._step_from_sum(current, result.delta_sum, result.total_weight, row)
+            return self.stepper.step_from_sum(current, result.delta_sum, result.total_weight,
+                                              row)
         if collector.sum is not None:
             folded = collector.sum
-            return self._step_from_sum(current, folded.result(), folded.total_weight, row,
-                                       statistics=self._clear_statistics(collector, folded))
-        strategy = self._strategy_as(PerUpdateStrategy)
-        return self._adopt(current, row, "aggregate", lambda: strategy.aggregate(
-            current, collector.updates, row.server_round))
-
-    def _statistics(self) -> tuple[str, ...]:
-        """The silo-side statistics the strategy asks for (none for most)."""
-        return tuple(getattr(self.strategy, "statistics", ()))
-
-    def _clear_statistics(self, collector: RoundCollector, folded: SumAccumulator
-                          ) -> dict[str, float | None]:
-        """A clear round's statistics: what can be computed from an update
-        (``COMPUTED_STATISTICS``) computed here from the updates folded in, so no silo's own
-        report steers the step; the rest, which only a silo knows, as the contributors
-        reported them. (Under secure aggregation only the silos' masked sums exist.)"""
-        computed = folded.statistics(self._statistics())
-        return {name: computed[name] if name in COMPUTED_STATISTICS
-                else weighted_mean(_reported(collector, name)) for name in self._statistics()}
-
-    def _strategy_as(self, base: type[_S]) -> _S:
-        """The run's strategy as ``base`` (its kind, by class); StrategyError if it is not."""
-        if not isinstance(self.strategy, base):
-            raise StrategyError(f"{strategy_label(self.strategy)} is not a {base.__name__}, "
-                                "which this round needs: a strategy subclasses exactly one of "
-                                "SumStrategy and PerUpdateStrategy, and only a SumStrategy "
-                                "runs under secure aggregation or DP (check_compatible)")
-        return self.strategy
-
-    def _step_from_sum(self, current: dict[str, np.ndarray], delta_sum: Mapping[str, np.ndarray],
-                       total_weight: float, row: PendingRow, *,
-                       statistics: Mapping[str, float | None] | None = None
-                       ) -> dict[str, np.ndarray]:
-        """The one place a weighted sum of deltas (clear or unmasked) becomes the next model;
-        a strategy that asked for silo statistics gets them (recorded in the row)."""
-        strategy = self._strategy_as(SumStrategy)
-        if not strategy.statistics:
-            return self._adopt(current, row, "step", lambda: strategy.step(
-                current, dict(delta_sum), total_weight, row.server_round))
-        stats = {name: (statistics or {}).get(name) for name in strategy.statistics}
-        row.extra["statistics"] = stats
-        new = self._adopt(current, row, "step_with_statistics",
-                          lambda: strategy.step_with_statistics(
-                              current, dict(delta_sum), total_weight, row.server_round, stats))
-        step_size = getattr(strategy, "last_step_size", None)
-        if isinstance(step_size, float):
-            row.extra["server_step_size"] = step_size
-        return new
-
-    def _adopt(self, current: dict[str, np.ndarray], row: PendingRow, method: str,
-               make: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The strategy's next model (``make()``, its ``method``), checked: an exception in
-        the strategy's code (a StrategyError naming it, :func:`strategies.api.call_strategy`)
-        or a model that is not finite or not shaped like ``current`` fails the round, and the
-        previous model and the strategy's state are kept (a refused model is never
-        checkpointed or saved). A state that cannot be saved or restored fails the run."""
-        strategy = self.strategy
-        before = call_strategy(strategy, "state_dict", lambda: {
-            k: np.array(v, copy=True) for k, v in strategy.state_dict().items()})
-        try:
-            new = call_strategy(strategy, method, make)
-            check_result(strategy, current, new)
-        except StrategyError as exc:
-            call_strategy(strategy, "load_state_dict", lambda: strategy.load_state_dict(before))
-            self._fail(row, f"{type(exc).__name__}: {exc}")
-            return current
-        return dict(new)
+            return self.stepper.step_from_sum(
+                current, folded.result(), folded.total_weight, row,
+                statistics=self.stepper.clear_statistics(collector, folded))
+        return self.stepper.aggregate(current, collector.updates, row)
 
     def _evaluate(self, current: dict[str, np.ndarray], nodes: Any, server_round: int,
                   group: str, *, final: bool = False) -> dict[int, Reply]:

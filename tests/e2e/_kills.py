@@ -4,17 +4,20 @@ stopped at one, and read what the silos' egress ledgers say left them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from coordinator.run_store import RunStore
 from federation.deployment import LocalFederation
-from xsilo.failpoints import ENV, ENV_DIR, wait_reached
+from xsilo.failpoints import ENV, ENV_DIR, release, wait_reached
 
 SILOS = ["hospital-a", "hospital-b", "hospital-c"]
 
@@ -101,7 +104,41 @@ def online_at(fed: LocalFederation, name: str) -> str | None:
 
 def restart_silo_and_wait(fed: LocalFederation, name: str, timeout: float = 40.0) -> None:
     """Restart silo ``name`` (an empty Flower context: what an operator's restart gives) and
-    wait until the SuperLink counts its new SuperNode as online."""
+    wait until the SuperLink counts its new SuperNode as online (a SuperNode that exits
+    meanwhile, refused, fails the wait with its reason)."""
     before = online_at(fed, name)
     fed.restart_silo(name)
-    until(lambda: online_at(fed, name) not in (None, before), timeout, f"{name} back online")
+
+    def back() -> bool:
+        fed.supernodes[name].raise_if_exited()
+        return online_at(fed, name) not in (None, before)
+
+    until(back, timeout, f"{name} back online")
+
+
+@contextlib.contextmanager
+def while_standing_at(point: str, markers: Path, action: Callable[[], None],
+                      timeout: float = 60.0) -> Iterator[None]:
+    """Run ``action`` in a thread once the coordinator stands at failpoint ``point``, then
+    release it, whatever ``action`` did (the run never stays standing still). Leaving the
+    block joins the thread and fails the test with whatever ``action`` raised."""
+    problems: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            wait_reached(point, markers, timeout=timeout)
+            action()
+        except BaseException as exc:  # reported on leaving the block, not lost in the thread
+            problems.append(exc)
+        finally:
+            release(point, markers)
+
+    thread = threading.Thread(target=body, name=f"at {point}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=5)
+    if problems:
+        raise AssertionError(f"while the coordinator stood at {point}: {problems[0]!r}") \
+            from problems[0]

@@ -236,12 +236,9 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(
 
     The coordinator stands still between rounds 1 and 2 (the ``round:2`` failpoint) while
     all that happens: round 1 had hospital-c, round 2 must not, however quick rounds are."""
-    import threading
-
     from deploy.pki.enrollment import install_renewal
     from deploy.pki.authority import Pki
-    from tests.e2e._kills import start
-    from xsilo.failpoints import release, wait_reached
+    from tests.e2e._kills import start, while_standing_at
 
     fed = LocalFederation(tmp_path, mtls=True).setup()
     pki = Pki(fed.home_dir / "pki")
@@ -257,8 +254,7 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(
             return any(f"serial={c_serial} " in line and "verify=FAILED" in line
                        for line in gateway.logs()["access"].splitlines())
 
-        def revoke_after_first_round() -> None:
-            wait_reached("round:2", markers, timeout=60)  # round 1 is over, 2 not begun
+        def revoke_after_first_round() -> None:  # round 1 is over, 2 not begun
             # hospital-a renews while training: the coordinator re-signs its key, the silo
             # installs the bundle, its running gateway reloads (SuperNode untouched)
             a_serials.append(next(r.serial for r in pki.records() if r.name == "hospital-a"))
@@ -272,23 +268,11 @@ def test_training_through_mtls_gateways_then_revoke_mid_run(
             _wait_for(refused, 20, "the gateway to refuse hospital-c")
             cli.unregister_node(node_ids["hospital-c"])
 
-        def revoker_body() -> None:
-            try:
-                revoke_after_first_round()
-            except BaseException as exc:  # reported below, not lost in the thread
-                problems.append(exc)
-            finally:
-                release("round:2", markers)  # never leaves the run standing still
-
-        problems: list[BaseException] = []
-        revoker = threading.Thread(target=revoker_body, daemon=True)
-        revoker.start()
         a_pid = fed.supernodes["hospital-a"].pid
-        outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
-                                    round_timeout=40.0, join_timeout=45.0, name="mtls"),
-                          timeout=85)
-        revoker.join(timeout=5)
-        assert not problems, problems
+        with while_standing_at("round:2", markers, revoke_after_first_round):
+            outcome = fed.run(RunConfig(num_rounds=2, min_silos=2, expected_silos=3,
+                                        round_timeout=40.0, join_timeout=45.0, name="mtls"),
+                              timeout=85)
         gateway_log = gateway.logs()
         assert fed.supernodes["hospital-a"].alive() and fed.supernodes["hospital-a"].pid == a_pid
     assert outcome.status == "finished:completed", outcome.summary

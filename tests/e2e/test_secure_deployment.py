@@ -12,7 +12,6 @@ import pytest
 import tests.e2e._kills as kills
 from coordinator.config import RunConfig
 from federation.deployment import LocalFederation
-from xsilo.failpoints import release, wait_reached
 from xsilo.protocol import SECAGG_SETUP
 from xsilo.terms import AGGREGATED_METRICS, UPDATE_SQ_NORM
 
@@ -64,31 +63,17 @@ def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(
     re-keys it, and it is in the sum again. The restart happens while the coordinator stands
     between rounds 1 and 2 (the ``round:2`` failpoint, released once hospital-c is online
     again), so no timing decides which round meets it."""
-    import threading
-
     fed = LocalFederation(tmp_path).setup()
-    problems: list[BaseException] = []
     with fed:
         markers = kills.start(fed, monkeypatch, "round:2")
         old_pid = fed.supernodes["hospital-c"].pid
-
-        def restart_c_between_rounds_1_and_2() -> None:
-            try:
-                wait_reached("round:2", markers, timeout=60)  # keyed, round 1 summed
-                kills.restart_silo_and_wait(fed, "hospital-c")
-            except BaseException as exc:  # reported below, not lost in the thread
-                problems.append(exc)
-            finally:
-                release("round:2", markers)
-
-        restarter = threading.Thread(target=restart_c_between_rounds_1_and_2, daemon=True)
-        restarter.start()
-        outcome = fed.run(RunConfig(num_rounds=3, min_silos=2, expected_silos=3,
-                                    secure_aggregation=True, secagg_threshold=2,
-                                    round_timeout=30.0, join_timeout=45.0, name="restart"),
-                          timeout=110)
-        restarter.join(timeout=5)
-        assert not problems, problems
+        # keyed, round 1 summed: hospital-c restarts and is online again before round 2
+        with kills.while_standing_at("round:2", markers,
+                                     lambda: kills.restart_silo_and_wait(fed, "hospital-c")):
+            outcome = fed.run(RunConfig(num_rounds=3, min_silos=2, expected_silos=3,
+                                        secure_aggregation=True, secagg_threshold=2,
+                                        round_timeout=30.0, join_timeout=45.0,
+                                        name="restart"), timeout=110)
         assert fed.supernodes["hospital-c"].pid != old_pid
         processes = list(fed.processes)
     assert all(not p.alive() for p in processes)
@@ -120,29 +105,19 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
             num_rounds=2, min_silos=2, expected_silos=3, secure_aggregation=True,
             secagg_threshold=2, secagg_round_keys="on", round_timeout=40.0, join_timeout=45.0,
             name="round-keys"))
-        wait_reached("dealt", markers, timeout=60)  # round 1: every dealing is in
-        dealt_before = kills.sent(fed, SECAGG_SETUP, 1)
-        assert fed.coordinator is not None
-        node_c, cli = fed.coordinator.node_ids["hospital-c"], fed.home.cli()
+        dealt_before: dict = {}
 
-        def node_c_info() -> dict:
-            return next(n for n in cli.list_nodes() if int(n["node-id"]) == node_c)
+        def restart_c_once_dealt() -> None:  # round 1: every dealing is in
+            dealt_before.update(kills.sent(fed, SECAGG_SETUP, 1))
+            # The old SuperNode signs off through its uplink as it stops, so the SuperLink
+            # lets the new one in at once (else: "Failed to activate SuperNode" for up to a
+            # minute). Only then may the mask requests go: one pulled while hospital-c is
+            # offline comes back "node unavailable" from the SuperLink instead of reaching
+            # the restarted silo.
+            kills.restart_silo_and_wait(fed, "hospital-c", timeout=60)
 
-        first_online = node_c_info()["online-at"]
-        fed.restart_silo("hospital-c")
-
-        def reactivated() -> bool:
-            fed.supernodes["hospital-c"].raise_if_exited()  # refused: says why
-            info = node_c_info()
-            return info["status"] == "online" and info["online-at"] != first_online
-
-        # The old SuperNode signed off through its uplink as it stopped, so the SuperLink let
-        # the new one in at once (else: "Failed to activate SuperNode" for up to a minute).
-        # Only then may the mask requests go: one pulled while hospital-c is offline comes
-        # back "node unavailable" from the SuperLink instead of reaching the restarted silo.
-        kills.until(reactivated, 60, "hospital-c's restarted SuperNode to be let in")
-        release("dealt", markers)
-        outcome = fed.wait(run_id, store, timeout=100)
+        with kills.while_standing_at("dealt", markers, restart_c_once_dealt):
+            outcome = fed.wait(run_id, store, timeout=100)
         assert fed.supernodes["hospital-c"].pid != old_pid
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["rounds_failed"] == []

@@ -98,3 +98,25 @@ def test_a_writer_killed_at_the_checkpoint_failpoint_leaves_the_old_file(tmp_pat
     assert target.read_bytes() == b"old"
     torn = list(target.parent.glob(".round-0001.npz.*.tmp"))
     assert len(torn) == 1 and torn[0].read_bytes() == b"x" * 500  # half of it
+
+
+def test_the_e2e_helper_acts_while_the_point_holds_then_releases_even_when_the_action_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/e2e/_kills.while_standing_at: the action runs while the run stands at the
+    point; the run is let go whatever the action did, and the test then fails with it."""
+    from tests.e2e._kills import while_standing_at
+
+    monkeypatch.setenv(ENV, "round:2,round:3")
+    monkeypatch.setenv(ENV_DIR, str(tmp_path))
+    seen: list[bool] = []
+    with while_standing_at("round:2", tmp_path,
+                           lambda: seen.append(marker("round:2", tmp_path).exists()), timeout=10):
+        reach("round:2")  # stands here until the helper releases it
+    assert seen == [True]
+
+    def broken() -> None:
+        raise RuntimeError("the restart failed")
+
+    with pytest.raises(AssertionError, match=r"stood at round:3.*the restart failed"):
+        with while_standing_at("round:3", tmp_path, broken, timeout=10):
+            reach("round:3")  # released all the same: this returns

@@ -174,14 +174,15 @@ class Silo:
         round is re-checked first (:func:`~silo_client.policy.check_round`); then the
         round against the run's ``joined`` record (:func:`~silo_client.joins.check_joined`:
         a clear round of a secure run, a DP run's round without its DP terms or with other
-        ones, another run token: a ProtocolError). The round's ε is checked, not counted:
-        :meth:`release` counts it when the update is about to leave.
+        ones, another run token: a ProtocolError), first, so that the round's accounting
+        only ever runs on the DP table the silo joined under. The round's ε is checked, not
+        counted: :meth:`release` counts it when the update is about to leave.
         """
         started = time.perf_counter()
+        check_joined(joined or Joined(), terms, secure=secure)
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
         round_privacy = self.privacy.begin_round(terms, dimension=model_length(global_params),
                                                  secure=secure)
-        check_joined(joined or Joined(), terms, secure=secure)
         settings = FitSettings.from_terms(terms)
         model = self.model(terms.seed, settings)
         dpsgd = None

@@ -133,10 +133,12 @@ def _run_announcing(run_dir: Path, config: RunConfig, silo_configs: list[Path],
     ("max_rounds = 2", {"num_rounds": 3}, {T.NUM_ROUNDS: 2}, 3, "PolicyRefusal[max_rounds]"),
     ('allowed_strategies = ["fedprox"]', {"strategy": "fedavg"}, {T.STRATEGY: "fedprox"}, 1,
      "PolicyRefusal[allowed_strategies]"),
-    # refused by the ClientApp before any training: no mask request in the message
+    # refused by the ClientApp before any training: no mask request in the message of a run
+    # it joined as secure (the join record is checked before the site policy's rules)
     ("require_secure_aggregation = true", {},
      {T.SECURE_AGGREGATION: True, T.SECAGG_THRESHOLD: 2}, 1,
-     "PolicyRefusal[require_secure_aggregation]"),
+     "ProtocolError[ProtocolError]: this silo joined the run with secure aggregation but the "
+     "train message has no mask request"),
 ])
 def test_a_round_beyond_the_announced_terms_is_refused(
         tmp_path: Path, make_silos, policy: str, run: dict, announced: dict,

@@ -3,11 +3,13 @@ silos joined is refused by every silo, one that restarted in between included.
 
 The coordinator's ServerApp runs hostile code (a ``sitecustomize`` on the Flower processes'
 ``PYTHONPATH`` that acts in ``flwr-serverapp`` only): round 1's DP terms are honest, round 2
-carries none, round 3 a DP table with half the noise. Between rounds 1 and 2 (the
+carries none, round 3 a DP table with half the noise, and round 4 the honest table again
+but past the run's own ``max_epsilon`` (the coordinator skips its budget check, which would
+have stopped the run after round 1). Between rounds 1 and 2 (the
 ``round:2`` failpoint) hospital-a's SuperNode restarts, which empties the run's Flower
 context: what the silo agreed to at join is kept in its workspace
-(``silo_client/joins.py``), so it refuses as the others do. No silo trains or counts ε for
-rounds 2 and 3; each records its refusal in its ledger, and the operator reads the silos'
+(``silo_client/joins.py``), so it refuses as the others do; the run's cap is kept in its
+privacy history (``silo_client/privacy.py``). No silo trains or counts ε for rounds 2 to 4; each records its refusal in its ledger, and the operator reads the silos'
 reason in ``xsilo coordinator status``.
 """
 
@@ -28,7 +30,8 @@ from tests.e2e._kills import SILOS, ledger, restart_silo_and_wait, start, while_
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 HOSTILE_COORDINATOR = '''
-"""A coordinator that changes a run's DP terms after the join (test double, ServerApp only)."""
+"""A coordinator that changes a run's DP terms after the join and ignores its own privacy
+budget (test double, ServerApp only)."""
 import os
 import sys
 
@@ -44,13 +47,14 @@ if os.path.basename(sys.argv[0]) == "flwr-serverapp":
         _calls.append(1)
         if len(_calls) == 2:
             return None  # round 2: no DP terms at all
-        if len(_calls) >= 3:  # round 3: half the noise the silos joined under
+        if len(_calls) == 3:  # round 3: half the noise the silos joined under
             table = dict(terms.table)
             table["noise_multiplier"] = table["noise_multiplier"] / 2
             return replace(terms, table=table)
         return terms
 
     privacy.RunPrivacy.round_terms = _broken
+    privacy.RunPrivacy.check_budget = lambda self, server_round: None  # round 4: past the cap
 '''
 
 
@@ -61,15 +65,17 @@ def test_every_silo_refuses_rounds_that_break_the_dp_terms_it_joined_under(
     (site / "sitecustomize.py").write_text(HOSTILE_COORDINATOR)
     monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
     fed = LocalFederation(tmp_path / "fed").setup()
-    dp = DPConfig(mechanism="central", noise_multiplier=2.0, clip_norm=1.0, accounting="rdp")
+    # ε after one round is 2.17, after two 3.19: the run's own cap admits round 1 only
+    dp = DPConfig(mechanism="central", noise_multiplier=2.0, clip_norm=1.0, accounting="rdp",
+                  max_epsilon=2.5)
     with fed:
         markers = start(fed, monkeypatch, "round:2")
         # hospital-a restarts between rounds 1 and 2, with an empty Flower context
         with while_standing_at("round:2", markers,
                                lambda: restart_silo_and_wait(fed, "hospital-a")):
-            outcome = fed.run(RunConfig(num_rounds=3, min_silos=2, expected_silos=3,
+            outcome = fed.run(RunConfig(num_rounds=4, min_silos=2, expected_silos=3,
                                         round_timeout=30.0, join_timeout=45.0,
-                                        name="hostile", dp=dp), timeout=100)
+                                        name="hostile", dp=dp), timeout=110)
         shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
                                 "status", str(fed.home_dir / "runs" / "hostile")],
                                capture_output=True, text=True, timeout=60)
@@ -78,17 +84,20 @@ def test_every_silo_refuses_rounds_that_break_the_dp_terms_it_joined_under(
     assert rows[1]["contributors"] == SILOS, rows[1]
     said = {2: "joined the run under differential privacy but round 2's terms carry no DP",
             3: "round 3's DP table differs from the one this silo joined the run under "
-               "(noise_multiplier: 2.0 → 1.0)"}
+               "(noise_multiplier: 2.0 → 1.0)",
+            4: "round 4 would raise its epsilon from 2.166 to 3.189 > the run's own "
+               "max_epsilon 2.5"}
     for server_round, reason in said.items():
         row = rows[server_round]
         assert row["contributors"] == [] and row["status"] == "failed", row
         for name in SILOS:  # hospital-a too, restarted with an empty Flower context
-            assert row["rejected"][name].startswith("ProtocolError"), row
+            assert row["rejected"][name].startswith(
+                "PrivacyBudgetExceeded" if server_round == 4 else "ProtocolError"), row
             assert reason in row["rejected"][name], row
     for name, entries in ledgers.items():  # nothing trained left, each refusal recorded
         trained = [e["server_round"] for e in entries if e["message_type"] == "train"]
         refused = [e["server_round"] for e in entries if e["message_type"] == "train.refusal"]
-        assert trained == [1] and refused == [2, 3], (name, entries)
+        assert trained == [1] and refused == [2, 3, 4], (name, entries)
     for silo in fed.silos:  # ε counted for round 1's release only
         (history,) = [p for p in (silo.workspace / "privacy").glob("*.json")
                       if not p.name.startswith("dpsgd-")]  # the run's, named by its token

@@ -254,7 +254,8 @@ class RoundLoop:
             proximal_mu=float(mu),
             dp=self.privacy.round_terms() if self.privacy is not None else None,
             strategy_config=extra, compression=cfg.compression,
-            compression_fraction=cfg.compression_fraction, statistics=self.stepper.statistics)
+            compression_fraction=cfg.compression_fraction,
+            statistics=self.stepper.asked_of_silos(secure=self.secure is not None))
 
     def _setup_secure(self, current: dict[str, np.ndarray]) -> None:
         """Key setup (one round trip); fewer than ``t`` keyed silos fail the run."""

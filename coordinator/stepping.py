@@ -42,6 +42,14 @@ class Stepper:
         """The silo-side statistics the strategy asks for (none for most)."""
         return tuple(getattr(self.strategy, "statistics", ()))
 
+    def asked_of_silos(self, *, secure: bool) -> tuple[str, ...]:
+        """The statistics a round's terms ask the silos for: in a clear round only those the
+        coordinator cannot compute from the updates it sees (nothing leaves a silo that the
+        step does not use); under secure aggregation all of them, as masked sums."""
+        if secure:
+            return self.statistics
+        return tuple(name for name in self.statistics if name not in COMPUTED_STATISTICS)
+
     def plan(self, server_round: int, offered: list[int]) -> RoundPlan:
         """The strategy's plan for the round, checked."""
         strategy = self.strategy

@@ -6,7 +6,7 @@ extrapolates when the silos' updates disagree.
 
 (the paper's step with example weights p_i = w_i / Σ w_i in place of 1/M). ``Σ w_i ‖Δ_i‖²``
 is the statistic ``update_sq_norm``: in a clear round the coordinator computes it from the
-updates it folds (a silo's own report of it is not used), and under secure aggregation each
+updates it folds (the silos are not asked for it), and under secure aggregation each
 silo computes the squared norm of its own update and the sum arrives masked beside the
 update's, so FedExP runs where the coordinator never sees an individual update. η = 1 is FedAvg; when the
 updates point the same way (‖Δ̄‖² ≈ mean ‖Δ_i‖²) η stays 1.

@@ -4,6 +4,7 @@ only as a masked sum); the statistics it needs are refused where DP would not co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore, load_npz
 from federation.local import run_in_process
+from silo_client.config import load_silo_config
 from silo_client.silo import Silo
 from strategies.aggregate import squared_norm
 from strategies.dp import DPConfig
@@ -72,6 +74,14 @@ def test_fedexp_in_the_clear_matches_the_reference_step(
         assert rows[r]["statistics"]["update_sq_norm"] > 0
         steps.append(eta)
     assert max(steps) > 1.0  # non-IID silos disagree: FedExP extrapolates at least once
+    # the coordinator computed ‖Δ‖² from the updates it holds: no silo was asked for its own
+    # (what leaves a silo is what the step uses), so none is in any silo's ledger
+    for path in federation:
+        workspace = load_silo_config(path).workspace
+        sent = [json.loads(line) for line in (workspace / "egress.jsonl").read_text().splitlines()]
+        trains = [e for e in sent if e["message_type"] == "train"]
+        assert len(trains) == 3 and all(e["metrics"] for e in trains), trains
+        assert not any("sq-norm" in k or "sq_norm" in k for e in trains for k in e["metrics"])
 
 
 def test_fedexp_under_secure_aggregation_steps_from_the_masked_norms(

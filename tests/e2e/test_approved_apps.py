@@ -228,14 +228,24 @@ def test_a_flower_executor_silo_does_not_start_without_the_opt_out(tmp_path: Pat
 
 def test_with_the_opt_out_the_flower_executor_runs_any_app(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The documented unprotected mode: the rogue app's code runs at every silo."""
+    """The documented unprotected mode: the rogue app's code runs at every silo. Flower's
+    own executor runs the consortium's app too: no SuperExec of xsilo's beside the
+    SuperNode (no isolation flag, no shared secret), and a real run completes."""
     rogue = _rogue_app(tmp_path)
     fed = LocalFederation(tmp_path, executor="flower", allow_unapproved_code=True).setup()
     caplog.set_level(logging.WARNING, logger="silo_client.apps")
     with fed:
         fed.start()
+        for silo in fed.silos:
+            node = fed.supernodes[silo.name]
+            assert "--isolation" not in node.popen.args and node.companions == []
+            assert not (silo.workspace / "flwr-home" / "superexec-auth.secret").exists()
         _, status, _ = _submit(fed, rogue, "unprotected", timeout=70.0)
+        outcome = fed.run(_config("consortium-app"), timeout=70)
         processes = list(fed.processes)
+    assert outcome.status == "finished:completed", outcome.summary
+    rows = [e for e in outcome.store.events() if e["event"] == "round"]
+    assert rows[1]["contributors"] == sorted(s.name for s in fed.silos), rows[1]
     assert sum("UNSAFE" in r.getMessage() and "ANY app" in r.getMessage()
                for r in caplog.records) == 3
     ran = (tmp_path / MARKER).read_text().splitlines()

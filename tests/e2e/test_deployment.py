@@ -20,26 +20,21 @@ from federation.deployment import LocalFederation
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]  # a hang guard: ~60 s alone
 
 
-@pytest.mark.parametrize("executor", ["warm", "flower"])
-def test_two_rounds_over_tls_with_node_auth(tmp_path: Path, executor: str) -> None:
-    """Both ways a silo runs ClientApps: xsilo's warm SuperExec (the default) and Flower's
-    (which runs any app a run carries, so a silo starts it only when its site policy opts out
-    of approved code only: tests/e2e/test_approved_apps.py)."""
-    fed = LocalFederation(tmp_path, executor=executor,
-                          allow_unapproved_code=executor == "flower").setup()
+def test_two_rounds_over_tls_with_node_auth(tmp_path: Path) -> None:
+    """The default way a silo runs ClientApps: xsilo's warm SuperExec beside each SuperNode,
+    sharing a secret nobody else may read. (Flower's own executor, which runs any app a run
+    carries and so starts only when a site policy opts out of approved code only:
+    tests/e2e/test_approved_apps.py, which runs the consortium's app on it too.)"""
+    fed = LocalFederation(tmp_path).setup()
     with fed:
         fed.start()
         for silo in fed.silos:
             node = fed.supernodes[silo.name]
-            warm = executor == "warm"
-            assert ("--isolation" in node.popen.args) is warm
-            assert [c.name for c in node.companions] == (["SuperExec (deploy.launch.executor)"]
-                                                         if warm else [])
+            assert "--isolation" in node.popen.args
+            assert [c.name for c in node.companions] == ["SuperExec (deploy.launch.executor)"]
             secret = silo.workspace / "flwr-home" / "superexec-auth.secret"
-            assert secret.exists() is warm
-            if warm:  # the SuperNode and its SuperExec share it; nobody else may read it
-                assert secret.stat().st_mode & 0o777 == 0o600
-                assert str(secret) in node.popen.args and str(secret) in node.companions[0].popen.args
+            assert secret.stat().st_mode & 0o777 == 0o600
+            assert str(secret) in node.popen.args and str(secret) in node.companions[0].popen.args
         outcome = fed.run(RunConfig(num_rounds=2, min_silos=3, expected_silos=3,
                                     round_timeout=60.0, join_timeout=45.0, name="e2e"),
                           timeout=85)

@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xsilo-installed
 # The real-process tests mostly wait on Flower's 3 s polling: three workers (one test file
-# each at a time) keep two cores busy. PYTEST_ARGS= (empty) runs them one by one.
-PYTEST_ARGS ?= -n 3 --dist loadfile
+# each at a time) keep two cores busy, in the order tests/conftest.py gives (longest real-
+# process files first). PYTEST_ARGS= (empty) runs them one by one.
+PYTEST_ARGS ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1

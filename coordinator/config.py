@@ -162,7 +162,8 @@ class RunConfig:
 
         if isinstance(self.compression_fraction, int) and not isinstance(
                 self.compression_fraction, bool):
-            object.__setattr__(self, "compression_fraction", float(self.compression_fraction))
+            object.__setattr__(self, "compression_fraction",
+                               _float("compression_fraction", self.compression_fraction))
         if not isinstance(self.compression_fraction, float) or not math.isfinite(
                 self.compression_fraction):
             raise ConfigError(f"compression_fraction must be a number in (0, 1], got "
@@ -214,6 +215,8 @@ class RunConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from a TOML table; unknown keys are refused, listing the accepted ones."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"the run settings must be a table ([run]), got {values!r:.80}")
         accepted = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - accepted)
         if unknown:
@@ -224,7 +227,7 @@ class RunConfig:
         for name in ("learning_rate", "round_timeout", "join_timeout", "secagg_clip",
                      "straggler_grace"):
             if isinstance(kwargs.get(name), int) and not isinstance(kwargs.get(name), bool):
-                kwargs[name] = float(kwargs[name])
+                kwargs[name] = _float(name, kwargs[name])
         try:
             return cls(**kwargs)
         except TypeError as exc:  # wrong type that dataclass itself rejects
@@ -244,6 +247,15 @@ class RunConfig:
         else:
             out["evaluation"] = self.evaluation.to_mapping()
         return out
+
+
+def _float(name: str, value: int) -> float:
+    """A TOML integer as a float; ConfigError for one beyond any float (TOML allows any)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{name} is an integer of {value.bit_length()} bits, beyond any "
+                          "number it can be; set a realistic value") from None
 
 
 def _positive_int(name: str, value: object, most: int | None = None) -> None:

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from coordinator.run_record import number, unique_rounds
+from coordinator.run_record import local_time, number, readable_events, unique_rounds
 from coordinator.run_store import RunStore
 from xsilo.errors import DeploymentError
 
@@ -70,9 +70,7 @@ def _awaited(events: list[dict[str, Any]]) -> str | None:
         if e.get("event") in ("round", "end"):
             return None
         if e.get("event") == "awaiting":
-            until = e.get("until")
-            when = (time.strftime(" (until %H:%M:%S)", time.localtime(until))
-                    if isinstance(until, int | float) else "")
+            when = local_time(" (until %H:%M:%S)", e.get("until")) or ""
             silos = ", ".join(_names(e.get("silos"))) or "nobody"
             return f"round {e.get('round')}: awaiting {silos}{when}"
     return None
@@ -87,8 +85,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     (with their reason) or silent at join and each silo's reason for a rejection in a round,
     and says who the round in progress awaits.
     """
-    events = [e for e in events if isinstance(e, dict)]
-    rows, _ = unique_rounds(events)  # the latest row of each round, each in a readable shape
+    events = readable_events(list(events))  # damaged or hand-edited lines: readable shapes
+    rows, _ = unique_rounds(events)  # the latest row of each round
     silos = sorted({s for e in rows for s in e.get("silos", {})})
     for e in events:
         if e.get("event") == "join":

@@ -261,7 +261,8 @@ def _participation(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _bytes(n: Any) -> str | None:
-    if not isinstance(n, int | float):
+    n = number(n)
+    if n is None:
         return None
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

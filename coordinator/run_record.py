@@ -20,10 +20,11 @@ from typing import Any
 
 from coordinator.run_store import RunStore
 from xsilo.errors import ConfigError
+from xsilo.terms import MAX_ROUNDS
 from xsilo.files import read_toml
 
-__all__ = ["RunRecord", "load_run", "number", "provenance", "time_split", "unique_rounds",
-           "utc"]
+__all__ = ["RunRecord", "load_run", "local_time", "number", "provenance", "readable_events",
+           "readable_summary", "time_split", "unique_rounds", "utc"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,58 @@ def load_run(run_dir: Path) -> RunRecord:
         summary = store.summary()
     except ConfigError as exc:  # the report still shows the rows, and says why no summary
         problem = str(exc)
-    return RunRecord(run_dir, text, settings, store.events(), summary, problem)
+    return RunRecord(run_dir, text, settings, readable_events(store.events()),
+                     readable_summary(summary), problem)
+
+
+def readable_events(events: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every event in the shape its readers expect, whatever a damaged or hand-edited line
+    holds: a table where one is read, a list of names where one is read (rows:
+    :func:`_readable`). Other fields are read through :func:`number` or ``str`` where used."""
+    out = []
+    for event in events:
+        if not isinstance(event, Mapping):
+            continue
+        kind = event.get("event")
+        if kind == "round":
+            out.append(_readable(event))
+            continue
+        shaped = dict(event)
+        for key in _EVENT_TABLES.get(kind, ()):
+            if key in shaped:
+                shaped[key] = _str_table(shaped[key])
+        for key in _EVENT_LISTS.get(kind, ()):
+            if key in shaped:
+                shaped[key] = _names(shaped[key])
+        out.append(shaped)
+    return out
+
+
+def readable_summary(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``summary.json`` in the shape the report reads (see :func:`readable_events`)."""
+    if summary is None:
+        return None
+    shaped = dict(summary)
+    for key in ("rounds_failed", "silos"):
+        if key in shaped:
+            shaped[key] = _names(shaped[key])
+    for key in ("status", "stop_reason", "stop_message", "strategy"):
+        if key in shaped and shaped[key] is not None:
+            shaped[key] = str(shaped[key])
+    return shaped
+
+
+_EVENT_TABLES = {"join": ("silos", "refused")}
+_EVENT_LISTS = {"join": ("silent_nodes",), "awaiting": ("silos",)}
+
+
+def _names(value: Any) -> list[str]:
+    """A list of names as text (anything but a list: none)."""
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _str_table(value: Any) -> dict[str, Any]:
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
 def unique_rounds(events: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
@@ -77,7 +129,9 @@ def unique_rounds(events: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
     latest: dict[int, dict[str, Any]] = {}
     repeated: set[int] = set()
     for e in events:
-        if e.get("event") != "round" or not isinstance(e.get("round"), int):
+        r = e.get("round")
+        if (e.get("event") != "round" or not isinstance(r, int) or isinstance(r, bool)
+                or not 0 <= r <= MAX_ROUNDS + 1):  # a damaged row: no round of any run
             continue
         if e["round"] in latest:
             repeated.add(e["round"])
@@ -100,16 +154,30 @@ def _readable(row: Mapping[str, Any]) -> dict[str, Any]:
     if "silos" in out:
         out["silos"] = {k: v for k, v in out["silos"].items() if isinstance(v, Mapping)}
     for key in _LISTS:
-        if key in out and not isinstance(out[key], list):
-            out[key] = []
+        if key in out:
+            out[key] = _names(out[key])
     out["status"] = str(out.get("status", ""))
     return out
 
 
 def utc(ts: Any) -> str | None:
-    if not isinstance(ts, int | float):
+    """A timestamp as UTC text; None for anything that is not a representable time."""
+    return _strftime("%Y-%m-%d %H:%M:%S UTC", ts, time.gmtime)
+
+
+def local_time(spec: str, ts: Any) -> str | None:
+    """A timestamp in local time as ``spec``; None for anything that is not a time."""
+    return _strftime(spec, ts, time.localtime)
+
+
+def _strftime(spec: str, ts: Any, convert: Any) -> str | None:
+    value = number(ts)
+    if value is None:
         return None
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    try:
+        return time.strftime(spec, convert(value))
+    except (OverflowError, ValueError, OSError):  # beyond the platform's time_t
+        return None
 
 
 def provenance(run: RunRecord) -> list[tuple[str, Any]]:

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -96,14 +97,33 @@ class Checkpoint:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _read_checkpoint(path: Path) -> Checkpoint:
+_CHECKPOINT_NAME = re.compile(r"round-(\d+)\.npz")
+
+
+def _checkpoint_files(folder: Path) -> list[tuple[int, Path]]:
+    """(round, path) of each ``round-<n>.npz`` in ``folder``, oldest round first: by the
+    number, not the name (``round-10000`` is newer than ``round-9999``)."""
+    found = []
+    for path in folder.glob("round-*.npz"):
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _read_checkpoint(path: Path, named_round: int) -> Checkpoint:
     """A checkpoint file, verified; ValueError saying what is wrong with it."""
     try:
         arrays = load_npz(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    strays = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if strays:  # np.load gives raw bytes for a member that is not an .npy array
+        raise ValueError(f"member(s) {strays[:5]} are not arrays")
     digest = arrays.pop(_DIGEST, None)
-    if digest is not None and str(digest) != arrays_digest(arrays):
+    if digest is None:  # every checkpoint the run store writes carries one
+        raise ValueError("it carries no SHA-256 (__sha256__ is missing)")
+    if str(digest) != arrays_digest(arrays):
         raise ValueError("its SHA-256 does not match its arrays (damaged after it was written)")
     if _ROUND not in arrays:
         raise ValueError("it names no round (__round__ is missing)")
@@ -111,6 +131,8 @@ def _read_checkpoint(path: Path) -> Checkpoint:
     if server_round.shape != () or server_round.dtype.kind not in "iu" or server_round < 0:
         raise ValueError(f"__round__ is {server_round.dtype} of shape {server_round.shape}, "
                          "not a round number")
+    if int(server_round) != named_round:
+        raise ValueError(f"it holds round {int(server_round)}, not the round its name says")
     meta = _read_meta(arrays.pop(_META)) if _META in arrays else {}
     state = {k[len(_STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(_STATE_PREFIX)}
     model = {k: v for k, v in arrays.items() if not k.startswith(_STATE_PREFIX)}
@@ -321,9 +343,9 @@ class RunStore:
         """The newest checkpoint that verifies; newer ones that do not are skipped (and
         named in :attr:`Checkpoint.skipped`, and logged). None when none verifies."""
         skipped: dict[str, str] = {}
-        for path in sorted(self.checkpoints.glob("round-*.npz"), reverse=True):
+        for named, path in reversed(_checkpoint_files(self.checkpoints)):
             try:
-                found = _read_checkpoint(path)
+                found = _read_checkpoint(path, named)
             except ValueError as exc:
                 log.warning("checkpoint %s skipped: %s", path, exc)
                 skipped[path.name] = str(exc)
@@ -348,9 +370,9 @@ class RunStore:
     def verify_checkpoints(self) -> dict[str, str]:
         """Every checkpoint file that does not verify → why (empty: all are sound)."""
         bad: dict[str, str] = {}
-        for path in sorted(self.checkpoints.glob("round-*.npz")):
+        for named, path in _checkpoint_files(self.checkpoints):
             try:
-                _read_checkpoint(path)
+                _read_checkpoint(path, named)
             except ValueError as exc:
                 bad[path.name] = str(exc)
         return bad

@@ -164,6 +164,64 @@ def test_a_hand_edited_checkpoint_is_skipped_for_the_one_before(
     assert restore(found, FedAvg(), None).server_round == 1
 
 
+def test_the_newest_checkpoint_is_the_highest_round_not_the_last_name(tmp_path: Path) -> None:
+    """round-10000.npz sorts before round-9999.npz by name: a resume past round 9999 must
+    not go back to it (rounds and ε would be counted again)."""
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    for r in (9999, 10000, 10001):
+        store.save_checkpoint(r, {"w": np.full(3, r, np.float32)}, {}, {"failed_rounds": []})
+    found = store.load_checkpoint()
+    assert found is not None and found.server_round == 10001
+    assert found.model["w"][0] == 10001
+    assert store.verify_checkpoints() == {}
+
+
+def _raw_checkpoint(store: RunStore, name: str, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(store.checkpoints / name, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+
+
+def _npy(value: object) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, members, why", [
+    # np.load hands back raw bytes for a member that is not an .npy array
+    ("round-0002.npz", {"w.npy": _npy(np.zeros(3, np.float32)), "__round__.npy": _npy(2),
+                        "notes.txt": b"hello"}, "are not arrays"),
+    ("round-0002.npz", {"w.npy": _npy(np.zeros(3, np.float32)), "__round__.npy": _npy(2)},
+     "carries no SHA-256"),
+])
+def test_a_checkpoint_that_is_not_the_run_stores_is_skipped_with_its_reason(
+        tmp_path: Path, name: str, members: dict[str, bytes], why: str) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.save_checkpoint(1, {"w": np.ones(3, np.float32)}, {}, {"failed_rounds": []})
+    _raw_checkpoint(store, name, members)
+    found = store.load_checkpoint()
+    assert found is not None and found.server_round == 1
+    assert why in found.skipped[name] and why in store.verify_checkpoints()[name]
+
+
+def test_a_checkpoint_renamed_to_another_round_is_skipped(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.save_checkpoint(1, {"w": np.ones(3, np.float32)}, {}, {"failed_rounds": []})
+    store.save_checkpoint(2, {"w": np.ones(3, np.float32)}, {}, {"failed_rounds": []})
+    (store.checkpoints / "round-0002.npz").rename(store.checkpoints / "round-0007.npz")
+    found = store.load_checkpoint()
+    assert found is not None and found.server_round == 1
+    assert "holds round 2, not the round its name says" in found.skipped["round-0007.npz"]
+
+
 def test_the_checkpoint_reader_knows_every_field_of_a_round_row() -> None:
     from dataclasses import fields
 
@@ -196,3 +254,16 @@ def test_coordinator_home_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "coordinator.toml").write_text('[coordinator]\nport = 1\nbogus = 2\n')
     with pytest.raises(ConfigError, match="unknown key.*bogus"):
         CoordinatorHome.load(tmp_path)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("run = 5\n", "must be a table ([run])"),
+    ('[run]\nname = "r"\nlearning_rate = 1' + "0" * 400 + "\n", "learning_rate is an integer of"),
+    ('[run]\nname = "r"\ncompression_fraction = 1' + "0" * 400 + "\n",
+     "compression_fraction is an integer of"),
+])
+def test_a_damaged_config_toml_is_a_config_error(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        load_run_config(tmp_path)

@@ -233,3 +233,40 @@ def test_a_damaged_run_directory_still_has_a_report(tmp_path: Path, summary: str
             fh.write(line + "\n")
     html = render_report(run_dir)
     assert plots_by_title(html)["accuracy per round"]["series"]
+
+
+_JOIN = {"event": "join", "silos": {"a": "f" * 8}, "refused": {"b": "PolicyRefusal[x]: no"},
+         "silent_nodes": [7], "run_token": "t", "time": 1.7e9}
+
+
+@pytest.mark.parametrize("where, key, value", [
+    ("join", "refused", None), ("join", "silos", None), ("join", "silent_nodes", 1),
+    ("join", "time", 1e308), ("row", "unscored", [1, "a"]), ("row", "round", 10**29),
+    ("row", "bytes", {"sent": 10**30, "received": float("nan")}),
+    ("summary", "rounds_failed", 1), ("summary", "silos", 1), ("summary", "status", ["x"]),
+    ("awaiting", "until", 1e308), ("awaiting", "silos", "a"),
+])
+def test_one_hand_edited_value_anywhere_still_renders_the_report_and_the_status_table(
+        tmp_path: Path, where: str, key: str, value: object) -> None:
+    """A run directory is read as it is: one damaged value in the join event, a row, an
+    ``awaiting`` line or summary.json (numbers beyond any time or float, null where a table
+    was, a number where a list was) shows as missing, never as a traceback."""
+    from rich.console import Console
+
+    from coordinator.console import round_table
+
+    events = [dict(_JOIN), _row(0, 0.3), _row(1, 0.4, unscored=[], scored_by=["a"]),
+              {"event": "awaiting", "round": 2, "until": 1.7e9, "silos": ["a"]}]
+    summary = {"status": "completed", "rounds_failed": [], "silos": ["a"]}
+    target = {"join": events[0], "row": events[2], "awaiting": events[3], "summary": summary}
+    target[where][key] = value
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, RunConfig(num_rounds=2), [], None)
+    with open(run_dir / "metrics.jsonl", "w") as fh:  # as a hand edit writes it: NaN and all
+        fh.writelines(json.dumps(e) + "\n" for e in events)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    html = render_report(run_dir)
+    assert "accuracy per round" in plots_by_title(html)
+    console = Console(record=True, width=200)
+    console.print(round_table(RunStore(run_dir).events()))
+    assert "round" in console.export_text()

@@ -65,7 +65,9 @@ def _error_reply(msg: Message, exc: Exception, silo: str | None = None) -> Messa
     reason = exc.reason if isinstance(exc, PolicyRefusal) else kind
     code = next((ERROR_CODES[c.__name__] for c in type(exc).__mro__ if c.__name__ in ERROR_CODES),
                 ERROR_CODES["XsiloError"])
-    body = {"type": kind, "reason": reason, "message": str(exc)}
+    public = getattr(exc, "public", None)  # DataValidationError: without local data
+    body = {"type": kind, "reason": reason,
+            "message": public if isinstance(public, str) else str(exc)}
     if silo:
         body["silo"] = silo
     return Message(Error(code=code, reason=json.dumps(body)), reply_to=msg)
@@ -198,7 +200,8 @@ class _Handlers:
         info, params = silo.join(terms)
         joins.remember_join(silo.config.workspace, _run_id(msg), run_token=terms.run_token,
                             secure_aggregation=terms.secure_aggregation,
-                            dp_table=None if terms.dp is None else dict(terms.dp.table))
+                            dp_table=None if terms.dp is None else dict(terms.dp.table),
+                            dp_run=None if terms.dp is None else terms.dp.run)
         reply = info.to_config()
         silo.record_egress(run_id=_run_id(msg), server_round=0, message_type="query",
                            arrays=params, metrics={}, extra=reply)

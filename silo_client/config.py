@@ -121,6 +121,12 @@ def _require(table: Mapping[str, Any], key: str, section: str, path: Path) -> An
     return table[key]
 
 
+def _table(value: Any, what: str, path: Path) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: {what} = {value!r:.80} must be a table, e.g. {{ C = 1.0 }}")
+    return dict(value)
+
+
 def load_silo_config(path: str | Path) -> SiloConfig:
     """Read and validate ``silo.toml``; every problem is a ConfigError naming the key."""
     path = Path(path).expanduser().resolve()
@@ -151,7 +157,7 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         test=resolve(dat.get("test")),
         schema=DataSchema.from_mapping(schema_table),
         model=str(_require(model, "spec", "model", path)),
-        model_params=dict(model.get("params", {})),
+        model_params=_table(model.get("params", {}), "[model] params", path),
         policy_file=resolve(data.get("policy", {}).get("file")),
         dp_sgd=_dp_sgd(model.get("dp_sgd"), path),
         executor=executor,

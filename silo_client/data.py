@@ -62,9 +62,16 @@ class _Raw:
             col = self.columns[name] = np.asarray(col, dtype=str)
         return col
 
-    def fail(self, column: str, row: int | None, what: str) -> DataValidationError:
+    def fail(self, column: str, row: int | None, what: str, *, cell: object = None,
+             noun: str = "value") -> DataValidationError:
+        """The error for ``column`` (``row``): ``what``, after the offending ``cell`` when one
+        is named. The coordinator reads it without the cell and with the file's name only
+        (raw data never leaves the silo, not even in an error reply)."""
         where = f", row {row + 1} (line {row + 2})" if row is not None else ""
-        return DataValidationError(f"{self.path}: column {column!r}{where}: {what}")
+        local = what if cell is None else f"{noun} {_cell(cell)!r} {what}"
+        public = what if cell is None else f"a {noun} {what} (withheld: it is local data)"
+        return DataValidationError(f"{self.path}: column {column!r}{where}: {local}",
+                                   public=f"{self.path.name}: column {column!r}{where}: {public}")
 
 
 def _read_csv(path: Path) -> _Raw:
@@ -157,15 +164,15 @@ def _to_float(raw: _Raw, name: str, dtype: str) -> np.ndarray:
             out = filled.astype(np.float64)
         except ValueError:
             i = _first_bad(filled, _parses_float)
-            raise raw.fail(name, i, f"value {_cell(values[i])!r} is not a number (declared {dtype})") from None
+            raise raw.fail(name, i, f"is not a number (declared {dtype})", cell=values[i]) from None
     if np.isinf(out).any():
         i = int(np.argmax(np.isinf(out)))
-        raise raw.fail(name, i, f"value {_cell(values[i])!r} is not finite")
+        raise raw.fail(name, i, "is not finite", cell=values[i])
     if dtype == "int":
         frac = ~np.isnan(out) & (out != np.round(out))
         if frac.any():
             i = int(np.argmax(frac))
-            raise raw.fail(name, i, f"value {_cell(values[i])!r} is not an integer (declared int)")
+            raise raw.fail(name, i, "is not an integer (declared int)", cell=values[i])
     return out
 
 
@@ -185,7 +192,8 @@ def _encode_levels(raw: _Raw, name: str, values: np.ndarray, missing: np.ndarray
     if bad.any():
         i = int(np.argmax(bad))
         allowed = sorted(k for k in levels if not k.startswith("\0"))
-        raise raw.fail(name, i, f"{what} {_cell(values[i])!r} is not one of the declared {allowed}")
+        raise raw.fail(name, i, f"is not one of the declared {allowed}", cell=values[i],
+                       noun=what)
     return idx
 
 
@@ -218,7 +226,7 @@ def _encode_feature(raw: _Raw, col: Column) -> np.ndarray:
             bad = ~missing & ~np.isin(out, (0.0, 1.0))
             if bad.any():
                 i = int(np.argmax(bad))
-                raise raw.fail(col.name, i, f"value {_cell(values[i])!r} is not a boolean")
+                raise raw.fail(col.name, i, "is not a boolean", cell=values[i])
             return np.where(missing, np.nan, out)[:, None]
         levels = {k: int(v) for k, v in _BOOL_TOKENS.items()}
         lowered = np.char.lower(values.astype(str))

@@ -10,6 +10,7 @@ path, and only when a round trains.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from strategies.dp import Accountant
 from xsilo.errors import ConfigError, ModelError
 from xsilo.files import atomic_write
 
-__all__ = ["DPSGDReport", "DPSGDSettings", "attach_dpsgd"]
+__all__ = ["DPSGDReport", "DPSGDSettings", "attach_dpsgd", "state_path"]
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,25 @@ def _dpsgd_epochs(adapter: Any, module: Any, train: Any, *, epochs: int,
     return total / count, training
 
 
+def state_path(workspace: Path, run_token: str) -> Path:
+    """Where the DP-SGD accountant of the run ``run_token`` is kept: named by the token's
+    hash, since the token is the coordinator's text (a path in it must not lead anywhere)."""
+    name = hashlib.sha256(run_token.encode()).hexdigest()[:32]
+    return Path(workspace) / "privacy" / f"dpsgd-{name}.json"
+
+
 def _account_steps(report: DPSGDReport, training: Any, settings: DPSGDSettings,
                    state_path: Path, config: FitSettings) -> None:
     from strategies.dp.dpsgd import step_events
 
     acct = Accountant(settings.delta, settings.accounting)
     if state_path.exists():
-        acct = Accountant.from_state_dict(json.loads(state_path.read_text())["accountant"])
+        try:
+            acct = Accountant.from_state_dict(json.loads(state_path.read_text())["accountant"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise ConfigError(f"DP-SGD state {state_path} is unreadable ({type(exc).__name__}: "
+                              f"{exc}); restore it from backup: spent budget must not be "
+                              "forgotten") from exc
     for event in step_events(training):
         acct.compose_round(event)
     atomic_write(state_path, json.dumps({"accountant": acct.state_dict(),

@@ -112,6 +112,11 @@ class VerifyResult:
     reason: str | None = None
 
 
+def _no_constant(name: str) -> float:
+    """NaN and Infinity are not JSON, and the ledger never writes them (``allow_nan=False``)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _check_entry(entry: object, lineno: int, prev_hash: str) -> str | None:
     """Why this line breaks the ledger, or None when it is sound."""
     if not isinstance(entry, dict):
@@ -148,8 +153,8 @@ def _verify_lines(fh: BinaryIO, *, seq: int, prev: str,
         if digest is not None:
             digest.update(raw)
         try:
-            entry = json.loads(raw)
-        except ValueError:
+            entry = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             return VerifyResult(False, count, prev, lineno, "line is not valid JSON")
         reason = _check_entry(entry, lineno, prev)
         if reason:

@@ -366,7 +366,13 @@ class PrivacyTally:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
                 self.runs = {str(k): {"round": int(v["round"]), "epsilon": float(v["epsilon"])}
                              for k, v in data["runs"].items()}
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                bad = sorted(k for k, v in self.runs.items()
+                             if not (math.isfinite(v["epsilon"]) and v["epsilon"] >= 0))
+                if bad:  # a NaN total would pass every budget check
+                    raise ValueError(f"run(s) {bad[:3]} have an epsilon that is not a finite "
+                                     "number ≥ 0")
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                    RecursionError) as exc:
                 raise ConfigError(f"privacy tally {self.path} is unreadable ({exc}); restore it "
                                   "from backup: the site's spent budget must not be forgotten") from exc
 

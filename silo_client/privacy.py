@@ -217,7 +217,8 @@ class SiloPrivacy:
             promised = state.get("max_epsilon")
             return (Accountant.from_state_dict(state["accountant"]), list(state["rounds"]),
                     None if promised is None else float(promised))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                RecursionError) as exc:
             raise ConfigError(f"privacy state {path} is unreadable ({exc}); restore it from "
                               "backup: spent budget must not be forgotten") from exc
 
@@ -253,6 +254,10 @@ class SiloPrivacy:
         if dp is None or terms.dp is None:
             check_round(self.policy, **checks, epsilon_spent=None, epsilon_next=None)
             return None
+        if dp.mechanism == "distributed" and not checks["secure_aggregation"]:
+            raise ProtocolError(f"round {terms.server_round}: the distributed DP mechanism adds "
+                                "each silo's noise share under secure aggregation, and this "
+                                "round's update would leave in the clear, without noise")
         run = terms.dp.run
         path, acct, _, promised = self._load(run, dp)
         if acct.delta != dp.delta or acct.method != dp.accounting_method:

@@ -111,6 +111,9 @@ class DataSchema:
         if "label" not in m or "features" not in m:
             raise ConfigError("data.schema needs `label` and `features`")
         labels = m.get("label_values")
+        if labels is not None and not isinstance(labels, list):
+            raise ConfigError(f"data.schema.label_values = {labels!r:.80}: must be a list of the "
+                              "label's values, e.g. [0, 1]")
         return cls(
             features=_parse_features(m["features"]),
             label=str(m["label"]),

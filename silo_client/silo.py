@@ -23,7 +23,7 @@ from silo_client.adapters.base import FitSettings, ModelAdapter, parameter_spec
 from silo_client.adapters.build import build_model
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
-from silo_client.dpsgd import attach_dpsgd
+from silo_client.dpsgd import attach_dpsgd, state_path as dpsgd_state_path
 from silo_client.joins import Joined, check_joined
 from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import RunTerms, SitePolicy, check_run, check_run_rules
@@ -125,6 +125,11 @@ class Silo:
         run's DP terms, never taken as a number) and checked against the site's budget.
         """
         dp = parse_dp(terms.dp)
+        if dp is not None and dp.mechanism == "distributed" and not terms.secure_aggregation:
+            raise ProtocolError("the run's DP table uses the distributed mechanism, whose noise "
+                                "is each silo's share added under secure aggregation, but the "
+                                "run is not secure: its updates would leave without any noise; "
+                                "refusing to join")
         coordinator = self._coordinator_fingerprint()
         check_run_rules(self.policy, RunTerms.of_join(terms, coordinator_fingerprint=coordinator))
         dimension = (model_length(self.model(terms.seed).get_parameters())
@@ -179,7 +184,8 @@ class Silo:
         counted: :meth:`release` counts it when the update is about to leave.
         """
         started = time.perf_counter()
-        check_joined(joined or Joined(), terms, secure=secure)
+        if joined is not None:  # the ClientApp always passes the record (library use: none)
+            check_joined(joined, terms, secure=secure)
         # Site policy and this silo's own ε tally, before any work (PolicyRefusal).
         round_privacy = self.privacy.begin_round(terms, dimension=model_length(global_params),
                                                  secure=secure)
@@ -187,8 +193,9 @@ class Silo:
         model = self.model(terms.seed, settings)
         dpsgd = None
         if self.config.dp_sgd is not None:
-            dpsgd = attach_dpsgd(model, self.config.dp_sgd, state_path=(
-                self.config.workspace / "privacy" / f"dpsgd-{terms.run_token[:32]}.json"))
+            dpsgd = attach_dpsgd(model, self.config.dp_sgd, state_path=dpsgd_state_path(
+                self.config.workspace, terms.run_token))
+        _check_like(model.get_parameters(), global_params)
         model.set_parameters(dict(global_params))
         evaluation = self._evaluation(model)
         train = self.train_data
@@ -237,3 +244,18 @@ class Silo:
         model = self.model(0)  # the initial parameters are replaced at once
         model.set_parameters(dict(global_params))
         return self._evaluation(model)
+
+
+def _check_like(own: Mapping[str, np.ndarray], incoming: Mapping[str, np.ndarray]) -> None:
+    """The global model has this silo's model's tensors, shapes and dtypes (ProtocolError
+    otherwise): the update is computed and sent in them, so a tensor of another dtype (an
+    unsigned one would wrap a negative update) is refused before any training."""
+    if set(own) != set(incoming):
+        raise ProtocolError(f"the global model's tensors {sorted(incoming)[:8]} are not this "
+                            f"silo's model's {sorted(own)[:8]}")
+    for name, mine in own.items():
+        theirs = incoming[name]
+        if theirs.shape != np.shape(mine) or theirs.dtype != np.asarray(mine).dtype:
+            raise ProtocolError(f"the global model's tensor {name!r} is {theirs.dtype} of shape "
+                                f"{theirs.shape}; this silo's model has "
+                                f"{np.asarray(mine).dtype} of shape {np.shape(mine)}")

@@ -54,7 +54,15 @@ class ConfigError(XsiloError):
 
 
 class DataValidationError(XsiloError):
-    """Local data does not match the declared schema (file, column and row are named)."""
+    """Local data does not match the declared schema (file, column and row are named).
+
+    ``public``: what the coordinator may read (the error reply): the same without the
+    offending cell's content or the file's full path; the message itself stays local.
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class ModelError(XsiloError):

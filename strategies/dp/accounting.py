@@ -165,8 +165,9 @@ class Accountant:
     """
 
     def __init__(self, delta: float, method: str = "pld") -> None:
-        if not 0.0 < delta < 1.0:
-            raise ConfigError(f"delta must be in (0, 1), got {delta!r}; 1e-5 or 1/N_records is usual")
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
+            raise ConfigError(f"delta must be a number in (0, 1), got {delta!r}; 1e-5 or "
+                              "1/N_records is usual")
         if method not in METHODS:
             raise ConfigError(f"accounting method must be one of {METHODS}, got {method!r}")
         self.delta = float(delta)

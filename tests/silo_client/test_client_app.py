@@ -218,3 +218,89 @@ def test_a_damaged_join_record_is_a_config_error_naming_it(federation: list[Path
         record.write_text(damaged)
         with pytest.raises(ConfigError, match=f"join record {record} is unreadable"):
             _train(handlers, context, params)
+
+
+def test_a_round_of_a_run_the_silo_never_joined_is_refused(federation: list[Path]) -> None:
+    """Refused at join (here: never asked) means no round: a train message alone is not a
+    join, whatever its terms say (they were never checked against the site policy)."""
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, _context(federation[1]))  # another silo's join, not this one's
+    with pytest.raises(ProtocolError, match="round 1 is of a run this silo has not joined"):
+        _train(handlers, context, params, DP_ROUND)
+    assert not (_workspace(federation[0]) / TALLY_FILE).exists()
+
+
+def test_a_distributed_dp_table_is_refused_unless_the_run_is_secure(
+        federation: list[Path]) -> None:
+    """Distributed DP's noise is each silo's share, added under the masks: in a clear run
+    the update would leave with no noise at all."""
+    handlers, context = _Handlers(), _context(federation[0])
+    table = {"mechanism": "distributed", "noise_multiplier": 1.0, "clip_norm": 1.0}
+    clear = dataclasses.replace(JOIN, dp=DPTerms(table, "run-1"), secagg_threshold=2)
+    with pytest.raises(ProtocolError, match="distributed mechanism.*the run is not secure"):
+        _join(handlers, context, clear)
+    from silo_client.silo import Silo
+
+    silo = Silo.from_file(federation[0])
+    clear_round = dataclasses.replace(ROUND, dp=DPTerms(table, "run-1", num_silos=3,
+                                                        min_survivors=2))
+    with pytest.raises(ProtocolError, match="would leave in the clear, without noise"):
+        silo.privacy.begin_round(clear_round, dimension=31, secure=False)
+
+
+def test_a_round_that_renames_the_runs_privacy_history_is_refused(
+        federation: list[Path]) -> None:
+    """The run's ε is kept under the name its join stated: a round under another name would
+    start a fresh history, past the run's own max_epsilon."""
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context, dataclasses.replace(JOIN, dp=DPTerms(TABLE, "run-1")))
+    renamed = dataclasses.replace(DP_ROUND, dp=dataclasses.replace(DP_ROUND.dp, run="run-1-r2"))
+    with pytest.raises(ProtocolError, match="accounting under 'run-1-r2'.* under 'run-1'"):
+        _train(handlers, context, params, renamed)
+    _train(handlers, context, params, DP_ROUND)
+
+
+def test_an_error_reply_names_the_column_and_row_but_not_the_cell_or_the_path(
+        federation: list[Path]) -> None:
+    from silo_client.client_app import _error_reply
+    from silo_client.data import load_dataset
+
+    config = load_silo_config(federation[0])
+    lines = config.train.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    column = next(c for c in config.schema.features if c.dtype == "float").name
+    row[header.index(column)] = "PATIENT Jane Doe"
+    config.train.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    with pytest.raises(Exception) as caught:
+        load_dataset(config.train, config.schema)
+    assert "PATIENT Jane Doe" in str(caught.value)  # the silo's own log says what and where
+    reply = _error_reply(_message("query", {}), caught.value, "hospital-a")
+    body = json.loads(reply.error.reason)
+    assert body["type"] == "DataValidationError"
+    assert f"column {column!r}, row 1 (line 2)" in body["message"]
+    assert "PATIENT" not in body["message"] and str(config.train.parent) not in body["message"]
+
+
+@pytest.mark.parametrize("token", ["/../../../../../../xsilo-pwned", "a\0b", "t" * 500])
+def test_the_dpsgd_history_is_named_by_the_run_tokens_hash_inside_the_workspace(
+        tmp_path: Path, token: str) -> None:
+    """The run token is the coordinator's text: it names no path of the silo's."""
+    from silo_client.dpsgd import state_path
+
+    path = state_path(tmp_path, token)
+    assert path.parent == tmp_path / "privacy" and path.name.startswith("dpsgd-")
+    assert len(path.name) == len("dpsgd-.json") + 32 and token not in str(path)
+
+
+def test_a_global_model_in_other_dtypes_than_the_silos_model_is_refused(
+        federation: list[Path]) -> None:
+    """The update is computed and sent in the incoming dtypes: an unsigned tensor would wrap
+    a negative update into garbage, recorded as sent."""
+    handlers, context = _Handlers(), _context(federation[0])
+    params = _join(handlers, context)
+    name = next(iter(params))
+    with pytest.raises(ProtocolError, match=f"tensor {name!r} is uint8"):
+        _train(handlers, context, {**params, name: params[name].astype(np.uint8)})
+    with pytest.raises(ProtocolError, match="are not this silo's model's"):
+        _train(handlers, context, {**params, "extra": np.zeros(2, np.float32)})

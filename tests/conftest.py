@@ -68,23 +68,6 @@ def _processes_mentioning(marker: str) -> list[str]:
     return found
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                   items: list[pytest.Item]) -> None:
-    """Real-process tests (marked ``e2e``, a minute each) first, the files with the most
-    time to run first (the sum of their tests' hang guards, ``mark.timeout``, stands for
-    it), then the rest in their file order: run in parallel (``make test`` runs ``pytest -n
-    --dist loadfile --no-loadscope-reorder``, which keeps this order instead of putting the
-    files with the most tests first), the long ones start at once, and the quick ones fill
-    the gaps instead of trailing after them."""
-    guard: dict[Path, float] = {}
-    for item in items:
-        if item.get_closest_marker("e2e") is not None:
-            mark = item.get_closest_marker("timeout")
-            guard[item.path] = guard.get(item.path, 0.0) + float(
-                mark.args[0] if mark is not None and mark.args else 60.0)
-    items.sort(key=lambda item: -guard.get(item.path, -1.0))  # stable: files stay whole
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any process started by a test (SuperLink, SuperNode, ServerApp,
     ClientApp, nginx …) outlived the suite: every such process carries the session's

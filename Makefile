@@ -4,10 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xsilo-installed
 # The real-process tests partly wait on Flower's polling: three workers (one test file each
-# at a time) keep two cores busy. xdist's loadfile hands out the files with the most tests
-# first, so the quick unit files run beside the real-process ones (a few tests each) and use
-# their waits; all real-process files first was measured slower (pytest 19.0 min against
-# ~17) and stretched them toward their timeouts. PYTEST_ARGS= (empty) runs them one by one.
+# at a time) keep two cores busy, in xdist's own file order (the most tests first). Running
+# the real-process files first was measured no faster (CI runs vary by a minute or two) and
+# put three federations on two cores at once for longer. PYTEST_ARGS= (empty): one by one.
 PYTEST_ARGS ?= -n 3 --dist loadfile
 
 export FLWR_TELEMETRY_ENABLED := 0

@@ -61,12 +61,13 @@ def test_quick_after_an_answer_and_back_to_flowers_rate_when_idle(tmp_path: Path
         pulls = [at for s, call, at in requests if s == silo and call == "pull-messages"]
         pushes = [at for s, call, at in requests if s == silo and call == "push-messages"]
         assert len(pushes) >= 4, pushes  # two rounds: train and evaluate each
-        # right after an answer: several looks within a second, where Flower's loop looks
-        # once at once and then sleeps 3 s (at most one); fewer where the next message came
-        # at once, or where two busy cores held the silo back (a CI run under load saw
-        # [0, 0, 1, 4]): one burst shows the quick looks
-        soon = [sum(pushed < at <= pushed + 1.0 for at in pulls) for pushed in pushes]
-        assert max(soon) >= 4, (silo, soon)
+        # right after an answer: several looks within two seconds (about 7 unloaded), where
+        # Flower's loop looks once at once and then sleeps 3 s (at most one); fewer where
+        # the next message came at once, or where two busy cores slowed each look (CI runs
+        # under load saw [0, 0, 1, 4] and [2, 2, 1, 3] within one second): one burst of
+        # three shows the quick looks
+        soon = [sum(pushed < at <= pushed + 2.0 for at in pulls) for pushed in pushes]
+        assert max(soon) >= 3, (silo, soon)
         # idle: from 15 s after its last answer on, Flower's normal rate, no faster
         last = max(pushes)
         idle = [at for at in pulls if at >= last + 15.0]

@@ -31,24 +31,17 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _table(value: Any) -> dict[str, Any]:
-    return dict(value) if isinstance(value, dict) else {}
-
-
-def _names(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list | dict) else []
-
-
 def _join_notes(events: list[dict[str, Any]]) -> list[str]:
-    """Silos that never made it into the table: refused at join (with the reason) or silent."""
+    """Silos that never made it into the table: refused at join (with the reason) or silent.
+    ``events`` are in their readable shapes (:func:`coordinator.run_record.readable_events`)."""
     notes = []
     for e in events:
         if e.get("event") != "join":
             continue
-        for silo, why in sorted(_table(e.get("refused")).items()):
+        for silo, why in sorted(e.get("refused", {}).items()):
             notes.append(f"refused at join: {silo}: {why}"[:200])
-        if _names(e.get("silent_nodes")):
-            notes.append(f"silent at join: node(s) {', '.join(_names(e['silent_nodes']))}")
+        if e.get("silent_nodes"):
+            notes.append(f"silent at join: node(s) {', '.join(e['silent_nodes'])}")
     return notes
 
 
@@ -71,7 +64,7 @@ def _awaited(events: list[dict[str, Any]]) -> str | None:
             return None
         if e.get("event") == "awaiting":
             when = local_time(" (until %H:%M:%S)", e.get("until")) or ""
-            silos = ", ".join(_names(e.get("silos"))) or "nobody"
+            silos = ", ".join(e.get("silos", [])) or "nobody"
             return f"round {e.get('round')}: awaiting {silos}{when}"
     return None
 
@@ -90,7 +83,7 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     silos = sorted({s for e in rows for s in e.get("silos", {})})
     for e in events:
         if e.get("event") == "join":
-            silos = sorted(set(silos) | set(_names(e.get("silos"))))
+            silos = sorted(set(silos) | set(e.get("silos", {})))
     regression = any(e.get("global_mae") is not None for e in rows)
     score, glob = ("mae", "global_mae") if regression else ("accuracy", "global_accuracy")
     table = Table(title=title, title_justify="left", caption_justify="left")

@@ -8,7 +8,6 @@ Nothing of it leaves except through later rounds' top-k values.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from strategies.compression import Compressed, decode, encode
-from xsilo.files import atomic_write
+from xsilo.files import atomic_write, hashed_name
 from xsilo.protocol import flatten_update
 from xsilo.terms import TrainTerms
 
@@ -27,8 +26,7 @@ RESIDUALS = "residuals"  # <workspace>/residuals/: top-k's error feedback, one f
 
 def residual_path(workspace: Path, run_token: str) -> Path:
     """Where top-k's residual of the run ``run_token`` is kept."""
-    name = hashlib.sha256(run_token.encode()).hexdigest()[:32]
-    return Path(workspace) / RESIDUALS / f"{name}.npy"
+    return Path(workspace) / RESIDUALS / f"{hashed_name(run_token)}.npy"
 
 
 def _load_residual(path: Path, length: int) -> np.ndarray:

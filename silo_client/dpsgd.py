@@ -10,7 +10,6 @@ path, and only when a round trains.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from typing import Any
 from silo_client.adapters.base import FitSettings
 from strategies.dp import Accountant
 from xsilo.errors import ConfigError, ModelError
-from xsilo.files import atomic_write
+from xsilo.files import atomic_write, hashed_name
 
 __all__ = ["DPSGDReport", "DPSGDSettings", "attach_dpsgd", "state_path"]
 
@@ -137,8 +136,7 @@ def _dpsgd_epochs(adapter: Any, module: Any, train: Any, *, epochs: int,
 def state_path(workspace: Path, run_token: str) -> Path:
     """Where the DP-SGD accountant of the run ``run_token`` is kept: named by the token's
     hash, since the token is the coordinator's text (a path in it must not lead anywhere)."""
-    name = hashlib.sha256(run_token.encode()).hexdigest()[:32]
-    return Path(workspace) / "privacy" / f"dpsgd-{name}.json"
+    return Path(workspace) / "privacy" / f"dpsgd-{hashed_name(run_token)}.json"
 
 
 def _account_steps(report: DPSGDReport, training: Any, settings: DPSGDSettings,

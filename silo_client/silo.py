@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from silo_client.adapters.base import FitSettings, ModelAdapter, parameter_spec
+from silo_client.adapters.base import (FitSettings, ModelAdapter, check_same_architecture,
+                                       parameter_spec)
 from silo_client.adapters.build import build_model
 from silo_client.config import SiloConfig, load_silo_config
 from silo_client.data import LocalDataset, load_dataset, schema_fingerprint
@@ -29,7 +30,7 @@ from silo_client.ledger import LEDGER_FILE, EgressLedger, payload_digest
 from silo_client.policy import RunTerms, SitePolicy, check_run, check_run_rules
 from silo_client.privacy import RoundPrivacy, SiloPrivacy, ledger_fields, parse_dp
 from strategies.aggregate import squared_norm
-from xsilo.errors import ProtocolError
+from xsilo.errors import ModelError, ProtocolError
 from xsilo.protocol import model_length
 from xsilo.terms import TERM_KEYS, EvaluateTerms, JoinTerms, SiloInfo, SiloMetrics, TrainTerms
 
@@ -250,12 +251,7 @@ def _check_like(own: Mapping[str, np.ndarray], incoming: Mapping[str, np.ndarray
     """The global model has this silo's model's tensors, shapes and dtypes (ProtocolError
     otherwise): the update is computed and sent in them, so a tensor of another dtype (an
     unsigned one would wrap a negative update) is refused before any training."""
-    if set(own) != set(incoming):
-        raise ProtocolError(f"the global model's tensors {sorted(incoming)[:8]} are not this "
-                            f"silo's model's {sorted(own)[:8]}")
-    for name, mine in own.items():
-        theirs = incoming[name]
-        if theirs.shape != np.shape(mine) or theirs.dtype != np.asarray(mine).dtype:
-            raise ProtocolError(f"the global model's tensor {name!r} is {theirs.dtype} of shape "
-                                f"{theirs.shape}; this silo's model has "
-                                f"{np.asarray(mine).dtype} of shape {np.shape(mine)}")
+    try:
+        check_same_architecture(parameter_spec(incoming), parameter_spec(own))
+    except ModelError as exc:
+        raise ProtocolError(f"the global model is not this silo's model: {exc}") from None

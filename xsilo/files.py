@@ -15,6 +15,8 @@ kill a writer there: the target must stay as it was).
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import tempfile
 import tomllib
@@ -24,7 +26,7 @@ from typing import Any
 from xsilo.errors import ConfigError
 from xsilo.failpoints import reach
 
-__all__ = ["atomic_write", "read_toml"]
+__all__ = ["atomic_write", "hashed_name", "read_toml"]
 
 
 def atomic_write(path: str | Path, data: str | bytes, *, mode: int = 0o644,
@@ -61,6 +63,12 @@ def atomic_write(path: str | Path, data: str | bytes, *, mode: int = 0o644,
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def hashed_name(text: str) -> str:
+    """A file name for text a peer chose (a run token): the first 32 hex digits of its
+    SHA-256, so no character of it (a slash, ``..``, a NUL) reaches a path."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def read_toml(path: str | Path, *, what: str, missing: str | None = None) -> dict[str, Any]:

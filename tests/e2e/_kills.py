@@ -34,6 +34,18 @@ def start(fed: LocalFederation, monkeypatch: pytest.MonkeyPatch, *points: str) -
     return markers
 
 
+def with_serverapp_double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          code: str) -> LocalFederation:
+    """A federation (set up, not started) whose Flower processes import ``code`` as their
+    ``sitecustomize`` (a test double that acts in ``flwr-serverapp`` only, by its own check
+    of ``sys.argv[0]``): a hostile coordinator on real processes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
+    return LocalFederation(tmp_path / "fed").setup()
+
+
 def kill_serverapp_at(point: str, markers: Path, store: RunStore) -> int:
     """SIGKILL the run's ServerApp once it blocks at ``point``; return its pid."""
     pid = wait_reached(point, markers, timeout=60)

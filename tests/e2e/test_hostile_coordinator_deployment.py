@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import RunConfig
-from federation.deployment import LocalFederation
 from strategies.dp import DPConfig
-from tests.e2e._kills import SILOS, ledger, restart_silo_and_wait, start, while_standing_at
+from tests.e2e._kills import (SILOS, ledger, restart_silo_and_wait, start, while_standing_at,
+                              with_serverapp_double)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -63,11 +63,7 @@ if os.path.basename(sys.argv[0]) == "flwr-serverapp":
 
 def test_every_silo_refuses_rounds_that_break_the_dp_terms_it_joined_under(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(HOSTILE_COORDINATOR)
-    monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
-    fed = LocalFederation(tmp_path / "fed").setup()
+    fed = with_serverapp_double(tmp_path, monkeypatch, HOSTILE_COORDINATOR)
     # ε after one round is 2.17, after two 3.19: the run's own cap admits round 1 only
     dp = DPConfig(mechanism="central", noise_multiplier=2.0, clip_norm=1.0, accounting="rdp",
                   max_epsilon=2.5)

@@ -30,9 +30,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import RunConfig
-from federation.deployment import LocalFederation
 from strategies.dp import DPConfig
-from tests.e2e._kills import SILOS, ledger, start, while_standing_at
+from tests.e2e._kills import SILOS, ledger, start, while_standing_at, with_serverapp_double
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -89,11 +88,7 @@ def _files_holding(root: Path, text: bytes) -> list[Path]:
 
 def test_every_silo_refuses_a_secure_runs_broken_messages_and_no_cell_leaves(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(HOSTILE_COORDINATOR)
-    monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
-    fed = LocalFederation(tmp_path / "fed").setup()
+    fed = with_serverapp_double(tmp_path, monkeypatch, HOSTILE_COORDINATOR)
     silo = {s.name: s for s in fed.silos}
     column: list[str] = []
 

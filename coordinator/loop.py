@@ -58,10 +58,9 @@ from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation, run_threshold
 from coordinator.stepping import Stepper
 from strategies.api import RoundPlan, Strategy
-from xsilo.errors import DeploymentError, PrivacyBudgetExceeded, StrategyError
+from xsilo.errors import DeploymentError, PrivacyBudgetExceeded
 from xsilo.failpoints import reach
-from xsilo.terms import (PROXIMAL_MU, TERM_KEYS, EvaluateTerms, JoinTerms, SiloMetrics,
-                         TrainTerms)
+from xsilo.terms import EvaluateTerms, JoinTerms, SiloMetrics, TrainTerms
 
 __all__ = ["RoundLoop"]
 
@@ -237,21 +236,12 @@ class RoundLoop:
 
     def _train_terms(self, server_round: int, plan: RoundPlan) -> TrainTerms:
         cfg = self.config
-        extra = {k: v for k, v in plan.config.items() if k != PROXIMAL_MU}
-        clash = sorted(set(extra) & TERM_KEYS)
-        if clash:
-            raise StrategyError(
-                f"strategy '{cfg.strategy}' puts {clash} in its round config, which are xsilo's "
-                "own term keys; the strategy must name its values differently")
-        mu = plan.config.get(PROXIMAL_MU, 0.0)
-        if not isinstance(mu, int | float) or isinstance(mu, bool) or not 0 <= mu < float("inf"):
-            raise StrategyError(f"strategy '{cfg.strategy}' sends proximal term {mu!r}; it must "
-                                "be a finite number ≥ 0")
+        extra, mu = self.stepper.round_config(plan)
         return TrainTerms(
             server_round=server_round, num_rounds=cfg.num_rounds, local_epochs=cfg.local_epochs,
             learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed,
             strategy=cfg.strategy, run_token=self.run_token, participants=len(plan.silos),
-            proximal_mu=float(mu),
+            proximal_mu=mu,
             dp=self.privacy.round_terms() if self.privacy is not None else None,
             strategy_config=extra, compression=cfg.compression,
             compression_fraction=cfg.compression_fraction,

@@ -1,5 +1,5 @@
-"""Where the run's strategy meets the round loop: its plan for a round, the silo statistics
-it asks for, and the one place a round's sum (or, for a per-update strategy, its clear
+"""Where the run's strategy meets the round loop: its plan for a round (the silos, and a
+round config that must not shadow xsilo's own term keys), the silo statistics it asks for, and the one place a round's sum (or, for a per-update strategy, its clear
 updates) becomes the next model.
 
 Every call into the strategy goes through :func:`strategies.api.call_strategy`, so a
@@ -22,6 +22,7 @@ from strategies.aggregate import COMPUTED_STATISTICS, SumAccumulator, check_resu
 from strategies.api import (PerUpdateStrategy, RoundPlan, Strategy, SumStrategy, Update,
                             call_strategy, strategy_label)
 from xsilo.errors import StrategyError
+from xsilo.terms import PROXIMAL_MU, TERM_KEYS, Scalar
 
 __all__ = ["Stepper"]
 
@@ -61,7 +62,23 @@ class Stepper:
                 f"{strategy_label(strategy)} returned {plan!r:.200} from configure_round; it "
                 f"must return a RoundPlan whose silos are among the ones offered ({offered}) "
                 "and whose config is a mapping")
+        clash = sorted(set(plan.config) & (TERM_KEYS - {PROXIMAL_MU}))
+        if clash:
+            raise StrategyError(
+                f"{strategy_label(strategy)} puts {clash} in its round config, which are "
+                "xsilo's own term keys; the strategy must name its values differently")
+        mu = plan.config.get(PROXIMAL_MU, 0.0)
+        if not isinstance(mu, int | float) or isinstance(mu, bool) or not 0 <= mu < float("inf"):
+            raise StrategyError(f"{strategy_label(strategy)} sends proximal term {mu!r}; it "
+                                "must be a finite number ≥ 0")
         return plan
+
+    @staticmethod
+    def round_config(plan: RoundPlan) -> tuple[dict[str, Scalar], float]:
+        """A checked plan's config as a round's terms carry it: the strategy's own entries,
+        and its proximal term (FedProx's μ; 0: none)."""
+        return ({k: v for k, v in plan.config.items() if k != PROXIMAL_MU},
+                float(plan.config.get(PROXIMAL_MU, 0.0)))
 
     def state(self) -> dict[str, np.ndarray]:
         """The strategy's state, for a checkpoint."""

@@ -326,9 +326,23 @@ class _StrayPlan(SumStrategy):
         return dict(current)
 
 
+class _Configured(_StrayPlan):
+    """A plan whose round config is ``config``."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def configure_round(self, server_round, silos):
+        return RoundPlan(silos=tuple(silos), config=dict(self.config))
+
+
 @pytest.mark.parametrize("strategy, words", [
     (_Neither(), "is not a PerUpdateStrategy"),
     (_StrayPlan(), r"from configure_round; it must return a RoundPlan whose silos are among"),
+    (_Configured({"server-round": 7, "x": 1}),
+     r"puts \['server-round'\] in its round config, which are xsilo's own term keys"),
+    (_Configured({"proximal-mu": -1.0}), r"sends proximal term -1.0; it must be a finite"),
+    (_Configured({"proximal-mu": True}), r"sends proximal term True"),
 ])
 def test_a_strategy_object_the_loop_cannot_use_fails_the_run_typed(
         tmp_path: Path, strategy: Strategy, words: str) -> None:

@@ -1,21 +1,7 @@
 """The coordinator operator's consortium PKI, kept in one directory (the *pki dir*).
 
-Layout::
-
-    PKI_DIR/
-      pki.json                 settings: curve, organization, coordinator address/name
-      ca.crt                   consortium root CA (give its fingerprint to silos by phone)
-      private/ca.key           CA key, 0600 (optionally passphrase-encrypted); dir 0700
-      crl.pem                  current CRL, re-issued on every change and by a running
-                               coordinator before it lapses (validity: crl_seconds, else
-                               crl_days, in pki.json)
-      index.json               every issued certificate (deploy.pki.index)
-      coordinator/server.{crt,key}     public gateway certificate (SANs from --host/--ip)
-      coordinator/superlink.{crt,key}  the SuperLink's loopback certificate (localhost)
-      issued/<name>-<serial>.crt       every certificate ever issued
-      nodes/<name>.pub         Flower node key of each enrolled silo (register these)
-      revoked/<name>.pub       node keys of revoked silos (unregister these)
-      bundles/<name>.json      the last bundle for each silo (public; send it back)
+The directory's layout, and everything read from it without the CA key:
+:mod:`deploy.pki.directory`.
 
 Nothing is changed until every check passed (:mod:`deploy.pki.checks`) and the CA key was
 unlocked: a malformed request or a wrong passphrase leaves the directory as it was.
@@ -29,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -37,18 +22,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.pki.certs import (
-    CertifiedKey, crl_number, flower_public_key_header, fingerprint, issue_leaf,
-    load_private_key, make_ca, make_crl, public_key_fingerprint, read_certificate,
-    write_private_key, write_public_pem,
+    CertifiedKey, crl_number, fingerprint, issue_leaf, load_private_key, make_ca, make_crl,
+    public_key_fingerprint, write_private_key, write_public_pem,
 )
 from deploy.pki.checks import (
     check_address, check_crl_seconds, check_curve, check_days, check_hosts, check_name,
     check_new_passphrase, check_organization, check_port, coordinator_server_name,
 )
+from deploy.pki.directory import RESTORE, CoordinatorFiles, PkiDirectory, validity
 from deploy.pki.index import CertRecord, Index
-from deploy.pki.messages import (
-    Bundle, EnrollmentRequest, node_key_fingerprint, parse_node_public_key, read_request,
-)
+from deploy.pki.messages import Bundle, EnrollmentRequest, node_key_fingerprint, read_request
 from xsilo.errors import EnrollmentError
 from xsilo.files import atomic_write
 
@@ -62,23 +45,11 @@ RevokeHook = Callable[[str, str], None]
 """Called as ``hook(silo_name, node_public_key_openssh)`` after a revocation is recorded."""
 
 
-@dataclass(frozen=True)
-class CoordinatorFiles:
-    """Paths of the coordinator's certificates, for the gateway and the SuperLink."""
-
-    server_cert: Path
-    server_key: Path
-    superlink_cert: Path
-    superlink_key: Path
-    address: str
-    server_name: str
-
-
-
 def _nginx_serial(serial: int) -> str:
     """Upper-case hex with an even number of digits, exactly as nginx logs $ssl_client_serial."""
     text = f"{serial:X}"
     return "0" + text if len(text) % 2 else text
+
 
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
@@ -92,63 +63,13 @@ def _record(cert: x509.Certificate, name: str, kind: str, node_key: str | None) 
         not_before=_iso(cert.not_valid_before_utc), not_after=_iso(cert.not_valid_after_utc))
 
 
-class Pki:
+class Pki(PkiDirectory):
     """A consortium PKI directory. Open an existing one with ``Pki(path)``; create with
     :meth:`Pki.init`. ``on_revoke`` lets the coordinator unregister the revoked node key."""
 
     def __init__(self, root: Path = DEFAULT_PKI_DIR, *, on_revoke: RevokeHook | None = None):
-        self.root = Path(root)
+        super().__init__(root)
         self.on_revoke = on_revoke
-        if not (self.root / "pki.json").is_file() or not self.ca_cert_path.is_file():
-            raise EnrollmentError(f"{self.root} is not an xsilo PKI directory (no pki.json or "
-                                  "ca.crt); create one with "
-                                  f"`xsilo pki init --pki-dir {self.root}`")
-        self.settings = _read_settings(self.root / "pki.json")
-
-    # --- paths -------------------------------------------------------------------------
-    ca_cert_path = property(lambda self: self.root / "ca.crt")
-    ca_key_path = property(lambda self: self.root / "private" / "ca.key")
-    crl_path = property(lambda self: self.root / "crl.pem")
-    index_path = property(lambda self: self.root / "index.json")
-
-    @property
-    def ca_cert(self) -> x509.Certificate:
-        """The consortium CA certificate."""
-        return self._load_cert(self.ca_cert_path)
-
-    @property
-    def ca_fingerprint(self) -> str:
-        """SHA-256 fingerprint of the CA certificate (silos check it out of band)."""
-        return fingerprint(self.ca_cert)
-
-    @property
-    def crl_validity(self) -> dt.timedelta:
-        """How long each CRL this PKI issues is valid (``nextUpdate`` − now); read afresh, so
-        a running coordinator follows `xsilo pki crl --hours` given in another process."""
-        try:
-            self.settings = json.loads((self.root / "pki.json").read_text())
-        except (OSError, ValueError):
-            pass  # a torn or missing file: keep what was read before
-        return _validity(self.settings)
-
-    @property
-    def ca_key_encrypted(self) -> bool:
-        """Whether unlocking the CA key needs a passphrase (:class:`EnrollmentError` when
-        the key is not on this host)."""
-        return b"ENCRYPTED" in self._ca_key_bytes()
-
-    def _ca_key_bytes(self) -> bytes:
-        try:
-            return self.ca_key_path.read_bytes()
-        except FileNotFoundError:
-            raise EnrollmentError(
-                f"the CA key {self.ca_key_path} is not on this host (an offline CA: this "
-                "directory was copied by `xsilo pki sync`): sign on the CA host, in the PKI "
-                "directory that holds private/ca.key, then carry the result here with "
-                "`xsilo pki sync`") from None
-        except OSError as exc:
-            raise EnrollmentError(f"cannot read the CA key {self.ca_key_path}: {exc.strerror}; "
-                                  "run as the account that owns the PKI directory") from exc
 
     # --- creation ----------------------------------------------------------------------
     @classmethod
@@ -179,7 +100,7 @@ class Pki:
             settings["crl_seconds"] = check_crl_seconds(crl_seconds)
         Index(root / "index.json").save()
         atomic_write(root / "crl.pem", make_crl(
-            ca, [], validity=_validity(settings), number=time.time_ns() // 1_000_000,
+            ca, [], validity=validity(settings), number=time.time_ns() // 1_000_000,
         ).public_bytes(serialization.Encoding.PEM))
         atomic_write(root / "pki.json", json.dumps(settings, indent=2) + "\n")
         log.info("created consortium CA %s in %s", fingerprint(ca.cert), root)
@@ -199,7 +120,7 @@ class Pki:
                 hint = ("the CA key is not encrypted: give no passphrase (drop "
                         "--passphrase-file, unset XSILO_CA_PASSPHRASE)")
             else:
-                hint = f"it is not a readable private key (damaged?); {_RESTORE}"
+                hint = f"it is not a readable private key (damaged?); {RESTORE}"
             raise EnrollmentError(f"cannot unlock {self.ca_key_path}: {hint}") from exc
         if key.public_key() != self.ca_cert.public_key():
             raise EnrollmentError(f"{self.ca_key_path} does not belong to {self.ca_cert_path}")
@@ -248,16 +169,6 @@ class Pki:
         log.info("issued coordinator certificate for %s (verify name %s)", hosts, server_name)
         return self.coordinator_files()
 
-    def coordinator_files(self) -> CoordinatorFiles:
-        """Where the coordinator certificates are; :class:`EnrollmentError` before issuing."""
-        coord = self.settings.get("coordinator")
-        if not coord:
-            raise EnrollmentError("no coordinator certificate yet: run "
-                                  f"`xsilo pki issue-coordinator --pki-dir {self.root} --host …`")
-        d = self.root / "coordinator"
-        return CoordinatorFiles(d / "server.crt", d / "server.key", d / "superlink.crt",
-                                d / "superlink.key", coord["address"], coord["server_name"])
-
     # --- silos ---------------------------------------------------------------------------
     def approve(self, request: EnrollmentRequest | Path, *, days: int = 30,
                 passphrase: bytes | None = None, out: Path | None = None) -> Path:
@@ -304,9 +215,6 @@ class Pki:
                                   f"for {whose}: a key is enrolled once; the silo must "
                                   "generate new keys (`xsilo silo enroll` in a new directory)")
 
-    def _load_cert(self, path: Path) -> x509.Certificate:
-        return read_certificate(path, fix=_RESTORE)
-
     def renew(self, name: str, *, days: int = 30, passphrase: bytes | None = None,
               out: Path | None = None, request: Path | None = None) -> Path:
         """Re-sign the current certificate's public key with a fresh validity; return the
@@ -323,7 +231,7 @@ class Pki:
             node_line = node_file.read_text().strip()
         except OSError as exc:
             raise EnrollmentError(f"cannot read {node_file} ({exc.strerror}), the node key of "
-                                  f"{name!r}: {_RESTORE}") from exc
+                                  f"{name!r}: {RESTORE}") from exc
         if request is not None:
             req = read_request(request)
             if (req.name != name or req.csr.public_key() != old.public_key()
@@ -419,91 +327,6 @@ class Pki:
         except (OSError, ValueError):
             previous = 0
         return max(previous + 1, time.time_ns() // 1_000_000)
-
-    # --- queries -------------------------------------------------------------------------
-    def records(self) -> list[CertRecord]:
-        """Every issued certificate, oldest first."""
-        return list(Index(self.index_path).records)
-
-    def status(self, *, warn_days: int = 7) -> list[tuple[CertRecord, str, bool]]:
-        """``(record, effective state, warn)`` for each certificate; ``warn`` when a valid
-        one expires within ``warn_days``."""
-        now = dt.datetime.now(dt.timezone.utc)
-        soon = now + dt.timedelta(days=warn_days)
-        return [(r, s := r.effective_state(now), s == "valid" and r.expires <= soon)
-                for r in self.records()]
-
-    def crl_next_update(self) -> dt.datetime:
-        """When the current CRL stops being accepted."""
-        try:
-            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise EnrollmentError(f"the CRL {self.crl_path} is missing or not a PEM CRL; "
-                                  "re-issue it with `xsilo pki crl` where the CA key is (then "
-                                  "`xsilo pki sync` to an offline CA's coordinator host)") from exc
-        return crl.next_update_utc  # type: ignore[return-value]
-
-    def roster(self) -> dict[str, str]:
-        """``{silo: "sha256:<key fingerprint>"}`` of every silo whose current certificate is
-        valid: the roster a site pins in its policy (the fingerprint is of the TLS key, so it
-        survives certificate renewals with the same key)."""
-        latest = {r.name: r for r in self.records() if r.kind == "silo"}  # newest last
-        out = {}
-        for name, rec in sorted(latest.items()):
-            if rec.effective_state() != "valid":  # revoked or expired: not a member
-                continue
-            cert = self._load_cert(self.root / "issued" / f"{name}-{rec.serial}.crt")
-            out[name] = "sha256:" + public_key_fingerprint(cert.public_key())  # type: ignore[arg-type]
-        return out
-
-    def enrolled_node_keys(self) -> dict[str, str]:
-        """``{silo: OpenSSH node public key}`` of every non-revoked silo (to register)."""
-        return {p.stem: p.read_text().strip() for p in sorted((self.root / "nodes").glob("*.pub"))}
-
-    def revoked_node_keys(self) -> dict[str, str]:
-        """``{silo: OpenSSH node public key}`` of revoked silos (to unregister)."""
-        return {p.stem: p.read_text().strip()
-                for p in sorted((self.root / "revoked").glob("*.pub"))}
-
-    def node_key_bindings(self) -> dict[str, str]:
-        """``{client certificate subject (as nginx's $ssl_client_s_dn): flwr-public-key
-        header}`` for every enrolled silo: binds the Flower node key to the TLS identity."""
-        return {subject: flower_public_key_header(parse_node_public_key(line))
-                for subject, line in self.silo_bindings().values()}
-
-    def silo_bindings(self) -> dict[str, tuple[str, str]]:
-        """``{silo: (current certificate subject, OpenSSH node public key)}`` for every
-        enrolled silo, unchecked: a gateway checks each one and leaves out a silo whose
-        binding it cannot use, instead of failing for all."""
-        index = Index(self.index_path)
-        out: dict[str, tuple[str, str]] = {}
-        for name, line in self.enrolled_node_keys().items():
-            rec = index.current(name)
-            if rec is not None:
-                out[name] = (rec.subject, line)
-        return out
-
-
-_RESTORE = ("restore it from your backup of the PKI directory (an offline CA's coordinator "
-            "host: `xsilo pki sync` from the CA host)")
-
-
-def _read_settings(path: Path) -> dict:
-    try:
-        settings = json.loads(path.read_text())
-    except OSError as exc:
-        raise EnrollmentError(f"cannot read {path}: {exc.strerror}; {_RESTORE}") from exc
-    except ValueError as exc:
-        raise EnrollmentError(f"{path} is not valid JSON ({exc}); {_RESTORE}") from exc
-    if not isinstance(settings, dict):
-        raise EnrollmentError(f"{path} must hold a JSON object; {_RESTORE}")
-    return settings
-
-
-def _validity(settings: dict) -> dt.timedelta:
-    if settings.get("crl_seconds"):
-        return dt.timedelta(seconds=int(settings["crl_seconds"]))
-    return dt.timedelta(days=int(settings.get("crl_days", 3)))
 
 
 def _pem(cert: x509.Certificate) -> str:

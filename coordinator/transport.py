@@ -25,7 +25,7 @@ from xsilo.failpoints import reach
 from strategies.compression import Compressed
 from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, METRICS,
                             SECAGG, SECAGG_ARRAYS, SILO)
-from xsilo.records import PACKED, arrays_to_record, record_to_arrays
+from xsilo.records import arrays_to_record, record_to_arrays
 from xsilo.terms import SILO_NAME, CompressedHeader, SiloInfo, SiloMetrics
 
 __all__ = ["GridTransport"]
@@ -59,22 +59,12 @@ def _parse_error(msg: Message) -> SiloError:
 
 
 def _take_arrays(record: Any, *, keep: bool) -> dict[str, np.ndarray]:
-    """Decode an ArrayRecord tensor by tensor; unless ``keep``, each tensor's wire bytes are
-    dropped as soon as it is decoded, so a reply is never held twice (wire + decoded). Packed
-    arrays (:mod:`xsilo.records`) decode to views of their wire bytes: held once."""
-    if PACKED in record.keys():
-        out = record_to_arrays(record, views=True)
-        if not keep:
-            del record[PACKED]  # the views keep the bytes; the record no longer does
-        return out
-    out: dict[str, np.ndarray] = {}
-    for name in list(record.keys()):
-        try:
-            out[name] = record[name].numpy()
-        except Exception as exc:  # Flower's own deserializer: anything is a malformed tensor
-            raise ProtocolError(f"tensor {name!r} cannot be decoded ({type(exc).__name__}: "
-                                f"{exc})") from None
-        if not keep:
+    """Decode an ArrayRecord (:func:`xsilo.records.record_to_arrays`, packed or not) as
+    read-only views of its wire bytes, so a reply is never held twice (wire + decoded);
+    unless ``keep``, the record lets go of them (the views keep the bytes)."""
+    out = record_to_arrays(record, views=True)
+    if not keep:
+        for name in list(record.keys()):
             del record[name]
     return out
 

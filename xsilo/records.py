@@ -27,6 +27,8 @@ import json
 import math
 import os
 import struct
+import tokenize
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -44,7 +46,9 @@ PACK_ENV = "XSILO_PACK_ARRAYS"  # "0": one Flower Array per array, as Flower sen
 ALIGN = 64  # bytes: every array starts at a multiple of this in the packed buffer
 _DTYPE_KINDS = "biuf"  # bool, signed and unsigned integers, floats: what xsilo sends
 _HEADER_LIMIT = 64 * 1024 * 1024  # a header longer than this is not one xsilo wrote
-_MAX_ELEMENTS = 2**40  # an empty array's, zeros counted as 1 (numpy's limit: near 2**60)
+_MAX_ELEMENTS = 2**40  # any array's, zeros counted as 1 (numpy's limit: near 2**60)
+_MAX_ARRAYS = 2**16  # arrays in one record (a large model has a few thousand tensors)
+_SHAPE_RULE = f"at most 32 dimensions of at most {_MAX_ELEMENTS} elements, zeros counted as 1"
 _NUMPY_STYPE = "numpy.ndarray"  # Flower's Array of one numpy array: .npy bytes
 
 
@@ -98,6 +102,8 @@ def unpack(buffer: bytes) -> dict[str, np.ndarray]:
         raise ProtocolError(f"packed arrays: header is not the expected JSON ({exc})") from None
     if not isinstance(entries, list):
         raise ProtocolError("packed arrays: the header's arrays is not a list")
+    if len(entries) > _MAX_ARRAYS:
+        raise ProtocolError(f"packed arrays: {len(entries)} arrays, at most {_MAX_ARRAYS}")
     out: dict[str, np.ndarray] = {}
     end = 4 + size
     for entry in entries:
@@ -124,8 +130,7 @@ def _entry(entry: object, buffer: bytes, end: int) -> tuple[str, np.ndarray, int
         raise ProtocolError(f"packed arrays: {name!r} has dtype {dtype_str!r:.40}, not a "
                             "bool, integer or float type")
     if not (isinstance(shape, list) and _sane(shape)):
-        raise ProtocolError(f"packed arrays: {name!r} has shape {shape!r:.80} (at most 32 "
-                            f"dimensions; empty: {_MAX_ELEMENTS} elements, zeros counted as 1)")
+        raise ProtocolError(f"packed arrays: {name!r} has shape {shape!r:.80} ({_SHAPE_RULE})")
     if type(offset) is not int or offset < end or offset % ALIGN:
         raise ProtocolError(f"packed arrays: {name!r} at offset {offset!r:.40}, expected an "
                             f"aligned offset from {end} on")
@@ -155,8 +160,11 @@ def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 def record_to_arrays(record: ArrayRecord, *, views: bool = False) -> dict[str, np.ndarray]:
     """``ArrayRecord`` → named numpy arrays (order preserved), packed or not: writable arrays
     of their own, as Flower's ``Array.numpy()`` gives (a silo's model code may change them
-    in place), or with ``views`` the packed arrays as read-only views of the record's bytes
-    (:func:`unpack`: the coordinator holds each reply once)."""
+    in place), or with ``views`` read-only views of the record's bytes (the coordinator
+    holds each reply once). Never Flower's ``Array.numpy()``: its ``np.load`` reserves
+    whatever size a ``.npy`` header claims before reading a byte."""
+    if len(record.keys()) > _MAX_ARRAYS:
+        raise ProtocolError(f"a record of {len(record.keys())} arrays, at most {_MAX_ARRAYS}")
     if PACKED in record.keys():
         if len(record.keys()) != 1:
             raise ProtocolError(f"packed arrays beside others: {sorted(record.keys())}")
@@ -165,33 +173,37 @@ def record_to_arrays(record: ArrayRecord, *, views: bool = False) -> dict[str, n
             raise ProtocolError(f"packed arrays with stype {array.stype!r:.40}")
         arrays = unpack(array.data)
         return arrays if views else {name: a.copy() for name, a in arrays.items()}
-    return {name: _single(name, record[name]) for name in record.keys()}
+    return {name: _single(name, record[name], view=views) for name in record.keys()}
 
 
-def _single(name: str, array: Array) -> np.ndarray:
-    """One Flower ``Array`` (``.npy`` bytes) → a writable array of its own; ProtocolError
-    for anything but a bool, integer or float array whose ``.npy`` header agrees with the
-    ``Array``'s dtype and shape and whose bytes are exactly its data. The header is read
-    here, not by ``np.load``: that allocates whatever size a header claims."""
+def _single(name: str, array: Array, *, view: bool = False) -> np.ndarray:
+    """One Flower ``Array`` (``.npy`` bytes) → a writable array of its own (with ``view``:
+    a read-only view of the bytes); ProtocolError for anything but a bool, integer or float
+    array whose ``.npy`` header agrees with the ``Array``'s dtype and shape and whose bytes
+    are exactly its data. The header is read here, not by ``np.load``: that allocates
+    whatever size a header claims. A header numpy can read only with a warning (Python 2
+    syntax) is refused too."""
     if array.stype != _NUMPY_STYPE or not isinstance(array.data, bytes):
         raise ProtocolError(f"array {name!r} has stype {array.stype!r:.40}, expected "
                             f"{_NUMPY_STYPE!r} (or a packed record)")
     stream = io.BytesIO(array.data)
     try:
-        version = npy_format.read_magic(stream)
-        read = {(1, 0): npy_format.read_array_header_1_0,
-                (2, 0): npy_format.read_array_header_2_0}.get(version)
-        if read is None:
-            raise ValueError(f".npy format version {version}, expected 1.0 or 2.0")
-        shape, fortran, dtype = read(stream)
-    except (ValueError, TypeError, SyntaxError, RecursionError, OverflowError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            version = npy_format.read_magic(stream)
+            read = {(1, 0): npy_format.read_array_header_1_0,
+                    (2, 0): npy_format.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version}, expected 1.0 or 2.0")
+            shape, fortran, dtype = read(stream)
+    except (ValueError, TypeError, SyntaxError, RecursionError, OverflowError,
+            tokenize.TokenError, Warning) as exc:  # numpy tokenizes a header it cannot parse
         raise ProtocolError(f"array {name!r}: its bytes are not a .npy array ({exc})") from None
     if dtype.kind not in _DTYPE_KINDS or dtype.itemsize > 8:
         raise ProtocolError(f"array {name!r} has dtype {str(dtype)!r:.40}, not a bool, integer "
                             "or float type")
     if not _sane(list(shape)):
-        raise ProtocolError(f"array {name!r} has shape {tuple(shape)!r:.80} (at most 32 "
-                            f"dimensions; empty: {_MAX_ELEMENTS} elements, zeros counted as 1)")
+        raise ProtocolError(f"array {name!r} has shape {tuple(shape)!r:.80} ({_SHAPE_RULE})")
     if str(dtype) != array.dtype or list(shape) != list(array.shape):
         raise ProtocolError(f"array {name!r}: its data is {str(dtype)!r:.40} {tuple(shape)!r:.80}"
                             f" but the Array says {array.dtype!r:.40} {tuple(array.shape)!r:.80}")
@@ -201,14 +213,18 @@ def _single(name: str, array: Array) -> np.ndarray:
                             f"{count * dtype.itemsize} bytes after its {start}-byte header, the "
                             f"data has {len(array.data) - start}")
     if not count:  # numpy refuses an empty view at the buffer's very end
-        return np.empty(shape, dtype=dtype)
+        empty = np.empty(shape, dtype=dtype)
+        empty.flags.writeable = not view
+        return empty
     flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=start)
-    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+    shaped = flat.reshape(shape, order="F" if fortran else "C")
+    return shaped if view else shaped.copy(order="K")
 
 
 def _sane(shape: list[Any]) -> bool:
-    """Whether ``shape`` is one numpy can hold: at most 32 non-negative int dimensions and,
-    for an empty array (whose other dimensions no byte count bounds), at most
-    :data:`_MAX_ELEMENTS` elements were its zero dimensions 1."""
+    """Whether ``shape`` is one numpy can hold: at most 32 non-negative int dimensions of at
+    most :data:`_MAX_ELEMENTS` elements, its zero dimensions counted as 1 (an empty array's
+    other dimensions no byte count bounds; and a product of many digits is no array size:
+    its text would exceed Python's limit on converting integers)."""
     return len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape) and (
-        0 not in shape or math.prod(d for d in shape if d) <= _MAX_ELEMENTS)
+        math.prod(d for d in shape if d) <= _MAX_ELEMENTS)

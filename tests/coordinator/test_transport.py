@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -19,13 +19,48 @@ from xsilo.records import PACKED, arrays_to_record, record_to_arrays
 from xsilo.terms import NUM_EXAMPLES
 
 
-def _reply() -> Message:
+def _reply(record: ArrayRecord | None = None) -> Message:
     TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
     ins = Message(RecordDict(), dst_node_id=1, message_type="train")
     ins.metadata.__dict__["_message_id"] = "m"
     arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float32)}
-    return Message(RecordDict({DELTA: arrays_to_record(arrays),
+    return Message(RecordDict({DELTA: record if record is not None else arrays_to_record(arrays),
                                METRICS: MetricRecord({NUM_EXAMPLES: 7})}), reply_to=ins)
+
+
+def test_a_single_tensor_is_a_read_only_view_of_its_wire_bytes() -> None:
+    msg = _reply(arrays_to_record({"w": np.arange(4, dtype=np.float32)}))
+    wire = msg.content.array_records[DELTA]["w"].data
+    reply = _to_reply(3, msg)
+    w = reply.arrays["w"]
+    np.testing.assert_array_equal(w, np.arange(4))
+    assert not w.flags.writeable and np.shares_memory(w, np.frombuffer(wire, np.uint8))
+    assert list(msg.content.array_records[DELTA].keys()) == []
+
+
+def test_a_tensor_claiming_more_than_it_carries_reserves_nothing() -> None:
+    """Flower's ``Array.numpy()`` (``np.load``) reserves what a ``.npy`` header claims before
+    reading a byte: a 100-byte reply claiming 64 GiB. The coordinator reads the header itself."""
+    import io
+    import tracemalloc
+
+    from numpy.lib import format as npy_format
+
+    claim = (2**33,)  # float64: 64 GiB
+    head = io.BytesIO()
+    npy_format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False,
+                                             "shape": claim})
+    record = ArrayRecord({"w": Array(dtype="float64", shape=claim, stype="numpy.ndarray",
+                                     data=head.getvalue() + b"\0" * 16)})
+    tracemalloc.start()
+    try:
+        reply = _to_reply(3, _reply(record))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reply.error is not None and reply.error.type == "ProtocolError"
+    assert "needs 68719476736 bytes" in reply.error.message, reply.error
+    assert peak < 2**20, peak
 
 
 def test_decoding_empties_the_wire_record_unless_it_is_kept() -> None:

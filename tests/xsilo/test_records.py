@@ -111,7 +111,9 @@ def _at(header_entries: list) -> int:
     (_buffer([["w", "<f4", [2], 0]]), "expected an aligned offset"),  # inside the header
     (_buffer([["w", "<f4", [2], 2.0 * 64]]), "expected an aligned offset"),
     (_buffer([["w", "<f4", [10**12], 128]]), "runs past"),
-    (_buffer([["w", "<f4", [2**40, 2**40], 128]]), "runs past"),
+    (_buffer([["w", "<f4", [2**40, 2**40], 128]]), "has shape"),
+    (_buffer([["w", "<f4", [10**2000] * 3, 128]]), "has shape"),  # no 6000-digit size text
+    (_buffer([[f"w{i}", "<f4", [0], 128] for i in range(2**16 + 1)]), "at most 65536"),
 ])
 def test_a_malformed_packed_buffer_is_a_protocol_error(buffer: bytes, says: str) -> None:
     with pytest.raises(ProtocolError, match=says):
@@ -158,6 +160,14 @@ def _npy(header: dict, body: bytes) -> bytes:
     return out.getvalue() + body
 
 
+def _npy_text(header: str, body: bytes = b"") -> bytes:
+    """``.npy`` bytes whose header is ``header`` as written (padded as numpy pads it)."""
+    text = header.encode("latin1")
+    pad = -(10 + len(text)) % 64
+    text = text[:-1] + b" " * pad + b"\n" if text.endswith(b"\n") else text + b" " * pad
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + body
+
+
 def _one(data: bytes, dtype: str = "float64", shape: tuple = (2,),
          stype: str = "numpy.ndarray") -> ArrayRecord:
     return ArrayRecord({"w": Array(dtype=dtype, shape=shape, stype=stype, data=data)})
@@ -179,6 +189,14 @@ HEADER = {"descr": "<f8", "fortran_order": False, "shape": (2,)}
     (_one(_npy(HEADER, b"\0" * 24)), "needs 16 bytes"),
     (_one(_npy({**HEADER, "shape": (10**12,)}, b"\0" * 16), shape=(10**12,)), "needs 8000000"),
     (_one(_npy({**HEADER, "shape": (0, 10**30)}, b""), shape=(0, 10**30)), "has shape"),
+    (_one(_npy({**HEADER, "shape": (10**2000,) * 3}, b""), shape=(10**2000,) * 3), "has shape"),
+    # headers numpy can only tokenize (TokenError) or read with a warning (Python 2 syntax)
+    (_one(_npy_text("{\n")), "not a .npy array"),
+    (_one(_npy_text("{'descr': '<f8'} \\\n")), "not a .npy array"),
+    (_one(_npy_text("'" * 3 + "abc\n")), "not a .npy array"),
+    (_one(_npy_text("{'descr': '<f8', 'fortran_order': False, 'shape': (2L,), }\n",
+                    b"\0" * 16)), "not a .npy array"),
+    (ArrayRecord({f"w{i}": Array(np.zeros(1)) for i in range(2**16 + 1)}), "at most 65536"),
 ])
 def test_a_malformed_single_array_is_a_protocol_error(record: ArrayRecord, says: str) -> None:
     with pytest.raises(ProtocolError, match=says):

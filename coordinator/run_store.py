@@ -28,6 +28,7 @@ reused by the next attempt under the same name.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -37,13 +38,15 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from xsilo.errors import ConfigError
+from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import atomic_write
 from xsilo.procfs import stat_fields
 
@@ -56,6 +59,8 @@ _ROUND, _META, _DIGEST = "__round__", "__meta__", "__sha256__"
 OWNER_FILE = "serverapp.json"
 ENROLLED_FILE = "enrolled.json"
 RESUME_FILE = "resume.json"
+LOCK_FILE = "serverapp.lock"  # flock-ed by the process that runs the run (RunStore.exclusive)
+_MAX_PID = 2**22  # Linux's highest pid_max; a recorded pid of 0 or -1 would mean every process
 LOG_FILE = "coordinator.log"
 
 
@@ -188,7 +193,10 @@ def _read_meta(raw: np.ndarray) -> dict[str, Any]:
 
 
 def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot), None if there is none."""
+    """The start time of process ``pid`` (clock ticks since boot), None if there is none (or
+    ``pid`` names no single process: 0 and -1 mean groups of processes to ``kill``)."""
+    if type(pid) is not int or not 1 < pid <= _MAX_PID:
+        return None
     fields = stat_fields(pid)
     if fields is None:
         try:
@@ -241,12 +249,41 @@ class RunStore:
         atomic_write(self.path / OWNER_FILE, json.dumps(
             {"pid": pid, "start": _process_start(pid), "since": time.time()}, sort_keys=True))
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this run directory for this process while the block lasts: an exclusive
+        ``flock`` on :data:`LOCK_FILE`, which the kernel drops when the process ends, however
+        it ends. A second ServerApp started on the run meanwhile (two ``--resume`` at once)
+        gets a DeploymentError before it reads or writes anything of the run."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open {self.path / LOCK_FILE}: {exc.strerror}; the run "
+                              "directory must be writable by the coordinator's account") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DeploymentError(
+                f"run {self.path.name} is being run by another process (it holds "
+                f"{LOCK_FILE}); wait for it to end (or stop it: `flwr stop`), then resume"
+            ) from None
+        try:
+            yield
+        finally:
+            os.close(fd)
+
     def owner(self) -> int | None:
-        """The pid of the process that runs this run's coordinator, if it still lives."""
+        """The pid of the process that runs this run's coordinator, if it still lives (a
+        damaged record names none)."""
         try:
             data = json.loads((self.path / OWNER_FILE).read_text())
-            pid, start = int(data["pid"]), data.get("start")
-        except (OSError, ValueError, KeyError, TypeError):
+            pid, start = data["pid"], data.get("start")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return None
+        if type(pid) is not int or not 1 < pid <= _MAX_PID or not (
+                start is None or isinstance(start, str)):
             return None
         now = _process_start(pid)
         if now is None or (start not in (None, "?") and now not in ("?", start)):

@@ -39,18 +39,20 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
     if not run_dir:
         raise ConfigError("run config 'run-dir' is empty; start runs with `xsilo coordinator run`")
     store = RunStore(run_dir)
-    with run_log(store.path / LOG_FILE):
+    # Held for the whole run: a second ServerApp on this run (two `--resume` at once) stops
+    # here, before it takes the resume request or writes a line into the live run.
+    with store.exclusive(), run_log(store.path / LOG_FILE):
+        owner = store.owner()  # one that holds no lock (an older xsilo's ServerApp)
+        if owner is not None and owner != os.getpid():
+            raise DeploymentError(
+                f"run {store.path.name} is still being run by process {owner}; wait for "
+                f"it to end (or stop it: `flwr stop`), then resume")
         resume = store.take_resume_request()
         config = None
         try:
             config = load_run_config(run_dir)
             # Every check that needs no silo (the same `xsilo coordinator run` makes first).
             strategy = check_run(config, evaluator=False)
-            owner = store.owner()
-            if owner is not None and owner != os.getpid():
-                raise DeploymentError(
-                    f"run {store.path.name} is still being run by process {owner}; wait for "
-                    f"it to end (or stop it: `flwr stop`), then resume")
             enrolled = store.enrolled()
             store.prepare(resume=resume is not None)
         except Exception as exc:

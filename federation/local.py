@@ -43,11 +43,13 @@ def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path
     silent for that message (to exercise dropouts). ``observers`` see what the coordinator
     sees; ``silo_clipped`` every DP clip a silo makes before masking (audits and tests).
     ``resume``: continue the run ``run_dir`` holds from its last complete round (what
-    ``xsilo coordinator run --resume`` asks of a deployed coordinator).
+    ``xsilo coordinator run --resume`` asks of a deployed coordinator), as its own
+    ``config.toml`` says (``config`` is written only where there is none).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir / "config.toml", config)
+    if not resume or not (run_dir / "config.toml").exists():
+        write_run_config(run_dir / "config.toml", config)
     if resume:
         RunStore(run_dir).request_resume()
     silos = client_app if silo_clipped is None else build_app(on_clipped=silo_clipped)

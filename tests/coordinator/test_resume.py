@@ -223,3 +223,40 @@ def test_resume_refuses_a_directory_another_live_process_runs(tmp_path: Path,
         other.wait()
     summary = run_in_process(tmp_path / "run", config, federation, resume=True)
     assert summary["status"] == "completed"
+
+
+def test_a_second_serverapp_on_a_run_stops_before_it_touches_the_run(
+        tmp_path: Path, federation: list[Path]) -> None:
+    """Two `--resume` at once: the ServerApp that comes second finds the run's lock held
+    (here by another process) and stops before it takes the resume request or writes a
+    line; a damaged owner record naming process 0 or -1 (every process, to ``kill``) names
+    no owner."""
+    import subprocess
+    import sys
+
+    from coordinator.run_store import LOCK_FILE, OWNER_FILE
+    from xsilo.errors import DeploymentError
+
+    config = RunConfig(num_rounds=2, min_silos=3)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_in_process(run_dir, config, federation, drop=kill_at(2, node=1))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"),
+        str(run_dir / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(DeploymentError, match="being run by another process"):
+            run_in_process(run_dir, config, federation, resume=True)
+        after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+        assert after.pop("resume.json") and after == before  # the request is still there
+    finally:
+        holder.kill()
+        holder.wait()
+    for pid in (0, -1, 2**63, "1234", True):  # a damaged record: no owner, nothing to kill
+        (run_dir / OWNER_FILE).write_text(json.dumps({"pid": pid, "start": "?"}))
+        assert RunStore(run_dir).owner() is None, pid
+    summary = run_in_process(run_dir, config, federation, resume=True)
+    assert summary["status"] == "completed" and summary["rounds_failed"] == []

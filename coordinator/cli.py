@@ -224,7 +224,10 @@ def _report_end(store: RunStore, final: str) -> None:
     if status == "stopped":  # a clean, intended stop (e.g. the privacy budget)
         console.print(f"[yellow]stopped[/] ({summary.get('stop_reason')}): "
                       f"{summary.get('stop_message', '')}")
-    console.print(f"[green]{status}[/]: final accuracy {summary.get('final_accuracy')}, "
+    of_round = (f" (model of round {summary['final_round']})"
+                if summary.get("final_round") is not None else "")
+    console.print(f"[green]{status}[/]: final accuracy {summary.get('final_accuracy')}"
+                  f"{of_round}, "
                   f"failed rounds {failed or 'none'}; model at {store.path / 'model.npz'}")
 
 

@@ -478,6 +478,7 @@ class RoundLoop:
             "status": status, "error": error, "rounds_requested": self.config.num_rounds,
             "rounds_failed": self.failed_rounds, "silos": sorted(m.name for m in self.members.values()),
             "final_loss": last.get("global_loss"), "final_accuracy": last.get("global_accuracy"),
+            "final_round": last.get("round"),  # whose model the final scores are of
             "seconds": round(time.monotonic() - started, 3), "strategy": self.config.strategy}
         if self.privacy is not None:
             summary.update(self.privacy.summary_fields())

@@ -70,4 +70,5 @@ def start_summary(status: str, exc: BaseException, *, strategy: str | None = Non
     configuration; ``failed``: e.g. the SuperLink could not be reached)."""
     return {"status": status, "error": failure(exc, phase="start", server_round=None),
             "rounds_requested": rounds_requested, "rounds_failed": [], "silos": [],
-            "final_loss": None, "final_accuracy": None, "strategy": strategy}
+            "final_loss": None, "final_accuracy": None, "final_round": None,
+            "strategy": strategy}

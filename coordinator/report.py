@@ -85,6 +85,7 @@ def _status(run: RunRecord) -> str:
              ("silos", ", ".join(summary.get("silos") or _silos(run, rows)) or "none joined"),
              ("final accuracy", summary.get("final_accuracy")),
              ("final loss", summary.get("final_loss")),
+             ("final scores are of the model of round", summary.get("final_round")),
              ("run seconds", summary.get("seconds"))]
     parts.append(table(None, facts))
     _, repeated = unique_rounds(run.events)

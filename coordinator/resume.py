@@ -8,8 +8,10 @@ DP-SGD tallies. :func:`restore` puts all of that back into a freshly built strat
 :class:`~coordinator.privacy.RunPrivacy`; the loop then joins the silos again (a resumed
 run is a new Flower run: silos are admitted and, under secure aggregation, keyed afresh)
 and runs the rounds after the checkpoint's. A round that was interrupted is run again under
-the same number: a silo that already counted its ε for that round does not count it again
-(``silo_client.privacy``), and the coordinator's accountant composes it once.
+the same number: a silo whose update for it had already left counts its ε again (a silo
+cannot tell a restart from a replay, so it counts every update that leaves:
+``silo_client.privacy``); the coordinator releases the round once and adopts the silos'
+higher tallies, so the run's ε is what they spent.
 
 A checkpoint that does not verify (its SHA-256) is skipped for the one before it; none at
 all (a crash before the first round completed) resumes from round 0 with a fresh start of

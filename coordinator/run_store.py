@@ -457,10 +457,18 @@ class RunStore:
             raise ConfigError(f"{path} is not a JSON object of silo name → node id; {fix}")
         return data
 
-    def clear_summary(self) -> None:
+    def clear_summary(self) -> bytes | None:
         """Drop ``summary.json`` (a resumed run writes its own; its end events stay in
-        ``metrics.jsonl``)."""
-        (self.path / "summary.json").unlink(missing_ok=True)
+        ``metrics.jsonl``); return what it held (None: there was none)."""
+        path = self.path / "summary.json"
+        try:
+            before = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        path.unlink(missing_ok=True)
+        return before
 
 
 def _json_object(path: Path, fix: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from coordinator.run_store import RESUME_FILE, RunStore
 from deploy.launch.fab import XSILO_APP
 from deploy.launch.processes import FlowerCLI
 from xsilo.errors import ConfigError, DeploymentError, XsiloError
+from xsilo.files import atomic_write
 
 __all__ = ["APP_DIR", "end_serverapps", "live_serverapps", "new_run_dir", "prepare_run",
            "resume_run", "stop_orphaned_runs", "submit_run"]
@@ -128,12 +129,14 @@ def resume_run(cli: FlowerCLI, run_dir: Path) -> tuple[int, RunStore]:
                 cli.stop_run(previous)  # its ServerApp is gone; Flower need not wait for it
         except DeploymentError:
             pass  # e.g. a restarted SuperLink that no longer knows it
-    store.clear_summary()
+    before = store.clear_summary()  # the new attempt's end is watched for by its summary
     store.request_resume(previous_flower_run=previous)
     try:
         return _submit(cli, store, config)
-    except DeploymentError:
+    except DeploymentError:  # nothing started: the run stays as it was
         (store.path / RESUME_FILE).unlink(missing_ok=True)
+        if before is not None:
+            atomic_write(store.path / "summary.json", before)
         raise
 
 

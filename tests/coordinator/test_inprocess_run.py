@@ -42,8 +42,9 @@ def test_fedavg_run_improves_and_writes_outputs(tmp_path: Path, federation: list
     final = load_npz(run_dir / "model.npz")
     assert final.keys() == model.keys()
     assert all(np.array_equal(final[k], model[k]) for k in final)
-    assert json.loads((run_dir / "summary.json").read_text())["final_accuracy"] == \
-        rows[-1]["global_accuracy"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_accuracy"] == rows[-1]["global_accuracy"]
+    assert summary["final_round"] == rows[-1]["round"] == 3  # whose model was scored
 
 
 def test_missing_data_file_is_a_typed_refusal_and_run_continues(tmp_path: Path, make_silos) -> None:

@@ -143,3 +143,36 @@ def test_a_run_with_a_damaged_summary_is_skipped_with_a_notice(tmp_path: Path) -
     said = end_serverapps(tmp_path, {"a-damaged": dead, "crashed": dead}, timeout=0.1)
     assert len(said) == 2 and "summary.json is unreadable" in said[0]
     assert "run crashed interrupted" in said[1]
+
+
+class _RefusingCLI(FakeCLI):
+    """``flwr run`` fails (e.g. the coordinator is not running)."""
+
+    def __init__(self, flwr_home: Path) -> None:
+        super().__init__({})
+        self.flwr_home = flwr_home
+
+    def submit(self, app_dir: Path, config: dict) -> int:
+        from xsilo.errors import DeploymentError
+
+        raise DeploymentError("Connection refused")
+
+
+def test_a_resume_that_cannot_be_submitted_leaves_the_run_as_it_was(tmp_path: Path) -> None:
+    """The previous attempt's summary (its failure, for the operator) is put back, and no
+    resume request is left for the next ServerApp."""
+    import pytest
+
+    from coordinator.config import RunConfig, write_run_config
+    from coordinator.runs import resume_run
+    from xsilo.errors import DeploymentError
+
+    _run(tmp_path, "crashed", 1, owner=_dead_pid())
+    store = RunStore(tmp_path / "crashed")
+    write_run_config(store.path / "config.toml", RunConfig(num_rounds=2, min_silos=1))
+    store.write_summary({"status": "failed", "error": {"message": "round 2: the SuperLink died"}})
+    before = (store.path / "summary.json").read_bytes()
+    with pytest.raises(DeploymentError, match="was not started: Connection refused"):
+        resume_run(_RefusingCLI(tmp_path / "flwr"), store.path)  # type: ignore[arg-type]
+    assert (store.path / "summary.json").read_bytes() == before
+    assert not (store.path / "resume.json").exists()

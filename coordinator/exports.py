@@ -14,7 +14,11 @@ prometheus     ``xsilo[prometheus]``           ``http://prometheus_host:promethe
 =============  ==============================  ============================================
 
 Where each export went is written to ``metrics.jsonl`` (an ``exports`` event) when the run
-starts. An export is an observer: one that fails during the run is logged, recorded as an
+starts. A resumed run continues its exports as ``metrics.jsonl`` does, the latest row of a
+round winning: its TensorBoard events from the first round it writes again on are purged
+(a ``SessionLog.START`` at that step, which TensorBoard's readers honour), and it continues
+the same MLflow run (a round written again is logged again at its step, with a later
+timestamp: MLflow keeps a metric's history). An export is an observer: one that fails during the run is logged, recorded as an
 ``export_error`` event and switched off; the run goes on. A missing library or a busy port
 is a :class:`~xsilo.errors.ConfigError` before any silo is contacted.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -110,11 +115,18 @@ class TensorBoardExport:
 
     name = "tensorboard"
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, rewrite_from: int | None = None) -> None:
+        """``rewrite_from``: a resumed run writes its rows again from this round on; the
+        earlier attempts' events from it on are purged."""
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.path = Path(run_dir) / "tensorboard"
         self.writer = EventFileWriter(str(self.path))
+        if rewrite_from is not None:
+            self.writer.add_event(Event(wall_time=time.time(), step=rewrite_from,
+                                        session_log=SessionLog(status=SessionLog.START)))
+            self.writer.flush()
 
     def where(self) -> str:
         return str(self.path)
@@ -150,9 +162,17 @@ class MLflowExport:
     name = "mlflow"
 
     def __init__(self, run_dir: Path, settings: Mapping[str, Any], *, uri: str,
-                 experiment: str, run_name: str) -> None:
+                 experiment: str, run_name: str, previous: str | None = None) -> None:
+        """``previous``: where a resumed run's earlier attempt exported to (its ``exports``
+        event's ``mlflow`` entry); its MLflow run is continued when it is in this store."""
         self.uri = uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
         self.client = _mlflow_client(self.uri)
+        self.run_id = self._continued(previous, run_dir)
+        if self.run_id is not None:
+            from mlflow.entities import RunStatus
+
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found is not None else self.client.create_experiment(
             experiment, artifact_location=(Path(run_dir).resolve() / "mlflow-artifacts").as_uri())
@@ -163,6 +183,19 @@ class MLflowExport:
 
         self.client.log_batch(self.run_id, params=[Param(k[:250], v[:6000])
                                                    for k, v in _flat_params(settings).items()])
+
+    def _continued(self, previous: str | None, run_dir: Path) -> str | None:
+        """The earlier attempt's MLflow run id, when it is in this store and of this run."""
+        match = re.fullmatch(r"(.*) \(run ([0-9a-f]{1,64})\)", previous or "")
+        if match is None or match.group(1) != self.uri:
+            return None
+        try:
+            run = self.client.get_run(match.group(2))
+        except Exception:  # noqa: BLE001 - deleted, or another store: a new run
+            return None
+        if run.data.tags.get("xsilo.run_dir") != str(Path(run_dir).resolve()):
+            return None
+        return str(run.info.run_id)
 
     def where(self) -> str:
         return f"{self.uri} (run {self.run_id})"
@@ -285,14 +318,19 @@ class RunExports:
 
     @classmethod
     def start(cls, config: Any, run_dir: Path, *,
-              on_error: Callable[[dict[str, Any]], None] | None = None) -> RunExports:
-        """Open every export ``config.exports`` names (``config``: a ``RunConfig``)."""
+              on_error: Callable[[dict[str, Any]], None] | None = None,
+              rewrite_from: int | None = None,
+              previous: Mapping[str, Any] | None = None) -> RunExports:
+        """Open every export ``config.exports`` names (``config``: a ``RunConfig``). A
+        resumed run: ``rewrite_from``, the first round whose row it writes (again), and
+        ``previous``, the earlier attempt's ``exports`` event (see the module docstring)."""
         names = list(config.exports)
         check_available(names)
         opened: list[Export] = []
         try:
             for name in names:
-                opened.append(_open(name, config, Path(run_dir)))
+                opened.append(_open(name, config, Path(run_dir), rewrite_from,
+                                    dict(previous or {})))
         except BaseException:
             cls(opened).finish({"status": "failed"})
             raise
@@ -324,11 +362,14 @@ class RunExports:
         self.exports.clear()
 
 
-def _open(name: str, config: Any, run_dir: Path) -> Export:
+def _open(name: str, config: Any, run_dir: Path, rewrite_from: int | None,
+          previous: dict[str, Any]) -> Export:
     if name == "tensorboard":
-        return TensorBoardExport(run_dir)
+        return TensorBoardExport(run_dir, rewrite_from=rewrite_from)
     if name == "mlflow":
+        where = previous.get("mlflow")
         return MLflowExport(run_dir, config.to_dict(), uri=config.mlflow_tracking_uri,
-                            experiment=config.mlflow_experiment, run_name=config.name)
+                            experiment=config.mlflow_experiment, run_name=config.name,
+                            previous=where if isinstance(where, str) else None)
     return PrometheusExport(config.prometheus_host, config.prometheus_port, run_name=config.name,
                             strategy=config.strategy, dp=config.dp is not None)

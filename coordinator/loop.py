@@ -140,8 +140,8 @@ class RoundLoop:
         """Run to completion and return the summary (also written to ``summary.json``)."""
         started = time.monotonic()
         try:
-            self._open_observers()
             resumed = self._restore()
+            self._open_observers(resumed)
             joining = time.monotonic()  # round 0's time: join (and key setup) only
             current = self.join()
             if resumed is not None:  # the silos' model code must still build this model
@@ -197,14 +197,18 @@ class RoundLoop:
         log.info("resuming after round %d", resumed.server_round if resumed else 0)
         return resumed
 
-    def _open_observers(self) -> None:
+    def _open_observers(self, resumed: Resumed | None) -> None:
         """The coordinator's evaluator and the run's exports (a ConfigError here fails the
-        run before any silo is contacted)."""
+        run before any silo is contacted); a resumed run's exports continue the earlier
+        attempts' from the first round it writes again."""
         if self.evaluator is None and self.config.evaluation is not None:
             self.evaluator = load_evaluator(self.config.evaluation, seed=self.config.seed)
         if self.exports is None:
-            self.exports = RunExports.start(self.config, self.store.path,
-                                            on_error=self.store.append_event)
+            previous = [e for e in self.store.events() if e.get("event") == "exports"]
+            self.exports = RunExports.start(
+                self.config, self.store.path, on_error=self.store.append_event,
+                rewrite_from=(resumed.server_round if resumed else 0) if self.resume else None,
+                previous=previous[-1] if previous else None)
             where = self.exports.where()
             if where:
                 self.store.append_event({"event": "exports", **where})

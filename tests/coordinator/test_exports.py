@@ -202,3 +202,57 @@ def test_row_scalars_cover_global_silo_privacy_and_validation() -> None:
         "privacy/epsilon": 1.2, "validation/accuracy": 0.8, "bytes/sent": 10.0,
         "bytes/received": 20.0, "silo/a/accuracy": 1.0, "silo/a/loss": 0.1,
         "silo/a/examples": 5.0, "silo/a/fit_seconds": 0.4}
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the coordinator catches it."""
+
+
+def test_a_resumed_run_continues_its_exports_each_round_once(
+        tmp_path: Path, make_silos, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after row 1 was exported, before checkpoint 2: the resume writes row 1 again.
+    TensorBoard shows each round once (the resumed attempt's row), and the run stays one
+    MLflow run, finished, whose latest value per step is the run's latest row."""
+    _need("tensorboard", "tensorboard")
+    _need("mlflow", "mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from coordinator.run_record import unique_rounds
+
+    configs = make_silos(tmp_path / "silos")
+    run_dir = tmp_path / "run"
+    config = RunConfig(num_rounds=3, min_silos=3, name="resumed",
+                       exports=("tensorboard", "mlflow"))
+    save = RunStore.save_checkpoint
+
+    def killed_at_checkpoint_2(self, server_round, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if server_round == 2:
+            raise _Killed("killed writing checkpoint 2")
+        return save(self, server_round, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunStore, "save_checkpoint", killed_at_checkpoint_2)
+        with pytest.raises(_Killed):
+            run_in_process(run_dir, config, configs)
+    assert [r["round"] for r in _rows(run_dir)] == [0, 1]  # row 1 left before the kill
+    assert run_in_process(run_dir, config, configs, resume=True)["status"] == "completed"
+    rows, repeated = unique_rounds(RunStore(run_dir).events())
+    latest = {r["round"]: r for r in rows}
+    assert repeated == [1] and sorted(latest) == [0, 1, 2, 3]
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Scalars("global/accuracy")
+    assert [s.step for s in scalars] == [0, 1, 2, 3]
+    assert [s.value for s in scalars] == pytest.approx(
+        [latest[r]["global_accuracy"] for r in range(4)], rel=1e-6)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("xsilo").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["xsilo.status"] == "completed"
+    history = client.get_metric_history(run.info.run_id, "global/accuracy")
+    last = {m.step: m for m in sorted(history, key=lambda m: (m.timestamp, m.step))}
+    assert sorted(last) == [0, 1, 2, 3]
+    assert [last[r].value for r in range(4)] == pytest.approx(
+        [latest[r]["global_accuracy"] for r in range(4)])

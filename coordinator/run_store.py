@@ -238,16 +238,26 @@ class RunStore:
                 "choose a new run name or directory, or continue it with "
                 f"`xsilo coordinator run --resume {self.path.name}`"
             )
-        if not self.metrics_path.exists():
-            (self.path / "summary.json").unlink(missing_ok=True)  # a refused start's
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.metrics_path.exists():
+                (self.path / "summary.json").unlink(missing_ok=True)  # a refused start's
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"run directory {self.path} cannot hold a run: "
+                              f"{exc.filename}: {exc.strerror or exc}; remove what is in the "
+                              "way, or restore the directory from a backup") from exc
 
     # -- who runs it, and resume requests ----------------------------------------------
     def claim(self, pid: int | None = None) -> None:
         """Record that process ``pid`` (default: this one) runs the coordinator of this run."""
         pid = os.getpid() if pid is None else pid
-        atomic_write(self.path / OWNER_FILE, json.dumps(
-            {"pid": pid, "start": _process_start(pid), "since": time.time()}, sort_keys=True))
+        try:
+            atomic_write(self.path / OWNER_FILE, json.dumps(
+                {"pid": pid, "start": _process_start(pid), "since": time.time()},
+                sort_keys=True))
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self.path / OWNER_FILE}: {exc.strerror or exc}; "
+                              "remove what is in the way") from exc
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -346,16 +356,20 @@ class RunStore:
         if not self.metrics_path.exists():
             return []
         out, skipped = [], 0
-        with open(self.metrics_path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    event = json.loads(line) if line.strip() else None
-                except ValueError:
-                    event = None
-                if isinstance(event, dict):
-                    out.append(event)
-                elif line.strip():
-                    skipped += 1
+        try:
+            with open(self.metrics_path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    try:
+                        event = json.loads(line) if line.strip() else None
+                    except (ValueError, RecursionError):
+                        event = None
+                    if isinstance(event, dict):
+                        out.append(event)
+                    elif line.strip():
+                        skipped += 1
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.metrics_path}: {exc.strerror or exc}; it is "
+                              "the run's record of events: restore it from a backup") from exc
         if skipped and skipped != self.skipped_lines:  # once per change, not per poll
             log.warning("%s: %d line(s) skipped that are not a JSON object (torn by a crash "
                         "mid-write, or edited by hand)", self.metrics_path, skipped)

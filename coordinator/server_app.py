@@ -55,6 +55,7 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
             strategy = check_run(config, evaluator=False)
             enrolled = store.enrolled()
             store.prepare(resume=resume is not None)
+            store.claim()
         except Exception as exc:
             log.exception("the run could not start")
             if not store.started or resume is not None:  # never over another run's summary
@@ -62,7 +63,6 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
                     "failed", exc, strategy=config.strategy if config else None,
                     rounds_requested=config.num_rounds if config else None))
             raise
-        store.claim()
         store.append_event({"event": "start", **provenance(grid),
                             **({"resumed": True} if resume is not None else {})})
         observers = observers or Observers()

@@ -267,3 +267,25 @@ def test_a_damaged_config_toml_is_a_config_error(tmp_path: Path, text: str, need
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         load_run_config(tmp_path)
+
+
+def test_a_run_directory_with_something_in_the_way_is_a_config_error(tmp_path: Path) -> None:
+    """Files replaced by directories (and back), and a line nested past Python's recursion
+    limit: each is a ConfigError naming the file (or a skipped line), never an OSError."""
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    store.append_event({"event": "start"})
+    with open(store.metrics_path, "a") as fh:
+        fh.write("[" * 100_000 + "]" * 100_000 + "\n")
+    assert [e["event"] for e in store.events()] == ["start"] and store.skipped_lines == 1
+    (store.path / "serverapp.json").mkdir()
+    with pytest.raises(ConfigError, match="serverapp.json"):
+        store.claim()
+    broken = RunStore(tmp_path / "broken")
+    broken.path.mkdir()
+    (broken.path / "checkpoints").write_text("not a directory")
+    with pytest.raises(ConfigError, match="cannot hold a run: .*checkpoints"):
+        broken.prepare()
+    (broken.path / "metrics.jsonl").mkdir()
+    with pytest.raises(ConfigError, match="cannot read .*metrics.jsonl"):
+        broken.events()

@@ -10,15 +10,16 @@ Layout::
       summary.json            status, rounds completed/failed, final metrics, the error
       coordinator.log         the ServerApp's log (every attempt, appended)
       serverapp.json          which process runs (or ran) the coordinator: pid, start time
+      serverapp.lock          flock-ed by the process that runs it (RunStore.exclusive)
       resume.json             present between ``coordinator run --resume`` and the ServerApp
                               taking it up
 
 Every file that replaces an earlier version is written to a temporary name, fsync-ed and
 renamed, so a crash leaves either the old or the new file, never a torn one (the torn
 temporary, ``.NAME.*.tmp``, is never read; a resume removes it). A checkpoint
-also carries the SHA-256 of its own arrays (``__sha256__``): one that was damaged anyway (a
-copy cut short, a bad disk, a hand edit: a round, loop state or model that no run writes) is
-detected on load and skipped for the one before it. A line of ``metrics.jsonl`` torn by a
+also carries the SHA-256 of its own arrays (:mod:`coordinator.checkpoints`): one that was
+damaged anyway (a copy cut short, a bad disk, a hand edit: a round, loop state or model that
+no run writes) is detected on load and skipped for the one before it. A line of ``metrics.jsonl`` torn by a
 crash is skipped, and the next event starts on a line of its own.
 
 A run directory *holds a run* once ``metrics.jsonl`` exists (the ServerApp started it);
@@ -29,23 +30,20 @@ reused by the next attempt under the same name.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import io
 import json
 import logging
 import math
 import os
-import re
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from coordinator.checkpoints import (Checkpoint, arrays_digest, checkpoint_bytes,
+                                     checkpoint_files, load_npz, npz_bytes, read_checkpoint)
 from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import atomic_write
 from xsilo.procfs import stat_fields
@@ -54,142 +52,12 @@ __all__ = ["Checkpoint", "RunStore", "arrays_digest", "load_npz", "strict_json"]
 
 log = logging.getLogger(__name__)
 
-_STATE_PREFIX = "strategy/"
-_ROUND, _META, _DIGEST = "__round__", "__meta__", "__sha256__"
 OWNER_FILE = "serverapp.json"
 ENROLLED_FILE = "enrolled.json"
 RESUME_FILE = "resume.json"
 LOCK_FILE = "serverapp.lock"  # flock-ed by the process that runs the run (RunStore.exclusive)
 _MAX_PID = 2**22  # Linux's highest pid_max; a recorded pid of 0 or -1 would mean every process
 LOG_FILE = "coordinator.log"
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    return buf.getvalue()
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Load an ``.npz`` written by :class:`RunStore` into an ordered dict."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
-def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        for part in (name, a.dtype.str, repr(a.shape)):
-            blob = part.encode()
-            h.update(len(blob).to_bytes(8, "big") + blob)
-        h.update(a.nbytes.to_bytes(8, "big"))
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One verified checkpoint: the model and state after ``server_round``, the round
-    loop's own ``meta`` (its pending row, failed rounds, run token), and the newer files
-    that were skipped because they did not verify (``skipped``: file name → why)."""
-
-    server_round: int
-    model: dict[str, np.ndarray]
-    state: dict[str, np.ndarray]
-    meta: dict[str, Any] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-
-_CHECKPOINT_NAME = re.compile(r"round-(\d+)\.npz")
-
-
-def _checkpoint_files(folder: Path) -> list[tuple[int, Path]]:
-    """(round, path) of each ``round-<n>.npz`` in ``folder``, oldest round first: by the
-    number, not the name (``round-10000`` is newer than ``round-9999``)."""
-    found = []
-    for path in folder.glob("round-*.npz"):
-        match = _CHECKPOINT_NAME.fullmatch(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def _read_checkpoint(path: Path, named_round: int) -> Checkpoint:
-    """A checkpoint file, verified; ValueError saying what is wrong with it."""
-    try:
-        arrays = load_npz(path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
-    strays = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
-    if strays:  # np.load gives raw bytes for a member that is not an .npy array
-        raise ValueError(f"member(s) {strays[:5]} are not arrays")
-    digest = arrays.pop(_DIGEST, None)
-    if digest is None:  # every checkpoint the run store writes carries one
-        raise ValueError("it carries no SHA-256 (__sha256__ is missing)")
-    if str(digest) != arrays_digest(arrays):
-        raise ValueError("its SHA-256 does not match its arrays (damaged after it was written)")
-    if _ROUND not in arrays:
-        raise ValueError("it names no round (__round__ is missing)")
-    server_round = arrays.pop(_ROUND)
-    if server_round.shape != () or server_round.dtype.kind not in "iu" or server_round < 0:
-        raise ValueError(f"__round__ is {server_round.dtype} of shape {server_round.shape}, "
-                         "not a round number")
-    if int(server_round) != named_round:
-        raise ValueError(f"it holds round {int(server_round)}, not the round its name says")
-    meta = _read_meta(arrays.pop(_META)) if _META in arrays else {}
-    state = {k[len(_STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(_STATE_PREFIX)}
-    model = {k: v for k, v in arrays.items() if not k.startswith(_STATE_PREFIX)}
-    for key, value in model.items():
-        if value.dtype.kind not in "iuf" or (value.dtype.kind == "f"
-                                             and not np.isfinite(value).all()):
-            raise ValueError(f"model tensor {key!r} is not numeric and finite")
-    return Checkpoint(int(server_round), model, state, meta)
-
-
-_PENDING_FIELDS: dict[str, Callable[[Any], bool]] = {  # coordinator.rows.PendingRow, as JSON
-    "server_round": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-    "status": lambda v: isinstance(v, str),
-    "seconds": lambda v: _is_number(v),
-    "train_loss": lambda v: v is None or _is_number(v),
-    "contributors": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-    "rejected": lambda v: isinstance(v, dict),
-    "reason": lambda v: v is None or isinstance(v, str),
-    "extra": lambda v: isinstance(v, dict),
-    "tallies": lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _read_meta(raw: np.ndarray) -> dict[str, Any]:
-    """The round loop's state in a checkpoint (``coordinator.resume.checkpoint_meta``),
-    checked field by field; ValueError naming the first field that is wrong."""
-    try:
-        meta = json.loads(str(raw)) if raw.shape == () else None
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise ValueError("__meta__ is not a JSON object")
-    failed = meta.get("failed_rounds", [])
-    if not isinstance(failed, list) or not all(
-            isinstance(r, int) and not isinstance(r, bool) for r in failed):
-        raise ValueError("__meta__ failed_rounds is not a list of round numbers")
-    if not isinstance(meta.get("run_token"), str | None):
-        raise ValueError("__meta__ run_token is not text")
-    pending = meta.get("pending")
-    if pending is not None:
-        if not isinstance(pending, dict) or set(pending) - set(_PENDING_FIELDS) or any(
-                key not in pending for key in ("server_round", "status", "seconds")):
-            raise ValueError("__meta__ pending is not a round row (unknown or missing fields)")
-        wrong = [key for key, value in pending.items() if not _PENDING_FIELDS[key](value)]
-        if wrong:
-            raise ValueError(f"__meta__ pending.{wrong[0]} = {pending[wrong[0]]!r:.60} has the "
-                             "wrong type")
-    return meta
 
 
 def _process_start(pid: int) -> str | None:
@@ -381,22 +249,18 @@ class RunStore:
                         meta: Mapping[str, Any] | None = None) -> Path:
         """Write the global model and strategy state after ``server_round`` (atomically,
         with its SHA-256); ``meta`` is the round loop's own JSON state for a resume."""
-        arrays = {k: np.asarray(v) for k, v in model.items()}
-        arrays.update({_STATE_PREFIX + k: np.asarray(v) for k, v in strategy_state.items()})
-        arrays[_ROUND] = np.asarray(server_round)
-        arrays[_META] = np.asarray(json.dumps(dict(meta or {}), sort_keys=True, default=_plain))
-        arrays[_DIGEST] = np.asarray(arrays_digest(arrays))
         path = self.checkpoints / f"round-{server_round:04d}.npz"
-        atomic_write(path, _npz_bytes(arrays), failpoint="checkpoint-write")
+        atomic_write(path, checkpoint_bytes(server_round, model, strategy_state, meta),
+                     failpoint="checkpoint-write")
         return path
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint that verifies; newer ones that do not are skipped (and
         named in :attr:`Checkpoint.skipped`, and logged). None when none verifies."""
         skipped: dict[str, str] = {}
-        for named, path in reversed(_checkpoint_files(self.checkpoints)):
+        for named, path in reversed(checkpoint_files(self.checkpoints)):
             try:
-                found = _read_checkpoint(path, named)
+                found = read_checkpoint(path, named)
             except ValueError as exc:
                 log.warning("checkpoint %s skipped: %s", path, exc)
                 skipped[path.name] = str(exc)
@@ -421,9 +285,9 @@ class RunStore:
     def verify_checkpoints(self) -> dict[str, str]:
         """Every checkpoint file that does not verify → why (empty: all are sound)."""
         bad: dict[str, str] = {}
-        for named, path in _checkpoint_files(self.checkpoints):
+        for named, path in checkpoint_files(self.checkpoints):
             try:
-                _read_checkpoint(path, named)
+                read_checkpoint(path, named)
             except ValueError as exc:
                 bad[path.name] = str(exc)
         return bad
@@ -436,7 +300,7 @@ class RunStore:
     def save_model(self, model: Mapping[str, np.ndarray]) -> Path:
         """Write the final global model to ``model.npz``."""
         path = self.path / "model.npz"
-        atomic_write(path, _npz_bytes(model))
+        atomic_write(path, npz_bytes(model))
         return path
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
@@ -509,12 +373,3 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [strict_json(v) for v in value]
     return value
-
-
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars and arrays in a checkpoint's meta."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -122,17 +122,18 @@ def test_a_damaged_summary_is_a_config_error_naming_the_file(tmp_path: Path, tex
 def _hand_edited(store: RunStore, server_round: int, meta: str,
                  round_array: np.ndarray | None = None, w: np.ndarray | None = None) -> None:
     """A checkpoint whose SHA-256 matches (it was edited, then re-hashed)."""
-    from coordinator.run_store import _npz_bytes, arrays_digest
+    from coordinator.checkpoints import arrays_digest, npz_bytes
 
     arrays = {"w": np.zeros(3, np.float32) if w is None else w,
               "__round__": np.asarray(server_round) if round_array is None else round_array,
               "__meta__": np.asarray(meta)}
     arrays["__sha256__"] = np.asarray(arrays_digest(arrays))
-    (store.checkpoints / f"round-{server_round:04d}.npz").write_bytes(_npz_bytes(arrays))
+    (store.checkpoints / f"round-{server_round:04d}.npz").write_bytes(npz_bytes(arrays))
 
 
 @pytest.mark.parametrize("meta, round_array, w, why", [
     ("[]", None, None, "__meta__ is not a JSON object"),
+    ("[" * 100_000 + "]" * 100_000, None, None, "__meta__ is not a JSON object"),
     ('{"failed_rounds": ["x"]}', None, None, "failed_rounds is not a list of round numbers"),
     ('{"failed_rounds": 3}', None, None, "failed_rounds is not a list of round numbers"),
     ('{"run_token": 7}', None, None, "run_token is not text"),
@@ -226,7 +227,7 @@ def test_the_checkpoint_reader_knows_every_field_of_a_round_row() -> None:
     from dataclasses import fields
 
     from coordinator.rows import PendingRow
-    from coordinator.run_store import _PENDING_FIELDS
+    from coordinator.checkpoints import _PENDING_FIELDS
 
     assert set(_PENDING_FIELDS) == {f.name for f in fields(PendingRow)}
 

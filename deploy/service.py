@@ -165,8 +165,23 @@ def _service_lines(svc: Service, *, argv: Sequence[str], writable: Sequence[Path
     return lines
 
 
+def _one_line(what: str, text: str) -> str:
+    """``text`` for a unit's free-text setting or comment; a control character (a newline
+    would start a setting of the text's choosing, such as a root ``ExecStartPre=+``) is a
+    ConfigError."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(f"the unit's {what} {text!r:.120} contains a control character; it "
+                          "cannot go into a systemd unit (a silo name or path with a newline "
+                          "in it: rename it)")
+    return text
+
+
 def render_units(svc: Service) -> dict[str, str]:
     """Unit file name → text, for the service and each of its timers."""
+    _one_line("description", svc.description)
+    _one_line("header", svc.header or "")
+    for timer in svc.timers:
+        _one_line("timer description", f"{timer.description} {timer.on_calendar}")
     head = [f"# {svc.header}" if svc.header else "# Written by xsilo.",
             "# Regenerate it with the same command rather than editing it."]
     units = {f"{svc.name}.service": "\n".join([

@@ -127,6 +127,17 @@ def _table(value: Any, what: str, path: Path) -> dict[str, Any]:
     return dict(value)
 
 
+def _silo_name(value: Any, path: Path) -> str:
+    """``[silo] name``: text of 1 to 63 printable characters, no slash (it names the silo in
+    the ledger, in error replies, in its service unit and in file names)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 63 or "/" in value or any(
+            ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{path}: [silo] name = {value!r:.80} must be text of 1 to 63 "
+                          "printable characters without '/' (the name the silo enrolled "
+                          "under, e.g. 'hospital-a')")
+    return value
+
+
 def load_silo_config(path: str | Path) -> SiloConfig:
     """Read and validate ``silo.toml``; every problem is a ConfigError naming the key."""
     path = Path(path).expanduser().resolve()
@@ -140,7 +151,7 @@ def load_silo_config(path: str | Path) -> SiloConfig:
         return None if value in (None, "") else (base / str(value)).resolve()
 
     silo, dat, model = data.get("silo", {}), data.get("data", {}), data.get("model", {})
-    name = str(_require(silo, "name", "silo", path))
+    name = _silo_name(_require(silo, "name", "silo", path), path)
     executor = silo.get("executor", EXECUTORS[0])
     if executor not in EXECUTORS:
         raise ConfigError(f"{path}: [silo] executor = {executor!r} is not one of \"warm\" "

@@ -179,6 +179,11 @@ def test_quoting_and_refusals() -> None:
         Service(user="xsilo", **{**kw, "writable": (Path("rel"),)})  # type: ignore[arg-type]
     text = render_units(Service(user="xsilo", **kw, bind_low_port=True))["xsilo-x.service"]
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in text
+    # a description or header (a silo name, a path) that would start a setting of its own
+    hostile = "b\n[Service]\nExecStartPre=+/bin/sh -c 'id>/tmp/pwned'"
+    for field in ("description", "header"):
+        with pytest.raises(ConfigError, match=f"unit's {field} .* control character"):
+            render_units(Service(user="xsilo", **{**kw, field: hostile}))  # type: ignore[arg-type]
 
 
 def test_reminders_fail_when_something_needs_doing(home: CoordinatorHome,

@@ -33,6 +33,9 @@ def test_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
     ('[silo]\nname="h"\nport=3\n', "unknown key(s) port in [silo]"),
     ('[silo]\n[data]\n', "[silo] needs `name`"),
     ('[silo\n', "is not valid TOML"),
+    ('[silo]\nname=5\n', "[silo] name = 5 must be text"),
+    ('[silo]\nname="b\\n[Service]\\nExecStartPre=+/bin/sh"\n', "must be text of 1 to 63 printable"),
+    ('[silo]\nname="../x"\n', "without '/'"),
 ])
 def test_bad_silo_config_is_named(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "silo.toml").write_text(text)

@@ -26,7 +26,8 @@ from deploy.pki.certs import (
     public_key_fingerprint, write_private_key, write_public_pem,
 )
 from deploy.pki.checks import (
-    check_address, check_crl_seconds, check_curve, check_days, check_hosts, check_name,
+    check_address, check_common_name, check_crl_days, check_crl_seconds, check_curve,
+    check_days, check_hosts, check_name,
     check_new_passphrase, check_organization, check_port, coordinator_server_name,
 )
 from deploy.pki.directory import RESTORE, CoordinatorFiles, PkiDirectory, validity
@@ -89,19 +90,20 @@ class Pki(PkiDirectory):
         check_days(days)
         check_new_passphrase(passphrase)
         check_organization(organization)
+        check_common_name(common_name)
+        settings = {"format": "xsilo-pki/1", "organization": organization, "curve": curve,
+                    "crl_days": check_crl_days(crl_days), "coordinator": None}
+        if crl_seconds is not None:
+            settings["crl_seconds"] = check_crl_seconds(crl_seconds)
         ca = make_ca(common_name, curve=curve, days=days, organization=organization)
+        crl = make_crl(ca, [], validity=validity(settings), number=time.time_ns() // 1_000_000,
+                       ).public_bytes(serialization.Encoding.PEM)  # all checked: now write
         root.mkdir(parents=True, exist_ok=True)
         (root / "private").mkdir(mode=0o700, exist_ok=True)
         write_private_key(root / "private" / "ca.key", ca.key, passphrase=passphrase)
         write_public_pem(root / "ca.crt", ca.cert)
-        settings = {"format": "xsilo-pki/1", "organization": organization, "curve": curve,
-                    "crl_days": crl_days, "coordinator": None}
-        if crl_seconds is not None:
-            settings["crl_seconds"] = check_crl_seconds(crl_seconds)
         Index(root / "index.json").save()
-        atomic_write(root / "crl.pem", make_crl(
-            ca, [], validity=validity(settings), number=time.time_ns() // 1_000_000,
-        ).public_bytes(serialization.Encoding.PEM))
+        atomic_write(root / "crl.pem", crl)
         atomic_write(root / "pki.json", json.dumps(settings, indent=2) + "\n")
         log.info("created consortium CA %s in %s", fingerprint(ca.cert), root)
         return cls(root)
@@ -196,9 +198,8 @@ class Pki(PkiDirectory):
         cert = issue_leaf(ca, req.name, public_key=req.csr.public_key(),  # type: ignore[arg-type]
                           client=True, days=days,
                           organization=req.organization or self.settings.get("organization"))
-        atomic_write(self.root / "nodes" / f"{req.name}.pub", req.node_public_key + "\n")
         index.add(_record(cert, req.name, "silo", req.node_public_key))
-        return self._finish(ca, index, cert, req.name, req.node_public_key, out)
+        return self._finish(ca, index, cert, req.name, req.node_public_key, out, enrolled=True)
 
     def _refuse_certified_tls_key(self, req: EnrollmentRequest, index: Index) -> None:
         """A TLS key is certified once: a revoked (or anyone else's) key never comes back
@@ -248,18 +249,24 @@ class Pki(PkiDirectory):
         return self._finish(ca, index, cert, name, node_line, out)
 
     def _finish(self, ca: CertifiedKey, index: Index, cert: x509.Certificate, name: str,
-                node_line: str, out: Path | None) -> Path:
-        write_public_pem(self.root / "issued" / f"{name}-{_nginx_serial(cert.serial_number)}.crt", cert)
-        index.save()
-        self._write_crl(ca, index)
+                node_line: str, out: Path | None, *, enrolled: bool = False) -> Path:
+        """Write what a signed certificate changes, once everything is built: the issued
+        certificate, the node key (``enrolled``: a new member), the index, the CRL, the
+        bundle."""
+        crl = self._crl_bytes(ca, index)
         coord = self.settings["coordinator"]
         bundle = Bundle(name=name, certificate=_pem(cert), ca_certificate=_pem(ca.cert),
-                        crl=self.crl_path.read_text(), coordinator_address=coord["address"],
+                        crl=crl.decode(), coordinator_address=coord["address"],
                         coordinator_server_name=coord["server_name"],
                         coordinator_certificate_sha256=coord["certificate_sha256"],
-                        node_public_key_sha256=node_key_fingerprint(node_line))
+                        node_public_key_sha256=node_key_fingerprint(node_line)).to_json(ca.key)
+        write_public_pem(self.root / "issued" / f"{name}-{_nginx_serial(cert.serial_number)}.crt", cert)
+        if enrolled:
+            atomic_write(self.root / "nodes" / f"{name}.pub", node_line + "\n")
+        index.save()
+        atomic_write(self.crl_path, crl)
         path = Path(out) if out else self.root / "bundles" / f"{name}.json"
-        atomic_write(path, bundle.to_json(ca.key))
+        atomic_write(path, bundle)
         log.info("issued %s serial %s until %s -> %s", name, _nginx_serial(cert.serial_number),
                  cert.not_valid_after_utc.date(), path)
         return path
@@ -282,8 +289,9 @@ class Pki(PkiDirectory):
         when = _iso(dt.datetime.now(dt.timezone.utc))
         for r in targets:
             index.update(r.serial, state="revoked", revoked_at=when)
+        crl = self._crl_bytes(ca, index)  # built before anything is written
         index.save()
-        self._write_crl(ca, index)
+        atomic_write(self.crl_path, crl)
         if kind == "coordinator":
             log.warning("revoked the coordinator certificate (serials %s); CRL re-issued: "
                         "issue a new one with `xsilo pki issue-coordinator --pki-dir %s`",
@@ -307,18 +315,25 @@ class Pki(PkiDirectory):
         """Re-issue the CRL with a fresh nextUpdate (a running coordinator does it before the
         CRL lapses; gateways then reload). ``validity_seconds`` also becomes the validity of
         every later CRL of this PKI."""
-        ca = self.unlock(passphrase)
+        settings = dict(self.settings)
         if validity_seconds is not None:
-            self.settings["crl_seconds"] = check_crl_seconds(validity_seconds)
-            atomic_write(self.root / "pki.json", json.dumps(self.settings, indent=2) + "\n")
-        self._write_crl(ca, Index(self.index_path))
+            settings["crl_seconds"] = check_crl_seconds(validity_seconds)
+        ca = self.unlock(passphrase)
+        crl = self._crl_bytes(ca, Index(self.index_path), validity(settings))
+        if validity_seconds is not None:
+            atomic_write(self.root / "pki.json", json.dumps(settings, indent=2) + "\n")
+            self.settings = settings
+        atomic_write(self.crl_path, crl)
         return self.crl_path
 
-    def _write_crl(self, ca: CertifiedKey, index: Index) -> None:
+    def _crl_bytes(self, ca: CertifiedKey, index: Index,
+                   valid_for: dt.timedelta | None = None) -> bytes:
+        """The CRL of ``index``'s revocations, signed, as PEM (written by the caller)."""
         revoked = [(int(r.serial, 16), dt.datetime.fromisoformat(r.revoked_at or r.not_before))
                    for r in index.revoked()]
-        crl = make_crl(ca, revoked, validity=self.crl_validity, number=self._next_crl_number())
-        atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        crl = make_crl(ca, revoked, validity=valid_for or self.crl_validity,
+                       number=self._next_crl_number())
+        return crl.public_bytes(serialization.Encoding.PEM)
 
     def _next_crl_number(self) -> int:
         """Milliseconds since the epoch, and always above the current CRL's number."""

@@ -21,9 +21,12 @@ from xsilo.errors import ConfigError, EnrollmentError
 
 __all__ = [
     "CURVES",
+    "MAX_CRL_DAYS",
     "MAX_DAYS",
     "check_address",
+    "check_common_name",
     "check_contact",
+    "check_crl_days",
     "check_crl_seconds",
     "check_curve",
     "check_days",
@@ -118,11 +121,32 @@ def check_new_passphrase(passphrase: bytes | None) -> bytes | None:
     return passphrase
 
 
+MAX_CRL_DAYS = 366  # a CRL is re-issued well within this; beyond it is a typo
+
+
 def check_crl_seconds(seconds: int) -> int:
-    """A CRL validity in seconds: at least one."""
-    if int(seconds) < 1:
-        raise EnrollmentError(f"CRL validity {seconds!r} s: must be at least 1 second")
-    return int(seconds)
+    """A CRL validity in seconds: 1 to :data:`MAX_CRL_DAYS` days."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or \
+            not 1 <= seconds <= MAX_CRL_DAYS * 86400:
+        raise EnrollmentError(f"CRL validity {seconds!r:.40} s: give a whole number of seconds "
+                              f"from 1 to {MAX_CRL_DAYS * 86400} ({MAX_CRL_DAYS} days)")
+    return seconds
+
+
+def check_crl_days(days: int) -> int:
+    """A CRL validity in days: 1 to :data:`MAX_CRL_DAYS`."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_CRL_DAYS:
+        raise EnrollmentError(f"CRL validity {days!r:.40} days: give a whole number of days "
+                              f"from 1 to {MAX_CRL_DAYS} (default 3)")
+    return days
+
+
+def check_common_name(name: str) -> str:
+    """The CA's subject CN: 1 to 64 printable characters (X.509's upper bound)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
+        raise EnrollmentError(f"CA name {name!r:.80} is invalid: give 1 to 64 printable "
+                              "characters (e.g. 'Example consortium CA')")
+    return name
 
 
 # --- where: the coordinator's names and address ------------------------------------------

@@ -22,6 +22,7 @@ from rich.text import Text
 from deploy.pki.enrollment import enroll, import_bundle, install_renewal, make_renewal_request
 from deploy.pki.messages import read_request
 from deploy.pki.authority import DEFAULT_PKI_DIR, Pki
+from deploy.pki.checks import MAX_CRL_DAYS
 from xsilo.errors import EnrollmentError
 
 __all__ = ["enroll_cmd", "import_cmd", "pki_app", "print_whole", "renew_cmd"]
@@ -226,8 +227,9 @@ def crl_cmd(pki_dir: Path = PkiDir, passphrase_file: Path = PassFile,
 def _seconds(hours: float | None) -> int | None:
     if hours is None:
         return None
-    if not hours > 0:
-        raise EnrollmentError(f"--hours/--crl-hours {hours!r}: must be a positive number")
+    if not 0 < hours <= MAX_CRL_DAYS * 24:  # also NaN and infinity
+        raise EnrollmentError(f"--hours/--crl-hours {hours!r}: give a positive number of hours, "
+                              f"at most {MAX_CRL_DAYS * 24} ({MAX_CRL_DAYS} days)")
     return max(1, round(hours * 3600))
 
 

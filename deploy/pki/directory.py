@@ -33,6 +33,8 @@ from cryptography import x509
 from deploy.pki.certs import (
     flower_public_key_header, fingerprint, public_key_fingerprint, read_certificate,
 )
+from deploy.pki.checks import (check_address, check_crl_days, check_crl_seconds, check_hosts,
+                               check_organization)
 from deploy.pki.index import CertRecord, Index
 from deploy.pki.messages import parse_node_public_key
 from xsilo.errors import EnrollmentError
@@ -88,8 +90,8 @@ class PkiDirectory:
         """How long each CRL this PKI issues is valid (``nextUpdate`` − now); read afresh, so
         a running coordinator follows `xsilo pki crl --hours` given in another process."""
         try:
-            self.settings = json.loads((self.root / "pki.json").read_text())
-        except (OSError, ValueError):
+            self.settings = read_settings(self.root / "pki.json")
+        except EnrollmentError:
             pass  # a torn or missing file: keep what was read before
         return validity(self.settings)
 
@@ -194,18 +196,45 @@ RESTORE = ("restore it from your backup of the PKI directory (an offline CA's co
 
 
 def read_settings(path: Path) -> dict:
+    """``pki.json``, checked: every setting a later operation uses has its type and range
+    (EnrollmentError naming the setting otherwise, before anything is signed or written)."""
     try:
-        settings = json.loads(path.read_text())
+        settings = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise EnrollmentError(f"cannot read {path}: {exc.strerror}; {RESTORE}") from exc
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise EnrollmentError(f"{path} is not valid JSON ({exc}); {RESTORE}") from exc
     if not isinstance(settings, dict):
         raise EnrollmentError(f"{path} must hold a JSON object; {RESTORE}")
+    try:
+        check_organization(settings.get("organization"))
+        check_crl_days(settings.get("crl_days", 3))
+        if settings.get("crl_seconds") is not None:
+            check_crl_seconds(settings["crl_seconds"])
+        _check_coordinator(settings.get("coordinator"))
+    except EnrollmentError as exc:
+        raise EnrollmentError(f"{path}: {exc}; {RESTORE}") from None
     return settings
 
 
+def _check_coordinator(coord: object) -> None:
+    """``pki.json``'s ``coordinator``: null before `issue-coordinator`, else its address,
+    verified name, certificate digest and hosts."""
+    if coord is None:
+        return
+    if not isinstance(coord, dict) or not all(
+            isinstance(coord.get(k), str) for k in ("address", "server_name",
+                                                    "certificate_sha256")) or not (
+            isinstance(coord.get("hosts"), list) and all(isinstance(h, str)
+                                                          for h in coord["hosts"])):
+        raise EnrollmentError("setting 'coordinator' must be null or hold the text address, "
+                              "server_name, certificate_sha256 and a list of hosts")
+    check_address(coord["address"])
+    check_hosts(coord["hosts"])
+
+
 def validity(settings: dict) -> dt.timedelta:
-    if settings.get("crl_seconds"):
-        return dt.timedelta(seconds=int(settings["crl_seconds"]))
-    return dt.timedelta(days=int(settings.get("crl_days", 3)))
+    """Each CRL's validity: ``crl_seconds`` when set, else ``crl_days`` (checked)."""
+    if settings.get("crl_seconds") is not None:
+        return dt.timedelta(seconds=check_crl_seconds(settings["crl_seconds"]))
+    return dt.timedelta(days=check_crl_days(settings.get("crl_days", 3)))

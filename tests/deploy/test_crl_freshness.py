@@ -55,10 +55,50 @@ def test_short_crl_validity_is_kept_for_every_later_crl(tmp_path: Path) -> None:
     assert Pki(pki.root).crl_validity == dt.timedelta(seconds=90)  # persisted in pki.json
     left = _crl(pki).next_update_utc - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(seconds=80) < left <= dt.timedelta(seconds=90)
-    with pytest.raises(EnrollmentError, match="at least 1 second"):
-        pki.publish_crl(validity_seconds=0)
+    before = {p.name: p.read_bytes() for p in pki.root.iterdir() if p.is_file()}
+    for seconds in (0, 10**12, True, 3.5):  # nothing written: pki.json and the CRL as they were
+        with pytest.raises(EnrollmentError, match="whole number of seconds from 1 to"):
+            pki.publish_crl(validity_seconds=seconds)  # type: ignore[arg-type]
+    assert {p.name: p.read_bytes() for p in pki.root.iterdir() if p.is_file()} == before
     assert Pki(tmp_path / "pki").crl_validity == dt.timedelta(seconds=90)
     assert Pki.init(tmp_path / "default").crl_validity == dt.timedelta(days=3)
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"crl_seconds": 10**12}, "whole number of seconds"),
+    ({"crl_days": "three"}, "whole number of days"),
+    ({"crl_days": 0}, "whole number of days"),
+    ({"common_name": "x" * 65}, "1 to 64 printable characters"),
+])
+def test_a_pki_init_refused_writes_nothing(tmp_path: Path, kwargs: dict, says: str) -> None:
+    with pytest.raises(EnrollmentError, match=says):
+        Pki.init(tmp_path / "pki", **kwargs)
+    assert not (tmp_path / "pki").exists()  # so the corrected command can run
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("crl_days", "three", "whole number of days"),
+    ("crl_days", 10**9, "whole number of days"),
+    ("crl_seconds", [1], "whole number of seconds"),
+    ("organization", ["x"], "organization"),
+    ("coordinator", ["x"], "setting 'coordinator'"),
+    ("coordinator", {"address": "a:1"}, "setting 'coordinator'"),
+])
+def test_a_damaged_pki_json_is_refused_before_revoke_or_approve_writes(
+        tmp_path: Path, setting: str, value: object, says: str) -> None:
+    import json
+
+    from tests.deploy.conftest import enroll_silo, make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    enroll_silo(pki, "hospital-a", tmp_path / "kit")
+    settings = json.loads((pki.root / "pki.json").read_text())
+    settings[setting] = value
+    (pki.root / "pki.json").write_text(json.dumps(settings))
+    files = {p: p.read_bytes() for p in pki.root.rglob("*") if p.is_file()}
+    with pytest.raises(EnrollmentError, match=f"pki.json: .*{says}"):
+        Pki(pki.root).revoke("hospital-a")
+    assert {p: p.read_bytes() for p in pki.root.rglob("*") if p.is_file()} == files
 
 
 def test_keeper_renews_a_due_crl_when_it_holds_the_key(tmp_path: Path) -> None:

@@ -87,6 +87,18 @@ def find_binary(name: str) -> str:
         "the virtual environment that has it (`make demo` creates .venv)")
 
 
+def quoted(value: str | Path, what: str) -> str:
+    """``value`` in double quotes for a Flower ``key="value"`` setting (``--node-config``,
+    ``--run-config``, its ``config.toml``). Flower reads such a value up to the next double
+    quote and then as TOML, so a quote, a backslash or a control character in it would end
+    the value early or change it (and add settings of its own): a ConfigError naming it."""
+    text = str(value)
+    if any(c in '"\\' or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(f"{what} {text!r:.200} contains a double quote, a backslash or a "
+                          "control character, which Flower's settings cannot carry: rename it")
+    return f'"{text}"'
+
+
 def check_port_free(host: str, port: int, *, what: str = "the SuperLink") -> None:
     """DeploymentError naming the port when something already listens on it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -401,7 +413,7 @@ def start_supernode(*, flwr_home: Path, log_path: Path, superlink: str, root_cer
                           "silo_client.apps:admit) to decide which app bundles may run")
     if uplink is None:  # in a namespace of its own the port is free whatever runs here
         check_port_free("127.0.0.1", clientappio_port, what="this SuperNode's ClientApp API")
-    node_config = f'silo-config="{Path(silo_config).resolve()}"'
+    node_config = f"silo-config={quoted(Path(silo_config).resolve(), 'the silo config path')}"
     find_binary("flower-supernode")  # installed, or say how to install it
     # Flower's SuperNode with an idle poll that is quick right after an answer
     # (deploy.launch.supernode; XSILO_FAST_POLL=0: Flower's fixed 3 s)
@@ -495,8 +507,9 @@ class FlowerCLI:
         self.netns = netns  # the SuperLink's private namespace: calls run inside it
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         atomic_write(self.flwr_home / "config.toml",
-            f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
-            f'address = "{address}"\nroot-certificates = "{Path(root_cert).resolve()}"\n')
+            f'[superlink]\ndefault = {quoted(connection, "the connection name")}\n\n'
+            f'[superlink.{connection}]\naddress = {quoted(address, "the SuperLink address")}\n'
+            f'root-certificates = {quoted(Path(root_cert).resolve(), "the CA certificate path")}\n')
 
     def _call(self, *args: str, timeout: float = 60.0) -> dict:
         argv = [*(self.netns.enter_argv() if self.netns else []), find_binary("flwr"), *args,
@@ -527,7 +540,8 @@ class FlowerCLI:
 
     def submit(self, app_dir: Path, run_config: Mapping[str, str]) -> int:
         """``flwr run``: upload the app and start a run; return the run id."""
-        overrides = " ".join(f'{k}="{v}"' for k, v in run_config.items())
+        overrides = " ".join(f"{k}={quoted(v, f'run setting {k}')}"
+                             for k, v in run_config.items())
         data = self._call("run", str(app_dir), self.connection, "--run-config", overrides,
                           timeout=120.0)
         return int(data["run-id"])

@@ -56,7 +56,8 @@ from strategies.secagg import (
     abort_round, begin_round, finish_round, make_config, message_from_record, receive_advert,
     receive_masked, receive_unmask, request_more_unmask, request_rekey, request_unmask,
     start_run)
-from strategies.secagg.coordinator import CoordinatorStage, begin_masking, receive_dealt
+from strategies.secagg.coordinator import (CoordinatorStage, begin_masking, receive_dealt,
+                                           redeal)
 from strategies.secagg.messages import Dealt, DealRequest
 from strategies.secagg.config import make_encoded_config
 from strategies.secagg.masking import share_bytes
@@ -130,6 +131,8 @@ class SecureRound:
     unmasking: dict[str, int] = field(default_factory=dict)
     # Silos re-keyed before the round ("asked", "keyed"); empty when none was due.
     rekeyed: dict[str, int] = field(default_factory=dict)
+    # Round keys: dealing trips repeated among the silos whose dealing arrived.
+    redealt: int = 0
     # The contributors' metrics, summed under the masks: example-weighted means.
     aggregate: SiloMetrics | None = None
 
@@ -398,8 +401,24 @@ class SecureAggregation:
               requests: Mapping[int, DealRequest], out: SecureRound,
               node_of: Mapping[int, int]) -> tuple[CoordinatorState, dict[int, Any]]:
         """Round-keys mode, round trip 0: every active silo deals its round key and self-mask
-        seed; the MaskRequests go to those whose dealing arrived."""
+        seed, and the MaskRequests go to the silos dealt to. A silo masks only with the
+        whole set it dealt to, so while some dealing does not arrive the silos whose dealing
+        did deal again among themselves (a trip more each time; fewer than ``t``: the round
+        fails)."""
         started = time.monotonic()
+        state = self._deal_once(state, server_round, requests, out, node_of)
+        while set(state.dealt) != set(state.dealt_active):
+            state, requests = redeal(state)  # SecureAggregationError: too few dealt
+            out.redealt += 1
+            state = self._deal_once(state, server_round, requests, out, node_of)
+        out.seconds["dealing"] = round(time.monotonic() - started, 3)
+        reach("dealt")  # a test's stop between the trips (xsilo.failpoints); inert otherwise
+        return begin_masking(state)
+
+    def _deal_once(self, state: CoordinatorState, server_round: int,
+                   requests: Mapping[int, DealRequest], out: SecureRound,
+                   node_of: Mapping[int, int]) -> CoordinatorState:
+        """One dealing trip; the state with every Dealt that arrived."""
 
         def take(node: int, reply: Reply) -> Reply:
             nonlocal state
@@ -422,9 +441,7 @@ class SecureAggregation:
             if node_of[i] not in replies:
                 out.problems[node_of[i]] = "dealing: " + patience.missing_reason(
                     what="dealing", timeout=self.run_config.round_timeout)
-        out.seconds["dealing"] = round(time.monotonic() - started, 3)
-        reach("dealt")  # a test's stop between the trips (xsilo.failpoints); inert otherwise
-        return begin_masking(state)  # SecureAggregationError: too few dealt
+        return state
 
     def _unmask(self, state: CoordinatorState, server_round: int, out: SecureRound,
                 node_of: Mapping[int, int], arrived: Sequence[int]) -> CoordinatorState:
@@ -482,7 +499,8 @@ class SecureAggregation:
         """The round's ``secure_aggregation`` report: protocol figures and round-trip costs."""
         report: dict[str, Any] = {"threshold": self.threshold}
         report.update({k: v for k, v in (("seconds", out.seconds), ("unmasking", out.unmasking),
-                                         ("rekeyed", out.rekeyed)) if v})
+                                         ("rekeyed", out.rekeyed), ("redealt", out.redealt))
+                       if v})
         if result is None:
             return report
         e = result.error

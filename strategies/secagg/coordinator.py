@@ -22,8 +22,10 @@ IDLE             request_rekey          forget silos' keys; KeyRequest with epoc
 
 In round-keys mode (``config.round_keys``) :func:`begin_round` sends DealRequests instead
 (stage DEALING); :func:`receive_dealt` stores each silo's round key and sealed shares, and
-:func:`begin_masking` sends the MaskRequests to the silos whose dealing arrived (stage
-MASKING). A dropped silo ``j`` is then unmasked with its reconstructed round key:
+:func:`begin_masking` sends the MaskRequests to the silos dealt to (stage MASKING) once every
+one of them dealt. Silos mask only with the whole set they dealt to, so when some dealing
+did not arrive :func:`redeal` asks the others to deal again among themselves (stage DEALING,
+the same round). A dropped silo ``j`` is then unmasked with its reconstructed round key:
 ``s_kj,r = HKDF(X25519(rk_j,r, rpk_k,r))`` for each survivor ``k``.
 
 Unmasking (over ``M = 2^k``): ``Σ_{i∈S} x̂_i = Σ_{i∈S} y_i − Σ_{k∈S} PRG(b_k,r)
@@ -68,6 +70,7 @@ __all__ = [
     "finish_round",
     "receive_advert",
     "receive_dealt",
+    "redeal",
     "receive_masked",
     "receive_unmask",
     "request_more_unmask",
@@ -232,16 +235,39 @@ def receive_dealt(state: CoordinatorState, msg: Dealt) -> CoordinatorState:
     return replace(state, dealt=_frozen({**state.dealt, msg.silo: msg}))
 
 
-def begin_masking(state: CoordinatorState) -> tuple[CoordinatorState, dict[int, MaskRequest]]:
-    """Round-keys mode, round trip 1: MaskRequests to the silos whose dealing arrived, with
-    their round keys (the others are not in the round)."""
-    _expect(state, CoordinatorStage.DEALING, action="begin masking")
+def _enough_dealt(state: CoordinatorState) -> tuple[int, ...]:
     active = tuple(sorted(state.dealt))
     if len(active) < state.config.threshold:
         raise SecureAggregationError(
             f"round {state.round}: {len(active)} silos dealt their round keys "
             f"({list(active)}), fewer than threshold={state.config.threshold}; the round "
             "fails and the model is not updated")
+    return active
+
+
+def redeal(state: CoordinatorState) -> tuple[CoordinatorState, dict[int, DealRequest]]:
+    """Round-keys mode, when some dealing did not arrive: DealRequests for the same round to
+    the silos whose dealing did, among themselves (each deals a fresh round key; a silo
+    masks only with the whole set it dealt to)."""
+    _expect(state, CoordinatorStage.DEALING, action="deal again")
+    active = _enough_dealt(state)
+    if active == state.dealt_active:
+        raise ProtocolError(f"round {state.round}: every silo dealt; nothing to deal again")
+    request = DealRequest(**_directory(state, state.round, active))
+    return replace(state, active=active, dealt_active=active, dealt=_EMPTY), {
+        s: request for s in active}
+
+
+def begin_masking(state: CoordinatorState) -> tuple[CoordinatorState, dict[int, MaskRequest]]:
+    """Round-keys mode, round trip 1: MaskRequests to the silos dealt to, with their round
+    keys, once every one of them dealt (else :func:`redeal` first)."""
+    _expect(state, CoordinatorStage.DEALING, action="begin masking")
+    active = _enough_dealt(state)
+    if active != state.dealt_active:
+        raise ProtocolError(
+            f"round {state.round}: silos {sorted(set(state.dealt_active) - set(active))} did "
+            "not deal; the others deal again among themselves first (redeal): a silo masks "
+            "only with the whole set it dealt to")
     request = MaskRequest(**_directory(state, state.round, active),
                           round_pks=tuple(state.dealt[s].round_pk for s in active),
                           round_signatures=tuple(state.dealt[s].signature for s in active))

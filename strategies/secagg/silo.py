@@ -339,11 +339,14 @@ def _check_active(state: SiloState, round_: int, active: tuple[int, ...], *,
 
 
 def _check_mask_request(state: SiloState, msg: MaskRequest | DealRequest, limits: SiloLimits,
-                        identity: SiloIdentity | None) -> dict[int, KeyAdvert]:
+                        identity: SiloIdentity | None, *, again: bool = False
+                        ) -> dict[int, KeyAdvert]:
+    """``again``: a second dealing of the round this silo last dealt for (checked by the
+    caller), which may repeat the round's number."""
     config = state.config
     assert config is not None
     me = state.silo
-    if msg.round <= state.last_round:
+    if msg.round < state.last_round or (msg.round == state.last_round and not again):
         raise ProtocolError(f"silo {me}: mask request for round {msg.round}, but round "
                             f"{state.last_round} was already masked (rounds never repeat)")
     active = msg.active
@@ -440,7 +443,14 @@ def _on_deal_request(state: SiloState, msg: DealRequest, *, rng: ByteSource,
     if not config.round_keys:
         raise ProtocolError(f"silo {state.silo}: a deal request, but this run masks with pair "
                             "seeds (no round keys)")
-    directory = _check_mask_request(state, msg, limits, identity)
+    again = state.stage is SiloStage.DEALT and msg.round == state.last_round
+    if again and not set(msg.active) < set(state.dealt):
+        raise ProtocolError(f"silo {state.silo}: a second dealing of round {msg.round} must be "
+                            f"among fewer of the silos it dealt to {list(state.dealt)} (those "
+                            f"whose dealing arrived), not {list(msg.active)}")
+    # Again: the round key and seed of the first dealing were never used to mask, and the
+    # shares dealt of them name the first set, which opens none of this dealing's bundles.
+    directory = _check_mask_request(state, msg, limits, identity, again=again)
     round_key, self_seed = crypto.generate_keypair(rng=rng), rng.read(shamir.SECRET_BYTES)
     keys = _PairKeys(state)
     bundles, commitments = _deal(state, msg, directory, [self_seed, round_key.private],
@@ -463,7 +473,10 @@ def _mask_with_round_keys(state: SiloState, msg: MaskRequest, *, update: np.ndar
                           identity: SiloIdentity | None, encoded: np.ndarray | None,
                           aux: np.ndarray | None) -> tuple[SiloState, MaskedInput]:
     """Round-keys mode, round trip 1: mask with the seed and round key dealt for this round,
-    among the silos whose dealing arrived (a subset of those dealt to)."""
+    among exactly the silos it dealt to. A mask set smaller than the dealt set would let a
+    coordinator that tells each holder a different dropped set rebuild one silo's masks
+    (the holders open its bundles, which name the dealt set, whatever set it masked with);
+    a silo whose dealing did not arrive is left out by dealing again among the others."""
     config = state.config
     assert config is not None
     me, r, active = state.silo, msg.round, msg.active
@@ -471,6 +484,11 @@ def _mask_with_round_keys(state: SiloState, msg: MaskRequest, *, update: np.ndar
         raise ProtocolError(f"silo {me}: mask request for round {r}, but this silo dealt round "
                             f"keys for round {state.last_round if state.dealt else 'none'}; "
                             "in a round-keys run a round's dealing comes first")
+    if active != state.dealt:
+        raise ProtocolError(f"silo {me}: round {r}'s mask request lists {list(active)}, but "
+                            f"this silo dealt its round key to {list(state.dealt)}; it masks "
+                            "only with the whole set it dealt to (a silo whose dealing did not "
+                            "arrive is left out by dealing again)")
     _check_active(state, r, active, within=state.dealt,
                   what=f"the silos it dealt to {list(state.dealt)}", limits=limits)
     round_keys = msg.round_keys()

@@ -100,14 +100,19 @@ class LocalFederation:
         state, requests = co.begin_round(self.coordinator, round_=round_)
         late: list[Message] = []
         try:
-            if state.stage is co.CoordinatorStage.DEALING:  # round-keys mode: trip 0
+            attempt = 0
+            while state.stage is co.CoordinatorStage.DEALING:  # round-keys mode: trip 0
                 for s, request in requests.items():
                     if s in set(drop_before_deal):
                         continue
                     self.silos[s], dealt = silo_step(self.silos[s], _wire(request),
-                                                     rng=self._rng(s, f"d{round_}"))
+                                                     rng=self._rng(s, f"d{round_}.{attempt}"))
                     state = co.receive_dealt(state, self._to_coordinator(dealt))  # type: ignore[arg-type]
-                state, requests = co.begin_masking(state)
+                attempt += 1
+                if set(state.dealt) == set(state.dealt_active):
+                    state, requests = co.begin_masking(state)
+                else:  # a silo's dealing did not arrive: the others deal again
+                    state, requests = co.redeal(state)
             for s, request in requests.items():
                 if s in set(drop_before_input):
                     continue

@@ -153,7 +153,12 @@ def test_a_silo_refuses_substituted_round_keys_and_sets_it_did_not_deal_to() -> 
     for bad, match in [
             (dataclasses.replace(request, round_pks=other), "another round key for this silo"),
             (dataclasses.replace(request, round=2), "dealt round keys for round 1"),
-            (dataclasses.replace(request, active=(0, 1, 2, 3, 4, 5, 7)), "not a sorted subset"),
+            (dataclasses.replace(request, active=(0, 1, 2, 3, 4, 5, 7)),
+             "masks only with the whole set it dealt to"),
+            # a subset of the dealt set: the first step of a coordinator that masks one silo
+            # with few peers and tells each holder another dropped set, to rebuild its masks
+            (dataclasses.replace(request, active=(0, 1, 2)),
+             "masks only with the whole set it dealt to"),
             (dataclasses.replace(request, round_pks=(), round_signatures=()),
              "no round keys in the mask request")]:
         with pytest.raises(ProtocolError, match=match):
@@ -333,3 +338,39 @@ def test_every_received_input_keeps_an_unknown_mask_across_rounds() -> None:
         pairs_known = all(("key", round_, j) in known or ("key", round_, k) in known
                           for k in active if k != j)
         assert not (self_known and pairs_known), f"silo {j}'s round-{round_} input is exposed"
+
+
+def test_a_dealing_that_did_not_arrive_is_dealt_again_among_the_others() -> None:
+    """Silo 5's dealing is lost: the coordinator may not mask with fewer silos than dealt
+    (begin_masking refuses), so the others deal again, among themselves, in the same round;
+    a silo deals again only among fewer of the silos it dealt to, and only before masking."""
+    fed = _fed()
+    state, requests = co.begin_round(fed.coordinator, round_=1)
+    for s, request in requests.items():
+        if s != 5:
+            fed.silos[s], dealt = silo_step(fed.silos[s], request, rng=seeded(f"d{s}"))
+            state = co.receive_dealt(state, dealt)
+    with pytest.raises(ProtocolError, match=r"silos \[5\] did not deal; .*\(redeal\)"):
+        co.begin_masking(state)
+    again, requests = co.redeal(state)
+    assert sorted(requests) == [s for s in range(N) if s != 5]
+    assert all(r.round == 1 and 5 not in r.active for r in requests.values())
+    with pytest.raises(ProtocolError, match="among fewer of the silos it dealt to"):
+        silo_step(fed.silos[0], dataclasses.replace(requests[0], **{
+            f: getattr(next(iter(co.begin_round(fed.coordinator, round_=1)[1].values())), f)
+            for f in ("active", "dir_silos", "dir_epochs", "dir_enc_pks", "dir_mask_pks",
+                      "dir_certificates", "dir_signatures")}))  # the same set again
+    for s, request in requests.items():
+        fed.silos[s], dealt = silo_step(fed.silos[s], request, rng=seeded(f"e{s}"))
+        again = co.receive_dealt(again, dealt)
+    with pytest.raises(ProtocolError, match="every silo dealt; nothing to deal again"):
+        co.redeal(again)
+    masking, masks = co.begin_masking(again)
+    assert masking.active == tuple(s for s in range(N) if s != 5)
+    updates, _ = _inputs(1)
+    for s, request in masks.items():
+        fed.silos[s], masked = silo_step(fed.silos[s], request, update=updates[s], weight=1,
+                                         rng=seeded(f"m{s}"))
+        masking = co.receive_masked(masking, masked)
+    with pytest.raises(ProtocolError, match="was already masked"):  # no dealing after masking
+        silo_step(fed.silos[0], requests[0])

@@ -117,11 +117,13 @@ def uniform_u64(n: int, *, rng: ByteSource) -> np.ndarray:
 
 
 def uniform01_open(shape: int | tuple[int, ...], *, rng: ByteSource) -> np.ndarray:
-    """Uniform floats on the open interval (0, 1): ``(k + 1/2) · 2^-53``, ``k`` uniform on
-    ``[0, 2^53)`` (the top 53 bits of a 64-bit word). Never 0 and never 1."""
+    """Uniform floats on the open interval (0, 1): ``(2k + 1) · 2^-53``, ``k`` uniform on
+    ``[0, 2^52)`` (the top 52 bits of a 64-bit word): every value exact, from ``2^-53`` to
+    ``1 − 2^-53``. Never 0 and never 1 (with 53 bits, ``(k + 1/2) · 2^-53`` rounds its
+    largest value to 1)."""
     size = int(np.prod(shape))
-    k = uniform_u64(size, rng=rng) >> np.uint64(11)
-    return ((k.astype(np.float64) + 0.5) * 2.0**-53).reshape(shape)
+    k = uniform_u64(size, rng=rng) >> np.uint64(12)
+    return ((np.uint64(2) * k + np.uint64(1)).astype(np.float64) * 2.0**-53).reshape(shape)
 
 
 def random_signs(n: int, *, rng: ByteSource) -> np.ndarray:

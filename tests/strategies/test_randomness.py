@@ -77,9 +77,11 @@ def test_uniform01_open_interval_and_uniform():
 
 
 def test_uniform01_open_never_reaches_either_end():
-    # (k + 1/2)·2^-53: the smallest word gives 2^-54, the largest 1 − 2^-54 (both exact).
-    assert uniform01_open(3, rng=_Constant(0x00)).tolist() == [2.0**-54] * 3
-    assert uniform01_open(3, rng=_Constant(0xFF)).tolist() == [1 - 2.0**-54] * 3
+    # (2k + 1)·2^-53: the smallest word gives 2^-53, the largest 1 − 2^-53 (both exact;
+    # 1 − 2^-54 is not a float64 below 1: it is 1.0)
+    assert uniform01_open(3, rng=_Constant(0x00)).tolist() == [2.0**-53] * 3
+    top = uniform01_open(3, rng=_Constant(0xFF))
+    assert top.tolist() == [1 - 2.0**-53] * 3 and (top < 1.0).all()
     assert uniform01_open((2, 3), rng=src()).shape == (2, 3)
 
 

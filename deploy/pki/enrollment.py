@@ -14,6 +14,8 @@ import logging
 import os
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -103,11 +105,12 @@ def _check_bundle_matches_kit(bundle: Bundle, kit: Path) -> None:
     cert = bundle.cert()
     try:
         cert.verify_directly_issued_by(bundle.ca())
-    except (ValueError, TypeError) as exc:
-        raise EnrollmentError("bundle certificate is not signed by the consortium CA: "
-                              f"{exc}") from exc
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        raise EnrollmentError("bundle certificate is not signed by the consortium CA: do not "
+                              "import it, ask the coordinator operator for a correct "
+                              "bundle") from exc
     tls_key = read_private_key(kit / KIT_FILES["tls_key"], fix=_DAMAGED)
-    if cert.public_key() != tls_key.public_key():
+    if _public_key(cert) != tls_key.public_key():
         raise EnrollmentError(f"bundle certificate is not for this kit's key "
                               f"{kit / KIT_FILES['tls_key']}: wrong bundle or wrong kit")
     cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -120,6 +123,29 @@ def _check_bundle_matches_kit(bundle: Bundle, kit: Path) -> None:
     if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
         raise EnrollmentError(f"bundle certificate expired on {cert.not_valid_after_utc}; "
                               "ask the operator to renew")
+
+
+def _public_key(cert: x509.Certificate) -> object:
+    """The certificate's public key, or None where cryptography cannot read it."""
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+
+
+def _check_bundle_is_ours(bundle: Bundle, bundle_path: Path, kit: Path) -> None:
+    """The bundle names the silo this kit enrolled as (``request.json``): the name goes into
+    kit.toml, silo.toml and service units, so it must be the one the site chose."""
+    request = kit / "request.json"
+    try:
+        enrolled = read_request(request).name
+    except EnrollmentError as exc:
+        raise EnrollmentError(f"{exc}; the kit checks the bundle's silo name against the "
+                              f"request it sent: copy that request.json back into {kit}") from exc
+    if bundle.name != enrolled:
+        raise EnrollmentError(f"bundle {bundle_path} is for {bundle.name!r}, but this kit "
+                              f"enrolled as {enrolled!r} ({request}): wrong bundle or wrong "
+                              "kit; do not import it")
 
 
 def import_bundle(bundle_path: Path, kit_dir: Path, expected_ca_fingerprint: str, *,
@@ -135,6 +161,7 @@ def import_bundle(bundle_path: Path, kit_dir: Path, expected_ca_fingerprint: str
                               "the directory where `xsilo silo enroll` made the keys")
     bundle = read_bundle(Path(bundle_path), expected_ca_fingerprint)
     _check_bundle_matches_kit(bundle, kit)
+    _check_bundle_is_ours(bundle, Path(bundle_path), kit)
     atomic_write(kit / KIT_FILES["ca"], bundle.ca_certificate)
     atomic_write(kit / KIT_FILES["crl"], bundle.crl)
     _make_local_tls(kit)

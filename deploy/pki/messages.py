@@ -17,17 +17,20 @@ import base64
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.pki.certs import fingerprint, public_key_fingerprint
-from deploy.pki.checks import check_contact, check_name, check_organization
+from deploy.pki.checks import (
+    check_address, check_contact, check_hosts, check_name, check_organization,
+)
 from xsilo.errors import EnrollmentError
 
 __all__ = [
@@ -55,7 +58,7 @@ def parse_node_public_key(line: str) -> ec.EllipticCurvePublicKey:
     """Parse a Flower node public key (OpenSSH ECDSA on a NIST curve, as Flower requires)."""
     try:
         key = serialization.load_ssh_public_key(line.strip().encode())
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, UnsupportedAlgorithm) as exc:
         raise EnrollmentError(f"node public key is not an OpenSSH public key: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise EnrollmentError("node public key must be ECDSA on a NIST curve "
@@ -64,7 +67,10 @@ def parse_node_public_key(line: str) -> ec.EllipticCurvePublicKey:
 
 
 def node_key_fingerprint(line: str) -> str:
-    """SHA-256 fingerprint of an OpenSSH public key, as ``ssh-keygen -lf`` prints it."""
+    """SHA-256 fingerprint of an OpenSSH public key, as ``ssh-keygen -lf`` prints it.
+
+    The key is parsed first, so a damaged line is an :class:`EnrollmentError`."""
+    parse_node_public_key(line)
     blob = base64.b64decode(line.split()[1])
     digest = hashes.Hash(hashes.SHA256())
     digest.update(blob)
@@ -74,9 +80,14 @@ def node_key_fingerprint(line: str) -> str:
 def _load_json(path: Path, what: str) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise EnrollmentError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnrollmentError(f"{what} {path} is not UTF-8 text (byte {exc.start}); it was "
+                              "damaged in transit: ask for the file again") from exc
     if _PRIVATE_MARKER.search(text):
         raise EnrollmentError(
             f"{what} {path} contains a private key: refused. Treat that key as compromised, "
@@ -86,6 +97,9 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise EnrollmentError(f"{what} {path} is not valid JSON ({exc.msg} at line "
                               f"{exc.lineno}); re-create it, do not edit it by hand") from exc
+    except (ValueError, RecursionError) as exc:  # a huge integer, nesting too deep
+        raise EnrollmentError(f"{what} {path} is not JSON that xsilo writes "
+                              f"({str(exc)[:120]}); re-create it, do not edit it by hand") from exc
     if not isinstance(data, dict):
         raise EnrollmentError(f"{what} {path} must be a JSON object")
     return data
@@ -147,7 +161,7 @@ def read_request(path: Path) -> EnrollmentRequest:
         if str(path) in str(exc):
             raise
         raise EnrollmentError(f"{what} {path}: {exc}") from exc
-    except (ValueError, TypeError) as exc:  # cryptography parses lazily
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # cryptography parses lazily
         raise EnrollmentError(f"{what} {path} is damaged: {exc}; re-create it with "
                               "`xsilo silo enroll`") from exc
 
@@ -263,7 +277,30 @@ def read_bundle(path: Path, expected_ca_fingerprint: str) -> Bundle:
         ca_key = ca.public_key()
         ca_key.verify(sig, canonical(bundle.body()),  # type: ignore[call-arg, union-attr]
                       ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg]
-    except (InvalidSignature, TypeError) as exc:
+    except (InvalidSignature, TypeError, ValueError, UnsupportedAlgorithm) as exc:
+        # ValueError: a lone surrogate, which canonical() cannot encode
         raise EnrollmentError(f"{what} {path}: CA signature over the bundle does not verify: "
                               "it was modified after signing; ask for a new one") from exc
+    _check_destination(bundle, path)
     return bundle
+
+
+_DESTINATION: tuple[tuple[str, Callable[[str], object], str], ...] = (
+    ("name", check_name, "a silo name (1-63 lowercase letters, digits and '-')"),
+    ("coordinator_address", check_address, "host:port with a port in 1-65535"),
+    ("coordinator_server_name", lambda host: check_hosts([host]), "a DNS name or IP address"),
+)
+
+
+def _check_destination(bundle: Bundle, path: Path) -> None:
+    """The CA's signature vouches for who sent a bundle, not for what it says: the name and
+    the coordinator's location go into the kit, silo.toml and service units, so a hostile or
+    buggy coordinator must not be able to put anything else there."""
+    for key, check, rule in _DESTINATION:
+        value = getattr(bundle, key)
+        try:
+            check(value)
+        except EnrollmentError as exc:
+            raise EnrollmentError(f"bundle {path}: {key} {value[:80]!r} is not {rule}; do not "
+                                  "import it, ask the coordinator operator for a correct "
+                                  "bundle") from exc

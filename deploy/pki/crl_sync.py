@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from deploy.gateway.conf import CRL_PATH
 from deploy.pki.certs import crl_number, read_certificate
@@ -73,14 +75,33 @@ def installed_crl(kit: MemberKit) -> x509.CertificateRevocationList | None:
 def verify_crl(pem: bytes, ca: x509.Certificate, *,
                current: x509.CertificateRevocationList | None = None,
                now: dt.datetime | None = None) -> x509.CertificateRevocationList:
-    """Parse ``pem`` and check it is the CA's, unexpired, and newer than ``current``;
-    :class:`EnrollmentError` naming the rule it breaks otherwise."""
-    now = now or _now()
+    """Parse ``pem`` and check it is one CRL, the CA's, unexpired, and newer than
+    ``current``; :class:`EnrollmentError` naming the rule it breaks otherwise."""
+    crl = _parse_crl(pem)
     try:
-        crl = x509.load_pem_x509_crl(pem)
+        _check_crl(crl, ca, current, now or _now())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # a malformed field
+        raise EnrollmentError(f"the CRL the coordinator sent cannot be read ({exc}); refused "
+                              "(the installed CRL is kept)") from exc
+    return crl
+
+
+def _parse_crl(pem: bytes) -> x509.CertificateRevocationList:
+    """The one PEM CRL in ``pem``: nginx loads the kit's crl.pem whole, so a block past the first
+    (which ``load_pem_x509_crl`` would not look at) must not ride along."""
+    if pem.count(b"-----BEGIN") > 1:
+        raise EnrollmentError(f"the coordinator sent {pem.count(b'-----BEGIN')} PEM blocks "
+                              "where one CRL belongs; refused (the installed CRL is kept)")
+    try:
+        return x509.load_pem_x509_crl(pem)
     except ValueError as exc:
         raise EnrollmentError(f"the coordinator sent something that is not a PEM CRL ({exc})") \
             from exc
+
+
+def _check_crl(crl: x509.CertificateRevocationList, ca: x509.Certificate,
+               current: x509.CertificateRevocationList | None, now: dt.datetime) -> None:
+    """The rules of :func:`verify_crl` for a parsed CRL."""
     if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
         raise EnrollmentError("the CRL the coordinator sent is not signed by the consortium CA; "
                               "refused (the installed CRL is kept)")
@@ -92,7 +113,6 @@ def verify_crl(pem: bytes, ca: x509.Certificate, *,
                               f"number {crl_number(crl)}) is not newer than the installed one "
                               f"(issued {current.last_update_utc}, number "
                               f"{crl_number(current)}); refused")
-    return crl
 
 
 def _newer(crl: x509.CertificateRevocationList,
@@ -133,7 +153,8 @@ def refresh_crl(kit: MemberKit, *, fetch: Fetch | None = None,
     except EnrollmentError as exc:
         log.warning("silo %s: %s", kit.name, exc)
         return CrlRefresh("invalid", str(exc), have)
-    atomic_write(crl_path(kit), body)
+    # What was verified, re-encoded: never the body as served (nginx reads every block).
+    atomic_write(crl_path(kit), crl.public_bytes(serialization.Encoding.PEM))
     detail = f"installed a fresh CRL, valid until {crl.next_update_utc:%Y-%m-%d %H:%M:%S} UTC"
     if reload is not None:
         try:

@@ -25,10 +25,14 @@ Layout (paths in the TOML files are relative to the kit directory)::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from xsilo.errors import ConfigError
+from deploy.gateway.conf import check_hostport
+from deploy.pki.checks import check_hosts, check_name
+from xsilo.errors import ConfigError, EnrollmentError
 from xsilo.files import atomic_write, read_toml
 
 __all__ = ["KIT_FILES", "POLICY_STUB", "MemberKit", "load_kit", "write_kit_toml",
@@ -168,17 +172,58 @@ node_public_key = {_q(f["node_pub"])}
     return path
 
 
+_FIX = "fix it, or re-run `xsilo silo import-bundle` (it rewrites kit.toml)"
+
+
 def _port(value: str, where: str) -> int:
-    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
-    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise ConfigError(f'{where} = {value!r} is not "host:port" with a port in 1-65535 '
-                          '(e.g. "127.0.0.1:9443"); fix it, or re-run `xsilo silo '
-                          'import-bundle`')
-    return int(port)
+    """The port of a ``host:port`` value (checked whole first: a port of thousands of
+    digits must not reach ``int``)."""
+    return int(check_hostport(value, where).rsplit(":", 1)[1])
+
+
+def _server_name(value: str) -> str:
+    """The name the coordinator certificate must carry (TLS SNI, nginx's ``proxy_ssl_name``):
+    a DNS name or IP address as :func:`~deploy.pki.checks.check_hosts` takes it, without an
+    IPv6 zone (``%eth0``: no certificate names one, and it may hold any character)."""
+    if not isinstance(value, str) or "%" in value:
+        raise ConfigError(f"gateway.server_name = {value!r} is not a DNS name")
+    try:
+        return check_hosts([value])[0]
+    except EnrollmentError:
+        raise ConfigError(f"gateway.server_name = {value!r} is not a DNS name: use letters, "
+                          "digits, '-' and '.' (e.g. fl.example.org)") from None
+
+
+def _checked(cfg_path: Path, check: Callable[[Any], Any], value: Any) -> Any:
+    """``check(value)``, its refusal turned into a :class:`ConfigError` that names the file
+    and the fix (a kit file may be damaged or edited by hand: hostile until checked)."""
+    try:
+        return check(value)
+    except (ConfigError, EnrollmentError) as exc:
+        raise ConfigError(f"{cfg_path}: {exc}; {_FIX}") from None
+
+
+def _kit_path(root: Path, cfg_path: Path, key: str, table: dict[str, Any]) -> Path:
+    """``table[key]``: a path relative to the kit, to a file that exists."""
+    value = table[key]
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ConfigError(f"{cfg_path}: {key} = {value!r} is not a file name (a non-empty "
+                          f"string without NUL); {_FIX}")
+    try:
+        path = (root / value).resolve()
+        found = path.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
+        raise ConfigError(f"{cfg_path}: {key} = {value!r} cannot be resolved ({exc}); "
+                          f"{_FIX}") from None
+    if not found:
+        raise ConfigError(f"{cfg_path}: {key} = {value!r} is not a file ({path}); restore "
+                          "that file from your backup of the kit, or fix the value")
+    return path
 
 
 def load_kit(kit_dir: Path) -> MemberKit:
-    """Load and check a member kit; :class:`ConfigError` names what is missing."""
+    """Load and check a member kit: every value checked whole, :class:`ConfigError` naming
+    kit.toml, the key and the fix for one that is missing, of the wrong type or malformed."""
     root = Path(kit_dir).resolve()
     cfg_path = root / KIT_FILES["config"]
     cfg = read_toml(cfg_path, what="member kit configuration", missing=(
@@ -186,23 +231,30 @@ def load_kit(kit_dir: Path) -> MemberKit:
         "`xsilo silo import-bundle`"))
     try:
         silo, gw = cfg["silo"], cfg["gateway"]
+        if not isinstance(silo, dict) or not isinstance(gw, dict):
+            raise TypeError("[silo] and [gateway] must be tables")
+        sha256 = gw["coordinator_certificate_sha256"]
+        if not isinstance(sha256, str):
+            raise TypeError(f"gateway.coordinator_certificate_sha256 = {sha256!r} is not a "
+                            "string")
 
-        def p(key: str, table: dict[str, str] = gw) -> Path:
-            path = (root / table[key]).resolve()
-            if not path.is_file():
-                raise ConfigError(f"{cfg_path}: {key} = {table[key]!r} does not exist ({path})")
-            return path
+        def p(key: str, table: dict[str, Any] = gw) -> Path:
+            return _kit_path(root, cfg_path, key, table)
+
+        def c(check: Callable[[Any], Any], key: str, table: dict[str, Any] = gw) -> Any:
+            return _checked(cfg_path, check, table[key])
 
         return MemberKit(
-            root=root, name=silo["name"], superlink=silo["superlink"],
+            root=root, name=c(check_name, "name", silo),
+            superlink=c(lambda v: check_hostport(v, "silo.superlink ="), "superlink", silo),
             root_certificates=p("root_certificates", silo), auth_key=p("auth_key", silo),
             node_public_key=p("node_public_key"),
-            listen_port=_port(gw["listen"], "gateway.listen"), coordinator=gw["coordinator"],
-            server_name=gw["server_name"],
-            coordinator_sha256=gw["coordinator_certificate_sha256"],
+            listen_port=c(lambda v: _port(v, "gateway.listen ="), "listen"),
+            coordinator=c(lambda v: check_hostport(v, "gateway.coordinator ="), "coordinator"),
+            server_name=c(_server_name, "server_name"), coordinator_sha256=sha256,
             ca_cert=p("ca_certificate"), client_cert=p("client_certificate"),
             client_key=p("client_key"), local_cert=p("local_certificate"),
             local_key=p("local_key"))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{cfg_path} is incomplete or invalid ({exc!r}); re-run "
                           "`xsilo silo import-bundle`") from exc

@@ -27,12 +27,13 @@ MAX_BODY = 16 * 1024 * 1024  # a CRL of ~400,000 revocations
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    try:
+    """``(host, port)`` of the kit's coordinator address, the port in 1-65535 (a kit file
+    may be damaged: an out-of-range port must not reach the socket layer)."""
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if host and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536:
         return host.strip("[]"), int(port)
-    except ValueError:
-        raise DeploymentError(f"coordinator address {address!r} in the member kit is not "
-                              "host:port; re-import the bundle") from None
+    raise DeploymentError(f"coordinator address {address!r} in the member kit is not "
+                          "host:port with a port in 1-65535; re-import the bundle")
 
 
 def _context(kit: MemberKit) -> ssl.SSLContext:
@@ -52,6 +53,10 @@ def connect(kit: MemberKit, *, timeout: float = 10.0) -> Iterator[ssl.SSLSocket]
     except OSError as exc:
         raise DeploymentError(f"cannot reach the coordinator gateway at {kit.coordinator}: "
                               f"{exc.strerror or exc}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # UnicodeError: a bad DNS label
+        raise DeploymentError(f"cannot dial the coordinator gateway at {kit.coordinator!r} "
+                              f"({exc}): the member kit's gateway.coordinator is damaged; fix "
+                              "it, or re-import the bundle") from exc
     try:
         tls = _context(kit).wrap_socket(raw, server_hostname=kit.server_name)
     except ssl.SSLCertVerificationError as exc:
@@ -63,6 +68,12 @@ def connect(kit: MemberKit, *, timeout: float = 10.0) -> Iterator[ssl.SSLSocket]
         raw.close()
         raise DeploymentError(f"TLS with the coordinator gateway at {kit.coordinator} "
                               f"failed: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # a NUL or a bad DNS label (UnicodeError)
+        raw.close()
+        raise DeploymentError(f"the member kit's server name {kit.server_name!r} for the "
+                              f"coordinator at {kit.coordinator} cannot be used ({exc}); fix "
+                              "gateway.server_name in kit.toml, or re-import the bundle") \
+            from exc
     try:
         yield tls
     finally:
@@ -87,7 +98,7 @@ def get(kit: MemberKit, path: str, *, timeout: float = 10.0) -> tuple[int, bytes
             response = http.client.HTTPResponse(tls, method="GET")  # type: ignore[arg-type]
             response.begin()
             body = response.read(MAX_BODY + 1)
-        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as exc:
             raise DeploymentError(f"GET {path} at the coordinator gateway {kit.coordinator} "
                                   f"failed: {exc}") from exc
     if len(body) > MAX_BODY:

@@ -81,8 +81,21 @@ class Stepper:
                 float(plan.config.get(PROXIMAL_MU, 0.0)))
 
     def state(self) -> dict[str, np.ndarray]:
-        """The strategy's state, for a checkpoint."""
-        return call_strategy(self.strategy, "state_dict", lambda: dict(self.strategy.state_dict()))
+        """The strategy's state, for a checkpoint: text keys and numeric arrays (what a
+        checkpoint can hold and give back), else a StrategyError naming the strategy."""
+        state = call_strategy(self.strategy, "state_dict",
+                              lambda: dict(self.strategy.state_dict()))
+        out: dict[str, np.ndarray] = {}
+        for key, value in state.items():
+            array = np.asarray(value) if isinstance(value, np.ndarray | np.generic | int | float
+                                                   ) and not isinstance(value, bool) else None
+            if not isinstance(key, str) or array is None or array.dtype.kind not in "biuf":
+                raise StrategyError(
+                    f"{strategy_label(self.strategy)} returned {key!r:.60}: {value!r:.60} from "
+                    "state_dict; its state must map text keys to numeric numpy arrays (what "
+                    "a checkpoint holds)")
+            out[key] = array
+        return out
 
     def clear_statistics(self, collector: RoundCollector, folded: SumAccumulator
                          ) -> dict[str, float | None]:

@@ -171,6 +171,6 @@ def call_strategy(strategy: Strategy | type, method: str, call: Callable[[], _T]
         return call()
     except passes:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the run
         raise StrategyError(f"{strategy_label(strategy)} raised {type(exc).__name__} in "
                             f"{method}: {exc}") from exc

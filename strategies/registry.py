@@ -44,9 +44,20 @@ def _load(name: str, eps: list[EntryPoint]) -> type[Strategy]:
     ep = eps[0]
     try:
         cls = ep.load()
-    except Exception as exc:  # a broken plugin must name itself, not crash obscurely
+    except (Exception, SystemExit) as exc:  # a broken plugin names itself (sys.exit too)
         raise StrategyError(f"strategy '{name}' = {_origin(ep)} failed to import: "
                             f"{type(exc).__name__}: {exc}") from exc
+    try:
+        return _checked(name, ep, cls)
+    except StrategyError:
+        raise
+    except (Exception, SystemExit) as exc:  # its class's own code ran (a metaclass, a property)
+        raise StrategyError(f"strategy '{name}' = {_origin(ep)} failed its checks: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _checked(name: str, ep: EntryPoint, cls: object) -> type[Strategy]:
+    """``cls`` as a strategy class named ``name`` (StrategyError naming what is wrong)."""
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)) or inspect.isabstract(cls):
         raise StrategyError(f"strategy '{name}' = {_origin(ep)} is not a concrete subclass of "
                             "strategies.SumStrategy or strategies.PerUpdateStrategy")

@@ -326,6 +326,20 @@ class _StrayPlan(SumStrategy):
         return dict(current)
 
 
+class _Stateful(_StrayPlan):
+    """A state_dict a checkpoint cannot hold: ``state``."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.state = state
+
+    def configure_round(self, server_round, silos):
+        return RoundPlan(silos=tuple(silos), config={})
+
+    def state_dict(self):
+        return dict(self.state)
+
+
 class _Configured(_StrayPlan):
     """A plan whose round config is ``config``."""
 
@@ -343,6 +357,10 @@ class _Configured(_StrayPlan):
      r"puts \['server-round'\] in its round config, which are xsilo's own term keys"),
     (_Configured({"proximal-mu": -1.0}), r"sends proximal term -1.0; it must be a finite"),
     (_Configured({"proximal-mu": True}), r"sends proximal term True"),
+    (_Stateful({"m": [1, [2, 3]]}), r"raised ValueError in state_dict"),
+    (_Stateful({1: np.zeros(2)}), r"returned 1: .* from state_dict; its state must map text"),
+    (_Stateful({"m": None}), r"returned 'm': None from state_dict"),
+    (_Stateful({"m": np.array([object()])}), r"from state_dict"),
 ])
 def test_a_strategy_object_the_loop_cannot_use_fails_the_run_typed(
         tmp_path: Path, strategy: Strategy, words: str) -> None:

@@ -256,6 +256,13 @@ class _Raises(SumStrategy):
         raise ZeroDivisionError("division by zero")
 
 
+class _Exits(SumStrategy):
+    name = "exits"
+
+    def step(self, current, delta_sum, total_weight, server_round):
+        sys.exit("gave up")  # would end the coordinator's process, not just the round
+
+
 class _RaisesWithStatistics(SumStrategy):
     name = "raises-stats"
     statistics = ("update_sq_norm",)
@@ -284,6 +291,7 @@ class _Refuses(SumStrategy):
 
 @pytest.mark.parametrize("strategy, text", [
     (_Raises(), "raised ZeroDivisionError in step: division by zero"),
+    (_Exits(), "raised SystemExit in step: gave up"),
     (_RaisesWithStatistics(), "raised KeyError in step_with_statistics: 'momentum'"),
     (_RaisesPerUpdate(), "raised RuntimeError in aggregate: no quorum"),
 ])
@@ -339,3 +347,40 @@ def test_a_strategy_that_cannot_take_its_checkpoint_state_or_say_its_weighting_i
         restore(Checkpoint(1, model, {}), Brittle(), None)
     with pytest.raises(StrategyError, match=r"raised RuntimeError in weighted: undecided"):
         RoundCollector(Brittle(), model, {1: "a"})
+
+
+def test_a_plugin_that_exits_while_imported_or_checked_is_named_and_the_others_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin module that calls ``sys.exit`` when imported, and a class whose ``name``
+    raises: each one StrategyError naming it; ``xsilo strategies list`` lists the rest."""
+    site = tmp_path / "site"
+    info = site / "xsilo_exiting-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "xsilo_exiting.py").write_text("import sys\nsys.exit('plugin gave up')\n")
+    (site / "xsilo_odd.py").write_text(textwrap.dedent('''
+        from strategies import SumStrategy
+
+        class _Meta(type(SumStrategy)):
+            @property
+            def name(cls):
+                raise RuntimeError("name lookup blew up")
+
+        class Odd(SumStrategy, metaclass=_Meta):
+            def step(self, current, delta_sum, total_weight, server_round):
+                return dict(current)
+        '''))
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: xsilo-exiting\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[xsilo.strategies]\nxp-exit = xsilo_exiting:X\n"
+                                           "xp-odd = xsilo_odd:Odd\n")
+    monkeypatch.syspath_prepend(str(site))
+    for module in ("xsilo_exiting", "xsilo_odd"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(StrategyError, match="'xp-exit' = xsilo_exiting:X .*failed to import: "
+                                            "SystemExit: plugin gave up"):
+        get_strategy("xp-exit")
+    with pytest.raises(StrategyError, match="'xp-odd' = xsilo_odd:Odd .*failed its checks: "
+                                            "RuntimeError: name lookup blew up"):
+        get_strategy("xp-odd")
+    result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "400"})
+    assert "xp-exit" in result.output and "xp-odd" in result.output, result.output
+    assert "fedavg" in result.output and "Traceback" not in result.output

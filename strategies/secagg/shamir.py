@@ -191,6 +191,8 @@ def reconstruct(points: Sequence[tuple[int, int]], *, threshold: int) -> int:
     xs = [x for x, _ in points]
     if len(set(xs)) != len(xs):
         raise ProtocolError(f"repeated share points {sorted(xs)}")
+    if any(not 0 < x < PRIME for x in xs):  # 0 is the secret's own point; x and x + p collide
+        raise ProtocolError(f"share points must be in 1..p-1, got {sorted(xs)}")
     base = points[:threshold]
     base_xs = [x for x, _ in base]
     for x, y in points[threshold:]:

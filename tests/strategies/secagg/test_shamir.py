@@ -82,6 +82,10 @@ def test_too_few_repeated_or_inconsistent_shares():
         shamir.reconstruct([(1, ys[0]), (1, ys[0]), (2, ys[1])], threshold=3)
     with pytest.raises(ProtocolError, match="inconsistent"):
         shamir.reconstruct([(1, ys[0]), (2, ys[1]), (3, ys[2]), (4, (ys[3] + 1) % P)], threshold=3)
+    for points in ([(1, ys[0]), (2, ys[1]), (3 + P, ys[2])],  # 3 + p: the same point as 3
+                   [(0, ys[0]), (2, ys[1]), (3, ys[2])]):  # 0: the secret's own point
+        with pytest.raises(ProtocolError, match="share points must be in 1..p-1"):
+            shamir.reconstruct(points, threshold=3)
 
 
 @pytest.mark.parametrize("xs,t,match", [([1, 1], 2, "distinct"), ([0, 1], 2, "1..p-1"),

@@ -44,17 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import UnsupportedAlgorithm
-
-from deploy.pki.certs import flower_public_key_header
 from deploy.pki.crl_sync import crl_path, lapse_warning
-from deploy.pki.index import Index
 from deploy.pki.kit import MemberKit, load_kit
-from deploy.pki.messages import parse_node_public_key
-from deploy.gateway.conf import check_binding, coordinator_conf, silo_conf
+from deploy.gateway.account import warn_if_shared, worker_account
+from deploy.gateway.bindings import node_key_bindings
+from deploy.gateway.conf import coordinator_conf, silo_conf
 from deploy.gateway.reload import hup_and_wait
 from deploy.gateway.upstream import UpstreamWatch, unresolved_upstream
-from xsilo.errors import ConfigError, DeploymentError, EnrollmentError
+from xsilo.errors import DeploymentError
 from xsilo.files import atomic_write
 from xsilo.procfs import PROC
 
@@ -87,55 +84,6 @@ def nginx_version(nginx: str) -> tuple[int, ...]:
     res = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=30)
     found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", res.stderr + res.stdout)
     return tuple(int(g) for g in found.groups()) if found else (0,)
-
-
-# nginx reads `user USER GROUP;` bare: names as useradd/groupadd make them, nothing more.
-_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
-_ACCOUNT_FIX = "set XSILO_GATEWAY_USER=USER or USER:GROUP naming an existing account"
-
-
-def worker_account() -> tuple[str, str] | None:
-    """The account nginx workers run as when nginx is started by root (``None`` otherwise):
-    ``$XSILO_GATEWAY_USER`` (``user`` or ``user:group``), else ``nobody``; both names
-    checked (they go into the config unquoted) and both must exist."""
-    if os.geteuid() != 0:
-        return None
-    user, _, group = os.environ.get("XSILO_GATEWAY_USER", "").partition(":")
-    user = _account_name(user or "nobody", "account")
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise DeploymentError(f"XSILO_GATEWAY_USER names account {user!r}, which does not "
-                              "exist; create it (useradd --system --no-create-home "
-                              f"{user}) or unset the variable") from None
-    if not group:
-        try:
-            group = grp.getgrgid(entry.pw_gid).gr_name
-        except KeyError:
-            group = "nogroup"
-    try:
-        grp.getgrnam(_account_name(group, "group"))
-    except KeyError:
-        raise DeploymentError(f"XSILO_GATEWAY_USER: group {group!r} does not exist; create "
-                              f"it (groupadd --system {group}) or {_ACCOUNT_FIX}") from None
-    return user, group
-
-
-def _account_name(name: str, what: str) -> str:
-    """``name`` if nginx can be given it as is (it goes into the ``user`` line unquoted)."""
-    if not _ACCOUNT.fullmatch(name):
-        raise DeploymentError(f"XSILO_GATEWAY_USER: {what} {name!r} is not an account name: "
-                              "use up to 32 letters, digits, '_', '.' and '-', starting with "
-                              f"a letter or '_'; {_ACCOUNT_FIX}")
-    return name
-
-
-def _warn_if_shared(account: tuple[str, str] | None, name: str) -> None:
-    if account is not None and account[0] == "nobody":
-        log.warning("%s gateway: nginx workers run as `nobody`, an account other daemons "
-                    "share; a process running as nobody could trace them and read the "
-                    "gateway's TLS key from their memory. Create a dedicated account and set "
-                    "XSILO_GATEWAY_USER=NAME (docs/security.md).", name)
 
 
 def _worker_connections() -> int:
@@ -391,14 +339,14 @@ class CoordinatorGateway:
         files = pki.coordinator_files()
         nginx = find_nginx()
         settings = _nginx_settings(nginx)
-        _warn_if_shared(settings["worker_user"], "coordinator")  # type: ignore[arg-type]
+        warn_if_shared(settings["worker_user"], "coordinator")  # type: ignore[arg-type]
 
         problems: list[str] = []
 
         def render(scratch: Path | None) -> str:
             bindings: Mapping[str, str] | None = None
             if bind_node_keys:
-                bindings, problems[:] = _node_key_bindings(pki)
+                bindings, problems[:] = node_key_bindings(pki)
             # The workers serve the CRL nginx loads, from a directory they can read (the
             # PKI's may be closed to them).
             served = (scratch or Path(prefix).resolve() / "tmp") / "crl.pem"
@@ -414,43 +362,6 @@ class CoordinatorGateway:
         return GatewayHandle("coordinator", Path(prefix).resolve(), host, port, render, nginx,
                              settings["worker_user"],  # type: ignore[arg-type]
                              problems=problems).start()
-
-
-def _node_key_bindings(pki: Pki) -> tuple[dict[str, str], list[str]]:
-    """The bindings nginx can use, and one line per enrolled silo left out: a node-key file
-    that cannot be read or parsed, or a subject or key that cannot be written into the
-    config, refuses that silo (no key bound: 401), not the gateway for every silo. Each
-    ``nodes/<silo>.pub`` is read on its own (``silo_bindings`` would read them all at
-    once, and one damaged file would stop the rest)."""
-    bindings, problems = {}, []
-    index = Index(pki.index_path)
-    for path in sorted((pki.root / "nodes").glob("*.pub")):
-        name, rec = path.stem, index.current(path.stem)
-        if rec is None:
-            continue
-        try:
-            line = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeError) as exc:
-            problems.append(_left_out(name, f"its node key {path} cannot be read: {exc}",
-                                      "restore that file from your backup of the PKI "
-                                      f"directory, or revoke it (`xsilo pki revoke {name}`)"))
-            continue
-        try:
-            key = flower_public_key_header(parse_node_public_key(line))
-            check_binding(rec.subject, key)
-        except (ConfigError, EnrollmentError, UnsupportedAlgorithm, ValueError,
-                TypeError) as exc:  # UnsupportedAlgorithm: an unknown OpenSSH key type
-            problems.append(_left_out(name, f"its node-key binding cannot be used: {exc}",
-                                      f"revoke it (`xsilo pki revoke {name}`) and have it "
-                                      "enroll again with a valid name and organization"))
-            continue
-        bindings[rec.subject] = key
-    return bindings, problems
-
-
-def _left_out(name: str, why: str, fix: str) -> str:
-    """The problem line for a silo the gateway leaves out: who, why, and the fix."""
-    return f"silo {name} is refused by the gateway ({why}); {fix}"
 
 
 class SiloGateway:
@@ -471,7 +382,7 @@ class SiloGateway:
         prefix = Path(prefix).resolve() if prefix else kit.gateway_prefix
         nginx = find_nginx()
         settings = _nginx_settings(nginx)
-        _warn_if_shared(settings["worker_user"], f"silo {kit.name}")  # type: ignore[arg-type]
+        warn_if_shared(settings["worker_user"], f"silo {kit.name}")  # type: ignore[arg-type]
         problem = lapse_warning(kit)
         if problem is not None:
             log.warning("silo %s gateway: %s", kit.name, problem)

@@ -180,15 +180,18 @@ class PkiDirectory:
 
     def silo_bindings(self) -> dict[str, tuple[str, str]]:
         """``{silo: (current certificate subject, OpenSSH node public key)}`` for every
-        enrolled silo, unchecked: a gateway checks each one and leaves out a silo whose
-        binding it cannot use, instead of failing for all."""
+        enrolled silo, unchecked (the gateway reads each file on its own:
+        :func:`deploy.gateway.bindings.node_key_bindings`)."""
+        return {name: (rec.subject, path.read_text().strip())
+                for name, path, rec in self.enrolled_silos()}
+
+    def enrolled_silos(self) -> list[tuple[str, Path, CertRecord]]:
+        """``(silo, its nodes/<silo>.pub, its current certificate record)`` for every silo
+        with a node key and a current certificate; the files are not read."""
         index = Index(self.index_path)
-        out: dict[str, tuple[str, str]] = {}
-        for name, line in self.enrolled_node_keys().items():
-            rec = index.current(name)
-            if rec is not None:
-                out[name] = (rec.subject, line)
-        return out
+        found = [(p.stem, p, index.current(p.stem))
+                 for p in sorted((self.root / "nodes").glob("*.pub"))]
+        return [(name, path, rec) for name, path, rec in found if rec is not None]
 
 
 RESTORE = ("restore it from your backup of the PKI directory (an offline CA's coordinator "

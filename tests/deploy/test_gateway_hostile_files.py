@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import UnsupportedAlgorithm
 
-import deploy.gateway.nginx as gateway
+import deploy.gateway.account as gateway_account
+import deploy.gateway.bindings as gateway
 from deploy.pki.authority import Pki
 from tests.deploy.conftest import enroll_silo
 from xsilo.errors import DeploymentError
@@ -27,7 +28,7 @@ def _two_silos(pki: Pki, tmp_path: Path) -> Path:
 
 
 def _only_b_is_bound(pki: Pki) -> str:
-    bindings, problems = gateway._node_key_bindings(Pki(pki.root))
+    bindings, problems = gateway.node_key_bindings(Pki(pki.root))
     assert [dn.rpartition("CN=")[2] for dn in bindings] == ["hospital-b"]
     (problem,) = problems
     assert problem.startswith("silo hospital-a is refused by the gateway"), problem
@@ -72,7 +73,7 @@ def test_an_untyped_parse_failure_leaves_out_that_silo(
 
 def test_intact_node_keys_are_all_bound(pki: Pki, tmp_path: Path) -> None:
     _two_silos(pki, tmp_path)
-    bindings, problems = gateway._node_key_bindings(pki)
+    bindings, problems = gateway.node_key_bindings(pki)
     assert bindings == pki.node_key_bindings() and problems == []
 
 
@@ -80,7 +81,7 @@ def test_intact_node_keys_are_all_bound(pki: Pki, tmp_path: Path) -> None:
 @pytest.fixture
 def as_root(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """worker_account as nginx started by root sees it."""
-    monkeypatch.setattr(gateway.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(gateway_account.os, "geteuid", lambda: 0)
     return monkeypatch
 
 
@@ -95,14 +96,14 @@ def test_an_account_name_nginx_cannot_carry_is_refused(
         as_root: pytest.MonkeyPatch, value: str) -> None:
     as_root.setenv("XSILO_GATEWAY_USER", value)
     with pytest.raises(DeploymentError, match="XSILO_GATEWAY_USER"):
-        gateway.worker_account()
+        gateway_account.worker_account()
 
 
 def test_a_group_that_does_not_exist_is_refused(as_root: pytest.MonkeyPatch) -> None:
     user = pwd.getpwuid(os.getuid()).pw_name
     as_root.setenv("XSILO_GATEWAY_USER", f"{user}:xsilo-no-such-group-zz")
     with pytest.raises(DeploymentError, match="group 'xsilo-no-such-group-zz' does not exist"):
-        gateway.worker_account()
+        gateway_account.worker_account()
 
 
 def test_a_primary_group_without_a_name_is_refused_unless_nogroup_exists(
@@ -111,16 +112,16 @@ def test_a_primary_group_without_a_name_is_refused_unless_nogroup_exists(
         raise KeyError("not found")
 
     as_root.setenv("XSILO_GATEWAY_USER", pwd.getpwuid(os.getuid()).pw_name)
-    as_root.setattr(gateway.grp, "getgrgid", missing)
-    as_root.setattr(gateway.grp, "getgrnam", missing)
+    as_root.setattr(gateway_account.grp, "getgrgid", missing)
+    as_root.setattr(gateway_account.grp, "getgrnam", missing)
     with pytest.raises(DeploymentError, match="XSILO_GATEWAY_USER: group 'nogroup'"):
-        gateway.worker_account()
+        gateway_account.worker_account()
 
 
 def test_an_existing_account_and_group_are_taken(as_root: pytest.MonkeyPatch) -> None:
     entry = pwd.getpwuid(os.getuid())
     group = grp.getgrgid(entry.pw_gid).gr_name
     as_root.setenv("XSILO_GATEWAY_USER", f"{entry.pw_name}:{group}")
-    assert gateway.worker_account() == (entry.pw_name, group)
+    assert gateway_account.worker_account() == (entry.pw_name, group)
     as_root.setenv("XSILO_GATEWAY_USER", entry.pw_name)
-    assert gateway.worker_account() == (entry.pw_name, group)
+    assert gateway_account.worker_account() == (entry.pw_name, group)

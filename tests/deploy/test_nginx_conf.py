@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import deploy.gateway.nginx as gateway
+from deploy.gateway.bindings import node_key_bindings
 from deploy.gateway.conf import coordinator_conf, silo_conf
 from deploy.pki.authority import Pki
 from tests.deploy.conftest import enroll_silo
@@ -143,7 +144,7 @@ def test_a_silo_whose_binding_nginx_cannot_read_is_left_out_by_name(
     pki.index_path.write_text(json.dumps(index))
     with pytest.raises(ConfigError):  # all of them in one config: nginx cannot have it
         _coord(node_key_bindings=pki.node_key_bindings())
-    bindings, problems = gateway._node_key_bindings(pki)
+    bindings, problems = node_key_bindings(pki)
     assert [dn.rpartition("CN=")[2] for dn in bindings] == ["hospital-b"]
     (problem,) = problems
     assert problem.startswith("silo hospital-a is refused by the gateway")

@@ -28,10 +28,13 @@ above, to 10⁻³), at the same cost whatever the number of rounds.
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from xsilo.errors import ConfigError, PolicyRefusal, PrivacyBudgetExceeded
+from xsilo.terms import MAX_ROUNDS
 
 __all__ = [
     "METHODS",
@@ -47,6 +50,19 @@ METHODS = ("pld", "rdp")
 
 if TYPE_CHECKING:
     import dp_accounting
+
+
+def _is_finite_number(value: object) -> bool:
+    """A real number (not a bool, not text) that is a finite float: an integer past float
+    range is False here instead of an OverflowError later."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if isinstance(value, numbers.Integral):
+        return abs(int(value)) <= sys.float_info.max  # exact: int against float, no conversion
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # a Fraction past float range
+        return False
 
 
 def _dp():  # type: ignore[no-untyped-def]
@@ -65,12 +81,15 @@ class GaussianRound:
     sampling_probability: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise ConfigError(f"noise_multiplier must be > 0, got {self.noise_multiplier!r}")
-        if not 0.0 < self.sampling_probability <= 1.0:
-            raise ConfigError(
-                f"sampling_probability must be in (0, 1], got {self.sampling_probability!r}"
-            )
+        if not (_is_finite_number(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise ConfigError(f"noise_multiplier must be a finite number > 0, got "
+                              f"{self.noise_multiplier!r:.40}; it is sigma / sensitivity "
+                              "(dp.noise_multiplier, e.g. 1.0)")
+        if not (_is_finite_number(self.sampling_probability)
+                and 0.0 < self.sampling_probability <= 1.0):
+            raise ConfigError(f"sampling_probability must be a number in (0, 1], got "
+                              f"{self.sampling_probability!r:.40}; 1 unless records are "
+                              "Poisson-sampled (DP-SGD)")
 
     def to_dp_event(self) -> dp_accounting.DpEvent:
         dp_accounting = _dp()
@@ -87,8 +106,9 @@ class ZCDPRound:
     rho: float
 
     def __post_init__(self) -> None:
-        if not (self.rho > 0 and math.isfinite(self.rho)):
-            raise ConfigError(f"zCDP rho must be finite and > 0, got {self.rho!r}")
+        if not (_is_finite_number(self.rho) and self.rho > 0):
+            raise ConfigError(f"zCDP rho must be a finite number > 0, got {self.rho!r:.40}; it "
+                              "comes from the DDG calibration (dp.noise_multiplier, clip_norm)")
 
     def to_dp_event(self) -> dp_accounting.DpEvent:
         return _dp().ZCDpEvent(self.rho)
@@ -227,8 +247,10 @@ class Accountant:
         """ε after ``rounds`` more ``event`` rounds, without recording them (the stop *before*
         a round; a run's projection): one self-composed event, whatever ``rounds`` is."""
         self._check(event)
-        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
-            raise ConfigError(f"rounds must be an integer >= 0, got {rounds!r}")
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or not 0 <= rounds <= MAX_ROUNDS:
+            raise ConfigError(f"rounds must be an integer >= 0 and <= {MAX_ROUNDS} (the most "
+                              f"rounds a run may state, xsilo.terms.MAX_ROUNDS), got "
+                              f"{rounds!r:.40}; lower num_rounds")
         return self._epsilon_of(_grouped(self._events, then=event, times=rounds))
 
     def state_dict(self) -> dict[str, Any]:
@@ -260,8 +282,13 @@ class PrivacyBudget:
     delta: float
 
     def __post_init__(self) -> None:
-        if not self.max_epsilon > 0:
-            raise ConfigError(f"max_epsilon must be > 0, got {self.max_epsilon!r}")
+        if not (_is_finite_number(self.max_epsilon) and self.max_epsilon > 0):
+            raise ConfigError(f"max_epsilon must be a finite number > 0, got "
+                              f"{self.max_epsilon!r:.40}; set dp.max_epsilon (e.g. 8.0) or "
+                              "leave it out for no cap")
+        if not (_is_finite_number(self.delta) and 0.0 < self.delta < 1.0):
+            raise ConfigError(f"the budget's delta must be a number in (0, 1), got "
+                              f"{self.delta!r:.40}; set dp.delta (1e-5 or 1/N_records is usual)")
 
     def check(self, accountant: Accountant, event: Event, *, round_number: int) -> float:
         """Return ε after the round if it stays within budget; else raise.

@@ -16,20 +16,28 @@ TOML (``[dp]`` table of the run config)::
 
 ``sampling_probability`` must stay 1: xsilo asks every silo every round, so a round is never
 a Poisson sample of silos (the key stays so that older run records and terms still parse).
+
+Float range, checked here rather than met as an inf mid-run: numbers are finite floats (an
+integer past 2^53 is refused before any arithmetic); the noise std ``z · max_weight ·
+clip_norm`` lies in [1e-300, 1e300] (:data:`~strategies.dp.noise.MAX_NOISE_STDDEV`); one
+adaptive clipping step stays within ``exp``'s range
+(:func:`~strategies.dp.adaptive.check_clip_step`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from strategies.dp.accounting import (PLD_MIN_Z, Accountant, GaussianRound, PrivacyBudget,
                                       ZCDPRound)
-from strategies.dp.adaptive import AdaptiveClipState, split_noise_multiplier
+from strategies.dp.adaptive import AdaptiveClipState, check_clip_step, split_noise_multiplier
 from strategies.dp.clipping import weighted_sum_sensitivity
 from strategies.dp.distributed import DDGCalibration, DDGParams, check_encoding
+from strategies.dp.noise import MAX_NOISE_STDDEV, MIN_NOISE_STDDEV
 from xsilo.errors import ConfigError
 
 __all__ = ["DPConfig", "MECHANISMS"]
@@ -76,13 +84,12 @@ class DPConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the key, the value and the fix."""
-        if self.clip_norm is None or not (
-            isinstance(self.clip_norm, (int, float)) and math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
+        clip = self.clip_norm
+        if not (_is(clip, "a finite number") and clip > 0):  # type: ignore[operator]
             raise ConfigError(
-                f"dp.clip_norm={self.clip_norm!r}: differential privacy without clipping has "
+                f"dp.clip_norm={clip!r:.40}: differential privacy without clipping has "
                 "unbounded sensitivity and no guarantee; set dp.clip_norm to a positive number "
-                "(e.g. the median update norm of a non-private run)"
+                "a float holds exactly (e.g. the median update norm of a non-private run)"
             )
         self._check_types()
         if self.mechanism not in MECHANISMS:
@@ -149,6 +156,45 @@ class DPConfig:
                 split_noise_multiplier(
                     noise_multiplier=self.noise_multiplier, count_stddev=self.clip_count_stddev
                 )
+            check_clip_step(learning_rate=self.clip_learning_rate,
+                            fraction_stddev=self._max_fraction_stddev())
+        self._check_noise_scale()
+
+    def _max_fraction_stddev(self) -> float:
+        """The largest ``sigma_b / m`` (noise on the adaptive count's fraction) over m >= 1:
+        a configured sigma_b itself; the default ``max(m/20, z)`` over m is max(1/20, z)."""
+        if self.clip_count_stddev is not None:
+            return self.clip_count_stddev
+        return max(1.0 / 20.0, self.noise_multiplier)
+
+    def _sum_multiplier_range(self) -> tuple[float, float]:
+        """Smallest and largest ``z_sum`` over federation sizes: z for fixed clipping; for
+        adaptive, ``z_Delta`` (the default ``sigma_b >= z`` puts it in (z, z sqrt(4/3)])."""
+        z = self.noise_multiplier
+        if self.clipping != "adaptive":
+            return z, z
+        if self.clip_count_stddev is not None:
+            z_delta = split_noise_multiplier(noise_multiplier=z,
+                                             count_stddev=self.clip_count_stddev)
+            return z_delta, z_delta
+        return z, split_noise_multiplier(noise_multiplier=z, count_stddev=z)
+
+    def _check_noise_scale(self) -> None:
+        """The sensitivity ``w_max C`` and the noise std ``z_sum w_max C`` (the distributed
+        mechanism's target in model units too) must be floats a round can use: refused here,
+        not as an inf (or a zero grid) at noise time mid-run."""
+        sensitivity = float(self.max_weight) * float(self.clip_norm)  # type: ignore[arg-type]
+        z_low, z_high = self._sum_multiplier_range()
+        low, high = z_low * sensitivity, z_high * sensitivity
+        if not (sensitivity <= MAX_NOISE_STDDEV and MIN_NOISE_STDDEV <= low
+                and high <= MAX_NOISE_STDDEV):
+            raise ConfigError(
+                f"dp.noise_multiplier={self.noise_multiplier!r} × dp.max_weight="
+                f"{self.max_weight!r} × dp.clip_norm={self.clip_norm!r} gives a noise standard "
+                f"deviation of {low:.4g}..{high:.4g} (sensitivity {sensitivity:.4g}), outside "
+                f"[{MIN_NOISE_STDDEV:g}, {MAX_NOISE_STDDEV:g}] where a round's noise stays a "
+                "usable float; bring dp.clip_norm (or dp.max_weight) to the scale of the "
+                "model's update norms")
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> DPConfig:
@@ -189,11 +235,22 @@ class DPConfig:
         return max(num_silos / 20.0, self.noise_multiplier)
 
     def adaptive_state(self, num_silos: int) -> AdaptiveClipState:
+        """The run's adaptive clip, its C kept where ``z_Delta w_max C`` stays within the noise
+        limits (and ``w_max C`` below the top one) whatever the noisy counts do."""
+        c = float(self.clip_norm)  # type: ignore[arg-type]
+        count_stddev = self.count_stddev(num_silos)
+        z_delta = split_noise_multiplier(noise_multiplier=self.noise_multiplier,
+                                         count_stddev=count_stddev)
+        w = float(self.max_weight)
+        high = min(MAX_NOISE_STDDEV / w / z_delta, MAX_NOISE_STDDEV / w, sys.float_info.max)
+        low = max(MIN_NOISE_STDDEV / w / z_delta, sys.float_info.min)
         return AdaptiveClipState(
-            clip_norm=float(self.clip_norm),  # type: ignore[arg-type]
+            clip_norm=c,
             target_quantile=self.target_quantile,
             learning_rate=self.clip_learning_rate,
-            count_stddev=self.count_stddev(num_silos),
+            count_stddev=count_stddev,
+            min_clip_norm=min(low, c),  # validation put C there already: rounding aside
+            max_clip_norm=max(high, c),
         )
 
     def sum_noise_stddev(self, *, clip_norm: float, num_silos: int) -> float:
@@ -207,8 +264,9 @@ class DPConfig:
         return z * weighted_sum_sensitivity(clip_norm=clip_norm, max_weight=self.max_weight)
 
     def ddg_params(self, *, num_silos: int, min_survivors: int, dimension: int) -> DDGParams:
-        """Distributed mechanism parameters (t = the secure-aggregation threshold)."""
-        return DDGParams(
+        """Distributed mechanism parameters (t = the secure-aggregation threshold); the sum
+        the coordinator multiplies by ``w_max`` must stay within the noise limit too."""
+        params = DDGParams(
             clip_norm=float(self.clip_norm),  # type: ignore[arg-type]
             noise_multiplier=self.noise_multiplier,
             num_silos=num_silos,
@@ -217,6 +275,14 @@ class DPConfig:
             modulus_bits=self.modulus_bits,
             k_stddevs=self.k_stddevs,
         )
+        span = params.decoded_span(params.calibrate()) * self.max_weight
+        if not span <= MAX_NOISE_STDDEV:
+            raise ConfigError(
+                f"dp.max_weight={self.max_weight!r} × the decoded DDG sum (up to {span:.4g} "
+                f"model units with {num_silos} silos and {dimension} coordinates) exceeds "
+                f"{MAX_NOISE_STDDEV:g}, past the float range a round can use; lower "
+                "dp.max_weight or dp.clip_norm")
+        return params
 
     def round_event(self, calibration: DDGCalibration | None = None) -> GaussianRound | ZCDPRound:
         """The accounting event of one round of this mechanism."""

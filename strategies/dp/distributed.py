@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,7 +49,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from strategies.dp.clipping import clip_update
-from strategies.dp.noise import discrete_gaussian_var
+from strategies.dp.noise import MAX_NOISE_STDDEV, discrete_gaussian_var
 from strategies.randomness import KEY_BYTES, ByteSource, uniform01_open
 from xsilo.errors import ConfigError, ProtocolError, UpdateRejected
 
@@ -143,6 +144,7 @@ class DDGParams:
         if half - self.num_silos <= 0:
             raise ConfigError(f"modulus 2^{self.modulus_bits} is too small for {self.num_silos} silos")
         cal = self.calibrate()
+        self._check_float_range(cal)
         inflation = cal.l2_bound / cal.scaled_clip
         if inflation > _MAX_INFLATION:
             raise ConfigError(
@@ -151,6 +153,24 @@ class DDGParams:
                 f"{100 * (_MAX_INFLATION - 1):.0f}%); raise modulus_bits (e.g. to "
                 f"{min(64, self.modulus_bits + 8)}) or lower k_stddevs"
             )
+
+    def decoded_span(self, cal: DDGCalibration) -> float:
+        """The largest magnitude :func:`decode_sum` can return, model units: a centred sum
+        of up to ``2^(b-1)`` grid steps, un-rotated (at most ``sqrt(d)`` times larger)."""
+        return 2.0 ** (self.modulus_bits - 1) * cal.granularity * math.sqrt(cal.padded_dim)
+
+    def _check_float_range(self, cal: DDGCalibration) -> None:
+        """The decoded sum (and so its noise) within :data:`MAX_NOISE_STDDEV`, and a grid
+        step gamma a normal float (the decode keeps its 53 bits): refused here, not as an inf
+        or a lost sum mid-run."""
+        span = self.decoded_span(cal)
+        if not (span <= MAX_NOISE_STDDEV and cal.granularity >= sys.float_info.min):
+            raise ConfigError(
+                f"dp.clip_norm={self.clip_norm!r} with {self.num_silos} silos, threshold "
+                f"{self.min_survivors} and {cal.padded_dim} coordinates makes the decoded sum "
+                f"span up to {span:.4g} model units in steps of {cal.granularity:.4g}, outside "
+                f"the float range a round can use (span <= {MAX_NOISE_STDDEV:g}, a normal "
+                "step); bring dp.clip_norm to the scale of the model's update norms")
 
     def calibrate(self) -> DDGCalibration:
         """Granularity, local noise, rounded sensitivity, zCDP rho and wrap bounds (computed

@@ -37,12 +37,28 @@ from strategies.randomness import (
 from xsilo.errors import ConfigError
 
 __all__ = [
+    "GAUSSIAN_TAIL",
+    "MAX_NOISE_STDDEV",
+    "MIN_NOISE_STDDEV",
     "discrete_gaussian",
     "discrete_gaussian_var",
     "discrete_laplace",
     "gaussian_noise",
     "snap_to_grid",
 ]
+
+MAX_NOISE_STDDEV = 1e300
+"""The largest noise scale (and sensitivity ``w_max · C``) a DP setting may imply, in model
+units. A round adds up to :data:`xsilo.terms.MAX_SILOS` (2^20) clipped terms and a Box–Muller
+draw of under 9 sigma (:data:`GAUSSIAN_TAIL`). 1e300 leaves float64 (max 1.8e308) eight
+decimal orders for both: past it a round would meet an inf mid-run."""
+MIN_NOISE_STDDEV = 1e-300
+"""The smallest noise standard deviation a DP setting may imply: the central release snaps to
+a grid of ``sigma · 2^-20`` (:func:`snap_to_grid`), which must stay a positive float."""
+
+GAUSSIAN_TAIL = math.sqrt(-2.0 * math.log(2.0**-53))
+"""About 8.57: no draw of :func:`gaussian_noise` exceeds ``GAUSSIAN_TAIL * sigma`` in magnitude
+(the Box–Muller radius ``sqrt(-2 ln U1)`` with ``U1 >= 2^-53``)."""
 
 
 def gaussian_noise(shape: int | tuple[int, ...], sigma: float, *, rng: ByteSource) -> np.ndarray:

@@ -13,6 +13,7 @@ from rich.table import Table
 from coordinator.run_record import local_time, number, readable_events, unique_rounds
 from coordinator.run_store import RunStore
 from xsilo.errors import DeploymentError
+from xsilo.terms import printable
 
 __all__ = ["follow_run", "make_console", "round_table"]
 
@@ -90,8 +91,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     table.add_column("round", justify="right")
     table.add_column("MAE" if regression else "acc", justify="right", style="bold green")
     table.add_column("MSE" if regression else "loss", justify="right")
-    for silo in silos:
-        table.add_column(silo, justify="right")
+    for silo in silos:  # a name is the silo's own text: never rich markup
+        table.add_column(escape(printable(str(silo), 63)), justify="right")
     table.add_column("train loss", justify="right")
     dp = any("epsilon" in e for e in rows)
     if dp:
@@ -109,7 +110,8 @@ def round_table(events: Iterable[dict[str, Any]], *, title: str = "rounds") -> T
     partial = sorted({s for e in rows for s in e.get("unscored") or []})
     if partial:
         table.caption += (f"; *: global scores over a partial population (without "
-                          f"{', '.join(partial)} in some rows: see each row's scored_by)")
+                          f"{escape(printable(', '.join(map(str, partial)), 400))} in some "
+                          "rows: see each row's scored_by)")
     # Reasons read like "PolicyRefusal[max_rounds]: …": escaped, or rich takes [..] as markup.
     awaited = _awaited(events)
     table.caption = "\n".join([table.caption, *map(escape, _join_notes(events)),

@@ -26,7 +26,8 @@ from strategies.compression import Compressed
 from xsilo.protocol import (ARRAYS, COMPRESSED, COMPRESSED_HEADER, CONFIG, DELTA, METRICS,
                             SECAGG, SECAGG_ARRAYS, SILO)
 from xsilo.records import arrays_to_record, record_to_arrays
-from xsilo.terms import SILO_NAME, CompressedHeader, SiloInfo, SiloMetrics
+from xsilo.terms import (SILO_NAME, CompressedHeader, SiloInfo, SiloMetrics, is_silo_name,
+                         printable)
 
 __all__ = ["GridTransport"]
 
@@ -39,17 +40,26 @@ CONTENT_MISSING = "Reply message objects are unavailable"
 not come (its ``MESSAGE_UNAVAILABLE``)."""
 LAST_LOOK = 1.0
 """Seconds the look after a deadline waits for the content of a reply there by then."""
+_MAX_ERROR = 1 << 20  # an error reply's JSON; a longer one is shown as Flower's error
+_MAX_MESSAGE = 4096  # characters of a silo's error message kept
 
 
 def _parse_error(msg: Message) -> SiloError:
-    reason = msg.error.reason or ""
+    """A silo's error reply, typed: its JSON fields as printable text of bounded length
+    (they reach logs, the run's events and the operator's terminal), the silo's name only
+    when it is one; anything else is Flower's error as it came."""
+    reason = msg.error.reason if isinstance(msg.error.reason, str) else ""
     try:
-        data = json.loads(reason)
-        silo = data.get("silo")
-        return SiloError(str(data["type"]), str(data["reason"]), str(data["message"]),
-                         silo=silo if isinstance(silo, str) and silo else None)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        pass
+        data = json.loads(reason) if len(reason) <= _MAX_ERROR else None
+    except (ValueError, RecursionError):
+        data = None
+    fields = data if isinstance(data, dict) else {}
+    if all(isinstance(fields.get(k), str) for k in ("type", "reason", "message")):
+        silo = fields.get("silo")
+        return SiloError(printable(fields["type"], 256), printable(fields["reason"], 256),
+                         printable(fields["message"], _MAX_MESSAGE),
+                         silo=silo if is_silo_name(silo) else None)
+    reason = printable(reason, _MAX_MESSAGE)
     if msg.error.code == ErrorCode.MESSAGE_UNAVAILABLE and reason.startswith(CONTENT_MISSING):
         return SiloError(DeploymentError.__name__, "reply-content-missing",
                          "its reply came, its content was not complete by the round's "
@@ -117,7 +127,7 @@ def _claimed_name(msg: Message) -> str | None:
         name = msg.content.config_records[SILO][SILO_NAME]
     except (KeyError, TypeError, AttributeError):
         return None
-    return name if isinstance(name, str) and 0 < len(name) <= 256 else None
+    return name if is_silo_name(name) else None
 
 
 class GridTransport:

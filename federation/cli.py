@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from xsilo.errors import XsiloError
+from xsilo.terms import printable
 
 app = typer.Typer(
     name="xsilo",
@@ -92,7 +93,10 @@ def main() -> None:
             raise
         from rich.text import Text
 
-        _err.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        # the message may quote a silo's words: no escape sequence reaches the terminal
+        _err.print(Text("error: ", style="bold red") + Text(printable(str(exc), 20_000,
+                                                                      lines=True)),
+                   highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         _err.print("[yellow]interrupted[/]")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,6 +36,9 @@ from typing import Any, ClassVar
 from xsilo.errors import ProtocolError
 
 __all__ = [
+    "SILO_NAME_RULE",
+    "is_silo_name",
+    "printable",
     "COMPRESSION_METHODS",
     "MAX_ROUNDS",
     "MAX_SILOS",
@@ -57,6 +61,48 @@ Scalar = int | float | str | bool
 
 _MAX_INT = (1 << 63) - 1  # ConfigRecord integers are signed 64-bit
 _MAX_NAME = 256
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int = 4096, *, lines: bool = False) -> str:
+    """A peer's text as it may be logged or shown to an operator: every control character
+    (a newline would forge a log line, an ESC drive the terminal) written as ``\\uXXXX``
+    (``lines``: newlines kept), cut to ``limit`` characters."""
+    pattern = _CONTROLS_BUT_LINES if lines else _CONTROLS
+    shown = pattern.sub(lambda m: f"\\u{ord(m.group()):04x}", text[:limit])
+    return shown if len(text) <= limit else f"{shown}… ({len(text)} characters)"
+
+
+SILO_NAME_RULE = "1 to 63 printable characters without '/'"
+
+
+def is_silo_name(value: object) -> bool:
+    """A silo's name as it may name files, log lines and table columns
+    (:data:`SILO_NAME_RULE`; an enrolled name is stricter: ``deploy.pki.checks``)."""
+    return (isinstance(value, str) and 1 <= len(value) <= 63 and "/" not in value
+            and value.isprintable())
+
+
+def _preview(value: Any) -> str:
+    """A bounded ``repr`` of a peer's value (an integer of thousands of digits has none:
+    Python refuses to write it)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, list | tuple) and len(value) > 8:
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    if isinstance(value, str | bytes) and len(value) > 80:
+        value = value[:80]
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _finite(value: int | float) -> bool:
+    """``math.isfinite``, False for an integer beyond any float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 _MAX_JSON = 1 << 16  # characters of a JSON term (a DP table, a schema fingerprint)
 _MAX_DEPTH = 16  # nesting of a JSON term (a fingerprint nests 4 deep; 16 is far above any)
 
@@ -153,9 +199,7 @@ class _Reader:
         self.record, self.what = record, what
 
     def _bad(self, key: str, value: Any, form: str) -> ProtocolError:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        shown = _preview(value)
         return ProtocolError(f"{self.what}: {key} = {shown} ({type(value).__name__}); "
                              f"expected {form}")
 
@@ -182,7 +226,7 @@ class _Reader:
         if value is default and key not in self.record:
             return value
         if (not isinstance(value, int | float) or isinstance(value, bool)
-                or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+                or not _finite(value) or value < 0 or (positive and value == 0)):
             raise self._bad(key, value, form)
         return float(value)
 
@@ -569,6 +613,8 @@ class SiloInfo:
     def from_config(cls, config: Mapping[str, Any]) -> SiloInfo:
         r = _Reader(config, cls.WHAT)
         name = r.text(SILO_NAME, default=_REQUIRED)
+        if not is_silo_name(name):  # it names the silo in logs, tables and the run's files
+            raise r._bad(SILO_NAME, name, f"a silo name of {SILO_NAME_RULE}")
         fingerprint = r.json_object(SCHEMA_FINGERPRINT, default=_REQUIRED)
         digest = fingerprint.get("digest")
         if not isinstance(digest, str) or not 0 < len(digest) <= _MAX_NAME:
@@ -648,7 +694,7 @@ class SiloMetrics:
             if not isinstance(key, str) or len(key) > _MAX_NAME:
                 raise r._bad(str(key)[:_MAX_NAME], value, "a metric name of at most 256 characters")
             if (not isinstance(value, int | float) or isinstance(value, bool)
-                    or not math.isfinite(value)):
+                    or not _finite(value)):
                 raise r._bad(key, value, "a finite number")
             if key in known:
                 values[known[key]] = float(value)

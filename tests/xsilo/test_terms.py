@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from xsilo import terms as T
 from xsilo.errors import ProtocolError
 from xsilo.terms import (DPTerms, EvaluateTerms, JoinTerms, KeySetupTerms, SiloInfo, SiloMetrics,
-                         TrainTerms, UnmaskTerms)
+                         TrainTerms, UnmaskTerms, is_silo_name)
 
 INT64 = (1 << 63) - 1
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
@@ -89,7 +89,7 @@ def silo_metrics(draw: st.DrawFn) -> SiloMetrics:
     st.builds(EvaluateTerms, server_round=rounds, final=st.booleans()),
     st.builds(KeySetupTerms, silo=st.integers(0, INT64), server_round=rounds),
     st.builds(UnmaskTerms, server_round=rounds),
-    st.builds(SiloInfo, name=names, fingerprint=st.dictionaries(names, json_values, max_size=4)
+    st.builds(SiloInfo, name=names.filter(is_silo_name), fingerprint=st.dictionaries(names, json_values, max_size=4)
               .map(lambda fp: {**fp, "digest": "ab" * 32})),
 ))
 def test_every_terms_type_round_trips(terms: object) -> None:
@@ -260,3 +260,20 @@ def test_the_largest_federation_is_the_largest_roster_a_key_request_lists() -> N
     from strategies.secagg import messages
 
     assert T.MAX_SILOS == messages._MAX_ITEMS
+
+
+@pytest.mark.parametrize("key, value", [
+    (T.SERVER_ROUND, 10**5000),  # no text of it: Python refuses to write 5000 digits
+    (T.LEARNING_RATE, 10**400),  # beyond any float
+    (T.LEARNING_RATE, list(range(10**5))),
+], ids=["5000-digit-round", "learning-rate-past-float", "long-list"])
+def test_a_value_past_any_bound_is_a_protocol_error_with_a_bounded_message(
+        key: str, value: object) -> None:
+    config = {**TrainTerms(server_round=1, num_rounds=2, local_epochs=1, learning_rate=0.1,
+                           batch_size=8, seed=1, strategy="fedavg", run_token="t",
+                           participants=3).to_config(), key: value}
+    with pytest.raises(ProtocolError) as err:
+        TrainTerms.from_config(config)
+    assert len(str(err.value)) < 400
+    with pytest.raises(ProtocolError):
+        SiloMetrics.from_record({T.NUM_EXAMPLES: 10**400})

@@ -11,6 +11,7 @@
     secagg_threshold_fraction = 0.67  # secure aggregation: t > this · n (default 0.5: a
                                       # strict majority, the least any silo accepts)
     max_rounds = 50
+    max_local_epochs = 20        # the most local epochs a round may ask of this silo's data
     max_silos = 1000             # the largest federation (and secure-aggregation roster) this
                                  # silo joins; default 1000
     allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]
@@ -82,6 +83,7 @@ class SitePolicy:
     min_silos_per_round: int = 1
     secagg_threshold_fraction: float = 0.5
     max_rounds: int | None = None
+    max_local_epochs: int | None = None
     max_silos: int = DEFAULT_MAX_SILOS
     allowed_coordinator_fingerprints: tuple[str, ...] | None = None
     # Secure aggregation: the consortium's members (name → key fingerprint, from `xsilo pki
@@ -119,6 +121,8 @@ class SitePolicy:
                               "fraction of the silos (0.5 is a strict majority)")
         if self.max_rounds is not None:
             _positive("max_rounds", self.max_rounds, integer=True)
+        if self.max_local_epochs is not None:
+            _positive("max_local_epochs", self.max_local_epochs, integer=True)
         _positive("max_silos", self.max_silos, integer=True)
         if self.max_silos < max(2, self.min_silos_per_round):
             raise ConfigError(f"policy max_silos = {self.max_silos}: must be at least 2 and at "
@@ -308,7 +312,7 @@ def _check_compression(policy: SitePolicy, method: str, what: str) -> None:
 def check_round(policy: SitePolicy, *, server_round: int, participants: int,
                 epsilon_spent: float | None, epsilon_next: float | None,
                 strategy: str | None = None, secure_aggregation: bool = False,
-                compression: str = "none") -> None:
+                compression: str = "none", local_epochs: int | None = None) -> None:
     """Refuse this round before anything is sent.
 
     ``epsilon_spent`` / ``epsilon_next`` are the site-lifetime totals before and after this
@@ -325,6 +329,11 @@ def check_round(policy: SitePolicy, *, server_round: int, participants: int,
     if policy.max_rounds is not None and server_round > policy.max_rounds:
         raise _refuse("max_rounds", f"round {server_round} exceeds the site policy's "
                       f"max_rounds {policy.max_rounds}; no update sent")
+    if (policy.max_local_epochs is not None and local_epochs is not None
+            and local_epochs > policy.max_local_epochs):  # the site's compute, its choice
+        raise _refuse("max_local_epochs", f"round {server_round} asks for {local_epochs} "
+                      f"local epochs, the site policy allows at most "
+                      f"{policy.max_local_epochs}; lower local_epochs")
     if participants < policy.min_silos_per_round:
         raise _refuse("min_silos_per_round", f"only {participants} silo(s) take part in round "
                       f"{server_round}; the site policy requires at least "

@@ -249,6 +249,7 @@ class SiloPrivacy:
         """
         checks = dict(server_round=terms.server_round, participants=terms.participants,
                       strategy=terms.strategy, compression=terms.compression,
+                      local_epochs=terms.local_epochs,
                       secure_aggregation=terms.secure if secure is None else bool(secure))
         dp = parse_dp(terms.dp)
         if dp is None or terms.dp is None:

@@ -109,6 +109,7 @@ POLICY_STUB = """\
 # min_silos_per_round = 3                     # no update when fewer silos take part
 # secagg_threshold_fraction = 0.67            # secure aggregation: threshold t > 0.67 · n
 # max_rounds = 50
+# max_local_epochs = 20          # the most local epochs a round may ask of this silo
 # max_silos = 200                             # the largest federation joined (default 1000)
 # allowed_coordinator_fingerprints = ["sha256:AB:CD:..."]   # verified out of band
 # roster = { "hospital-b" = "sha256:AB:CD:..." }  # secure aggregation only with these members

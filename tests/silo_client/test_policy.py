@@ -24,7 +24,7 @@ from xsilo.errors import ConfigError, PolicyRefusal
 FP = "sha256:AB:CD:EF:01"
 STRICT = SitePolicy(require_secure_aggregation=True, max_epsilon=4.0, delta=1e-5,
                     allowed_strategies=("FedAvg", "fedprox"), min_silos_per_round=3,
-                    max_rounds=10, allowed_coordinator_fingerprints=(FP,))
+                    max_rounds=10, allowed_coordinator_fingerprints=(FP,), max_local_epochs=5)
 GOOD = RunTerms(strategy="fedavg", num_rounds=5, secure_aggregation=True,
                 coordinator_fingerprint="abcdef01", dp_epsilon_total=2.0, dp_delta=1e-6,
                 num_silos=3)
@@ -68,6 +68,8 @@ ROUND_RULES = [  # (kwargs, reason, message fragments)
      ["round 10 runs strategy 'FedAdam'", "allowed: ['fedavg', 'fedprox']"]),
     ({"strategy": None}, "allowed_strategies", ["strategy None"]),
     ({"server_round": 11}, "max_rounds", ["round 11 exceeds", "max_rounds 10"]),
+    ({"local_epochs": 2**63 - 1}, "max_local_epochs",
+     [f"asks for {2**63 - 1} local epochs", "at most 5"]),
     ({"participants": 2}, "min_silos_per_round", ["only 2 silo(s)", "at least 3", "no update"]),
     ({"epsilon_next": 4.2}, "max_epsilon", ["from 3.5 to 4.2 > max_epsilon 4.0"]),
     ({"epsilon_next": None}, "max_epsilon", ["no DP accounting"]),
@@ -75,7 +77,7 @@ ROUND_RULES = [  # (kwargs, reason, message fragments)
 
 
 ROUND_OK = {"server_round": 10, "participants": 3, "epsilon_spent": 3.5, "epsilon_next": 4.0,
-            "strategy": "FedProx", "secure_aggregation": True}
+            "strategy": "FedProx", "secure_aggregation": True, "local_epochs": 5}
 
 
 @pytest.mark.parametrize(("changes", "reason", "fragments"), ROUND_RULES,
@@ -93,7 +95,8 @@ def test_load_policy_toml(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text('require_secure_aggregation = true\nmax_epsilon = 4.0\ndelta = 1e-5\n'
                     'allowed_strategies = ["FedAvg", "fedprox"]\nmin_silos_per_round = 3\n'
-                    f'max_rounds = 10\nallowed_coordinator_fingerprints = ["{FP}"]\n')
+                    f'max_rounds = 10\nallowed_coordinator_fingerprints = ["{FP}"]\n'
+                    'max_local_epochs = 5\n')
     assert SitePolicy.load(path) == STRICT
     assert STRICT.allowed_coordinator_fingerprints == ("abcdef01",)
     assert normalize_fingerprint("SHA256:Ab:cD") == "abcd"
@@ -108,6 +111,7 @@ def test_load_policy_toml(tmp_path: Path) -> None:
     ("allowed_strategies = []\n", "non-empty list of strings"),
     ("max_rounds = \n", "policy.toml is not valid TOML"),
     ("max_silos = 0\n", "max_silos = 0: must be a positive integer"),
+    ("max_local_epochs = 0\n", "max_local_epochs = 0: must be a positive integer"),
     ("max_silos = 2\nmin_silos_per_round = 3\n", "at least min_silos_per_round"),
 ])
 def test_bad_policy_files(tmp_path: Path, text: str, needle: str) -> None:

@@ -25,7 +25,7 @@ from coordinator.rows import weighted_mean
 from coordinator.run_store import RunStore, load_npz
 from strategies.api import PerUpdateStrategy, RoundPlan, Strategy, SumStrategy
 from xsilo.errors import ConfigError, DeploymentError, StrategyError
-from xsilo.terms import SiloInfo, SiloMetrics
+from xsilo.terms import PROXIMAL_MU, SERVER_ROUND, SiloInfo, SiloMetrics
 
 MODEL = {"w": np.zeros(4, np.float32), "b": np.zeros(1, np.float32)}
 Answer = Callable[[str], Reply | None]
@@ -353,10 +353,10 @@ class _Configured(_StrayPlan):
 @pytest.mark.parametrize("strategy, words", [
     (_Neither(), "is not a PerUpdateStrategy"),
     (_StrayPlan(), r"from configure_round; it must return a RoundPlan whose silos are among"),
-    (_Configured({"server-round": 7, "x": 1}),
-     r"puts \['server-round'\] in its round config, which are xsilo's own term keys"),
-    (_Configured({"proximal-mu": -1.0}), r"sends proximal term -1.0; it must be a finite"),
-    (_Configured({"proximal-mu": True}), r"sends proximal term True"),
+    (_Configured({SERVER_ROUND: 7, "x": 1}),
+     rf"puts \['{SERVER_ROUND}'\] in its round config, which are xsilo's own term keys"),
+    (_Configured({PROXIMAL_MU: -1.0}), r"sends proximal term -1.0; it must be a finite"),
+    (_Configured({PROXIMAL_MU: True}), r"sends proximal term True"),
     (_Stateful({"m": [1, [2, 3]]}), r"raised ValueError in state_dict"),
     (_Stateful({1: np.zeros(2)}), r"returned 1: .* from state_dict; its state must map text"),
     (_Stateful({"m": None}), r"returned 'm': None from state_dict"),

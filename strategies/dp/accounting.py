@@ -176,6 +176,11 @@ def _gaussian_z(groups: _Groups) -> float | None:
     return math.inf if precision == 0 else precision**-0.5
 
 
+MIN_DELTA = 1e-100
+"""The smallest delta accepted: far below any record count's 1/N; near the smallest floats
+the accountants' epsilon becomes infinite."""
+
+
 class Accountant:
     """ε at a fixed δ for a sequence of rounds, computed by ``dp_accounting``.
 
@@ -185,9 +190,10 @@ class Accountant:
     """
 
     def __init__(self, delta: float, method: str = "pld") -> None:
-        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
-            raise ConfigError(f"delta must be a number in (0, 1), got {delta!r}; 1e-5 or "
-                              "1/N_records is usual")
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or \
+                not MIN_DELTA <= delta < 1.0:
+            raise ConfigError(f"delta must be a number in [{MIN_DELTA:g}, 1), got {delta!r:.40}; "
+                              "1e-5 or 1/N_records is usual")
         if method not in METHODS:
             raise ConfigError(f"accounting method must be one of {METHODS}, got {method!r}")
         self.delta = float(delta)
@@ -286,8 +292,8 @@ class PrivacyBudget:
             raise ConfigError(f"max_epsilon must be a finite number > 0, got "
                               f"{self.max_epsilon!r:.40}; set dp.max_epsilon (e.g. 8.0) or "
                               "leave it out for no cap")
-        if not (_is_finite_number(self.delta) and 0.0 < self.delta < 1.0):
-            raise ConfigError(f"the budget's delta must be a number in (0, 1), got "
+        if not (_is_finite_number(self.delta) and MIN_DELTA <= self.delta < 1.0):
+            raise ConfigError(f"the budget's delta must be a number in [{MIN_DELTA:g}, 1), got "
                               f"{self.delta!r:.40}; set dp.delta (1e-5 or 1/N_records is usual)")
 
     def check(self, accountant: Accountant, event: Event, *, round_number: int) -> float:

@@ -135,6 +135,8 @@ def test_only_config_errors_come_out_of_a_bad_adaptive_table(key, value):
     pytest.param(lambda: PrivacyBudget(float("inf"), 1e-5), id="budget-inf"),
     pytest.param(lambda: PrivacyBudget(8.0, "1e-5"), id="budget-delta-text"),
     pytest.param(lambda: PrivacyBudget(8.0, 2.0), id="budget-delta-range"),
+    pytest.param(lambda: PrivacyBudget(8.0, 1e-320), id="budget-delta-subnormal"),
+    pytest.param(lambda: Accountant(1e-320), id="accountant-delta-subnormal"),  # eps = inf
 ])
 def test_an_accounting_value_of_the_wrong_type_or_range_is_a_config_error(make):
     with pytest.raises(ConfigError, match="must be a"):

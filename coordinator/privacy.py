@@ -362,10 +362,19 @@ class RunPrivacy:
         if _STATE_KEY not in arrays:
             raise ConfigError("the checkpoint holds no DP state (dp/state) but the run uses DP; "
                               "resume only from checkpoints of the same run")
-        state = json.loads(str(np.asarray(arrays[_STATE_KEY])))
-        self.accountant = Accountant.from_state_dict(state["accountant"])
-        self.run_token = state["run_token"]
-        self.adopted = float(state.get("adopted", 0.0))
+        try:
+            state = json.loads(str(np.asarray(arrays[_STATE_KEY])))
+            accountant = Accountant.from_state_dict(state["accountant"])
+            token, adopted = state["run_token"], float(state.get("adopted", 0.0))
+            clip = float(state["clip_norm"]) if self.adaptive is not None else None
+            if not isinstance(token, str):
+                raise TypeError("run_token is not text")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
+                ConfigError) as exc:
+            raise ConfigError(f"the checkpoint's DP state (dp/state) is unreadable ({exc}); "
+                              "resume from an earlier checkpoint (remove this one) or restore "
+                              "it from a backup") from exc
+        self.accountant, self.run_token, self.adopted = accountant, token, adopted
         if self.adaptive is not None:
-            self.adaptive = replace(self.adaptive, clip_norm=float(state["clip_norm"]))
+            self.adaptive = replace(self.adaptive, clip_norm=clip)
         return rest

@@ -147,7 +147,8 @@ def _account_steps(report: DPSGDReport, training: Any, settings: DPSGDSettings,
     if state_path.exists():
         try:
             acct = Accountant.from_state_dict(json.loads(state_path.read_text())["accountant"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+                ConfigError) as exc:
             raise ConfigError(f"DP-SGD state {state_path} is unreadable ({type(exc).__name__}: "
                               f"{exc}); restore it from backup: spent budget must not be "
                               "forgotten") from exc

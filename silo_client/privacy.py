@@ -218,7 +218,7 @@ class SiloPrivacy:
             return (Accountant.from_state_dict(state["accountant"]), list(state["rounds"]),
                     None if promised is None else float(promised))
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
-                RecursionError) as exc:
+                RecursionError, ConfigError) as exc:
             raise ConfigError(f"privacy state {path} is unreadable ({exc}); restore it from "
                               "backup: spent budget must not be forgotten") from exc
 

@@ -267,15 +267,21 @@ class Accountant:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace this accountant's state by a checkpoint's (replays the events)."""
-        fresh = Accountant(state["delta"], state["method"])
-        for d in state["events"]:
-            fresh.compose_round(_event_from_dict(d))
+        """Replace this accountant's state by a checkpoint's (replays the events); a state
+        that is not one :meth:`state_dict` wrote is a ConfigError."""
+        try:
+            fresh = Accountant(state["delta"], state["method"])
+            for d in state["events"]:
+                fresh.compose_round(_event_from_dict(d))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"an accountant's saved state is damaged ({type(exc).__name__}: "
+                              f"{exc}); restore it from a backup: spent budget must not be "
+                              "forgotten") from exc
         self.__dict__.update(fresh.__dict__)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Accountant:
-        acct = cls(state["delta"], state["method"])
+        acct = cls.__new__(cls)
         acct.load_state_dict(state)
         return acct
 

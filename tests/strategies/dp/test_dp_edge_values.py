@@ -198,3 +198,34 @@ def test_a_distributed_sum_past_float_range_is_refused_when_calibrated():
         wide.ddg_params(num_silos=3, min_survivors=2, dimension=2**20)
     assert DPConfig(**{**CENTRAL, "mechanism": "distributed"}).ddg_params(
         num_silos=3, min_survivors=2, dimension=1024).calibrate().rho > 0
+
+
+@pytest.mark.parametrize("state", [
+    {"delta": 1e-5, "method": "pld"},  # no events
+    {"delta": 1e-5, "method": "pld", "events": [{"kind": "nope"}]},
+    {"delta": 1e-5, "method": "pld", "events": [{"kind": "gaussian", "bogus": 1}]},
+    {"delta": 1e-5, "method": "pld", "events": 5},
+    {"delta": "x", "method": "pld", "events": []},
+    [],
+], ids=["no-events", "unknown-kind", "unknown-field", "events-not-a-list", "delta-text",
+        "not-a-mapping"])
+def test_a_damaged_accountant_state_is_a_config_error(state):
+    with pytest.raises(ConfigError, match="saved state is damaged|delta must be"):
+        Accountant.from_state_dict(state)
+
+
+def test_a_checkpoints_damaged_dp_state_is_a_config_error_naming_it():
+    import json
+
+    from coordinator.privacy import RunPrivacy
+    from strategies.dp import DPConfig
+
+    privacy = RunPrivacy(DPConfig(mechanism="central", noise_multiplier=1.0, clip_norm=1.0),
+                         num_silos=3)
+    arrays = privacy.state_arrays()
+    (key,) = arrays
+    for state in ({"accountant": {"delta": 1e-5}}, {"accountant": privacy.accountant.state_dict()},
+                  "[" * 100_000):
+        damaged = {key: np.asarray(state if isinstance(state, str) else json.dumps(state))}
+        with pytest.raises(ConfigError, match=r"checkpoint's DP state \(dp/state\) is unreadable"):
+            privacy.load_state_arrays(damaged)

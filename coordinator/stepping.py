@@ -22,7 +22,7 @@ from strategies.aggregate import COMPUTED_STATISTICS, SumAccumulator, check_resu
 from strategies.api import (PerUpdateStrategy, RoundPlan, Strategy, SumStrategy, Update,
                             call_strategy, strategy_label)
 from xsilo.errors import StrategyError
-from xsilo.terms import PROXIMAL_MU, TERM_KEYS, Scalar
+from xsilo.terms import MAX_STRATEGY_VALUES, PROXIMAL_MU, TERM_KEYS, Scalar
 
 __all__ = ["Stepper"]
 
@@ -67,6 +67,14 @@ class Stepper:
             raise StrategyError(
                 f"{strategy_label(strategy)} puts {clash} in its round config, which are "
                 "xsilo's own term keys; the strategy must name its values differently")
+        own = {k: v for k, v in plan.config.items() if k != PROXIMAL_MU}
+        if len(own) > MAX_STRATEGY_VALUES or any(
+                not isinstance(k, str) or len(k) > 256 or not isinstance(v, int | float | str)
+                or (isinstance(v, str) and len(v) > 256) for k, v in own.items()):
+            raise StrategyError(
+                f"{strategy_label(strategy)} puts {len(own)} values in its round config; a "
+                f"silo takes at most {MAX_STRATEGY_VALUES}, each a number, true/false or text "
+                "of at most 256 characters under a text key")
         mu = plan.config.get(PROXIMAL_MU, 0.0)
         if not isinstance(mu, int | float) or isinstance(mu, bool) or not 0 <= mu < float("inf"):
             raise StrategyError(f"{strategy_label(strategy)} sends proximal term {mu!r}; it "

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 from xsilo.errors import ProtocolError
 
 __all__ = [
+    "MAX_STRATEGY_VALUES",
     "SILO_NAME_RULE",
     "is_silo_name",
     "printable",
@@ -61,6 +62,7 @@ Scalar = int | float | str | bool
 
 _MAX_INT = (1 << 63) - 1  # ConfigRecord integers are signed 64-bit
 _MAX_NAME = 256
+MAX_STRATEGY_VALUES = 64  # a strategy's own per-round values in a train message
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROLS_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
@@ -491,9 +493,15 @@ class TrainTerms:
         for key, value in config.items():
             if key in TERM_KEYS:
                 continue
-            if not isinstance(key, str) or not isinstance(value, int | float | str | bool) or (
-                    isinstance(value, float) and not math.isfinite(value)):
-                raise r._bad(str(key), value, "a strategy value (a number, text or true/false)")
+            if not isinstance(key, str) or len(key) > _MAX_NAME or not isinstance(
+                    value, int | float | str | bool) or (
+                    isinstance(value, float) and not math.isfinite(value)) or (
+                    isinstance(value, str) and len(value) > _MAX_NAME):
+                raise r._bad(str(key)[:_MAX_NAME], value, "a strategy value (a number, text of "
+                             f"at most {_MAX_NAME} characters, or true/false)")
+            if len(extra) == MAX_STRATEGY_VALUES:
+                raise ProtocolError(f"{cls.WHAT}: more than {MAX_STRATEGY_VALUES} strategy "
+                                    "values; a strategy's round config is a few settings")
             extra[key] = value
         return cls(server_round=r.integer(SERVER_ROUND, default=_REQUIRED),
                    num_rounds=r.integer(NUM_ROUNDS, low=1, high=MAX_ROUNDS, default=_REQUIRED),

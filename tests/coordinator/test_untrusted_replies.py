@@ -357,6 +357,8 @@ class _Configured(_StrayPlan):
      rf"puts \['{SERVER_ROUND}'\] in its round config, which are xsilo's own term keys"),
     (_Configured({PROXIMAL_MU: -1.0}), r"sends proximal term -1.0; it must be a finite"),
     (_Configured({PROXIMAL_MU: True}), r"sends proximal term True"),
+    (_Configured({f"k{i}": i for i in range(65)}), r"puts 65 values in its round config"),
+    (_Configured({"note": "x" * 300}), r"text of at most 256 characters"),
     (_Stateful({"m": [1, [2, 3]]}), r"raised ValueError in state_dict"),
     (_Stateful({1: np.zeros(2)}), r"returned 1: .* from state_dict; its state must map text"),
     (_Stateful({"m": None}), r"returned 'm': None from state_dict"),

@@ -277,3 +277,14 @@ def test_a_value_past_any_bound_is_a_protocol_error_with_a_bounded_message(
     assert len(str(err.value)) < 400
     with pytest.raises(ProtocolError):
         SiloMetrics.from_record({T.NUM_EXAMPLES: 10**400})
+
+
+def test_a_strategys_round_values_are_a_few_short_settings() -> None:
+    base = TrainTerms(server_round=1, num_rounds=2, local_epochs=1, learning_rate=0.1,
+                      batch_size=8, seed=1, strategy="fedavg", run_token="t",
+                      participants=3).to_config()
+    with pytest.raises(ProtocolError, match="at most 256 characters"):
+        TrainTerms.from_config({**base, "note": "x" * 10**7})
+    with pytest.raises(ProtocolError, match="more than 64 strategy values"):
+        TrainTerms.from_config({**base, **{f"k{i}": i for i in range(5000)}})
+    assert TrainTerms.from_config({**base, "beta": 0.9}).strategy_config == {"beta": 0.9}

@@ -165,7 +165,12 @@ _BODY = f"""        ssl_protocols TLSv1.2 TLSv1.3;
 
 def check_binding(subject: str, key: str) -> str:
     """One line of the node-key map; :class:`ConfigError` if the subject or the key cannot
-    be written into the config as they are."""
+    be written into the config as they are. A subject is one xsilo issues (``CN=…`` or
+    ``O=…,CN=…``): nginx reads a map key that starts with ``~`` as a regex and one that
+    reads ``default`` as the map's default, quoted or not."""
+    if not subject.startswith(("CN=", "O=")):
+        raise ConfigError(f"certificate subject {subject!r:.100} is not one xsilo issues "
+                          "(CN=… or O=…,CN=…); it cannot be a key of the gateway's map")
     key = _check_key(key, subject)
     return f"        {_q(subject, 'certificate subject')} {_q(key, 'node key')};"
 

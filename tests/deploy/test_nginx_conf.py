@@ -54,6 +54,12 @@ def test_node_key_binding_map() -> None:
     assert "\\1" not in conf  # no back-reference that a crafted header could satisfy
 
 
+@pytest.mark.parametrize("subject", ["~.*", "default", "hostnames", "CNX=a"])
+def test_a_subject_nginx_would_read_as_a_regex_or_keyword_is_refused(subject: str) -> None:
+    with pytest.raises(ConfigError, match="is not one xsilo issues"):
+        _coord(node_key_bindings={subject: KEY})
+
+
 @pytest.mark.parametrize("key", ["TFMwdExT+/==", "x|" + KEY, KEY + " ", base64.b64encode(
     b"-----BEGIN PRIVATE KEY-----").decode()])
 def test_a_bound_key_must_be_what_flower_sends(key: str) -> None:

@@ -88,6 +88,27 @@ def test_a_silo_whose_supernode_restarts_is_re_keyed_and_summed_again(
         "hospital-a", "hospital-b", "hospital-c"]
 
 
+LOST_DEAL_REQUEST = '''
+"""Round 3's first DealRequest to the second silo is lost on the way (test double,
+ServerApp only)."""
+import os
+import sys
+
+if os.path.basename(sys.argv[0]) == "flwr-serverapp":
+    from coordinator import transport
+
+    _honest, _lost = transport.GridTransport.exchange, []
+
+    def _exchange(self, message_type, payloads, *, group, **kwargs):
+        if group == "3-deal" and not _lost:
+            _lost.append(sorted(payloads)[1])
+            payloads = {n: p for n, p in payloads.items() if n != _lost[0]}
+        return _honest(self, message_type, payloads, group=group, **kwargs)
+
+    transport.GridTransport.exchange = _exchange
+'''
+
+
 def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_dealing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """secagg_round_keys = "on": each round first deals fresh, signed round keys over
@@ -95,14 +116,20 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
     between its dealing and the mask requests (the coordinator stands at the ``dealt``
     failpoint meanwhile, so no timing decides it): it lost its round key and refuses to mask
     (KeysMissing), and the round is summed from the other two, hospital-c's round key
-    rebuilt from their shares. Round 2 re-keys it and sums all three. What each silo sent is
-    in its ledger."""
-    fed = LocalFederation(tmp_path, mtls=True).setup()
+    rebuilt from their shares. Round 2 re-keys it and sums all three. In round 3 one silo's
+    DealRequest is lost: a silo masks only with the whole set it dealt to, so the other two
+    deal again between themselves and the round sums them. What each silo sent is in its
+    ledger."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(LOST_DEAL_REQUEST)
+    monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
+    fed = LocalFederation(tmp_path / "fed", mtls=True).setup()
     with fed:
         markers = kills.start(fed, monkeypatch, "dealt")
         old_pid = fed.supernodes["hospital-c"].pid
         run_id, store = fed.submit(RunConfig(
-            num_rounds=2, min_silos=2, expected_silos=3, secure_aggregation=True,
+            num_rounds=3, min_silos=2, expected_silos=3, secure_aggregation=True,
             secagg_threshold=2, secagg_round_keys="on", round_timeout=40.0, join_timeout=45.0,
             name="round-keys"))
         dealt_before: dict = {}
@@ -117,7 +144,7 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
             kills.restart_silo_and_wait(fed, "hospital-c", timeout=60)
 
         with kills.while_standing_at("dealt", markers, restart_c_once_dealt):
-            outcome = fed.wait(run_id, store, timeout=100)
+            outcome = fed.wait(run_id, store, timeout=125)
         assert fed.supernodes["hospital-c"].pid != old_pid
     assert outcome.status == "finished:completed", outcome.summary
     assert outcome.summary["rounds_failed"] == []
@@ -126,9 +153,14 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
     events = outcome.store.events()
     setup = next(e for e in events if e["event"] == "secure_aggregation_setup")
     assert setup["round_keys"] is True and setup["signed_adverts"] == 3
-    lost, rekeyed = [e for e in events if e["event"] == "round"][1:]
-    for r in (lost, rekeyed):  # three round trips, each timed
+    lost, rekeyed, redealt = [e for e in events if e["event"] == "round"][1:]
+    for r in (lost, rekeyed, redealt):  # three round trips, each timed
         assert {"dealing", "masked_input", "unmasking"} <= set(r["secure_aggregation"]["seconds"])
+    (no_deal,) = redealt["rejected"]  # the silo whose DealRequest was lost
+    assert "dealing" in redealt["rejected"][no_deal], redealt["rejected"]
+    assert redealt["secure_aggregation"]["redealt"] == 1, redealt["secure_aggregation"]
+    assert redealt["contributors"] == [n for n in kills.SILOS if n != no_deal], redealt
+    assert redealt["secure_aggregation"]["dropped"] == 0  # the two masked with each other only
     assert lost["contributors"] == ["hospital-a", "hospital-b"], lost
     assert "KeysMissing" in lost["rejected"]["hospital-c"], lost["rejected"]
     assert lost["secure_aggregation"]["dropped"] == 1  # unmasked with its rebuilt round key
@@ -138,13 +170,15 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
     assert total == 426 and 0 < lost["secure_aggregation"]["total_weight"] < total
     for name in kills.SILOS:
         entries = kills.ledger(fed, name)
-        dealt = [e for e in entries if e["extra"].get("secagg") == "secagg/dealt"]
-        assert sorted(e["server_round"] for e in dealt) == [1, 2, 3]  # + the final evaluation
-        assert all(e["extra"]["dealt_to"] == 3 for e in dealt)
+        dealt = [(e["server_round"], e["extra"]["dealt_to"]) for e in entries
+                 if e["extra"].get("secagg") == "secagg/dealt"]
+        # + the final evaluation (round 4); in round 3 the two dealt again, among two
+        assert sorted(dealt) == ([(1, 3), (2, 3), (4, 3)] if name == no_deal
+                                 else [(1, 3), (2, 3), (3, 2), (3, 3), (4, 3)]), (name, dealt)
         trains = [e for e in entries if e["message_type"] == "train"]
         assert all(e["masked"] for e in trains)
-        assert [e["server_round"] for e in trains] == ([2] if name == "hospital-c"
-                                                       else [1, 2])
+        assert [e["server_round"] for e in trains] == (
+            [2] if name == "hospital-c" else [1, 2]) + ([] if name == no_deal else [3])
         refusals = [e for e in entries if e["message_type"] == "train.refusal"]
         assert [(e["server_round"], "KeysMissing" in e["extra"]["reason"]) for e in refusals] == (
             [(1, True)] if name == "hospital-c" else [])  # its refusal left it too

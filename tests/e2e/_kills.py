@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,16 +35,17 @@ def start(fed: LocalFederation, monkeypatch: pytest.MonkeyPatch, *points: str) -
     return markers
 
 
-def with_serverapp_double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                          code: str) -> LocalFederation:
-    """A federation (set up, not started) whose Flower processes import ``code`` as their
-    ``sitecustomize`` (a test double that acts in ``flwr-serverapp`` only, by its own check
-    of ``sys.argv[0]``): a hostile coordinator on real processes."""
+def with_serverapp_double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str,
+                          **federation: Any) -> LocalFederation:
+    """A federation (set up, not started; ``federation``: LocalFederation's options) whose
+    Flower processes import ``code`` as their ``sitecustomize`` (a test double that acts in
+    ``flwr-serverapp`` only, by its own check of ``sys.argv[0]``): a hostile or lossy
+    coordinator on real processes."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(code)
     monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
-    return LocalFederation(tmp_path / "fed").setup()
+    return LocalFederation(tmp_path / "fed", **federation).setup()
 
 
 def kill_serverapp_at(point: str, markers: Path, store: RunStore) -> int:

@@ -120,11 +120,7 @@ def test_a_round_keys_run_deals_every_round_and_sums_past_a_silo_lost_after_deal
     DealRequest is lost: a silo masks only with the whole set it dealt to, so the other two
     deal again between themselves and the round sums them. What each silo sent is in its
     ledger."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(LOST_DEAL_REQUEST)
-    monkeypatch.setenv("PYTHONPATH", str(site))  # inherited by every Flower process
-    fed = LocalFederation(tmp_path / "fed", mtls=True).setup()
+    fed = kills.with_serverapp_double(tmp_path, monkeypatch, LOST_DEAL_REQUEST, mtls=True)
     with fed:
         markers = kills.start(fed, monkeypatch, "dealt")
         old_pid = fed.supernodes["hospital-c"].pid

@@ -63,7 +63,7 @@ LOG_FILE = "coordinator.log"
 def _process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot), None if there is none (or
     ``pid`` names no single process: 0 and -1 mean groups of processes to ``kill``)."""
-    if type(pid) is not int or not 1 < pid <= _MAX_PID:
+    if type(pid) is not int or not 0 < pid <= _MAX_PID:
         return None
     fields = stat_fields(pid)
     if fields is None:
@@ -160,7 +160,7 @@ class RunStore:
             pid, start = data["pid"], data.get("start")
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
-        if type(pid) is not int or not 1 < pid <= _MAX_PID or not (
+        if type(pid) is not int or not 0 < pid <= _MAX_PID or not (
                 start is None or isinstance(start, str)):
             return None
         now = _process_start(pid)

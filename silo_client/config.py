@@ -47,6 +47,7 @@ from silo_client.data import DataSchema
 from silo_client.dpsgd import DPSGDSettings
 from xsilo.errors import ConfigError
 from xsilo.files import atomic_write, read_toml
+from xsilo.terms import SILO_NAME_RULE, is_silo_name
 
 __all__ = ["SiloConfig", "load_silo_config", "write_silo_config"]
 
@@ -128,13 +129,13 @@ def _table(value: Any, what: str, path: Path) -> dict[str, Any]:
 
 
 def _silo_name(value: Any, path: Path) -> str:
-    """``[silo] name``: text of 1 to 63 printable characters, no slash (it names the silo in
-    the ledger, in error replies, in its service unit and in file names)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 63 or "/" in value or any(
-            ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ConfigError(f"{path}: [silo] name = {value!r:.80} must be text of 1 to 63 "
-                          "printable characters without '/' (the name the silo enrolled "
-                          "under, e.g. 'hospital-a')")
+    """``[silo] name`` by the rule the coordinator reads a join with
+    (:func:`xsilo.terms.is_silo_name`): it names the silo in the ledger, in error replies,
+    in its service unit and in file names."""
+    if not is_silo_name(value):
+        raise ConfigError(f"{path}: [silo] name = {value!r:.80} must be text of "
+                          f"{SILO_NAME_RULE} (the name the silo enrolled under, e.g. "
+                          "'hospital-a')")
     return value
 
 

@@ -36,6 +36,7 @@ def test_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
     ('[silo]\nname=5\n', "[silo] name = 5 must be text"),
     ('[silo]\nname="b\\n[Service]\\nExecStartPre=+/bin/sh"\n', "must be text of 1 to 63 printable"),
     ('[silo]\nname="../x"\n', "without '/'"),
+    ('[silo]\nname="clinic\\u00a0north"\n', "printable characters"),  # the coordinator's rule
 ])
 def test_bad_silo_config_is_named(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "silo.toml").write_text(text)

@@ -118,11 +118,7 @@ def systemd_quote(word: str | Path) -> str:
     """One word of an ``ExecStart=`` or path list, quoted for systemd: ``%`` (specifiers)
     and ``$`` (variables) doubled, and double quotes around anything with a space, quote or
     backslash. A control character (a newline would end the setting) is a ConfigError."""
-    text = str(word)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ConfigError(f"{text!r} contains a control character; it cannot go into a "
-                          "systemd unit: rename the path")
-    text = text.replace("%", "%%").replace("$", "$$")
+    text = _one_line("word", str(word)).replace("%", "%%").replace("$", "$$")
     if text and not re.search(r"[\s\"'\\;]", text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -15,6 +15,7 @@ from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -29,16 +30,21 @@ class LocalGrid(Grid):
 
     ``node_configs`` maps node id → Flower node config (e.g. ``{"silo-config": path}``).
     ``drop`` lets tests make a node silent: ``drop(node_id, message_type) -> bool``.
+    ``offline`` lets tests make a node's heartbeat lapse as the SuperLink sees it:
+    ``offline(node_id) -> bool``; such a node is left out of :meth:`get_node_ids` and a
+    message to it is answered with the SuperLink's own "Node Unavailable" error reply.
     """
 
     def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message],
                  node_configs: Mapping[int, Mapping[str, object]], *, run_id: int | None = None,
-                 drop: Callable[[int, str], bool] | None = None) -> None:
+                 drop: Callable[[int, str], bool] | None = None,
+                 offline: Callable[[int], bool] | None = None) -> None:
         # a fresh run id per grid, as the SuperLink gives every run its own: what a silo
         # keeps per run (its join record, silo_client/joins.py) never mixes two runs
         run_id = secrets.randbits(63) if run_id is None else run_id
         self.client_app = client_app
         self.drop = drop
+        self.offline = offline
         self._run = Run.create_empty(run_id)
         self._contexts = {
             node: Context(run_id=run_id, node_id=node, node_config=dict(cfg),
@@ -65,7 +71,7 @@ class LocalGrid(Grid):
                        group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
+        return [n for n in self._contexts if self.offline is None or not self.offline(n)]
 
     def get_nodes(self) -> Iterable[object]:
         return list(self._contexts)
@@ -77,6 +83,10 @@ class LocalGrid(Grid):
             msg.metadata.__dict__["_message_id"] = mid = uuid4().hex
             node = msg.metadata.dst_node_id
             ids.append(mid)
+            if self.offline is not None and self.offline(node):
+                self._replies[mid] = create_message_error_unavailable_res_message(
+                    msg.metadata, "node_unavail")
+                continue
             if self.drop is not None and self.drop(node, msg.metadata.message_type):
                 continue
             reply = self.client_app(msg, self._contexts[node])

@@ -10,7 +10,8 @@ stragglers; :class:`Observers` are optional hooks that see what the coordinator 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +20,13 @@ import numpy as np
 from strategies.compression import Compressed
 from xsilo.terms import SiloInfo, SiloMetrics
 
-__all__ = ["Observers", "Patience", "Payload", "Reply", "SiloError", "Terms", "Transport"]
+__all__ = ["NODE_UNAVAILABLE", "Observers", "Patience", "Payload", "Reply", "SiloError", "Terms",
+           "Transport", "await_online"]
+
+NODE_UNAVAILABLE = "node-unavailable"
+"""The :attr:`SiloError.reason` of Flower's "Node Unavailable" reply: the SuperLink answered
+for a silo whose SuperNode missed its heartbeats (gone, or still reconnecting to a
+restarted SuperLink); the silo itself never saw the message or its reply was replaced."""
 
 
 class Terms(Protocol):
@@ -51,6 +58,11 @@ class SiloError:
 
     def __str__(self) -> str:
         return f"{self.type}[{self.reason}]: {self.message}"
+
+    @property
+    def unavailable(self) -> bool:
+        """Flower's "Node Unavailable", not the silo's own answer (:data:`NODE_UNAVAILABLE`)."""
+        return self.reason == NODE_UNAVAILABLE
 
 
 @dataclass
@@ -122,3 +134,27 @@ class Observers:
     reply: Callable[[Any], None] | None = None
     clipped: Callable[[Any], None] | None = None
     update: Callable[[Any], None] | None = None
+
+
+def await_online(transport: Transport, nodes: Iterable[int], *, enough: int, grace: float,
+                 deadline: float, poll: float = 0.5) -> set[int]:
+    """Wait, until ``deadline`` (``time.monotonic()``), for ``nodes`` the SuperLink reports
+    offline (:meth:`Transport.node_ids` lists the nodes whose heartbeat is current); once
+    ``enough`` of them are online the others get ``grace`` seconds more. Returns those online.
+
+    Used before a step that fails the run without ``enough`` silos (the key setup): a
+    SuperNode that answered a moment ago can still be "unavailable" to a SuperLink it
+    reconnected to, until its next heartbeat (Flower 1.42 retries a failed one within 20 s).
+    """
+    wanted = set(nodes)
+    grace_end: float | None = None
+    while True:
+        online = wanted.intersection(transport.node_ids())
+        now = time.monotonic()
+        if online == wanted or now >= deadline:
+            return online
+        if len(online) >= enough:
+            grace_end = min(deadline, now + grace) if grace_end is None else grace_end
+            if now >= grace_end:
+                return online
+        time.sleep(max(0.0, min(poll, deadline - now)))

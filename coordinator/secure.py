@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from coordinator.config import RunConfig
-from coordinator.messages import Patience, Payload, Reply, Transport
+from coordinator.messages import Patience, Payload, Reply, Transport, await_online
 from coordinator.privacy import RunPrivacy
 from strategies.secagg import (
     CoordinatorState, KeyAdvert, KeyRequest, MaskedInput, Message, RoundResult, UnmaskResponse,
@@ -236,10 +236,29 @@ class SecureAggregation:
         return out
 
     def setup(self) -> dict[int, str]:
-        """One round trip: key adverts from every silo; returns ``{node: why not keyed}``."""
+        """One round trip: key adverts from every silo; returns ``{node: why not keyed}``.
+
+        Fewer than ``t`` keyed silos fail the run, so the setup first waits (within
+        ``join_timeout``) for silos the SuperLink reports offline, and asks again, with
+        fresh keys, those it answered "unavailable" for while the keyed ones are too few
+        (a SuperNode reconnecting to a restarted SuperLink is offline until its next
+        heartbeat, though it answered the join)."""
+        deadline = time.monotonic() + self.run_config.join_timeout
         state, requests = start_run(self.config)
-        state, problems = self._key_exchange(state, requests, group="secagg-setup",
-                                             what="the key setup")
+        self._await_online(self.nodes, deadline, enough=self.threshold)
+        state, problems, lapsed = self._key_exchange(state, requests, group="secagg-setup",
+                                                     what="the key setup")
+        if lapsed and len(state.directory) < self.threshold:
+            back = sorted(self._await_online(lapsed, deadline,
+                                             enough=self.threshold - len(state.directory)))
+            if back:
+                log.warning("asking silo nodes %s for keys again: the SuperLink reported them "
+                            "offline during the key setup and they are back", back)
+                state, requests = request_rekey(state, [self.index[n] for n in back])
+                state, again, _ = self._key_exchange(
+                    state, requests, group="secagg-setup-again",
+                    what="the key setup (asked again)")
+                problems = {n: why for n, why in problems.items() if n not in back} | again
         if len(state.directory) < self.threshold:
             raise SecureAggregationError(
                 f"only {len(state.directory)} silo(s) completed the key setup, fewer than "
@@ -250,11 +269,18 @@ class SecureAggregation:
             self._keys_failed(node, 0)
         return problems
 
+    def _await_online(self, nodes: Sequence[int], deadline: float, *, enough: int) -> set[int]:
+        """``nodes`` the SuperLink lists as online, waiting for the others until ``deadline``
+        (once ``enough`` are online, the straggler grace at most)."""
+        return await_online(self.transport, nodes, enough=min(enough, len(nodes)),
+                            grace=self.run_config.grace, deadline=deadline)
+
     def _key_exchange(self, state: CoordinatorState, requests: Mapping[int, KeyRequest], *,
                       group: str, what: str, server_round: int = 0
-                      ) -> tuple[CoordinatorState, dict[int, str]]:
+                      ) -> tuple[CoordinatorState, dict[int, str], list[int]]:
         """Send KeyRequests (``{roster index: request}``); store the adverts that are valid.
-        Returns the new state and ``{node: why it has no keys}`` for the others."""
+        Returns the new state, ``{node: why it has no keys}`` for the others and the nodes
+        among them Flower answered "Node Unavailable" for."""
         node_of = {i: node for node, i in self.index.items()}
         payloads = {node_of[i]: Payload(KeySetupTerms(silo=i, server_round=server_round),
                                         secagg=req.to_record())
@@ -267,6 +293,7 @@ class SecureAggregation:
         missing = patience.missing_reason(what=f"reply to {what}",
                                           timeout=self.run_config.round_timeout)
         problems = {node: missing for node in payloads if node not in replies}
+        lapsed = sorted(n for n, r in replies.items() if r.error is not None and r.error.unavailable)
         for node, reply in sorted(replies.items()):
             try:
                 if reply.error is not None:
@@ -275,7 +302,7 @@ class SecureAggregation:
             except ProtocolError as exc:
                 problems[node] = _reason(reply, exc)
                 log.warning("silo node %s has no secure-aggregation keys: %s", node, exc)
-        return state, problems
+        return state, problems, lapsed
 
     def _from_node(self, node: int, reply: Reply, expected: type[M]) -> M:
         """The reply's protocol message, bound to the authenticated node that sent it: the
@@ -302,7 +329,7 @@ class SecureAggregation:
         assert self.state is not None  # setup() ran
         state, requests = request_rekey(self.state, [self.index[n] for n in due])
         started = time.monotonic()
-        state, problems = self._key_exchange(state, requests, group=f"{server_round}-rekey",
+        state, problems, _ = self._key_exchange(state, requests, group=f"{server_round}-rekey",
                                              what="the re-key request", server_round=server_round)
         self.state = state
         out.seconds["rekey"] = round(time.monotonic() - started, 3)

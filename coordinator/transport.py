@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from coordinator.messages import Patience, Payload, Reply, SiloError
+from coordinator.messages import NODE_UNAVAILABLE, Patience, Payload, Reply, SiloError
 from deploy.launch.pulls import within
 from xsilo.errors import DeploymentError, ProtocolError
 from xsilo.failpoints import reach
@@ -64,6 +64,11 @@ def _parse_error(msg: Message) -> SiloError:
         return SiloError(DeploymentError.__name__, "reply-content-missing",
                          "its reply came, its content was not complete by the round's "
                          "deadline (still uploading, or its link cut mid-upload); "
+                         f"Flower: {reason}")
+    if msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+        return SiloError(DeploymentError.__name__, NODE_UNAVAILABLE,
+                         "the SuperLink reports its SuperNode offline (no heartbeat lately: "
+                         "stopped, cut off, or still reconnecting after a SuperLink restart); "
                          f"Flower: {reason}")
     return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 

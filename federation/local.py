@@ -34,13 +34,15 @@ log = logging.getLogger(__name__)
 
 def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path], *,
                    drop: Callable[[int, str], bool] | None = None,
+                   offline: Callable[[int], bool] | None = None,
                    observers: Observers | None = None,
                    silo_clipped: Callable[[Any], None] | None = None,
                    resume: bool = False) -> dict:
     """Run ``config`` over silos given by their ``silo.toml`` paths; return the summary.
 
     Node ids are 1..N in the order given. ``drop(node_id, message_type)`` makes a silo
-    silent for that message (to exercise dropouts). ``observers`` see what the coordinator
+    silent for that message (to exercise dropouts); ``offline(node_id)`` makes the
+    "SuperLink" report it offline (:class:`~coordinator.local_grid.LocalGrid`). ``observers`` see what the coordinator
     sees; ``silo_clipped`` every DP clip a silo makes before masking (audits and tests).
     ``resume``: continue the run ``run_dir`` holds from its last complete round (what
     ``xsilo coordinator run --resume`` asks of a deployed coordinator), as its own
@@ -54,7 +56,7 @@ def run_in_process(run_dir: Path, config: RunConfig, silo_configs: Sequence[Path
         RunStore(run_dir).request_resume()
     silos = client_app if silo_clipped is None else build_app(on_clipped=silo_clipped)
     grid = LocalGrid(silos, {i + 1: {"silo-config": str(Path(p).resolve())}
-                             for i, p in enumerate(silo_configs)}, drop=drop)
+                             for i, p in enumerate(silo_configs)}, drop=drop, offline=offline)
     return run_coordinator(grid, str(run_dir), poll_interval=0.0, observers=observers)
 
 

@@ -29,6 +29,7 @@ UnmaskResponse     silo → coordinator     reply: revealed shares
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -57,9 +58,10 @@ __all__ = [
     "round_key_payload",
 ]
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """The protocol revision, in every KeyRequest and KeyAdvert: peers that differ would compute
-different masks or messages (5: the round-keys mode and its dealing round trip; 4: the
+different masks or messages (6: a round key's signature names the silos it was dealt to;
+5: the round-keys mode and its dealing round trip; 4: the
 auxiliary sum and signed adverts; 3: share commitments in every masked input; 2: the GCTR mask
 keystream; 1: releases before it, which sent no version), so the key setup refuses a
 mismatch. Bump it with any change to what either side computes or sends."""
@@ -259,13 +261,16 @@ def advert_payload(advert: KeyAdvert) -> bytes:
 
 
 def round_key_payload(*, run_id: str, silo: int, epoch: int, round_: int,
-                      round_pk: bytes) -> bytes:
+                      dealt: Sequence[int], round_pk: bytes) -> bytes:
     """What a silo signs for a round key (round-keys mode): run, roster index, key epoch,
-    round and the key. Binding the round means a round key the coordinator learned (a
-    dropped silo's, at unmasking) cannot be shown to peers in another round."""
+    round, the silos it dealt the key to, and the key. Binding the round means a round key
+    the coordinator learned (a dropped silo's, at unmasking) cannot be shown to peers in
+    another round; binding the dealt set, that a key of a dealing superseded within the
+    round (dealt again among fewer silos) cannot be shown to the silos of the new one."""
     run = run_id.encode()
-    return (b"xsilo-secagg/round-key/v1" + len(run).to_bytes(4, "big") + run
+    return (b"xsilo-secagg/round-key/v2" + len(run).to_bytes(4, "big") + run
             + silo.to_bytes(8, "big") + epoch.to_bytes(8, "big") + round_.to_bytes(8, "big")
+            + len(dealt).to_bytes(4, "big") + b"".join(s.to_bytes(8, "big") for s in dealt)
             + round_pk)
 
 

@@ -459,7 +459,7 @@ def _on_deal_request(state: SiloState, msg: DealRequest, *, rng: ByteSource,
     if identity is not None:
         _, signature = identity.sign(round_key_payload(
             run_id=config.run_id, silo=state.silo, epoch=state.epoch, round_=msg.round,
-            round_pk=round_key.public))
+            dealt=msg.active, round_pk=round_key.public))
     new = replace(state, stage=SiloStage.DEALT, last_round=msg.round, pair_keys=keys.stored(),
                   round_sk=round_key.private, round_seed=self_seed, dealt=msg.active,
                   dealt_enc_pks=tuple(directory[s].enc_pk for s in msg.active))
@@ -505,7 +505,8 @@ def _mask_with_round_keys(state: SiloState, msg: MaskRequest, *, update: np.ndar
                 pk, signature = round_keys[peer]
                 entry = replace(directory[peer], signature=signature)
                 identity.check_peer(entry, round_key_payload(
-                    run_id=config.run_id, silo=peer, epoch=entry.epoch, round_=r, round_pk=pk))
+                    run_id=config.run_id, silo=peer, epoch=entry.epoch, round_=r,
+                    dealt=active, round_pk=pk))
     pre = _unmasked_vector(state, msg, update=update, weight=weight, rng=rng, encoded=encoded)
     peers = peers_of(me, active)
     pair_seeds = [crypto.round_key_seed(private=state.round_sk, peer_public=round_keys[j][0],

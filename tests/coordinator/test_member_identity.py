@@ -48,7 +48,8 @@ def _pin(silo: Path, roster: dict[str, str]) -> None:
 
 
 def _run(tmp: Path, silos: list[Path], *, config: RunConfig = CONFIG,
-         rewrite: Callable[[Message, Context], None] | None = None, view: list | None = None):
+         rewrite: Callable[[Message, Context], None] | None = None, view: list | None = None,
+         drop: Callable[[int, str], bool] | None = None):
     def client(msg: Message, context: Context) -> Message:
         if rewrite is not None:
             rewrite(msg, context)
@@ -58,7 +59,7 @@ def _run(tmp: Path, silos: list[Path], *, config: RunConfig = CONFIG,
     run_dir.mkdir()
     write_run_config(run_dir / "config.toml", config)
     grid = LocalGrid(client, {i + 1: {"silo-config": str(p.resolve())}
-                              for i, p in enumerate(silos)})
+                              for i, p in enumerate(silos)}, drop=drop)
     summary = run_coordinator(grid, str(run_dir), poll_interval=0.0,
                               observers=Observers(reply=None if view is None else view.append))
     return summary, [e for e in RunStore(run_dir).events() if e["event"] == "round"][1:]
@@ -173,6 +174,48 @@ def test_a_substituted_round_key_fails_its_signature(tmp_path: Path, enrolled) -
             msg.content[SECAGG] = ConfigRecord(record)
 
     summary, rows = _run(tmp_path, silos, config=ROUND_KEYS, rewrite=swap)
+    refusal = rows[0]["rejected"]["hospital-a"]
+    assert "silo 1 (hospital-b): the signature over its secure-aggregation keys does not " \
+           "verify" in refusal, refusal
+
+
+def test_a_round_key_of_a_superseded_dealing_fails_its_signature(tmp_path: Path,
+                                                                  enrolled) -> None:
+    """Round 1's DealRequest to hospital-c is lost, so hospital-a and hospital-b deal again
+    between themselves. A coordinator showing hospital-a hospital-b's round key of the first
+    dealing (signed then, for the three silos it dealt to) is caught: a round key's
+    signature names the set it was dealt to."""
+    silos, _, _ = enrolled
+    setups = {3: 0}
+
+    def lose_deal(node: int, message_type: str) -> bool:  # the key setup, then the dealing
+        if node == 3 and message_type == SECAGG_SETUP:
+            setups[3] += 1
+            return setups[3] == 2
+        return False
+
+    view: list[Message] = []
+
+    def replay(msg: Message, context: Context) -> None:
+        if msg.metadata.message_type == "train" and context.node_id == 1:
+            first = next(m.content.config_records[SECAGG] for m in view
+                         if m.metadata.message_type == SECAGG_SETUP
+                         and m.content.config_records[SECAGG].get("kind") == "secagg/dealt"
+                         and m.content.config_records[SECAGG]["silo"] == 1)
+            record = dict(msg.content.config_records[SECAGG])
+            assert list(record["active"]) == [0, 1]  # the second dealing's set
+            keys, signatures = list(record["round_pks"]), list(record["round_signatures"])
+            assert keys[1] != first["round_pk"]  # hospital-b dealt a fresh key
+            keys[1], signatures[1] = first["round_pk"], first["signature"]
+            record["round_pks"], record["round_signatures"] = keys, signatures
+            msg.content[SECAGG] = ConfigRecord(record)
+
+    config = RunConfig(num_rounds=1, min_silos=2, expected_silos=3, secure_aggregation=True,
+                       secagg_round_keys="on", name="round-keys", round_timeout=2.0,
+                       straggler_grace=0.0)
+    summary, rows = _run(tmp_path, silos, config=config, rewrite=replay, view=view,
+                         drop=lose_deal)
+    assert rows[0]["secure_aggregation"]["redealt"] == 1
     refusal = rows[0]["rejected"]["hospital-a"]
     assert "silo 1 (hospital-b): the signature over its secure-aggregation keys does not " \
            "verify" in refusal, refusal

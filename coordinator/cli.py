@@ -169,7 +169,7 @@ def run(
         console.print(f"run [bold]{run_dir.name}[/] (Flower run {run_id}) → {run_dir}")
     final = follow_run(store, _watch(store, lambda: cli.status(run_id)), console=console,
                        timeout=timeout)
-    _report_end(store, final)
+    _report_end(store, final, run_id)
 
 
 def _run_table(path: Path) -> dict[str, object]:
@@ -205,11 +205,21 @@ def _watch(store: RunStore, status: Callable[[], str]) -> Callable[[], str]:
     return current
 
 
-def _report_end(store: RunStore, final: str) -> None:
+def _report_end(store: RunStore, final: str, run_id: int) -> None:
     summary = store.summary() or {}
     status = summary.get("status")
     name = store.path.name
     if final != "finished:completed" or status not in ("completed", "stopped"):
+        other = store.owner()
+        if other is not None and not any(e.get("event") == "start"
+                                         and e.get("flower_run_id") == run_id
+                                         for e in store.events()):
+            # this Flower run's ServerApp never started the run: another one holds it
+            # (a second `--resume` at once); it stopped before it read or wrote the run
+            raise DeploymentError(
+                f"run {name} is being run by another process ({other}; e.g. a `--resume` "
+                f"started at the same time), so this attempt (Flower run {run_id}) stopped "
+                f"without touching it; follow it with `xsilo coordinator status {store.path}`")
         line = error_line(summary)
         resume = (f"; continue it from its last complete round with `xsilo coordinator run "
                   f"--resume {name}`")

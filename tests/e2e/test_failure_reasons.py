@@ -36,7 +36,8 @@ clip_norm = 1.0
 def fed(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("refusals")
     (root / "dp.toml").write_text(DP_TOML)
-    federation = LocalFederation(root / "fed", policies={"hospital-c": "max_rounds = 3\n"})
+    federation = LocalFederation(root / "fed", policies={
+        "hospital-c": "max_rounds = 3\nmax_local_epochs = 2\n"})
     with federation.setup():
         federation.start()
         yield federation
@@ -95,3 +96,32 @@ def test_each_refusal_says_the_same_thing_in_the_cli_and_in_summary_json(
         shown = subprocess.run([XSILO, "coordinator", "status", str(fed.home_dir / "runs" / name)],
                                capture_output=True, text=True, timeout=60)
         assert _squeeze(error["message"]) in _squeeze(shown.stdout), shown.stdout
+
+
+def test_a_round_asking_more_local_epochs_than_a_site_allows_is_refused_by_that_site(
+        fed: LocalFederation) -> None:
+    """hospital-c's policy allows 2 local epochs; a run asking 5 goes on without it: its
+    refusal (before any training) is in the round's row, in `xsilo coordinator status` and
+    in hospital-c's ledger; the others train."""
+    out = subprocess.run([XSILO, "coordinator", "run", "--home", str(fed.home_dir), "--name",
+                          "epochs", "--timeout", "60", "--rounds", "1", "--local-epochs", "5",
+                          "--min-silos", "2", "--expected-silos", "3"],
+                         capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    store = fed.home_dir / "runs" / "epochs"
+    rows = [json.loads(line) for line in (store / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r.get("event") == "round" and r["round"] == 1]
+    assert row["contributors"] == ["hospital-a", "hospital-b"], row
+    refusal = row["rejected"]["hospital-c"]
+    assert "PolicyRefusal[max_local_epochs]" in refusal, refusal
+    assert "round 1 asks for 5 local epochs, the site policy allows at most 2" in refusal
+    shown = subprocess.run([XSILO, "coordinator", "status", str(store)], capture_output=True,
+                           text=True, timeout=60)
+    assert "max_local_epochs" in _squeeze(shown.stdout), shown.stdout
+    silo = next(s for s in fed.silos if s.name == "hospital-c")
+    entries = [json.loads(line) for line in
+               (silo.workspace / "egress.jsonl").read_text().splitlines()]
+    said = [e for e in entries if e["message_type"] == "train.refusal" and e["server_round"] == 1]
+    assert len(said) == 1 and "max_local_epochs" in said[0]["extra"]["reason"], entries[-3:]
+    run_id = said[0]["run_id"]  # nothing trained left hospital-c in that run
+    assert not [e for e in entries if e["run_id"] == run_id and e["message_type"] == "train"]

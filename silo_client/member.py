@@ -31,6 +31,7 @@ from silo_client.config import SiloConfig
 from silo_client.launch import start_silo
 from silo_client.ledger import LEDGER_FILE
 from xsilo.tail import Tail
+from xsilo.terms import printable
 
 __all__ = ["RefusalWatch", "RunningSilo", "start_member"]
 
@@ -70,9 +71,12 @@ class RefusalWatch:
                 continue
             if isinstance(entry, dict) and str(entry.get("message_type", "")).endswith(".refusal"):
                 refusals.append(entry)
+                # the refusal may quote what the coordinator sent: shown as text, never
+                # as control characters on the silo operator's terminal or log
                 log.warning("silo %s refused %s of run %s: %s", self.silo,
-                            entry["message_type"].removesuffix(".refusal"), entry.get("run_id"),
-                            _why(entry.get("extra")))
+                            printable(entry["message_type"].removesuffix(".refusal"), 256),
+                            printable(str(entry.get("run_id")), 256),
+                            printable(_why(entry.get("extra"))))
         return refusals
 
 

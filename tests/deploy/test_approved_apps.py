@@ -362,3 +362,23 @@ def test_the_console_shows_each_refusal_the_ledger_gains(
         assert watch.poll() == []
     assert caplog.messages == ["silo hospital-a refused query of run 7: "
                                "PolicyRefusal[approved_apps]: no"]
+
+
+def test_the_console_shows_a_refusal_as_text(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal may quote what the coordinator sent: its control characters are shown as
+    ``\\uXXXX``, never sent to the silo operator's terminal or log as they are."""
+    path = tmp_path / LEDGER_FILE
+    watch = RefusalWatch(path, "hospital-a")
+    reason = json.dumps({"type": "ConfigError", "reason": "ConfigError",
+                         "message": "run \x1b[2K\x1b[32mok\x1b[0m\nINFO forged"})
+    EgressLedger(path).append(
+        run_id="7\x1b[1A", server_round=0, message_type="query.refusal", tensors={},
+        payload_sha256=payload_digest({}, {}), masked=False, clip_norm=None, noise_sigma=None,
+        epsilon=None, extra={"reason": reason})
+    with caplog.at_level(logging.WARNING, logger="silo_client.member"):
+        assert len(watch.poll()) == 1
+    (said,) = caplog.messages
+    assert "\x1b" not in said and "\n" not in said, said
+    assert said == ("silo hospital-a refused query of run 7\\u001b[1A: ConfigError[ConfigError]: "
+                    "run \\u001b[2K\\u001b[32mok\\u001b[0m\\u000aINFO forged")

@@ -15,7 +15,9 @@ message (``coordinator.transport.GridTransport._message``):
   round of a run joined under secure aggregation). Before round 5, an honest one,
   hospital-b's training data gets a bad cell holding a name, and hospital-c's operator
   removes its join record (it leaves the run): hospital-b's refusal names the file, column
-  and row but not the cell, and hospital-c refuses a run it has no join of.
+  and row but not the cell, and hospital-c refuses a run it has no join of. Round 6 hands
+  the silos' model code 65 strategy values (a round config holds at most 64): every silo
+  refuses it before its model code sees them.
 
 In-process, each refusal has its own unit test (``tests/silo_client/test_client_app.py``);
 this is the path a silo meets them on.
@@ -63,6 +65,9 @@ if os.path.basename(sys.argv[0]) == "flwr-serverapp":
             payload = replace(payload, secagg={"kind": "bogus"})
         elif message_type == "train" and group == "4":  # no mask request: a clear round
             payload = replace(payload, secagg=None)
+        elif message_type == "train" and group == "6":  # 65 values for the silos' model code
+            payload = replace(payload, terms=replace(
+                terms, strategy_config={f"knob-{i}": i for i in range(65)}))
         return _honest(node, message_type, payload, group, timeout, records)
 
     transport.GridTransport._message = staticmethod(_hostile)
@@ -105,7 +110,7 @@ def test_every_silo_refuses_a_secure_runs_broken_messages_and_no_cell_leaves(
                                 dp=DPConfig(mechanism="distributed", noise_multiplier=1.0,
                                             clip_norm=1.0)), timeout=90)
         with while_standing_at("round:5", markers, before_round_5):
-            outcome = fed.run(RunConfig(num_rounds=5, min_silos=2, expected_silos=3,
+            outcome = fed.run(RunConfig(num_rounds=6, min_silos=2, expected_silos=3,
                                         secure_aggregation=True, round_timeout=30.0,
                                         join_timeout=45.0, name="hostile"), timeout=120)
         shown = subprocess.run([str(Path(sys.executable).parent / "xsilo"), "coordinator",
@@ -145,6 +150,10 @@ def test_every_silo_refuses_a_secure_runs_broken_messages_and_no_cell_leaves(
     assert "train.csv" in data_error and NAME not in data_error, row
     assert str(silo["hospital-b"].train.parent) not in data_error, row  # not the path either
     assert "has not joined" in row["rejected"]["hospital-c"], row
+    row = rows[6]  # every silo refuses 65 strategy values before its model code sees them
+    assert row["contributors"] == [] and row["status"] == "failed", row
+    for name in SILOS:
+        assert "more than 64 strategy values" in row["rejected"][name], row
     # the cell is in no file of the coordinator's (run directory, logs, Flower's state)
     assert _files_holding(fed.home_dir, b"Jane Doe") == []
 
@@ -157,9 +166,9 @@ def test_every_silo_refuses_a_secure_runs_broken_messages_and_no_cell_leaves(
                    if e["message_type"] == "train.refusal"]
         assert all(e["masked"] for e in hostile_run if e["message_type"] == "train"), name
         if name == "hospital-a":
-            assert trained == [1, 5] and refused == [2, 3, 4], (name, hostile_run)
+            assert trained == [1, 5] and refused == [2, 3, 4, 6], (name, hostile_run)
         else:
-            assert trained == [1] and refused == [2, 3, 4, 5], (name, hostile_run)
+            assert trained == [1] and refused == [2, 3, 4, 5, 6], (name, hostile_run)
 
     assert shown.returncode == 0, shown.stdout + shown.stderr
     shown_text = " ".join(shown.stdout.split())

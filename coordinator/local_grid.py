@@ -15,7 +15,6 @@ from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -84,8 +83,7 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             ids.append(mid)
             if self.offline is not None and self.offline(node):
-                self._replies[mid] = create_message_error_unavailable_res_message(
-                    msg.metadata, "node_unavail")
+                self._replies[mid] = _node_unavailable(msg)
                 continue
             if self.drop is not None and self.drop(node, msg.metadata.message_type):
                 continue
@@ -101,3 +99,11 @@ class LocalGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def _node_unavailable(msg: Message) -> Message:
+    """The SuperLink's own error reply for a message to a node whose heartbeat lapsed (made
+    by Flower's function; imported here only, as it loads the SuperLink's state modules)."""
+    from flwr.server.superlink.linkstate.utils import (
+        create_message_error_unavailable_res_message)
+    return create_message_error_unavailable_res_message(msg.metadata, "node_unavail")

@@ -55,14 +55,16 @@ class SiloError:
     reason: str
     message: str
     silo: str | None = None
+    superlink: bool = False  # made by the SuperLink for the silo (Flower's own error reply)
 
     def __str__(self) -> str:
         return f"{self.type}[{self.reason}]: {self.message}"
 
     @property
     def unavailable(self) -> bool:
-        """Flower's "Node Unavailable", not the silo's own answer (:data:`NODE_UNAVAILABLE`)."""
-        return self.reason == NODE_UNAVAILABLE
+        """The SuperLink's "Node Unavailable" for the silo (:data:`NODE_UNAVAILABLE`), not an
+        answer of the silo's own (which cannot claim it: :attr:`superlink`)."""
+        return self.superlink and self.reason == NODE_UNAVAILABLE
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 
 from coordinator.messages import NODE_UNAVAILABLE, Patience, Payload, Reply, SiloError
@@ -44,7 +44,7 @@ _MAX_ERROR = 1 << 20  # an error reply's JSON; a longer one is shown as Flower's
 _MAX_MESSAGE = 4096  # characters of a silo's error message kept
 
 
-def _parse_error(msg: Message) -> SiloError:
+def _parse_error(msg: Message, node_id: int) -> SiloError:
     """A silo's error reply, typed: its JSON fields as printable text of bounded length
     (they reach logs, the run's events and the operator's terminal), the silo's name only
     when it is one; anything else is Flower's error as it came."""
@@ -65,11 +65,14 @@ def _parse_error(msg: Message) -> SiloError:
                          "its reply came, its content was not complete by the round's "
                          "deadline (still uploading, or its link cut mid-upload); "
                          f"Flower: {reason}")
-    if msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+    # Flower's "Node Unavailable" comes from the SuperLink (a silo's own reply carries its
+    # node id: the SuperLink stores no reply from another node than the one addressed)
+    if (msg.error.code == ErrorCode.NODE_UNAVAILABLE and node_id != SUPERLINK_NODE_ID
+            and msg.metadata.src_node_id == SUPERLINK_NODE_ID):
         return SiloError(DeploymentError.__name__, NODE_UNAVAILABLE,
                          "the SuperLink reports its SuperNode offline (no heartbeat lately: "
                          "stopped, cut off, or still reconnecting after a SuperLink restart); "
-                         f"Flower: {reason}")
+                         f"Flower: {reason}", superlink=True)
     return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 
 
@@ -90,7 +93,7 @@ def _to_reply(node_id: int, msg: Message, *, keep_wire: bool = False) -> Reply:
     (a recorder still wants the message), the message's tensors are emptied as they are
     decoded."""
     if msg.has_error():
-        return Reply(node_id, error=_parse_error(msg))
+        return Reply(node_id, error=_parse_error(msg, node_id))
     try:
         content = msg.content
         arrays: dict[str, np.ndarray] = {}

@@ -6,13 +6,19 @@ answers as the SuperLink does (Flower's own error reply)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from coordinator.config import RunConfig
+from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
+
+from coordinator.local_grid import LocalGrid, _node_unavailable
 from coordinator.messages import NODE_UNAVAILABLE, Observers, await_online
+from coordinator.transport import _to_reply
 from coordinator.run_store import RunStore
 from federation.local import run_in_process
 from xsilo.errors import SecureAggregationError
@@ -56,10 +62,19 @@ def test_the_key_setup_waits_for_a_silo_the_superlink_reports_offline(
         tmp_path: Path, federation: list[Path]) -> None:
     # offline at the setup's first two looks, then back: the setup waits, then asks it
     beat = Heartbeat([True, True])
+    errors: list[str] = []
+
+    def reply(msg) -> None:
+        beat.reply(msg)
+        if msg.metadata.message_type == SECAGG_SETUP and msg.has_error():
+            errors.append(msg.error.reason)
+
     summary = run_in_process(tmp_path / "run", _secure(), federation, offline=beat.offline,
-                             observers=Observers(reply=beat.reply))
+                             observers=Observers(reply=reply))
     assert summary["status"] == "completed", summary
-    assert beat.looks == 2 and not beat.script  # both offline looks were the wait's
+    # both offline looks were the wait's: its KeyRequest went out once it was back, so
+    # Flower never answered "Node Unavailable" for it (no re-ask was needed)
+    assert not beat.script and errors == []
     assert _setup_event(tmp_path / "run")["not_keyed"] == {}
 
 
@@ -140,3 +155,18 @@ def test_await_online_stops_at_the_deadline() -> None:
     got = await_online(_Nodes([[]]), [1, 2], enough=1, grace=0.0, deadline=started + 0.2,
                        poll=0.05)
     assert got == set() and 0.2 <= time.monotonic() - started < 2
+
+
+def test_only_the_superlinks_node_unavailable_reads_as_one() -> None:
+    """A silo cannot pass its own answer off as Flower's "Node Unavailable" (which makes the
+    key setup ask it again): neither with that reason in its JSON error, nor with the code."""
+    grid = LocalGrid(lambda msg, context: msg, {7: {}})
+    msg = grid.create_message(RecordDict(), SECAGG_SETUP, 7, "secagg-setup")
+    msg.metadata.__dict__["_message_id"] = "m-1"
+    link = _to_reply(7, _node_unavailable(msg)).error
+    assert link is not None and link.unavailable and link.reason == NODE_UNAVAILABLE
+    body = {"type": "DeploymentError", "reason": NODE_UNAVAILABLE, "message": "call again"}
+    for claim in (Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=json.dumps(body)),
+                  Error(code=ErrorCode.NODE_UNAVAILABLE, reason="offline, honestly")):
+        error = _to_reply(7, Message(claim, reply_to=msg)).error
+        assert error is not None and not error.unavailable, error

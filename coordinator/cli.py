@@ -17,7 +17,7 @@ from coordinator.run_store import LOG_FILE, RunStore
 from coordinator.service import install_service_cmd
 from deploy.launch.processes import interrupt_on_sigterm
 from coordinator.runs import new_run_dir, prepare_run, resume_run, submit_run
-from xsilo.errors import ConfigError, DeploymentError
+from xsilo.errors import ConfigError, DeploymentError, XsiloError
 from xsilo.files import read_toml
 
 app = typer.Typer(help="Run the coordinator (a Flower SuperLink + the xsilo ServerApp).",
@@ -150,6 +150,7 @@ def run(
         if given:
             raise ConfigError(f"--resume continues a run with the configuration it started "
                               f"with; drop {', '.join(given)}")
+        starts_before = _starts(h.runs / resume)
         run_id, store = resume_run(cli, h.runs / resume)
         console.print(f"run [bold]{resume}[/] resumed (Flower run {run_id}) → {store.path}")
     else:
@@ -165,11 +166,20 @@ def run(
         run_dir = new_run_dir(h.runs, name)
         values["name"] = run_dir.name
         cfg = prepare_run(run_dir, values)  # refused: summary.json says why, the name stays free
+        starts_before = 0
         run_id, store = submit_run(cli, run_dir, cfg)
         console.print(f"run [bold]{run_dir.name}[/] (Flower run {run_id}) → {run_dir}")
     final = follow_run(store, _watch(store, lambda: cli.status(run_id)), console=console,
                        timeout=timeout)
-    _report_end(store, final, run_id)
+    _report_end(store, final, run_id, starts_before)
+
+
+def _starts(run_dir: Path) -> int:
+    """How many attempts of the run in ``run_dir`` have started (its ``start`` events)."""
+    try:
+        return sum(1 for e in RunStore(run_dir).events() if e.get("event") == "start")
+    except XsiloError:  # not a run directory: resume_run says so next
+        return 0
 
 
 def _run_table(path: Path) -> dict[str, object]:
@@ -205,21 +215,27 @@ def _watch(store: RunStore, status: Callable[[], str]) -> Callable[[], str]:
     return current
 
 
-def _report_end(store: RunStore, final: str, run_id: int) -> None:
+def _report_end(store: RunStore, final: str, run_id: int, starts_before: int) -> None:
+    """The run's end in one line (an error for anything but a completed or stopped run).
+    ``starts_before``: the run's ``start`` events before this command submitted ``run_id``
+    (the attempts that began since are told from this one)."""
     summary = store.summary() or {}
     status = summary.get("status")
     name = store.path.name
     if final != "finished:completed" or status not in ("completed", "stopped"):
-        other = store.owner()
-        if other is not None and not any(e.get("event") == "start"
-                                         and e.get("flower_run_id") == run_id
-                                         for e in store.events()):
-            # this Flower run's ServerApp never started the run: another one holds it
-            # (a second `--resume` at once); it stopped before it read or wrote the run
+        starts = [e for e in store.events() if e.get("event") == "start"]
+        others = [e.get("flower_run_id") for e in starts[starts_before:]
+                  if e.get("flower_run_id") != run_id]
+        owner = store.owner()
+        if not any(e.get("flower_run_id") == run_id for e in starts) and (others or owner):
+            # this Flower run's ServerApp never started the run: another one ran it (a
+            # second `--resume` at once); it stopped before it read or wrote the run
+            doing = (f"is being run by another process ({owner}" if owner is not None else
+                     f"was run by another attempt meanwhile (Flower run {others[-1]}")
             raise DeploymentError(
-                f"run {name} is being run by another process ({other}; e.g. a `--resume` "
-                f"started at the same time), so this attempt (Flower run {run_id}) stopped "
-                f"without touching it; follow it with `xsilo coordinator status {store.path}`")
+                f"run {name} {doing}; e.g. a `--resume` started at the same time), so this "
+                f"attempt (Flower run {run_id}) stopped without touching it; see it with "
+                f"`xsilo coordinator status {store.path}`")
         line = error_line(summary)
         resume = (f"; continue it from its last complete round with `xsilo coordinator run "
                   f"--resume {name}`")

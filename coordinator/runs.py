@@ -116,13 +116,16 @@ def resume_run(cli: FlowerCLI, run_dir: Path) -> tuple[int, RunStore]:
     if summary.get("status") in ("completed", "stopped"):
         raise ConfigError(f"run {name} already {summary['status']}; nothing to resume (start "
                           "a new run under another --name)")
+    # Read before the owner check: a ServerApp claims the run before it records its start,
+    # so a Flower run read here is never one that another `--resume` started meanwhile
+    # (stopping it below would run its rounds twice).
+    previous = _last_flower_run(store)
     owner = store.owner()
     if owner is not None:
         raise DeploymentError(f"run {name} is still running (its ServerApp is process "
                               f"{owner}); follow it with `xsilo coordinator status {store.path}`")
     config = load_run_config(store.path)
     check_run(config)  # e.g. a strategy plugin uninstalled since: refused here, not later
-    previous = _last_flower_run(store)
     if previous is not None:
         try:
             if not cli.status(previous).startswith("finished"):

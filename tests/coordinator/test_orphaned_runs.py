@@ -176,3 +176,42 @@ def test_a_resume_that_cannot_be_submitted_leaves_the_run_as_it_was(tmp_path: Pa
         resume_run(_RefusingCLI(tmp_path / "flwr"), store.path)  # type: ignore[arg-type]
     assert (store.path / "summary.json").read_bytes() == before
     assert not (store.path / "resume.json").exists()
+
+
+class _SubmittingCLI(FakeCLI):
+    def __init__(self, flwr_home: Path, statuses: dict[int, str]) -> None:
+        super().__init__(statuses)
+        self.flwr_home = flwr_home
+
+    def submit(self, app_dir: Path, config: dict) -> int:
+        return 222
+
+
+def test_a_resume_never_stops_the_attempt_another_resume_started_meanwhile(
+        tmp_path: Path, monkeypatch) -> None:
+    """Two `--resume` at once: while this one checks the run's configuration, the other's
+    ServerApp claims the run and records its start (Flower run 111, running). This one
+    stops only the killed attempt it resumes from (100), never 111, whose rounds would
+    otherwise run twice; its own ServerApp then stops at the run's lock."""
+    import coordinator.runs as runs
+    from coordinator.config import RunConfig, write_run_config
+
+    _run(tmp_path, "crashed", 100, owner=_dead_pid())
+    store = RunStore(tmp_path / "crashed")
+    write_run_config(store.path / "config.toml", RunConfig(num_rounds=2, min_silos=1))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    checked = runs.check_run
+
+    def check_while_the_other_starts(config):  # the other ServerApp, meanwhile
+        store.claim(other.pid)
+        store.append_event({"event": "start", "flower_run_id": 111, "resumed": True})
+        return checked(config)
+
+    monkeypatch.setattr(runs, "check_run", check_while_the_other_starts)
+    cli = _SubmittingCLI(tmp_path / "flwr", {100: "running", 111: "running"})
+    try:
+        assert runs.resume_run(cli, store.path)[0] == 222  # type: ignore[arg-type]
+    finally:
+        other.kill()
+        other.wait()
+    assert cli.stopped == [100]

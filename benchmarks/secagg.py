@@ -164,7 +164,7 @@ def _pooled(runs: list[dict]) -> dict:
 def threshold(silos: int) -> int:
     """t = ⌈2n/3⌉ for both stacks (Flower's reconstruction_threshold, xsilo's secagg_threshold):
     xsilo's default threshold when a round needs no more than two silos."""
-    from coordinator.secure import default_threshold
+    from coordinator.secure_settings import default_threshold
 
     return default_threshold(silos, min_silos=2)
 

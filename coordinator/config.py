@@ -40,7 +40,8 @@ class RunConfig:
         secure aggregation the threshold), wait at most this many more seconds for the rest
         (never past ``round_timeout``); the silos still out are recorded with the reason.
         ``0`` stops at once; ``straggler_grace ≥ round_timeout`` always waits the timeout.
-    join_timeout : seconds to wait for ``expected_silos`` to connect.
+    join_timeout : seconds to wait for ``expected_silos`` to connect (a secure run's key
+        setup also waits up to this long for joined silos the SuperLink reports offline).
     seed : seeds every silo's model initialisation identically.
     dp : silo-level differential privacy (``[run.dp]`` table, :class:`DPConfig`); None = off.
     secure_aggregation : mask every update (strategies.secagg); the coordinator sees only sums.

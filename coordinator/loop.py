@@ -1,10 +1,11 @@
 """The coordinator's round loop, over plain payloads (no Flower types here).
 
-One run: wait for silos → *join* (each silo validates its data and site policy and
-answers with its schema fingerprint and initial model) → ``num_rounds`` rounds of one
-round trip each (silos evaluate the incoming global model and train in the same reply)
-→ a final evaluation of the last model. Every round's global metrics are therefore known
-one round later; the loop emits the row for round *r* as soon as model *r* was evaluated.
+One run: wait for silos → *join* (:mod:`coordinator.joining`: each silo validates its data
+and site policy and answers with its schema fingerprint and initial model) → ``num_rounds``
+rounds of one round trip each (silos evaluate the incoming global model and train in the
+same reply) → a final evaluation of the last model. Every round's global metrics are
+therefore known one round later; the loop emits the row for round *r* as soon as model *r*
+was evaluated.
 
 A failed round (too few usable updates, a new model that is not finite, or the strategy's
 step raising: one ``StrategyError`` line naming the strategy and the method) keeps the
@@ -21,14 +22,17 @@ sum becomes the next model.
 
 With ``dp`` (:mod:`coordinator.privacy`) every round is checked against the privacy budget
 *before* it is sent (a round that would exceed ``max_epsilon`` is not run: the run stops
-cleanly with status ``stopped``), the coordinator clips and noises the sum, and every row,
-checkpoint and the summary carry ε at δ.
+cleanly with status ``stopped``, :mod:`coordinator.run_ends`), the coordinator clips and
+noises the sum, and every row, checkpoint and the summary carry ε at δ.
 
 Around the rounds: a validation set held by the coordinator scores every model
-(``[run.evaluation]``, :mod:`coordinator.evaluation`), each row counts the array bytes the
-transport carried (:mod:`coordinator.metering`) and the silos' own fit times, the rows go to
-the run's exports as they are written (:mod:`coordinator.exports`), and the run's HTML
-report is written when it ends, however it ends (:mod:`coordinator.report`).
+(``[run.evaluation]``, :mod:`coordinator.evaluation`), each row notes how its round went
+(:mod:`coordinator.row_notes`: contributors, rejections, the array bytes the transport
+carried, :mod:`coordinator.metering`, and the silos' own fit times), the rows go to the
+run's exports as they are written (:mod:`coordinator.exports`), and the summary and the
+run's HTML report are written when it ends, however it ends (:mod:`coordinator.run_ends`,
+:mod:`coordinator.report`); a resumed run starts from its last verified checkpoint there
+too.
 """
 
 from __future__ import annotations
@@ -41,26 +45,28 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from coordinator.admission import Member, admit, check_agreement
+from coordinator.admission import Member
 from coordinator.collect import RoundCollector
 from coordinator.config import RunConfig
 from coordinator.evaluation import Evaluator, load_evaluator, validation_fields
 from coordinator.exports import RunExports
+from coordinator.joining import join_silos
 from coordinator.messages import Observers, Patience, Payload, Reply, Transport
 from coordinator.metering import MeteredTransport
 from coordinator.outcome import failure
 from coordinator.privacy import RunPrivacy
-from coordinator.report import safe_write_report
-from coordinator.resume import Resumed, check_same_model, checkpoint_meta, restore
-from coordinator.rows import (NOT_CONNECTED, PendingRow, clip_report, losses, note_dpsgd,
-                              note_fit, round_event, tallies, weighted_mean)
+from coordinator.resume import Resumed, check_same_model, checkpoint_meta
+from coordinator.row_notes import (add_traffic, evaluated_row, final_secure_report,
+                                   note_clear_round, note_secure_round, note_traffic,
+                                   traffic_since)
+from coordinator.rows import NOT_CONNECTED, PendingRow
+from coordinator.run_ends import budget_stop, close_run, open_exports, restore_run, run_summary
 from coordinator.run_store import RunStore
-from coordinator.secure import SecureAggregation, run_threshold
+from coordinator.secure import SecureAggregation
 from coordinator.stepping import Stepper
 from strategies.api import RoundPlan, Strategy
-from xsilo.errors import DeploymentError, PrivacyBudgetExceeded
 from xsilo.failpoints import reach
-from xsilo.terms import EvaluateTerms, JoinTerms, SiloMetrics, TrainTerms
+from xsilo.terms import EvaluateTerms, SiloMetrics, TrainTerms
 
 __all__ = ["RoundLoop"]
 
@@ -101,39 +107,13 @@ class RoundLoop:
 
     # ------------------------------------------------------------------ join
     def join(self) -> dict[str, np.ndarray]:
-        """Admit silos; return the initial global model."""
-        cfg = self.config
+        """Admit silos; return the initial global model (:mod:`coordinator.joining`)."""
         self.phase = ("join", 0)
-        nodes = self.transport.wait_for_nodes(cfg.wait_for, cfg.join_timeout)
-        terms = JoinTerms(
-            run_name=cfg.name, strategy=cfg.strategy, num_rounds=cfg.num_rounds, seed=cfg.seed,
-            min_silos=cfg.min_silos, num_silos=len(nodes),
-            secure_aggregation=cfg.secure_aggregation,
-            secagg_threshold=run_threshold(cfg, len(nodes)) if cfg.secure_aggregation else None,
-            dp=self.privacy.join_terms() if self.privacy is not None else None,
-            compression=cfg.compression, compression_fraction=cfg.compression_fraction,
-            run_token=self.run_token)
-        # Once the silos the run waits for have answered, a node still silent (a stale
-        # registration, a silo gone) costs the grace period, not the round timeout.
-        replies = self.transport.exchange(
-            "query", {n: Payload(terms) for n in nodes}, timeout=cfg.round_timeout,
-            group="join", patience=Patience(lambda r: len(r) >= cfg.wait_for, cfg.grace))
-        self.members, initial, refused = admit(replies, self.enrolled)
-        silent = sorted(set(nodes) - set(replies))
-        self.store.append_event({
-            "event": "join",
-            "silos": {m.name: m.fingerprint for m in self.members.values()},
-            "refused": refused, "silent_nodes": silent, "run_token": self.run_token})
-        if len(self.members) < cfg.min_silos:
-            detail = "; ".join(f"{k}: {v}" for k, v in refused.items()) or "no refusals"
-            error = DeploymentError(
-                f"only {len(self.members)} silo(s) joined but min_silos is {cfg.min_silos} "
-                f"({detail}; {len(silent)} silent)")
-            error.silo = ", ".join(sorted(refused)) or None
-            raise error
-        check_agreement(self.members, initial)
-        first = sorted(initial)[0]
-        return initial[first]
+        joined = join_silos(self.config, self.transport, self.enrolled, privacy=self.privacy,
+                            run_token=self.run_token)
+        self.members = joined.members
+        self.store.append_event(joined.event(self.run_token))
+        return joined.initial_model(self.config.min_silos)
 
     # ----------------------------------------------------------------- rounds
     def run(self) -> dict[str, Any]:
@@ -155,10 +135,11 @@ class RoundLoop:
             else:
                 pending, first = PendingRow(0, "initial", time.monotonic() - joining), 1
                 self._validate(pending, current)
-                pending.extra["bytes"] = self._bytes_since((0, 0))
+                pending.extra["bytes"] = traffic_since(self.transport, (0, 0))
             for server_round in range(first, self.config.num_rounds + 1):
                 self.phase = ("round", server_round)
-                if self._budget_stops(server_round):
+                self.stop = budget_stop(self.privacy, server_round, self.store, log=log)
+                if self.stop is not None:
                     break
                 current, pending = self._round(server_round, current, pending)
             self.phase = ("final evaluation", None)
@@ -178,22 +159,11 @@ class RoundLoop:
         and the loop (None: none, the run starts over at round 1 with the same run token)."""
         if not self.resume:
             return None
-        discarded = self.store.discard_temporaries()  # e.g. a checkpoint cut off by a kill
-        resumed = restore(self.store.load_checkpoint(), self.strategy, self.privacy)
-        token = resumed.run_token if resumed is not None else None
-        if token is None:  # no checkpoint (or an old one): the token the silos already know
-            token = next((e["run_token"] for e in self.store.events()
-                          if e.get("event") == "join" and e.get("run_token")), None)
+        resumed, token = restore_run(self.store, self.strategy, self.privacy)
         if token is not None:
             self.run_token = token
-            if self.privacy is not None:
-                self.privacy.run_token = token
         if resumed is not None:
             self.failed_rounds = list(resumed.failed_rounds)
-        self.store.append_event({
-            "event": "resume", "from_round": resumed.server_round if resumed else 0,
-            "skipped_checkpoints": self.store.verify_checkpoints(),
-            "discarded_temporaries": discarded})
         log.info("resuming after round %d", resumed.server_round if resumed else 0)
         return resumed
 
@@ -204,39 +174,15 @@ class RoundLoop:
         if self.evaluator is None and self.config.evaluation is not None:
             self.evaluator = load_evaluator(self.config.evaluation, seed=self.config.seed)
         if self.exports is None:
-            previous = [e for e in self.store.events() if e.get("event") == "exports"]
-            self.exports = RunExports.start(
-                self.config, self.store.path, on_error=self.store.append_event,
-                rewrite_from=(resumed.server_round if resumed else 0) if self.resume else None,
-                previous=previous[-1] if previous else None)
-            where = self.exports.where()
-            if where:
-                self.store.append_event({"event": "exports", **where})
-                log.info("exports: %s", where)
+            self.exports = open_exports(
+                self.config, self.store, log=log,
+                rewrite_from=(resumed.server_round if resumed else 0) if self.resume else None)
         self.exports.round_started(0)
 
     def _validate(self, row: PendingRow, model: Mapping[str, np.ndarray]) -> None:
         """Score ``model`` (the model of ``row``) on the coordinator's validation set."""
         if self.evaluator is not None:
             row.extra["validation"] = validation_fields(self.evaluator(model))
-
-    def _bytes_since(self, mark: tuple[int, int]) -> dict[str, int]:
-        return {"sent": self.transport.sent - mark[0],
-                "received": self.transport.received - mark[1]}
-
-    def _budget_stops(self, server_round: int) -> bool:
-        """True (and the stop recorded) when this round would exceed ``max_epsilon``."""
-        if self.privacy is None:
-            return False
-        try:
-            self.privacy.check_budget(server_round)
-        except PrivacyBudgetExceeded as exc:
-            self.stop = ("privacy_budget", str(exc))
-            log.warning("privacy budget: %s", exc)
-            self.store.append_event({"event": "stop", "round": server_round,
-                                     "reason": "privacy_budget", "message": str(exc)})
-            return True
-        return False
 
     def _train_terms(self, server_round: int, plan: RoundPlan) -> TrainTerms:
         cfg = self.config
@@ -287,11 +233,7 @@ class RoundLoop:
         if self.privacy is not None:  # the silos' own tallies keep the run's ε honest
             row.extra.update(self.privacy.adopt(row.tallies))
         self._validate(row, current)
-        row.extra["bytes"] = self._bytes_since(mark)
-        row.extra["bytes_by_silo"] = {
-            self.members[n].name: counts
-            for n, counts in sorted(self.transport.per_node_since(per_silo).items())
-            if n in self.members}
+        note_traffic(row, self.transport, mark, per_silo, self._names())
         row.seconds = time.monotonic() - t0
         if row.status == "ok":
             state = self.stepper.state()
@@ -337,18 +279,7 @@ class RoundLoop:
         # they evaluated and the round's train loss, even when no silo shares its own.
         summed = outcome.aggregate if outcome.failure is None else None
         self._emit_row(pending, replies, summed, outcome.contributors)
-        row.rejected = {self.members[n].name: p for n, p in outcome.problems.items()}
-        row.tallies = tallies(replies.values(), self._names())
-        row.contributors = [self.members[n].name for n in outcome.contributors]
-        row.extra["secure_aggregation"] = {**outcome.report, **clip_report(
-            {self.members[n].name: replies[n].metrics for n in outcome.contributors})}
-        for n in outcome.contributors:
-            note_dpsgd(row, self.members[n].name, replies[n].metrics)
-        note_fit(row, {self.members[n].name: replies[n].metrics for n in outcome.contributors
-                        if n in replies})
-        row.train_loss = (summed.train_loss if summed is not None and summed.train_loss is not None
-                          else weighted_mean(losses(replies[n].metrics
-                                                    for n in outcome.contributors)))
+        note_secure_round(row, outcome, replies, self._names(), summed)
         if outcome.failure is None and outcome.total_weight <= 0:
             outcome.failure = "the unmasked total weight is 0 (every silo sent weight 0)"
         if outcome.failure is not None:
@@ -382,16 +313,9 @@ class RoundLoop:
             timeout=self.config.round_timeout, group=str(row.server_round),
             on_reply=collector.accept, patience=patience)
         self._emit_row(pending, replies)
-        row.rejected, row.contributors = collector.rejected, list(collector.contributors)
-        for node in silos:
-            if node not in replies:
-                row.rejected[self.members[node].name] = patience.missing_reason(
-                    what="update", timeout=self.config.round_timeout)
-        row.tallies = tallies(replies.values(), self._names())
-        for name, metrics in collector.metrics.items():
-            note_dpsgd(row, name, metrics)
-        note_fit(row, collector.metrics)
-        row.train_loss = weighted_mean(losses(collector.metrics.values()))
+        note_clear_round(row, collector, replies, silos, self._names(),
+                         missing=patience.missing_reason(what="update",
+                                                         timeout=self.config.round_timeout))
         if collector.count < self.config.min_silos:
             self._fail(row, f"{collector.count} usable update(s), min_silos is "
                             f"{self.config.min_silos}")
@@ -429,9 +353,7 @@ class RoundLoop:
             connected = set(self.transport.node_ids())
             replies = self._evaluate(current, [n for n in self.members if n in connected],
                                      self.config.num_rounds, "final", final=True)
-        counted = pending.extra.setdefault("bytes", {"sent": 0, "received": 0})
-        for key, value in self._bytes_since(mark).items():  # the final evaluation's traffic
-            counted[key] = counted.get(key, 0) + value
+        add_traffic(pending, self.transport, mark)  # the final evaluation's traffic
         self._emit_row(pending, replies, summed, summed_by)
 
     def _secure_final_evaluation(self, current: dict[str, np.ndarray], pending: PendingRow
@@ -445,13 +367,8 @@ class RoundLoop:
         server_round = pending.server_round + 1
         outcome = self.secure.evaluate(server_round, EvaluateTerms(server_round, final=True),
                                        current, silos)
-        report: dict[str, Any] = {
-            "round": server_round,
-            "contributors": sorted(self.members[n].name for n in outcome.contributors),
-            **({"failure": outcome.failure} if outcome.failure else {}),
-            **({"rejected": {self.members[n].name: p for n, p in outcome.problems.items()}}
-               if outcome.problems else {})}
-        pending.extra["final_evaluation"] = {"secure_aggregation": report}
+        pending.extra["final_evaluation"] = {
+            "secure_aggregation": final_secure_report(outcome, self._names(), server_round)}
         if not outcome.trained:
             return self._evaluate(current, silos, server_round, "final", final=True), None, []
         if outcome.failure is not None:
@@ -460,37 +377,18 @@ class RoundLoop:
 
     def _emit_row(self, row: PendingRow, replies: Mapping[int, Reply],
                   summed: SiloMetrics | None = None, summed_by: Any = ()) -> None:
-        """Write the row of ``row.server_round`` using the evaluations in ``replies`` (and
-        the silos' securely summed scores over ``summed_by``, when the round carried them);
-        the row says which of the run's silos its global scores cover."""
-        event = round_event(row, {self.members[node].name: reply.metrics
-                                  for node, reply in replies.items()
-                                  if reply.error is None and node in self.members},
-                            summed=summed,
-                            summed_by=[self.members[n].name for n in summed_by
-                                       if n in self.members],
-                            population=[m.name for m in self.members.values()])
+        """Write the row of ``row.server_round`` using the evaluations in ``replies``
+        (:func:`coordinator.row_notes.evaluated_row`) to the run's events and exports."""
+        event = evaluated_row(row, replies, self._names(), summed=summed, summed_by=summed_by)
         self.store.append_event(event)
         if self.exports is not None:
             self.exports.row(event)
 
     def _finish(self, status: str, started: float, *,
                 error: dict[str, Any] | None = None) -> dict[str, Any]:
-        rows = [e for e in self.store.events() if e.get("event") == "round"]
-        last = rows[-1] if rows else {}
-        summary = {
-            "status": status, "error": error, "rounds_requested": self.config.num_rounds,
-            "rounds_failed": self.failed_rounds, "silos": sorted(m.name for m in self.members.values()),
-            "final_loss": last.get("global_loss"), "final_accuracy": last.get("global_accuracy"),
-            "final_round": last.get("round"),  # whose model the final scores are of
-            "seconds": round(time.monotonic() - started, 3), "strategy": self.config.strategy}
-        if self.privacy is not None:
-            summary.update(self.privacy.summary_fields())
-        if self.stop is not None:
-            summary.update({"stop_reason": self.stop[0], "stop_message": self.stop[1]})
-        self.store.append_event({"event": "end", **summary})
-        self.store.write_summary(summary)
-        if self.exports is not None:
-            self.exports.finish(summary)
-        safe_write_report(self.store.path, log)
+        summary = run_summary(
+            status, self.config, self.store.events(), started=started,
+            failed_rounds=self.failed_rounds, silos=sorted(m.name for m in self.members.values()),
+            privacy=self.privacy, stop=self.stop, error=error)
+        close_run(self.store, self.exports, summary, log=log)
         return summary

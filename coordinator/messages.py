@@ -139,7 +139,8 @@ class Observers:
 
 
 def await_online(transport: Transport, nodes: Iterable[int], *, enough: int, grace: float,
-                 deadline: float, poll: float = 0.5) -> set[int]:
+                 deadline: float, poll: float = 0.5,
+                 on_wait: Callable[[list[int]], None] | None = None) -> set[int]:
     """Wait, until ``deadline`` (``time.monotonic()``), for ``nodes`` the SuperLink reports
     offline (:meth:`Transport.node_ids` lists the nodes whose heartbeat is current); once
     ``enough`` of them are online the others get ``grace`` seconds more. Returns those online.
@@ -147,14 +148,19 @@ def await_online(transport: Transport, nodes: Iterable[int], *, enough: int, gra
     Used before a step that fails the run without ``enough`` silos (the key setup): a
     SuperNode that answered a moment ago can still be "unavailable" to a SuperLink it
     reconnected to, until its next heartbeat (Flower 1.42 retries a failed one within 20 s).
+    ``on_wait(offline nodes)`` is told once, when the first look finds some offline.
     """
     wanted = set(nodes)
     grace_end: float | None = None
+    first = True
     while True:
         online = wanted.intersection(transport.node_ids())
         now = time.monotonic()
         if online == wanted or now >= deadline:
             return online
+        if first and on_wait is not None:
+            on_wait(sorted(wanted - online))
+        first = False
         if len(online) >= enough:
             grace_end = min(deadline, now + grace) if grace_end is None else grace_end
             if now >= grace_end:

@@ -170,3 +170,49 @@ def test_only_the_superlinks_node_unavailable_reads_as_one() -> None:
                   Error(code=ErrorCode.NODE_UNAVAILABLE, reason="offline, honestly")):
         error = _to_reply(7, Message(claim, reply_to=msg)).error
         assert error is not None and not error.unavailable, error
+
+
+def test_flowers_instant_replies_do_not_start_the_grace_for_live_silos(
+        tmp_path: Path, federation: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """t = 2: hospital-c lapses once the setup looked (Flower answers for it at once),
+    hospital-b answers after 1 s, past the 0.3 s grace. Only adverts count towards the t
+    that ends the wait, so hospital-b is keyed and the run goes on."""
+    import coordinator.local_grid as local_grid
+
+    beat, held = Heartbeat([False] + [True] * 10_000), {}
+    push, pull = local_grid.LocalGrid.push_messages, local_grid.LocalGrid.pull_messages
+
+    def slow_push(self, messages):
+        messages = list(messages)
+        ids = list(push(self, messages))
+        for mid, msg in zip(ids, messages):
+            if msg.metadata.dst_node_id == 2 and msg.metadata.message_type == SECAGG_SETUP:
+                held[mid] = time.monotonic() + 1.0  # hospital-b answers after 1 s
+        return ids
+
+    def slow_pull(self, ids):
+        return pull(self, [i for i in ids if held.get(i, 0) <= time.monotonic()])
+
+    monkeypatch.setattr(local_grid.LocalGrid, "push_messages", slow_push)
+    monkeypatch.setattr(local_grid.LocalGrid, "pull_messages", slow_pull)
+    summary = run_in_process(tmp_path / "run", _secure(min_silos=2, straggler_grace=0.3,
+                                                        join_timeout=3.0),
+                             federation, offline=beat.offline,
+                             observers=Observers(reply=beat.reply))
+    assert summary["status"] == "completed", summary
+    not_keyed = _setup_event(tmp_path / "run")["not_keyed"]
+    assert list(not_keyed) == ["hospital-c"] and NODE_UNAVAILABLE in not_keyed["hospital-c"]
+
+
+def test_no_wait_for_a_re_ask_that_cannot_make_up_t(tmp_path: Path,
+                                                    federation: list[Path]) -> None:
+    """t = 3: hospital-b never answers the key setup and hospital-c lapses after the setup
+    looked. Even back, hospital-c would make 2 keyed silos: the run fails at once, not
+    after join_timeout."""
+    beat = Heartbeat([False] + [True] * 10_000)
+    started = time.monotonic()
+    with pytest.raises(SecureAggregationError, match="only 1 silo.*threshold=3"):
+        run_in_process(tmp_path / "run", _secure(join_timeout=30.0, round_timeout=1.0),
+                       federation, offline=beat.offline, observers=Observers(reply=beat.reply),
+                       drop=lambda node, kind: node == 2 and kind == SECAGG_SETUP)
+    assert time.monotonic() - started < 15  # the round timeout (1 s), not join_timeout

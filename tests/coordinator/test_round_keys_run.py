@@ -16,7 +16,7 @@ import pytest
 
 from coordinator.config import RunConfig
 from coordinator.run_store import RunStore
-from coordinator.secure import ROUND_KEYS_FROM, use_round_keys
+from coordinator.secure_settings import ROUND_KEYS_FROM, use_round_keys
 from federation.local import run_in_process
 from silo_client.ledger import verify_ledger
 from xsilo.errors import ConfigError

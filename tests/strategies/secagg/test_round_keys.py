@@ -374,3 +374,22 @@ def test_a_dealing_that_did_not_arrive_is_dealt_again_among_the_others() -> None
         masking = co.receive_masked(masking, masked)
     with pytest.raises(ProtocolError, match="was already masked"):  # no dealing after masking
         silo_step(fed.silos[0], requests[0])
+
+
+def test_a_round_keys_signed_payload_binds_run_silo_epoch_round_dealt_set_and_key() -> None:
+    """Known answer: the bytes a silo signs for a round key (``round_key_payload``), and
+    that no two of the values it binds can be traded for one another."""
+    from strategies.secagg.messages import round_key_payload
+
+    key = bytes(range(32))
+    base = dict(run_id="run-1", silo=2, epoch=3, round_=4, dealt=(0, 2, 5), round_pk=key)
+    expected = (b"xsilo-secagg/round-key/v2" + (5).to_bytes(4, "big") + b"run-1"
+                + (2).to_bytes(8, "big") + (3).to_bytes(8, "big") + (4).to_bytes(8, "big")
+                + (3).to_bytes(4, "big") + b"".join(i.to_bytes(8, "big") for i in (0, 2, 5))
+                + key)
+    assert round_key_payload(**base) == expected
+    changed = [dict(base, run_id="run-2"), dict(base, silo=1), dict(base, epoch=4),
+               dict(base, round_=5), dict(base, dealt=(0, 2)), dict(base, dealt=(0, 2, 6)),
+               dict(base, round_pk=bytes(32))]
+    payloads = {round_key_payload(**c) for c in changed}
+    assert len(payloads) == len(changed) and expected not in payloads

@@ -260,3 +260,23 @@ def test_a_second_serverapp_on_a_run_stops_before_it_touches_the_run(
         assert RunStore(run_dir).owner() is None, pid
     summary = run_in_process(run_dir, config, federation, resume=True)
     assert summary["status"] == "completed" and summary["rounds_failed"] == []
+
+
+def test_a_resume_request_another_resume_overtook_runs_nothing_again(
+        tmp_path: Path, federation: list[Path]) -> None:
+    """Two `--resume` at once, the second ServerApp so slow to start that the first
+    finished the run meanwhile: the request it takes is stale, and it stops without a
+    round, an evaluation or a line written (the run's summary still says completed)."""
+    from xsilo.errors import DeploymentError
+
+    config = RunConfig(num_rounds=1, min_silos=3)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_in_process(run_dir, config, federation, drop=kill_at(1, node=1))
+    assert run_in_process(run_dir, config, federation, resume=True)["status"] == "completed"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(DeploymentError, match="already completed; its resume request is one "
+                                              "another `--resume` overtook"):
+        run_in_process(run_dir, config, federation, resume=True)  # the stale request
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before and not (run_dir / "resume.json").exists()

@@ -60,7 +60,8 @@ from coordinator.row_notes import (add_traffic, evaluated_row, final_secure_repo
                                    note_clear_round, note_secure_round, note_traffic,
                                    traffic_since)
 from coordinator.rows import NOT_CONNECTED, PendingRow
-from coordinator.run_ends import budget_stop, close_run, open_exports, restore_run, run_summary
+from coordinator.run_ends import (budget_stop, close_run, open_exports, record_exports,
+                                  record_resume, record_stop, restore_run, run_summary)
 from coordinator.run_store import RunStore
 from coordinator.secure import SecureAggregation
 from coordinator.stepping import Stepper
@@ -138,8 +139,9 @@ class RoundLoop:
                 pending.extra["bytes"] = traffic_since(self.transport, (0, 0))
             for server_round in range(first, self.config.num_rounds + 1):
                 self.phase = ("round", server_round)
-                self.stop = budget_stop(self.privacy, server_round, self.store, log=log)
-                if self.stop is not None:
+                self.stop = budget_stop(self.privacy, server_round)
+                if self.stop is not None:  # held before it is written: the summary says it
+                    record_stop(self.store, server_round, self.stop, log=log)
                     break
                 current, pending = self._round(server_round, current, pending)
             self.phase = ("final evaluation", None)
@@ -159,11 +161,12 @@ class RoundLoop:
         and the loop (None: none, the run starts over at round 1 with the same run token)."""
         if not self.resume:
             return None
-        resumed, token = restore_run(self.store, self.strategy, self.privacy)
+        resumed, token, discarded = restore_run(self.store, self.strategy, self.privacy)
         if token is not None:
             self.run_token = token
         if resumed is not None:
             self.failed_rounds = list(resumed.failed_rounds)
+        record_resume(self.store, resumed, discarded)
         log.info("resuming after round %d", resumed.server_round if resumed else 0)
         return resumed
 
@@ -175,8 +178,9 @@ class RoundLoop:
             self.evaluator = load_evaluator(self.config.evaluation, seed=self.config.seed)
         if self.exports is None:
             self.exports = open_exports(
-                self.config, self.store, log=log,
+                self.config, self.store,
                 rewrite_from=(resumed.server_round if resumed else 0) if self.resume else None)
+            record_exports(self.store, self.exports, log=log)
         self.exports.round_started(0)
 
     def _validate(self, row: PendingRow, model: Mapping[str, np.ndarray]) -> None:

@@ -14,7 +14,7 @@ the round loop, over plain numpy:
 * **after the round** — :meth:`commit_round` composes the event into the accountant and
   returns the row fields (ε at δ, C used, σ on the sum).
 
-Under secure aggregation (:meth:`bind_secure`, called by ``coordinator.secure`` once the
+Under secure aggregation (:meth:`bind_secure`, called by ``coordinator.secure_settings`` once the
 roster and threshold are known) the coordinator never sees an update: each silo clips to C
 and folds its capped weight ``min(w, w_max)/w_max`` into its update before masking
 (``silo_client.privacy.secure_update``). *Central*: :meth:`release_secure` adds the same

@@ -8,7 +8,12 @@
   opened (:func:`open_exports`; a resumed run's continue the earlier attempts' from the
   first round it writes again);
 * **a clean early stop** — a round that would take ε above ``max_epsilon`` is not run
-  (:func:`budget_stop`): the run stops with status ``stopped``, and says why;
+  (:func:`budget_stop`): the run stops with status ``stopped``, and says why.
+
+Each step's event is written by a ``record_*`` function of its own, after the loop took
+what the step gave (the exports it must finish, the failed rounds, the stop's reason): a
+``metrics.jsonl`` that cannot be written for a moment fails the run, and its summary still
+says all of it.
 * **end** — however the run ends (completed, stopped, failed), :func:`run_summary` is what
   ``summary.json`` records (status and error, rounds failed, the silos, the final scores and
   whose model they are of, ε when DP, why it stopped early), and :func:`close_run` writes
@@ -34,11 +39,12 @@ from xsilo.errors import PrivacyBudgetExceeded
 __all__ = ["budget_stop", "close_run", "open_exports", "restore_run", "run_summary"]
 
 
-def restore_run(store: RunStore, strategy: Strategy,
-                privacy: RunPrivacy | None) -> tuple[Resumed | None, str | None]:
+def restore_run(store: RunStore, strategy: Strategy, privacy: RunPrivacy | None
+                ) -> tuple[Resumed | None, str | None, list[str]]:
     """The last verified checkpoint back into ``strategy`` and ``privacy`` (None: there is
-    none), and the run token the silos already know (None: none recorded; ``privacy`` is
-    given it); the ``resume`` event is recorded."""
+    none), the run token the silos already know (None: none recorded; ``privacy`` is given
+    it) and the temporaries discarded; :func:`record_resume` records it (the loop first
+    takes what it needs, so a failing write loses nothing of it)."""
     discarded = store.discard_temporaries()  # e.g. a checkpoint cut off by a kill
     resumed = restore(store.load_checkpoint(), strategy, privacy)
     token = resumed.run_token if resumed is not None else None
@@ -47,42 +53,56 @@ def restore_run(store: RunStore, strategy: Strategy,
                       if e.get("event") == "join" and e.get("run_token")), None)
     if token is not None and privacy is not None:
         privacy.run_token = token
+    return resumed, token, discarded
+
+
+def record_resume(store: RunStore, resumed: Resumed | None, discarded: list[str]) -> None:
+    """The ``resume`` event: from which round, the checkpoints skipped, the temporaries
+    discarded."""
     store.append_event({
         "event": "resume", "from_round": resumed.server_round if resumed else 0,
         "skipped_checkpoints": store.verify_checkpoints(),
         "discarded_temporaries": discarded})
-    return resumed, token
 
 
-def open_exports(config: RunConfig, store: RunStore, *, rewrite_from: int | None,
-                 log: Any) -> RunExports:
+def open_exports(config: RunConfig, store: RunStore, *, rewrite_from: int | None) -> RunExports:
     """The exports ``config`` names (ConfigError: one is not available); ``rewrite_from``:
-    a resumed run's first round to write again (the earlier attempt's exports continue)."""
+    a resumed run's first round to write again (the earlier attempt's exports continue).
+    :func:`record_exports` records where they go (once the loop holds them: they are
+    finished however the run ends)."""
     previous = [e for e in store.events() if e.get("event") == "exports"]
-    exports = RunExports.start(
+    return RunExports.start(
         config, store.path, on_error=store.append_event, rewrite_from=rewrite_from,
         previous=previous[-1] if previous else None)
+
+
+def record_exports(store: RunStore, exports: RunExports, *, log: Any) -> None:
+    """The ``exports`` event (where the run's exports go), when there are any."""
     where = exports.where()
     if where:
         store.append_event({"event": "exports", **where})
         log.info("exports: %s", where)
-    return exports
 
 
-def budget_stop(privacy: RunPrivacy | None, server_round: int, store: RunStore, *,
-                log: Any) -> tuple[str, str] | None:
+def budget_stop(privacy: RunPrivacy | None, server_round: int) -> tuple[str, str] | None:
     """The clean early stop (reason, message) when ``server_round`` would take ε above
-    ``max_epsilon`` (recorded as a ``stop`` event); None: the round may run."""
+    ``max_epsilon``; None: the round may run. :func:`record_stop` records it."""
     if privacy is None:
         return None
     try:
         privacy.check_budget(server_round)
     except PrivacyBudgetExceeded as exc:
-        log.warning("privacy budget: %s", exc)
-        store.append_event({"event": "stop", "round": server_round,
-                            "reason": "privacy_budget", "message": str(exc)})
         return ("privacy_budget", str(exc))
     return None
+
+
+def record_stop(store: RunStore, server_round: int, stop: tuple[str, str], *,
+                log: Any) -> None:
+    """The ``stop`` event of a clean early stop before ``server_round``."""
+    reason, message = stop
+    log.warning("privacy budget: %s", message)
+    store.append_event({"event": "stop", "round": server_round, "reason": reason,
+                        "message": message})
 
 
 def run_summary(status: str, config: RunConfig, events: Iterable[Mapping[str, Any]], *,

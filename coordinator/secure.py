@@ -3,8 +3,9 @@
 It runs the protocol of :mod:`strategies.secagg` over the loop's :class:`Transport`:
 
 * **setup**, once per run after join, and **re-keying** of a silo without keys at the
-  start of a round it is in: :mod:`coordinator.secure_keys` (one round trip each; fewer
-  than ``t`` keyed silos fail the run: every round would fail);
+  start of a round it is in: :mod:`coordinator.secure_keys` (a round trip each, the
+  setup a second one for silos the SuperLink answered for; fewer than ``t`` keyed silos
+  at the setup fail the run: every round would fail);
 * **round keys** (``secagg_round_keys``,
   :func:`~coordinator.secure_settings.use_round_keys`): a round first deals
   (``train.secagg_setup`` carrying a DealRequest: every active silo shares a fresh round

@@ -6,7 +6,8 @@ The key management of :mod:`coordinator.secure`, over the loop's :class:`Transpo
   joined silo gets a KeyRequest and its roster index. Fewer than ``t`` keyed silos fail the
   run (every round would fail), so the setup first waits (within ``join_timeout``) for
   silos the SuperLink reports offline, and asks again those it answered "unavailable" for
-  while the keyed ones are too few;
+  while the keyed ones are too few and asking them can make up ``t`` (waiting at least
+  :data:`REASK_WAIT` for them);
 * **re-keying**: a silo without keys is not active in a round. One that answers a
   request with :class:`~xsilo.errors.KeysMissing` (it restarted and lost its state) is
   re-keyed at the start of the next round it is in (one more round trip, that round
@@ -89,9 +90,10 @@ class SiloKeys:
 
         Fewer than ``t`` keyed silos fail the run, so the setup first waits (within
         ``join_timeout``) for silos the SuperLink reports offline, and asks again, with
-        fresh keys, those it answered "unavailable" for while the keyed ones are too few
-        (a SuperNode reconnecting to a restarted SuperLink is offline until its next
-        heartbeat, though it answered the join)."""
+        fresh keys, those it answered "unavailable" for while the keyed ones are too few and
+        they can make up ``t`` (waiting for them at least :data:`REASK_WAIT`, never more
+        than ``join_timeout`` from then): a SuperNode reconnecting to a restarted SuperLink
+        is offline until its next heartbeat, though it answered the join."""
         deadline = time.monotonic() + self.run_config.join_timeout
         state, requests = start_run(config)
         self._await_online(list(self.index), deadline, enough=self.threshold)

@@ -145,3 +145,72 @@ def test_error_lines_read_old_and_new_summaries() -> None:
     assert start_summary("refused", ConfigError("bad"))["error"]["phase"] == "start"
     with pytest.raises(ValueError):
         failure(ConfigError("x"), phase="lunch", server_round=None)
+
+
+class _Killed(BaseException):
+    """A ServerApp killed mid-run (not an Exception: the loop records nothing of it)."""
+
+
+@pytest.fixture
+def full_disk_once(monkeypatch: pytest.MonkeyPatch):
+    """``fail(kind)``: the next ``metrics.jsonl`` event of that kind cannot be written
+    (ENOSPC, once), as on a disk that fills for a moment."""
+    append, armed = RunStore.append_event, {"kind": None}
+
+    def flaky(self, event):
+        if event.get("event") == armed["kind"]:
+            armed["kind"] = None
+            raise OSError(28, "No space left on device")
+        return append(self, event)
+
+    monkeypatch.setattr(RunStore, "append_event", flaky)
+    return lambda kind: armed.update(kind=kind)
+
+
+def test_a_budget_stop_that_cannot_be_written_still_says_why(
+        tmp_path: Path, federation: list[Path], full_disk_once) -> None:
+    from strategies.dp import DPConfig
+
+    full_disk_once("stop")
+    config = RunConfig(num_rounds=6, min_silos=3, round_timeout=2.0, dp=DPConfig(
+        mechanism="central", noise_multiplier=2.0, clip_norm=1.0, max_epsilon=5.0))
+    with pytest.raises(OSError):
+        run_in_process(tmp_path / "run", config, federation)
+    summary = RunStore(tmp_path / "run").summary()
+    assert summary["status"] == "failed" and summary["stop_reason"] == "privacy_budget"
+    assert "above max_epsilon=5" in summary["stop_message"]
+
+
+def test_a_resume_that_cannot_be_recorded_keeps_the_failed_rounds(
+        tmp_path: Path, federation: list[Path], full_disk_once) -> None:
+    trains: dict[int, int] = {}
+
+    def drop(node: int, kind: str) -> bool:  # round 1 fails (min_silos 3); killed in 3
+        if kind == "train":
+            trains[node] = trains.get(node, 0) + 1
+            if node == 2 and trains[node] == 3:
+                raise _Killed()
+            return node == 3 and trains[node] == 1
+        return False
+
+    config = RunConfig(num_rounds=3, min_silos=3, round_timeout=1.0, straggler_grace=0.0)
+    with pytest.raises(_Killed):
+        run_in_process(tmp_path / "run", config, federation, drop=drop)
+    full_disk_once("resume")
+    with pytest.raises(OSError):
+        run_in_process(tmp_path / "run", config, federation, resume=True)
+    assert RunStore(tmp_path / "run").summary()["rounds_failed"] == [1]
+
+
+def test_exports_whose_event_cannot_be_written_are_still_finished(
+        tmp_path: Path, federation: list[Path], full_disk_once) -> None:
+    import threading
+
+    full_disk_once("exports")
+    before = set(threading.enumerate())
+    config = RunConfig(num_rounds=1, min_silos=3, exports=["prometheus"], prometheus_port=0,
+                       prometheus_host="127.0.0.1")
+    with pytest.raises(OSError):
+        run_in_process(tmp_path / "run", config, federation)
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == []  # the Prometheus server was shut down with the run

@@ -91,7 +91,7 @@ def test_each_refusal_says_the_same_thing_in_the_cli_and_in_summary_json(
     else:  # answered by hospital-c at join, as soon as the silos replied: no timeout waited
         assert error["phase"] == "join" and error["round"] == 0
         assert error["silo"] == "hospital-c" and elapsed < 60, elapsed
-        assert _squeeze(f"failed while silos joined (silo hospital-c)") in _squeeze(out.stderr)
+        assert _squeeze("failed while silos joined (silo hospital-c)") in _squeeze(out.stderr)
         assert needle in (fed.home_dir / "runs" / name / "coordinator.log").read_text()
         shown = subprocess.run([XSILO, "coordinator", "status", str(fed.home_dir / "runs" / name)],
                                capture_output=True, text=True, timeout=60)

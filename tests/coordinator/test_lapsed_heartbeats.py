@@ -35,10 +35,18 @@ class Heartbeat:
         self.script = list(script)
         self.joined = False
         self.looks = 0
+        self.setup_errors: list[str] = []  # the error replies to key requests that came
 
     def reply(self, msg) -> None:
         if msg.metadata.message_type == "query" and msg.metadata.reply_to_message_id:
             self.joined = self.joined or not msg.has_error()
+        if msg.metadata.message_type == SECAGG_SETUP and msg.has_error():
+            self.setup_errors.append(msg.error.reason)
+
+    def run(self, run_dir: Path, config: RunConfig, federation: list[Path], **kw) -> dict:
+        """``config`` in process, hospital-c's heartbeat as scripted."""
+        return run_in_process(run_dir, config, federation, offline=self.offline,
+                              observers=Observers(reply=self.reply), **kw)
 
     def offline(self, node: int) -> bool:
         if node != LAPSING or not self.joined or not self.script:
@@ -62,19 +70,11 @@ def test_the_key_setup_waits_for_a_silo_the_superlink_reports_offline(
         tmp_path: Path, federation: list[Path]) -> None:
     # offline at the setup's first two looks, then back: the setup waits, then asks it
     beat = Heartbeat([True, True])
-    errors: list[str] = []
-
-    def reply(msg) -> None:
-        beat.reply(msg)
-        if msg.metadata.message_type == SECAGG_SETUP and msg.has_error():
-            errors.append(msg.error.reason)
-
-    summary = run_in_process(tmp_path / "run", _secure(), federation, offline=beat.offline,
-                             observers=Observers(reply=reply))
+    summary = beat.run(tmp_path / "run", _secure(), federation)
     assert summary["status"] == "completed", summary
     # both offline looks were the wait's: its KeyRequest went out once it was back, so
     # Flower never answered "Node Unavailable" for it (no re-ask was needed)
-    assert not beat.script and errors == []
+    assert not beat.script and beat.setup_errors == []
     assert _setup_event(tmp_path / "run")["not_keyed"] == {}
 
 
@@ -83,16 +83,9 @@ def test_a_silo_flower_answered_unavailable_for_is_asked_again_with_fresh_keys(
     # online when the setup looks, offline when its KeyRequest is answered (Flower's error
     # reply), online again: three keyed silos are needed (min_silos = 3), so it is asked again
     beat = Heartbeat([False, True])
-    kinds: list[str] = []
-
-    def reply(msg) -> None:
-        beat.reply(msg)
-        if msg.metadata.message_type == SECAGG_SETUP and msg.has_error():
-            kinds.append(msg.error.reason)
-
-    summary = run_in_process(tmp_path / "run", _secure(), federation, offline=beat.offline,
-                             observers=Observers(reply=reply))
+    summary = beat.run(tmp_path / "run", _secure(), federation)
     assert summary["status"] == "completed", summary
+    kinds = beat.setup_errors
     assert len(kinds) == 1 and "Node Unavailable" in kinds[0]  # Flower's own reply came
     assert _setup_event(tmp_path / "run")["not_keyed"] == {}
 
@@ -104,8 +97,7 @@ def test_a_silo_that_stays_offline_fails_the_setup_with_the_reason(
     with pytest.raises(SecureAggregationError,
                        match=f"only 2 silo.*threshold=3.*node 3: DeploymentError\\[{NODE_UNAVAILABLE}\\]"
                              ".*reports its SuperNode offline"):
-        run_in_process(tmp_path / "run", _secure(join_timeout=1.5), federation,
-                       offline=beat.offline, observers=Observers(reply=beat.reply))
+        beat.run(tmp_path / "run", _secure(join_timeout=1.5), federation)
     assert time.monotonic() - started >= 1.5  # it waited join_timeout for it
     assert RunStore(tmp_path / "run").summary()["status"] == "failed"
 
@@ -115,10 +107,8 @@ def test_with_enough_silos_keyed_an_offline_one_costs_the_grace_and_is_re_keyed_
     # t = 2 of 3: the setup waits the straggler grace (0.5 s), not join_timeout (30 s)
     beat = Heartbeat([True] * 3)  # two looks in the grace, and its KeyRequest
     started = time.monotonic()
-    summary = run_in_process(tmp_path / "run", _secure(min_silos=2, straggler_grace=0.5,
-                                                        num_rounds=1),
-                             federation, offline=beat.offline,
-                             observers=Observers(reply=beat.reply))
+    summary = beat.run(tmp_path / "run", _secure(min_silos=2, straggler_grace=0.5),
+                       federation)
     assert summary["status"] == "completed", summary
     assert time.monotonic() - started < 20
     not_keyed = _setup_event(tmp_path / "run")["not_keyed"]
@@ -195,10 +185,8 @@ def test_flowers_instant_replies_do_not_start_the_grace_for_live_silos(
 
     monkeypatch.setattr(local_grid.LocalGrid, "push_messages", slow_push)
     monkeypatch.setattr(local_grid.LocalGrid, "pull_messages", slow_pull)
-    summary = run_in_process(tmp_path / "run", _secure(min_silos=2, straggler_grace=0.3,
-                                                        join_timeout=3.0),
-                             federation, offline=beat.offline,
-                             observers=Observers(reply=beat.reply))
+    summary = beat.run(tmp_path / "run", _secure(min_silos=2, straggler_grace=0.3,
+                                                 join_timeout=3.0), federation)
     assert summary["status"] == "completed", summary
     not_keyed = _setup_event(tmp_path / "run")["not_keyed"]
     assert list(not_keyed) == ["hospital-c"] and NODE_UNAVAILABLE in not_keyed["hospital-c"]
@@ -212,7 +200,6 @@ def test_no_wait_for_a_re_ask_that_cannot_make_up_t(tmp_path: Path,
     beat = Heartbeat([False] + [True] * 10_000)
     started = time.monotonic()
     with pytest.raises(SecureAggregationError, match="only 1 silo.*threshold=3"):
-        run_in_process(tmp_path / "run", _secure(join_timeout=30.0, round_timeout=1.0),
-                       federation, offline=beat.offline, observers=Observers(reply=beat.reply),
-                       drop=lambda node, kind: node == 2 and kind == SECAGG_SETUP)
+        beat.run(tmp_path / "run", _secure(join_timeout=30.0, round_timeout=1.0), federation,
+                 drop=lambda node, kind: node == 2 and kind == SECAGG_SETUP)
     assert time.monotonic() - started < 15  # the round timeout (1 s), not join_timeout

@@ -177,7 +177,7 @@ def run(
 def _starts(run_dir: Path) -> int:
     """How many attempts of the run in ``run_dir`` have started (its ``start`` events)."""
     try:
-        return sum(1 for e in RunStore(run_dir).events() if e.get("event") == "start")
+        return len(RunStore(run_dir).flower_runs())
     except XsiloError:  # not a run directory: resume_run says so next
         return 0
 
@@ -223,11 +223,10 @@ def _report_end(store: RunStore, final: str, run_id: int, starts_before: int) ->
     status = summary.get("status")
     name = store.path.name
     if final != "finished:completed" or status not in ("completed", "stopped"):
-        starts = [e for e in store.events() if e.get("event") == "start"]
-        others = [e.get("flower_run_id") for e in starts[starts_before:]
-                  if e.get("flower_run_id") != run_id]
+        runs = store.flower_runs()
+        others = [r for r in runs[starts_before:] if r != run_id]
         owner = store.owner()
-        if not any(e.get("flower_run_id") == run_id for e in starts) and (others or owner):
+        if run_id not in runs and (others or owner):
             # this Flower run's ServerApp never started the run: another one ran it (a
             # second `--resume` at once); it stopped before it read or wrote the run
             doing = (f"is being run by another process ({owner}" if owner is not None else

@@ -308,6 +308,18 @@ class RunStore:
         atomic_write(self.path / "summary.json", json.dumps(
             strict_json(summary), indent=2, sort_keys=True, allow_nan=False).encode())
 
+    def flower_runs(self) -> list[int | None]:
+        """The Flower run id of each attempt that started the run (its ``start`` events, in
+        order; None where one is not an integer)."""
+        return [e.get("flower_run_id") if isinstance(e.get("flower_run_id"), int) else None
+                for e in self.events() if e.get("event") == "start"]
+
+    def ended(self) -> str | None:
+        """``"completed"`` or ``"stopped"`` when ``summary.json`` says the run ended so (a run
+        that failed can be resumed); None otherwise."""
+        status = (self.summary() or {}).get("status")
+        return status if status in ("completed", "stopped") else None
+
     def summary(self) -> dict[str, Any] | None:
         """``summary.json`` (None: the run has none yet); ConfigError when it is damaged."""
         return _json_object(self.path / "summary.json", "it is written whole or not at all, "

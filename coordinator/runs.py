@@ -112,9 +112,9 @@ def resume_run(cli: FlowerCLI, run_dir: Path) -> tuple[int, RunStore]:
     if not store.started:
         raise ConfigError(f"run {name} never started (no metrics.jsonl), so there is nothing "
                           f"to resume; start it with `xsilo coordinator run --name {name}`")
-    summary = store.summary() or {}
-    if summary.get("status") in ("completed", "stopped"):
-        raise ConfigError(f"run {name} already {summary['status']}; nothing to resume (start "
+    ended = store.ended()
+    if ended is not None:
+        raise ConfigError(f"run {name} already {ended}; nothing to resume (start "
                           "a new run under another --name)")
     # Read before the owner check: a ServerApp claims the run before it records its start,
     # so a Flower run read here is never one that another `--resume` started meanwhile
@@ -228,8 +228,7 @@ def end_serverapps(runs_root: Path, serverapps: Mapping[str, int], *,
 
 
 def _last_flower_run(store: RunStore) -> int | None:
-    starts = [e for e in store.events() if e.get("event") == "start"]
-    run_id = starts[-1].get("flower_run_id") if starts else None
-    return int(run_id) if isinstance(run_id, int) else None
+    runs = store.flower_runs()
+    return runs[-1] if runs else None
 
 

@@ -48,8 +48,8 @@ def run_coordinator(grid: Grid, run_dir: str, *, poll_interval: float = 0.1,
                 f"run {store.path.name} is still being run by process {owner}; wait for "
                 f"it to end (or stop it: `flwr stop`), then resume")
         resume = store.take_resume_request()
-        ended = (store.summary() or {}).get("status") if resume is not None else None
-        if ended in ("completed", "stopped"):
+        ended = store.ended() if resume is not None else None
+        if ended is not None:
             # a request left by a `--resume` that another, quicker one overtook: the run it
             # asks to continue has ended since (each resume clears the summary first)
             raise DeploymentError(

@@ -290,3 +290,17 @@ def test_a_run_directory_with_something_in_the_way_is_a_config_error(tmp_path: P
     (broken.path / "metrics.jsonl").mkdir()
     with pytest.raises(ConfigError, match="cannot read .*metrics.jsonl"):
         broken.events()
+
+
+def test_the_store_tells_each_attempts_flower_run_and_whether_the_run_ended(
+        tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    assert store.flower_runs() == [] and store.ended() is None
+    store.prepare()
+    for event in ({"event": "start", "flower_run_id": 7}, {"event": "round", "round": 1},
+                  {"event": "start", "flower_run_id": "8"}, {"event": "start"}):
+        store.append_event(event)
+    assert store.flower_runs() == [7, None, None]  # a damaged id names no run
+    for status, ended in (("failed", None), ("completed", "completed"), ("stopped", "stopped")):
+        store.write_summary({"status": status})
+        assert store.ended() == ended, status

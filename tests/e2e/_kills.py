@@ -104,10 +104,6 @@ def sent(fed: LocalFederation, message_type: str, server_round: int | None = Non
                 and server_round in (None, e["server_round"])] for n in SILOS}
 
 
-def flower_runs(store: RunStore) -> list[int]:
-    return [e["flower_run_id"] for e in store.events() if e["event"] == "start"]
-
-
 def online_at(fed: LocalFederation, name: str) -> str | None:
     """When silo ``name``'s node was last activated at the SuperLink, if it is online now."""
     assert fed.coordinator is not None

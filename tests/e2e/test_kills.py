@@ -63,7 +63,7 @@ def test_a_secure_dp_run_killed_in_key_setup_then_in_unmasking_completes_with_th
     assert [p.name for p in store.checkpoints.iterdir()] == ["round-0001.npz"]
     events = store.events()
     assert [e["from_round"] for e in events if e["event"] == "resume"] == [0, 0]
-    flower_runs = kills.flower_runs(store)
+    flower_runs = store.flower_runs()
     assert len(set(flower_runs)) == 3 and flower_runs[1] == run_id
     setups = [e for e in events if e["event"] == "secure_aggregation_setup"]
     assert len(setups) == 2 and all(s["not_keyed"] == {} for s in setups)

@@ -66,7 +66,7 @@ def test_a_clear_run_survives_a_torn_checkpoint_and_a_superlink_kill_to_the_same
     resumes = [e for e in events if e["event"] == "resume"]
     assert [r["from_round"] for r in resumes] == [0, 1]
     assert resumes[0]["discarded_temporaries"] == [f"checkpoints/{torn[0].name}"]
-    assert len(set(kills.flower_runs(store))) == 3
+    assert len(set(store.flower_runs())) == 3
     rows = unique_rounds(events)[0]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["contributors"] == kills.SILOS for r in rows[1:])

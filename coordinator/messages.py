@@ -55,16 +55,12 @@ class SiloError:
     reason: str
     message: str
     silo: str | None = None
-    superlink: bool = False  # made by the SuperLink for the silo (Flower's own error reply)
+    # Flower's "Node Unavailable", made by the SuperLink for the silo (:data:`NODE_UNAVAILABLE`;
+    # set by the transport only, never from what a silo sends)
+    unavailable: bool = False
 
     def __str__(self) -> str:
         return f"{self.type}[{self.reason}]: {self.message}"
-
-    @property
-    def unavailable(self) -> bool:
-        """The SuperLink's "Node Unavailable" for the silo (:data:`NODE_UNAVAILABLE`), not an
-        answer of the silo's own (which cannot claim it: :attr:`superlink`)."""
-        return self.superlink and self.reason == NODE_UNAVAILABLE
 
 
 @dataclass

@@ -72,7 +72,7 @@ def _parse_error(msg: Message, node_id: int) -> SiloError:
         return SiloError(DeploymentError.__name__, NODE_UNAVAILABLE,
                          "the SuperLink reports its SuperNode offline (no heartbeat lately: "
                          "stopped, cut off, or still reconnecting after a SuperLink restart); "
-                         f"Flower: {reason}", superlink=True)
+                         f"Flower: {reason}", unavailable=True)
     return SiloError("FlowerError", f"code-{msg.error.code}", reason)
 
 

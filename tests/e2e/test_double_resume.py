@@ -3,7 +3,9 @@ run while its service manager does the same. Both commands get past their checks
 ServerApp runs the run yet) and both submit; one ServerApp runs the run, the other stops
 before it reads or writes anything of it (the run directory's ``serverapp.lock``), and its
 command says so in one line. Nothing is run or counted twice: one resume in the run's
-events, each round trained once by each silo (their ledgers), one checkpoint per round."""
+events, each round trained once by each silo (their ledgers), one checkpoint per round; and
+a ServerApp that takes the losing command's request only after the run completed stops
+without running or writing anything of it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import tests.e2e._kills as kills
 from coordinator.config import RunConfig
 from coordinator.run_record import unique_rounds
 from coordinator.run_store import RESUME_FILE
+from coordinator.runs import APP_DIR
 from federation.deployment import LocalFederation
 from tests.e2e._cli import background, stop, wait_for
 
@@ -39,6 +42,15 @@ def test_two_resumes_at_once_run_the_run_once(tmp_path: Path,
         finally:
             stop(*commands)
         ledgers = {name: kills.ledger(fed, name) for name in kills.SILOS}
+        # a ServerApp that starts only now, on the request a losing command left behind:
+        # the run has completed since, and nothing of it is run or written again
+        before = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
+        store.request_resume()
+        cli = fed.home.cli()
+        late = cli.submit(APP_DIR, {"run-dir": str(store.path.resolve())})
+        late_status = fed.wait(late, store, timeout=60).status
+        late_log = " ".join(cli.run_log(late).split())
+        after = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
         kills.silos_up(fed)
 
     said = [" ".join(log.read_text().split()) for log in logs]
@@ -64,3 +76,9 @@ def test_two_resumes_at_once_run_the_run_once(tmp_path: Path,
         trained = [e["server_round"] for e in entries if e["message_type"] == "train"]
         assert trained == [1, 2], (name, trained)
     assert not (store.path / RESUME_FILE).exists()  # no request left for a later attempt
+    assert late_status.startswith("finished:failed"), late_status
+    assert "already completed; its resume request is one another `--resume` overtook" \
+        in late_log, late_log[-2000:]
+    assert after == before and [e["server_round"] for e in kills.ledger(fed, "hospital-a")
+                                if e["message_type"] == "evaluate"] == [
+        e["server_round"] for e in ledgers["hospital-a"] if e["message_type"] == "evaluate"]

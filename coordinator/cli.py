@@ -17,7 +17,7 @@ from coordinator.run_store import LOG_FILE, RunStore
 from coordinator.service import install_service_cmd
 from deploy.launch.processes import interrupt_on_sigterm
 from coordinator.runs import new_run_dir, prepare_run, resume_run, submit_run
-from xsilo.errors import ConfigError, DeploymentError, XsiloError
+from xsilo.errors import ConfigError, DeploymentError
 from xsilo.files import read_toml
 
 app = typer.Typer(help="Run the coordinator (a Flower SuperLink + the xsilo ServerApp).",
@@ -150,7 +150,7 @@ def run(
         if given:
             raise ConfigError(f"--resume continues a run with the configuration it started "
                               f"with; drop {', '.join(given)}")
-        starts_before = _starts(h.runs / resume)
+        starts_before = len(RunStore(h.runs / resume).flower_runs())  # attempts so far
         run_id, store = resume_run(cli, h.runs / resume)
         console.print(f"run [bold]{resume}[/] resumed (Flower run {run_id}) → {store.path}")
     else:
@@ -172,14 +172,6 @@ def run(
     final = follow_run(store, _watch(store, lambda: cli.status(run_id)), console=console,
                        timeout=timeout)
     _report_end(store, final, run_id, starts_before)
-
-
-def _starts(run_dir: Path) -> int:
-    """How many attempts of the run in ``run_dir`` have started (its ``start`` events)."""
-    try:
-        return len(RunStore(run_dir).flower_runs())
-    except XsiloError:  # not a run directory: resume_run says so next
-        return 0
 
 
 def _run_table(path: Path) -> dict[str, object]:

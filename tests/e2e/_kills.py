@@ -38,9 +38,9 @@ def start(fed: LocalFederation, monkeypatch: pytest.MonkeyPatch, *points: str) -
 def with_serverapp_double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str,
                           **federation: Any) -> LocalFederation:
     """A federation (set up, not started; ``federation``: LocalFederation's options) whose
-    Flower processes import ``code`` as their ``sitecustomize`` (a test double that acts in
-    ``flwr-serverapp`` only, by its own check of ``sys.argv[0]``): a hostile or lossy
-    coordinator on real processes."""
+    Flower processes import ``code`` as their ``sitecustomize``: a test double that decides
+    itself where it acts (in ``flwr-serverapp`` only, by its check of ``sys.argv[0]``: a
+    hostile or lossy coordinator; or where a silo module is imported: a hostile silo)."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(code)
